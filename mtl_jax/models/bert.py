@@ -1,0 +1,162 @@
+"""A Flax (linen) BERT encoder that reproduces Hugging Face's `BertModel` exactly.
+
+Parameter names mirror Hugging Face's so that `hf_io` is a readable table:
+  embeddings/{word_embeddings, position_embeddings, token_type_embeddings}/embedding,
+  embeddings/layer_norm, layer_{i}/attention/{query, key, value, output},
+  layer_{i}/attention_norm, layer_{i}/{intermediate, output}, layer_{i}/output_norm.
+Dense layers are `AdaptedDense`, so LoRA-style adapters appear as `.../lora` subtrees.
+
+Pitfalls this file avoids: BERT's GELU is the exact erf form (`jax.nn.gelu` defaults to
+tanh); LayerNorm epsilon comes from the checkpoint's config (1e-12, not Flax's 1e-6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mtl_jax.models.adapters import AdaptedDense, LoraConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """Architecture (from a Hugging Face config.json) plus how it is adapted."""
+
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  hidden_dropout: float = 0.1
+  attention_dropout: float = 0.1
+  lora: LoraConfig | None = None
+  dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
+
+  @classmethod
+  def from_hf(cls, hf: dict, **overrides) -> "BertConfig":
+    """Builds a config from a Hugging Face BERT config.json dict."""
+    if hf.get("hidden_act", "gelu") != "gelu":
+      raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}: only BERT's exact 'gelu'")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+      raise ValueError("only absolute position embeddings are supported")
+    return cls(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        max_position_embeddings=hf["max_position_embeddings"],
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        **overrides,
+    )
+
+  def to_hf(self) -> dict:
+    """The Hugging Face config.json for this architecture (used by export)."""
+    return {
+        "architectures": ["BertModel"], "model_type": "bert", "hidden_act": "gelu",
+        "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+        "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
+        "intermediate_size": self.intermediate_size,
+        "max_position_embeddings": self.max_position_embeddings,
+        "type_vocab_size": self.type_vocab_size, "layer_norm_eps": self.layer_norm_eps,
+        "hidden_dropout_prob": self.hidden_dropout,
+        "attention_probs_dropout_prob": self.attention_dropout,
+        "position_embedding_type": "absolute", "pad_token_id": 0,
+    }
+
+
+def exact_gelu(x: jax.Array) -> jax.Array:
+  return jax.nn.gelu(x, approximate=False)
+
+
+def dense(config: BertConfig, layer: int, target: str, features: int) -> AdaptedDense:
+  """The dense layer `target` of encoder layer `layer`, adapted if the config says so."""
+  lora = config.lora if config.lora is not None and config.lora.applies_to(layer, target) else None
+  return AdaptedDense(features, lora=lora, dtype=config.dtype, name=target)
+
+
+class SelfAttention(nn.Module):
+  config: BertConfig
+  layer: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.config
+    b, l, h = x.shape
+    head_dim = h // cfg.num_heads
+
+    def heads(t):
+      return t.reshape(b, l, cfg.num_heads, head_dim)
+
+    q = heads(dense(cfg, self.layer, "query", h)(x, deterministic))
+    k = heads(dense(cfg, self.layer, "key", h)(x, deterministic))
+    v = heads(dense(cfg, self.layer, "value", h)(x, deterministic))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
+    # Softmax in float32 even when computing in bfloat16.
+    probs = jax.nn.softmax(scores.astype(jnp.float32) + mask_bias, axis=-1).astype(cfg.dtype)
+    probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, h)
+    return dense(cfg, self.layer, "attention_output", h)(context, deterministic)
+
+
+class EncoderLayer(nn.Module):
+  config: BertConfig
+  layer: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
+    cfg = self.config
+    drop = nn.Dropout(cfg.hidden_dropout)
+    norm = lambda name: nn.LayerNorm(cfg.layer_norm_eps, dtype=jnp.float32, name=name)
+    attn = SelfAttention(cfg, self.layer, name="attention")(x, mask_bias, deterministic)
+    x = norm("attention_norm")(x + drop(attn, deterministic=deterministic)).astype(cfg.dtype)
+    y = exact_gelu(dense(cfg, self.layer, "intermediate", cfg.intermediate_size)(x, deterministic))
+    y = dense(cfg, self.layer, "output", cfg.hidden_size)(y, deterministic)
+    return norm("output_norm")(x + drop(y, deterministic=deterministic)).astype(cfg.dtype)
+
+
+class Embeddings(nn.Module):
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids, deterministic: bool) -> jax.Array:
+    cfg = self.config
+    init = nn.initializers.normal(0.02)
+    embed = lambda n, size: nn.Embed(size, cfg.hidden_size, embedding_init=init, name=n)
+    positions = jnp.arange(input_ids.shape[-1])[None, :]
+    x = (embed("word_embeddings", cfg.vocab_size)(input_ids)
+         + embed("position_embeddings", cfg.max_position_embeddings)(positions)
+         + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids))
+    x = nn.LayerNorm(cfg.layer_norm_eps, name="layer_norm")(x)
+    return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic).astype(cfg.dtype)
+
+
+class BertEncoder(nn.Module):
+  """input ids, attention mask, token types [B, L] -> last hidden state [B, L, H]."""
+
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+               token_type_ids: jax.Array | None = None,
+               deterministic: bool = True) -> jax.Array:
+    cfg = self.config
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    x = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
+    # Additive mask over keys, [B, 1, 1, L]: padded keys get a large negative score.
+    mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
+                          jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    for i in range(cfg.num_layers):
+      x = EncoderLayer(cfg, i, name=f"layer_{i}")(x, mask_bias, deterministic)
+    return x.astype(jnp.float32)

@@ -1,0 +1,162 @@
+"""Reading and writing Hugging Face BERT checkpoints (config.json + model.safetensors).
+
+Name mapping, Hugging Face -> Flax (an optional `bert.` prefix is stripped; the pooler,
+`cls.*` pre-training heads and `position_ids` buffers are ignored):
+
+  embeddings.{word,position,token_type}_embeddings.weight -> embeddings/<same>/embedding
+  embeddings.LayerNorm.{weight|gamma, bias|beta}           -> embeddings/layer_norm/{scale, bias}
+  encoder.layer.i.attention.self.{query,key,value}          -> layer_i/attention/{query,key,value}
+  encoder.layer.i.attention.output.dense                    -> layer_i/attention/attention_output
+  encoder.layer.i.attention.output.LayerNorm                -> layer_i/attention_norm
+  encoder.layer.i.intermediate.dense                        -> layer_i/intermediate
+  encoder.layer.i.output.dense                              -> layer_i/output
+  encoder.layer.i.output.LayerNorm                          -> layer_i/output_norm
+
+Linear layers: Hugging Face `weight` is [out, in]; a Flax kernel is [in, out], so it is
+transposed both ways. Biases and LayerNorm vectors are copied as they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from mtl_jax.models.bert import BertConfig
+
+
+class CheckpointError(ValueError):
+  """A model directory that cannot be read, with what to do about it."""
+
+
+_LAYER_MODULES = {
+    "attention.self.query": ("attention", "query"),
+    "attention.self.key": ("attention", "key"),
+    "attention.self.value": ("attention", "value"),
+    "attention.output.dense": ("attention", "attention_output"),
+    "attention.output.LayerNorm": ("attention_norm",),
+    "intermediate.dense": ("intermediate",),
+    "output.dense": ("output",),
+    "output.LayerNorm": ("output_norm",),
+}
+_EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+_IGNORED = re.compile(r"^(pooler\.|cls\.|embeddings\.position_ids$)")
+_LEAF = {"weight": "kernel", "bias": "bias", "gamma": "scale", "beta": "bias"}
+
+
+def _flax_path(hf_name: str) -> tuple[tuple[str, ...], bool] | None:
+  """Maps a (prefix-stripped) HF name to (Flax path, needs transpose); None if ignored."""
+  if _IGNORED.match(hf_name):
+    return None
+  module, _, leaf = hf_name.rpartition(".")
+  if module.startswith("embeddings."):
+    name = module.split(".", 1)[1]
+    if name in _EMBEDDINGS and leaf == "weight":
+      return ("embeddings", name, "embedding"), False
+    if name == "LayerNorm" and leaf in _LEAF:
+      return ("embeddings", "layer_norm", "scale" if leaf in ("weight", "gamma") else "bias"), False
+  m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", module)
+  if m and m.group(2) in _LAYER_MODULES and leaf in _LEAF:
+    path = (f"layer_{m.group(1)}",) + _LAYER_MODULES[m.group(2)]
+    is_norm = m.group(2).endswith("LayerNorm")
+    flax_leaf = ("scale" if leaf in ("weight", "gamma") else "bias") if is_norm else _LEAF[leaf]
+    return path + (flax_leaf,), flax_leaf == "kernel"
+  raise CheckpointError(f"unexpected tensor {hf_name!r}: this does not look like a BERT encoder")
+
+
+def _require(path: str, name: str, hint: str) -> str:
+  full = os.path.join(path, name)
+  if not os.path.isfile(full):
+    raise CheckpointError(f"{full} not found. {hint}")
+  return full
+
+
+def read_config(path: str, **overrides) -> BertConfig:
+  """The BertConfig of a Hugging Face model directory."""
+  if not os.path.isdir(path):
+    raise CheckpointError(f"model directory {path!r} does not exist (set --config.model.path "
+                          "to a local Hugging Face BERT directory)")
+  cfg_file = _require(path, "config.json", "A Hugging Face BERT directory needs config.json.")
+  with open(cfg_file) as f:
+    hf = json.load(f)
+  if hf.get("model_type", "bert") != "bert":
+    raise CheckpointError(f"{cfg_file}: model_type {hf.get('model_type')!r} is not 'bert'")
+  try:
+    return BertConfig.from_hf(hf, **overrides)
+  except (KeyError, ValueError) as e:
+    raise CheckpointError(f"{cfg_file}: {e}") from e
+
+
+def load_bert(path: str, **overrides) -> tuple[BertConfig, dict]:
+  """Reads a local Hugging Face BERT directory -> (config, Flax encoder params).
+
+  The params hold the pretrained base weights only (no adapters); see
+  `mtl_jax.models.multitask.init_params` for merging them into a full tree.
+  """
+  config = read_config(path, **overrides)
+  st = os.path.join(path, "model.safetensors")
+  if not os.path.isfile(st):
+    other = [f for f in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+             if os.path.exists(os.path.join(path, f))]
+    found = f" (found {', '.join(other)})" if other else ""
+    raise CheckpointError(
+        f"{st} not found{found}. mtl_jax reads only safetensors; convert once with "
+        "`BertModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)` "
+        "in an environment that has PyTorch.")
+  tensors = load_file(st)
+  params: dict = {}
+  for name, value in tensors.items():
+    stripped = name[len("bert."):] if name.startswith("bert.") else name
+    mapped = _flax_path(stripped)
+    if mapped is None:
+      continue
+    path_, transpose = mapped
+    node = params
+    for key in path_[:-1]:
+      node = node.setdefault(key, {})
+    node[path_[-1]] = np.ascontiguousarray(value.T if transpose else value, dtype=np.float32)
+  missing = [f"layer_{i}" for i in range(config.num_layers) if f"layer_{i}" not in params]
+  if "embeddings" not in params or missing:
+    raise CheckpointError(f"{st} lacks {missing or ['embeddings']}: not a complete BERT encoder")
+  return config, params
+
+
+def save_bert(path: str, config: BertConfig, params: dict) -> None:
+  """Writes merged (adapter-free) encoder params as a Hugging Face BERT directory."""
+  os.makedirs(path, exist_ok=True)
+  tensors = {}
+  for name in _EMBEDDINGS:
+    tensors[f"embeddings.{name}.weight"] = params["embeddings"][name]["embedding"]
+  tensors["embeddings.LayerNorm.weight"] = params["embeddings"]["layer_norm"]["scale"]
+  tensors["embeddings.LayerNorm.bias"] = params["embeddings"]["layer_norm"]["bias"]
+  for i in range(config.num_layers):
+    layer = params[f"layer_{i}"]
+    for hf_module, flax_path in _LAYER_MODULES.items():
+      node = layer
+      for key in flax_path:
+        node = node[key]
+      prefix = f"encoder.layer.{i}.{hf_module}"
+      if "lora" in node:
+        raise ValueError(f"{prefix} still has an adapter: merge before saving")
+      if "kernel" in node:
+        tensors[f"{prefix}.weight"] = np.asarray(node["kernel"]).T
+      else:
+        tensors[f"{prefix}.weight"] = node["scale"]
+      tensors[f"{prefix}.bias"] = node["bias"]
+  tensors = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in tensors.items()}
+  save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(config.to_hf(), f, indent=2)
+
+
+def load_tokenizer(path: str):
+  """transformers' fast BERT tokenizer from vocab.txt or tokenizer.json in `path`."""
+  if not any(os.path.isfile(os.path.join(path, f)) for f in ("vocab.txt", "tokenizer.json")):
+    raise CheckpointError(f"{path} has neither vocab.txt nor tokenizer.json for the tokenizer")
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+  from transformers import BertTokenizerFast  # Slow import; only where needed.
+  return BertTokenizerFast.from_pretrained(path, local_files_only=True)

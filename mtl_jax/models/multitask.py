@@ -1,0 +1,128 @@
+"""The multi-task model: one shared BERT encoder, pooling, and per-task heads.
+
+Parameters: {'encoder': BertEncoder params (with any `lora` subtrees), 'heads': {...}}.
+`build` loads the pretrained encoder, initialises adapters and heads, and decides once,
+from the fine-tuning mode, which leaves train (`trainable_mask`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from mtl_jax.models import adapters, hf_io
+from mtl_jax.models.bert import BertConfig, BertEncoder
+from mtl_jax.models.heads import TaskHeads, pool
+
+# Fine-tuning modes: which parameters train.
+MODES = ("full", "probe") + adapters.KINDS
+
+
+class MultitaskModel(nn.Module):
+  config: BertConfig
+  pooling: str = "mean"
+  head_dropout: float = 0.1
+
+  def setup(self):
+    self.encoder = BertEncoder(self.config)
+    self.heads = TaskHeads(self.head_dropout)
+
+  def embed(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True):
+    """Returns (last hidden state [B, L, H], pooled [B, H])."""
+    hidden = self.encoder(input_ids, attention_mask, token_type_ids, deterministic)
+    return hidden, pool(hidden, attention_mask, self.pooling)
+
+  def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True):
+    """[S, L] token arrays -> every head's outputs (see TaskHeads)."""
+    _, pooled = self.embed(input_ids, attention_mask, token_type_ids, deterministic)
+    return self.heads(pooled, deterministic)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What `build` needs; made from the `model` and `adapter` config sections."""
+
+  path: str
+  mode: str = "lora"
+  lora: adapters.LoraConfig | None = None
+  pooling: str = "mean"
+  head_dropout: float = 0.1
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"unknown fine-tuning mode {self.mode!r}; expected one of {MODES}")
+    if (self.mode in adapters.KINDS) != (self.lora is not None):
+      raise ValueError(f"mode {self.mode!r} and lora={self.lora} disagree")
+
+
+def build(spec: ModelSpec, rng: jax.Array) -> tuple[MultitaskModel, dict]:
+  """Pretrained encoder + fresh adapters and heads -> (model, params)."""
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(spec.dtype)
+  if dtype is None:
+    raise ValueError(f"unknown dtype {spec.dtype!r}; expected float32 or bfloat16")
+  config, pretrained = hf_io.load_bert(spec.path, lora=spec.lora, dtype=dtype)
+  model = MultitaskModel(config, spec.pooling, spec.head_dropout)
+  dummy = jnp.zeros((2, 8), jnp.int32)
+  params = jax.jit(lambda r: model.init(r, dummy, dummy + 1, dummy)["params"])(rng)
+  params = dict(params, encoder=_overlay(params["encoder"], pretrained))
+  return model, adapters.reset_dora_magnitudes(params)
+
+
+def _overlay(initialised: dict, pretrained: dict) -> dict:
+  """Replaces every non-adapter leaf with its pretrained value, checking shapes."""
+  flat = traverse_util.flatten_dict(initialised)
+  loaded = traverse_util.flatten_dict(pretrained)
+  for path, value in loaded.items():
+    if path not in flat:
+      raise hf_io.CheckpointError(f"checkpoint tensor {'/'.join(path)} has no place in the model")
+    if flat[path].shape != value.shape:
+      raise hf_io.CheckpointError(
+          f"{'/'.join(path)}: checkpoint shape {value.shape} != model shape {flat[path].shape}")
+    flat[path] = jnp.asarray(value)
+  missing = [p for p in flat if p not in loaded and "lora" not in p]
+  if missing:
+    raise hf_io.CheckpointError(f"checkpoint lacks {['/'.join(p) for p in missing[:5]]}")
+  return traverse_util.unflatten_dict(flat)
+
+
+def trainable_mask(params: dict, mode: str) -> dict:
+  """Pytree of bools: True where a leaf trains under `mode`.
+
+  full: everything. probe: heads only. lora/rslora/dora: adapters and heads.
+  """
+  def trains(path: tuple[str, ...]) -> bool:
+    if path[0] == "heads" or mode == "full":
+      return True
+    return mode in adapters.KINDS and "lora" in path
+
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({p: trains(p) for p in flat})
+
+
+def split(params: dict, mask: dict) -> tuple[dict, dict]:
+  """(trainable, frozen) flat-keyed halves of params, by a trainable_mask."""
+  flat, flat_mask = traverse_util.flatten_dict(params), traverse_util.flatten_dict(mask)
+  trainable = {p: v for p, v in flat.items() if flat_mask[p]}
+  frozen = {p: v for p, v in flat.items() if not flat_mask[p]}
+  return traverse_util.unflatten_dict(trainable), traverse_util.unflatten_dict(frozen)
+
+
+def merge(trainable: dict, frozen: dict) -> dict:
+  """Inverse of `split`."""
+  flat = traverse_util.flatten_dict(frozen)
+  flat.update(traverse_util.flatten_dict(trainable))
+  return traverse_util.unflatten_dict(flat)
+
+
+def is_shared(trainable: dict) -> dict:
+  """Pytree of bools over trainable params: True for leaves every task updates (not heads)."""
+  return {k: jax.tree_util.tree_map(lambda _: k != "heads", v) for k, v in trainable.items()}
+
+
+def count(tree: dict) -> int:
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
