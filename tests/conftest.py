@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny random Hugging Face BERT directory built from tests/fixtures.
+
+`tiny_bert_dir` holds config.json, model.safetensors (the tiny_bert.npz weights, with their
+`bert.` prefix, pooler and pre-training heads) and a small vocab.txt, so it works both
+with `hf_io.load_bert` and with `hf_io.load_tokenizer`. It is session-scoped: tests must
+treat it as read-only.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
+
+# 5 special tokens + words + single characters; must stay within the tiny model's
+# vocab_size (128) so that every id has an embedding row.
+_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+_WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "is", "was", "good", "bad", "movie",
+          "very", "not", "and", "it", "this", "that", "what", "how", "why", "do", "you",
+          "are", "same", "question", "##s", "##ing", "##ed", ".", ",", "?", "!"]
+_CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789")
+VOCAB = _SPECIAL + _WORDS + _CHARS
+
+
+def load_npz(name: str) -> dict:
+    with np.load(os.path.join(FIXTURES, name), allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}
+
+
+def write_tiny_bert(dirpath, ref: dict, rename=None, vocab: bool = True) -> str:
+    """Writes tiny_bert.npz's checkpoint as a Hugging Face BERT directory at `dirpath`."""
+    os.makedirs(dirpath, exist_ok=True)
+    with open(os.path.join(dirpath, "config.json"), "w") as f:
+        f.write(str(ref["config_json"]))
+    weights = {}
+    for k, v in ref.items():
+        if k.startswith("weights/"):
+            name = k[len("weights/"):]
+            if rename is not None:
+                name = rename(name)
+            weights[name] = np.ascontiguousarray(v)
+    save_file(weights, os.path.join(dirpath, "model.safetensors"))
+    if vocab:
+        with open(os.path.join(dirpath, "vocab.txt"), "w") as f:
+            f.write("\n".join(VOCAB) + "\n")
+    return str(dirpath)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_ref() -> dict:
+    return load_npz("tiny_bert.npz")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tiny_bert_ref, tmp_path_factory) -> str:
+    """Path of a tiny random BERT (hidden 32, 2 layers, 4 heads, vocab 128) HF directory."""
+    assert len(VOCAB) <= 128
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tiny_bert_ref)
