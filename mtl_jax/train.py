@@ -1,0 +1,166 @@
+"""Training and evaluation loop: config + workdir in, dev metrics out.
+
+Sections: input, model, optimizer, checkpoint, loop, final evaluation. Everything a run
+produces lives in the workdir: config.json, checkpoints/, metrics.jsonl, TensorBoard
+events, predictions/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from mtl_jax import specs
+from mtl_jax.checkpoint import Checkpointer
+from mtl_jax.data import batching, files
+from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
+from mtl_jax.metrics_log import MetricsLog
+from mtl_jax.models import hf_io, multitask
+from mtl_jax.step import TrainState, make_train_step
+
+TASKS = files.TASKS
+
+
+def load_data(config: ml_collections.ConfigDict, tokenizer) -> dict[str, list[batching.Encoded]]:
+  """{'train': [...], 'dev': [...], 'test': [...]} encoded splits, tasks in TASKS order."""
+  data_dir = config.data_dir or files.default_data_dir()
+  limit = config.data_limit or None
+  out = {}
+  for split in ("train", "dev", "test"):
+    out[split] = [
+        batching.encode(tokenizer, files.load_split(data_dir, task, split, config.strict_data,
+                                                    limit), config.model.max_length)
+        for task in TASKS if (task, split) in files.FILES]
+  return out
+
+
+def make_optimizer(config: ml_collections.ConfigDict, trainable: dict) -> optax.GradientTransformation:
+  """Task combination (an mtl_jax.grad method on shared leaves) -> clip -> AdamW."""
+  t = config.train
+  method = specs.grad_method(config)
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, t.learning_rate, int(t.warmup_fraction * t.steps), t.steps, end_value=t.learning_rate * 0.01)
+  return optax.chain(
+      mtlgrad.shared_only(method, multitask.is_shared(trainable)),
+      optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
+      optax.adamw(schedule, weight_decay=t.weight_decay),
+  )
+
+
+def init_state(config: ml_collections.ConfigDict):
+  """(model, train state at step 0, frozen params, optimizer) from a validated config."""
+  model, params = multitask.build(specs.model_spec(config), jax.random.key(config.seed))
+  trainable, frozen = multitask.split(params, multitask.trainable_mask(params, config.adapter.kind))
+  tx = make_optimizer(config, trainable)
+  state = TrainState(jnp.asarray(0, jnp.int32), trainable, tx.init(trainable))
+  return model, state, frozen, tx
+
+
+def load_trained(workdir: str):
+  """(config, model, params) of the latest checkpoint of a training workdir."""
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(config_path):
+    raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  model, state, frozen, _ = init_state(config)
+  ckpt = Checkpointer(workdir, 1, 1)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+  state, _ = ckpt.restore(state)
+  ckpt.close()
+  return config, model, multitask.merge(state.trainable, frozen)
+
+
+def _describe_params(params: dict, trainable: dict, opt_state) -> str:
+  n_all, n_train = multitask.count(params), multitask.count(trainable)
+  opt_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(opt_state) if hasattr(x, "nbytes"))
+  return (f"parameters: {n_all:,} total, {n_train:,} trainable ({100 * n_train / n_all:.2f}%); "
+          f"optimizer state {opt_bytes / 2**20:.1f} MiB")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from workdir if it holds a checkpoint) and returns final dev metrics."""
+  specs.validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+  # --- Input
+  tokenizer = hf_io.load_tokenizer(config.model.path)
+  data = load_data(config, tokenizer)
+  buckets = tuple(config.train.length_buckets)
+
+  # --- Model, optimizer and step
+  model, state, frozen, tx = init_state(config)
+  logging.info(_describe_params(multitask.merge(state.trainable, frozen), state.trainable,
+                                state.opt_state))
+  step_fn = jax.jit(make_train_step(model, tx, tuple(range(len(TASKS))), config.seed),
+                    donate_argnums=(0,))
+  predict_fn = make_predict_fn(model)
+
+  def run_eval() -> tuple[dict, dict]:
+    return evaluate(predict_fn, multitask.merge(state.trainable, frozen), data["dev"],
+                    config.eval.seqs_per_batch, buckets)
+
+  # --- Checkpoint
+  ckpt = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state, _ = ckpt.restore(state)
+    logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
+
+  # --- Loop
+  log = MetricsLog(workdir)
+  t = config.train
+  first = int(state.step)
+  seqs_per_step = t.seqs_per_task * len(TASKS)
+  examples_per_step = sum(batching.examples_per_batch(task, t.seqs_per_task) for task in TASKS)
+  progress = log.progress(first, t.steps)
+  tick, tick_step = time.perf_counter(), first
+  for step in range(first, t.steps):
+    batch = batching.train_batch(data["train"], step, t.seqs_per_task, config.seed, buckets)
+    state, metrics = step_fn(state, frozen, batch)
+    done = step + 1
+    if done % max(t.log_every, 1) == 0 or done == t.steps:
+      metrics = jax.device_get(metrics)
+      if not np.isfinite(metrics["loss"]):
+        raise FloatingPointError(
+            f"non-finite loss at step {done}: per-task losses "
+            f"{dict(zip(TASKS, metrics['task_loss'].tolist()))}; lower train.learning_rate?")
+      elapsed = time.perf_counter() - tick
+      rate = (done - tick_step) * examples_per_step / max(elapsed, 1e-9)
+      tick, tick_step = time.perf_counter(), done
+      log.write(done, metrics, tasks=TASKS, extra={
+          "examples_per_sec": rate, "sequences_per_sec": rate * seqs_per_step / examples_per_step})
+      progress.set_postfix(loss=f"{float(metrics['loss']):.3f}", ex_s=f"{rate:.1f}")
+    progress.update(1)
+    if t.eval_every and done % t.eval_every == 0 and done != t.steps:
+      log.write(done, run_eval()[0], prefix="dev/")
+    ckpt.save(done, state, {"step": done})
+  progress.close()
+  if ckpt.latest_step() != int(state.step):
+    ckpt.save(int(state.step), state, {"step": int(state.step)}, force=True)
+  ckpt.close()
+
+  # --- Final evaluation and predictions
+  results, dev_preds = run_eval()
+  log.write(int(state.step), results, prefix="dev/")
+  if config.eval.write_predictions:
+    params = multitask.merge(state.trainable, frozen)
+    for d in data["dev"]:
+      write_split_predictions(workdir, d, dev_preds[d.task])
+    for d in data["test"]:
+      preds = predict_split(predict_fn, params, d, config.eval.seqs_per_batch, buckets)
+      write_split_predictions(workdir, d, preds)
+  log.close()
+  logging.info("final dev metrics: %s", json.dumps(results))
+  print(log.table(results))
+  return results
