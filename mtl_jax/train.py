@@ -18,6 +18,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from mtl_jax import grad as mtlgrad
 from mtl_jax import specs
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, files

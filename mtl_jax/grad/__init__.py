@@ -1,0 +1,68 @@
+"""Multi-task gradient methods as optax transforms, plus diagnostics.
+
+Every method is a factory returning an ``optax.GradientTransformation`` whose
+``update(updates, state, params=None)`` takes per-task gradients -- a pytree
+whose every leaf has a leading task axis ``[T, *param.shape]`` -- and returns
+ONE combined update with the parameter shapes, so that::
+
+    from mtl_jax import grad as mtlgrad
+    tx = optax.chain(mtlgrad.pcgrad(), optax.adamw(1e-3))
+
+is a whole optimizer. ``tx.init`` receives the ordinary (unstacked) params.
+Dot products are over the whole flattened update (all leaves together, as in
+the papers): the methods work on the ``T x T`` Gram matrix ``G G^T`` of the
+``[T, D]`` matrix ``G`` of flattened per-task updates and return weights or
+coefficients for its rows (``G`` itself is never materialised; see
+``_tree``). Randomness comes from a ``jax.random`` key in the state
+(``seed``). Everything is jit-able; ``T`` is static (read from the leaves).
+
+Output scale follows each method's paper / reference implementation:
+
+================  ==============================  ============================
+method            output                          reference compared against
+================  ==============================  ============================
+sum_tasks         sum_i g_i                       --
+mean_tasks        mean_i g_i                      --
+fixed(w)          sum_i w_i g_i                   --
+rlw               sum_i softmax(z)_i g_i          (random)
+pcgrad            sum_i g_i^PC ("sum"; "mean")    torchjd PCGrad, LibMTL PCGrad
+pcgrad_against_s  sum_i g_i, target projected     numpy (fixture script)
+gradvac           sum_i g_i^PC                    torchjd GradVac
+mgda              min-norm point (weights sum 1)  cvxpy; LibMTL MGDA (FW mode)
+cagrad            mean-scale, / (1+c^2) (resc. 1) Cranial-XIX objective, LibMTL,
+                                                  torchjd CAGrad
+upgrad, dualproj  mean of projections             torchjd UPGrad / DualProj
+imtl_g            weights sum to 1                torchjd IMTLG, LibMTL IMTL
+aligned_mtl       B @ (1/T)                       torchjd AlignedMTL
+nash_mtl          sum alpha_i g_i, ||.||^2 = T    torchjd NashMTL; exact root
+graddrop          masked sum                      torchjd GradDrop
+================  ==============================  ============================
+
+Loss-based weightings (DWA, uncertainty weighting, IMTL-L, MGDA's "loss"
+normalisation) need loss values or learnable loss scales, which a gradient
+transform does not see: not provided.
+
+Per-task diagnostics: :func:`task_gradient_stats`. Pass ``num_tasks=T`` to a
+factory to keep per-task stats in its state (e.g. PCGrad's ``removed_norm``
+and ``num_projections``); read them with :func:`method_stats`. Per-task heads:
+:func:`shared_only`. By name: :func:`get_method`, :data:`METHODS`.
+"""
+
+from mtl_jax.grad._tree import tasks_to_matrix
+from mtl_jax.grad.balancing import NashMTLState, aligned_mtl, imtl_g, nash_mtl
+from mtl_jax.grad.basic import fixed, mean_tasks, rlw, sum_tasks
+from mtl_jax.grad.diagnostics import method_stats, task_gradient_stats
+from mtl_jax.grad.min_norm import cagrad, dualproj, mgda, upgrad
+from mtl_jax.grad.projection import (GradVacState, PCGradState, gradvac, pcgrad,
+                                     pcgrad_against_sum)
+from mtl_jax.grad.registry import METHODS, get_method
+from mtl_jax.grad.shared import shared_only
+from mtl_jax.grad.sign_dropout import GradDropState, graddrop
+
+__all__ = [
+    "METHODS", "GradDropState", "GradVacState", "NashMTLState", "PCGradState",
+    "aligned_mtl", "cagrad", "dualproj", "fixed", "get_method", "graddrop",
+    "gradvac", "imtl_g", "mean_tasks", "method_stats", "mgda", "nash_mtl",
+    "pcgrad", "pcgrad_against_sum", "rlw", "shared_only", "sum_tasks",
+    "task_gradient_stats", "tasks_to_matrix", "upgrad",
+]
