@@ -4,6 +4,7 @@ Override any config key on the command line, e.g. `--config.train.steps=50`. An 
 key is refused at once (the config is locked).
 """
 
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -25,11 +26,19 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
+  signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
     # Problems with the user's input get one clear line, not a traceback.
     sys.exit(f"error: {e}")
+  except KeyboardInterrupt:
+    sys.exit(130)  # The trainer has saved a checkpoint and said where.
+
+
+def _raise_keyboard_interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -72,8 +72,8 @@ def make_train_step(model: multitask.MultitaskModel, tx: optax.GradientTransform
     metrics = {
         "loss": losses.sum(),
         "task_loss": losses,
-        "l2_params": optax.global_norm(trainable),
-        "l2_updates": optax.global_norm(updates),
+        "l2_params": optax.tree.norm(trainable),
+        "l2_updates": optax.tree.norm(updates),
         **({f"grad/{k}": v for k, v in mtlgrad.task_gradient_stats(shared).items()}
            if shared else {}),
         **{f"method/{k}": v for k, v in mtlgrad.method_stats(opt_state).items()},

@@ -88,6 +88,19 @@ def _describe_params(params: dict, trainable: dict, opt_state) -> str:
           f"optimizer state {opt_bytes / 2**20:.1f} MiB")
 
 
+def _save_on_interrupt(ckpt: Checkpointer, state: TrainState) -> None:
+  try:
+    step = int(state.step)
+    if ckpt.latest_step() != step:
+      ckpt.save(step, state, {"step": step}, force=True)
+    ckpt.close()
+    logging.warning("interrupted: saved step %d to %s; rerun the same command to resume",
+                    step, ckpt.directory)
+  except Exception as e:  # The step was cut mid-update: its buffers are gone.
+    logging.warning("interrupted mid-step (%s); the next run resumes from step %s",
+                    e, ckpt.latest_step())
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from workdir if it holds a checkpoint) and returns final dev metrics."""
   specs.validate(config)
@@ -126,26 +139,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   examples_per_step = sum(batching.examples_per_batch(task, t.seqs_per_task) for task in TASKS)
   progress = log.progress(first, t.steps)
   tick, tick_step = time.perf_counter(), first
-  for step in range(first, t.steps):
-    batch = batching.train_batch(data["train"], step, t.seqs_per_task, config.seed, buckets)
-    state, metrics = step_fn(state, frozen, batch)
-    done = step + 1
-    if done % max(t.log_every, 1) == 0 or done == t.steps:
-      metrics = jax.device_get(metrics)
-      if not np.isfinite(metrics["loss"]):
-        raise FloatingPointError(
-            f"non-finite loss at step {done}: per-task losses "
-            f"{dict(zip(TASKS, metrics['task_loss'].tolist()))}; lower train.learning_rate?")
-      elapsed = time.perf_counter() - tick
-      rate = (done - tick_step) * examples_per_step / max(elapsed, 1e-9)
-      tick, tick_step = time.perf_counter(), done
-      log.write(done, metrics, tasks=TASKS, extra={
-          "examples_per_sec": rate, "sequences_per_sec": rate * seqs_per_step / examples_per_step})
-      progress.set_postfix(loss=f"{float(metrics['loss']):.3f}", ex_s=f"{rate:.1f}")
-    progress.update(1)
-    if t.eval_every and done % t.eval_every == 0 and done != t.steps:
-      log.write(done, run_eval()[0], prefix="dev/")
-    ckpt.save(done, state, {"step": done})
+  try:
+    for step in range(first, t.steps):
+      batch = batching.train_batch(data["train"], step, t.seqs_per_task, config.seed, buckets)
+      state, metrics = step_fn(state, frozen, batch)
+      done = step + 1
+      if done % max(t.log_every, 1) == 0 or done == t.steps:
+        metrics = jax.device_get(metrics)
+        if not np.isfinite(metrics["loss"]):
+          raise FloatingPointError(
+              f"non-finite loss at step {done}: per-task losses "
+              f"{dict(zip(TASKS, metrics['task_loss'].tolist()))}; lower train.learning_rate?")
+        elapsed = time.perf_counter() - tick
+        rate = (done - tick_step) * examples_per_step / max(elapsed, 1e-9)
+        tick, tick_step = time.perf_counter(), done
+        log.write(done, metrics, tasks=TASKS, extra={
+            "examples_per_sec": rate, "sequences_per_sec": rate * seqs_per_step / examples_per_step})
+        progress.set_postfix(loss=f"{float(metrics['loss']):.3f}", ex_s=f"{rate:.1f}")
+      progress.update(1)
+      if t.eval_every and done % t.eval_every == 0 and done != t.steps:
+        log.write(done, run_eval()[0], prefix="dev/")
+      ckpt.save(done, state, {"step": done})
+  except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into it by main.py.
+    progress.close()
+    _save_on_interrupt(ckpt, state)
+    raise
   progress.close()
   if ckpt.latest_step() != int(state.step):
     ckpt.save(int(state.step), state, {"step": int(state.step)}, force=True)

@@ -60,3 +60,12 @@ def tiny_bert_dir(tiny_bert_ref, tmp_path_factory) -> str:
     """Path of a tiny random BERT (hidden 32, 2 layers, 4 heads, vocab 128) HF directory."""
     assert len(VOCAB) <= 128
     return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tiny_bert_ref)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+    """Trainer tests build the same jitted steps repeatedly; reuse XLA compilations."""
+    import jax
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
