@@ -1,0 +1,54 @@
+"""Method registry: ``get_method(name, **kwargs)``."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import optax
+
+from mtl_jax.grad import balancing, basic, min_norm, projection, sign_dropout
+
+METHODS: Dict[str, Callable[..., optax.GradientTransformation]] = {
+    "sum": basic.sum_tasks,
+    "mean": basic.mean_tasks,
+    "fixed": basic.fixed,
+    "rlw": basic.rlw,
+    "pcgrad": projection.pcgrad,
+    "pcgrad_against_sum": projection.pcgrad_against_sum,
+    "gradvac": projection.gradvac,
+    "mgda": min_norm.mgda,
+    "cagrad": min_norm.cagrad,
+    "upgrad": min_norm.upgrad,
+    "dualproj": min_norm.dualproj,
+    "imtl_g": balancing.imtl_g,
+    "aligned_mtl": balancing.aligned_mtl,
+    "nash_mtl": balancing.nash_mtl,
+    "graddrop": sign_dropout.graddrop,
+}
+
+
+def get_method(name: str, **kwargs) -> optax.GradientTransformation:
+  """Build the method registered under ``name`` with ``kwargs``.
+
+  Every factory accepts ``num_tasks`` (used for per-task stats / state, or
+  only checked), so a trainer can always pass ``num_tasks=T``.
+
+  Args:
+    name: a key of :data:`METHODS` (case-insensitive; ``-`` and ``_`` alike).
+    **kwargs: forwarded to the factory.
+
+  Returns:
+    The ``optax.GradientTransformation``.
+
+  Raises:
+    ValueError: unknown name (the message lists the valid names).
+
+  Example:
+    >>> tx = optax.chain(get_method("pcgrad", num_tasks=3), optax.adamw(1e-3))
+  """
+  key = name.strip().lower().replace("-", "_")
+  if key not in METHODS:
+    raise ValueError(
+        f"unknown multi-task gradient method {name!r}; valid names: "
+        f"{', '.join(sorted(METHODS))}")
+  return METHODS[key](**kwargs)
