@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.models.dropout import Dropout
+
 KINDS = ("lora", "rslora", "dora")
 # Hugging Face BERT module names an adapter can be put on.
 TARGETS = ("query", "key", "value", "attention_output", "intermediate", "output")
@@ -113,7 +115,7 @@ class AdaptedDense(nn.Module):
     w = _LoraWeights(x.shape[-1], self.features, cfg, name="lora")(kernel)
     a, b = w["a"].astype(self.dtype), w["b"].astype(self.dtype)
     use_dropout = cfg.dropout > 0 and not deterministic
-    x_adapter = nn.Dropout(cfg.dropout)(x, deterministic=not use_dropout)
+    x_adapter = Dropout(cfg.dropout)(x, deterministic=not use_dropout)
     delta = (x_adapter @ a) @ b * cfg.scale
     if cfg.kind != "dora":
       return base + delta + bias.astype(self.dtype)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.models.adapters import AdaptedDense, LoraConfig
+from mtl_jax.models.dropout import Dropout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +105,7 @@ class SelfAttention(nn.Module):
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(q.dtype)
     # Softmax in float32 even when computing in bfloat16.
     probs = jax.nn.softmax(scores.astype(jnp.float32) + mask_bias, axis=-1).astype(cfg.dtype)
-    probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
+    probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, h)
     return dense(cfg, self.layer, "attention_output", h)(context, deterministic)
 
@@ -116,7 +117,7 @@ class EncoderLayer(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
     cfg = self.config
-    drop = nn.Dropout(cfg.hidden_dropout)
+    drop = Dropout(cfg.hidden_dropout)
     norm = lambda name: nn.LayerNorm(cfg.layer_norm_eps, dtype=jnp.float32, name=name)
     attn = SelfAttention(cfg, self.layer, name="attention")(x, mask_bias, deterministic)
     x = norm("attention_norm")(x + drop(attn, deterministic=deterministic)).astype(cfg.dtype)
@@ -138,7 +139,7 @@ class Embeddings(nn.Module):
          + embed("position_embeddings", cfg.max_position_embeddings)(positions)
          + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids))
     x = nn.LayerNorm(cfg.layer_norm_eps, name="layer_norm")(x)
-    return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic).astype(cfg.dtype)
+    return Dropout(cfg.hidden_dropout)(x, deterministic=deterministic).astype(cfg.dtype)
 
 
 class BertEncoder(nn.Module):

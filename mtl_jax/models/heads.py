@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtl_jax.models.dropout import Dropout
+
 POOLINGS = ("cls", "mean")
 NUM_SST_CLASSES = 5
 
@@ -49,7 +51,7 @@ class TaskHeads(nn.Module):
 
   @nn.compact
   def __call__(self, pooled: jax.Array, deterministic: bool = True) -> dict[str, jax.Array]:
-    drop = nn.Dropout(self.dropout)
+    drop = Dropout(self.dropout)
     sst = nn.Dense(NUM_SST_CLASSES, name="sst")(drop(pooled, deterministic=deterministic))
     u, v = split_pairs(pooled)
     features = jnp.concatenate([u, v, jnp.abs(u - v), u * v], axis=-1)
