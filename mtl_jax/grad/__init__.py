@@ -16,27 +16,29 @@ coefficients for its rows (``G`` itself is never materialised; see
 ``_tree``). Randomness comes from a ``jax.random`` key in the state
 (``seed``). Everything is jit-able; ``T`` is static (read from the leaves).
 
-Output scale follows each method's paper / reference implementation:
+Output scale follows each method's paper / reference implementation, and
+each method was checked against an independent reference
+(``scripts/make_grad_fixtures.py``, ``tests/test_grad_reference.py``):
 
-================  ==============================  ============================
-method            output                          reference compared against
-================  ==============================  ============================
-sum_tasks         sum_i g_i                       --
-mean_tasks        mean_i g_i                      --
-fixed(w)          sum_i w_i g_i                   --
-rlw               sum_i softmax(z)_i g_i          (random)
-pcgrad            sum_i g_i^PC ("sum"; "mean")    torchjd PCGrad, LibMTL PCGrad
-pcgrad_against_s  sum_i g_i, target projected     numpy (fixture script)
-gradvac           sum_i g_i^PC                    torchjd GradVac
-mgda              min-norm point (weights sum 1)  cvxpy; LibMTL MGDA (FW mode)
-cagrad            mean-scale, / (1+c^2) (resc. 1) Cranial-XIX objective, LibMTL,
-                                                  torchjd CAGrad
-upgrad, dualproj  mean of projections             torchjd UPGrad / DualProj
-imtl_g            weights sum to 1                torchjd IMTLG, LibMTL IMTL
-aligned_mtl       B @ (1/T)                       torchjd AlignedMTL
-nash_mtl          sum alpha_i g_i, ||.||^2 = T    torchjd NashMTL; exact root
-graddrop          masked sum                      torchjd GradDrop
-================  ==============================  ============================
+* ``sum_tasks`` / ``mean_tasks`` / ``fixed(w)``: ``sum_i g_i`` / mean /
+  ``sum_i w_i g_i``.
+* ``rlw``: ``sum_i softmax(z)_i g_i``, ``z ~ N(0, I)`` per step.
+* ``pcgrad``: ``sum_i g_i^PC`` (``reduction="sum"``, default) or the mean --
+  torchjd ``PCGrad`` and LibMTL ``PCGrad`` for every visiting order.
+* ``pcgrad_against_sum``: the sum, with the target projected against the sum
+  of the others -- numpy reference.
+* ``gradvac``: ``sum_i g_i^PC`` -- torchjd ``GradVac`` (multi-step, EMA state).
+* ``mgda``: the min-norm point (weights sum to 1) -- cvxpy; LibMTL ``MGDA``
+  for ``solver="frank_wolfe"``.
+* ``cagrad``: mean-gradient scale, divided by ``1 + c^2`` (``rescale=1``) --
+  the Cranial-XIX/LibMTL objective solved tightly, LibMTL and torchjd
+  ``CAGrad``.
+* ``upgrad`` / ``dualproj``: mean of the projections -- torchjd.
+* ``imtl_g``: weights sum to 1 -- torchjd ``IMTLG``, LibMTL ``IMTL``.
+* ``aligned_mtl``: ``G^T B (1/T)`` -- torchjd ``AlignedMTL``.
+* ``nash_mtl``: ``sum_i alpha_i g_i`` with ``||.||^2 = T`` -- exact root,
+  torchjd ``NashMTL``.
+* ``graddrop``: masked sum -- torchjd ``GradDrop`` (same uniform draws).
 
 Loss-based weightings (DWA, uncertainty weighting, IMTL-L, MGDA's "loss"
 normalisation) need loss values or learnable loss scales, which a gradient

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from mtl_jax.grad import _tree
@@ -34,11 +33,14 @@ def weighting_transform(
     num_tasks: Optional[int] = None,
     seed: int = 0,
     stat_names: Sequence[str] = ("task_weights",),
+    uses_key: bool = False,
 ) -> optax.GradientTransformation:
   """Transform returning ``sum_i w_i g_i`` with ``w = weights_fn(G G^T, key)``.
 
   ``weights_fn`` also returns a dict of extra stats (keys among
   ``stat_names``); ``task_weights`` is filled with ``w`` automatically.
+  The key is split (and a subkey passed) only if ``uses_key``; otherwise
+  ``weights_fn`` receives ``None``.
   """
   stat_names = tuple(stat_names)
 
@@ -52,7 +54,7 @@ def weighting_transform(
     if not jax.tree.leaves(updates):
       return updates, state
     _tree.check_num_tasks(_tree.num_tasks_of(updates), num_tasks, name)
-    key, sub = jax.random.split(state.key)
+    key, sub = jax.random.split(state.key) if uses_key else (state.key, None)
     w, extra = weights_fn(_tree.gram_tree(updates), sub)
     stats = _tree.fill_stats(state.stats, task_weights=w, **extra)
     return _tree.combine_tree(w, updates), WeightingState(key=key, stats=stats)

@@ -32,7 +32,7 @@ def supports(t: int, include_empty: bool = False) -> jax.Array:
 
 def _masked_pinv(a, m):
   mf = m.astype(a.dtype)
-  return jnp.linalg.pinv(a * mf[:, None] * mf[None, :], hermitian=True), mf
+  return jnp.linalg.pinv(a * mf[:, None] * mf[None, :]), mf
 
 
 def _pick(cands, objs, valid):

@@ -34,7 +34,7 @@ def imtl_g(num_tasks: Optional[int] = None) -> optax.GradientTransformation:
   def weights_fn(a, key):
     del key
     n = jnp.sqrt(jnp.maximum(jnp.diag(a), 0.0))
-    v = jnp.linalg.pinv(a, hermitian=True) @ n
+    v = jnp.linalg.pinv(a) @ n
     s = jnp.sum(v)
     return jnp.where(jnp.abs(s) < 1e-12, 0.0, v / jnp.where(s == 0, 1.0, s)), {}
 

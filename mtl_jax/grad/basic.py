@@ -110,5 +110,5 @@ def rlw(seed: int = 0, num_tasks: Optional[int] = None
   def weights_fn(a, key):
     return jax.nn.softmax(jax.random.normal(key, (a.shape[0],), a.dtype)), {}
 
-  return _base.weighting_transform(weights_fn, name="rlw",
-                                   num_tasks=num_tasks, seed=seed)
+  return _base.weighting_transform(weights_fn, name="rlw", num_tasks=num_tasks,
+                                   seed=seed, uses_key=True)

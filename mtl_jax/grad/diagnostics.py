@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from mtl_jax.grad import _tree
@@ -25,7 +24,8 @@ def task_gradient_stats(per_task_grads: Any, eps: float = 1e-12) -> dict:
       ``grad_norm`` [T]: ``||g_i||``;
       ``cosine`` [T, T]: ``g_i . g_j / (||g_i|| ||g_j||)`` (diagonal 1 for
       nonzero gradients);
-      ``conflict`` bool [T, T]: ``cosine < 0`` (diagonal False);
+      ``conflict`` float32 [T, T]: 1.0 where ``cosine < 0`` else 0.0 (diagonal
+      0; float so that it can be logged/averaged like the other metrics);
       ``num_conflicting_pairs`` int32 scalar: number of unordered pairs
       ``i < j`` with ``cosine < 0``;
       ``sum_norm`` scalar: ``||sum_i g_i||``.
@@ -44,7 +44,7 @@ def task_gradient_stats(per_task_grads: Any, eps: float = 1e-12) -> dict:
   return {
       "grad_norm": norm,
       "cosine": cosine,
-      "conflict": conflict,
+      "conflict": conflict.astype(jnp.float32),
       "num_conflicting_pairs": pairs,
       "sum_norm": jnp.sqrt(jnp.maximum(jnp.sum(a), 0.0)),
   }
