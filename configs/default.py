@@ -47,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.steps = 300
   config.train.seqs_per_task = 64  # Sequences per task per step: 64 SST sentences, 32 pairs.
   config.train.length_buckets = (16, 32, 48, 64, 96, 128)
+  config.train.length_grouping = 32  # Sort each task's next N batches by length; 0 = off.
   config.train.learning_rate = 1e-3
   config.train.warmup_fraction = 0.1  # Linear warmup over this share of the steps, then cosine decay.
   config.train.weight_decay = 0.01

@@ -65,7 +65,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "train.length_buckets",
          f"the largest bucket must be >= model.max_length ({config.model.max_length})")
   _check(config.data_limit >= 0, "data_limit", "must be >= 0")
-  for key in ("log_every", "eval_every", "checkpoint_every"):
+  for key in ("log_every", "eval_every", "checkpoint_every", "length_grouping"):
     _check(t[key] >= 0, f"train.{key}", "must be >= 0")
   lora_config(config)
   grad_method(config)

@@ -141,7 +141,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tick, tick_step = time.perf_counter(), first
   try:
     for step in range(first, t.steps):
-      batch = batching.train_batch(data["train"], step, t.seqs_per_task, config.seed, buckets)
+      batch = batching.train_batch(data["train"], step, t.seqs_per_task, config.seed, buckets,
+                                   t.length_grouping)
       state, metrics = step_fn(state, frozen, batch)
       done = step + 1
       if done % max(t.log_every, 1) == 0 or done == t.steps:

@@ -307,3 +307,40 @@ def test_eval_batches_short_split_uses_small_bucket():
     batches = list(batching.eval_batches(data, 8, BUCKETS))
     assert len(batches) == 1
     assert batches[0][1]["input_ids"].shape == (8, 8)
+
+
+# --------------------------------------------------------------------------
+# length grouping
+# --------------------------------------------------------------------------
+
+
+def test_grouped_indices_still_cover_each_example_once_per_epoch():
+    data = make_data("sst", 24)
+    count, group = 3, 4  # A group of 4 steps = 12 examples = half an epoch.
+    seen = np.concatenate([batching.train_indices(data, k, count, 0, group) for k in range(16)])
+    for e in range(2):
+        assert sorted(seen[e * 24:(e + 1) * 24].tolist()) == list(range(24))
+
+
+def test_grouped_batches_hold_similar_lengths_and_align_across_tasks():
+    datasets = [make_data("sst", 400, seed=1), make_data("quora", 400, seed=2)]
+    count, group = 8, 16
+    spreads, ungrouped_spreads, ranks = [], [], []
+    for step in range(group):
+        idx = [batching.train_indices(d, step, count, 0, group) for d in datasets]
+        plain = batching.train_indices(datasets[0], step, count, 0)
+        spreads.append(np.ptp(datasets[0].lengths[idx[0]]))
+        ungrouped_spreads.append(np.ptp(datasets[0].lengths[plain]))
+        ranks.append([np.median(d.lengths[i]) for d, i in zip(datasets, idx)])
+    assert np.mean(spreads) < 0.5 * np.mean(ungrouped_spreads)
+    # Short batches of one task come with short batches of the other.
+    ranks = np.array(ranks)
+    assert np.corrcoef(ranks[:, 0], ranks[:, 1])[0, 1] > 0.8
+
+
+def test_grouped_indices_depend_only_on_the_step():
+    data = make_data("sts", 50)
+    forward = [batching.train_indices(data, k, 5, 3, 8) for k in range(20)]
+    _clear_cache()
+    for k in (17, 2, 9):
+        np.testing.assert_array_equal(batching.train_indices(data, k, 5, 3, 8), forward[k])

@@ -7,6 +7,11 @@ Why the shapes look like this:
   with no wasted compute.
 - The length L is the smallest bucket that fits the step's longest sequence, so XLA
   compiles one step per bucket (a handful) while short batches don't pay for long ones.
+- Length grouping: each task's examples for a group of K consecutive steps are sorted by
+  length and cut into K batches, and the K steps take them in one shuffled order shared by
+  all tasks. Short batches of every task then meet in the same step, so most steps run
+  at a short bucket (the step's length is the longest of any task); each example is
+  still seen once per epoch.
 - Example order is a pure function of (seed, task, epoch), and a step's examples of the
   step number alone: resuming at step k replays exactly the batches an uninterrupted
   run would have seen.
@@ -41,6 +46,14 @@ class Encoded:
   @property
   def is_pair(self) -> bool:
     return self.second is not None
+
+  @functools.cached_property
+  def lengths(self) -> np.ndarray:
+    """Per example, the length of its longest sequence."""
+    lengths = np.array([len(s) for s in self.first])
+    if self.is_pair:
+      lengths = np.maximum(lengths, [len(s) for s in self.second])
+    return lengths
 
 
 def encode(tokenizer, split: TaskSplit, max_length: int) -> Encoded:
@@ -111,28 +124,43 @@ def _epoch_order(seed: int, task: str, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, TASKS.index(task), epoch]).permutation(n)
 
 
-def train_indices(data: Encoded, step: int, count: int, seed: int) -> np.ndarray:
-  """Example indices of `step` for one task, cycling through a fresh shuffle each epoch."""
-  n = len(data)
-  positions = np.arange(step * count, (step + 1) * count)
-  epochs, offsets = np.divmod(positions, n)
-  return np.array([_epoch_order(seed, data.task, int(e), n)[o] for e, o in zip(epochs, offsets)])
+def _stream(data: Encoded, start: int, count: int, seed: int) -> np.ndarray:
+  """Positions [start, start + count) of the task's endless stream of epoch shuffles."""
+  epochs, offsets = np.divmod(np.arange(start, start + count), len(data))
+  out = np.empty(count, np.int64)
+  for epoch in np.unique(epochs):
+    here = epochs == epoch
+    out[here] = _epoch_order(seed, data.task, int(epoch), len(data))[offsets[here]]
+  return out
+
+
+def train_indices(data: Encoded, step: int, count: int, seed: int,
+                  group_steps: int = 0) -> np.ndarray:
+  """Example indices of `step` for one task; see the module docstring for grouping."""
+  if group_steps <= 1:
+    return _stream(data, step * count, count, seed)
+  group, position = divmod(step, group_steps)
+  pool = _stream(data, group * group_steps * count, group_steps * count, seed)
+  by_length = pool[np.argsort(data.lengths[pool], kind="stable")].reshape(group_steps, count)
+  # One order of the group's batches for every task, so that their lengths line up.
+  rank = np.random.default_rng([seed, len(TASKS), group]).permutation(group_steps)[position]
+  return by_length[rank]
 
 
 def train_batch(datasets: list[Encoded], step: int, seqs_per_task: int, seed: int,
-                buckets: tuple[int, ...]) -> dict[str, np.ndarray]:
+                buckets: tuple[int, ...], group_steps: int = 0) -> dict[str, np.ndarray]:
   """The step's batch: every task's arrays stacked on a leading task axis [T, S, ...]."""
-  chosen = [train_indices(d, step, examples_per_batch(d.task, seqs_per_task), seed)
+  chosen = [train_indices(d, step, examples_per_batch(d.task, seqs_per_task), seed, group_steps)
             for d in datasets]
-  longest = max(len(s) for d, idx in zip(datasets, chosen) for s in sequences(d, idx))
-  length = bucket_length(longest, buckets)
+  length = bucket_length(max(int(d.lengths[idx].max()) for d, idx in zip(datasets, chosen)),
+                         buckets)
   batches = [make_batch(d, idx, seqs_per_task, length) for d, idx in zip(datasets, chosen)]
   return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
 def eval_batches(data: Encoded, seqs_per_batch: int, buckets: tuple[int, ...]):
   """Yields (example indices, batch) over a whole split, sorted by length to cut padding."""
-  lengths = [max(len(s) for s in sequences(data, np.array([i]))) for i in range(len(data))]
+  lengths = data.lengths
   order = np.argsort(lengths, kind="stable")
   n = examples_per_batch(data.task, seqs_per_batch)
   for start in range(0, len(order), n):
