@@ -4,6 +4,7 @@ Override any config key on the command line, e.g. `--config.train.steps=50`. An 
 key is refused at once (the config is locked).
 """
 
+import logging as std_logging
 import signal
 import sys
 
@@ -26,6 +27,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -34,6 +36,13 @@ def main(argv):
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
     sys.exit(130)  # The trainer has saved a checkpoint and said where.
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Keeps orbax's per-save INFO chatter out of the console (warnings still show)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
 def _raise_keyboard_interrupt(signum, frame):

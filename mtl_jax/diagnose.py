@@ -226,32 +226,19 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
   """Rows like metrics.jsonl's, measured on the latest checkpoint over the next batches."""
   import jax
   import jax.numpy as jnp
-  import ml_collections
 
   from mtl_jax import grad as mtlgrad, specs, train
-  from mtl_jax.checkpoint import Checkpointer
   from mtl_jax.data import batching, files
   from mtl_jax.metrics_log import _flatten
   from mtl_jax.models import hf_io
   from mtl_jax.step import make_per_task_grads
 
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(config_path):
-    raise DiagnoseError(f"{config_path} not found: is {workdir} a training workdir?")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
   try:
-    specs.validate(config)
-    model, state, frozen, tx = train.init_state(config)  # Keeps the split and method state.
-    ckpt = Checkpointer(workdir, 1, 1)
-    if ckpt.latest_step() is None:
-      raise DiagnoseError(f"no checkpoint in {ckpt.directory}")
-    state, _ = ckpt.restore(state)
-    ckpt.close()
+    config, model, state, frozen, tx = train.restore(workdir)  # Split and method state kept.
     if set(state.trainable) <= {"heads"}:
       raise DiagnoseError("this run trains only the heads: no shared gradients to compare")
     data = train.load_data(config, hf_io.load_tokenizer(config.model.path))
-  except (specs.ConfigError, files.DataError, hf_io.CheckpointError) as e:
+  except (FileNotFoundError, specs.ConfigError, files.DataError, hf_io.CheckpointError) as e:
     raise DiagnoseError(str(e)) from e
   per_task = make_per_task_grads(model)
   task_ids = jnp.arange(len(TASKS))

@@ -50,18 +50,27 @@ def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Ar
   return jax.lax.switch(task, [branches[t] for t in TASKS])
 
 
-def make_train_step(model: multitask.MultitaskModel, tx: optax.GradientTransformation,
-                    task_ids: tuple[int, ...], seed: int):
-  """Returns step(state, frozen, batch) -> (state, metrics); batch leaves are [T, S, ...]."""
-  base_key = jax.random.key(seed)
-
+def make_loss_fn(model: multitask.MultitaskModel):
+  """Returns loss(trainable, frozen, one task's batch [S, ...], task id, dropout key)."""
   def loss_fn(trainable, frozen, batch, task, key):
     params = multitask.merge(trainable, frozen)
     outputs = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
                           batch["token_type_ids"], deterministic=False, rngs={"dropout": key})
     return task_loss(outputs, batch["labels"], batch["weights"], task)
+  return loss_fn
 
-  per_task_grads = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(None, None, 0, 0, 0))
+
+def make_per_task_grads(model: multitask.MultitaskModel):
+  """Returns fn(trainable, frozen, batch [T, S, ...], task ids [T], keys [T]) ->
+  (losses [T], gradients of the trainable leaves with a leading task axis [T, ...])."""
+  return jax.vmap(jax.value_and_grad(make_loss_fn(model)), in_axes=(None, None, 0, 0, 0))
+
+
+def make_train_step(model: multitask.MultitaskModel, tx: optax.GradientTransformation,
+                    task_ids: tuple[int, ...], seed: int):
+  """Returns step(state, frozen, batch) -> (state, metrics); batch leaves are [T, S, ...]."""
+  base_key = jax.random.key(seed)
+  per_task_grads = make_per_task_grads(model)
 
   def step(state: TrainState, frozen: dict, batch: dict) -> tuple[TrainState, dict]:
     keys = jax.random.split(jax.random.fold_in(base_key, state.step), len(task_ids))

@@ -43,17 +43,23 @@ def load_data(config: ml_collections.ConfigDict, tokenizer) -> dict[str, list[ba
   return out
 
 
-def make_optimizer(config: ml_collections.ConfigDict, trainable: dict) -> optax.GradientTransformation:
-  """Task combination (an mtl_jax.grad method on shared leaves) -> clip -> AdamW."""
+def base_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Clip -> AdamW with linear warmup and cosine decay: the update after tasks combine."""
   t = config.train
-  method = specs.grad_method(config)
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, t.learning_rate, int(t.warmup_fraction * t.steps), t.steps, end_value=t.learning_rate * 0.01)
+      0.0, t.learning_rate, int(t.warmup_fraction * t.steps), t.steps,
+      end_value=t.learning_rate * 0.01)
   return optax.chain(
-      mtlgrad.shared_only(method, multitask.is_shared(trainable)),
       optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
       optax.adamw(schedule, weight_decay=t.weight_decay),
   )
+
+
+def make_optimizer(config: ml_collections.ConfigDict, trainable: dict) -> optax.GradientTransformation:
+  """Per-task gradients [T, ...] -> the configured mtl_jax.grad method on the shared
+  leaves (heads get their own task's gradient) -> base_optimizer."""
+  method = mtlgrad.shared_only(specs.grad_method(config), multitask.is_shared(trainable))
+  return optax.chain(method, base_optimizer(config))
 
 
 def init_state(config: ml_collections.ConfigDict):
@@ -65,19 +71,26 @@ def init_state(config: ml_collections.ConfigDict):
   return model, state, frozen, tx
 
 
-def load_trained(workdir: str):
-  """(config, model, params) of the latest checkpoint of a training workdir."""
+def restore(workdir: str):
+  """(config, model, state, frozen, tx) of the latest checkpoint of a training workdir."""
   config_path = os.path.join(workdir, "config.json")
   if not os.path.isfile(config_path):
     raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
   with open(config_path) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  model, state, frozen, _ = init_state(config)
+  specs.validate(config)
+  model, state, frozen, tx = init_state(config)
   ckpt = Checkpointer(workdir, 1, 1)
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
   state, _ = ckpt.restore(state)
   ckpt.close()
+  return config, model, state, frozen, tx
+
+
+def load_trained(workdir: str):
+  """(config, model, params) of the latest checkpoint of a training workdir."""
+  config, model, state, frozen, _ = restore(workdir)
   return config, model, multitask.merge(state.trainable, frozen)
 
 

@@ -1,0 +1,160 @@
+"""Benchmark of the train step: speed, FLOP/s and memory, printed as one table.
+
+  python -m mtl_jax.bench [--methods=summed,sum,pcgrad,cagrad,mgda] [--modes=lora,full]
+      [--seqs_per_task=64] [--length=64] [--steps=10]
+
+Each (method, mode) runs in its own process (so peak memory is its own) on the bundled
+model with fixed shapes [3 tasks, seqs_per_task, length] and random tokens. `summed` is
+the gradient of the summed loss (one gradient, no task axis); every other method computes
+per-task gradients with vmap and combines them with that mtl_jax.grad method, so
+"vs summed" is the cost of per-task gradients plus the method. FLOPs are XLA's count for
+the compiled step; the peak is a dense f32 matmul measured in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+_METHODS = flags.DEFINE_list("methods", ["summed", "sum", "pcgrad", "cagrad", "mgda"],
+                             "Gradient methods ('summed' = gradient of the summed loss).")
+_MODES = flags.DEFINE_list("modes", ["lora", "full"], "Fine-tuning modes (adapter.kind).")
+_SEQS = flags.DEFINE_integer("seqs_per_task", 64, "Sequences per task per step.")
+_LENGTH = flags.DEFINE_integer("length", 64, "Sequence length.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
+_ONE = flags.DEFINE_string("one", None, "Internal: run one 'method:mode' and print JSON.")
+
+
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of an n^3 float32 matmul through XLA on this machine, now."""
+  import jax
+  import jax.numpy as jnp
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n**3 / min(times)
+
+
+def run_one(method: str, mode: str, seqs_per_task: int, length: int, steps: int,
+            model_path: str | None = None) -> dict:
+  """Times one jitted train step configuration; returns the row of the table."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  from configs import default
+  from mtl_jax import train
+  from mtl_jax.step import TrainState, make_loss_fn, make_train_step
+
+  config = default.get_config()
+  config.model.path = model_path or config.model.path
+  config.adapter.kind = mode
+  config.grad.method = "sum" if method == "summed" else method
+  config.train.seqs_per_task = seqs_per_task
+  model, state, frozen, tx = train.init_state(config)
+  rng = np.random.default_rng(0)
+  t = 3
+  batch = {
+      "input_ids": rng.integers(5, model.config.vocab_size,
+                                (t, seqs_per_task, length)).astype(np.int32),
+      "attention_mask": np.ones((t, seqs_per_task, length), np.int32),
+      "token_type_ids": np.zeros((t, seqs_per_task, length), np.int32),
+      "labels": rng.integers(0, 2, (t, seqs_per_task)).astype(np.float32),
+      "weights": np.ones((t, seqs_per_task), np.float32),
+  }
+  if method == "summed":
+    loss_fn = make_loss_fn(model)
+    summed_tx = train.base_optimizer(config)  # No task axis to combine.
+    state = TrainState(state.step, state.trainable, summed_tx.init(state.trainable))
+    def summed_step(state, frozen, batch):
+      keys = jax.random.split(jax.random.fold_in(jax.random.key(0), state.step), t)
+      def total(trainable):
+        losses = jax.vmap(loss_fn, in_axes=(None, None, 0, 0, 0))(
+            trainable, frozen, batch, jnp.arange(t), keys)
+        return losses.sum()
+      grads = jax.grad(total)(state.trainable)
+      updates, opt_state = summed_tx.update(grads, state.opt_state, state.trainable)
+      return TrainState(state.step + 1, optax.apply_updates(state.trainable, updates),
+                        opt_state), {}
+    step = summed_step
+  else:
+    step = make_train_step(model, tx, tuple(range(t)), 0)
+  jitted = jax.jit(step, donate_argnums=(0,))
+  compiled = jitted.lower(state, frozen, batch).compile()
+  flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
+  if isinstance(flops, list):  # Older jax returns one dict per computation.
+    flops = flops[0].get("flops", float("nan"))
+  for _ in range(2):
+    state, _ = jitted(state, frozen, batch)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = jitted(state, frozen, batch)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - start)
+  step_s = float(np.median(times))
+  examples = seqs_per_task + 2 * (seqs_per_task // 2)
+  opt_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(state.opt_state)
+                  if hasattr(x, "nbytes"))
+  return {
+      "method": method, "mode": mode, "step_s": step_s, "examples_per_s": examples / step_s,
+      "flops_per_step": float(flops), "flops_per_s": float(flops) / step_s,
+      "opt_state_mib": opt_bytes / 2**20,
+      "trainable": int(sum(x.size for x in jax.tree_util.tree_leaves(state.trainable))),
+      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  }
+
+
+def table(rows: list[dict], peak: float) -> str:
+  summed = {r["mode"]: r["step_s"] for r in rows if r["method"] == "summed"}
+  lines = ["| mode | method | step s | examples/s | GFLOP/step | GFLOP/s | % of peak | "
+           "vs summed | trainable | opt state MiB | peak RSS MiB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    rel = r["step_s"] / summed[r["mode"]] if r["mode"] in summed else float("nan")
+    lines.append(
+        f"| {r['mode']} | {r['method']} | {r['step_s']:.2f} | {r['examples_per_s']:.1f} | "
+        f"{r['flops_per_step'] / 1e9:.0f} | {r['flops_per_s'] / 1e9:.0f} | "
+        f"{100 * r['flops_per_s'] / peak:.0f}% | {rel:.2f}x | {r['trainable']:,} | "
+        f"{r['opt_state_mib']:.1f} | {r['peak_rss_mib']:.0f} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  if _ONE.value:
+    method, mode = _ONE.value.split(":")
+    print(json.dumps(run_one(method, mode, _SEQS.value, _LENGTH.value, _STEPS.value)))
+    return
+  peak = matmul_peak_flops()
+  rows = []
+  for mode in _MODES.value:
+    for method in _METHODS.value:
+      out = subprocess.run(
+          [sys.executable, "-m", "mtl_jax.bench", f"--one={method}:{mode}",
+           f"--seqs_per_task={_SEQS.value}", f"--length={_LENGTH.value}",
+           f"--steps={_STEPS.value}"], capture_output=True, text=True, check=False)
+      if out.returncode != 0:
+        print(f"{method}:{mode} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+        continue
+      rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+      print(f"done {method}:{mode}: {rows[-1]['step_s']:.2f} s/step", file=sys.stderr)
+  print(f"\nshapes: 3 tasks x {_SEQS.value} sequences x {_LENGTH.value} tokens, f32; "
+        f"dense matmul peak measured now: {peak / 1e9:.0f} GFLOP/s\n")
+  print(table(rows, peak))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,24 @@
+"""The benchmark's step runner on a tiny model: the table's numbers are consistent."""
+
+import pytest
+
+from mtl_jax import bench
+
+
+@pytest.mark.parametrize("method", ["summed", "pcgrad"])
+def test_run_one_reports_consistent_numbers(tiny_bert_dir, method):
+  row = bench.run_one(method, "lora", seqs_per_task=4, length=16, steps=2,
+                      model_path=tiny_bert_dir)
+  assert row["method"] == method and row["mode"] == "lora"
+  assert row["step_s"] > 0 and row["examples_per_s"] == pytest.approx(8 / row["step_s"])
+  assert row["flops_per_step"] > 0
+  # Adam keeps two moments per trainable parameter (plus a few scalars).
+  assert row["opt_state_mib"] * 2**20 >= 2 * 4 * row["trainable"]
+
+
+def test_table_relates_each_method_to_the_summed_step():
+  rows = [{"method": m, "mode": "lora", "step_s": s, "examples_per_s": 1.0,
+           "flops_per_step": 1e9, "flops_per_s": 1e9 / s, "opt_state_mib": 1.0,
+           "trainable": 10, "peak_rss_mib": 100.0} for m, s in (("summed", 2.0), ("pcgrad", 2.2))]
+  text = bench.table(rows, peak=1e10)
+  assert "| lora | pcgrad | 2.20 |" in text and "1.10x" in text
