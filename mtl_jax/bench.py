@@ -22,13 +22,6 @@ import time
 import numpy as np
 from absl import app, flags
 
-_METHODS = flags.DEFINE_list("methods", ["summed", "sum", "pcgrad", "cagrad", "mgda"],
-                             "Gradient methods ('summed' = gradient of the summed loss).")
-_MODES = flags.DEFINE_list("modes", ["lora", "full"], "Fine-tuning modes (adapter.kind).")
-_SEQS = flags.DEFINE_integer("seqs_per_task", 64, "Sequences per task per step.")
-_LENGTH = flags.DEFINE_integer("length", 64, "Sequence length.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
-_ONE = flags.DEFINE_string("one", None, "Internal: run one 'method:mode' and print JSON.")
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -132,29 +125,41 @@ def table(rows: list[dict], peak: float) -> str:
   return "\n".join(lines)
 
 
+def define_flags() -> None:
+  """Only when run as a program: several modules have flags of the same names."""
+  flags.DEFINE_list("methods", ["summed", "sum", "pcgrad", "cagrad", "mgda"],
+                               "Gradient methods ('summed' = gradient of the summed loss).")
+  flags.DEFINE_list("modes", ["lora", "full"], "Fine-tuning modes (adapter.kind).")
+  flags.DEFINE_integer("seqs_per_task", 64, "Sequences per task per step.")
+  flags.DEFINE_integer("length", 64, "Sequence length.")
+  flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
+  flags.DEFINE_string("one", None, "Internal: run one 'method:mode' and print JSON.")
+
+
 def main(argv):
   del argv
-  if _ONE.value:
-    method, mode = _ONE.value.split(":")
-    print(json.dumps(run_one(method, mode, _SEQS.value, _LENGTH.value, _STEPS.value)))
+  if flags.FLAGS.one:
+    method, mode = flags.FLAGS.one.split(":")
+    print(json.dumps(run_one(method, mode, flags.FLAGS.seqs_per_task, flags.FLAGS.length, flags.FLAGS.steps)))
     return
   peak = matmul_peak_flops()
   rows = []
-  for mode in _MODES.value:
-    for method in _METHODS.value:
+  for mode in flags.FLAGS.modes:
+    for method in flags.FLAGS.methods:
       out = subprocess.run(
           [sys.executable, "-m", "mtl_jax.bench", f"--one={method}:{mode}",
-           f"--seqs_per_task={_SEQS.value}", f"--length={_LENGTH.value}",
-           f"--steps={_STEPS.value}"], capture_output=True, text=True, check=False)
+           f"--seqs_per_task={flags.FLAGS.seqs_per_task}", f"--length={flags.FLAGS.length}",
+           f"--steps={flags.FLAGS.steps}"], capture_output=True, text=True, check=False)
       if out.returncode != 0:
         print(f"{method}:{mode} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
         continue
       rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
       print(f"done {method}:{mode}: {rows[-1]['step_s']:.2f} s/step", file=sys.stderr)
-  print(f"\nshapes: 3 tasks x {_SEQS.value} sequences x {_LENGTH.value} tokens, f32; "
+  print(f"\nshapes: 3 tasks x {flags.FLAGS.seqs_per_task} sequences x {flags.FLAGS.length} tokens, f32; "
         f"dense matmul peak measured now: {peak / 1e9:.0f} GFLOP/s\n")
   print(table(rows, peak))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -22,10 +22,6 @@ from absl import app, flags
 
 from mtl_jax.data.files import TASKS
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir (holds metrics.jsonl).")
-_OUTPUT = flags.DEFINE_string("output", None, "Output directory (default WORKDIR/diagnostics).")
-_CHECKPOINT = flags.DEFINE_bool("checkpoint", False, "Measure on the latest checkpoint instead.")
-_BATCHES = flags.DEFINE_integer("batches", 8, "Training batches to average over with --checkpoint.")
 
 PAIRS = list(itertools.combinations(range(len(TASKS)), 2))
 
@@ -286,17 +282,26 @@ def run(workdir: str, output: str | None = None, checkpoint: bool = False,
   return summary
 
 
+def define_flags() -> None:
+  """Only when run as a program: several modules have flags of the same names."""
+  flags.DEFINE_string("workdir", None, "A training workdir (holds metrics.jsonl).")
+  flags.DEFINE_string("output", None, "Output directory (default WORKDIR/diagnostics).")
+  flags.DEFINE_bool("checkpoint", False, "Measure on the latest checkpoint instead.")
+  flags.DEFINE_integer("batches", 8, "Training batches to average over with --checkpoint.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value:
+  if not flags.FLAGS.workdir:
     raise app.UsageError("--workdir is required")
   try:
-    run(_WORKDIR.value, _OUTPUT.value, _CHECKPOINT.value, _BATCHES.value)
+    run(flags.FLAGS.workdir, flags.FLAGS.output, flags.FLAGS.checkpoint, flags.FLAGS.batches)
   except (DiagnoseError, FileNotFoundError) as e:
     print(f"diagnose: error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -13,6 +13,7 @@ configured pooling; --model then defaults to the run's model.
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 import numpy as np
@@ -22,13 +23,6 @@ from mtl_jax.models import hf_io
 from mtl_jax.models.heads import POOLINGS
 from mtl_jax.models.multitask import MultitaskModel
 
-_MODEL = flags.DEFINE_string("model", None, "Local Hugging Face BERT directory.")
-_INPUT = flags.DEFINE_string("input", None, "Text file: one sentence (or tab-separated pair) a line.")
-_OUTPUT = flags.DEFINE_string("output", None, "Output .npz path.")
-_MAX_LENGTH = flags.DEFINE_integer("max_length", 128, "Truncate to this many tokens.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A training workdir: use its fine-tuned encoder.")
-_POOLING = flags.DEFINE_enum("pooling", None, POOLINGS, "Pooling (default: mean, or the run's).")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Sequences per forward pass.")
 
 
 def read_lines(path: str) -> tuple[list[str], list[str] | None]:
@@ -91,18 +85,35 @@ def load_encoder(model_dir: str | None, checkpoint: str | None, pooling: str | N
   return model, params, hf_io.load_tokenizer(model_dir)
 
 
+def define_flags() -> None:
+  """Only when run as a program: several modules have flags of the same names."""
+  flags.DEFINE_string("model", None, "Local Hugging Face BERT directory.")
+  flags.DEFINE_string("input", None, "Text file: one sentence (or tab-separated pair) a line.")
+  flags.DEFINE_string("output", None, "Output .npz path.")
+  flags.DEFINE_integer("max_length", 128, "Truncate to this many tokens.")
+  flags.DEFINE_string("checkpoint", None, "A training workdir: use its fine-tuned encoder.")
+  flags.DEFINE_enum("pooling", None, POOLINGS, "Pooling (default: mean, or the run's).")
+  flags.DEFINE_integer("batch_size", 64, "Sequences per forward pass.")
+
+
 def main(argv):
   del argv
-  if not _INPUT.value or not _OUTPUT.value:
+  if not flags.FLAGS.input or not flags.FLAGS.output:
     raise app.UsageError("--input and --output are required")
-  model, params, tokenizer = load_encoder(_MODEL.value, _CHECKPOINT.value, _POOLING.value)
-  first, second = read_lines(_INPUT.value)
-  arrays = embed(model, params, tokenizer, first, second, _MAX_LENGTH.value, _BATCH.value)
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  np.savez(_OUTPUT.value, **arrays)
-  print(f"wrote {_OUTPUT.value}: {len(first)} {'pairs' if second else 'sentences'}, "
+  try:
+    model, params, tokenizer = load_encoder(flags.FLAGS.model, flags.FLAGS.checkpoint,
+                                            flags.FLAGS.pooling)
+    first, second = read_lines(flags.FLAGS.input)
+  except (FileNotFoundError, ValueError) as e:  # Incl. CheckpointError, ConfigError.
+    sys.exit(f"error: {e}")
+  arrays = embed(model, params, tokenizer, first, second, flags.FLAGS.max_length,
+                 flags.FLAGS.batch_size)
+  os.makedirs(os.path.dirname(os.path.abspath(flags.FLAGS.output)), exist_ok=True)
+  np.savez(flags.FLAGS.output, **arrays)
+  print(f"wrote {flags.FLAGS.output}: {len(first)} {'pairs' if second else 'sentences'}, "
         f"last_hidden_state {arrays['last_hidden_state'].shape}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

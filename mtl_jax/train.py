@@ -43,23 +43,26 @@ def load_data(config: ml_collections.ConfigDict, tokenizer) -> dict[str, list[ba
   return out
 
 
-def base_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def _update_transforms(config: ml_collections.ConfigDict) -> list:
   """Clip -> AdamW with linear warmup and cosine decay: the update after tasks combine."""
   t = config.train
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, t.learning_rate, int(t.warmup_fraction * t.steps), t.steps,
       end_value=t.learning_rate * 0.01)
-  return optax.chain(
-      optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
-      optax.adamw(schedule, weight_decay=t.weight_decay),
-  )
+  return [optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
+          optax.adamw(schedule, weight_decay=t.weight_decay)]
+
+
+def base_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The optimizer for an already-combined gradient (no task axis)."""
+  return optax.chain(*_update_transforms(config))
 
 
 def make_optimizer(config: ml_collections.ConfigDict, trainable: dict) -> optax.GradientTransformation:
   """Per-task gradients [T, ...] -> the configured mtl_jax.grad method on the shared
-  leaves (heads get their own task's gradient) -> base_optimizer."""
+  leaves (heads get their own task's gradient) -> clip -> AdamW."""
   method = mtlgrad.shared_only(specs.grad_method(config), multitask.is_shared(trainable))
-  return optax.chain(method, base_optimizer(config))
+  return optax.chain(method, *_update_transforms(config))
 
 
 def init_state(config: ml_collections.ConfigDict):
