@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from conftest import write_tiny_bert
 
 from mtl_jax.models import bert, hf_io
 
@@ -81,21 +81,6 @@ def test_minilm_matches_hf():
 # --------------------------------------------------------------------------
 
 
-def _write_tiny(dirpath, ref: dict, rename=None) -> str:
-    os.makedirs(dirpath, exist_ok=True)
-    with open(os.path.join(dirpath, "config.json"), "w") as f:
-        f.write(str(ref["config_json"]))
-    weights = {}
-    for k, v in ref.items():
-        if k.startswith("weights/"):
-            name = k[len("weights/"):]
-            if rename is not None:
-                name = rename(name)
-            weights[name] = np.ascontiguousarray(v)
-    save_file(weights, os.path.join(dirpath, "model.safetensors"))
-    return str(dirpath)
-
-
 @pytest.fixture(scope="module")
 def tiny_ref() -> dict:
     return _load_npz("tiny_bert.npz")
@@ -103,7 +88,7 @@ def tiny_ref() -> dict:
 
 @pytest.fixture()
 def tiny_loaded(tiny_ref, tmp_path):
-    path = _write_tiny(tmp_path / "tiny", tiny_ref)
+    path = write_tiny_bert(tmp_path / "tiny", tiny_ref, vocab=False)
     return hf_io.load_bert(path)
 
 
@@ -135,7 +120,7 @@ def test_tiny_old_style_layernorm_names(tiny_ref, tiny_loaded, tmp_path):
             return name.replace(".LayerNorm.bias", ".LayerNorm.beta")
         return name
 
-    path = _write_tiny(tmp_path / "old", tiny_ref, rename=rename)
+    path = write_tiny_bert(tmp_path / "old", tiny_ref, rename=rename, vocab=False)
     with open(os.path.join(path, "model.safetensors"), "rb") as f:
         assert b"LayerNorm.gamma" in f.read(1 << 16)
     config_old, params_old = hf_io.load_bert(path)

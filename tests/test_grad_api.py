@@ -21,12 +21,7 @@ PARAMS = {
 KWARGS = {"fixed": {"weights": [1.0, 2.0, 0.5]}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  old = jax.config.jax_exec_time_optimization_effort
-  jax.config.update("jax_exec_time_optimization_effort", -1.0)
-  yield
-  jax.config.update("jax_exec_time_optimization_effort", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _grads(key=0, t=T, params=PARAMS):

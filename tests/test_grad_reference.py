@@ -93,13 +93,7 @@ REFERENCE = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compile():
-  # Tiny graphs: spend less XLA effort (public config, restored afterwards).
-  old = jax.config.jax_exec_time_optimization_effort
-  jax.config.update("jax_exec_time_optimization_effort", -1.0)
-  yield
-  jax.config.update("jax_exec_time_optimization_effort", old)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @pytest.mark.parametrize("ours,ref,cases", REFERENCE,
