@@ -50,5 +50,18 @@ def _raise_keyboard_interrupt(signum, frame):
   raise KeyboardInterrupt
 
 
+def run() -> None:
+  """app.run, with ml_collections' error for an unknown --config key turned into one line."""
+  try:
+    app.run(main)
+  except (AttributeError, KeyError) as e:
+    if flags.FLAGS.is_parsed():  # Raised by the run itself: a real bug, keep the traceback.
+      raise
+    while e.args and isinstance(e.args[0], BaseException):  # AttributeError(KeyError(msg))
+      e = e.args[0]
+    message = e.args[0] if e.args else e
+    sys.exit(f"error: unknown config key in the command line: {message}")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

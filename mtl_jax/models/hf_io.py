@@ -74,11 +74,15 @@ def _require(path: str, name: str, hint: str) -> str:
   return full
 
 
-def read_config(path: str, **overrides) -> BertConfig:
-  """The BertConfig of a Hugging Face model directory."""
+def _require_dir(path: str) -> None:
   if not os.path.isdir(path):
     raise CheckpointError(f"model directory {path!r} does not exist (set --config.model.path "
                           "to a local Hugging Face BERT directory)")
+
+
+def read_config(path: str, **overrides) -> BertConfig:
+  """The BertConfig of a Hugging Face model directory."""
+  _require_dir(path)
   cfg_file = _require(path, "config.json", "A Hugging Face BERT directory needs config.json.")
   with open(cfg_file) as f:
     hf = json.load(f)
@@ -154,6 +158,7 @@ def save_bert(path: str, config: BertConfig, params: dict) -> None:
 
 def load_tokenizer(path: str):
   """transformers' fast BERT tokenizer from vocab.txt or tokenizer.json in `path`."""
+  _require_dir(path)
   if not any(os.path.isfile(os.path.join(path, f)) for f in ("vocab.txt", "tokenizer.json")):
     raise CheckpointError(f"{path} has neither vocab.txt nor tokenizer.json for the tokenizer")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
