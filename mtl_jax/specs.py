@@ -11,6 +11,7 @@ import ml_collections
 from mtl_jax import grad as mtlgrad
 from mtl_jax.models import adapters, multitask
 from mtl_jax.models.heads import POOLINGS
+from mtl_jax.step import LOSS_WEIGHTINGS
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "train.length_buckets",
          f"the largest bucket must be >= model.max_length ({config.model.max_length})")
   _check(config.data_limit >= 0, "data_limit", "must be >= 0")
+  weighting = t.get("loss_weighting", "none")  # Absent in configs saved before it existed.
+  _check(weighting in LOSS_WEIGHTINGS, "train.loss_weighting",
+         f"{weighting!r} is not one of {LOSS_WEIGHTINGS}")
   for key in ("log_every", "eval_every", "checkpoint_every", "length_grouping"):
     _check(t[key] >= 0, f"train.{key}", "must be >= 0")
   lora_config(config)

@@ -3,7 +3,12 @@
 Each task's gradient is the gradient of its own loss on its own batch, taken with respect
 to the trainable leaves only (frozen weights get no weight-gradient at all). The stacked
 gradients [T, ...] go to the optimizer, whose first transform (an `mtl_jax.grad` method)
-combines them into one update.
+combines them into one update; it also receives the raw per-task losses
+(`task_losses=`, used by loss-based methods such as `dwa`, ignored by the others).
+
+Uncertainty weighting (`config.train.loss_weighting="uncertainty"`): the trainable tree
+holds `{"loss_weighting": {"log_var": [T]}}` and task t's objective is
+`weighted_task_loss(L_t, log_var, t)`; the logged losses stay the raw ones.
 """
 
 from __future__ import annotations
@@ -50,37 +55,76 @@ def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Ar
   return jax.lax.switch(task, [branches[t] for t in TASKS])
 
 
-def make_loss_fn(model: multitask.MultitaskModel):
-  """Returns loss(trainable, frozen, one task's batch [S, ...], task id, dropout key)."""
-  def loss_fn(trainable, frozen, batch, task, key):
-    params = multitask.merge(trainable, frozen)
+# config.train.loss_weighting values; "uncertainty" adds trainable[LOSS_WEIGHTING_KEY].
+LOSS_WEIGHTINGS = ("none", "uncertainty")
+LOSS_WEIGHTING_KEY = "loss_weighting"
+
+
+def weighted_task_loss(raw_loss: jax.Array, log_var: jax.Array, task: jax.Array) -> jax.Array:
+  """Uncertainty weighting (Kendall, Gal & Cipolla 2018; LibMTL's form) of task `task`:
+  `exp(-s) * L / 2 + s / 2` with `s = log_var[task]` (a learned log-variance, init 0)."""
+  s = log_var[task]
+  return jnp.exp(-s) * raw_loss / 2 + s / 2
+
+
+def _make_losses(model: multitask.MultitaskModel):
+  """fn(trainable, frozen, one task's batch, task id, key) -> (objective, raw loss)."""
+  def losses(trainable, frozen, batch, task, key):
+    weighting = trainable.get(LOSS_WEIGHTING_KEY)
+    params = multitask.merge(
+        {k: v for k, v in trainable.items() if k != LOSS_WEIGHTING_KEY}, frozen)
     outputs = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
                           batch["token_type_ids"], deterministic=False, rngs={"dropout": key})
-    return task_loss(outputs, batch["labels"], batch["weights"], task)
-  return loss_fn
+    raw = task_loss(outputs, batch["labels"], batch["weights"], task)
+    if weighting is None:
+      return raw, raw
+    return weighted_task_loss(raw, weighting["log_var"], task), raw
+  return losses
+
+
+def make_loss_fn(model: multitask.MultitaskModel):
+  """Returns loss(trainable, frozen, one task's batch [S, ...], task id, dropout key): the
+  objective whose gradient trains (the raw loss, or its uncertainty-weighted form)."""
+  losses = _make_losses(model)
+  return lambda *args: losses(*args)[0]
 
 
 def make_per_task_grads(model: multitask.MultitaskModel):
   """Returns fn(trainable, frozen, batch [T, S, ...], task ids [T], keys [T]) ->
-  (losses [T], gradients of the trainable leaves with a leading task axis [T, ...])."""
-  return jax.vmap(jax.value_and_grad(make_loss_fn(model)), in_axes=(None, None, 0, 0, 0))
+  (raw losses [T], gradients of the trainable leaves with a leading task axis [T, ...]).
+
+  The gradients are those of each task's objective (see `make_loss_fn`)."""
+  grad_fn = jax.value_and_grad(_make_losses(model), has_aux=True)
+
+  def per_task(trainable, frozen, batch, task_ids, keys):
+    (_, raw), grads = jax.vmap(grad_fn, in_axes=(None, None, 0, 0, 0))(
+        trainable, frozen, batch, task_ids, keys)
+    return raw, grads
+  return per_task
 
 
 def make_train_step(model: multitask.MultitaskModel, tx: optax.GradientTransformation,
                     task_ids: tuple[int, ...], seed: int):
-  """Returns step(state, frozen, batch) -> (state, metrics); batch leaves are [T, S, ...]."""
+  """Returns step(state, frozen, batch) -> (state, metrics); batch leaves are [T, S, ...].
+
+  `tx.update` gets `task_losses=` (raw losses [T]): `tx` must accept extra keyword
+  arguments, as `optax.chain` and `optax.partition` (`mtlgrad.shared_only`) do."""
   base_key = jax.random.key(seed)
   per_task_grads = make_per_task_grads(model)
 
   def step(state: TrainState, frozen: dict, batch: dict) -> tuple[TrainState, dict]:
     keys = jax.random.split(jax.random.fold_in(base_key, state.step), len(task_ids))
     losses, grads = per_task_grads(state.trainable, frozen, batch, jnp.asarray(task_ids), keys)
-    updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+    updates, opt_state = tx.update(grads, state.opt_state, state.trainable, task_losses=losses)
     trainable = optax.apply_updates(state.trainable, updates)
-    shared = {k: v for k, v in grads.items() if k != "heads"}  # Probing has none.
+    # The shared leaves only (probing has none; heads and log-variances are per task).
+    shared = jax.tree.map(lambda g, s: g if s else None, grads, multitask.is_shared(grads))
+    shared = shared if jax.tree.leaves(shared) else {}
+    weighting = state.trainable.get(LOSS_WEIGHTING_KEY)
     metrics = {
         "loss": losses.sum(),
         "task_loss": losses,
+        **({"loss_weight": jnp.exp(-weighting["log_var"])} if weighting is not None else {}),
         "l2_params": optax.tree.norm(trainable),
         "l2_updates": optax.tree.norm(updates),
         **({f"grad/{k}": v for k, v in mtlgrad.task_gradient_stats(shared).items()}

@@ -25,7 +25,7 @@ from mtl_jax.data import batching, files
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
 from mtl_jax.metrics_log import MetricsLog
 from mtl_jax.models import hf_io, multitask
-from mtl_jax.step import TrainState, make_train_step
+from mtl_jax.step import LOSS_WEIGHTING_KEY, TrainState, make_train_step
 
 TASKS = files.TASKS
 
@@ -69,6 +69,8 @@ def init_state(config: ml_collections.ConfigDict):
   """(model, train state at step 0, frozen params, optimizer) from a validated config."""
   model, params = multitask.build(specs.model_spec(config), jax.random.key(config.seed))
   trainable, frozen = multitask.split(params, multitask.trainable_mask(params, config.adapter.kind))
+  if config.train.get("loss_weighting", "none") == "uncertainty":  # Learned log-variances.
+    trainable = dict(trainable, **{LOSS_WEIGHTING_KEY: {"log_var": jnp.zeros((len(TASKS),))}})
   tx = make_optimizer(config, trainable)
   state = TrainState(jnp.asarray(0, jnp.int32), trainable, tx.init(trainable))
   return model, state, frozen, tx

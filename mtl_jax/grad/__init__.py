@@ -39,10 +39,17 @@ each method was checked against an independent reference
 * ``nash_mtl``: ``sum_i alpha_i g_i`` with ``||.||^2 = T`` -- exact root,
   torchjd ``NashMTL``.
 * ``graddrop``: masked sum -- torchjd ``GradDrop`` (same uniform draws).
+* ``dwa``: ``sum_i w_i g_i``, Dynamic Weight Average (Liu et al. 2019, eq. 7)
+  from the loss ratios of the last two windows of ``period`` steps; needs the
+  losses: ``update(..., task_losses=losses)`` (an
+  ``optax.GradientTransformationExtraArgs``; ``optax.chain`` and
+  :func:`shared_only` forward the keyword, other methods ignore it) -- numpy
+  reference (``tests/test_grad_loss_weighting.py``).
 
-Loss-based weightings (DWA, uncertainty weighting, IMTL-L, MGDA's "loss"
-normalisation) need loss values or learnable loss scales, which a gradient
-transform does not see: not provided.
+Uncertainty weighting (Kendall et al. 2018) has learnable log-variances: it is
+on the loss side (``config.train.loss_weighting="uncertainty"``,
+``mtl_jax.step.weighted_task_loss``). IMTL-L and MGDA's "loss" normalisation:
+not provided.
 
 Per-task diagnostics: :func:`task_gradient_stats`. Pass ``num_tasks=T`` to a
 factory to keep per-task stats in its state (e.g. PCGrad's ``removed_norm``
@@ -54,6 +61,7 @@ from mtl_jax.grad._tree import tasks_to_matrix
 from mtl_jax.grad.balancing import NashMTLState, aligned_mtl, imtl_g, nash_mtl
 from mtl_jax.grad.basic import fixed, mean_tasks, rlw, sum_tasks
 from mtl_jax.grad.diagnostics import method_stats, task_gradient_stats
+from mtl_jax.grad.loss_weighting import DWAState, dwa
 from mtl_jax.grad.min_norm import cagrad, dualproj, mgda, upgrad
 from mtl_jax.grad.projection import (GradVacState, PCGradState, gradvac, pcgrad,
                                      pcgrad_against_sum)
@@ -62,9 +70,9 @@ from mtl_jax.grad.shared import shared_only
 from mtl_jax.grad.sign_dropout import GradDropState, graddrop
 
 __all__ = [
-    "METHODS", "GradDropState", "GradVacState", "NashMTLState", "PCGradState",
-    "aligned_mtl", "cagrad", "dualproj", "fixed", "get_method", "graddrop",
-    "gradvac", "imtl_g", "mean_tasks", "method_stats", "mgda", "nash_mtl",
-    "pcgrad", "pcgrad_against_sum", "rlw", "shared_only", "sum_tasks",
-    "task_gradient_stats", "tasks_to_matrix", "upgrad",
+    "METHODS", "DWAState", "GradDropState", "GradVacState", "NashMTLState",
+    "PCGradState", "aligned_mtl", "cagrad", "dualproj", "dwa", "fixed",
+    "get_method", "graddrop", "gradvac", "imtl_g", "mean_tasks", "method_stats",
+    "mgda", "nash_mtl", "pcgrad", "pcgrad_against_sum", "rlw", "shared_only",
+    "sum_tasks", "task_gradient_stats", "tasks_to_matrix", "upgrad",
 ]

@@ -6,7 +6,7 @@ from typing import Callable, Dict
 
 import optax
 
-from mtl_jax.grad import balancing, basic, min_norm, projection, sign_dropout
+from mtl_jax.grad import balancing, basic, loss_weighting, min_norm, projection, sign_dropout
 
 METHODS: Dict[str, Callable[..., optax.GradientTransformation]] = {
     "sum": basic.sum_tasks,
@@ -24,6 +24,7 @@ METHODS: Dict[str, Callable[..., optax.GradientTransformation]] = {
     "aligned_mtl": balancing.aligned_mtl,
     "nash_mtl": balancing.nash_mtl,
     "graddrop": sign_dropout.graddrop,
+    "dwa": loss_weighting.dwa,
 }
 
 
@@ -31,7 +32,9 @@ def get_method(name: str, **kwargs) -> optax.GradientTransformation:
   """Build the method registered under ``name`` with ``kwargs``.
 
   Every factory accepts ``num_tasks`` (used for per-task stats / state, or
-  only checked), so a trainer can always pass ``num_tasks=T``.
+  only checked), so a trainer can always pass ``num_tasks=T``. ``dwa`` also
+  needs the step's losses: pass ``task_losses=`` to ``update`` (the other
+  methods ignore it inside ``optax.chain`` / :func:`shared_only`).
 
   Args:
     name: a key of :data:`METHODS` (case-insensitive; ``-`` and ``_`` alike).

@@ -123,8 +123,9 @@ def merge(trainable: dict, frozen: dict) -> dict:
 
 
 def is_shared(trainable: dict) -> dict:
-  """Pytree of bools over trainable params: True for leaves every task updates (not heads)."""
-  return {k: jax.tree_util.tree_map(lambda _: k != "heads", v) for k, v in trainable.items()}
+  """Pytree of bools over trainable params: True for leaves every task updates (the
+  encoder and its adapters); False for per-task leaves (heads, loss-weighting log-variances)."""
+  return {k: jax.tree_util.tree_map(lambda _: k == "encoder", v) for k, v in trainable.items()}
 
 
 def count(tree: dict) -> int:
