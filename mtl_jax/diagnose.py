@@ -227,11 +227,11 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
   from mtl_jax.data import batching, files
   from mtl_jax.metrics_log import _flatten
   from mtl_jax.models import hf_io
-  from mtl_jax.step import make_per_task_grads
+  from mtl_jax.step import make_per_task_grads, shared_gradients
 
   try:
     config, model, state, frozen, tx = train.restore(workdir)  # Split and method state kept.
-    if set(state.trainable) <= {"heads"}:
+    if "encoder" not in state.trainable:
       raise DiagnoseError("this run trains only the heads: no shared gradients to compare")
     data = train.load_data(config, hf_io.load_tokenizer(config.model.path))
   except (FileNotFoundError, specs.ConfigError, files.DataError, hf_io.CheckpointError) as e:
@@ -244,7 +244,7 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
     keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), step), len(TASKS))
     losses, grads = per_task(trainable, frozen, batch, task_ids, keys)
     _, new_opt_state = tx.update(grads, opt_state, trainable)  # What the method would remove.
-    shared = {k: v for k, v in grads.items() if k != "heads"}
+    shared = shared_gradients(grads)
     return {"task_loss": losses,
             **{f"grad/{k}": v for k, v in mtlgrad.task_gradient_stats(shared).items()},
             **{f"method/{k}": v for k, v in mtlgrad.method_stats(new_opt_state).items()}}

@@ -103,6 +103,13 @@ def make_per_task_grads(model: multitask.MultitaskModel):
   return per_task
 
 
+def shared_gradients(grads: dict) -> dict:
+  """The per-task gradients of the shared leaves only, for diagnostics ({} when probing:
+  heads and learned loss log-variances belong to one task each)."""
+  shared = jax.tree.map(lambda g, s: g if s else None, grads, multitask.is_shared(grads))
+  return shared if jax.tree.leaves(shared) else {}
+
+
 def make_train_step(model: multitask.MultitaskModel, tx: optax.GradientTransformation,
                     task_ids: tuple[int, ...], seed: int):
   """Returns step(state, frozen, batch) -> (state, metrics); batch leaves are [T, S, ...].
@@ -117,9 +124,7 @@ def make_train_step(model: multitask.MultitaskModel, tx: optax.GradientTransform
     losses, grads = per_task_grads(state.trainable, frozen, batch, jnp.asarray(task_ids), keys)
     updates, opt_state = tx.update(grads, state.opt_state, state.trainable, task_losses=losses)
     trainable = optax.apply_updates(state.trainable, updates)
-    # The shared leaves only (probing has none; heads and log-variances are per task).
-    shared = jax.tree.map(lambda g, s: g if s else None, grads, multitask.is_shared(grads))
-    shared = shared if jax.tree.leaves(shared) else {}
+    shared = shared_gradients(grads)
     weighting = state.trainable.get(LOSS_WEIGHTING_KEY)
     metrics = {
         "loss": losses.sum(),
