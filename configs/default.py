@@ -26,10 +26,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.path = bundled_model_path()  # Any local Hugging Face BERT directory.
-  config.model.pooling = "mean"  # cls | mean
+  config.model.pooling = "mean"  # cls | mean | concat ([tanh(W·mean); CLS], W learned)
   config.model.max_length = 128  # Tokens per sentence, after truncation.
   config.model.head_dropout = 0.1
   config.model.dtype = "float32"  # float32 | bfloat16 (compute; weights stay float32)
+
+  config.heads = ml_collections.ConfigDict()  # Task heads (mtl_jax/models/heads.py).
+  config.heads.kind = "linear"  # linear | shared (one H-wide gelu layer, then per task) | multi_stream
+  config.heads.quora = "features"  # features ([u;v;|u-v|;u*v] -> linear) | dot | cosine
+  config.heads.sts = "cosine"  # cosine (5 cos) | relu_cosine | dot | features
+  config.heads.sts_loss = "mse"  # mse (on 0..5) | cosine (score vs label/5, CosineSimilarityLoss)
 
   config.adapter = ml_collections.ConfigDict()
   config.adapter.kind = "lora"  # full | probe | lora | rslora | dora
@@ -56,7 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.log_every = 10
   config.train.eval_every = 0  # Evaluate on dev every N steps; 0 = only at the end.
   config.train.checkpoint_every = 100
-  config.train.keep_checkpoints = 2
+  config.train.keep_checkpoints = 2  # Latest checkpoints kept; the best dev one is kept apart.
+  config.train.early_stopping_patience = 0  # Evaluations without improvement of dev overall before stopping; 0 = off.
 
   config.eval = ml_collections.ConfigDict()
   config.eval.seqs_per_batch = 128

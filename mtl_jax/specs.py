@@ -10,7 +10,7 @@ import ml_collections
 
 from mtl_jax import grad as mtlgrad
 from mtl_jax.models import adapters, multitask
-from mtl_jax.models.heads import POOLINGS
+from mtl_jax.models import heads as heads_lib
 from mtl_jax.step import LOSS_WEIGHTINGS
 
 
@@ -35,10 +35,21 @@ def lora_config(config: ml_collections.ConfigDict) -> adapters.LoraConfig | None
     raise ConfigError(f"config.adapter: {e}") from e
 
 
+def head_spec(config: ml_collections.ConfigDict) -> heads_lib.HeadSpec:
+  """config.heads (absent in configs saved before it existed: the baseline heads)."""
+  h = config.get("heads") or {}
+  fields = {k: h[k] for k in ("kind", "quora", "sts", "sts_loss") if k in h}
+  try:
+    return heads_lib.HeadSpec(**fields)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from e
+
+
 def model_spec(config: ml_collections.ConfigDict) -> multitask.ModelSpec:
   m = config.model
   return multitask.ModelSpec(path=m.path, mode=config.adapter.kind, lora=lora_config(config),
-                             pooling=m.pooling, head_dropout=float(m.head_dropout), dtype=m.dtype)
+                             pooling=m.pooling, head_dropout=float(m.head_dropout), dtype=m.dtype,
+                             heads=head_spec(config))
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -46,8 +57,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   t = config.train
   _check(config.adapter.kind in multitask.MODES, "adapter.kind",
          f"{config.adapter.kind!r} is not one of {multitask.MODES}")
-  _check(config.model.pooling in POOLINGS, "model.pooling",
-         f"{config.model.pooling!r} is not one of {POOLINGS}")
+  _check(config.model.pooling in heads_lib.ALL_POOLINGS, "model.pooling",
+         f"{config.model.pooling!r} is not one of {heads_lib.ALL_POOLINGS}")
+  head_spec(config)
   _check(config.model.dtype in ("float32", "bfloat16"), "model.dtype",
          f"{config.model.dtype!r} is not float32 or bfloat16")
   _check(config.model.path != "", "model.path",
@@ -71,6 +83,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{weighting!r} is not one of {LOSS_WEIGHTINGS}")
   for key in ("log_every", "eval_every", "checkpoint_every", "length_grouping"):
     _check(t[key] >= 0, f"train.{key}", "must be >= 0")
+  patience = t.get("early_stopping_patience", 0)  # Absent in configs saved before it existed.
+  _check(patience >= 0, "train.early_stopping_patience", "must be >= 0")
+  _check(patience == 0 or t.eval_every > 0, "train.early_stopping_patience",
+         f"{patience} needs dev evaluations during training: set train.eval_every > 0 "
+         f"(it is {t.eval_every}), or train.early_stopping_patience=0")
   lora_config(config)
   grad_method(config)
 
@@ -85,3 +102,64 @@ def grad_method(config: ml_collections.ConfigDict):
     raise ConfigError(f"config.grad.method: {e}") from e
   except TypeError as e:
     raise ConfigError(f"config.grad.kwargs: {e}") from e
+
+
+# Config keys (dotted; a prefix covers its whole subtree) that must be equal when a run
+# resumes from a workdir's checkpoint: they change the model, the data, or the optimization
+# trajectory, so a changed value would silently mix two experiments in one run.
+# train.steps is included because the warmup/cosine learning-rate schedule is a function of
+# it: "train longer" on a resumed run would jump the LR. Everything else (train.log_every,
+# eval_every, checkpoint_every, keep_checkpoints, early_stopping_patience, eval.*) may change.
+RESUME_MUST_MATCH = (
+    "seed", "data_dir", "data_limit", "strict_data", "model", "adapter", "grad",
+    "train.steps", "train.seqs_per_task", "train.length_buckets", "train.length_grouping",
+    "train.learning_rate", "train.warmup_fraction", "train.weight_decay", "train.grad_clip",
+    "train.loss_weighting",
+)
+
+# Values of keys added after some workdirs were written: absent in an old config.json = this.
+_ABSENT_MEANS = {"train.loss_weighting": "none"}
+_ABSENT = "<absent>"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _must_match(key: str) -> bool:
+  return any(key == p or key.startswith(p + ".") for p in RESUME_MUST_MATCH)
+
+
+def resume_mismatches(saved: dict, config: ml_collections.ConfigDict) -> list[tuple[str, object, object]]:
+  """(key, saved value, new value) for each RESUME_MUST_MATCH key that differs between a
+  workdir's config.json (`saved`, as loaded from JSON) and `config`; sorted by key."""
+  import json
+  new = _flatten(json.loads(config.to_json_best_effort()))  # Tuples -> lists, as in `saved`.
+  old = _flatten(saved)
+  out = []
+  for key in sorted(set(new) | set(old)):
+    if not _must_match(key):
+      continue
+    a = old.get(key, _ABSENT_MEANS.get(key, _ABSENT))
+    b = new.get(key, _ABSENT_MEANS.get(key, _ABSENT))
+    if a != b:
+      out.append((key, a, b))
+  return out
+
+
+def check_resume(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises ConfigError naming every RESUME_MUST_MATCH key whose value differs from the
+  config the checkpoints in `workdir` were trained with."""
+  diffs = resume_mismatches(saved, config)
+  if diffs:
+    listed = "; ".join(f"config.{k}: checkpoint has {a!r}, now {b!r}" for k, a, b in diffs)
+    raise ConfigError(
+        f"{workdir} holds checkpoints of a run with a different config ({listed}). These keys "
+        f"change the model, data or optimization, so the run cannot resume with them changed: "
+        f"use a fresh --workdir, or restore the old values")

@@ -2,7 +2,7 @@
 
 Sections: input, model, optimizer, checkpoint, loop, final evaluation. Everything a run
 produces lives in the workdir: config.json, checkpoints/, metrics.jsonl, TensorBoard
-events, predictions/.
+events, predictions/, and with train.eval_every > 0 best_checkpoint/ and best.json.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from absl import logging
 
 from mtl_jax import grad as mtlgrad
 from mtl_jax import specs
+from mtl_jax import checkpoint
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, files
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
@@ -119,12 +120,38 @@ def _save_on_interrupt(ckpt: Checkpointer, state: TrainState) -> None:
                     e, ckpt.latest_step())
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (resuming from workdir if it holds a checkpoint) and returns final dev metrics."""
-  specs.validate(config)
+def _check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses (specs.check_resume) to resume the workdir's checkpoints with a config that
+  changes specs.RESUME_MUST_MATCH keys; only then (re)writes config.json. Nothing is
+  loaded yet, so a mismatch fails at once."""
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
+  config_path = os.path.join(workdir, "config.json")
+  ckpt = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
+  try:
+    if ckpt.latest_step() is not None:
+      if os.path.isfile(config_path):
+        with open(config_path) as f:
+          specs.check_resume(json.load(f), config, workdir)
+      else:
+        logging.warning("%s holds checkpoints but no config.json: cannot check that they "
+                        "were trained with this config", workdir)
+  finally:
+    ckpt.close()
+  tmp = f"{config_path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
     f.write(config.to_json_best_effort(indent=2))
+  os.replace(tmp, config_path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from workdir if it holds a checkpoint) and returns final dev metrics.
+
+  With train.eval_every > 0 the best dev overall so far is kept in best_checkpoint/ and
+  best.json (see mtl_jax.checkpoint), and train.early_stopping_patience > 0 ends training
+  after that many evaluations without improvement (then saves, evaluates and writes
+  predictions of the last step, as at the normal end)."""
+  specs.validate(config)
+  _check_and_write_config(config, workdir)
 
   # --- Input
   tokenizer = hf_io.load_tokenizer(config.model.path)
@@ -144,21 +171,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     config.eval.seqs_per_batch, buckets)
 
   # --- Checkpoint
-  ckpt = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
+  ckpt = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints,
+                      cleanup_tmp=True)
   if ckpt.latest_step() is not None:
     state, _ = ckpt.restore(state)
     logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
 
+  # --- Best dev checkpoint and early stopping
+  t = config.train
+  patience = t.get("early_stopping_patience", 0)
+  best = checkpoint.read_best(workdir) if t.eval_every else None
+
+  def evals_without_improvement(step: int) -> int:
+    """Evaluations in (best step, step]: derived, not counted, so exact across resumes."""
+    return step // t.eval_every - (best["step"] // t.eval_every if best else 0)
+
+  def track_best(step: int, results: dict) -> str | None:
+    """Keeps the best checkpoint; returns why training should stop early, if it should."""
+    nonlocal best
+    score = float(results["overall"])
+    if np.isfinite(score) and (best is None or score > best["overall"]):
+      best = checkpoint.save_best(workdir, step, state, results)
+      logging.info("new best dev overall %.4f at step %d", score, step)
+    elif patience and evals_without_improvement(step) >= patience:
+      return (f"early stopping at step {step}: dev overall has not improved on "
+              f"{best['overall'] if best else float('nan'):.4f} (step {best['step'] if best else '-'}) "
+              f"for {evals_without_improvement(step)} evaluations "
+              f"(train.early_stopping_patience={patience})")
+    return None
+
   # --- Loop
   log = MetricsLog(workdir)
-  t = config.train
   first = int(state.step)
+  last = t.steps
+  if patience and first < t.steps and evals_without_improvement(first) >= patience:
+    logging.warning("this run already stopped early at step %d (best dev overall at step %d); "
+                    "not training further", first, best["step"] if best else 0)
+    last = first
+  last_eval = None  # (step, results, dev predictions) of the latest evaluation.
   seqs_per_step = t.seqs_per_task * len(TASKS)
   examples_per_step = sum(batching.examples_per_batch(task, t.seqs_per_task) for task in TASKS)
   progress = log.progress(first, t.steps)
   tick, tick_step = time.perf_counter(), first
   try:
-    for step in range(first, t.steps):
+    for step in range(first, last):
       batch = batching.train_batch(data["train"], step, t.seqs_per_task, config.seed, buckets,
                                    t.length_grouping)
       state, metrics = step_fn(state, frozen, batch)
@@ -176,9 +232,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "examples_per_sec": rate, "sequences_per_sec": rate * seqs_per_step / examples_per_step})
         progress.set_postfix(loss=f"{float(metrics['loss']):.3f}", ex_s=f"{rate:.1f}")
       progress.update(1)
+      stop = None
       if t.eval_every and done % t.eval_every == 0 and done != t.steps:
-        log.write(done, run_eval()[0], prefix="dev/")
+        last_eval = (done, *run_eval())
+        log.write(done, last_eval[1], prefix="dev/")
+        stop = track_best(done, last_eval[1])
       ckpt.save(done, state, {"step": done})
+      if stop:
+        logging.warning(stop)
+        break
   except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into it by main.py.
     progress.close()
     _save_on_interrupt(ckpt, state)
@@ -189,8 +251,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt.close()
 
   # --- Final evaluation and predictions
-  results, dev_preds = run_eval()
-  log.write(int(state.step), results, prefix="dev/")
+  if last_eval is not None and last_eval[0] == int(state.step):  # Stopped early right after it.
+    results, dev_preds = last_eval[1:]
+  else:
+    results, dev_preds = run_eval()
+    log.write(int(state.step), results, prefix="dev/")
+    if t.eval_every:
+      track_best(int(state.step), results)
   if config.eval.write_predictions:
     params = multitask.merge(state.trainable, frozen)
     for d in data["dev"]:
