@@ -34,7 +34,9 @@ def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Ar
   """The loss of task `task` (an index into TASKS, may be traced) on its batch.
 
   SST: cross-entropy; Quora: binary cross-entropy with logits; STS: mean squared error
-  on the 0..5 scale. `weights` marks real examples (0 for padding rows).
+  on the 0..5 scale, or, when the heads output `sts_unit` (config.heads.sts_loss="cosine"),
+  the mean squared error between that score and label / 5 (sentence-transformers'
+  CosineSimilarityLoss). `weights` marks real examples (0 for padding rows).
   """
   half = labels.shape[0] // 2
 
@@ -49,6 +51,8 @@ def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Ar
     return mean(optax.sigmoid_binary_cross_entropy(outputs["quora"], labels[:half]), weights[:half])
 
   def sts():
+    if "sts_unit" in outputs:
+      return mean((outputs["sts_unit"] - labels[:half] / 5.0) ** 2, weights[:half])
     return mean((outputs["sts"] - labels[:half]) ** 2, weights[:half])
 
   branches = {"sst": sst, "quora": quora, "sts": sts}

@@ -1,12 +1,43 @@
-"""Sentence pooling and the three task heads (SST-5, Quora, STS-B).
+"""Sentence pooling and the three task heads (SST-5, Quora, STS-B), in every variant the
+seed projects tried, selected by `HeadSpec` (config.heads) and the pooling (config.model.pooling).
 
 Every task encodes the same number of sequences per step (so the per-task batches stack
 on a task axis and `vmap` over it). A pair task's batch of S sequences holds S/2 pairs,
 first sentences in rows [0, S/2) and second sentences in rows [S/2, S): the bi-encoder
 heads compare row i with row S/2 + i.
+
+Pooling (`POOLINGS` are parameter-free; `concat` learns a dense layer):
+  cls     the first token's hidden state                                  [S, H]
+  mean    the mean over real tokens (the default)                         [S, H]
+  concat  [tanh(W · mean); CLS], W a learned H -> H dense (heads/pool_dense) [S, 2H]
+
+Sentence representation x_t of task t, from the pooled vectors p (`HeadSpec.kind`):
+  linear        x_t = p (the default: each task's output layer reads p)
+  shared        x_t = gelu(shared_dense(p)), one H-wide layer for all tasks
+  multi_stream  x_t = [shared_dense(p); {t}_stream(p)], a shared and a task-specific
+                linear layer (both H wide, no activation) side by side
+Outputs (dropout before every learned output layer; u, v = a pair's two x_t rows):
+  sst    linear -> 5 logits per sentence                                   [S, 5]
+  quora  features: linear on [u; v; |u - v|; u * v] (default); dot: u . v;
+         cosine: a . cos(u, v) + b (a learned, initialised to 5)  -> a logit [S/2]
+  sts    cosine: 5 cos(u, v) (default); relu_cosine: 5 relu(cos(u, v));
+         dot: u . v; features: linear on [u; v; |u - v|; u * v]        -> a score [S/2]
+  sts_loss="cosine" (sentence-transformers' CosineSimilarityLoss): the STS score r is
+  regressed onto label / 5; the heads then also output `sts_unit` = r and `sts` = 5 r (the
+  prediction on the 0..5 scale). With the default "mse", `sts` is regressed onto the label.
+The cosine and dot pair scores are symmetric in (u, v); the features ones are not.
+
+Parameter names: everything lives under `heads/`; task-specific layers are named after
+their task (`sst`, `quora`, `sts`, `{task}_stream`), shared ones `shared_dense` and
+`pool_dense`. `multitask.is_shared` marks only the encoder as shared, so gradient-surgery
+methods treat the shared head layers like task-specific ones (each task's gradient on
+them is simply summed by the optimizer's combination of the non-encoder leaves); that is
+deliberate: surgery is about the encoder, and those layers are small.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import flax.linen as nn
 import jax
@@ -14,18 +45,49 @@ import jax.numpy as jnp
 
 from mtl_jax.models.dropout import Dropout
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean")  # Parameter-free (usable on a bare encoder, e.g. mtl_jax.embed).
+LEARNED_POOLINGS = ("concat",)
+ALL_POOLINGS = POOLINGS + LEARNED_POOLINGS
+KINDS = ("linear", "shared", "multi_stream")
+QUORA_HEADS = ("features", "dot", "cosine")
+STS_HEADS = ("cosine", "relu_cosine", "dot", "features")
+STS_LOSSES = ("mse", "cosine")
+TASK_NAMES = ("sst", "quora", "sts")
 NUM_SST_CLASSES = 5
 
 
-def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Array:
-  """[B, L, H] hidden states -> [B, H] sentence vectors, ignoring padding."""
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+  """Which heads (config.heads); the defaults are the original baseline."""
+
+  kind: str = "linear"
+  quora: str = "features"
+  sts: str = "cosine"
+  sts_loss: str = "mse"
+
+  def __post_init__(self):
+    for name, allowed in (("kind", KINDS), ("quora", QUORA_HEADS), ("sts", STS_HEADS),
+                          ("sts_loss", STS_LOSSES)):
+      value = getattr(self, name)
+      if value not in allowed:
+        raise ValueError(f"heads.{name}: {value!r} is not one of {allowed}")
+
+
+def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str,
+         dense=None) -> jax.Array:
+  """[B, L, H] hidden states -> [B, H] sentence vectors ([B, 2H] for concat), ignoring
+  padding. `concat` needs `dense`, its learned H -> H layer (see `TaskHeads.pool`)."""
   if pooling == "cls":
     return hidden[:, 0]
-  if pooling == "mean":
+  if pooling in ("mean", "concat"):
     mask = attention_mask[..., None].astype(hidden.dtype)
-    return (hidden * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
-  raise ValueError(f"unknown pooling {pooling!r}; expected one of {POOLINGS}")
+    mean = (hidden * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)
+    if pooling == "mean":
+      return mean
+    if dense is None:
+      raise ValueError("concat pooling needs its learned dense layer (TaskHeads.pool)")
+    return jnp.concatenate([jnp.tanh(dense(mean)), hidden[:, 0]], axis=-1)
+  raise ValueError(f"unknown pooling {pooling!r}; expected one of {ALL_POOLINGS}")
 
 
 def split_pairs(pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -38,23 +100,84 @@ def cosine(u: jax.Array, v: jax.Array, eps: float = 1e-8) -> jax.Array:
   return num / jnp.maximum(jnp.linalg.norm(u, axis=-1) * jnp.linalg.norm(v, axis=-1), eps)
 
 
-class TaskHeads(nn.Module):
-  """Pooled sentence vectors [S, H] -> every task's outputs on them.
+def pair_features(u: jax.Array, v: jax.Array) -> jax.Array:
+  return jnp.concatenate([u, v, jnp.abs(u - v), u * v], axis=-1)
 
-  sst:   dropout + linear -> 5 logits per sentence                      [S, 5]
-  quora: dropout + linear on [u; v; |u - v|; u * v] -> one logit per pair [S/2]
-  sts:   5 * cos(u, v), a similarity on the label's 0..5 scale           [S/2]
-  All three are cheap, so the step computes all and the loss keeps its task's one.
+
+class TaskHeads(nn.Module):
+  """Pooled sentence vectors [S, D] -> every task's outputs on them (see the module doc).
+
+  All heads are cheap, so the step computes all and the loss keeps its task's one.
+  `hidden_size` (the encoder's H) is needed by the learned pooling and the shared /
+  multi-stream layers only.
   """
 
   dropout: float = 0.1
+  spec: HeadSpec = HeadSpec()
+  pooling: str = "mean"
+  hidden_size: int | None = None
 
-  @nn.compact
+  def setup(self):
+    s = self.spec
+    if (self.pooling in LEARNED_POOLINGS or s.kind != "linear") and not self.hidden_size:
+      raise ValueError(f"pooling {self.pooling!r} / heads kind {s.kind!r} need hidden_size")
+    # Named as the original compact module named it: same dropout RNG stream, same masks.
+    self.Dropout_0 = Dropout(self.dropout)
+    if self.pooling in LEARNED_POOLINGS:
+      self.pool_dense = nn.Dense(self.hidden_size)
+    if s.kind != "linear":
+      self.shared_dense = nn.Dense(self.hidden_size)
+    if s.kind == "multi_stream":
+      self.sst_stream = nn.Dense(self.hidden_size)
+      self.quora_stream = nn.Dense(self.hidden_size)
+      self.sts_stream = nn.Dense(self.hidden_size)
+    self.sst = nn.Dense(NUM_SST_CLASSES)
+    if s.quora == "features":
+      self.quora = nn.Dense(1)
+    elif s.quora == "cosine":
+      self.quora = nn.Dense(1, kernel_init=nn.initializers.constant(5.0))
+    if s.sts == "features":
+      self.sts = nn.Dense(1)
+
+  def pool(self, hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """[B, L, H] -> pooled [B, D] with this model's pooling (and its learned layer)."""
+    dense = self.pool_dense if self.pooling in LEARNED_POOLINGS else None
+    return pool(hidden, attention_mask, self.pooling, dense)
+
+  def _represent(self, pooled, task: str, deterministic: bool):
+    kind = self.spec.kind
+    if kind == "linear":
+      return pooled
+    dropped = self.Dropout_0(pooled, deterministic=deterministic)
+    shared = self.shared_dense(dropped)
+    if kind == "shared":
+      return nn.gelu(shared)
+    stream = getattr(self, f"{task}_stream")(dropped)
+    return jnp.concatenate([shared, stream], axis=-1)
+
   def __call__(self, pooled: jax.Array, deterministic: bool = True) -> dict[str, jax.Array]:
-    drop = Dropout(self.dropout)
-    sst = nn.Dense(NUM_SST_CLASSES, name="sst")(drop(pooled, deterministic=deterministic))
-    u, v = split_pairs(pooled)
-    features = jnp.concatenate([u, v, jnp.abs(u - v), u * v], axis=-1)
-    quora = nn.Dense(1, name="quora")(drop(features, deterministic=deterministic))[:, 0]
-    sts = 5.0 * cosine(u, v)
-    return {"sst": sst, "quora": quora, "sts": sts}
+    s, drop = self.spec, self.Dropout_0
+    reps = {t: self._represent(pooled, t, deterministic) for t in TASK_NAMES}
+    sst = self.sst(drop(reps["sst"], deterministic=deterministic))
+
+    u, v = split_pairs(reps["quora"])
+    if s.quora == "features":
+      quora = self.quora(drop(pair_features(u, v), deterministic=deterministic))[:, 0]
+    elif s.quora == "dot":
+      quora = (u * v).sum(-1)
+    else:
+      quora = self.quora(cosine(u, v)[:, None])[:, 0]
+
+    u, v = split_pairs(reps["sts"])
+    if s.sts == "cosine":
+      score, scale = cosine(u, v), 5.0
+    elif s.sts == "relu_cosine":
+      score, scale = jax.nn.relu(cosine(u, v)), 5.0
+    elif s.sts == "dot":
+      score, scale = (u * v).sum(-1), 1.0
+    else:
+      score = self.sts(drop(pair_features(u, v), deterministic=deterministic))[:, 0]
+      scale = 1.0
+    if s.sts_loss == "cosine":
+      return {"sst": sst, "quora": quora, "sts": 5.0 * score, "sts_unit": score}
+    return {"sst": sst, "quora": quora, "sts": scale * score}

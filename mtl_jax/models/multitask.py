@@ -16,7 +16,7 @@ from flax import traverse_util
 
 from mtl_jax.models import adapters, hf_io
 from mtl_jax.models.bert import BertConfig, BertEncoder
-from mtl_jax.models.heads import TaskHeads, pool
+from mtl_jax.models.heads import POOLINGS, HeadSpec, TaskHeads, pool
 
 # Fine-tuning modes: which parameters train.
 MODES = ("full", "probe") + adapters.KINDS
@@ -26,15 +26,19 @@ class MultitaskModel(nn.Module):
   config: BertConfig
   pooling: str = "mean"
   head_dropout: float = 0.1
+  head_spec: HeadSpec = HeadSpec()
 
   def setup(self):
     self.encoder = BertEncoder(self.config)
-    self.heads = TaskHeads(self.head_dropout)
+    self.heads = TaskHeads(self.head_dropout, self.head_spec, self.pooling,
+                           self.config.hidden_size)
 
   def embed(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True):
-    """Returns (last hidden state [B, L, H], pooled [B, H])."""
+    """Returns (last hidden state [B, L, H], pooled [B, D]: D = H, or 2H for concat)."""
     hidden = self.encoder(input_ids, attention_mask, token_type_ids, deterministic)
-    return hidden, pool(hidden, attention_mask, self.pooling)
+    if self.pooling in POOLINGS:  # Parameter-free: works without heads params too.
+      return hidden, pool(hidden, attention_mask, self.pooling)
+    return hidden, self.heads.pool(hidden, attention_mask)
 
   def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True):
     """[S, L] token arrays -> every head's outputs (see TaskHeads)."""
@@ -52,6 +56,7 @@ class ModelSpec:
   pooling: str = "mean"
   head_dropout: float = 0.1
   dtype: str = "float32"
+  heads: HeadSpec = HeadSpec()
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -66,7 +71,7 @@ def build(spec: ModelSpec, rng: jax.Array) -> tuple[MultitaskModel, dict]:
   if dtype is None:
     raise ValueError(f"unknown dtype {spec.dtype!r}; expected float32 or bfloat16")
   config, pretrained = hf_io.load_bert(spec.path, lora=spec.lora, dtype=dtype)
-  model = MultitaskModel(config, spec.pooling, spec.head_dropout)
+  model = MultitaskModel(config, spec.pooling, spec.head_dropout, spec.heads)
   dummy = jnp.zeros((2, 8), jnp.int32)
   params = jax.jit(lambda r: model.init(r, dummy, dummy + 1, dummy)["params"])(rng)
   params = dict(params, encoder=_overlay(params["encoder"], pretrained))
