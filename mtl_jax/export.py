@@ -23,6 +23,7 @@ exported (see `train.load_trained`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -36,12 +37,15 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
+from mtl_jax import specs
 from mtl_jax.models import adapters, hf_io
+from mtl_jax.models import heads as heads_lib
 
 TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 FORMAT_VERSION = 1
 
-# What each head computes from the pooled sentence vectors (see mtl_jax.models.heads).
+# What each baseline head computes from the pooled sentence vectors (mtl_jax.models.heads);
+# other head settings are described by the run's `heads` config, recorded beside.
 HEAD_INFO = {
     "sst": {"input": "pooled sentence vector u [H]", "output": "5 SST-5 class logits",
             "formula": "u @ kernel + bias"},
@@ -115,6 +119,8 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
 
     save_file(heads, os.path.join(tmp, "heads.safetensors"),
               metadata={"layout": "flax: kernel [in, out], y = x @ kernel + bias"})
+    head_spec = specs.head_spec(config)
+    baseline_heads = head_spec == heads_lib.HeadSpec()
     info = {
         "format": "mtl_jax-export", "version": FORMAT_VERSION,
         "source": {"workdir": os.path.abspath(workdir), "step": step, "model_path": model_dir},
@@ -131,11 +137,13 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
         "tokenizer_files": copied,
         "pooling": model.pooling,
         "max_length": config.model.max_length,
+        "heads_config": dataclasses.asdict(head_spec),
         "heads": {
-            name: {**HEAD_INFO.get(name, {}),
+            name: {**(HEAD_INFO.get(name, {}) if baseline_heads else {}),
                    "params": {k: list(v.shape) for k, v in heads.items()
                               if k.split("/", 1)[0] == name}}
-            for name in sorted({k.split("/", 1)[0] for k in heads} | set(HEAD_INFO))},
+            for name in sorted({k.split("/", 1)[0] for k in heads}
+                               | (set(HEAD_INFO) if baseline_heads else set()))},
         "heads_file": "heads.safetensors",
         "heads_layout": "flax: kernel [in, out], y = x @ kernel + bias",
         "config": run_config,

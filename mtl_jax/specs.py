@@ -6,6 +6,8 @@ the message (unknown keys are already refused by the locked ConfigDict).
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 
 from mtl_jax import grad as mtlgrad
@@ -111,14 +113,15 @@ def grad_method(config: ml_collections.ConfigDict):
 # it: "train longer" on a resumed run would jump the LR. Everything else (train.log_every,
 # eval_every, checkpoint_every, keep_checkpoints, early_stopping_patience, eval.*) may change.
 RESUME_MUST_MATCH = (
-    "seed", "data_dir", "data_limit", "strict_data", "model", "adapter", "grad",
+    "seed", "data_dir", "data_limit", "strict_data", "model", "adapter", "grad", "heads",
     "train.steps", "train.seqs_per_task", "train.length_buckets", "train.length_grouping",
     "train.learning_rate", "train.warmup_fraction", "train.weight_decay", "train.grad_clip",
     "train.loss_weighting",
 )
 
 # Values of keys added after some workdirs were written: absent in an old config.json = this.
-_ABSENT_MEANS = {"train.loss_weighting": "none"}
+_ABSENT_MEANS = {"train.loss_weighting": "none",
+                 **{f"heads.{f.name}": f.default for f in dataclasses.fields(heads_lib.HeadSpec)}}
 _ABSENT = "<absent>"
 
 

@@ -153,3 +153,13 @@ def test_model_spec_from_config():
     assert spec.lora == specs.lora_config(config)
     full = specs.model_spec(_config(**{"adapter.kind": "full"}))
     assert full.mode == "full" and full.lora is None
+
+
+def test_resume_refuses_changed_heads_and_accepts_configs_saved_before_heads_existed():
+    import json
+    saved = json.loads(default.get_config().to_json_best_effort())
+    del saved["heads"]  # A config.json written before config.heads existed = baseline heads.
+    assert specs.resume_mismatches(saved, default.get_config()) == []
+    changed = default.get_config()
+    changed.heads.sts_loss = "cosine"
+    assert specs.resume_mismatches(saved, changed) == [("heads.sts_loss", "mse", "cosine")]
