@@ -44,6 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.adapter.dropout = 0.05
   config.adapter.targets = ("query", "value")  # query key value attention_output intermediate output
   config.adapter.layers = ()  # Encoder layers to adapt; () = all.
+  # Task-specific layers in every encoder layer, trained in any mode (Stickland & Murray 2019):
+  config.adapter.task_layers = "none"  # none | pals | low_rank
+  config.adapter.task_layer_size = 0  # Their width; 0 = 204 (PALs) or 100 (low_rank) x H/768.
 
   config.grad = ml_collections.ConfigDict()
   config.grad.method = "sum"  # How per-task gradients combine: sum | pcgrad | ... (mtl_jax.grad)

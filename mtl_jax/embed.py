@@ -1,13 +1,14 @@
 """Embed sentences with the pretrained or a fine-tuned encoder, from the command line.
 
   python -m mtl_jax.embed --model DIR --input FILE.txt --output OUT.npz \
-      [--max-length 128] [--checkpoint WORKDIR] [--pooling mean]
+      [--max-length 128] [--checkpoint WORKDIR] [--pooling mean] [--task sst|quora|sts]
 
 One sentence per line, or in a pair file, two tab-separated sentences per line, encoded as [CLS] a [SEP] b [SEP]
 with token types. Writes input_ids, attention_mask, token_type_ids [N, L] (right-padded to
 the longest line), last_hidden_state [N, L, H] float32 and pooled [N, H]. With
 --checkpoint the fine-tuned encoder of that run is used (adapters applied) and its
-configured pooling; --model then defaults to the run's model.
+configured pooling; --model then defaults to the run's model. A run trained with task
+layers (adapter.task_layers = pals | low_rank) has one encoder per task: --task picks it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from mtl_jax.data.files import TASKS
 from mtl_jax.models import hf_io
 from mtl_jax.models.heads import POOLINGS
 from mtl_jax.models.multitask import MultitaskModel
@@ -46,14 +48,22 @@ def read_lines(path: str) -> tuple[list[str], list[str] | None]:
 
 
 def embed(model: MultitaskModel, params: dict, tokenizer, first: list[str],
-          second: list[str] | None, max_length: int, batch_size: int = 64) -> dict[str, np.ndarray]:
-  """Encodes the sentences (or pairs) and returns the arrays written to the .npz."""
+          second: list[str] | None, max_length: int, batch_size: int = 64,
+          task: str | None = None) -> dict[str, np.ndarray]:
+  """Encodes the sentences (or pairs) and returns the arrays written to the .npz.
+
+  `task` selects the task layers of an encoder that has them (and is required then)."""
+  if model.config.task_layers is not None and task is None:
+    raise ValueError(f"this run has task-specific {model.config.task_layers.kind} layers "
+                     f"(adapter.task_layers): give the task whose encoder to use, one of {TASKS}")
+  task_id = None if task is None else TASKS.index(task)
   enc = tokenizer(first, second, truncation=True, max_length=max_length, padding="longest",
                   return_tensors="np")
   arrays = {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
   n = len(first)
   padded = -(-n // batch_size) * batch_size  # One static shape: pad the row count.
-  run = jax.jit(lambda p, a, m, t: model.apply({"params": p}, a, m, t, method=model.embed))
+  run = jax.jit(lambda p, a, m, t: model.apply({"params": p}, a, m, t, task=task_id,
+                                               method=model.embed))
   hidden, pooled = [], []
   for start in range(0, padded, batch_size):
     chunk = {k: _pad_rows(v[start:start + batch_size], batch_size) for k, v in arrays.items()}
@@ -94,6 +104,7 @@ def define_flags() -> None:
   flags.DEFINE_string("checkpoint", None, "A training workdir: use its fine-tuned encoder.")
   flags.DEFINE_enum("pooling", None, POOLINGS, "Pooling (default: mean, or the run's).")
   flags.DEFINE_integer("batch_size", 64, "Sequences per forward pass.")
+  flags.DEFINE_enum("task", None, TASKS, "Whose task layers to use (runs trained with them).")
 
 
 def main(argv):
@@ -104,10 +115,10 @@ def main(argv):
     model, params, tokenizer = load_encoder(flags.FLAGS.model, flags.FLAGS.checkpoint,
                                             flags.FLAGS.pooling)
     first, second = read_lines(flags.FLAGS.input)
+    arrays = embed(model, params, tokenizer, first, second, flags.FLAGS.max_length,
+                   flags.FLAGS.batch_size, flags.FLAGS.task)
   except (FileNotFoundError, ValueError) as e:  # Incl. CheckpointError, ConfigError.
     sys.exit(f"error: {e}")
-  arrays = embed(model, params, tokenizer, first, second, flags.FLAGS.max_length,
-                 flags.FLAGS.batch_size)
   os.makedirs(os.path.dirname(os.path.abspath(flags.FLAGS.output)), exist_ok=True)
   np.savez(flags.FLAGS.output, **arrays)
   print(f"wrote {flags.FLAGS.output}: {len(first)} {'pairs' if second else 'sentences'}, "

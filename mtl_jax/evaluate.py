@@ -10,15 +10,17 @@ import numpy as np
 from mtl_jax import metrics as metrics_lib
 from mtl_jax import predictions as predictions_lib
 from mtl_jax.data.batching import Encoded, eval_batches
+from mtl_jax.data.files import TASKS
 from mtl_jax.models.multitask import MultitaskModel
 
 
 def make_predict_fn(model: MultitaskModel):
-  """params, batch -> every head's outputs; compiled once per length bucket."""
+  """params, batch, task id -> every head's outputs; compiled once per length bucket (the
+  task id, used only by task-specific encoder layers, is traced)."""
   @jax.jit
-  def predict(params, batch):
+  def predict(params, batch, task):
     return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                       batch["token_type_ids"])
+                       batch["token_type_ids"], task=task)
   return predict
 
 
@@ -35,8 +37,9 @@ def predict_split(predict_fn, params, data: Encoded, seqs_per_batch: int,
                   buckets: tuple[int, ...]) -> np.ndarray:
   """Predictions for every example of a split, in the split's order."""
   preds = None
+  task = np.int32(TASKS.index(data.task))
   for idx, batch in eval_batches(data, seqs_per_batch, buckets):
-    out = np.asarray(predict_fn(params, batch)[data.task])[:len(idx)]
+    out = np.asarray(predict_fn(params, batch, task)[data.task])[:len(idx)]
     p = to_prediction(data.task, out)
     if preds is None:
       preds = np.zeros((len(data),), p.dtype)

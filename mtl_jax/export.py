@@ -167,6 +167,12 @@ def _check_workdir(workdir: str) -> None:
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise ExportError(f"{workdir} has no checkpoints/ directory: the run has not saved a "
                       "checkpoint yet")
+  with open(os.path.join(workdir, "config.json")) as f:
+    kind = json.load(f).get("adapter", {}).get("task_layers", "none")
+  if kind != "none":
+    raise ExportError(f"{workdir} was trained with task-specific {kind} layers "
+                      "(adapter.task_layers): its encoder differs per task and a Hugging Face "
+                      "BertModel has no place for them; use mtl_jax.embed --checkpoint --task")
 
 
 def _check_output(output: str, overwrite: bool, protected: tuple[str, ...] = ()) -> None:

@@ -11,7 +11,7 @@ import dataclasses
 import ml_collections
 
 from mtl_jax import grad as mtlgrad
-from mtl_jax.models import adapters, multitask
+from mtl_jax.models import adapters, multitask, task_layers
 from mtl_jax.models import heads as heads_lib
 from mtl_jax.step import LOSS_WEIGHTINGS
 
@@ -37,6 +37,21 @@ def lora_config(config: ml_collections.ConfigDict) -> adapters.LoraConfig | None
     raise ConfigError(f"config.adapter: {e}") from e
 
 
+def task_layer_config(config: ml_collections.ConfigDict) -> task_layers.TaskLayerConfig | None:
+  """config.adapter.task_layers (absent in configs saved before it existed: none)."""
+  from mtl_jax.data.files import TASKS
+  kind = config.adapter.get("task_layers", "none")
+  size = config.adapter.get("task_layer_size", 0)
+  if kind == "none":
+    _check(size == 0, "adapter.task_layer_size",
+           f"{size} is set but adapter.task_layers is 'none': choose pals or low_rank, or 0")
+    return None
+  try:
+    return task_layers.TaskLayerConfig(kind, len(TASKS), int(size))
+  except ValueError as e:
+    raise ConfigError(f"config.adapter.task_layers: {e}") from e
+
+
 def head_spec(config: ml_collections.ConfigDict) -> heads_lib.HeadSpec:
   """config.heads (absent in configs saved before it existed: the baseline heads)."""
   h = config.get("heads") or {}
@@ -51,7 +66,7 @@ def model_spec(config: ml_collections.ConfigDict) -> multitask.ModelSpec:
   m = config.model
   return multitask.ModelSpec(path=m.path, mode=config.adapter.kind, lora=lora_config(config),
                              pooling=m.pooling, head_dropout=float(m.head_dropout), dtype=m.dtype,
-                             heads=head_spec(config))
+                             heads=head_spec(config), task_layers=task_layer_config(config))
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -91,6 +106,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{patience} needs dev evaluations during training: set train.eval_every > 0 "
          f"(it is {t.eval_every}), or train.early_stopping_patience=0")
   lora_config(config)
+  task_layer_config(config)
   grad_method(config)
 
 
@@ -120,7 +136,8 @@ RESUME_MUST_MATCH = (
 )
 
 # Values of keys added after some workdirs were written: absent in an old config.json = this.
-_ABSENT_MEANS = {"train.loss_weighting": "none",
+_ABSENT_MEANS = {"train.loss_weighting": "none", "adapter.task_layers": "none",
+                 "adapter.task_layer_size": 0,
                  **{f"heads.{f.name}": f.default for f in dataclasses.fields(heads_lib.HeadSpec)}}
 _ABSENT = "<absent>"
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from mtl_jax.models.adapters import AdaptedDense, LoraConfig
 from mtl_jax.models.dropout import Dropout
+from mtl_jax.models.task_layers import PalsProjections, TaskLayer, TaskLayerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,7 @@ class BertConfig:
   hidden_dropout: float = 0.1
   attention_dropout: float = 0.1
   lora: LoraConfig | None = None
+  task_layers: TaskLayerConfig | None = None  # PALs / low-rank task layers (task_layers.py).
   dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
 
   @classmethod
@@ -115,15 +117,22 @@ class EncoderLayer(nn.Module):
   layer: int
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool,
+               task: jax.Array | None = None,
+               projections: PalsProjections | None = None) -> jax.Array:
     cfg = self.config
+    h_in = x
     drop = Dropout(cfg.hidden_dropout)
     norm = lambda name: nn.LayerNorm(cfg.layer_norm_eps, dtype=jnp.float32, name=name)
     attn = SelfAttention(cfg, self.layer, name="attention")(x, mask_bias, deterministic)
     x = norm("attention_norm")(x + drop(attn, deterministic=deterministic)).astype(cfg.dtype)
     y = exact_gelu(dense(cfg, self.layer, "intermediate", cfg.intermediate_size)(x, deterministic))
     y = dense(cfg, self.layer, "output", cfg.hidden_size)(y, deterministic)
-    return norm("output_norm")(x + drop(y, deterministic=deterministic)).astype(cfg.dtype)
+    y = x + drop(y, deterministic=deterministic)
+    if cfg.task_layers is not None:  # LN(attention out + FFN out + TS_task(layer input)).
+      y = y + TaskLayer(cfg.task_layers, cfg.attention_dropout, cfg.dtype,
+                        name="task_layer")(h_in, mask_bias, task, projections, deterministic)
+    return norm("output_norm")(y).astype(cfg.dtype)
 
 
 class Embeddings(nn.Module):
@@ -143,15 +152,27 @@ class Embeddings(nn.Module):
 
 
 class BertEncoder(nn.Module):
-  """input ids, attention mask, token types [B, L] -> last hidden state [B, L, H]."""
+  """input ids, attention mask, token types [B, L] -> last hidden state [B, L, H].
+
+  With task layers (config.task_layers) the encoder is task-specific: `task` (an index into
+  the tasks, may be traced) is required.
+  """
 
   config: BertConfig
 
   @nn.compact
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                token_type_ids: jax.Array | None = None,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True, task: jax.Array | None = None) -> jax.Array:
     cfg = self.config
+    projections = None
+    if cfg.task_layers is not None:
+      if task is None:
+        raise ValueError(f"this encoder has task-specific {cfg.task_layers.kind} layers: "
+                         "give the task whose layers to use")
+      if cfg.task_layers.kind == "pals":
+        projections = PalsProjections(cfg.task_layers, cfg.hidden_size, cfg.dtype,
+                                      name="task_proj")
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     x = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
@@ -159,5 +180,5 @@ class BertEncoder(nn.Module):
     mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
                           jnp.finfo(jnp.float32).min).astype(jnp.float32)
     for i in range(cfg.num_layers):
-      x = EncoderLayer(cfg, i, name=f"layer_{i}")(x, mask_bias, deterministic)
+      x = EncoderLayer(cfg, i, name=f"layer_{i}")(x, mask_bias, deterministic, task, projections)
     return x.astype(jnp.float32)

@@ -1,6 +1,7 @@
 """The multi-task model: one shared BERT encoder, pooling, and per-task heads.
 
-Parameters: {'encoder': BertEncoder params (with any `lora` subtrees), 'heads': {...}}.
+Parameters: {'encoder': BertEncoder params (with any `lora` subtrees, and task layers'
+`task_proj` / `task_layer` subtrees), 'heads': {...}}.
 `build` loads the pretrained encoder, initialises adapters and heads, and decides once,
 from the fine-tuning mode, which leaves train (`trainable_mask`).
 """
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from mtl_jax.models import adapters, hf_io
+from mtl_jax.models import adapters, hf_io, task_layers
 from mtl_jax.models.bert import BertConfig, BertEncoder
 from mtl_jax.models.heads import POOLINGS, HeadSpec, TaskHeads, pool
 
@@ -33,16 +34,20 @@ class MultitaskModel(nn.Module):
     self.heads = TaskHeads(self.head_dropout, self.head_spec, self.pooling,
                            self.config.hidden_size)
 
-  def embed(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True):
-    """Returns (last hidden state [B, L, H], pooled [B, D]: D = H, or 2H for concat)."""
-    hidden = self.encoder(input_ids, attention_mask, token_type_ids, deterministic)
+  def embed(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True,
+            task=None):
+    """Returns (last hidden state [B, L, H], pooled [B, D]: D = H, or 2H for concat).
+
+    `task` (an index into the tasks) is needed only by an encoder with task layers."""
+    hidden = self.encoder(input_ids, attention_mask, token_type_ids, deterministic, task)
     if self.pooling in POOLINGS:  # Parameter-free: works without heads params too.
       return hidden, pool(hidden, attention_mask, self.pooling)
     return hidden, self.heads.pool(hidden, attention_mask)
 
-  def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True):
+  def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True,
+               task=None):
     """[S, L] token arrays -> every head's outputs (see TaskHeads)."""
-    _, pooled = self.embed(input_ids, attention_mask, token_type_ids, deterministic)
+    _, pooled = self.embed(input_ids, attention_mask, token_type_ids, deterministic, task)
     return self.heads(pooled, deterministic)
 
 
@@ -57,6 +62,7 @@ class ModelSpec:
   head_dropout: float = 0.1
   dtype: str = "float32"
   heads: HeadSpec = HeadSpec()
+  task_layers: task_layers.TaskLayerConfig | None = None
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -70,10 +76,12 @@ def build(spec: ModelSpec, rng: jax.Array) -> tuple[MultitaskModel, dict]:
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(spec.dtype)
   if dtype is None:
     raise ValueError(f"unknown dtype {spec.dtype!r}; expected float32 or bfloat16")
-  config, pretrained = hf_io.load_bert(spec.path, lora=spec.lora, dtype=dtype)
+  config, pretrained = hf_io.load_bert(spec.path, lora=spec.lora, task_layers=spec.task_layers,
+                                       dtype=dtype)
   model = MultitaskModel(config, spec.pooling, spec.head_dropout, spec.heads)
   dummy = jnp.zeros((2, 8), jnp.int32)
-  params = jax.jit(lambda r: model.init(r, dummy, dummy + 1, dummy)["params"])(rng)
+  task = 0 if spec.task_layers is not None else None
+  params = jax.jit(lambda r: model.init(r, dummy, dummy + 1, dummy, True, task)["params"])(rng)
   params = dict(params, encoder=_overlay(params["encoder"], pretrained))
   if spec.lora is not None and not any("lora" in p for p in traverse_util.flatten_dict(params)):
     raise ValueError(f"adapter.layers {spec.lora.layers} selects no layer of this "
@@ -81,8 +89,13 @@ def build(spec: ModelSpec, rng: jax.Array) -> tuple[MultitaskModel, dict]:
   return model, adapters.reset_dora_magnitudes(params)
 
 
+def _is_new(path: tuple[str, ...]) -> bool:
+  """Leaves no pretrained checkpoint holds: adapters and task layers."""
+  return "lora" in path or task_layers.is_task_specific(path)
+
+
 def _overlay(initialised: dict, pretrained: dict) -> dict:
-  """Replaces every non-adapter leaf with its pretrained value, checking shapes."""
+  """Replaces every pretrained leaf (all but `_is_new` ones) with its value, checking shapes."""
   flat = traverse_util.flatten_dict(initialised)
   loaded = traverse_util.flatten_dict(pretrained)
   for path, value in loaded.items():
@@ -92,7 +105,7 @@ def _overlay(initialised: dict, pretrained: dict) -> dict:
       raise hf_io.CheckpointError(
           f"{'/'.join(path)}: checkpoint shape {value.shape} != model shape {flat[path].shape}")
     flat[path] = jnp.asarray(value)
-  missing = [p for p in flat if p not in loaded and "lora" not in p]
+  missing = [p for p in flat if p not in loaded and not _is_new(p)]
   if missing:
     raise hf_io.CheckpointError(f"checkpoint lacks {['/'.join(p) for p in missing[:5]]}")
   return traverse_util.unflatten_dict(flat)
@@ -101,10 +114,11 @@ def _overlay(initialised: dict, pretrained: dict) -> dict:
 def trainable_mask(params: dict, mode: str) -> dict:
   """Pytree of bools: True where a leaf trains under `mode`.
 
-  full: everything. probe: heads only. lora/rslora/dora: adapters and heads.
+  full: everything. probe: heads only. lora/rslora/dora: adapters and heads. Task layers
+  (PALs, low-rank), when the model has them, train in every mode.
   """
   def trains(path: tuple[str, ...]) -> bool:
-    if path[0] == "heads" or mode == "full":
+    if path[0] == "heads" or mode == "full" or task_layers.is_task_specific(path):
       return True
     return mode in adapters.KINDS and "lora" in path
 
@@ -129,8 +143,11 @@ def merge(trainable: dict, frozen: dict) -> dict:
 
 def is_shared(trainable: dict) -> dict:
   """Pytree of bools over trainable params: True for leaves every task updates (the
-  encoder and its adapters); False for per-task leaves (heads, loss-weighting log-variances)."""
-  return {k: jax.tree_util.tree_map(lambda _: k == "encoder", v) for k, v in trainable.items()}
+  encoder and its adapters); False for per-task leaves (heads, task layers, loss-weighting
+  log-variances)."""
+  flat = traverse_util.flatten_dict(trainable)
+  return traverse_util.unflatten_dict(
+      {p: p[0] == "encoder" and not task_layers.is_task_specific(p) for p in flat})
 
 
 def count(tree: dict) -> int:
