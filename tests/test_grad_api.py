@@ -205,6 +205,22 @@ def test_shared_only_heads_get_their_own_gradient():
       assert "task_weights" in stats
 
 
+@pytest.mark.parametrize("method", ["sum", "pcgrad", "dwa"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_shared_only_with_one_side_empty(method, shared):
+  """Probing has no shared leaf (and a model could have no task-specific one): the method
+  of the empty side must not run on an empty tree."""
+  params = {"heads": {"sst": jnp.ones(2), "quora": jnp.ones(3)}}
+  g = _grads(6, params=params)
+  tx = mtlgrad.shared_only(mtlgrad.get_method(method, num_tasks=T),
+                           jax.tree.map(lambda _: shared, params))
+  out, _ = jax.jit(lambda g: tx.update(g, tx.init(params), params,
+                                       task_losses=jnp.ones(T)))(g)
+  if not shared:  # Task-specific leaves: the plain task sum.
+    np.testing.assert_allclose(_flat(out), _flat(jax.tree.map(lambda x: x.sum(0), g)), atol=1e-6)
+  assert jax.tree.structure(out) == jax.tree.structure(params)
+
+
 def test_method_stats_search_and_prefix():
   assert mtlgrad.method_stats(optax.chain(mtlgrad.sum_tasks(), optax.adam(1.0)).init(PARAMS)) == {}
   tx = optax.chain(mtlgrad.pcgrad(num_tasks=T), optax.adamw(1e-3))

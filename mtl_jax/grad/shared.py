@@ -49,4 +49,21 @@ def shared_only(method: optax.GradientTransformation,
     return jax.tree.map(lambda b: _SHARED if b else _TASK, mask)
 
   partition = getattr(optax, "partition", None) or optax.multi_transform
-  return partition({_SHARED: method, _TASK: basic.sum_tasks()}, labels)
+  return partition({_SHARED: _unless_empty(method), _TASK: _unless_empty(basic.sum_tasks())},
+                   labels)
+
+
+def _unless_empty(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """`tx`, or nothing when its partition has no leaf (probing: no shared leaf), since a
+  method has no task axis to read from an empty tree."""
+  tx = optax.with_extra_args_support(tx)
+
+  def init_fn(params):
+    return tx.init(params) if jax.tree.leaves(params) else optax.EmptyState()
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if not jax.tree.leaves(updates):
+      return updates, state
+    return tx.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
