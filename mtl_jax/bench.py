@@ -129,7 +129,7 @@ def define_flags() -> None:
   """Only when run as a program: several modules have flags of the same names."""
   flags.DEFINE_list("methods", ["summed", "sum", "pcgrad", "cagrad", "mgda"],
                                "Gradient methods ('summed' = gradient of the summed loss).")
-  flags.DEFINE_list("modes", ["lora", "full"], "Fine-tuning modes (adapter.kind).")
+  flags.DEFINE_list("modes", ["lora", "full", "probe"], "Fine-tuning modes (adapter.kind).")
   flags.DEFINE_integer("seqs_per_task", 64, "Sequences per task per step.")
   flags.DEFINE_integer("length", 64, "Sequence length.")
   flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
