@@ -40,7 +40,7 @@ def lora_config(config: ml_collections.ConfigDict) -> adapters.LoraConfig | None
 def head_spec(config: ml_collections.ConfigDict) -> heads_lib.HeadSpec:
   """config.heads (absent in configs saved before it existed: the baseline heads)."""
   h = config.get("heads") or {}
-  fields = {k: h[k] for k in ("kind", "quora", "sts", "sts_loss") if k in h}
+  fields = {f.name: h[f.name] for f in dataclasses.fields(heads_lib.HeadSpec) if f.name in h}
   try:
     return heads_lib.HeadSpec(**fields)
   except ValueError as e:
