@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.path = bundled_model_path()  # Any local Hugging Face BERT directory.
   config.model.pooling = "mean"  # cls | mean | concat ([tanh(W·mean); CLS], W learned)
-  config.model.max_length = 128  # Tokens per sentence, after truncation.
+  config.model.max_length = 128  # Tokens per sequence (a sentence, or a cross-encoded pair).
   config.model.head_dropout = 0.1
   config.model.dtype = "float32"  # float32 | bfloat16 (compute; weights stay float32)
 
@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.heads.quora = "features"  # features ([u;v;|u-v|;u*v] -> linear) | dot | cosine
   config.heads.sts = "cosine"  # cosine (5 cos) | relu_cosine | dot | features
   config.heads.sts_loss = "mse"  # mse (on 0..5) | cosine (score vs label/5, CosineSimilarityLoss)
+  # Pairs: bi (each sentence encoded alone) | cross (one [CLS] s1 [SEP] s2 [SEP] sequence;
+  # then heads.quora=features, heads.sts=features, heads.sts_loss=mse: linear on the pair).
+  config.heads.pairs = "bi"
 
   config.adapter = ml_collections.ConfigDict()
   config.adapter.kind = "lora"  # full | probe | lora | rslora | dora

@@ -55,7 +55,7 @@ def task_layer_config(config: ml_collections.ConfigDict) -> task_layers.TaskLaye
 def head_spec(config: ml_collections.ConfigDict) -> heads_lib.HeadSpec:
   """config.heads (absent in configs saved before it existed: the baseline heads)."""
   h = config.get("heads") or {}
-  fields = {k: h[k] for k in ("kind", "quora", "sts", "sts_loss") if k in h}
+  fields = {f.name: h[f.name] for f in dataclasses.fields(heads_lib.HeadSpec) if f.name in h}
   try:
     return heads_lib.HeadSpec(**fields)
   except ValueError as e:

@@ -37,23 +37,29 @@ def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Ar
   on the 0..5 scale, or, when the heads output `sts_unit` (config.heads.sts_loss="cosine"),
   the mean squared error between that score and label / 5 (sentence-transformers'
   CosineSimilarityLoss). `weights` marks real examples (0 for padding rows).
+  A pair task's labels are in its batch's first N rows, N = the length of its head output:
+  S/2 bi-encoded pairs or S cross-encoded ones (config.heads.pairs).
   """
-  half = labels.shape[0] // 2
-
   def mean(x, w):
     return (x * w).sum() / jnp.maximum(w.sum(), 1.0)
+
+  def pairs(name):
+    n = outputs[name].shape[0]
+    return labels[:n], weights[:n]
 
   def sst():
     ce = optax.softmax_cross_entropy_with_integer_labels(outputs["sst"], labels.astype(jnp.int32))
     return mean(ce, weights)
 
   def quora():
-    return mean(optax.sigmoid_binary_cross_entropy(outputs["quora"], labels[:half]), weights[:half])
+    y, w = pairs("quora")
+    return mean(optax.sigmoid_binary_cross_entropy(outputs["quora"], y), w)
 
   def sts():
+    y, w = pairs("sts")
     if "sts_unit" in outputs:
-      return mean((outputs["sts_unit"] - labels[:half] / 5.0) ** 2, weights[:half])
-    return mean((outputs["sts"] - labels[:half]) ** 2, weights[:half])
+      return mean((outputs["sts_unit"] - y / 5.0) ** 2, w)
+    return mean((outputs["sts"] - y) ** 2, w)
 
   branches = {"sst": sst, "quora": quora, "sts": sts}
   return jax.lax.switch(task, [branches[t] for t in TASKS])

@@ -35,11 +35,12 @@ def load_data(config: ml_collections.ConfigDict, tokenizer) -> dict[str, list[ba
   """{'train': [...], 'dev': [...], 'test': [...]} encoded splits, tasks in TASKS order."""
   data_dir = config.data_dir or files.default_data_dir()
   limit = config.data_limit or None
+  cross = specs.head_spec(config).pairs == "cross"
   out = {}
   for split in ("train", "dev", "test"):
     out[split] = [
         batching.encode(tokenizer, files.load_split(data_dir, task, split, config.strict_data,
-                                                    limit), config.model.max_length)
+                                                    limit), config.model.max_length, cross)
         for task in TASKS if (task, split) in files.FILES]
   return out
 
@@ -210,7 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     last = first
   last_eval = None  # (step, results, dev predictions) of the latest evaluation.
   seqs_per_step = t.seqs_per_task * len(TASKS)
-  examples_per_step = sum(batching.examples_per_batch(task, t.seqs_per_task) for task in TASKS)
+  examples_per_step = sum(batching.examples_per_batch(d, t.seqs_per_task) for d in data["train"])
   progress = log.progress(first, t.steps)
   tick, tick_step = time.perf_counter(), first
   try:

@@ -48,7 +48,7 @@ def test_encode_pairs_with_tiny_tokenizer(tiny_bert_dir):
     split = TaskSplit("sts", "dev", "x.csv", ["a", "b"], ["a cat", long], ["the dog", "good"],
                       np.array([1.0, 4.5], np.float32), [])
     enc = batching.encode(tok, split, max_length=8)
-    assert enc.is_pair and len(enc) == 2 and enc.ids == ["a", "b"]
+    assert enc.is_bi_pair and len(enc) == 2 and enc.ids == ["a", "b"]
     np.testing.assert_array_equal(enc.labels, [1.0, 4.5])
     cls, sep = tok.cls_token_id, tok.sep_token_id
     for seqs in (enc.first, enc.second):
@@ -59,7 +59,7 @@ def test_encode_pairs_with_tiny_tokenizer(tiny_bert_dir):
     assert len(enc.first[0]) == 4 and len(enc.second[1]) == 3
     single = TaskSplit("sst", "test", "y.csv", ["c"], ["very good"], None, None, [])
     enc = batching.encode(tok, single, max_length=8)
-    assert not enc.is_pair and enc.second is None and enc.labels is None
+    assert not enc.is_bi_pair and enc.second is None and enc.labels is None
 
 
 # --------------------------------------------------------------------------
@@ -251,9 +251,9 @@ def test_train_batch_shapes_and_contents(step):
     for k in ("input_ids", "attention_mask", "token_type_ids"):
         assert b[k].shape == (3, s, length), k
     assert b["labels"].shape == b["weights"].shape == (3, s)
-    chosen = [batching.train_indices(d, step, s // 2 if d.is_pair else s, seed) for d in datasets]
+    chosen = [batching.train_indices(d, step, s // 2 if d.is_bi_pair else s, seed) for d in datasets]
     longest = max(len(x) for d, idx in zip(datasets, chosen)
-                  for i in idx for x in ([d.first[i]] + ([d.second[i]] if d.is_pair else [])))
+                  for i in idx for x in ([d.first[i]] + ([d.second[i]] if d.is_bi_pair else [])))
     assert length >= longest
     assert length == min(bk for bk in BUCKETS if bk >= longest)  # Smallest bucket that fits.
     # No row is truncated: each real row's mask sums to its sequence length.
@@ -262,7 +262,7 @@ def test_train_batch_shapes_and_contents(step):
                                       [len(d.first[i]) for i in idx])
         np.testing.assert_array_equal(b["input_ids"][t, :len(idx), 1],
                                       1000 + np.asarray(idx))  # Row r holds example idx[r].
-        if d.is_pair:
+        if d.is_bi_pair:
             np.testing.assert_array_equal(b["input_ids"][t, s // 2:s // 2 + len(idx), 1],
                                           2000 + np.asarray(idx))
     # All tasks fill their batches in training: S sentences or S/2 pairs.
@@ -286,14 +286,14 @@ def test_eval_batches_cover_every_example_once(task, n, s):
     seen = []
     for idx, b in batching.eval_batches(data, s, BUCKETS):
         idx = np.asarray(idx)
-        per = s // 2 if data.is_pair else s
+        per = s // 2 if data.is_bi_pair else s
         assert 1 <= len(idx) <= per
         length = b["input_ids"].shape[1]
         assert length in BUCKETS and b["input_ids"].shape == (s, length)
         for r, i in enumerate(idx):
             _check_row(b, r, data.first[i], length)
             assert len(data.first[i]) <= length
-            if data.is_pair:
+            if data.is_bi_pair:
                 _check_row(b, s // 2 + r, data.second[i], length)
                 assert len(data.second[i]) <= length
         np.testing.assert_array_equal(b["weights"][:len(idx)], 1.0)

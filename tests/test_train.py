@@ -20,19 +20,24 @@ DATA_DIR = default_data_dir()
 needs_data = pytest.mark.skipif(not os.path.isdir(DATA_DIR), reason=f"no data at {DATA_DIR}")
 
 
-def tiny_config(model_dir: str, **train_overrides):
-  config = default.get_config()
+def shrink(config, model_dir: str):
+  """`config` on the tiny model, 40 rows of each data file and 4 small steps (in place)."""
   config.model.path = model_dir
   config.model.max_length = 32
   config.data_dir = DATA_DIR
   config.data_limit = 40
-  config.grad.method = "pcgrad"
   config.train.length_buckets = (16, 32)
   config.train.seqs_per_task = 8
   config.train.steps = 4
   config.train.log_every = 1
   config.train.checkpoint_every = 2
   config.eval.seqs_per_batch = 16
+  return config
+
+
+def tiny_config(model_dir: str, **train_overrides):
+  config = shrink(default.get_config(), model_dir)
+  config.grad.method = "pcgrad"
   config.train.update(train_overrides)
   return config
 

@@ -2,9 +2,10 @@
 
 Why the shapes look like this:
 - Every task contributes the same number S of encoded sequences per step (SST: S
-  sentences; Quora, STS: S/2 pairs, first sentences then second sentences), so the three
-  task batches stack on a leading task axis and one `vmap`ped gradient covers them all
-  with no wasted compute.
+  sentences; Quora, STS: S/2 bi-encoded pairs, first sentences then second sentences, or
+  S cross-encoded pairs, one [CLS] s1 [SEP] s2 [SEP] sequence each), so the three task
+  batches stack on a leading task axis and one `vmap`ped gradient covers them all with
+  no wasted compute.
 - The length L is the smallest bucket that fits the step's longest sequence, so XLA
   compiles one step per bucket (a handful) while short batches don't pay for long ones.
 - Length grouping: each task's examples for a group of K consecutive steps are sorted by
@@ -31,40 +32,69 @@ PAIR_TASKS = ("quora", "sts")
 
 @dataclasses.dataclass(frozen=True)
 class Encoded:
-  """One task split, tokenized (ragged, unpadded)."""
+  """One task split, tokenized (ragged, unpadded).
+
+  A single sentence or a bi-encoded pair is `first` (and `second`), each [CLS] s [SEP];
+  a cross-encoded pair is `first` = [CLS] s1 [SEP] s2 [SEP] with its `token_types`.
+  """
 
   task: str
   split: str
   ids: list[str]
-  first: list[np.ndarray]  # Token ids of sentence (1).
-  second: list[np.ndarray] | None  # Of sentence 2, for pair tasks.
+  first: list[np.ndarray]  # Token ids of sentence 1, or of the whole cross-encoded pair.
+  second: list[np.ndarray] | None  # Of sentence 2, for bi-encoded pairs.
   labels: np.ndarray | None
+  token_types: list[np.ndarray] | None = None  # Of `first`, for cross-encoded pairs.
+
+  def __post_init__(self):
+    if self.second is not None and self.token_types is not None:
+      raise ValueError("a pair is either bi-encoded (second) or cross-encoded (token_types)")
 
   def __len__(self) -> int:
     return len(self.first)
 
   @property
-  def is_pair(self) -> bool:
+  def is_bi_pair(self) -> bool:
+    """Two sequences per example: the batch holds half as many examples as rows."""
     return self.second is not None
+
+  @property
+  def is_cross_pair(self) -> bool:
+    return self.token_types is not None
 
   @functools.cached_property
   def lengths(self) -> np.ndarray:
     """Per example, the length of its longest sequence."""
     lengths = np.array([len(s) for s in self.first])
-    if self.is_pair:
+    if self.is_bi_pair:
       lengths = np.maximum(lengths, [len(s) for s in self.second])
     return lengths
 
 
-def encode(tokenizer, split: TaskSplit, max_length: int) -> Encoded:
-  """Tokenizes each sentence alone ([CLS] s [SEP]), truncated to max_length tokens."""
+def encode(tokenizer, split: TaskSplit, max_length: int, cross: bool = False) -> Encoded:
+  """Tokenizes a split, truncating every sequence to max_length tokens.
+
+  Each sentence alone ([CLS] s [SEP]); with `cross`, each pair of a pair task as one
+  sequence [CLS] s1 [SEP] s2 [SEP] as the tokenizer encodes pairs: token type 0 up to the
+  first [SEP], 1 after it, the longer sentence trimmed first when the pair is too long
+  ("longest_first"), so both sentences keep a share of the max_length tokens.
+  """
+  if cross and split.sentences2 is not None:
+    out = tokenizer(list(split.sentences1), list(split.sentences2), truncation="longest_first",
+                    max_length=max_length)
+    return Encoded(split.task, split.split, list(split.ids), _int32(out["input_ids"]), None,
+                   split.labels, _int32(out["token_type_ids"]))
+
   def ids(sentences):
-    out = tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"]
-    return [np.asarray(x, np.int32) for x in out]
+    return _int32(tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"])
 
   second = ids(split.sentences2) if split.sentences2 is not None else None
   return Encoded(split.task, split.split, list(split.ids), ids(split.sentences1), second,
                  split.labels)
+
+
+def _int32(rows) -> list[np.ndarray]:
+  return [np.asarray(x, np.int32) for x in rows]
 
 
 def bucket_length(n: int, buckets: tuple[int, ...]) -> int:
@@ -75,14 +105,14 @@ def bucket_length(n: int, buckets: tuple[int, ...]) -> int:
   return max(buckets)
 
 
-def examples_per_batch(task: str, seqs_per_batch: int) -> int:
-  return seqs_per_batch // 2 if task in PAIR_TASKS else seqs_per_batch
+def examples_per_batch(data: Encoded, seqs_per_batch: int) -> int:
+  return seqs_per_batch // 2 if data.is_bi_pair else seqs_per_batch
 
 
 def sequences(data: Encoded, indices: np.ndarray) -> list[np.ndarray]:
-  """The sequences of these examples in batch order: firsts, then seconds for pairs."""
+  """The sequences of these examples in batch order: firsts, then seconds for bi pairs."""
   seqs = [data.first[i] for i in indices]
-  if data.is_pair:
+  if data.is_bi_pair:
     seqs += [data.second[i] for i in indices]
   return seqs
 
@@ -92,19 +122,25 @@ def make_batch(data: Encoded, indices: np.ndarray, seqs_per_batch: int,
   """Pads the examples `indices` into [S, length] arrays plus labels/weights [S].
 
   Rows beyond the examples given (a short final eval batch) are padding with weight 0.
+  Token types are 0 but for cross-encoded pairs (1 on s2 [SEP]).
   """
-  n_max = examples_per_batch(data.task, seqs_per_batch)
+  n_max = examples_per_batch(data, seqs_per_batch)
   if len(indices) > n_max:
     raise ValueError(f"{len(indices)} {data.task} examples do not fit in {seqs_per_batch} rows")
   input_ids = np.zeros((seqs_per_batch, length), np.int32)  # BERT's [PAD] id is 0.
   attention_mask = np.zeros((seqs_per_batch, length), np.int32)
   rows = list(range(len(indices)))
-  if data.is_pair:  # Second sentences start at row S/2, whatever the number of pairs.
+  if data.is_bi_pair:  # Second sentences start at row S/2, whatever the number of pairs.
     rows += [n_max + r for r in range(len(indices))]
   for row, seq in zip(rows, sequences(data, indices)):
     seq = seq[:length]
     input_ids[row, :len(seq)] = seq
     attention_mask[row, :len(seq)] = 1
+  token_type_ids = np.zeros_like(input_ids)
+  if data.is_cross_pair:
+    for row, i in enumerate(indices):
+      types = data.token_types[i][:length]
+      token_type_ids[row, :len(types)] = types
   labels = np.zeros(seqs_per_batch, np.float32)
   weights = np.zeros(seqs_per_batch, np.float32)
   if data.labels is not None:
@@ -113,7 +149,7 @@ def make_batch(data: Encoded, indices: np.ndarray, seqs_per_batch: int,
   return {
       "input_ids": input_ids,
       "attention_mask": attention_mask,
-      "token_type_ids": np.zeros_like(input_ids),
+      "token_type_ids": token_type_ids,
       "labels": labels,
       "weights": weights,
   }
@@ -150,7 +186,7 @@ def train_indices(data: Encoded, step: int, count: int, seed: int,
 def train_batch(datasets: list[Encoded], step: int, seqs_per_task: int, seed: int,
                 buckets: tuple[int, ...], group_steps: int = 0) -> dict[str, np.ndarray]:
   """The step's batch: every task's arrays stacked on a leading task axis [T, S, ...]."""
-  chosen = [train_indices(d, step, examples_per_batch(d.task, seqs_per_task), seed, group_steps)
+  chosen = [train_indices(d, step, examples_per_batch(d, seqs_per_task), seed, group_steps)
             for d in datasets]
   length = bucket_length(max(int(d.lengths[idx].max()) for d, idx in zip(datasets, chosen)),
                          buckets)
@@ -162,7 +198,7 @@ def eval_batches(data: Encoded, seqs_per_batch: int, buckets: tuple[int, ...]):
   """Yields (example indices, batch) over a whole split, sorted by length to cut padding."""
   lengths = data.lengths
   order = np.argsort(lengths, kind="stable")
-  n = examples_per_batch(data.task, seqs_per_batch)
+  n = examples_per_batch(data, seqs_per_batch)
   for start in range(0, len(order), n):
     idx = order[start:start + n]
     length = bucket_length(max(lengths[i] for i in idx), buckets)

@@ -1,10 +1,13 @@
 """Sentence pooling and the three task heads (SST-5, Quora, STS-B), in every variant the
 seed projects tried, selected by `HeadSpec` (config.heads) and the pooling (config.model.pooling).
 
-Every task encodes the same number of sequences per step (so the per-task batches stack
-on a task axis and `vmap` over it). A pair task's batch of S sequences holds S/2 pairs,
-first sentences in rows [0, S/2) and second sentences in rows [S/2, S): the bi-encoder
-heads compare row i with row S/2 + i.
+Every task encodes the same number S of sequences per step (so the per-task batches stack
+on a task axis and `vmap` over it). How a pair task fills its S rows (`HeadSpec.pairs`):
+  bi     (the default) each sentence is encoded alone: S/2 pairs, first sentences in rows
+         [0, S/2) and second sentences in rows [S/2, S); the pair heads compare row i
+         with row S/2 + i.
+  cross  a pair is one sequence [CLS] s1 [SEP] s2 [SEP] with token types (a cross-encoder):
+         S pairs in S rows, and the pair heads read each row's pooled vector alone.
 
 Pooling (`POOLINGS` are parameter-free; `concat` learns a dense layer):
   cls     the first token's hidden state                                  [S, H]
@@ -16,15 +19,25 @@ Sentence representation x_t of task t, from the pooled vectors p (`HeadSpec.kind
   shared        x_t = gelu(shared_dense(p)), one H-wide layer for all tasks
   multi_stream  x_t = [shared_dense(p); {t}_stream(p)], a shared and a task-specific
                 linear layer (both H wide, no activation) side by side
-Outputs (dropout before every learned output layer; u, v = a pair's two x_t rows):
+Outputs (dropout before every learned output layer). Bi-encoded pairs (u, v = a pair's
+two x_t rows; N = S/2 pairs):
   sst    linear -> 5 logits per sentence                                   [S, 5]
   quora  features: linear on [u; v; |u - v|; u * v] (default); dot: u . v;
-         cosine: a . cos(u, v) + b (a learned, initialised to 5)  -> a logit [S/2]
+         cosine: a . cos(u, v) + b (a learned, initialised to 5)  -> a logit [N]
   sts    cosine: 5 cos(u, v) (default); relu_cosine: 5 relu(cos(u, v));
-         dot: u . v; features: linear on [u; v; |u - v|; u * v]        -> a score [S/2]
-  sts_loss="cosine" (sentence-transformers' CosineSimilarityLoss): the STS score r is
-  regressed onto label / 5; the heads then also output `sts_unit` = r and `sts` = 5 r (the
-  prediction on the 0..5 scale). With the default "mse", `sts` is regressed onto the label.
+         dot: u . v; features: linear on [u; v; |u - v|; u * v]        -> a score [N]
+Cross-encoded pairs (x = the pair's x_t row; N = S pairs): only the learned heads exist,
+selected by quora="features" and sts="features" (the pair's features are then x itself);
+every value that compares u with v is refused (`BI_ENCODER_ONLY`):
+  quora  linear on x -> a logit                                                 [N]
+  sts    5 sigmoid(linear on x) -> a score in (0, 5)                             [N]
+  The sigmoid keeps the score on the label scale, and starts it near the middle (2.5,
+  close to the training labels' mean 2.6) while the head is still small: a raw linear
+  output starts near 0, where the MSE is ~9 instead of ~2 and the STS gradient would
+  dominate the first (clipped) updates of the shared encoder.
+sts_loss="cosine" (sentence-transformers' CosineSimilarityLoss, bi only): the STS score r
+is regressed onto label / 5; the heads then also output `sts_unit` = r and `sts` = 5 r
+(the prediction on the 0..5 scale). With the default "mse", `sts` is regressed onto the label.
 The cosine and dot pair scores are symmetric in (u, v); the features ones are not.
 
 Parameter names: everything lives under `heads/`; task-specific layers are named after
@@ -52,6 +65,13 @@ KINDS = ("linear", "shared", "multi_stream")
 QUORA_HEADS = ("features", "dot", "cosine")
 STS_HEADS = ("cosine", "relu_cosine", "dot", "features")
 STS_LOSSES = ("mse", "cosine")
+PAIR_ENCODINGS = ("bi", "cross")
+# Head values that compare two separately encoded sentence vectors u, v: no such vectors
+# exist when a pair is cross-encoded as one sequence.
+BI_ENCODER_ONLY = {"quora": ("dot", "cosine"), "sts": ("cosine", "relu_cosine", "dot"),
+                   "sts_loss": ("cosine",)}
+_VALUES = {"kind": KINDS, "quora": QUORA_HEADS, "sts": STS_HEADS, "sts_loss": STS_LOSSES,
+           "pairs": PAIR_ENCODINGS}
 TASK_NAMES = ("sst", "quora", "sts")
 NUM_SST_CLASSES = 5
 
@@ -64,13 +84,22 @@ class HeadSpec:
   quora: str = "features"
   sts: str = "cosine"
   sts_loss: str = "mse"
+  pairs: str = "bi"
 
   def __post_init__(self):
-    for name, allowed in (("kind", KINDS), ("quora", QUORA_HEADS), ("sts", STS_HEADS),
-                          ("sts_loss", STS_LOSSES)):
+    for name, allowed in _VALUES.items():
       value = getattr(self, name)
       if value not in allowed:
         raise ValueError(f"heads.{name}: {value!r} is not one of {allowed}")
+    if self.pairs == "cross":
+      for name, refused in BI_ENCODER_ONLY.items():
+        value = getattr(self, name)
+        if value in refused:
+          usable = [v for v in _VALUES[name] if v not in refused]
+          raise ValueError(
+              f"heads.{name}: {value!r} compares two separately encoded sentence vectors, "
+              f"but heads.pairs='cross' encodes a pair as one [CLS] s1 [SEP] s2 [SEP] "
+              f"sequence; with it use heads.{name}={usable[0]!r}, or heads.pairs='bi'")
 
 
 def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str,
@@ -105,7 +134,8 @@ def pair_features(u: jax.Array, v: jax.Array) -> jax.Array:
 
 
 class TaskHeads(nn.Module):
-  """Pooled sentence vectors [S, D] -> every task's outputs on them (see the module doc).
+  """Pooled vectors [S, D] (of sentences, or of cross-encoded pairs) -> every task's
+  outputs on them (see the module doc).
 
   All heads are cheap, so the step computes all and the loss keeps its task's one.
   `hidden_size` (the encoder's H) is needed by the learned pooling and the shared /
@@ -159,6 +189,10 @@ class TaskHeads(nn.Module):
     s, drop = self.spec, self.Dropout_0
     reps = {t: self._represent(pooled, t, deterministic) for t in TASK_NAMES}
     sst = self.sst(drop(reps["sst"], deterministic=deterministic))
+    if s.pairs == "cross":  # One row per pair: the learned heads on its vector.
+      quora = self.quora(drop(reps["quora"], deterministic=deterministic))[:, 0]
+      sts = self.sts(drop(reps["sts"], deterministic=deterministic))[:, 0]
+      return {"sst": sst, "quora": quora, "sts": 5.0 * jax.nn.sigmoid(sts)}
 
     u, v = split_pairs(reps["quora"])
     if s.quora == "features":

@@ -1,0 +1,17 @@
+"""Seed (c): dot-product pair heads: Quora sigmoid(u · v), STS u · v (unscaled).
+
+Run: python main.py --config=configs/seeds/dot_product_heads.py --workdir=runs/seeds/dot_product_heads
+configs/default.py with both pair heads replaced by the dot product of the two sentence
+vectors: for Quora it is the logit (the sigmoid is inside the binary cross-entropy), for
+STS the raw score regressed onto the 0..5 label. Neither head has parameters.
+Report: not identified offline, so no dev numbers are quoted. Ours: README, Results.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.heads.quora = "dot"
+  config.heads.sts = "dot"
+  return config
