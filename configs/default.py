@@ -60,6 +60,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.seqs_per_task = 64  # Sequences per task per step: 64 SST sentences, 32 pairs.
   config.train.length_buckets = (16, 32, 48, 64, 96, 128)
   config.train.length_grouping = 32  # Sort each task's next N batches by length; 0 = off.
+  # Which tasks a step trains (mtl_jax/data/schedules.py): all_tasks (one batch of each) |
+  # one task: proportional | sqrt | annealed | sequential | round_robin (grad.method sum or fixed).
+  config.train.schedule = "all_tasks"
+  # Examples per epoch of each task; 0 = the whole set, N = a fresh random N each epoch.
+  config.train.epoch_examples = ml_collections.ConfigDict({"sst": 0, "quora": 0, "sts": 0})
   config.train.learning_rate = 1e-3
   config.train.warmup_fraction = 0.1  # Linear warmup over this share of the steps, then cosine decay.
   config.train.weight_decay = 0.01

@@ -52,7 +52,9 @@ def read_metrics(workdir: str) -> tuple[list[dict], list[dict]]:
       if any(k.startswith("dev/") for k in row):
         dev[row["step"]] = row
   if not grad:
-    raise DiagnoseError(f"{path} has no gradient rows (grad/cosine): nothing to diagnose")
+    raise DiagnoseError(f"{path} has no gradient rows (grad/cosine): nothing to diagnose "
+                        f"(a run whose train.schedule trains one task per step logs none; "
+                        f"--checkpoint measures them on its latest checkpoint)")
   return [grad[s] for s in sorted(grad)], [dev[s] for s in sorted(dev)]
 
 

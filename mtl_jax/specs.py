@@ -11,6 +11,8 @@ import dataclasses
 import ml_collections
 
 from mtl_jax import grad as mtlgrad
+from mtl_jax.data import schedules
+from mtl_jax.data.files import TASKS
 from mtl_jax.models import adapters, multitask, task_layers
 from mtl_jax.models import heads as heads_lib
 from mtl_jax.step import LOSS_WEIGHTINGS
@@ -39,7 +41,6 @@ def lora_config(config: ml_collections.ConfigDict) -> adapters.LoraConfig | None
 
 def task_layer_config(config: ml_collections.ConfigDict) -> task_layers.TaskLayerConfig | None:
   """config.adapter.task_layers (absent in configs saved before it existed: none)."""
-  from mtl_jax.data.files import TASKS
   kind = config.adapter.get("task_layers", "none")
   size = config.adapter.get("task_layer_size", 0)
   if kind == "none":
@@ -67,6 +68,43 @@ def model_spec(config: ml_collections.ConfigDict) -> multitask.ModelSpec:
   return multitask.ModelSpec(path=m.path, mode=config.adapter.kind, lora=lora_config(config),
                              pooling=m.pooling, head_dropout=float(m.head_dropout), dtype=m.dtype,
                              heads=head_spec(config), task_layers=task_layer_config(config))
+
+
+def _schedule_kind(config: ml_collections.ConfigDict) -> str:
+  return config.train.get("schedule", _ABSENT_MEANS["train.schedule"])
+
+
+def _epoch_caps(config: ml_collections.ConfigDict) -> tuple:
+  caps = config.train.get("epoch_examples") or {}
+  return tuple(caps.get(task, 0) for task in TASKS)
+
+
+def train_schedule(config: ml_collections.ConfigDict, sizes: tuple[int, ...],
+                   batch_examples: tuple[int, ...] = ()) -> schedules.Schedule:
+  """config.train's schedule for training sets of `sizes` examples (TASKS order), batches of
+  `batch_examples` examples (() = the bi-encoder layout); the keys absent in configs saved
+  before they existed mean all_tasks and uncapped epochs."""
+  t = config.train
+  return schedules.make(_schedule_kind(config), tuple(sizes), _epoch_caps(config),
+                        t.seqs_per_task, t.steps, config.seed, t.length_grouping, batch_examples)
+
+
+def _validate_schedule(config: ml_collections.ConfigDict) -> None:
+  """The schedule name, the epoch caps, and a grad method that works with one task a step."""
+  kind = _schedule_kind(config)
+  _check(kind in schedules.SCHEDULES, "train.schedule",
+         f"{kind!r} is not one of {schedules.SCHEDULES}")
+  for task, cap in zip(TASKS, _epoch_caps(config)):
+    _check(isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0,
+           f"train.epoch_examples.{task}",
+           f"must be an integer >= 0 (examples per epoch; 0 = the whole set), got {cap!r}")
+  method = config.grad.method
+  _check(kind not in schedules.ONE_TASK_SCHEDULES
+         or mtlgrad.canonical_name(method) in mtlgrad.LINEAR_METHODS, "train.schedule",
+         f"{kind!r} trains one task per step, but config.grad.method={method!r} combines the "
+         f"gradients of every task in each step and would silently degrade on one. Use "
+         f"config.grad.method in {mtlgrad.LINEAR_METHODS} (linear per task) with this schedule, "
+         f"or train.schedule='all_tasks' (one batch of every task per step) with {method!r}")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -108,11 +146,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   lora_config(config)
   task_layer_config(config)
   grad_method(config)
+  _validate_schedule(config)
 
 
 def grad_method(config: ml_collections.ConfigDict):
   """The configured mtl_jax.grad method (an optax transform over per-task gradients)."""
-  from mtl_jax.data.files import TASKS
   try:
     return mtlgrad.get_method(config.grad.method, num_tasks=len(TASKS),
                               **config.grad.kwargs.to_dict())
@@ -126,18 +164,20 @@ def grad_method(config: ml_collections.ConfigDict):
 # resumes from a workdir's checkpoint: they change the model, the data, or the optimization
 # trajectory, so a changed value would silently mix two experiments in one run.
 # train.steps is included because the warmup/cosine learning-rate schedule is a function of
-# it: "train longer" on a resumed run would jump the LR. Everything else (train.log_every,
+# it ("train longer" on a resumed run would jump the LR), and so is the number of epochs
+# an annealed train.schedule spreads over. Everything else (train.log_every,
 # eval_every, checkpoint_every, keep_checkpoints, early_stopping_patience, eval.*) may change.
 RESUME_MUST_MATCH = (
     "seed", "data_dir", "data_limit", "strict_data", "model", "adapter", "grad", "heads",
     "train.steps", "train.seqs_per_task", "train.length_buckets", "train.length_grouping",
     "train.learning_rate", "train.warmup_fraction", "train.weight_decay", "train.grad_clip",
-    "train.loss_weighting",
+    "train.loss_weighting", "train.schedule", "train.epoch_examples",
 )
 
 # Values of keys added after some workdirs were written: absent in an old config.json = this.
-_ABSENT_MEANS = {"train.loss_weighting": "none", "adapter.task_layers": "none",
-                 "adapter.task_layer_size": 0,
+_ABSENT_MEANS = {"train.loss_weighting": "none", "train.schedule": "all_tasks",
+                 **{f"train.epoch_examples.{task}": 0 for task in TASKS},
+                 "adapter.task_layers": "none", "adapter.task_layer_size": 0,
                  **{f"heads.{f.name}": f.default for f in dataclasses.fields(heads_lib.HeadSpec)}}
 _ABSENT = "<absent>"
 

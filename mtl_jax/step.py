@@ -6,6 +6,9 @@ gradients [T, ...] go to the optimizer, whose first transform (an `mtl_jax.grad`
 combines them into one update; it also receives the raw per-task losses
 (`task_losses=`, used by loss-based methods such as `dwa`, ignored by the others).
 
+With a one-task schedule (`config.train.schedule`, `mtl_jax.data.schedules`) a step's batch
+holds one task, and its gradient fills that task's row of the [T, ...] stack, zeros elsewhere.
+
 Uncertainty weighting (`config.train.loss_weighting="uncertainty"`): the trainable tree
 holds `{"loss_weighting": {"log_var": [T]}}` and task t's objective is
 `weighted_task_loss(L_t, log_var, t)`; the logged losses stay the raw ones.
@@ -123,23 +126,48 @@ def shared_gradients(grads: dict) -> dict:
 
 def make_train_step(model: multitask.MultitaskModel, tx: optax.GradientTransformation,
                     task_ids: tuple[int, ...], seed: int):
-  """Returns step(state, frozen, batch) -> (state, metrics); batch leaves are [T, S, ...].
+  """Returns step(state, frozen, batch) -> (state, metrics).
 
-  `tx.update` gets `task_losses=` (raw losses [T]): `tx` must accept extra keyword
-  arguments, as `optax.chain` and `optax.partition` (`mtlgrad.shared_only`) do."""
+  A batch of every task (schedule `all_tasks`): leaves [T, S, ...], the gradients of the
+  tasks `task_ids` by `vmap`. A batch of one task (the other schedules, see
+  `mtl_jax.data.schedules`): leaves [1, S, ...] plus `batch["task"]`, the int32 position of
+  that task in `task_ids` (TASKS order in the trainer), traced, so one compiled step per
+  length bucket serves every task.
+  Its gradient goes to its row of a zero [T, ...] stack, so the same optimizer chain
+  applies; with a method linear per task (`mtlgrad.LINEAR_METHODS`, which
+  `specs.validate` insists on) that is a step on that task alone. Its dropout key is the
+  one the task would get in an all-tasks step. Metrics then hold that task's loss and
+  index ("task"), and no between-task gradient statistics (there is one gradient).
+
+  `tx.update` gets `task_losses=` (raw losses [T]; zero for the tasks not in the batch):
+  `tx` must accept extra keyword arguments, as `optax.chain` and `optax.partition`
+  (`mtlgrad.shared_only`) do."""
   base_key = jax.random.key(seed)
   per_task_grads = make_per_task_grads(model)
+  num_tasks = len(task_ids)
+
+  def one_task(trainable, frozen, batch, keys):
+    """(losses [T], gradients [T, ...]) with only row batch["task"] nonzero."""
+    task = batch["task"]
+    inputs = {k: v for k, v in batch.items() if k != "task"}
+    loss, grads = per_task_grads(trainable, frozen, inputs, task[None], keys[task][None])
+    place = lambda x: jnp.zeros((num_tasks, *x.shape[1:]), x.dtype).at[task].set(x[0])
+    return place(loss), jax.tree.map(place, grads)
 
   def step(state: TrainState, frozen: dict, batch: dict) -> tuple[TrainState, dict]:
-    keys = jax.random.split(jax.random.fold_in(base_key, state.step), len(task_ids))
-    losses, grads = per_task_grads(state.trainable, frozen, batch, jnp.asarray(task_ids), keys)
+    keys = jax.random.split(jax.random.fold_in(base_key, state.step), num_tasks)
+    single = "task" in batch  # The batch's structure: fixed per compiled step.
+    if single:
+      losses, grads = one_task(state.trainable, frozen, batch, keys)
+    else:
+      losses, grads = per_task_grads(state.trainable, frozen, batch, jnp.asarray(task_ids), keys)
     updates, opt_state = tx.update(grads, state.opt_state, state.trainable, task_losses=losses)
     trainable = optax.apply_updates(state.trainable, updates)
-    shared = shared_gradients(grads)
+    shared = {} if single else shared_gradients(grads)
     weighting = state.trainable.get(LOSS_WEIGHTING_KEY)
     metrics = {
-        "loss": losses.sum(),
-        "task_loss": losses,
+        **({"loss": losses[batch["task"]], "task": batch["task"]} if single
+           else {"loss": losses.sum(), "task_loss": losses}),
         **({"loss_weight": jnp.exp(-weighting["log_var"])} if weighting is not None else {}),
         "l2_params": optax.tree.norm(trainable),
         "l2_updates": optax.tree.norm(updates),

@@ -22,7 +22,7 @@ from mtl_jax import grad as mtlgrad
 from mtl_jax import specs
 from mtl_jax import checkpoint
 from mtl_jax.checkpoint import Checkpointer
-from mtl_jax.data import batching, files
+from mtl_jax.data import batching, files, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
 from mtl_jax.metrics_log import MetricsLog
 from mtl_jax.models import hf_io, multitask
@@ -108,6 +108,13 @@ def _describe_params(params: dict, trainable: dict, opt_state) -> str:
           f"optimizer state {opt_bytes / 2**20:.1f} MiB")
 
 
+def _trained_losses(metrics: dict) -> dict[str, float]:
+  """{task: loss} of the tasks the logged step trained: all, or one with a one-task schedule."""
+  if "task" in metrics:
+    return {TASKS[int(metrics["task"])]: float(metrics["loss"])}
+  return dict(zip(TASKS, np.asarray(metrics["task_loss"]).tolist()))
+
+
 def _save_on_interrupt(ckpt: Checkpointer, state: TrainState) -> None:
   try:
     step = int(state.step)
@@ -158,6 +165,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   tokenizer = hf_io.load_tokenizer(config.model.path)
   data = load_data(config, tokenizer)
   buckets = tuple(config.train.length_buckets)
+  schedule = specs.train_schedule(
+      config, tuple(len(d) for d in data["train"]),
+      tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in data["train"]))
+  logging.info(schedules.describe(schedule))
 
   # --- Model, optimizer and step
   model, state, frozen, tx = init_state(config)
@@ -210,27 +221,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     "not training further", first, best["step"] if best else 0)
     last = first
   last_eval = None  # (step, results, dev predictions) of the latest evaluation.
-  seqs_per_step = t.seqs_per_task * len(TASKS)
-  examples_per_step = sum(batching.examples_per_batch(d, t.seqs_per_task) for d in data["train"])
   progress = log.progress(first, t.steps)
-  tick, tick_step = time.perf_counter(), first
+  tick, examples, sequences = time.perf_counter(), 0, 0  # Since the last log.
   try:
     for step in range(first, last):
-      batch = batching.train_batch(data["train"], step, t.seqs_per_task, config.seed, buckets,
-                                   t.length_grouping)
+      batch = schedules.train_batch(data["train"], step, schedule, buckets)
+      examples += int(batch["weights"].sum())  # A pair's weight is on its first row only.
+      sequences += int(batch["attention_mask"][..., 0].sum())  # Rows holding a sequence.
       state, metrics = step_fn(state, frozen, batch)
       done = step + 1
       if done % max(t.log_every, 1) == 0 or done == t.steps:
         metrics = jax.device_get(metrics)
+        losses = _trained_losses(metrics)
         if not np.isfinite(metrics["loss"]):
-          raise FloatingPointError(
-              f"non-finite loss at step {done}: per-task losses "
-              f"{dict(zip(TASKS, metrics['task_loss'].tolist()))}; lower train.learning_rate?")
-        elapsed = time.perf_counter() - tick
-        rate = (done - tick_step) * examples_per_step / max(elapsed, 1e-9)
-        tick, tick_step = time.perf_counter(), done
-        log.write(done, metrics, tasks=TASKS, extra={
-            "examples_per_sec": rate, "sequences_per_sec": rate * seqs_per_step / examples_per_step})
+          raise FloatingPointError(f"non-finite loss at step {done}: per-task losses {losses}; "
+                                   f"lower train.learning_rate?")
+        elapsed = max(time.perf_counter() - tick, 1e-9)
+        rate = examples / elapsed
+        extra = {"examples_per_sec": rate, "sequences_per_sec": sequences / elapsed}
+        if "task" in metrics:  # A one-task step: name the task, log its loss under its name.
+          (task, loss), = losses.items()
+          extra.update({"task": task, f"task_loss/{task}": loss})
+        tick, examples, sequences = time.perf_counter(), 0, 0
+        log.write(done, metrics, tasks=TASKS, extra=extra)
         progress.set_postfix(loss=f"{float(metrics['loss']):.3f}", ex_s=f"{rate:.1f}")
       progress.update(1)
       stop = None

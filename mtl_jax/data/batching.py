@@ -16,6 +16,8 @@ Why the shapes look like this:
 - Example order is a pure function of (seed, task, epoch), and a step's examples of the
   step number alone: resuming at step k replays exactly the batches an uninterrupted
   run would have seen.
+- Which tasks a step trains is `mtl_jax.data.schedules`' business: by default every task
+  (`train_batch`), else one, whose batch number in its own stream the schedule derives.
 """
 
 from __future__ import annotations
@@ -160,9 +162,15 @@ def _epoch_order(seed: int, task: str, epoch: int, n: int) -> np.ndarray:
   return np.random.default_rng([seed, TASKS.index(task), epoch]).permutation(n)
 
 
-def _stream(data: Encoded, start: int, count: int, seed: int) -> np.ndarray:
-  """Positions [start, start + count) of the task's endless stream of epoch shuffles."""
-  epochs, offsets = np.divmod(np.arange(start, start + count), len(data))
+def _stream(data: Encoded, start: int, count: int, seed: int, epoch_size: int = 0) -> np.ndarray:
+  """Positions [start, start + count) of the task's endless stream of epochs.
+
+  Epoch e is the first `epoch_size` examples (0, or more than the set: all of them) of the
+  (seed, task, e) shuffle: capping the epoch undersamples the task with a fresh random
+  subset every epoch, and leaves the uncapped stream exactly as it was.
+  """
+  size = min(epoch_size, len(data)) if epoch_size else len(data)
+  epochs, offsets = np.divmod(np.arange(start, start + count), size)
   out = np.empty(count, np.int64)
   for epoch in np.unique(epochs):
     here = epochs == epoch
@@ -171,12 +179,14 @@ def _stream(data: Encoded, start: int, count: int, seed: int) -> np.ndarray:
 
 
 def train_indices(data: Encoded, step: int, count: int, seed: int,
-                  group_steps: int = 0) -> np.ndarray:
-  """Example indices of `step` for one task; see the module docstring for grouping."""
+                  group_steps: int = 0, epoch_size: int = 0) -> np.ndarray:
+  """Example indices of the task's batch number `step` (the train step, when every step
+  has a batch of every task); see the module docstring for grouping, `_stream` for
+  `epoch_size`."""
   if group_steps <= 1:
-    return _stream(data, step * count, count, seed)
+    return _stream(data, step * count, count, seed, epoch_size)
   group, position = divmod(step, group_steps)
-  pool = _stream(data, group * group_steps * count, group_steps * count, seed)
+  pool = _stream(data, group * group_steps * count, group_steps * count, seed, epoch_size)
   by_length = pool[np.argsort(data.lengths[pool], kind="stable")].reshape(group_steps, count)
   # One order of the group's batches for every task, so that their lengths line up.
   rank = np.random.default_rng([seed, len(TASKS), group]).permutation(group_steps)[position]
@@ -184,10 +194,15 @@ def train_indices(data: Encoded, step: int, count: int, seed: int,
 
 
 def train_batch(datasets: list[Encoded], step: int, seqs_per_task: int, seed: int,
-                buckets: tuple[int, ...], group_steps: int = 0) -> dict[str, np.ndarray]:
-  """The step's batch: every task's arrays stacked on a leading task axis [T, S, ...]."""
-  chosen = [train_indices(d, step, examples_per_batch(d, seqs_per_task), seed, group_steps)
-            for d in datasets]
+                buckets: tuple[int, ...], group_steps: int = 0,
+                epoch_sizes: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+  """The step's batch: every task's arrays stacked on a leading task axis [T, S, ...].
+
+  `epoch_sizes`: per dataset, the examples of one of its epochs (0 = all; () = all for all).
+  """
+  sizes = epoch_sizes or (0,) * len(datasets)
+  chosen = [train_indices(d, step, examples_per_batch(d, seqs_per_task), seed, group_steps,
+                          size) for d, size in zip(datasets, sizes)]
   length = bucket_length(max(int(d.lengths[idx].max()) for d, idx in zip(datasets, chosen)),
                          buckets)
   batches = [make_batch(d, idx, seqs_per_task, length) for d, idx in zip(datasets, chosen)]

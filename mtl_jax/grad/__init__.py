@@ -54,7 +54,8 @@ not provided.
 Per-task diagnostics: :func:`task_gradient_stats`. Pass ``num_tasks=T`` to a
 factory to keep per-task stats in its state (e.g. PCGrad's ``removed_norm``
 and ``num_projections``); read them with :func:`method_stats`. Per-task heads:
-:func:`shared_only`. By name: :func:`get_method`, :data:`METHODS`.
+:func:`shared_only`. By name: :func:`get_method`, :data:`METHODS`; the methods
+that stay meaningful when a step trains one task: :data:`LINEAR_METHODS`.
 """
 
 from mtl_jax.grad._tree import tasks_to_matrix
@@ -65,13 +66,13 @@ from mtl_jax.grad.loss_weighting import DWAState, dwa
 from mtl_jax.grad.min_norm import cagrad, dualproj, mgda, upgrad
 from mtl_jax.grad.projection import (GradVacState, PCGradState, gradvac, pcgrad,
                                      pcgrad_against_sum)
-from mtl_jax.grad.registry import METHODS, get_method
+from mtl_jax.grad.registry import LINEAR_METHODS, METHODS, canonical_name, get_method
 from mtl_jax.grad.shared import shared_only
 from mtl_jax.grad.sign_dropout import GradDropState, graddrop
 
 __all__ = [
-    "METHODS", "DWAState", "GradDropState", "GradVacState", "NashMTLState",
-    "PCGradState", "aligned_mtl", "cagrad", "dualproj", "dwa", "fixed",
+    "LINEAR_METHODS", "METHODS", "DWAState", "GradDropState", "GradVacState", "NashMTLState",
+    "PCGradState", "aligned_mtl", "cagrad", "canonical_name", "dualproj", "dwa", "fixed",
     "get_method", "graddrop", "gradvac", "imtl_g", "mean_tasks", "method_stats",
     "mgda", "nash_mtl", "pcgrad", "pcgrad_against_sum", "rlw", "shared_only",
     "sum_tasks", "task_gradient_stats", "tasks_to_matrix", "upgrad",

@@ -27,6 +27,18 @@ METHODS: Dict[str, Callable[..., optax.GradientTransformation]] = {
     "dwa": loss_weighting.dwa,
 }
 
+# Methods whose update is a fixed linear combination sum_t w_t g_t of the task gradients.
+# Only these mean the same thing when a step trains one task t (a one-task schedule hands
+# them a [T, ...] stack whose other rows are zero): w_t g_t, task t's gradient, scaled.
+# Every other method needs every task's gradient in each step (projections, min-norm or
+# balancing weights, loss ratios, random weights) and would silently degrade.
+LINEAR_METHODS = ("sum", "fixed")
+
+
+def canonical_name(name: str) -> str:
+  """The :data:`METHODS` key a method name means (case-insensitive; ``-`` and ``_`` alike)."""
+  return name.strip().lower().replace("-", "_")
+
 
 def get_method(name: str, **kwargs) -> optax.GradientTransformation:
   """Build the method registered under ``name`` with ``kwargs``.
@@ -49,7 +61,7 @@ def get_method(name: str, **kwargs) -> optax.GradientTransformation:
   Example:
     >>> tx = optax.chain(get_method("pcgrad", num_tasks=3), optax.adamw(1e-3))
   """
-  key = name.strip().lower().replace("-", "_")
+  key = canonical_name(name)
   if key not in METHODS:
     raise ValueError(
         f"unknown multi-task gradient method {name!r}; valid names: "

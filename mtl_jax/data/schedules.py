@@ -1,0 +1,176 @@
+"""Task schedules: which task(s) each train step trains, and which batch of each.
+
+A schedule is a pure function of (seed, step, dataset sizes, config): the batch of step k is
+computed from k alone, never from state carried across steps, so a run resumed at step k
+replays exactly the batches of an uninterrupted one.
+
+Kinds (`config.train.schedule`):
+
+- `all_tasks` (default): every step holds one batch of every task, stacked [T, S, L], which
+  is what the per-task gradient methods need. Each task cycles through its own epoch
+  shuffles independently. With one batch of each task per step, "oversampling the smaller
+  tasks to the largest" and "cycling each task independently" are the same thing: while the
+  largest task goes through one epoch, a task n times smaller goes through n fresh shuffles
+  of itself. The one knob that changes the balance is undersampling (below).
+- One task per step, drawn at random with p_t ∝ B_t^α (seeded, a function of the step):
+  `proportional` (α = 1), `sqrt` (α = 1/2), `annealed` (α = 1 − 0.8 e / (E − 1) in epoch
+  e = 0..E−1, Stickland & Murray 2019, "BERT and PALs"; α = 1 when E = 1).
+- `sequential`: each epoch, all B_t batches of the first task, then of the next (TASKS order).
+- `round_robin`: step k trains task k mod T.
+
+Undersampling (`config.train.epoch_examples`, per task, 0 = the whole set): a task's epoch is
+a fresh random subset of that many examples (the first N of the epoch's shuffle), for every
+kind above.
+
+Sizes and epochs. N_t is task t's examples per epoch (capped), b_t its examples per batch
+(`seqs_per_task` SST sentences, `seqs_per_task / 2` pairs) and B_t = ceil(N_t / b_t) its
+batches per epoch. Sampling weights use B_t, not N_t: an SST batch holds twice the examples
+of a pair batch, and p ∝ B_t is what keeps `proportional` uniform over examples (every example
+as likely to be trained on as any other, as if the sets were pooled); with equal batch sizes
+it is the paper's p ∝ N. An epoch of a one-task schedule is P = Σ_t B_t steps: one
+sequential pass, and in expectation one proportional pass. E = ceil(train.steps / P) is the
+number of epochs the run covers (the last may be partial).
+
+Streams. A one-task step takes its task's next batch: the task's batch number is the count
+of earlier steps that trained it, derived from the step (O(steps) numpy, cached per epoch)
+and fed to `batching.train_batch`, so length grouping and undersampling work per task as
+they do for `all_tasks`. Batches run on across a task's epoch boundaries (the B_t batches of
+one epoch take B_t·b_t ≥ N_t examples), exactly as the `all_tasks` stream does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import numpy as np
+
+from mtl_jax.data import batching
+from mtl_jax.data.files import TASKS
+
+SCHEDULES = ("all_tasks", "proportional", "sqrt", "annealed", "sequential", "round_robin")
+ONE_TASK_SCHEDULES = SCHEDULES[1:]
+_FIXED_ALPHA = {"proportional": 1.0, "sqrt": 0.5}
+# Entropy of the task draws: batching keys its shuffles with [seed, task index, epoch] and
+# its length-group orders with [seed, len(TASKS), group]; this key is distinct from both.
+_DRAW_KEY = len(TASKS) + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  """Everything that fixes a run's data order (hashable: per-epoch results are cached)."""
+
+  kind: str
+  epoch_sizes: tuple[int, ...]  # Examples of each task (TASKS order) per epoch, caps applied.
+  seqs_per_task: int  # Sequences per task batch.
+  steps: int  # train.steps: the number of epochs E that annealing spreads over.
+  seed: int
+  group_steps: int = 0  # train.length_grouping.
+  # b_t, examples per batch of each task (batching.examples_per_batch of its data); () = the
+  # bi-encoder layout (S sentences, S/2 pairs). Cross-encoded pairs fill a row each.
+  batch_examples: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    if self.kind not in SCHEDULES:
+      raise ValueError(f"schedule {self.kind!r} is not one of {SCHEDULES}")
+    if len(self.epoch_sizes) != len(TASKS):
+      raise ValueError(f"{len(self.epoch_sizes)} epoch sizes for the {len(TASKS)} tasks {TASKS}")
+
+  @property
+  def one_task(self) -> bool:
+    return self.kind in ONE_TASK_SCHEDULES
+
+
+def make(kind: str, sizes: tuple[int, ...], caps: tuple[int, ...], seqs_per_task: int,
+         steps: int, seed: int, group_steps: int = 0,
+         batch_examples: tuple[int, ...] = ()) -> Schedule:
+  """The schedule for datasets of `sizes` examples, each capped at `caps` per epoch (0 = not)."""
+  epoch_sizes = tuple(min(n, c) if c else n for n, c in zip(sizes, caps, strict=True))
+  return Schedule(kind, epoch_sizes, seqs_per_task, steps, seed, group_steps,
+                  tuple(batch_examples))
+
+
+def batches_per_epoch(s: Schedule) -> np.ndarray:
+  """B_t = ceil(N_t / b_t) for each task."""
+  per_batch = s.batch_examples or [s.seqs_per_task // 2 if t in batching.PAIR_TASKS
+                                   else s.seqs_per_task for t in TASKS]
+  return -(-np.asarray(s.epoch_sizes) // np.asarray(per_batch))
+
+
+def steps_per_epoch(s: Schedule) -> int:
+  """P = Σ_t B_t: the steps of one epoch of a one-task schedule."""
+  return int(batches_per_epoch(s).sum())
+
+
+def num_epochs(s: Schedule) -> int:
+  """E: the epochs train.steps covers, the last one possibly partial."""
+  return -(-s.steps // steps_per_epoch(s))
+
+
+def annealing_alpha(epoch: int, epochs: int) -> float:
+  """α = 1 − 0.8 e / (E − 1) for epoch e = 0..E−1: proportional sampling at first, nearly
+  uniform (α = 0.2) in the last epoch; α = 1 when the run is a single epoch."""
+  return 1.0 - 0.8 * epoch / (epochs - 1) if epochs > 1 else 1.0
+
+
+def task_probabilities(s: Schedule, epoch: int) -> np.ndarray:
+  """p_t ∝ B_t^α of a sampled schedule in `epoch` (0-based)."""
+  alpha = (annealing_alpha(epoch, num_epochs(s)) if s.kind == "annealed"
+           else _FIXED_ALPHA[s.kind])
+  weights = batches_per_epoch(s).astype(np.float64) ** alpha
+  return weights / weights.sum()
+
+
+@functools.lru_cache(maxsize=16)
+def epoch_tasks(s: Schedule, epoch: int) -> np.ndarray:
+  """The task index of each of the P steps of `epoch` (one-task schedules; read-only, cached)."""
+  batches = batches_per_epoch(s)
+  num_tasks, steps = len(batches), int(batches.sum())
+  if s.kind == "sequential":
+    tasks = np.repeat(np.arange(num_tasks), batches)
+  elif s.kind == "round_robin":
+    tasks = (epoch * steps + np.arange(steps)) % num_tasks
+  else:
+    rng = np.random.default_rng([s.seed, _DRAW_KEY, epoch])
+    tasks = rng.choice(num_tasks, size=steps, p=task_probabilities(s, epoch))
+  tasks.setflags(write=False)
+  return tasks
+
+
+@functools.lru_cache(maxsize=4096)
+def _epoch_counts(s: Schedule, epoch: int) -> np.ndarray:
+  return np.bincount(epoch_tasks(s, epoch), minlength=len(s.epoch_sizes))
+
+
+def step_task(s: Schedule, step: int) -> tuple[int, int]:
+  """(task index, its batch number) of `step` in a one-task schedule; the batch number is
+  the number of earlier steps that trained the task."""
+  epoch, offset = divmod(step, steps_per_epoch(s))
+  tasks = epoch_tasks(s, epoch)
+  task = int(tasks[offset])
+  before = sum(int(_epoch_counts(s, e)[task]) for e in range(epoch))
+  return task, before + int(np.count_nonzero(tasks[:offset] == task))
+
+
+def train_batch(datasets: list[batching.Encoded], step: int, s: Schedule,
+                buckets: tuple[int, ...]) -> dict[str, np.ndarray]:
+  """The batch of `step`: [T, S, ...] for `all_tasks`; else one task's [1, S, ...] plus
+  "task", its int32 index (a traced argument of the jitted step, so no per-task compile).
+  Either way the length is the smallest bucket that fits the batch's longest sequence."""
+  if not s.one_task:
+    return batching.train_batch(datasets, step, s.seqs_per_task, s.seed, buckets,
+                                s.group_steps, s.epoch_sizes)
+  task, number = step_task(s, step)
+  batch = batching.train_batch([datasets[task]], number, s.seqs_per_task, s.seed, buckets,
+                               s.group_steps, (s.epoch_sizes[task],))
+  return {**batch, "task": np.asarray(task, np.int32)}
+
+
+def describe(s: Schedule) -> str:
+  """One line for the log: the kind, the per-epoch sizes and, for one-task kinds, the epochs."""
+  sizes = ", ".join(f"{t} {n}" for t, n in zip(TASKS, s.epoch_sizes))
+  if not s.one_task:
+    return f"schedule all_tasks: one batch of every task per step; examples per epoch: {sizes}"
+  return (f"schedule {s.kind}: one task per step, {steps_per_epoch(s)} steps per epoch "
+          f"(batches per epoch: {', '.join(f'{t} {b}' for t, b in zip(TASKS, batches_per_epoch(s)))}; "
+          f"examples per epoch: {sizes}), {num_epochs(s)} epochs in {s.steps} steps")
