@@ -1,7 +1,10 @@
 """Multi-task fine-tuning of BERT: `python main.py --config=configs/pcgrad.py --workdir=runs/x`.
 
 Override any config key on the command line, e.g. `--config.train.steps=50`. An unknown
-key is refused at once (the config is locked).
+key is refused at once (the config is locked). Training is data-parallel over every local
+device; launched as several processes (SLURM `srun`, `mpirun`, a multi-host TPU, or
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), the same command trains
+over all of their devices (mtl_jax.parallel).
 """
 
 import logging as std_logging
@@ -11,10 +14,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mtl_jax import train
+from mtl_jax import parallel, train
 from mtl_jax.data.files import DataError
 from mtl_jax.models.hf_io import CheckpointError
-from mtl_jax.specs import ConfigError
+from mtl_jax.specs import ConfigError, unknown_key_message
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and predictions.")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -29,6 +32,7 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+  parallel.initialize_distributed()  # Before anything touches a device.
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
@@ -57,10 +61,7 @@ def run() -> None:
   except (AttributeError, KeyError) as e:
     if flags.FLAGS.is_parsed():  # Raised by the run itself: a real bug, keep the traceback.
       raise
-    while e.args and isinstance(e.args[0], BaseException):  # AttributeError(KeyError(msg))
-      e = e.args[0]
-    message = e.args[0] if e.args else e
-    sys.exit(f"error: unknown config key in the command line: {message}")
+    sys.exit(f"error: unknown config key in the command line: {unknown_key_message(e)}")
 
 
 if __name__ == "__main__":

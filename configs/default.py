@@ -70,6 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.weight_decay = 0.01
   config.train.grad_clip = 1.0  # Global norm of the combined update; 0 = off.
   config.train.loss_weighting = "none"  # none | uncertainty (learned per-task loss scales)
+  config.train.param_sharding = "replicated"  # replicated | fsdp (large leaves split over devices)
   config.train.log_every = 10
   config.train.eval_every = 0  # Evaluate on dev every N steps; 0 = only at the end.
   config.train.checkpoint_every = 100

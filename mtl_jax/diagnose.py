@@ -33,29 +33,38 @@ class DiagnoseError(ValueError):
 # --- Reading: metrics.jsonl rows (or rows measured on a checkpoint) -> arrays
 
 
-def read_metrics(workdir: str) -> tuple[list[dict], list[dict]]:
-  """(gradient rows, dev rows) of a workdir, sorted by step; a resumed run's repeats: last wins."""
+def read_log(workdir: str) -> tuple[list[dict], list[dict]]:
+  """(training rows, dev rows) of a workdir's metrics.jsonl, sorted by step; a resumed
+  run's repeats: last wins."""
   if not os.path.isdir(workdir):
     raise DiagnoseError(f"workdir {workdir} not found")
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.isfile(path):
     raise DiagnoseError(f"{path} not found: is {workdir} a training workdir?")
-  grad, dev = {}, {}
+  rows, dev = {}, {}
   with open(path) as f:
     for line in f:
       try:
         row = json.loads(line)
       except json.JSONDecodeError:  # A line cut short by a killed run.
         continue
-      if "grad/cosine" in row:
-        grad[row["step"]] = row
+      if "loss" in row or "grad/cosine" in row:
+        rows[row["step"]] = row
       if any(k.startswith("dev/") for k in row):
         dev[row["step"]] = row
+  return [rows[s] for s in sorted(rows)], [dev[s] for s in sorted(dev)]
+
+
+def read_metrics(workdir: str) -> tuple[list[dict], list[dict]]:
+  """(gradient rows, dev rows) of a workdir, sorted by step; a resumed run's repeats: last wins."""
+  rows, dev = read_log(workdir)
+  grad = [r for r in rows if "grad/cosine" in r]
   if not grad:
-    raise DiagnoseError(f"{path} has no gradient rows (grad/cosine): nothing to diagnose "
-                        f"(a run whose train.schedule trains one task per step logs none; "
-                        f"--checkpoint measures them on its latest checkpoint)")
-  return [grad[s] for s in sorted(grad)], [dev[s] for s in sorted(dev)]
+    raise DiagnoseError(f"{os.path.join(workdir, 'metrics.jsonl')} has no gradient rows "
+                        "(grad/cosine): nothing to diagnose (a run whose train.schedule trains "
+                        "one task per step logs none; --checkpoint measures them on its latest "
+                        "checkpoint)")
+  return grad, dev
 
 
 def method_stat_names(rows: list[dict]) -> list[str]:
@@ -65,7 +74,7 @@ def method_stat_names(rows: list[dict]) -> list[str]:
   return sorted(names)
 
 
-def _per_task(rows: list[dict], prefix: str) -> np.ndarray:
+def task_columns(rows: list[dict], prefix: str) -> np.ndarray:
   """[N, T] of prefix + task, NaN where a row lacks it."""
   return np.array([[r.get(prefix + t, np.nan) for t in TASKS] for r in rows], np.float64)
 
@@ -75,9 +84,9 @@ def arrays(rows: list[dict]) -> dict:
   return {
       "steps": np.array([r["step"] for r in rows]),
       "cosine": np.array([r["grad/cosine"] for r in rows], np.float64),
-      "norm": _per_task(rows, "grad/grad_norm/"),
-      "loss": _per_task(rows, "task_loss/"),
-      "method": {s: _per_task(rows, f"method/{s}/") for s in method_stat_names(rows)},
+      "norm": task_columns(rows, "grad/grad_norm/"),
+      "loss": task_columns(rows, "task_loss/"),
+      "method": {s: task_columns(rows, f"method/{s}/") for s in method_stat_names(rows)},
   }
 
 
@@ -148,32 +157,37 @@ def format_summary(s: dict) -> str:
 # --- Plots
 
 
-def plot(rows: list[dict], dev_rows: list[dict], output: str) -> list[str]:
-  """Writes the PNGs (those the rows have data for) and returns their paths."""
+def line_plot(path: str, title: str, ylabel: str, lines: dict, log: bool = False,
+              zero: bool = False, ylim: tuple | None = None) -> str:
+  """Writes a PNG of lines {label: (steps, values[, plot kwargs])} against the step."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  fig, ax = plt.subplots(figsize=(8, 4.5))
+  for label, (x, y, *style) in lines.items():
+    ax.plot(x, y, label=label, **(style[0] if style else
+                                  {"marker": "o" if len(x) < 20 else None, "markersize": 4}))
+  if zero:
+    ax.axhline(0.0, color="black", linewidth=0.8)
+  if log:
+    ax.set_yscale("log")
+  ax.set(title=title, xlabel="step", ylabel=ylabel, ylim=ylim)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def plot(rows: list[dict], dev_rows: list[dict], output: str) -> list[str]:
+  """Writes the PNGs (those the rows have data for) and returns their paths."""
   a, paths = arrays(rows), []
   steps = a["steps"]
 
-  def figure(name: str, title: str, ylabel: str, lines: dict, log: bool = False,
-             zero: bool = False, ylim: tuple | None = None):
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label, (x, y, *style) in lines.items():  # style: optional plot kwargs.
-      ax.plot(x, y, label=label, **(style[0] if style else
-                                    {"marker": "o" if len(x) < 20 else None, "markersize": 4}))
-    if zero:
-      ax.axhline(0.0, color="black", linewidth=0.8)
-    if log:
-      ax.set_yscale("log")
-    ax.set(title=title, xlabel="step", ylabel=ylabel, ylim=ylim)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    paths.append(os.path.join(output, name))
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
+  def figure(name: str, *args, **kwargs):
+    paths.append(line_plot(os.path.join(output, name), *args, **kwargs))
 
   names = {(i, j): f"{TASKS[i]}–{TASKS[j]}" for i, j in PAIRS}
   figure("cosine.png", "Pairwise cosine of per-task gradients (shared params)", "cosine",

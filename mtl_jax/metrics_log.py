@@ -26,21 +26,26 @@ def _flatten(metrics: dict, tasks: Sequence[str]) -> dict[str, float | list]:
 
 
 class MetricsLog:
-  def __init__(self, workdir: str):
+  """With write=False (the other processes of a multi-host run) nothing is written."""
+
+  def __init__(self, workdir: str, write: bool = True):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._file = open(self.path, "a")
-    try:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-    except ImportError:  # Optional: metrics.jsonl has everything.
-      self._tb = None
+    self._file = open(self.path, "a") if write else None
+    self._tb = None
+    if write:
+      try:
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      except ImportError:  # Optional: metrics.jsonl has everything.
+        pass
 
   def write(self, step: int, metrics: dict, tasks: Sequence[str] = (), prefix: str = "",
             extra: dict | None = None) -> dict:
     flat = {prefix + k: v for k, v in _flatten(metrics, tasks).items()}
     flat.update(extra or {})
-    self._file.write(json.dumps({"step": step, **flat}) + "\n")
-    self._file.flush()
+    if self._file is not None:
+      self._file.write(json.dumps({"step": step, **flat}) + "\n")
+      self._file.flush()
     if self._tb is not None:
       for k, v in flat.items():
         if isinstance(v, (int, float)):
@@ -50,7 +55,7 @@ class MetricsLog:
   def progress(self, first: int, total: int):
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=first, desc="train", unit="step", file=sys.stderr,
-                dynamic_ncols=True, mininterval=1.0)
+                dynamic_ncols=True, mininterval=1.0, disable=self._file is None)
 
   @staticmethod
   def table(results: dict) -> str:
@@ -59,6 +64,7 @@ class MetricsLog:
     return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
 
   def close(self) -> None:
-    self._file.close()
+    if self._file is not None:
+      self._file.close()
     if self._tb is not None:
       self._tb.close()

@@ -11,6 +11,7 @@ import dataclasses
 import ml_collections
 
 from mtl_jax import grad as mtlgrad
+from mtl_jax import parallel
 from mtl_jax.data import schedules
 from mtl_jax.data.files import TASKS
 from mtl_jax.models import adapters, multitask, task_layers
@@ -20,6 +21,14 @@ from mtl_jax.step import LOSS_WEIGHTINGS
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the key."""
+
+
+def unknown_key_message(error: BaseException) -> str:
+  """The message, on one line, of ml_collections' error for an unknown key in a config
+  override (an AttributeError wrapping a KeyError wrapping "'stepz'\nDid you mean...")."""
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]
+  return str(error.args[0] if error.args else error).replace("\n", " ")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -136,6 +145,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   weighting = t.get("loss_weighting", "none")  # Absent in configs saved before it existed.
   _check(weighting in LOSS_WEIGHTINGS, "train.loss_weighting",
          f"{weighting!r} is not one of {LOSS_WEIGHTINGS}")
+  sharding = t.get("param_sharding", "replicated")  # Absent in configs saved before it existed.
+  _check(sharding in parallel.PARAM_SHARDINGS, "train.param_sharding",
+         f"{sharding!r} is not one of {parallel.PARAM_SHARDINGS}")
   for key in ("log_every", "eval_every", "checkpoint_every", "length_grouping"):
     _check(t[key] >= 0, f"train.{key}", "must be >= 0")
   patience = t.get("early_stopping_patience", 0)  # Absent in configs saved before it existed.
@@ -147,6 +159,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
   task_layer_config(config)
   grad_method(config)
   _validate_schedule(config)
+
+
+def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ConfigError when a batch cannot be split evenly over the data-parallel devices."""
+  for key in ("train.seqs_per_task", "eval.seqs_per_batch"):
+    section, name = key.split(".")
+    value = config[section][name]
+    _check(value % num_devices == 0, key,
+           f"{value} sequences cannot be split evenly over {num_devices} devices "
+           f"(data parallelism over all devices): use a multiple of {num_devices}")
 
 
 def grad_method(config: ml_collections.ConfigDict):

@@ -2,7 +2,9 @@
 
 Sections: input, model, optimizer, checkpoint, loop, final evaluation. Everything a run
 produces lives in the workdir: config.json, checkpoints/, metrics.jsonl, TensorBoard
-events, predictions/, and with train.eval_every > 0 best_checkpoint/ and best.json.
+events, predictions/, results.json (written last: the run is finished), and with
+train.eval_every > 0 best_checkpoint/ and best.json. The step runs data-parallel over
+every device (mtl_jax.parallel).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import optax
 from absl import logging
 
 from mtl_jax import grad as mtlgrad
-from mtl_jax import specs
+from mtl_jax import parallel, specs
 from mtl_jax import checkpoint
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, files, schedules
@@ -29,6 +31,7 @@ from mtl_jax.models import hf_io, multitask
 from mtl_jax.step import LOSS_WEIGHTING_KEY, TrainState, make_train_step
 
 TASKS = files.TASKS
+RESULTS_JSON = "results.json"  # Final dev metrics, step, sizes and wall time of a finished run.
 
 
 def load_data(config: ml_collections.ConfigDict, tokenizer) -> dict[str, list[batching.Encoded]]:
@@ -158,8 +161,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   best.json (see mtl_jax.checkpoint), and train.early_stopping_patience > 0 ends training
   after that many evaluations without improvement (then saves, evaluates and writes
   predictions of the last step, as at the normal end)."""
+  start = time.perf_counter()
   specs.validate(config)
+  mesh = parallel.make_mesh()
+  specs.check_devices(config, mesh.size)
   _check_and_write_config(config, workdir)
+  primary = jax.process_index() == 0  # Writes the logs and predictions of a multi-host run.
 
   # --- Input
   tokenizer = hf_io.load_tokenizer(config.model.path)
@@ -174,9 +181,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   model, state, frozen, tx = init_state(config)
   logging.info(_describe_params(multitask.merge(state.trainable, frozen), state.trainable,
                                 state.opt_state))
+  param_sharding = config.train.get("param_sharding", "replicated")
+  state_sharding = parallel.param_shardings(state, mesh, param_sharding)
+  state = jax.device_put(state, state_sharding)
+  frozen = jax.device_put(frozen, parallel.param_shardings(frozen, mesh, param_sharding))
   step_fn = jax.jit(make_train_step(model, tx, tuple(range(len(TASKS))), config.seed),
-                    donate_argnums=(0,))
-  predict_fn = make_predict_fn(model)
+                    donate_argnums=(0,), out_shardings=(state_sharding, parallel.replicated(mesh)))
+  train_sharding = parallel.batch_sharding(mesh, 1)  # [T, S, ...]: split S.
+  predict_fn = parallel.data_parallel(make_predict_fn(model), mesh, 0)
 
   def run_eval() -> tuple[dict, dict]:
     return evaluate(predict_fn, multitask.merge(state.trainable, frozen), data["dev"],
@@ -213,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return None
 
   # --- Loop
-  log = MetricsLog(workdir)
+  log = MetricsLog(workdir, write=primary)
   first = int(state.step)
   last = t.steps
   if patience and first < t.steps and evals_without_improvement(first) >= patience:
@@ -228,6 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       batch = schedules.train_batch(data["train"], step, schedule, buckets)
       examples += int(batch["weights"].sum())  # A pair's weight is on its first row only.
       sequences += int(batch["attention_mask"][..., 0].sum())  # Rows holding a sequence.
+      batch = parallel.put_batch(batch, train_sharding)
       state, metrics = step_fn(state, frozen, batch)
       done = step + 1
       if done % max(t.log_every, 1) == 0 or done == t.steps:
@@ -272,14 +285,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log.write(int(state.step), results, prefix="dev/")
     if t.eval_every:
       track_best(int(state.step), results)
-  if config.eval.write_predictions:
-    params = multitask.merge(state.trainable, frozen)
-    for d in data["dev"]:
-      write_split_predictions(workdir, d, dev_preds[d.task])
-    for d in data["test"]:
-      preds = predict_split(predict_fn, params, d, config.eval.seqs_per_batch, buckets)
-      write_split_predictions(workdir, d, preds)
+  params = multitask.merge(state.trainable, frozen)
+  if config.eval.write_predictions:  # Every process predicts: it is one SPMD program.
+    splits = [(d, dev_preds[d.task]) for d in data["dev"]] + [
+        (d, predict_split(predict_fn, params, d, config.eval.seqs_per_batch, buckets))
+        for d in data["test"]]
+    if primary:
+      for d, preds in splits:
+        write_split_predictions(workdir, d, preds)
   log.close()
+  if primary:
+    checkpoint.write_json_atomic(os.path.join(workdir, RESULTS_JSON), {
+        "step": int(state.step), "first_step": first, "seconds": time.perf_counter() - start,
+        "params": multitask.count(params), "trainable_params": multitask.count(state.trainable),
+        "devices": mesh.size, "metrics": results})
   logging.info("final dev metrics: %s", json.dumps(results))
   print(log.table(results))
   return results

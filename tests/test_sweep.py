@@ -1,0 +1,142 @@
+"""mtl_jax.sweep: two tiny runs and a failing one make one report; a rerun reuses them;
+the grid, the run names and the errors that stop a sweep before it starts."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mtl_jax import sweep
+from test_train import DATA_DIR, needs_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+CONFIG = '''
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.path = {model!r}
+  config.model.max_length = 32
+  config.data_dir = {data!r}
+  config.data_limit = 24
+  config.grad.method = {method!r}
+  config.train.length_buckets = (32,)
+  config.train.seqs_per_task = 8
+  config.train.steps = 2
+  config.train.log_every = 1
+  config.train.eval_every = 1
+  config.eval.seqs_per_batch = 16
+  config.eval.write_predictions = False
+  return config
+'''
+
+
+def write_config(directory, name: str, model: str, method: str = "sum") -> str:
+  path = os.path.join(directory, f"{name}.py")
+  with open(path, "w") as f:
+    f.write(CONFIG.format(model=model, data=DATA_DIR, method=method))
+  return path
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_bert_dir, tmp_path_factory):
+  """One sweep: configs a (summed loss) and b (PCGrad) train, `bad` names no model."""
+  tmp = tmp_path_factory.mktemp("sweep")
+  configs = [write_config(tmp, "a", tiny_bert_dir), write_config(tmp, "b", tiny_bert_dir, "pcgrad"),
+             write_config(tmp, "bad", str(tmp / "no_such_model"))]
+  workdir = str(tmp / "runs")
+  return configs, workdir, sweep.run_sweep(configs, workdir)
+
+
+@needs_data
+def test_runs_appear_in_results_csv_and_report(swept):
+  _, workdir, rows = swept
+  with open(os.path.join(workdir, "results.csv")) as f:
+    table = {r["run"]: r for r in csv.DictReader(f)}
+  assert list(table) == ["a", "b", "bad"]
+  for name in ("a", "b"):
+    assert table[name]["status"] == "trained"
+    for metric in sweep.METRICS:
+      assert math.isfinite(float(table[name][metric]))
+    assert table[name]["step"] == "2" and int(table[name]["trainable_params"]) > 0
+  with open(os.path.join(workdir, "report.md")) as f:
+    report = f.read()
+  assert "| `a` | trained |" in report and "| `b` | trained |" in report
+  for png in ["plots/loss_sst.png", "plots/loss_quora.png", "plots/loss_sts.png",
+              "plots/dev_overall.png", "a/diagnostics/cosine.png", "b/diagnostics/conflict_rate.png"]:
+    assert f"({png})" in report
+    with open(os.path.join(workdir, png), "rb") as f:
+      assert f.read(8) == PNG_MAGIC, png
+  assert "sst-quora" in report  # The gradient-conflict table.
+
+
+@needs_data
+def test_a_failed_run_is_a_row_with_its_error(swept):
+  _, workdir, rows = swept
+  bad = rows[-1]
+  assert bad["status"] == "failed" and bad["overall"] is None
+  assert "no_such_model" in bad["error"] and "does not exist" in bad["error"]
+  with open(os.path.join(workdir, "report.md")) as f:
+    assert f"`bad`: {bad['error']}" in f.read()
+
+
+@needs_data
+def test_rerun_reuses_finished_runs(swept, monkeypatch):
+  configs, workdir, _ = swept
+  stamp = lambda: {p: os.stat(os.path.join(workdir, n, p)).st_mtime_ns
+                   for n in ("a", "b") for p in ("metrics.jsonl", "results.json", "checkpoints")}
+  before = stamp()
+  launched = []
+  monkeypatch.setattr(sweep, "_launch", lambda run: launched.append(run.name) or "still bad")
+  rows = sweep.run_sweep(configs, workdir)
+  assert launched == ["bad"]  # Only the failed run is tried again.
+  assert [r["status"] for r in rows] == ["reused", "reused", "failed"]
+  assert stamp() == before
+
+
+def test_grid_names_and_overrides(tiny_bert_dir, tmp_path):
+  config = write_config(tmp_path, "a", tiny_bert_dir)
+  runs = sweep.plan([config], ["train.learning_rate=1e-3,5e-4", "train.length_buckets=(16,32)",
+                               "grad.method=sum,pcgrad"], str(tmp_path / "runs"))
+  assert [r.name for r in runs] == [
+      "a-learning_rate=1e-3-method=sum", "a-learning_rate=1e-3-method=pcgrad",
+      "a-learning_rate=5e-4-method=sum", "a-learning_rate=5e-4-method=pcgrad"]
+  last = runs[-1]
+  assert (last.config.train.learning_rate, last.config.grad.method) == (5e-4, "pcgrad")
+  assert last.config.train.length_buckets == (16, 32)  # One value: in every run, not the name.
+  assert last.command()[-3:] == ["--config.train.learning_rate=5e-4",
+                                 "--config.train.length_buckets=(16,32)",
+                                 "--config.grad.method=pcgrad"]
+  assert sweep.split_values("a,(1,2),'x,y',[3]") == ["a", "(1,2)", "'x,y'", "[3]"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "train.stepz=1,2"], 'unknown config key in --set: \'stepz\' Did you mean "steps"'),
+    (["--set", "train.steps=two"], "flag --config.train.steps=two"),
+    (["--set", "train.steps"], "expected KEY=VALUE"),
+    (["--set", "seed=1", "--set", "seed=2"], "seed given twice"),
+])
+def test_bad_sweep_stops_before_any_run(tiny_bert_dir, tmp_path, capsys, args, message):
+  config = write_config(tmp_path, "a", tiny_bert_dir)
+  workdir = tmp_path / "runs"
+  assert sweep.main(["--configs", config, "--workdir", str(workdir), *args]) == 2
+  assert message in capsys.readouterr().err
+  assert not workdir.exists()
+
+
+def test_cli_error_is_one_line(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "mtl_jax.sweep", "--configs", "configs/default.py",
+                         "configs/default.py", "--workdir", str(tmp_path)], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"sweep: error: several runs would train in {tmp_path / 'default'}: "
+      "give the config files different names"]
