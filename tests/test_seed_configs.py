@@ -16,6 +16,7 @@ from flax import traverse_util
 from configs import default
 from mtl_jax import specs, train
 from mtl_jax.data import batching
+from mtl_jax.data.files import TASKS
 from mtl_jax.evaluate import make_predict_fn
 from mtl_jax.models import heads, hf_io
 from test_train import needs_data, read_metrics, shrink
@@ -100,7 +101,7 @@ def test_seed_config_trains_on_a_small_slice(name, tiny_bert_dir, tmp_path, fast
     sts_dev = next(d for d in data["dev"] if d.task == "sts")
     predict = make_predict_fn(model)
     for _, batch in batching.eval_batches(sts_dev, 16, (32,)):
-      assert (np.asarray(predict(params, batch)["sts"]) >= 0).all()
+      assert (np.asarray(predict(params, batch, np.int32(TASKS.index("sts")))["sts"]) >= 0).all()
   if name == "fixed_loss_weights":  # The method the run built combines 4, 1, 10.
     with open(os.path.join(workdir, "config.json")) as f:
       assert json.load(f)["grad"]["kwargs"]["weights"] == [4.0, 1.0, 10.0]
