@@ -35,7 +35,8 @@ DISTINCT = {
     "dot_product_heads": {"heads.quora": "dot", "heads.sts": "dot"},
     "fixed_loss_weights": {"grad.method": "fixed", "grad.kwargs.weights": (4.0, 1.0, 10.0)},
     "shared_layers": {"heads.kind": "shared"},
-    "annealed_sampling": {},  # Needs train.schedule (issue 5); default until then.
+    "annealed_sampling": {"train.schedule": "annealed", "train.epoch_examples.quora": 20_000,
+                          "train.steps": 900},  # One task a step: 3x the steps, same examples.
 }
 
 
@@ -56,7 +57,7 @@ def test_seed_config_changes_only_its_settings(name, tiny_bert_dir):
   config, base = _flat(_load(name)), _flat(default.get_config())
   assert {k: config[k] for k in DISTINCT[name]} == DISTINCT[name]
   changed = {k for k in set(config) | set(base) if config.get(k) != base.get(k)}
-  assert changed <= set(DISTINCT[name])  # The budget (train.*, data, model) is the default's.
+  assert changed <= set(DISTINCT[name])  # Nothing else: model, data, the rest of train.*.
   doc = importlib.import_module(f"configs.seeds.{name}").__doc__
   assert f"--config=configs/seeds/{name}.py" in doc and "Report:" in doc
   tiny = _load(name)
@@ -110,4 +111,6 @@ def test_seed_config_trains_on_a_small_slice(name, tiny_bert_dir, tmp_path, fast
     np.testing.assert_allclose(np.asarray(update["w"]), [15.0, 15.0])
   if name == "annealed_sampling":
     assert spec == heads.HeadSpec() and names == {"sst", "quora"}
+    logged = [r for r in read_metrics(workdir) if "loss" in r]  # Every step: one task, named.
+    assert all(r["task"] in heads.TASK_NAMES and f"task_loss/{r['task']}" in r for r in logged)
 
