@@ -22,7 +22,7 @@ from absl import logging
 
 from mtl_jax import grad as mtlgrad
 from mtl_jax import parallel, specs
-from mtl_jax import checkpoint
+from mtl_jax import checkpoint, interrupts
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, files, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
@@ -235,43 +235,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   last_eval = None  # (step, results, dev predictions) of the latest evaluation.
   progress = log.progress(first, t.steps)
   tick, examples, sequences = time.perf_counter(), 0, 0  # Since the last log.
-  try:
-    for step in range(first, last):
-      batch = schedules.train_batch(data["train"], step, schedule, buckets)
-      examples += int(batch["weights"].sum())  # A pair's weight is on its first row only.
-      sequences += int(batch["attention_mask"][..., 0].sum())  # Rows holding a sequence.
-      batch = parallel.put_batch(batch, train_sharding)
-      state, metrics = step_fn(state, frozen, batch)
-      done = step + 1
-      if done % max(t.log_every, 1) == 0 or done == t.steps:
-        metrics = jax.device_get(metrics)
-        losses = _trained_losses(metrics)
-        if not np.isfinite(metrics["loss"]):
-          raise FloatingPointError(f"non-finite loss at step {done}: per-task losses {losses}; "
-                                   f"lower train.learning_rate?")
-        elapsed = max(time.perf_counter() - tick, 1e-9)
-        rate = examples / elapsed
-        extra = {"examples_per_sec": rate, "sequences_per_sec": sequences / elapsed}
-        if "task" in metrics:  # A one-task step: name the task, log its loss under its name.
-          (task, loss), = losses.items()
-          extra.update({"task": task, f"task_loss/{task}": loss})
-        tick, examples, sequences = time.perf_counter(), 0, 0
-        log.write(done, metrics, tasks=TASKS, extra=extra)
-        progress.set_postfix(loss=f"{float(metrics['loss']):.3f}", ex_s=f"{rate:.1f}")
-      progress.update(1)
-      stop = None
-      if t.eval_every and done % t.eval_every == 0 and done != t.steps:
-        last_eval = (done, *run_eval())
-        log.write(done, last_eval[1], prefix="dev/")
-        stop = track_best(done, last_eval[1])
-      ckpt.save(done, state, {"step": done})
-      if stop:
-        logging.warning(stop)
-        break
-  except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into it by main.py.
-    progress.close()
-    _save_on_interrupt(ckpt, state)
-    raise
+  with interrupts.stop_between_steps() as stop_request:
+    try:
+      for step in range(first, last):
+        batch = schedules.train_batch(data["train"], step, schedule, buckets)
+        examples += int(batch["weights"].sum())  # A pair's weight is on its first row only.
+        sequences += int(batch["attention_mask"][..., 0].sum())  # Rows holding a sequence.
+        batch = parallel.put_batch(batch, train_sharding)
+        state, metrics = step_fn(state, frozen, batch)
+        done = step + 1
+        if done % max(t.log_every, 1) == 0 or done == t.steps:
+          metrics = jax.device_get(metrics)
+          losses = _trained_losses(metrics)
+          if not np.isfinite(metrics["loss"]):
+            raise FloatingPointError(f"non-finite loss at step {done}: per-task losses "
+                                     f"{losses}; lower train.learning_rate?")
+          elapsed = max(time.perf_counter() - tick, 1e-9)
+          rate = examples / elapsed
+          extra = {"examples_per_sec": rate, "sequences_per_sec": sequences / elapsed}
+          if "task" in metrics:  # A one-task step: name the task, log its loss under its name.
+            (task, loss), = losses.items()
+            extra.update({"task": task, f"task_loss/{task}": loss})
+          tick, examples, sequences = time.perf_counter(), 0, 0
+          log.write(done, metrics, tasks=TASKS, extra=extra)
+          progress.set_postfix(loss=f"{float(metrics['loss']):.3f}", ex_s=f"{rate:.1f}")
+        progress.update(1)
+        stop = None
+        if t.eval_every and done % t.eval_every == 0 and done != t.steps:
+          last_eval = (done, *run_eval())
+          log.write(done, last_eval[1], prefix="dev/")
+          stop = track_best(done, last_eval[1])
+        ckpt.save(done, state, {"step": done})
+        if stop:
+          logging.warning(stop)
+          break
+        if stop_request:  # Ctrl-C or SIGTERM: this step is done and its state whole.
+          raise KeyboardInterrupt
+    except KeyboardInterrupt:  # The request above, a second signal, or host-side code.
+      progress.close()
+      _save_on_interrupt(ckpt, state)
+      raise
   progress.close()
   if ckpt.latest_step() != int(state.step):
     ckpt.save(int(state.step), state, {"step": int(state.step)}, force=True)

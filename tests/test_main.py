@@ -1,8 +1,11 @@
 """The command line: bad input ends in one clear line naming the problem, not a traceback."""
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -27,3 +30,57 @@ def test_bad_input_gives_one_clear_line(tmp_path, override, expected):
   assert out.returncode != 0
   assert expected in out.stderr
   assert "Traceback" not in out.stderr
+
+
+
+def _tiny_run_args(model_dir: str, workdir) -> list[str]:
+  """main.py on the tiny model and 40 rows of each file, with no end in sight."""
+  from mtl_jax.data.files import default_data_dir
+  return [sys.executable, "main.py", "--config=configs/default.py", f"--workdir={workdir}",
+          f"--config.model.path={model_dir}", f"--config.data_dir={default_data_dir()}",
+          "--config.model.max_length=32", "--config.data_limit=40",
+          "--config.train.length_buckets=(32,)", "--config.train.seqs_per_task=8",
+          "--config.train.steps=100000", "--config.train.log_every=1",
+          "--config.train.checkpoint_every=1000"]
+
+
+def _logged_steps(workdir) -> list[int]:
+  path = workdir / "metrics.jsonl"
+  lines = path.read_text().splitlines() if path.exists() else []
+  return [json.loads(line)["step"] for line in lines if '"loss"' in line]
+
+
+def _terminate_after(args: list[str], workdir, n_steps: int) -> str:
+  """Starts main.py, sends SIGTERM once `n_steps` more steps are logged; its stderr."""
+  start = len(_logged_steps(workdir))
+  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  deadline = time.time() + 240
+  while len(_logged_steps(workdir)) < start + n_steps:
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 130, stderr[-2000:]  # 128 + SIGINT's 2: interrupted, cleanly.
+  assert "Traceback" not in stderr
+  return stderr
+
+
+def test_sigterm_saves_a_checkpoint_says_where_and_the_same_command_resumes(
+    tiny_bert_dir, tmp_path):
+  """A real `kill -TERM` of a training process (as SLURM or a shutdown sends it)."""
+  from mtl_jax.checkpoint import Checkpointer
+  from mtl_jax.data.files import default_data_dir
+  if not os.path.isdir(default_data_dir()):
+    pytest.skip("no data")
+  workdir = tmp_path / "run"
+  args = _tiny_run_args(tiny_bert_dir, workdir)
+  stderr = _terminate_after(args, workdir, 3)
+  saved = Checkpointer(str(workdir), 1, 1).latest_step()
+  assert saved is not None and saved >= 3, stderr[-2000:]  # On the signal: not step 1000.
+  assert f"saved step {saved} to {workdir}" in stderr
+  assert "rerun the same command to resume" in stderr
+
+  _terminate_after(args, workdir, 1)  # The same command continues after the saved step.
+  assert _logged_steps(workdir)[:saved] == list(range(1, saved + 1))
+  assert _logged_steps(workdir)[saved] == saved + 1
