@@ -235,12 +235,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   last_eval = None  # (step, results, dev predictions) of the latest evaluation.
   progress = log.progress(first, t.steps)
   tick, examples, sequences = time.perf_counter(), 0, 0  # Since the last log.
+  tokens = np.zeros(2, np.int64)  # [real, computed] this process's steps, whole run.
   with interrupts.stop_between_steps() as stop_request:
     try:
       for step in range(first, last):
         batch = schedules.train_batch(data["train"], step, schedule, buckets)
         examples += int(batch["weights"].sum())  # A pair's weight is on its first row only.
         sequences += int(batch["attention_mask"][..., 0].sum())  # Rows holding a sequence.
+        tokens += int(batch["attention_mask"].sum()), batch["attention_mask"].size
         batch = parallel.put_batch(batch, train_sharding)
         state, metrics = step_fn(state, frozen, batch)
         done = step + 1
@@ -301,7 +303,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoint.write_json_atomic(os.path.join(workdir, RESULTS_JSON), {
         "step": int(state.step), "first_step": first, "seconds": time.perf_counter() - start,
         "params": multitask.count(params), "trainable_params": multitask.count(state.trainable),
-        "devices": mesh.size, "metrics": results})
+        "devices": mesh.size, "real_tokens": int(tokens[0]), "computed_tokens": int(tokens[1]),
+        "metrics": results})
+  if tokens[1]:
+    logging.info("tokens: %s real of %s computed in steps %d-%d (%.1f%% padding)",
+                 f"{tokens[0]:,}", f"{tokens[1]:,}", first + 1, int(state.step),
+                 100 * (1 - tokens[0] / tokens[1]))
   logging.info("final dev metrics: %s", json.dumps(results))
   print(log.table(results))
   return results

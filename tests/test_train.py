@@ -80,6 +80,12 @@ def test_train_and_evaluate_writes_metrics_predictions_and_checkpoint(tiny_bert_
       "sst-dev-output.csv", "sst-test-output.csv", "para-dev-output.csv",
       "sts-dev-output.csv", "sts-test-output.csv"])
   assert Checkpointer(workdir, 1, 1).latest_step() == 4
+  # Padding accounting: 4 steps of 3 tasks x 8 rows, each task's batch at length 16 or 32.
+  with open(os.path.join(workdir, train.RESULTS_JSON)) as f:
+    done = json.load(f)
+  assert done["computed_tokens"] % (8 * 16) == 0
+  assert 4 * 3 * 8 * 16 <= done["computed_tokens"] <= 4 * 3 * 8 * 32
+  assert 4 * 3 * 8 * 3 <= done["real_tokens"] < done["computed_tokens"]  # [CLS], a word, [SEP].
 
 
 @needs_data
