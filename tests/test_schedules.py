@@ -20,7 +20,7 @@ from mtl_jax.data.files import TASKS
 from mtl_jax.step import make_loss_fn, make_train_step
 from test_batching import make_data
 from test_specs import _config
-from test_train import needs_data, read_metrics, restored_trainable, tiny_config
+from test_train import assert_same_run, interrupting_at, needs_data, read_metrics, tiny_config
 
 BUCKETS = (8, 16, 32)
 CS224N_SIZES = (8544, 16214, 6040)  # The training sets; B = (134, 507, 189) at 64 sequences.
@@ -390,11 +390,7 @@ def test_one_task_schedule_run_resumes_to_the_same_parameters(tiny_bert_dir, tmp
     assert not any(k.startswith(("grad/", "task_loss/")) and k != f"task_loss/{task}" for k in r)
 
   real_train_batch = schedules.train_batch
-  def interrupt_at_step_9(datasets, step, *args):  # In the second epoch.
-    if step == 9:
-      raise KeyboardInterrupt
-    return real_train_batch(datasets, step, *args)
-  monkeypatch.setattr(schedules, "train_batch", interrupt_at_step_9)
+  monkeypatch.setattr(schedules, "train_batch", interrupting_at(9, real_train_batch))  # Epoch 2.
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(_one_task_config(tiny_bert_dir), resumed)
   assert Checkpointer(resumed, 1, 1).latest_step() == 9
@@ -402,9 +398,4 @@ def test_one_task_schedule_run_resumes_to_the_same_parameters(tiny_bert_dir, tmp
   _clear_caches()  # The resumed run derives each task's stream position afresh.
   train.train_and_evaluate(_one_task_config(tiny_bert_dir), resumed)
 
-  a = restored_trainable(_one_task_config(tiny_bert_dir), straight)
-  b = restored_trainable(_one_task_config(tiny_bert_dir), resumed)
-  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  losses = lambda w: {r["step"]: r["loss"] for r in read_metrics(w) if "loss" in r}
-  assert losses(straight)[12] == losses(resumed)[12]
+  assert_same_run(_one_task_config(tiny_bert_dir), straight, resumed, 12)

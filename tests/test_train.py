@@ -52,6 +52,24 @@ def restored_trainable(config, workdir):
   return Checkpointer(workdir, 1, 1).restore(state)[0].trainable
 
 
+def interrupting_at(step: int, train_batch):
+  """`train_batch` that raises KeyboardInterrupt (a host-side Ctrl-C) before `step`."""
+  def interrupted(datasets, s, *args):
+    if s == step:
+      raise KeyboardInterrupt
+    return train_batch(datasets, s, *args)
+  return interrupted
+
+
+def assert_same_run(config, straight: str, resumed: str, last_step: int) -> None:
+  """The resumed workdir ends with the straight one's parameters and last loss, bitwise."""
+  a, b = restored_trainable(config, straight), restored_trainable(config, resumed)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  losses = lambda w: {r["step"]: r["loss"] for r in read_metrics(w) if "loss" in r}
+  assert losses(straight)[last_step] == losses(resumed)[last_step]
+
+
 @needs_data
 def test_train_and_evaluate_writes_metrics_predictions_and_checkpoint(tiny_bert_dir, tmp_path):
   workdir = str(tmp_path / "run")
@@ -94,24 +112,14 @@ def test_interrupted_run_resumes_to_the_same_parameters(tiny_bert_dir, tmp_path,
   train.train_and_evaluate(tiny_config(tiny_bert_dir), straight)
 
   real_train_batch = batching.train_batch
-  def interrupt_at_step_3(datasets, step, *args):
-    if step == 3:
-      raise KeyboardInterrupt
-    return real_train_batch(datasets, step, *args)
-  monkeypatch.setattr(batching, "train_batch", interrupt_at_step_3)
+  monkeypatch.setattr(batching, "train_batch", interrupting_at(3, real_train_batch))
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(tiny_config(tiny_bert_dir), resumed)
   # checkpoint_every=2, yet the interruption saved step 3 itself.
   assert Checkpointer(resumed, 1, 1).latest_step() == 3
   monkeypatch.setattr(batching, "train_batch", real_train_batch)
   train.train_and_evaluate(tiny_config(tiny_bert_dir), resumed)  # The same command again.
-
-  a = restored_trainable(tiny_config(tiny_bert_dir), straight)
-  b = restored_trainable(tiny_config(tiny_bert_dir), resumed)
-  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  losses = lambda w: {r["step"]: r["loss"] for r in read_metrics(w) if "loss" in r}
-  assert losses(straight)[4] == losses(resumed)[4]
+  assert_same_run(tiny_config(tiny_bert_dir), straight, resumed, 4)
 
 
 @needs_data
