@@ -47,7 +47,7 @@ def run_one(method: str, mode: str, seqs_per_task: int, length: int, steps: int,
   import optax
 
   from configs import default
-  from mtl_jax import train
+  from mtl_jax import train, xla_options
   from mtl_jax.step import TrainState, make_loss_fn, make_train_step
 
   config = default.get_config()
@@ -83,7 +83,7 @@ def run_one(method: str, mode: str, seqs_per_task: int, length: int, steps: int,
     step = summed_step
   else:
     step = make_train_step(model, tx, tuple(range(t)), 0)
-  jitted = jax.jit(step, donate_argnums=(0,))
+  jitted = jax.jit(step, donate_argnums=(0,), compiler_options=xla_options.train_step_options())
   compiled = jitted.lower(state, frozen, batch).compile()
   flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
   if isinstance(flops, list):  # Older jax returns one dict per computation.

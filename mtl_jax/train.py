@@ -21,7 +21,7 @@ import optax
 from absl import logging
 
 from mtl_jax import grad as mtlgrad
-from mtl_jax import parallel, specs
+from mtl_jax import parallel, specs, xla_options
 from mtl_jax import checkpoint, interrupts
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, files, schedules
@@ -186,7 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = jax.device_put(state, state_sharding)
   frozen = jax.device_put(frozen, parallel.param_shardings(frozen, mesh, param_sharding))
   step_fn = jax.jit(make_train_step(model, tx, tuple(range(len(TASKS))), config.seed),
-                    donate_argnums=(0,), out_shardings=(state_sharding, parallel.replicated(mesh)))
+                    donate_argnums=(0,), out_shardings=(state_sharding, parallel.replicated(mesh)),
+                    compiler_options=xla_options.train_step_options())
   train_sharding = parallel.batch_sharding(mesh, 1)  # [T, S, ...]: split S.
   predict_fn = parallel.data_parallel(make_predict_fn(model), mesh, 0)
 

@@ -1,0 +1,32 @@
+"""XLA compiler options for the train step.
+
+On CPU, XLA (jax 0.10) hands each dense layer's backward matmul, fused with the
+elementwise work around it (GELU derivative, LayerNorm backward, dropout mask), to
+YNNPACK as one fusion. Those fused kernels run at 40–85 GFLOP/s on this 2-core AVX-512
+machine where the same matmul alone runs at ~350, so they took most of a LoRA step.
+Letting YNNPACK take only individual matmuls (XLA fuses the elementwise work itself) cut
+the LoRA PCGrad step from 5.8 s to 3.7 s with the same loss to 1e-7 (BENCHMARKS.md,
+"Where the time goes"). Other backends get no options.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+_CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+@functools.cache
+def train_step_options() -> dict | None:
+  """compiler_options for jax.jit of the train step: the CPU options where this jaxlib
+  knows them (an older one refuses unknown options), else None."""
+  if jax.default_backend() != "cpu":
+    return None
+  try:
+    jax.jit(jnp.sin, compiler_options=_CPU_OPTIONS).lower(jnp.zeros(2)).compile()
+  except Exception:  # An XLA without these options: keep its defaults.
+    return None
+  return dict(_CPU_OPTIONS)
