@@ -1,7 +1,7 @@
 """The train step compiled with different XLA options, timed alternately in one process
 (so background load affects every variant alike). BENCHMARKS.md, "Where the time goes".
 
-  python benchmarks/compare_xla_options.py lora|full [--rounds 4]
+  python -m benchmarks.compare_xla_options lora|full [--rounds 4]   (from the repo root)
 """
 
 from __future__ import annotations
