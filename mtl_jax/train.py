@@ -21,8 +21,7 @@ import optax
 from absl import logging
 
 from mtl_jax import grad as mtlgrad
-from mtl_jax import parallel, specs, xla_options
-from mtl_jax import checkpoint, interrupts
+from mtl_jax import checkpoint, interrupts, parallel, specs, xla_options
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, files, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
