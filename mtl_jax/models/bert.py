@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from mtl_jax.models.adapters import AdaptedDense, LoraConfig
 from mtl_jax.models.dropout import Dropout
+from mtl_jax.models.gelu import exact_gelu
 from mtl_jax.models.task_layers import PalsProjections, TaskLayer, TaskLayerConfig
 
 
@@ -76,10 +77,6 @@ class BertConfig:
         "attention_probs_dropout_prob": self.attention_dropout,
         "position_embedding_type": "absolute", "pad_token_id": 0,
     }
-
-
-def exact_gelu(x: jax.Array) -> jax.Array:
-  return jax.nn.gelu(x, approximate=False)
 
 
 def dense(config: BertConfig, layer: int, target: str, features: int) -> AdaptedDense:

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from mtl_jax.models.dropout import Dropout
+from mtl_jax.models.gelu import exact_gelu
 
 KINDS = ("pals", "low_rank")
 # Parameter-subtree names of task layers: per-task weights, never shared across tasks.
@@ -119,7 +120,7 @@ class TaskLayer(nn.Module):
     dense = lambda n, name, **kw: TaskDense(n, self.config.num_tasks, dtype=self.dtype, name=name,
                                             **kw)
     if self.config.kind == "low_rank":
-      down = jax.nn.gelu(dense(s, "down")(h, task), approximate=False)
+      down = exact_gelu(dense(s, "down")(h, task))
       return dense(hidden, "up", kernel_init=nn.initializers.zeros)(down, task)
     x = projections.down(h, task)
     b, l, _ = x.shape
@@ -129,4 +130,4 @@ class TaskLayer(nn.Module):
     probs = jax.nn.softmax(scores.astype(jnp.float32) + mask_bias, axis=-1).astype(self.dtype)
     probs = Dropout(self.attention_dropout)(probs, deterministic=deterministic)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, s)
-    return jax.nn.gelu(projections.up(context, task), approximate=False)
+    return exact_gelu(projections.up(context, task))
