@@ -11,6 +11,10 @@ import logging as std_logging
 import signal
 import sys
 
+if __name__ == "__main__":  # Before anything allocates: see mtl_jax/hugepages.py.
+  from mtl_jax import hugepages
+  hugepages.reexec_with_huge_pages()
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 

@@ -161,5 +161,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from mtl_jax import hugepages
+  hugepages.reexec_with_huge_pages()
   define_flags()
   app.run(main)
