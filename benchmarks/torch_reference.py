@@ -11,9 +11,9 @@ Variants: `summed` (one backward of the summed loss), `per_task` (one forward + 
 per task, the cheap way to get per-task gradients), `fused` (the tasks' sequences
 concatenated into one encoder forward, then T backward passes through that shared graph
 with retain_graph, as LibMTL and Pytorch-PCGrad do: each backward runs through the whole
-batch although only its task's rows carry gradient). Times are the median of --steps steps after 2 warm-up steps; the
-per-task variants include copying each task's gradient out (what PCGrad needs), not the
-projection itself.
+batch although only its task's rows carry gradient). Times are the median of --steps steps
+after 2 warm-up steps; the per-task variants include copying each task's gradient out (what
+PCGrad needs), not the projection itself.
 """
 
 from __future__ import annotations

@@ -39,6 +39,19 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / min(times)
 
 
+def random_batch(tasks: int, seqs_per_task: int, length: int, vocab_size: int) -> dict:
+  """A fixed-shape step batch of random tokens, full length (seeded: the same every call)."""
+  rng = np.random.default_rng(0)
+  shape = (tasks, seqs_per_task, length)
+  return {
+      "input_ids": rng.integers(5, vocab_size, shape).astype(np.int32),
+      "attention_mask": np.ones(shape, np.int32),
+      "token_type_ids": np.zeros(shape, np.int32),
+      "labels": rng.integers(0, 2, shape[:2]).astype(np.float32),
+      "weights": np.ones(shape[:2], np.float32),
+  }
+
+
 def run_one(method: str, mode: str, seqs_per_task: int, length: int, steps: int,
             model_path: str | None = None) -> dict:
   """Times one jitted train step configuration; returns the row of the table."""
@@ -56,16 +69,8 @@ def run_one(method: str, mode: str, seqs_per_task: int, length: int, steps: int,
   config.grad.method = "sum" if method == "summed" else method
   config.train.seqs_per_task = seqs_per_task
   model, state, frozen, tx = train.init_state(config)
-  rng = np.random.default_rng(0)
   t = 3
-  batch = {
-      "input_ids": rng.integers(5, model.config.vocab_size,
-                                (t, seqs_per_task, length)).astype(np.int32),
-      "attention_mask": np.ones((t, seqs_per_task, length), np.int32),
-      "token_type_ids": np.zeros((t, seqs_per_task, length), np.int32),
-      "labels": rng.integers(0, 2, (t, seqs_per_task)).astype(np.float32),
-      "weights": np.ones((t, seqs_per_task), np.float32),
-  }
+  batch = random_batch(t, seqs_per_task, length, model.config.vocab_size)
   if method == "summed":
     loss_fn = make_loss_fn(model)
     summed_tx = train.base_optimizer(config)  # No task axis to combine.
