@@ -1,13 +1,17 @@
 """Several training runs, one report:
 
   python -m mtl_jax.sweep --configs configs/default.py configs/pcgrad.py --workdir runs/sweep \\
-      [--set train.learning_rate=5e-4,1e-3] [--set train.steps=100]
+      [--set train.learning_rate=5e-4,1e-3] [--set train.steps=100] \\
+      [--seeds 0,1,2 --baseline default] [--ledger results/<study> [--rerun]]
 
 Every config file runs at every point of the grid of `--set KEY=V1,V2,...` overrides (their
 cartesian product; a value is parsed as `--config.KEY=V` is by main.py, and commas inside
 brackets or quotes do not split, e.g. `train.length_buckets=(32,64),(64,128)`). A run lives
 in WORKDIR/<name>: the config file's stem, plus `-key=value` for each key given several
 values. Unknown keys and unparsable values stop the sweep before any run starts.
+`--seeds 0,1,2` runs each of them at every seed (`--config.seed=S`, in WORKDIR/<name>-seed=S);
+the report groups runs that differ only in seed (mean ± sd, and with `--baseline NAME`
+the paired difference from that configuration: mtl_jax.stats, mtl_jax.report).
 
 Each run is `python main.py --config=FILE --workdir=WORKDIR/<name> --config.KEY=V ...` in
 its own process, one after another, its output appended to WORKDIR/<name>/train.log. A
@@ -23,6 +27,11 @@ the same command carries on.
 Writes WORKDIR/results.csv (one row per run) and WORKDIR/report.md: dev metrics per run,
 training loss per task and dev overall against the step (WORKDIR/plots/), the gradient
 conflict of every run and its mtl_jax.diagnose plots (WORKDIR/<name>/diagnostics/).
+With `--ledger results/<study>` (mtl_jax.ledger) a (configuration, seed) the ledger already
+holds with the same experiment keys is skipped, and each finished run is appended to the
+ledger as soon as it finishes; the ledger's report.md and plots are rewritten at the end.
+`--rerun` trains the ledger's rows again (give a fresh --workdir) and records them as reruns,
+which the report compares with the first run.
 Exit status: 0, 1 if a run failed, 2 for a bad command line, 130 when interrupted.
 """
 
@@ -30,9 +39,7 @@ from __future__ import annotations
 
 import argparse
 import collections
-import csv
 import dataclasses
-import datetime
 import itertools
 import json
 import os
@@ -47,16 +54,16 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from mtl_jax import diagnose, specs
-from mtl_jax.data.files import TASKS
+from mtl_jax import ledger, report, specs
 from mtl_jax.train import RESULTS_JSON
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, "main.py")
-METRICS = {"sst/accuracy": "SST acc", "quora/accuracy": "Quora acc",
-           "sts/pearson": "STS Pearson", "overall": "overall"}
-COLUMNS = ["run", "status", *METRICS, "step", "seconds", "first_step", "trainable_params",
-           "params", "error", "config", "overrides"]
+COMMITS = "commits.txt"  # In a run's workdir: the code's commit at each launch that trained it.
+METRICS = report.LABELS  # Ledger column -> report label.
+COLUMNS = ["run", "name", "seed", "status", *METRICS, "steps", "seconds", "first_step",
+           "trainable_params", "params", *ledger.CI_COLUMNS, *ledger.GRAD_COLUMNS, "commit",
+           "error", "config", "overrides", "command"]
 
 
 class SweepError(ValueError):
@@ -65,7 +72,8 @@ class SweepError(ValueError):
 
 @dataclasses.dataclass(frozen=True, eq=False)  # Hashed by identity: holds a ConfigDict.
 class Run:
-  name: str
+  name: str  # The configuration, without the seed: runs of one name differ only in seed.
+  seed: int
   config_path: str
   overrides: tuple[tuple[str, str], ...]
   config: ml_collections.ConfigDict
@@ -74,6 +82,23 @@ class Run:
   def command(self) -> list[str]:
     return [sys.executable, MAIN, f"--config={self.config_path}", f"--workdir={self.workdir}",
             *(f"--config.{k}={v}" for k, v in self.overrides)]
+
+  def display_command(self) -> str:
+    """command() as a reader would type it from the current directory."""
+    return shlex.join(["python", os.path.relpath(MAIN), *self.command()[2:]])
+
+  @property
+  def label(self) -> str:
+    """The run's directory name: name, plus -seed=S in a sweep over seeds."""
+    return os.path.basename(self.workdir)
+
+  def ledger_command(self) -> str:
+    """The `python main.py ...` line that reproduces the run from the repository root
+    (without --workdir, which is the reader's choice)."""
+    path = os.path.abspath(self.config_path)
+    path = os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else self.config_path
+    return shlex.join(["python", "main.py", f"--config={path}",
+                       *(f"--config.{k}={v}" for k, v in self.overrides)])
 
 
 # --- Planning: config files x grid -> runs, every config loaded (and checked) up front
@@ -137,9 +162,25 @@ def _slug(value: str) -> str:
   return re.sub(r"[^A-Za-z0-9._+-]+", "_", value).strip("_") or "_"
 
 
-def plan(config_paths: Sequence[str], sets: Sequence[str], workdir: str) -> list[Run]:
-  """Every (config file, grid point) as a Run; raises SweepError before anything runs."""
+def parse_seeds(text: str | None) -> list[int]:
+  """'0,1,2' -> [0, 1, 2]; None -> [] (each config's own seed)."""
+  if text is None:
+    return []
+  try:
+    seeds = [int(s) for s in text.split(",")]
+  except ValueError:
+    raise SweepError(f"--seeds {text!r}: expected integers separated by commas") from None
+  if len(set(seeds)) < len(seeds):
+    raise SweepError(f"--seeds {text!r}: a seed is given twice")
+  return seeds
+
+
+def plan(config_paths: Sequence[str], sets: Sequence[str], workdir: str,
+         seeds: Sequence[int] = ()) -> list[Run]:
+  """Every (config file, grid point[, seed]) as a Run; raises SweepError before anything runs."""
   grid = parse_grid(sets)
+  if seeds and "seed" in dict(grid):
+    raise SweepError("--set seed=... and --seeds both set the seed: use --seeds")
   keys = [k for k, _ in grid]
   short = {k: k.rsplit(".", 1)[-1] for k, values in grid if len(values) > 1}
   if len(set(short.values())) < len(short):  # e.g. model.dtype and other.dtype.
@@ -150,9 +191,13 @@ def plan(config_paths: Sequence[str], sets: Sequence[str], workdir: str) -> list
     for point in itertools.product(*[values for _, values in grid]):
       overrides = tuple(zip(keys, point))
       name = "-".join([stem] + [f"{short[k]}={_slug(v)}" for k, v in overrides if k in short])
-      runs.append(Run(name, path, overrides, load_config(path, overrides),
-                      os.path.join(workdir, name)))
-  clashes = [n for n, c in collections.Counter(r.name for r in runs).items() if c > 1]
+      for seed in seeds or [None]:
+        run_overrides = overrides + ((("seed", str(seed)),) if seed is not None else ())
+        config = load_config(path, run_overrides)
+        label = name if seed is None else f"{name}-seed={seed}"
+        runs.append(Run(name, config.seed, path, run_overrides, config,
+                        os.path.join(workdir, label)))
+  clashes = [n for n, c in collections.Counter(r.label for r in runs).items() if c > 1]
   if clashes:
     raise SweepError(f"several runs would train in {os.path.join(workdir, clashes[0])}: "
                      "give the config files different names")
@@ -175,8 +220,11 @@ def finished(run: Run) -> dict | None:
 
 
 def _launch(run: Run) -> str | None:
-  """Trains `run` in its own process; returns None, or why it failed (one line)."""
+  """Trains `run` in its own process; returns None, or why it failed (one line). Notes the
+  code's commit first (COMMITS), for the ledger's `commit` column."""
   os.makedirs(run.workdir, exist_ok=True)
+  with open(os.path.join(run.workdir, COMMITS), "a") as f:
+    f.write(ledger.code_commit() + "\n")
   log_path = os.path.join(run.workdir, "train.log")
   with open(log_path, "a") as log:
     log.write(f"$ {shlex.join(run.command())}\n")
@@ -203,155 +251,100 @@ def _failure(log_path: str, start: int, code: int) -> str:
   return f"{how}: {lines[-1]}" if lines else how
 
 
+def _commit(run: Run) -> str:
+  """The commit the run was trained with; "a+b" when its launches saw different commits."""
+  path = os.path.join(run.workdir, COMMITS)
+  if not os.path.isfile(path):
+    return "unknown"  # Trained by a sweep older than the ledger.
+  with open(path) as f:
+    return "+".join(sorted({line.strip() for line in f if line.strip()})) or "unknown"
+
+
 def _row(run: Run, status: str, results: dict | None = None, error: str = "") -> dict:
   r = results or {}
-  return {"run": run.name, "status": status, **{m: r.get("metrics", {}).get(m) for m in METRICS},
-          **{k: r.get(k) for k in ("step", "seconds", "first_step", "trainable_params", "params")},
-          "error": error, "config": run.config_path,
-          "overrides": " ".join(f"{k}={v}" for k, v in run.overrides)}
+  return {"run": run.label, "name": run.name, "seed": run.seed, "status": status,
+          **ledger.metric_columns(r),
+          **{k: r.get(k) for k in ("first_step", "trainable_params", "params")},
+          **(ledger.grad_columns(run.workdir) if results else {}),
+          "commit": _commit(run) if results else None, "error": error,
+          "config": run.config_path, "overrides": " ".join(f"{k}={v}" for k, v in run.overrides),
+          "command": run.ledger_command()}
 
 
-def execute(runs: Sequence[Run]) -> tuple[list[dict], bool]:
+def _record(run: Run, row: dict, ledger_dir: str, held: list[dict], known: dict | None) -> None:
+  """Appends a finished run to the ledger: as 'trained' when the ledger lacks its
+  (name, seed, experiment), as 'rerun' when it was trained again in this sweep."""
+  if known is not None and row["status"] != "trained":
+    print(f"  {run.label}: not a rerun ({run.workdir} held a finished run): use a fresh --workdir")
+    return
+  with open(os.path.join(run.workdir, "config.json")) as f:
+    config = json.load(f)
+  status = "trained" if known is None else "rerun"
+  held.append(ledger.append(ledger_dir, {**row, "status": status}, config))
+  print(f"  {run.label}: appended to {os.path.join(ledger_dir, 'results.csv')} ({status})")
+
+
+def execute(runs: Sequence[Run], ledger_dir: str | None = None,
+            rerun: bool = False) -> tuple[list[dict], bool]:
   """Trains the runs that have not finished, one after another: (a row per run, whether
-  Ctrl-C stopped it; then the runs not reached are 'pending')."""
+  Ctrl-C stopped it; then the runs not reached are 'pending'). With a ledger, skips the
+  runs it holds (unless `rerun`) and appends each run as soon as it finishes."""
+  held = ledger.read(ledger_dir) if ledger_dir else []
   rows = []
   try:
     for i, run in enumerate(runs, 1):
+      tag = f"[{i}/{len(runs)}] {run.label}"
+      known = ledger.find(ledger_dir, held, run.name, run.seed, run.config) if ledger_dir else None
+      if known is not None and not rerun:
+        print(f"{tag}: in the ledger {ledger_dir}, skipped")
+        rows.append({**known, "run": run.label, "status": "ledger", "config": run.config_path})
+        continue
       results = finished(run)
       if results is not None:
-        print(f"[{i}/{len(runs)}] {run.name}: finished before, reused")
+        print(f"{tag}: finished before, reused")
         rows.append(_row(run, "reused", results))
-        continue
-      print(f"[{i}/{len(runs)}] {run.name}: training (log: {run.workdir}/train.log)", flush=True)
-      error = _launch(run)
-      results = None if error else finished(run)
-      if error is None and results is None:
-        error = f"main.py ended without writing {RESULTS_JSON}"
-      print(f"[{i}/{len(runs)}] {run.name}: " + (f"failed: {error}" if error else "done"))
-      rows.append(_row(run, "failed", error=error) if error else _row(run, "trained", results))
+      else:
+        print(f"{tag}: training (log: {run.workdir}/train.log)", flush=True)
+        error = _launch(run)
+        results = None if error else finished(run)
+        if error is None and results is None:
+          error = f"main.py ended without writing {RESULTS_JSON}"
+        print(f"{tag}: " + (f"failed: {error}" if error else "done"))
+        rows.append(_row(run, "failed", error=error) if error else _row(run, "trained", results))
+      if ledger_dir and results is not None:
+        _record(run, rows[-1], ledger_dir, held, known)
   except KeyboardInterrupt:
     return rows + [_row(run, "pending") for run in runs[len(rows):]], True
   return rows, False
 
 
-# --- Report
-
-
-def _plots(runs: Sequence[Run], workdir: str) -> tuple[dict[str, str], dict[str, dict]]:
-  """({plot name: path}, {run name: diagnose summary}) from the runs' metrics.jsonl."""
-  logs = {}
-  for run in runs:
-    try:
-      logs[run] = diagnose.read_log(run.workdir)
-    except diagnose.DiagnoseError:  # Never got to train: nothing to draw.
-      continue
-  out = os.path.join(workdir, "plots")
-  os.makedirs(out, exist_ok=True)
-  paths = {}
-  for k, task in enumerate(TASKS):
-    lines = {run.name: ([r["step"] for r in rows], diagnose.task_columns(rows, "task_loss/")[:, k])
-             for run, (rows, _) in logs.items() if rows}
-    if lines:
-      paths[f"{task} loss"] = diagnose.line_plot(
-          os.path.join(out, f"loss_{task}.png"), f"Training loss: {task}", "loss", lines)
-  dev = {run.name: ([r["step"] for r in d if "dev/overall" in r],
-                    [r["dev/overall"] for r in d if "dev/overall" in r])
-         for run, (_, d) in logs.items()}
-  if any(len(steps) > 1 for steps, _ in dev.values()):
-    paths["dev overall"] = diagnose.line_plot(
-        os.path.join(out, "dev_overall.png"), "Dev overall score", "overall",
-        {name: line for name, line in dev.items() if line[0]})
-  summaries = {}
-  for run, (rows, dev_rows) in logs.items():
-    grad = [r for r in rows if "grad/cosine" in r]
-    if grad:  # Not when only the heads train: no shared gradients.
-      output = os.path.join(run.workdir, "diagnostics")
-      os.makedirs(output, exist_ok=True)
-      diagnose.plot(grad, dev_rows, output)
-      summaries[run.name] = diagnose.summarize(grad, dev_rows)
-  return paths, summaries
-
-
-def _duration(seconds: float | None) -> str:
-  if seconds is None:
-    return "-"
-  minutes, s = divmod(round(seconds), 60)
-  return f"{minutes} min {s:02d} s" if minutes else f"{s} s"
-
-
-def _table(header: list[str], body: list[list[str]]) -> list[str]:
-  return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
-          *("| " + " | ".join(r) + " |" for r in body)]
-
-
-def _number(v, fmt: str = ".4f") -> str:
-  return "-" if v is None else format(v, fmt)
-
-
-def write_report(runs: Sequence[Run], rows: list[dict], workdir: str, command: str) -> list[str]:
-  """Writes WORKDIR/results.csv, report.md and the PNGs; returns the paths of the first two."""
-  os.makedirs(workdir, exist_ok=True)
-  csv_path = os.path.join(workdir, "results.csv")
-  with open(csv_path, "w", newline="") as f:
-    writer = csv.DictWriter(f, COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
-
-  plots, summaries = _plots(runs, workdir)
-  link = lambda path: os.path.relpath(path, workdir)
-  counts = collections.Counter(r["status"] for r in rows)
-  best = max((r["overall"] for r in rows if r["overall"] is not None), default=None)
-  lines = ["# Sweep report", "", f"`{command}`", "",
-           f"{datetime.datetime.now():%Y-%m-%d %H:%M}: {len(rows)} runs, "
-           + ", ".join(f"{n} {s}" for s, n in counts.items()) + ". "
-           "Dev metrics of each run's last step; wall time of the process that finished it "
-           "(loading and compilation included; * = resumed from a checkpoint).", ""]
-  body = []
-  for r in rows:
-    cells = [_number(r[m]) for m in METRICS]
-    if best is not None and r["overall"] == best:
-      cells[-1] = f"**{cells[-1]}**"
-    resumed = "*" if r["first_step"] else ""
-    body.append([f"`{r['run']}`", r["status"], *cells, _number(r["step"], "d"),
-                 _duration(r["seconds"]) + resumed, _number(r["trainable_params"], ",d")])
-  lines += _table(["run", "status", *METRICS.values(), "steps", "wall time", "trainable params"],
-                  body)
-  failed = [r for r in rows if r["status"] == "failed"]
-  if failed:
-    lines += ["", "Failed:", ""] + [f"- `{r['run']}`: {r['error']} "
-                                     f"([log]({r['run']}/train.log))" for r in failed]
-  if plots:
-    lines += ["", "## Training curves", ""] + [f"![{name}]({link(p)})" for name, p in plots.items()]
-  if summaries:
-    pairs = list(next(iter(summaries.values()))["pairs"])
-    lines += ["", "## Gradient conflict", "",
-              "Per pair of tasks, over the logged steps: mean cosine of the per-task gradients of "
-              "the shared parameters / share of steps where it is negative "
-              "(`python -m mtl_jax.diagnose`).", ""]
-    lines += _table(["run", *pairs, "plots"], [
-        [f"`{name}`", *(f"{_number(s['pairs'][p]['mean_cosine'], '+.3f')} / "
-                        f"{_number(s['pairs'][p]['conflict_rate'], '.2f')}" for p in pairs),
-         f"[cosine]({name}/diagnostics/cosine.png), "
-         f"[conflict rate]({name}/diagnostics/conflict_rate.png)"]
-        for name, s in summaries.items()])
-  lines += ["", "## Runs", ""] + _table(["run", "command"], [
-      [f"`{run.name}`", f"`{shlex.join(['python', os.path.relpath(MAIN), *run.command()[2:]])}`"]
-      for run in runs])
-  report_path = os.path.join(workdir, "report.md")
-  with open(report_path, "w") as f:
-    f.write("\n".join(lines) + "\n")
-  return [report_path, csv_path]
-
-
 def run_sweep(config_paths: Sequence[str], workdir: str, sets: Sequence[str] = (),
-              command: str | None = None) -> list[dict]:
-  """Plans (SweepError before any run), trains what has not finished, writes the report
-  (also when interrupted); returns a row per run as in results.csv."""
-  runs = plan(config_paths, sets, workdir)
-  command = command or shlex.join(["python", "-m", "mtl_jax.sweep", "--configs", *config_paths,
-                                   "--workdir", workdir, *(f"--set={s}" for s in sets)])
-  rows, interrupted = execute(runs)
-  for path in write_report(runs, rows, workdir, command):
+              command: str | None = None, seeds: Sequence[int] = (), baseline: str | None = None,
+              ledger_dir: str | None = None, rerun: bool = False) -> list[dict]:
+  """Plans (SweepError before any run), trains what has not finished (and is not in the
+  ledger), writes the report (also when interrupted); returns a row per run as in results.csv."""
+  runs = plan(config_paths, sets, workdir, seeds)
+  names = list(dict.fromkeys(run.name for run in runs))
+  if baseline is not None and baseline not in names:
+    raise SweepError(f"--baseline {baseline}: not one of the configurations {names}")
+  if rerun and not ledger_dir:
+    raise SweepError("--rerun needs --ledger (it reruns the rows a ledger holds)")
+  command = command or shlex.join(
+      ["python", "-m", "mtl_jax.sweep", "--configs", *config_paths, "--workdir", workdir,
+       *(f"--set={s}" for s in sets), *(["--seeds", ",".join(map(str, seeds))] if seeds else []),
+       *(["--baseline", baseline] if baseline else []),
+       *(["--ledger", ledger_dir] if ledger_dir else [])])
+  if ledger_dir:
+    try:
+      ledger.read(ledger_dir)
+    except ledger.LedgerError as e:
+      raise SweepError(str(e)) from e
+    ledger.write_study(ledger_dir, baseline or ledger.read_study(ledger_dir)["baseline"], command)
+  rows, interrupted = execute(runs, ledger_dir, rerun)
+  paths = report.write_sweep_report(runs, rows, workdir, command, COLUMNS, baseline)
+  if ledger_dir:
+    paths.append(report.write_ledger(runs, ledger_dir))
+  for path in paths:
     print(f"wrote {path}")
   if interrupted:
     raise KeyboardInterrupt
@@ -366,9 +359,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--workdir", required=True, help="one directory per run, and the report")
   parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=V1,V2",
                       help="override a config key for every run; several values make a grid")
+  parser.add_argument("--seeds", help="run every configuration at each seed, e.g. 0,1,2")
+  parser.add_argument("--baseline", metavar="NAME",
+                      help="configuration the others are compared with, seed by seed")
+  parser.add_argument("--ledger", metavar="DIR", help="a study's ledger, e.g. results/methods")
+  parser.add_argument("--rerun", action="store_true",
+                      help="train the ledger's rows again and compare (use a fresh --workdir)")
   args = parser.parse_args(argv)
   try:
-    rows = run_sweep(args.configs, args.workdir, args.sets)
+    rows = run_sweep(args.configs, args.workdir, args.sets, seeds=parse_seeds(args.seeds),
+                     baseline=args.baseline, ledger_dir=args.ledger, rerun=args.rerun)
   except SweepError as e:
     print(f"sweep: error: {e}", file=sys.stderr)
     return 2

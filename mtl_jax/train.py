@@ -21,7 +21,7 @@ import optax
 from absl import logging
 
 from mtl_jax import grad as mtlgrad
-from mtl_jax import checkpoint, interrupts, parallel, specs, xla_options
+from mtl_jax import checkpoint, interrupts, parallel, specs, stats, xla_options
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, files, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
@@ -304,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "step": int(state.step), "first_step": first, "seconds": time.perf_counter() - start,
         "params": multitask.count(params), "trainable_params": multitask.count(state.trainable),
         "devices": mesh.size, "real_tokens": int(tokens[0]), "computed_tokens": int(tokens[1]),
-        "metrics": results})
+        "metrics": results, "bootstrap": stats.dev_intervals(workdir, data["dev"])})
   if tokens[1]:
     logging.info("tokens: %s real of %s computed in steps %d-%d (%.1f%% padding)",
                  f"{tokens[0]:,}", f"{tokens[1]:,}", first + 1, int(state.step),
