@@ -192,11 +192,12 @@ def write_ledger_report(directory: str, missing: Sequence[str] = ()) -> str:
     lines += [f"Not in the ledger yet: {', '.join(missing)}.", ""]
   lines += study_sections(rows, study["baseline"])
   plots = os.path.join(directory, "plots")
-  if os.path.isdir(plots):
+  pngs = sorted(p for p in os.listdir(plots) if p.endswith(".png")) if os.path.isdir(plots) else []
+  if pngs:
     lines += ["", "## Training curves", "",
               "Mean over the seeds of each configuration, of the runs whose workdirs were on the "
               "machine that wrote this report.", ""]
-    lines += [f"![{p[:-4]}](plots/{p})" for p in sorted(os.listdir(plots)) if p.endswith(".png")]
+    lines += [f"![{p[:-4]}](plots/{p})" for p in pngs]
   lines += ["", *provenance(directory, classified)]
   lines += ["", "## Runs", "",
             "Dev metrics with each run's bootstrap 95% interval; `command` reproduces the run "
@@ -284,11 +285,12 @@ def write_sweep_report(runs: Sequence, rows: list[dict], workdir: str, command: 
   lines = ["# Sweep report", "", f"`{command}`", "",
            f"{datetime.datetime.now():%Y-%m-%d %H:%M}: {len(rows)} runs, "
            + ", ".join(f"{n} {s}" for s, n in counts.items()) + ". "
-           "Dev metrics of each run's last step; wall time of the process that finished it "
-           "(loading and compilation included; * = resumed from a checkpoint).", ""]
+           "Dev metrics of each run's last step [bootstrap 95% interval over the dev examples]; "
+           "wall time of the process that finished it (loading and compilation included; "
+           "* = resumed from a checkpoint).", ""]
   body = []
   for r in rows:
-    cells = [number(r[m]) for m in LABELS]
+    cells = [_ci(r, m) for m in LABELS]
     if best is not None and r["overall"] == best:
       cells[-1] = f"**{cells[-1]}**"
     resumed = "*" if r.get("first_step") else ""
