@@ -1,9 +1,11 @@
-"""mtl_jax.sweep: two tiny runs and a failing one make one report; a rerun reuses them;
-the grid, the run names and the errors that stop a sweep before it starts."""
+"""mtl_jax.sweep: two tiny configurations at seeds 0 and 1 and a failing one make one
+report and a ledger; a rerun reuses them; the grid, the run names and the errors that stop
+a sweep before it starts."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import subprocess
@@ -11,7 +13,7 @@ import sys
 
 import pytest
 
-from mtl_jax import sweep
+from mtl_jax import ledger, sweep
 from test_train import DATA_DIR, needs_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,7 +36,7 @@ def get_config():
   config.train.log_every = 1
   config.train.eval_every = 1
   config.eval.seqs_per_batch = 16
-  config.eval.write_predictions = False
+  config.eval.write_predictions = True
   return config
 '''
 
@@ -46,14 +48,20 @@ def write_config(directory, name: str, model: str, method: str = "sum") -> str:
   return path
 
 
+SEEDS = (0, 1)
+RUNS = [f"{n}-seed={s}" for n in ("a", "b", "bad") for s in SEEDS]
+
+
 @pytest.fixture(scope="module")
 def swept(tiny_bert_dir, tmp_path_factory):
-  """One sweep: configs a (summed loss) and b (PCGrad) train, `bad` names no model."""
+  """One sweep at seeds 0 and 1 with a ledger: configs a (summed loss, the baseline) and
+  b (PCGrad) train, `bad` names no model."""
   tmp = tmp_path_factory.mktemp("sweep")
   configs = [write_config(tmp, "a", tiny_bert_dir), write_config(tmp, "b", tiny_bert_dir, "pcgrad"),
              write_config(tmp, "bad", str(tmp / "no_such_model"))]
   workdir = str(tmp / "runs")
-  return configs, workdir, sweep.run_sweep(configs, workdir)
+  return configs, workdir, sweep.run_sweep(configs, workdir, seeds=SEEDS, baseline="a",
+                                           ledger_dir=str(tmp / "ledger"))
 
 
 @needs_data
@@ -61,17 +69,19 @@ def test_runs_appear_in_results_csv_and_report(swept):
   _, workdir, rows = swept
   with open(os.path.join(workdir, "results.csv")) as f:
     table = {r["run"]: r for r in csv.DictReader(f)}
-  assert list(table) == ["a", "b", "bad"]
-  for name in ("a", "b"):
-    assert table[name]["status"] == "trained"
+  assert list(table) == RUNS
+  for run in RUNS[:4]:
+    assert table[run]["status"] == "trained" and table[run]["seed"] == run[-1]
     for metric in sweep.METRICS:
-      assert math.isfinite(float(table[name][metric]))
-    assert table[name]["step"] == "2" and int(table[name]["trainable_params"]) > 0
+      assert math.isfinite(float(table[run][metric]))
+    assert table[run]["steps"] == "2" and int(table[run]["trainable_params"]) > 0
   with open(os.path.join(workdir, "report.md")) as f:
     report = f.read()
-  assert "| `a` | trained |" in report and "| `b` | trained |" in report
+  assert "| `a-seed=0` | trained |" in report and "| `b-seed=1` | trained |" in report
+  assert "| `b` | 2 |" in report  # Differences from the baseline over the two seeds.
   for png in ["plots/loss_sst.png", "plots/loss_quora.png", "plots/loss_sts.png",
-              "plots/dev_overall.png", "a/diagnostics/cosine.png", "b/diagnostics/conflict_rate.png"]:
+              "plots/dev_overall.png", "a-seed=0/diagnostics/cosine.png",
+              "b-seed=1/diagnostics/conflict_rate.png"]:
     assert f"({png})" in report
     with open(os.path.join(workdir, png), "rb") as f:
       assert f.read(8) == PNG_MAGIC, png
@@ -79,27 +89,62 @@ def test_runs_appear_in_results_csv_and_report(swept):
 
 
 @needs_data
-def test_a_failed_run_is_a_row_with_its_error(swept):
-  _, workdir, rows = swept
-  bad = rows[-1]
-  assert bad["status"] == "failed" and bad["overall"] is None
-  assert "no_such_model" in bad["error"] and "does not exist" in bad["error"]
-  with open(os.path.join(workdir, "report.md")) as f:
-    assert f"`bad`: {bad['error']}" in f.read()
+def test_finished_runs_are_in_the_ledger_with_bootstrap_intervals(swept):
+  configs, workdir, _ = swept
+  directory = os.path.join(os.path.dirname(workdir), "ledger")
+  rows = ledger.read(directory)
+  assert [(r["name"], r["seed"], r["status"]) for r in rows] == [
+      (n, s, "trained") for n in ("a", "b") for s in SEEDS]
+  head = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
+                        text=True).stdout.strip()
+  for row in rows:
+    assert row["commit"].startswith(head)
+    assert row["command"] == f"python main.py --config={configs[0 if row['name'] == 'a' else 1]} " \
+                             f"--config.seed={row['seed']}"
+    with open(os.path.join(workdir, f"{row['name']}-seed={row['seed']}", "results.json")) as f:
+      results = json.load(f)
+    assert results["bootstrap"]["intervals"]["overall"] == [row["overall_lo"], row["overall_hi"]]
+    for c in ("sst_acc", "quora_acc"):  # The files hold these predictions exactly.
+      assert row[f"{c}_lo"] <= row[c] <= row[f"{c}_hi"]
+    assert -1 <= row["grad_cosine"] <= 1 and 0 <= row["grad_conflict_rate"] <= 1
+  b = [r for r in rows if r["name"] == "b"]
+  assert all(r["grad_removed"] is not None for r in b)  # PCGrad reports what it removed.
+  with open(os.path.join(directory, "report.md")) as f:
+    report = f.read()
+  assert "| `a` | 2 | 0,1 |" in report and "## Gradient diagnostics" in report
+  assert "Not in the ledger yet: `bad` seed 0, `bad` seed 1." in report
+  for png in ("loss_sst.png", "dev_overall.png"):
+    assert f"(plots/{png})" in report
+    assert os.path.getsize(os.path.join(directory, "plots", png)) <= 200_000
 
 
 @needs_data
-def test_rerun_reuses_finished_runs(swept, monkeypatch):
+def test_a_failed_run_is_a_row_with_its_error(swept):
+  _, workdir, rows = swept
+  bad = rows[-1]
+  assert bad["status"] == "failed" and bad["overall"] is None and bad["run"] == "bad-seed=1"
+  assert "no_such_model" in bad["error"] and "does not exist" in bad["error"]
+  with open(os.path.join(workdir, "report.md")) as f:
+    assert f"`bad-seed=1`: {bad['error']}" in f.read()
+
+
+@needs_data
+def test_rerun_reuses_finished_runs(swept, monkeypatch, tmp_path):
   configs, workdir, _ = swept
   stamp = lambda: {p: os.stat(os.path.join(workdir, n, p)).st_mtime_ns
-                   for n in ("a", "b") for p in ("metrics.jsonl", "results.json", "checkpoints")}
+                   for n in RUNS[:4] for p in ("metrics.jsonl", "results.json", "checkpoints")}
   before = stamp()
   launched = []
-  monkeypatch.setattr(sweep, "_launch", lambda run: launched.append(run.name) or "still bad")
-  rows = sweep.run_sweep(configs, workdir)
-  assert launched == ["bad"]  # Only the failed run is tried again.
-  assert [r["status"] for r in rows] == ["reused", "reused", "failed"]
+  monkeypatch.setattr(sweep, "_launch", lambda run: launched.append(run.label) or "still bad")
+  rows = sweep.run_sweep(configs, workdir, seeds=SEEDS)
+  assert launched == RUNS[4:]  # Only the failed runs are tried again.
+  assert [r["status"] for r in rows] == ["reused"] * 4 + ["failed"] * 2
   assert stamp() == before
+  launched.clear()  # With the ledger, its rows are not even looked up in the workdir.
+  rows = sweep.run_sweep(configs, str(tmp_path / "elsewhere"), seeds=SEEDS,
+                         ledger_dir=os.path.join(os.path.dirname(workdir), "ledger"))
+  assert launched == RUNS[4:]
+  assert [r["status"] for r in rows] == ["ledger"] * 4 + ["failed"] * 2
 
 
 def test_grid_names_and_overrides(tiny_bert_dir, tmp_path):
