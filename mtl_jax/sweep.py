@@ -318,15 +318,32 @@ def execute(runs: Sequence[Run], ledger_dir: str | None = None,
   return rows, False
 
 
+def show_plan(runs: Sequence[Run], ledger_dir: str | None = None) -> list[str]:
+  """One line per run: what the sweep would do with it, and its command; trains nothing."""
+  held = ledger.read(ledger_dir) if ledger_dir else []
+  lines = []
+  for run in runs:
+    if ledger_dir and ledger.find(ledger_dir, held, run.name, run.seed, run.config):
+      what = "in the ledger"
+    else:
+      what = "finished, reuse" if finished(run) is not None else "train"
+    lines.append(f"{run.label:<24} {what:<15} {run.ledger_command()}")
+  return lines
+
+
+def _check_baseline(runs: Sequence[Run], baseline: str | None) -> None:
+  names = list(dict.fromkeys(run.name for run in runs))
+  if baseline is not None and baseline not in names:
+    raise SweepError(f"--baseline {baseline}: not one of the configurations {names}")
+
+
 def run_sweep(config_paths: Sequence[str], workdir: str, sets: Sequence[str] = (),
               command: str | None = None, seeds: Sequence[int] = (), baseline: str | None = None,
               ledger_dir: str | None = None, rerun: bool = False) -> list[dict]:
   """Plans (SweepError before any run), trains what has not finished (and is not in the
   ledger), writes the report (also when interrupted); returns a row per run as in results.csv."""
   runs = plan(config_paths, sets, workdir, seeds)
-  names = list(dict.fromkeys(run.name for run in runs))
-  if baseline is not None and baseline not in names:
-    raise SweepError(f"--baseline {baseline}: not one of the configurations {names}")
+  _check_baseline(runs, baseline)
   if rerun and not ledger_dir:
     raise SweepError("--rerun needs --ledger (it reruns the rows a ledger holds)")
   command = command or shlex.join(
@@ -365,8 +382,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--ledger", metavar="DIR", help="a study's ledger, e.g. results/methods")
   parser.add_argument("--rerun", action="store_true",
                       help="train the ledger's rows again and compare (use a fresh --workdir)")
+  parser.add_argument("--plan", action="store_true",
+                      help="only load every config and print the runs and their commands")
   args = parser.parse_args(argv)
   try:
+    if args.plan:
+      runs = plan(args.configs, args.sets, args.workdir, parse_seeds(args.seeds))
+      _check_baseline(runs, args.baseline)
+      print("\n".join(show_plan(runs, args.ledger)))
+      return 0
     rows = run_sweep(args.configs, args.workdir, args.sets, seeds=parse_seeds(args.seeds),
                      baseline=args.baseline, ledger_dir=args.ledger, rerun=args.rerun)
   except SweepError as e:

@@ -189,3 +189,31 @@ def test_repository_readme_matches_the_committed_ledgers():
   """Every `<!-- results:STUDY -->` table of README.md is what results/STUDY gives: run
   `python -m mtl_jax.ledger readme` after adding ledger rows."""
   assert ledger.main(["readme", "--check"]) == 0
+
+
+def test_plan_shows_what_a_sweep_would_do_without_training(study, capsys):
+  configs, ledger_dir, run = study
+  run("runs")
+  capsys.readouterr()
+  args = ["--configs", *configs, "--workdir", "unused", "--seeds", "0,3", "--ledger", ledger_dir]
+  assert sweep.main(args + ["--plan"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert [line.split()[:2] for line in lines] == [
+      ["sum-seed=0", "in"], ["sum-seed=3", "train"], ["pcgrad-seed=0", "in"], ["pcgrad-seed=3", "train"]]
+  assert lines[1].endswith(f"python main.py --config={configs[0]} --config.seed=3")
+  assert not os.path.exists("unused")
+
+
+def test_the_methods_study_plan():
+  """results/methods: the six configurations of configs/methods at seeds 0, 1, 2."""
+  names = ["sum", "pcgrad", "cagrad", "nash_mtl", "mgda", "uncertainty"]
+  runs = sweep.plan([os.path.join(REPO, "configs", "methods", f"{n}.py") for n in names], [],
+                    "runs/methods", [0, 1, 2])
+  assert [r.label for r in runs] == [f"{n}-seed={s}" for n in names for s in range(3)]
+  assert [(r.config.grad.method, r.config.train.loss_weighting) for r in runs[::3]] == [
+      ("sum", "none"), ("pcgrad", "none"), ("cagrad", "none"), ("nash_mtl", "none"),
+      ("mgda", "none"), ("sum", "uncertainty")]
+  assert [r.config.grad.kwargs.seed for r in runs[3:6]] == [0, 1, 2]  # PCGrad's task order.
+  assert runs[4].ledger_command() == "python main.py --config=configs/methods/pcgrad.py --config.seed=1"
+  with open(os.path.join(REPO, "results", "methods", ledger.STUDY_JSON)) as f:
+    assert json.load(f)["baseline"] == "sum"
