@@ -393,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       return 0
     rows = run_sweep(args.configs, args.workdir, args.sets, seeds=parse_seeds(args.seeds),
                      baseline=args.baseline, ledger_dir=args.ledger, rerun=args.rerun)
-  except SweepError as e:
+  except (SweepError, ledger.LedgerError) as e:
     print(f"sweep: error: {e}", file=sys.stderr)
     return 2
   except KeyboardInterrupt:

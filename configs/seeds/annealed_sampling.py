@@ -7,7 +7,9 @@ over the epochs (Stickland & Murray 2019; mtl_jax/data/schedules.py), and Quora 
 pairs. A step trains one task, so the run takes 900 steps: the 900 task batches of the
 default's 300 all-task steps, the same examples budget. With the summed loss, as the
 schedule requires (a per-task gradient method needs every task in each step).
-Report: not identified offline, so no dev numbers are quoted. Ours: README, Results.
+Report: ../shared/seeds/003_8064e1afc05851e5.txt, Table 1 (PALs + annealed sampling;
+BERT-base): dev 0.512 / 0.761 / 0.407; the ~20,000-pair Quora cap is 004's (§5.1).
+Ours: results ledgers (README, Results).
 """
 
 from configs import default
