@@ -293,7 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if new != text:
     with open(args.readme, "w") as f:
       f.write(new)
-  print(f"{args.readme}: {len(MARKER.findall(text))} tables " + ("updated" if new != text else "up to date"))
+  state = "updated" if new != text else "up to date"
+  print(f"{args.readme}: {len(MARKER.findall(text))} tables {state}")
   return 0
 
 

@@ -44,7 +44,8 @@ def mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None,
   return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else None, int(x.size)
 
 
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+def t_interval(values: Sequence[float],
+               confidence: float = CONFIDENCE) -> tuple[float, float, float]:
   """(mean, low, high): the Student-t interval of the mean, n - 1 degrees of freedom.
 
   With n < 2 there is no spread to estimate: low = high = nan."""
@@ -98,7 +99,8 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_samples(predictions: dict[str, np.ndarray], labels: dict[str, np.ndarray],
-                      resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, np.ndarray]:
+                      resamples: int = RESAMPLES,
+                      seed: int = BOOTSTRAP_SEED) -> dict[str, np.ndarray]:
   """{metric: [resamples]} of the dev metrics on resampled dev sets.
 
   Resample b draws, for each task in TASKS order, n_task indices with replacement from

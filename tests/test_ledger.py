@@ -199,7 +199,8 @@ def test_plan_shows_what_a_sweep_would_do_without_training(study, capsys):
   assert sweep.main(args + ["--plan"]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert [line.split()[:2] for line in lines] == [
-      ["sum-seed=0", "in"], ["sum-seed=3", "train"], ["pcgrad-seed=0", "in"], ["pcgrad-seed=3", "train"]]
+      ["sum-seed=0", "in"], ["sum-seed=3", "train"],
+      ["pcgrad-seed=0", "in"], ["pcgrad-seed=3", "train"]]
   assert lines[1].endswith(f"python main.py --config={configs[0]} --config.seed=3")
   assert not os.path.exists("unused")
 
@@ -214,6 +215,7 @@ def test_the_methods_study_plan():
       ("sum", "none"), ("pcgrad", "none"), ("cagrad", "none"), ("nash_mtl", "none"),
       ("mgda", "none"), ("sum", "uncertainty")]
   assert [r.config.grad.kwargs.seed for r in runs[3:6]] == [0, 1, 2]  # PCGrad's task order.
-  assert runs[4].ledger_command() == "python main.py --config=configs/methods/pcgrad.py --config.seed=1"
+  assert runs[4].ledger_command() == \
+      "python main.py --config=configs/methods/pcgrad.py --config.seed=1"
   with open(os.path.join(REPO, "results", "methods", ledger.STUDY_JSON)) as f:
     assert json.load(f)["baseline"] == "sum"
