@@ -146,7 +146,10 @@ def dev_intervals(workdir: str, dev: Sequence) -> dict | None:
     path = os.path.join(workdir, "predictions", predictions_lib.output_filename(d.task, "dev"))
     if not os.path.isfile(path):
       return None
-    _, ids, values = predictions_lib.read_predictions(path)
+    try:  # Never fail the end of a finished run over its intervals.
+      _, ids, values = predictions_lib.read_predictions(path)
+    except (OSError, ValueError):
+      return None
     if list(ids) != list(d.ids):  # Not this dev set's predictions: no interval is better.
       return None
     predictions[d.task], labels[d.task] = values, np.asarray(d.labels)
