@@ -276,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.command == "report":
       from mtl_jax import report
+      if not os.path.isfile(os.path.join(args.directory, "results.csv")):
+        raise LedgerError(f"{args.directory}: no results.csv, not a ledger")
       print(f"wrote {report.write_ledger_report(args.directory)}")
       return 0
     with open(args.readme) as f:
