@@ -2,7 +2,7 @@
 
   python -m mtl_jax.sweep --configs configs/default.py configs/pcgrad.py --workdir runs/sweep \\
       [--set train.learning_rate=5e-4,1e-3] [--set train.steps=100] \\
-      [--seeds 0,1,2 --baseline default] [--ledger results/<study> [--rerun]]
+      [--seeds 0,1,2 --baseline default] [--ledger results/<study> [--rerun]] [--plan]
 
 Every config file runs at every point of the grid of `--set KEY=V1,V2,...` overrides (their
 cartesian product; a value is parsed as `--config.KEY=V` is by main.py, and commas inside
@@ -31,7 +31,8 @@ With `--ledger results/<study>` (mtl_jax.ledger) a (configuration, seed) the led
 holds with the same experiment keys is skipped, and each finished run is appended to the
 ledger as soon as it finishes; the ledger's report.md and plots are rewritten at the end.
 `--rerun` trains the ledger's rows again (give a fresh --workdir) and records them as reruns,
-which the report compares with the first run.
+which the report compares with the first run. `--plan` loads every config and prints the
+runs, what would happen to each and its command, and trains nothing (docs/results.md).
 Exit status: 0, 1 if a run failed, 2 for a bad command line, 130 when interrupted.
 """
 
