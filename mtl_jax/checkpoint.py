@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from typing import Any
 
 import jax
@@ -127,6 +128,7 @@ class Checkpointer:
     UnreadableCheckpointError names every step and the first error."""
     if step is not None:
       return self._restore_step(like, step)
+    _ignore_reads_of_an_aborted_restore()
     failed = []
     for candidate in sorted(self.manager.all_steps(), reverse=True):
       try:
@@ -164,6 +166,23 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _ignore_reads_of_an_aborted_restore() -> None:
+  """When a restore fails, the other reads it had started still finish, and report to
+  the asyncio loop orbax has closed: Python would print "Exception ignored ... Event loop is
+  closed" tracebacks for them (harmless, but they bury the one-line message). Only that
+  RuntimeError is dropped; every other unraisable exception reaches the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_mtl_jax_quiet", False):
+    return
+
+  def hook(unraisable) -> None:
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  hook._mtl_jax_quiet = True
+  sys.unraisablehook = hook
 
 
 def _one_line(e: BaseException) -> str:
