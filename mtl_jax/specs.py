@@ -198,7 +198,7 @@ def check_max_length(max_length: int, positions: int, name: str, model: str) -> 
 def _check_model_positions(config: ml_collections.ConfigDict) -> None:
   """check_max_length for model.max_length; reads only the model's config.json (a missing
   model directory is left to the loader, whose error names it)."""
-  if os.path.isfile(os.path.join(config.model.path, "config.json")):
+  if config.model.path and os.path.isfile(os.path.join(config.model.path, "config.json")):
     check_max_length(config.model.max_length,
                      hf_io.read_config(config.model.path).max_position_embeddings,
                      "config.model.max_length", config.model.path)

@@ -156,6 +156,11 @@ def _check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from workdir if it holds a checkpoint) and returns final dev metrics.
 
+  With train.eval_every > 0 the best dev overall so far is kept in best_checkpoint/ and
+  best.json (see mtl_jax.checkpoint), and train.early_stopping_patience > 0 ends training
+  after that many evaluations without improvement (then saves, evaluates and writes
+  predictions of the last step, as at the normal end).
+
   The config is validated before the workdir is touched; then the workdir is held by this
   run alone (mtl_jax.workdir_lock: a second trainer is refused at once) until it returns."""
   specs.validate(config)
@@ -164,12 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """train_and_evaluate's body, run while the workdir's lock is held.
-
-  With train.eval_every > 0 the best dev overall so far is kept in best_checkpoint/ and
-  best.json (see mtl_jax.checkpoint), and train.early_stopping_patience > 0 ends training
-  after that many evaluations without improvement (then saves, evaluates and writes
-  predictions of the last step, as at the normal end)."""
+  """train_and_evaluate's body, run while the workdir's lock is held."""
   start = time.perf_counter()
   specs.validate(config)
   mesh = parallel.make_mesh()
