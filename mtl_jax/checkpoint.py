@@ -102,10 +102,12 @@ class Checkpointer:
     if not (force or self.manager.should_save(step)):
       return False
     if not all_finite(state):
+      last = self.latest_step()
+      kept = ("no step was saved before it" if last is None else
+              f"the last saved step, {last}, is finite: {self.directory}")
       raise NonFiniteStateError(
-          f"non-finite parameters or optimizer state at step {step}: not saved (the last "
-          f"saved step, {self.latest_step()}, is finite: {self.directory}); lower "
-          "train.learning_rate or set train.grad_clip?")
+          f"non-finite parameters or optimizer state at step {step}: not saved ({kept}); "
+          "lower train.learning_rate or set train.grad_clip?")
     return self.manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(_keys_to_data(state)),
                                       meta=ocp.args.JsonSave(meta)), force=force)
