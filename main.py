@@ -8,8 +8,10 @@ over all of their devices (mtl_jax.parallel).
 """
 
 import logging as std_logging
+import os
 import signal
 import sys
+import traceback
 
 if __name__ == "__main__":  # Before anything allocates: see mtl_jax/hugepages.py.
   from mtl_jax import hugepages
@@ -19,9 +21,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mtl_jax import parallel, train
+from mtl_jax.checkpoint import UnreadableCheckpointError
 from mtl_jax.data.files import DataError
 from mtl_jax.models.hf_io import CheckpointError
-from mtl_jax.specs import ConfigError, unknown_key_message
+from mtl_jax.specs import ConfigError, config_file_problem, unknown_key_message
+from mtl_jax.workdir_lock import WorkdirError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and predictions.")
 _CONFIG = config_flags.DEFINE_config_file(
@@ -39,7 +43,8 @@ def main(argv):
   parallel.initialize_distributed()  # Before anything touches a device.
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, DataError, CheckpointError, FloatingPointError) as e:
+  except (ConfigError, DataError, CheckpointError, UnreadableCheckpointError, WorkdirError,
+          FloatingPointError) as e:
     # Problems with the user's input get one clear line, not a traceback.
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
@@ -58,14 +63,44 @@ def _raise_keyboard_interrupt(signum, frame):
   raise KeyboardInterrupt
 
 
+def _config_arg(argv: list[str]) -> str:
+  """The --config file named on the command line (the flag's default when absent)."""
+  path = "configs/default.py"
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith(("--config=", "-config=")):
+      path = arg.split("=", 1)[1]
+    elif arg in ("--config", "-config") and i + 1 < len(argv):
+      path = argv[i + 1]
+  return path
+
+
+def _config_line(path: str, error: BaseException) -> str:
+  """', line N' of the config file's innermost frame in `error`'s traceback ('' if none)."""
+  target = os.path.abspath(path.split(":", 1)[0] if not os.path.isfile(path) else path)
+  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+           if os.path.abspath(f.filename) == target]
+  return f", line {lines[-1]}" if lines else ""
+
+
 def run() -> None:
-  """app.run, with ml_collections' error for an unknown --config key turned into one line."""
+  """app.run, with a config file that is missing, does not compile or fails in get_config,
+  and ml_collections' error for an unknown --config key, each turned into one line."""
+  config_path = _config_arg(sys.argv)
+  problem = config_file_problem(config_path)
+  if problem:
+    sys.exit(f"error: {problem}")
   try:
     app.run(main)
   except (AttributeError, KeyError) as e:
     if flags.FLAGS.is_parsed():  # Raised by the run itself: a real bug, keep the traceback.
       raise
     sys.exit(f"error: unknown config key in the command line: {unknown_key_message(e)}")
+  except Exception as e:  # pylint: disable=broad-except
+    if flags.FLAGS.is_parsed():
+      raise
+    message = " ".join(str(e).split())[:300]
+    sys.exit(f"error: loading config file {config_path}{_config_line(config_path, e)} failed: "
+             f"{type(e).__name__}: {message}")
 
 
 if __name__ == "__main__":

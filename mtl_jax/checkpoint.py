@@ -8,8 +8,18 @@ export never delete, so they cannot remove a live run's save in progress). The d
 number itself (see `mtl_jax.data.batching`), and randomness is folded from (seed, step), so
 params, optimizer state and step are all that resume needs.
 
+Two guarantees on top of orbax's (docs/reliability.md):
+- a non-finite state is never saved: `Checkpointer.save` checks params and optimizer state
+  with one jitted all-finite reduction before every save it is about to make (not only at
+  the trainer's log steps), and refuses with `NonFiniteStateError`, so the rotation keeps
+  the last finite steps instead of rotating them out for NaNs;
+- a checkpoint that does not restore (a truncated or damaged file) is not the end of the
+  run: `restore` falls back to the newest step that restores, and the trainer
+  (`set_aside=True`) moves the unreadable steps to `checkpoints_corrupt/` (never deleted,
+  and out of orbax's sight, so it neither resumes from nor rotates them).
+
 Workdir layout: `checkpoints/` (the latest `train.keep_checkpoints` steps; resume reads the
-latest), and, when dev is evaluated during training, `best_checkpoint/<step>/` (a separate
+latest restorable one), `checkpoints_corrupt/<step>[-n]/` (steps set aside), and, when dev is evaluated during training, `best_checkpoint/<step>/` (a separate
 manager keeping one step: the best dev overall so far, never pruned by the latest-k
 rotation) described by `best.json` ({"step", "overall", "metrics"}, replaced atomically).
 """
@@ -18,10 +28,34 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
+
+
+class NonFiniteStateError(FloatingPointError):
+  """A state about to be saved holds NaN or inf: it is not saved."""
+
+
+class UnreadableCheckpointError(ValueError):
+  """No checkpoint of a workdir restores; the message names the steps and what to do."""
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def all_finite(tree: Any) -> bool:
+  """Whether every float leaf of `tree` is finite: one jitted reduction, one scalar to host."""
+  return bool(_all_finite(_keys_to_data(tree)))
 
 
 def _keys_to_data(tree: Any) -> Any:
@@ -41,6 +75,7 @@ def _is_key(x: Any) -> bool:
 
 
 CHECKPOINTS = "checkpoints"
+CORRUPT = "checkpoints_corrupt"  # Steps that did not restore, set aside (never deleted).
 BEST_CHECKPOINT = "best_checkpoint"
 BEST_JSON = "best.json"
 
@@ -62,21 +97,110 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
+    """Saves when `force` or the interval says so; raises NonFiniteStateError instead of
+    saving a state with NaN or inf (checked only on the steps that are saved)."""
+    if not (force or self.manager.should_save(step)):
+      return False
+    if not all_finite(state):
+      last = self.latest_step()
+      kept = ("no step was saved before it" if last is None else
+              f"the last saved step, {last}, is finite: {self.directory}")
+      raise NonFiniteStateError(
+          f"non-finite parameters or optimizer state at step {step}: not saved ({kept}); "
+          "lower train.learning_rate or set train.grad_clip?")
     return self.manager.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(_keys_to_data(state)),
                                       meta=ocp.args.JsonSave(meta)), force=force)
 
-  def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict]:
-    """Restores (state, meta) at `step` (default latest); `like` gives structure and shapes."""
-    step = self.latest_step() if step is None else step
+  def _restore_step(self, like: Any, step: int) -> tuple[Any, dict]:
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _keys_to_data(like))
     out = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return _data_to_keys(out["state"], like), out["meta"]
 
+  def restore(self, like: Any, step: int | None = None,
+              set_aside: bool = False) -> tuple[Any, dict]:
+    """Restores (state, meta) at `step`, or by default at the newest step that restores;
+    `like` gives structure and shapes.
+
+    A newer step that fails to restore (a truncated or damaged file) is skipped with a
+    warning naming it, and with `set_aside` (only the trainer that holds the workdir's
+    lock) moved to checkpoints_corrupt/, once an older step has restored: when no step
+    restores, as with a state of another shape, nothing is moved and
+    UnreadableCheckpointError names every step and the first error."""
+    if step is not None:
+      return self._restore_step(like, step)
+    _ignore_reads_of_an_aborted_restore()
+    failed = []
+    for candidate in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        restored = self._restore_step(like, candidate)
+      except Exception as e:  # Whatever orbax, tensorstore or JSON raise on a bad file.
+        failed.append((candidate, e))
+        logging.warning("checkpoint step %d in %s does not restore (%s); trying an older one",
+                        candidate, self.directory, _one_line(e))
+        continue
+      if failed:
+        self._skipped(failed, candidate, set_aside)
+      return restored
+    if not failed:
+      raise UnreadableCheckpointError(f"no checkpoint in {self.directory}")
+    steps = ", ".join(str(s) for s, _ in failed)
+    raise UnreadableCheckpointError(
+        f"no checkpoint in {self.directory} restores (steps {steps}; step {failed[0][0]}: "
+        f"{_one_line(failed[0][1])}). If the config changed, use the one the run was trained "
+        "with; if the files are damaged, move the workdir's checkpoints/ aside to start over")
+
+  def _skipped(self, failed: list, restored: int, set_aside: bool) -> None:
+    """Warns that `failed` steps were skipped for `restored`; moves them aside if asked."""
+    for step, _ in failed:
+      if not set_aside:
+        logging.warning("using step %d of %s: newer step %d does not restore", restored,
+                        self.directory, step)
+        continue
+      where = _set_aside(os.path.join(self.directory, str(step)),
+                         os.path.join(os.path.dirname(self.directory), CORRUPT))
+      logging.warning("checkpoint step %d does not restore: moved it to %s (not deleted); "
+                      "resuming from step %d", step, where, restored)
+    if set_aside:
+      self.manager.reload()  # It must neither list nor rotate the moved steps.
+
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _ignore_reads_of_an_aborted_restore() -> None:
+  """When a restore fails, the other reads it had started still finish, and report to
+  the asyncio loop orbax has closed: Python would print "Exception ignored ... Event loop is
+  closed" tracebacks for them (harmless, but they bury the one-line message). Only that
+  RuntimeError is dropped; every other unraisable exception reaches the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_mtl_jax_quiet", False):
+    return
+
+  def hook(unraisable) -> None:
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+  hook._mtl_jax_quiet = True
+  sys.unraisablehook = hook
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:300]}"
+
+
+def _set_aside(path: str, corrupt_dir: str) -> str:
+  """Moves `path` into `corrupt_dir` as <name>, or <name>-<n> when that exists; returns it."""
+  os.makedirs(corrupt_dir, exist_ok=True)
+  name = os.path.basename(path)
+  target, n = os.path.join(corrupt_dir, name), 1
+  while os.path.exists(target):
+    target, n = os.path.join(corrupt_dir, f"{name}-{n}"), n + 1
+  shutil.move(path, target)
+  return target
 
 
 def write_json_atomic(path: str, obj: Any) -> None:

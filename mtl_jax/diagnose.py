@@ -239,7 +239,7 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
   import jax
   import jax.numpy as jnp
 
-  from mtl_jax import grad as mtlgrad, specs, train
+  from mtl_jax import checkpoint, grad as mtlgrad, specs, train
   from mtl_jax.data import batching, files
   from mtl_jax.metrics_log import _flatten
   from mtl_jax.models import hf_io
@@ -250,7 +250,8 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
     if "encoder" not in state.trainable:
       raise DiagnoseError("this run trains only the heads: no shared gradients to compare")
     data = train.load_data(config, hf_io.load_tokenizer(config.model.path))
-  except (FileNotFoundError, specs.ConfigError, files.DataError, hf_io.CheckpointError) as e:
+  except (FileNotFoundError, specs.ConfigError, files.DataError, hf_io.CheckpointError,
+          checkpoint.UnreadableCheckpointError) as e:
     raise DiagnoseError(str(e)) from e
   per_task = make_per_task_grads(model)
   task_ids = jnp.arange(len(TASKS))

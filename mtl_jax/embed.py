@@ -4,7 +4,10 @@
       [--max-length 128] [--checkpoint WORKDIR] [--pooling mean] [--task sst|quora|sts]
 
 One sentence per line, or in a pair file, two tab-separated sentences per line, encoded as [CLS] a [SEP] b [SEP]
-with token types. Writes input_ids, attention_mask, token_type_ids [N, L] (right-padded to
+with token types. Row i of every output array is line i of the input: a blank line (or one
+of spaces only) in a sentence file is embedded as an empty sentence ([CLS] [SEP]), never
+dropped; a pair file has no place for one and is refused, naming the blank lines. --max_length
+above the model's max_position_embeddings is refused, naming both. Writes input_ids, attention_mask, token_type_ids [N, L] (right-padded to
 the longest line), last_hidden_state [N, L, H] float32 and pooled [N, H]. With
 --checkpoint the fine-tuned encoder of that run is used (adapters applied) and its
 configured pooling; --model then defaults to the run's model. A run trained with task
@@ -20,6 +23,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
+from mtl_jax import specs
 from mtl_jax.data.files import TASKS
 from mtl_jax.models import hf_io
 from mtl_jax.models.heads import POOLINGS
@@ -28,18 +32,26 @@ from mtl_jax.models.multitask import MultitaskModel
 
 
 def read_lines(path: str) -> tuple[list[str], list[str] | None]:
-  """Sentences (and second sentences, if every line is a tab-separated pair)."""
+  """Sentences (and second sentences, if every line is a tab-separated pair), one per line.
+
+  Row i is line i, so that the output can be matched to the input by position: a blank
+  line of a sentence file is the empty sentence (dropping it would shift every later row
+  silently); in a pair file it is refused with its line number."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"input file {path} not found")
   with open(path, encoding="utf-8") as f:
-    lines = [line.rstrip("\n") for line in f if line.strip()]
-  if not lines:
+    lines = [line.rstrip("\r\n") for line in f]
+  if not any(line.strip() for line in lines):
     raise ValueError(f"{path}: no sentences (empty file)")
   parts = [line.split("\t") for line in lines]
   bad = [i + 1 for i, p in enumerate(parts) if len(p) > 2]
   if bad:
     raise ValueError(f"{path}: lines {bad[:10]} have more than one tab")
   if any(len(p) == 2 for p in parts):  # A pair file: every line must be a pair.
+    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if blank:
+      raise ValueError(f"{path}: lines {blank[:10]} are blank in a file of tab-separated "
+                       "pairs: give a pair on every line (row i of the output is line i)")
     single = [i + 1 for i, p in enumerate(parts) if len(p) == 1]
     if single:
       raise ValueError(f"{path}: lines {single[:10]} have no tab, but others are tab-separated pairs")
@@ -114,6 +126,8 @@ def main(argv):
   try:
     model, params, tokenizer = load_encoder(flags.FLAGS.model, flags.FLAGS.checkpoint,
                                             flags.FLAGS.pooling)
+    specs.check_max_length(flags.FLAGS.max_length, model.config.max_position_embeddings,
+                           "--max_length", flags.FLAGS.model or flags.FLAGS.checkpoint)
     first, second = read_lines(flags.FLAGS.input)
     arrays = embed(model, params, tokenizer, first, second, flags.FLAGS.max_length,
                    flags.FLAGS.batch_size, flags.FLAGS.task)

@@ -243,10 +243,11 @@ def main(argv):
     raise app.UsageError("--checkpoint WORKDIR and --output DIR are required")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax's INFO chatter; --verbosity=0 shows it.
+  from mtl_jax.checkpoint import UnreadableCheckpointError
   from mtl_jax.specs import ConfigError
   try:
     info = export(args.checkpoint, args.output, args.overwrite)
-  except (ExportError, hf_io.CheckpointError, ConfigError) as e:
+  except (ExportError, hf_io.CheckpointError, ConfigError, UnreadableCheckpointError) as e:
     sys.exit(f"error: {e}")
   lora = info["encoder"]["lora"]
   what = f"{lora['kind']} merged" if lora else info["encoder"]["adapter"]

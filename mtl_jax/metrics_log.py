@@ -1,5 +1,13 @@
 """Where metrics go: WORKDIR/metrics.jsonl (one JSON object a line), TensorBoard events,
-and a progress bar. Arrays with a task axis are spread into per-task scalars."""
+and a progress bar. Arrays with a task axis are spread into per-task scalars.
+
+Each step's record is in metrics.jsonl once, across resumes: a resumed run first drops the
+records of steps after the checkpoint it resumes from (they are trained again), and a
+record whose (step, kind) is already there is not written twice (the final evaluation of
+a finished run that is rerun). Each record is written with one write() call on a file
+opened O_APPEND, so a kill -9 cannot leave half a line; a line cut short otherwise (power
+loss, full disk) is dropped at the next resume.
+"""
 
 from __future__ import annotations
 
@@ -25,12 +33,51 @@ def _flatten(metrics: dict, tasks: Sequence[str]) -> dict[str, float | list]:
   return flat
 
 
-class MetricsLog:
-  """With write=False (the other processes of a multi-host run) nothing is written."""
+def _kind(record: dict) -> str:
+  """'dev/' for an evaluation's record (every key but step under dev/), else 'train'."""
+  keys = [k for k in record if k != "step"]
+  return "dev/" if keys and all(k.startswith("dev/") for k in keys) else "train"
 
-  def __init__(self, workdir: str, write: bool = True):
+
+def truncate_after(path: str, step: int) -> set[tuple[int, str]]:
+  """Rewrites `path` (atomically) without records of steps after `step` and without lines
+  that do not parse; returns the (step, kind) of the records kept."""
+  if not os.path.isfile(path):
+    return set()
+  kept, lines, dropped = set(), [], 0
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+        keep = isinstance(record, dict) and int(record["step"]) <= step
+      except (ValueError, KeyError, TypeError):
+        keep = False
+      if keep:
+        kept.add((int(record["step"]), _kind(record)))
+        lines.append(line if line.endswith("\n") else line + "\n")
+      else:
+        dropped += 1
+  if dropped:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(lines)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  return kept
+
+
+class MetricsLog:
+  """With write=False (the other processes of a multi-host run) nothing is written.
+
+  `resume_step`: the step the run starts from (0 for a fresh one); records after it,
+  from an earlier attempt that got further than its last checkpoint, are dropped."""
+
+  def __init__(self, workdir: str, write: bool = True, resume_step: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._file = open(self.path, "a") if write else None
+    self._written = truncate_after(self.path, resume_step) if write else set()
+    self._file = (os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                  if write else None)
     self._tb = None
     if write:
       try:
@@ -43,9 +90,13 @@ class MetricsLog:
             extra: dict | None = None) -> dict:
     flat = {prefix + k: v for k, v in _flatten(metrics, tasks).items()}
     flat.update(extra or {})
-    if self._file is not None:
-      self._file.write(json.dumps({"step": step, **flat}) + "\n")
-      self._file.flush()
+    record = {"step": step, **flat}
+    key = (int(step), _kind(record))
+    if self._file is not None and key not in self._written:
+      self._written.add(key)
+      data = (json.dumps(record) + "\n").encode()
+      while data:  # One call in practice; a short write only on a full disk.
+        data = data[os.write(self._file, data):]
     if self._tb is not None:
       for k, v in flat.items():
         if isinstance(v, (int, float)):
@@ -65,6 +116,7 @@ class MetricsLog:
 
   def close(self) -> None:
     if self._file is not None:
-      self._file.close()
+      os.close(self._file)
+      self._file = None
     if self._tb is not None:
       self._tb.close()

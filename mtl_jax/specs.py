@@ -7,6 +7,8 @@ the message (unknown keys are already refused by the locked ConfigDict).
 from __future__ import annotations
 
 import dataclasses
+import glob
+import os
 
 import ml_collections
 
@@ -14,7 +16,7 @@ from mtl_jax import grad as mtlgrad
 from mtl_jax import parallel
 from mtl_jax.data import schedules
 from mtl_jax.data.files import TASKS
-from mtl_jax.models import adapters, multitask, task_layers
+from mtl_jax.models import adapters, hf_io, multitask, task_layers
 from mtl_jax.models import heads as heads_lib
 from mtl_jax.step import LOSS_WEIGHTINGS
 
@@ -29,6 +31,29 @@ def unknown_key_message(error: BaseException) -> str:
   while error.args and isinstance(error.args[0], BaseException):
     error = error.args[0]
   return str(error.args[0] if error.args else error).replace("\n", " ")
+
+
+def config_file_problem(path: str) -> str | None:
+  """What is wrong with a --config file, on one line (None if it compiles).
+
+  Checked before ml_collections loads it, which would otherwise answer a missing file with
+  two chained tracebacks and a syntax error with one. `path` may end in ':ARG' (passed to
+  get_config by ml_collections)."""
+  if not os.path.isfile(path) and ":" in path and os.path.isfile(path.split(":", 1)[0]):
+    path = path.split(":", 1)[0]
+  if not os.path.isfile(path):
+    near = sorted(p for p in glob.glob(os.path.join(os.path.dirname(path) or ".", "*.py"))
+                  if not p.endswith("__init__.py"))
+    hint = f" (that directory has {', '.join(near[:8])})" if near else ""
+    return f"config file {path} not found{hint}: give --config=<an existing configs/*.py file>"
+  try:
+    with open(path, encoding="utf-8") as f:
+      compile(f.read(), path, "exec")
+  except SyntaxError as e:
+    return f"{path}, line {e.lineno}: syntax error ({e.msg}): fix the config file"
+  except (OSError, UnicodeDecodeError, ValueError) as e:
+    return f"cannot read config file {path}: {e}"
+  return None
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -138,6 +163,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
          "eval.seqs_per_batch", "must be an even number >= 2")
   _check(t.learning_rate > 0, "train.learning_rate", "must be > 0")
   _check(0 <= t.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
+  _check_model_positions(config)
   _check(len(t.length_buckets) > 0 and max(t.length_buckets) >= config.model.max_length,
          "train.length_buckets",
          f"the largest bucket must be >= model.max_length ({config.model.max_length})")
@@ -159,6 +185,23 @@ def validate(config: ml_collections.ConfigDict) -> None:
   task_layer_config(config)
   grad_method(config)
   _validate_schedule(config)
+
+
+def check_max_length(max_length: int, positions: int, name: str, model: str) -> None:
+  """Refuses a max_length above the model's max_position_embeddings: position ids past the
+  embedding table read no row, which gives NaN hidden states even for short inputs."""
+  if max_length > positions:
+    raise ConfigError(f"{name}={max_length} is above the max_position_embeddings={positions} "
+                      f"of the model {model}: use at most {positions}")
+
+
+def _check_model_positions(config: ml_collections.ConfigDict) -> None:
+  """check_max_length for model.max_length; reads only the model's config.json (a missing
+  model directory is left to the loader, whose error names it)."""
+  if config.model.path and os.path.isfile(os.path.join(config.model.path, "config.json")):
+    check_max_length(config.model.max_length,
+                     hf_io.read_config(config.model.path).max_position_embeddings,
+                     "config.model.max_length", config.model.path)
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:

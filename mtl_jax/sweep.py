@@ -141,8 +141,9 @@ def parse_grid(sets: Sequence[str]) -> list[tuple[str, list[str]]]:
 def load_config(path: str, overrides: Sequence[tuple[str, str]]) -> ml_collections.ConfigDict:
   """The config main.py would train with: the file's config, locked, with the overrides
   parsed by ml_collections' config_flags exactly as main.py's --config.KEY=V flags."""
-  if not os.path.isfile(path):
-    raise SweepError(f"config file {path} not found")
+  problem = specs.config_file_problem(path)  # Missing, or a syntax error (with its line).
+  if problem:
+    raise SweepError(problem)
   if REPO not in sys.path:  # Config files import `configs.default`, as they do under main.py.
     sys.path.insert(0, REPO)
   argv = ["main.py", f"--config={path}", *(f"--config.{k}={v}" for k, v in overrides)]

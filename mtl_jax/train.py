@@ -21,7 +21,7 @@ import optax
 from absl import logging
 
 from mtl_jax import grad as mtlgrad
-from mtl_jax import checkpoint, interrupts, parallel, specs, stats, xla_options
+from mtl_jax import checkpoint, interrupts, parallel, specs, stats, workdir_lock, xla_options
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, files, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
@@ -159,7 +159,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   With train.eval_every > 0 the best dev overall so far is kept in best_checkpoint/ and
   best.json (see mtl_jax.checkpoint), and train.early_stopping_patience > 0 ends training
   after that many evaluations without improvement (then saves, evaluates and writes
-  predictions of the last step, as at the normal end)."""
+  predictions of the last step, as at the normal end).
+
+  The config is validated before the workdir is touched; then the workdir is held by this
+  run alone (mtl_jax.workdir_lock: a second trainer is refused at once) until it returns."""
+  specs.validate(config)
+  with workdir_lock.hold(workdir, lock=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """train_and_evaluate's body, run while the workdir's lock is held."""
   start = time.perf_counter()
   specs.validate(config)
   mesh = parallel.make_mesh()
@@ -197,8 +207,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # --- Checkpoint
   ckpt = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints,
                       cleanup_tmp=True)
-  if ckpt.latest_step() is not None:
-    state, _ = ckpt.restore(state)
+  if ckpt.latest_step() is not None:  # The newest step that restores; damaged ones set aside.
+    state, _ = ckpt.restore(state, set_aside=True)
     logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
 
   # --- Best dev checkpoint and early stopping
@@ -225,7 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return None
 
   # --- Loop
-  log = MetricsLog(workdir, write=primary)
+  log = MetricsLog(workdir, write=primary, resume_step=int(state.step))
   first = int(state.step)
   last = t.steps
   if patience and first < t.steps and evals_without_improvement(first) >= patience:
@@ -276,6 +286,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     except KeyboardInterrupt:  # The request above, a second signal, or host-side code.
       progress.close()
       _save_on_interrupt(ckpt, state)
+      raise
+    except FloatingPointError:  # Non-finite: nothing more is saved; finish the last save.
+      progress.close()
+      ckpt.close()
       raise
   progress.close()
   if ckpt.latest_step() != int(state.step):

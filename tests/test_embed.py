@@ -35,9 +35,10 @@ def test_read_lines_single_sentences(tmp_path):
     path = _write(tmp_path, "first one\n\nsecond  one \n   \nthird\n")
     first, second = embed.read_lines(path)
     assert second is None
-    assert len(first) == 3  # Blank lines skipped.
-    assert first[0] == "first one" and first[2] == "third"
-    assert first[1].strip() == "second  one"
+    assert len(first) == 5  # Row i is line i: blank lines are empty sentences.
+    assert first[0] == "first one" and first[4] == "third"
+    assert first[2].strip() == "second  one"
+    assert first[1] == "" and first[3].strip() == ""
 
 
 def test_read_lines_no_trailing_newline(tmp_path):

@@ -23,6 +23,7 @@ import os
 import re
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from mtl_jax.models.bert import BertConfig
@@ -84,14 +85,25 @@ def read_config(path: str, **overrides) -> BertConfig:
   """The BertConfig of a Hugging Face model directory."""
   _require_dir(path)
   cfg_file = _require(path, "config.json", "A Hugging Face BERT directory needs config.json.")
-  with open(cfg_file) as f:
-    hf = json.load(f)
+  try:
+    with open(cfg_file, encoding="utf-8") as f:
+      hf = json.load(f)
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{cfg_file}, line {e.lineno}: not valid JSON ({e.msg}): restore the "
+                          "model directory's config.json (copy or download it again)") from e
+  except (OSError, UnicodeDecodeError) as e:
+    raise CheckpointError(f"cannot read {cfg_file}: {e}") from e
+  if not isinstance(hf, dict):
+    raise CheckpointError(f"{cfg_file}: a Hugging Face config.json holds a JSON object, not "
+                          f"{type(hf).__name__}")
   if hf.get("model_type", "bert") != "bert":
     raise CheckpointError(f"{cfg_file}: model_type {hf.get('model_type')!r} is not 'bert'")
   try:
     return BertConfig.from_hf(hf, **overrides)
   except (KeyError, ValueError) as e:
     raise CheckpointError(f"{cfg_file}: {e}") from e
+  except TypeError as e:  # A value of the wrong type, e.g. "hidden_size": "32".
+    raise CheckpointError(f"{cfg_file}: a value has the wrong type ({e})") from e
 
 
 def load_bert(path: str, **overrides) -> tuple[BertConfig, dict]:
@@ -110,7 +122,7 @@ def load_bert(path: str, **overrides) -> tuple[BertConfig, dict]:
         f"{st} not found{found}. mtl_jax reads only safetensors; convert once with "
         "`BertModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)` "
         "in an environment that has PyTorch.")
-  tensors = load_file(st)
+  tensors = _load_safetensors(st)
   params: dict = {}
   for name, value in tensors.items():
     stripped = name[len("bert."):] if name.startswith("bert.") else name
@@ -126,6 +138,16 @@ def load_bert(path: str, **overrides) -> tuple[BertConfig, dict]:
   if "embeddings" not in params or missing:
     raise CheckpointError(f"{st} lacks {missing or ['embeddings']}: not a complete BERT encoder")
   return config, params
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+  """load_file, with a truncated or garbage file reported on one line naming it."""
+  try:
+    return load_file(path)
+  except (SafetensorError, OSError, ValueError, MemoryError) as e:
+    raise CheckpointError(
+        f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:200]}): it is "
+        "truncated or damaged; copy or download the model directory again") from e
 
 
 def save_bert(path: str, config: BertConfig, params: dict) -> None:
