@@ -20,7 +20,7 @@ if __name__ == "__main__":  # Before anything allocates: see mtl_jax/hugepages.p
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mtl_jax import parallel, train
+from mtl_jax import compile_cache, parallel, train
 from mtl_jax.checkpoint import UnreadableCheckpointError
 from mtl_jax.data.files import DataError
 from mtl_jax.models.hf_io import CheckpointError
@@ -41,6 +41,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
   parallel.initialize_distributed()  # Before anything touches a device.
+  compile_cache.enable()  # A second identical run loads its compiled steps from disk.
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, DataError, CheckpointError, UnreadableCheckpointError, WorkdirError,

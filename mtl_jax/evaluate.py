@@ -64,9 +64,14 @@ def evaluate(predict_fn, params, dev: list[Encoded], seqs_per_batch: int,
 
 
 def write_split_predictions(workdir: str, data: Encoded, preds: np.ndarray) -> str:
+  """WORKDIR/predictions/<the starter's file name for the task and split>."""
   path = os.path.join(workdir, "predictions",
                       predictions_lib.output_filename(data.task, data.split))
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  write_task_predictions(path, data, preds)
+  return path
+
+
+def write_task_predictions(path: str, data: Encoded, preds: np.ndarray) -> None:
+  """One task's predictions in the CS224N format (STS clipped to the label range 0..5)."""
   values = np.clip(preds, 0.0, 5.0) if data.task == "sts" else preds
   predictions_lib.write_predictions(path, data.task, data.ids, values)
-  return path

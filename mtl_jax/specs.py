@@ -196,12 +196,17 @@ def check_max_length(max_length: int, positions: int, name: str, model: str) -> 
 
 
 def _check_model_positions(config: ml_collections.ConfigDict) -> None:
-  """check_max_length for model.max_length; reads only the model's config.json (a missing
-  model directory is left to the loader, whose error names it)."""
-  if config.model.path and os.path.isfile(os.path.join(config.model.path, "config.json")):
-    check_max_length(config.model.max_length,
-                     hf_io.read_config(config.model.path).max_position_embeddings,
-                     "config.model.max_length", config.model.path)
+  """check_max_length for model.max_length; reads only the model's config.json (a directory,
+  or a Hub id's snapshot). A model that cannot be read is left to the loader, whose error
+  names it."""
+  if not config.model.path:
+    return
+  try:
+    positions = hf_io.read_config(config.model.path).max_position_embeddings
+  except hf_io.CheckpointError:
+    return
+  check_max_length(config.model.max_length, positions, "config.model.max_length",
+                   config.model.path)
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:

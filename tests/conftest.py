@@ -66,7 +66,10 @@ def tiny_bert_dir(tiny_bert_ref, tmp_path_factory) -> str:
 def _compilation_cache(tmp_path_factory):
     """Trainer tests build the same jitted steps repeatedly; reuse XLA compilations."""
     import jax
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    cache = str(tmp_path_factory.mktemp("xla_cache"))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    # main.py run as a subprocess uses it too (mtl_jax.compile_cache), not the user's cache.
+    os.environ["MTL_JAX_COMPILATION_CACHE"] = cache
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -114,7 +114,18 @@ def load_split(data_dir: str, task: str, split: str, strict: bool = False,
     if not os.path.isfile(path):
         raise DataError(f"{path}: data file not found; point --config.data_dir at the "
                         f"directory holding the CS224N files (now {data_dir!r})")
-    has_labels = split != "test"
+    return read_task_file(path, task, split, split != "test", strict, limit)
+
+
+def read_task_file(path: str, task: str, split: str, labels: bool | None, strict: bool = False,
+                   limit: int | None = None) -> TaskSplit:
+    """Reads a file in a task's CS224N format; `labels=None`: read them if the column is there."""
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    if labels is None:
+        labels = _LABEL_COLUMN[task] in read_header(path)
+    has_labels = labels
     wanted = ["id", *_SENTENCE_COLUMNS[task]] + ([_LABEL_COLUMN[task]] if has_labels else [])
 
     ids: list[str] = []
@@ -172,6 +183,20 @@ def load_split(data_dir: str, task: str, split: str, strict: bool = False,
         sentences2=sents[1] if len(sents) > 1 else None,
         labels=np.asarray(labels, dtype=_LABEL_DTYPE[task]) if has_labels else None,
         skipped=skipped)
+
+
+def read_header(path: str) -> list[str]:
+    """The stripped column names of a tab-separated file's first line ([] if empty)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as fp:
+            return [h.strip() for h in next(csv.reader(fp, delimiter="\t"), [])]
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: unreadable: {e}") from None
+
+
+def sentence_columns(task: str) -> tuple[str, ...]:
+    """The columns holding a task's sentence (sst) or sentence pair (quora, sts)."""
+    return _SENTENCE_COLUMNS[task]
 
 
 def _log_problems(name: str, ids: list[str], skipped: list[tuple[int, str]]) -> None:

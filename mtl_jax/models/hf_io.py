@@ -75,15 +75,52 @@ def _require(path: str, name: str, hint: str) -> str:
   return full
 
 
-def _require_dir(path: str) -> None:
-  if not os.path.isdir(path):
+# A Hub repository id: `name` or `owner/name`, letters, digits, `-`, `_`, `.` (as the Hub allows).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+# What a BERT directory needs from a Hub repository; its other files (PyTorch, TF, ONNX
+# weights) are never downloaded.
+_HUB_FILES = ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json",
+              "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def local_dir(path: str) -> str:
+  """`path` itself when it is a directory, else the local snapshot of the Hub id `path`.
+
+  A Hub id is looked up in the Hugging Face cache first (HF_HOME, HF_HUB_CACHE) and
+  downloaded only when that misses and the Hub is reachable (not HF_HUB_OFFLINE=1).
+  """
+  if os.path.isdir(path):
+    return path
+  if not _HUB_ID.fullmatch(path) or path.startswith((".", "~")) or os.path.exists(path):
     raise CheckpointError(f"model directory {path!r} does not exist (set --config.model.path "
-                          "to a local Hugging Face BERT directory)")
+                          "to a local Hugging Face BERT directory or a Hub id)")
+  from huggingface_hub import snapshot_download  # Installed with transformers.
+  from huggingface_hub.errors import HFValidationError
+  try:
+    return snapshot_download(path, allow_patterns=_HUB_FILES, local_files_only=True)
+  except HFValidationError as e:
+    raise CheckpointError(f"model {path!r} is neither a directory nor a valid Hub id: {e}") from e
+  except Exception:  # Not cached (LocalEntryNotFoundError and friends): try the Hub.
+    pass
+  offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+  if not offline:
+    try:
+      return snapshot_download(path, allow_patterns=_HUB_FILES)
+    except Exception as e:  # No network, unknown repository, gated, ...
+      reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+  else:
+    reason = "HF_HUB_OFFLINE is set"
+  from huggingface_hub import constants
+  raise CheckpointError(
+      f"model {path!r} is not a local directory, not in the Hugging Face cache "
+      f"({constants.HF_HUB_CACHE}) and could not be downloaded ({reason}). Download it where "
+      f"there is a network (`hf download {path}`, or save_pretrained to a directory) and set "
+      "HF_HOME to that cache, or set --config.model.path to the directory")
 
 
 def read_config(path: str, **overrides) -> BertConfig:
-  """The BertConfig of a Hugging Face model directory."""
-  _require_dir(path)
+  """The BertConfig of a Hugging Face model directory (or Hub id, see local_dir)."""
+  path = local_dir(path)
   cfg_file = _require(path, "config.json", "A Hugging Face BERT directory needs config.json.")
   try:
     with open(cfg_file, encoding="utf-8") as f:
@@ -107,11 +144,12 @@ def read_config(path: str, **overrides) -> BertConfig:
 
 
 def load_bert(path: str, **overrides) -> tuple[BertConfig, dict]:
-  """Reads a local Hugging Face BERT directory -> (config, Flax encoder params).
+  """Reads a Hugging Face BERT directory (or Hub id) -> (config, Flax encoder params).
 
   The params hold the pretrained base weights only (no adapters); see
   `mtl_jax.models.multitask.init_params` for merging them into a full tree.
   """
+  path = local_dir(path)
   config = read_config(path, **overrides)
   st = os.path.join(path, "model.safetensors")
   if not os.path.isfile(st):
@@ -179,8 +217,8 @@ def save_bert(path: str, config: BertConfig, params: dict) -> None:
 
 
 def load_tokenizer(path: str):
-  """transformers' fast BERT tokenizer from vocab.txt or tokenizer.json in `path`."""
-  _require_dir(path)
+  """transformers' fast BERT tokenizer from vocab.txt or tokenizer.json in `path` (or Hub id)."""
+  path = local_dir(path)
   if not any(os.path.isfile(os.path.join(path, f)) for f in ("vocab.txt", "tokenizer.json")):
     raise CheckpointError(f"{path} has neither vocab.txt nor tokenizer.json for the tokenizer")
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
