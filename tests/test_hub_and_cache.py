@@ -32,7 +32,7 @@ def _embed(tmp_path, model: str, env: dict, out: str) -> subprocess.CompletedPro
   sentences.write_text("the cat sat on the mat .\na good movie\n")
   return subprocess.run(
       [sys.executable, "-m", "mtl_jax.embed", f"--model={model}", f"--input={sentences}",
-       f"--output={tmp_path / out}"],
+       f"--output={tmp_path / out}", "--max_length=32"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
 
 
