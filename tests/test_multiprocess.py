@@ -19,6 +19,7 @@ import jax
 import numpy as np
 import pytest
 
+from mtl_jax import parallel
 from mtl_jax.checkpoint import Checkpointer
 from test_train import DATA_DIR, needs_data, restored_trainable, tiny_config
 
@@ -154,3 +155,20 @@ def test_a_failing_process_ends_the_job_with_its_exit_code(tmp_path):
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == 3 and time.time() - start < 60, out.stderr
   assert "process 1 exited with 3; terminating the others" in out.stderr
+
+
+@pytest.mark.parametrize("before, after", [(None, "gloo"), ("gloo", "gloo"), ("mpi", "mpi")])
+def test_multi_process_cpu_jobs_get_gloo_collectives_unless_one_is_chosen(before, after):
+  """Only the CPU client reads it, when the backends are created; restored afterwards."""
+  name = "jax_cpu_collectives_implementation"
+  saved = jax.config.values[name]
+  try:
+    jax.config.update(name, before)
+    assert parallel.enable_cpu_collectives() == after
+    assert jax.config.values[name] == after
+  finally:
+    jax.config.update(name, saved)
+
+
+def test_one_process_decides_alone():
+  assert parallel.any_process(True) is True and parallel.any_process(False) is False
