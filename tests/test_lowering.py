@@ -69,6 +69,13 @@ def test_train_step_and_predict_export_for_cuda_and_tpu(tiny_bert_dir, mode, dty
                                                                             batch)))
 
 
+def test_the_cpu_only_check_sees_a_cpu_only_custom_call():
+  """An eigendecomposition lowered for the CPU calls LAPACK: the check above would fail."""
+  exported = jax.export.export(jax.jit(jax.numpy.linalg.eigh), platforms=("cpu",))(
+      jax.ShapeDtypeStruct((4, 4), np.float32))
+  assert [c for c in _custom_calls(exported) if CPU_ONLY.search(c.lower())]
+
+
 def test_cpu_only_settings_apply_only_on_cpu(monkeypatch):
   xla_options.train_step_options.cache_clear()
   try:
