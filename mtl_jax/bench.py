@@ -10,11 +10,13 @@ scripts/make_bert_base.py) with fixed shapes [3 tasks, seqs_per_task, length] an
 tokens. Every table starts with the machine line (mtl_jax.machine): CPU, vector ISA,
 cores, versions and the matmul peak measured in the same run. `--sharding` prints instead
 the per-device bytes of parameters and optimizer state, replicated vs
-`train.param_sharding=fsdp`, on --devices forced CPU devices (mtl_jax.shard_memory). `summed` is
-the gradient of the summed loss (one gradient, no task axis); every other method computes
-per-task gradients with vmap and combines them with that mtl_jax.grad method, so
-"vs summed" is the cost of per-task gradients plus the method. FLOPs are XLA's count for
-the compiled step; the peak is a dense f32 matmul measured in the same run.
+`train.param_sharding=fsdp`, on --devices forced CPU devices (mtl_jax.shard_memory).
+
+`summed` is the gradient of the summed loss (one gradient, no task axis); every other
+method computes per-task gradients with vmap and combines them with that mtl_jax.grad
+method, so "vs summed" is the cost of per-task gradients plus the method ("-" when no
+summed row ran). FLOPs are XLA's count for the compiled step; the peak is a dense f32
+matmul measured in the same run.
 """
 
 from __future__ import annotations
@@ -136,9 +138,10 @@ def table(rows: list[dict], peak: float, header: str = "") -> str:
   """The markdown table, after `header` (the machine and shapes lines). "vs summed" is
   the step time over the summed step's of the same mode, "-" when that was not run."""
   summed = {r["mode"]: r["step_s"] for r in rows if r["method"] == "summed"}
-  lines = ([header, ""] if header else []) + ["| mode | method | step s | examples/s | GFLOP/step | GFLOP/s | % of peak | "
-           "vs summed | trainable | opt state MiB | peak RSS MiB |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = ([header, ""] if header else []) + [
+      "| mode | method | step s | examples/s | GFLOP/step | GFLOP/s | % of peak | "
+      "vs summed | trainable | opt state MiB | peak RSS MiB |",
+      "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     rel = f"{r['step_s'] / summed[r['mode']]:.2f}x" if r["mode"] in summed else "-"
     lines.append(

@@ -7,8 +7,8 @@ elementwise op takes 18 ms into fresh memory and 1 ms into reused memory. With g
 `glibc.malloc.hugetlb=1` tunable those blocks are advised as transparent huge pages (2 MiB
 faults), which made the bench step 20% (LoRA) and 11% (full) faster at the same peak RSS
 (BENCHMARKS.md). A glibc tunable is read only when a process starts, so the command-line
-programs re-execute themselves once with it set, when jax will run on the CPU. Setting GLIBC_TUNABLES yourself (e.g.
-`glibc.malloc.hugetlb=0`) turns this off.
+programs re-execute themselves once with it set, when jax will run on the CPU. Setting
+GLIBC_TUNABLES yourself (e.g. `glibc.malloc.hugetlb=0`) turns this off.
 """
 
 from __future__ import annotations

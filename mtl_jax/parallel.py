@@ -59,7 +59,7 @@ def enable_cpu_collectives() -> str | None:
   is chosen; returns the one in effect.
 
   Without one, a step whose all-reduce spans the devices of several CPU processes fails
-  (jax before 0.4.3x defaulted to none; recent versions default to gloo). It only affects
+  (older jax versions defaulted to none; jax 0.10 defaults to gloo). It only affects
   the CPU client, so it is harmless on GPU/TPU hosts; and it must be set before
   `jax.distributed.initialize` creates the backends, which is before the backend can be
   asked what it is."""

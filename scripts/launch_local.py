@@ -13,7 +13,8 @@ machine, not for speed (the processes share the machine's cores).
 SIGINT and SIGTERM are forwarded to every process (the trainer saves a checkpoint of the
 step they agree on and exits 130); when one process fails, the others are terminated
 rather than left waiting for it (and killed if they have not exited a minute later, as a
-process blocked in a collective with the dead one would not). Exits with the first non-zero exit code, else 0.
+process blocked in a collective with the dead one would not). Exits with the first
+non-zero exit code, else 0.
 """
 
 from __future__ import annotations

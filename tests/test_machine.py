@@ -21,7 +21,8 @@ def test_names_the_cpu_and_its_vector_isa(tmp_path):
   assert line.endswith("matmul peak measured now: 432 GFLOP/s")
   avx2 = machine.machine_line(None, cpuinfo=_cpuinfo(tmp_path, "avx avx2 fma"))
   assert "(AVX2)" in avx2 and "peak" not in avx2
-  assert "(none of AVX2/AVX-512/AMX)" in machine.machine_line(None, cpuinfo=_cpuinfo(tmp_path, "sse4_2"))
+  plain = machine.machine_line(None, cpuinfo=_cpuinfo(tmp_path, "sse4_2"))
+  assert "(none of AVX2/AVX-512/AMX)" in plain
   assert machine.cpu_info(str(tmp_path / "missing"))[1] == set()
 
 
@@ -32,6 +33,7 @@ def test_versions_leave_out_what_is_not_installed():
 
 def test_importing_it_does_not_import_jax():
   """torch_reference.py prints the same line from an environment without jax."""
-  code = "import sys; from mtl_jax import machine; machine.machine_line(None); print('jax' in sys.modules)"
+  code = ("import sys; from mtl_jax import machine; machine.machine_line(None); "
+          "print('jax' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"
