@@ -3,7 +3,8 @@
     python scripts/launch_local.py --processes 2 --devices_per_process 2 -- \
         python main.py --config=configs/pcgrad.py --workdir=runs/mp
 
-Each process gets JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT, JAX_NUM_PROCESSES=N and its own
+Each process gets JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT (process 0's coordinator listens
+on loopback only: JAX_COORDINATOR_BIND_ADDRESS), JAX_NUM_PROCESSES=N and its own
 JAX_PROCESS_ID, so `mtl_jax.parallel.initialize_distributed` joins them into one job whose
 devices are all of theirs (on CPU, `--devices_per_process` forces that many devices per
 process through XLA_FLAGS). This is how a cluster's launcher (srun, mpirun) starts the
@@ -42,6 +43,7 @@ def process_env(environ: dict, index: int, count: int, port: int,
   """The environment of process `index` of `count`: the coordinator on loopback, and with
   `devices_per_process` that many forced CPU devices (replacing any such XLA flag)."""
   env = dict(environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+             JAX_COORDINATOR_BIND_ADDRESS=f"127.0.0.1:{port}",  # Not every interface.
              JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(index))
   if devices_per_process:
     flags = [f for f in env.get("XLA_FLAGS", "").split()

@@ -46,8 +46,8 @@ def _env(devices: int | None = None) -> dict:
   """No persistent compilation cache: a process that reads its step from the cache while
   another compiles it waits for it at the first collective, and gloo gives up after 30 s."""
   env = dict(os.environ)
-  for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
-               "JAX_PROCESS_ID"):
+  for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_COORDINATOR_ADDRESS",
+               "JAX_COORDINATOR_BIND_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     env.pop(name, None)
   if devices:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -140,7 +140,7 @@ def test_launcher_gives_each_process_its_place_in_the_job():
     sys.path.remove(os.path.dirname(LAUNCHER))
   env = launch_local.process_env({"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --x=1"},
                                  1, 2, 1234, 2)
-  assert env["JAX_COORDINATOR_ADDRESS"] == "127.0.0.1:1234"
+  assert env["JAX_COORDINATOR_ADDRESS"] == env["JAX_COORDINATOR_BIND_ADDRESS"] == "127.0.0.1:1234"
   assert (env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"]) == ("2", "1")
   assert env["XLA_FLAGS"] == "--x=1 --xla_force_host_platform_device_count=2"
   assert 0 < launch_local.free_port() < 65536
