@@ -11,17 +11,24 @@ Variants: `summed` (one backward of the summed loss), `per_task` (one forward + 
 per task, the cheap way to get per-task gradients), `fused` (the tasks' sequences
 concatenated into one encoder forward, then T backward passes through that shared graph
 with retain_graph, as LibMTL and Pytorch-PCGrad do: each backward runs through the whole
-batch although only its task's rows carry gradient). Times are the median of --steps steps
-after 2 warm-up steps; the per-task variants include copying each task's gradient out (what
-PCGrad needs), not the projection itself.
+batch although only its task's rows carry gradient). The output starts with the same
+machine line as `mtl_jax.bench` (mtl_jax/machine.py; the peak is PyTorch's f32 matmul on
+--threads threads). Times are the median of --steps steps after 2 warm-up steps; the
+per-task variants include copying each task's gradient out (what PCGrad needs), not the
+projection itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
+
+# The machine line (stdlib only: no jax in this environment), from the checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mtl_jax import machine  # noqa: E402
 
 try:
   import torch
@@ -86,6 +93,18 @@ def timed(fn, steps: int) -> float:
   return statistics.median(times)
 
 
+def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of an n^3 float32 matmul through PyTorch here, now (the bench measures XLA's)."""
+  a = torch.ones(n, n)
+  a @ a
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    a @ a
+    times.append(time.perf_counter() - start)
+  return 2 * n**3 / min(times)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--modes", default="lora,full")
@@ -104,6 +123,8 @@ def main() -> None:
                quora_labels=torch.randint(0, 2, (s // 2,)).float(),
                sts_labels=torch.rand(s // 2) * 5)
   examples = s + 2 * (s // 2)
+  print(machine.machine_line(matmul_peak_flops(),
+                             ("torch", "transformers", "peft", "jax", "jaxlib")))
   print(f"torch {torch.__version__}, {args.threads} threads, 3 tasks x {s} sequences x "
         f"{length} tokens, f32\n")
   print("| mode | variant | step s | examples/s |\n|---|---|---|---|")

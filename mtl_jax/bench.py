@@ -1,14 +1,22 @@
 """Benchmark of the train step: speed, FLOP/s and memory, printed as one table.
 
   python -m mtl_jax.bench [--methods=summed,sum,pcgrad,cagrad,mgda] [--modes=lora,full]
-      [--seqs_per_task=64] [--length=64] [--steps=10]
+      [--seqs_per_task=64] [--length=64] [--steps=10] [--model=DIR]
+  python -m mtl_jax.bench --sharding [--devices=4] [--modes=lora,full] [--model=DIR]
 
 Each (method, mode) runs in its own process (so peak memory is its own) on the bundled
-model with fixed shapes [3 tasks, seqs_per_task, length] and random tokens. `summed` is
-the gradient of the summed loss (one gradient, no task axis); every other method computes
-per-task gradients with vmap and combines them with that mtl_jax.grad method, so
-"vs summed" is the cost of per-task gradients plus the method. FLOPs are XLA's count for
-the compiled step; the peak is a dense f32 matmul measured in the same run.
+model (or --model, any Hugging Face BERT directory, e.g. the BERT-base layout written by
+scripts/make_bert_base.py) with fixed shapes [3 tasks, seqs_per_task, length] and random
+tokens. Every table starts with the machine line (mtl_jax.machine): CPU, vector ISA,
+cores, versions and the matmul peak measured in the same run. `--sharding` prints instead
+the per-device bytes of parameters and optimizer state, replicated vs
+`train.param_sharding=fsdp`, on --devices forced CPU devices (mtl_jax.shard_memory).
+
+`summed` is the gradient of the summed loss (one gradient, no task axis); every other
+method computes per-task gradients with vmap and combines them with that mtl_jax.grad
+method, so "vs summed" is the cost of per-task gradients plus the method ("-" when no
+summed row ran). FLOPs are XLA's count for the compiled step; the peak is a dense f32
+matmul measured in the same run.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import time
 import numpy as np
 from absl import app, flags
 
+from mtl_jax import machine
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -37,6 +46,16 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
     f(a).block_until_ready()
     times.append(time.perf_counter() - t)
   return 2 * n**3 / min(times)
+
+
+def model_line(model_path: str | None) -> str:
+  """"model: <dir> (12 layers, hidden 768, 12 heads, vocab 30522)": the model the table is of."""
+  from configs import default
+  from mtl_jax.models import hf_io
+  path = model_path or default.get_config().model.path
+  c = hf_io.read_config(path)
+  return (f"model: {path} ({c.num_layers} layers, hidden {c.hidden_size}, {c.num_heads} heads, "
+          f"vocab {c.vocab_size})")
 
 
 def random_batch(tasks: int, seqs_per_task: int, length: int, vocab_size: int) -> dict:
@@ -115,17 +134,20 @@ def run_one(method: str, mode: str, seqs_per_task: int, length: int, steps: int,
   }
 
 
-def table(rows: list[dict], peak: float) -> str:
+def table(rows: list[dict], peak: float, header: str = "") -> str:
+  """The markdown table, after `header` (the machine and shapes lines). "vs summed" is
+  the step time over the summed step's of the same mode, "-" when that was not run."""
   summed = {r["mode"]: r["step_s"] for r in rows if r["method"] == "summed"}
-  lines = ["| mode | method | step s | examples/s | GFLOP/step | GFLOP/s | % of peak | "
-           "vs summed | trainable | opt state MiB | peak RSS MiB |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = ([header, ""] if header else []) + [
+      "| mode | method | step s | examples/s | GFLOP/step | GFLOP/s | % of peak | "
+      "vs summed | trainable | opt state MiB | peak RSS MiB |",
+      "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
-    rel = r["step_s"] / summed[r["mode"]] if r["mode"] in summed else float("nan")
+    rel = f"{r['step_s'] / summed[r['mode']]:.2f}x" if r["mode"] in summed else "-"
     lines.append(
         f"| {r['mode']} | {r['method']} | {r['step_s']:.2f} | {r['examples_per_s']:.1f} | "
         f"{r['flops_per_step'] / 1e9:.0f} | {r['flops_per_s'] / 1e9:.0f} | "
-        f"{100 * r['flops_per_s'] / peak:.0f}% | {rel:.2f}x | {r['trainable']:,} | "
+        f"{100 * r['flops_per_s'] / peak:.0f}% | {rel} | {r['trainable']:,} | "
         f"{r['opt_state_mib']:.1f} | {r['peak_rss_mib']:.0f} |")
   return "\n".join(lines)
 
@@ -138,31 +160,43 @@ def define_flags() -> None:
   flags.DEFINE_integer("seqs_per_task", 64, "Sequences per task per step.")
   flags.DEFINE_integer("length", 64, "Sequence length.")
   flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
+  flags.DEFINE_string("model", None, "Hugging Face BERT directory (default: the bundled model).")
+  flags.DEFINE_bool("sharding", False, "Print per-device parameter + optimizer-state bytes, "
+                    "replicated vs fsdp, instead of timing steps.")
+  flags.DEFINE_integer("devices", 4, "With --sharding: forced CPU devices.")
   flags.DEFINE_string("one", None, "Internal: run one 'method:mode' and print JSON.")
 
 
 def main(argv):
   del argv
-  if flags.FLAGS.one:
-    method, mode = flags.FLAGS.one.split(":")
-    print(json.dumps(run_one(method, mode, flags.FLAGS.seqs_per_task, flags.FLAGS.length, flags.FLAGS.steps)))
+  f = flags.FLAGS
+  if f.one:
+    method, mode = f.one.split(":")
+    print(json.dumps(run_one(method, mode, f.seqs_per_task, f.length, f.steps, f.model)))
+    return
+  if f.sharding:
+    from mtl_jax import shard_memory
+    print(shard_memory.run(f.modes, f.devices, f.model))
     return
   peak = matmul_peak_flops()
   rows = []
-  for mode in flags.FLAGS.modes:
-    for method in flags.FLAGS.methods:
+  for mode in f.modes:
+    for method in f.methods:
       out = subprocess.run(
           [sys.executable, "-m", "mtl_jax.bench", f"--one={method}:{mode}",
-           f"--seqs_per_task={flags.FLAGS.seqs_per_task}", f"--length={flags.FLAGS.length}",
-           f"--steps={flags.FLAGS.steps}"], capture_output=True, text=True, check=False)
+           f"--seqs_per_task={f.seqs_per_task}", f"--length={f.length}", f"--steps={f.steps}",
+           *([f"--model={f.model}"] if f.model else [])],
+          capture_output=True, text=True, check=False)
       if out.returncode != 0:
         print(f"{method}:{mode} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
         continue
       rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
       print(f"done {method}:{mode}: {rows[-1]['step_s']:.2f} s/step", file=sys.stderr)
-  print(f"\nshapes: 3 tasks x {flags.FLAGS.seqs_per_task} sequences x {flags.FLAGS.length} tokens, f32; "
-        f"dense matmul peak measured now: {peak / 1e9:.0f} GFLOP/s\n")
-  print(table(rows, peak))
+  header = "\n".join([
+      machine.machine_line(peak), model_line(f.model),
+      f"shapes: 3 tasks x {f.seqs_per_task} sequences x {f.length} tokens, f32; "
+      f"median of {f.steps} steps after 2 warm-up steps"])
+  print("\n" + table(rows, peak, header))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,9 @@ device's own gradients and averaging afterwards would be a different algorithm;
 tests/test_parallel.py measures the difference.)
 
 Multi-host: `initialize_distributed` connects the processes when the environment
-describes a multi-process job; every process builds the same global batch (batches are a
-function of (seed, step)) and hands its own devices their slices of it.
+describes a multi-process job (on CPU, with gloo collectives between them); every process
+builds the same global batch (batches are a function of (seed, step)) and hands its own
+devices their slices of it. docs/scale.md has the commands, one machine or a cluster.
 """
 
 from __future__ import annotations
@@ -40,15 +41,49 @@ def initialize_distributed() -> bool:
   env = os.environ
   if env.get("JAX_COORDINATOR_ADDRESS"):
     count, index = env.get("JAX_NUM_PROCESSES"), env.get("JAX_PROCESS_ID")
+    enable_cpu_collectives()
     jax.distributed.initialize(num_processes=int(count) if count else None,
                                process_id=int(index) if index else None)
     return True
   if ((int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in env)  # srun
       or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1  # mpirun
       or "," in env.get("TPU_WORKER_HOSTNAMES", "")):  # Several TPU hosts.
+    enable_cpu_collectives()
     jax.distributed.initialize()
     return True
   return False
+
+
+def enable_cpu_collectives() -> str | None:
+  """Gives XLA:CPU a cross-process collective implementation (gloo, over TCP) unless one
+  is chosen; returns the one in effect.
+
+  Without one, a step whose all-reduce spans the devices of several CPU processes fails
+  (older jax versions defaulted to none; jax 0.10 defaults to gloo). It only affects
+  the CPU client, so it is harmless on GPU/TPU hosts; and it must be set before
+  `jax.distributed.initialize` creates the backends, which is before the backend can be
+  asked what it is."""
+  values = jax.config.values
+  if "jax_cpu_collectives_implementation" in values:
+    if values["jax_cpu_collectives_implementation"] in (None, "none"):
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    return jax.config.values["jax_cpu_collectives_implementation"]
+  if "jax_cpu_enable_gloo_collectives" in values:  # jax 0.4.2x's switch.
+    jax.config.update("jax_cpu_enable_gloo_collectives", True)
+    return "gloo"
+  return None
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is true in at least one process; the flag itself in a one-process job.
+
+  Every process of a multi-process job must run the same sequence of steps (each is a
+  collective), so a decision only one process sees, such as a SIGTERM that reached it a
+  step earlier than the others, must be shared before anyone acts on it."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
 def make_mesh(devices: list | None = None) -> Mesh:

@@ -281,7 +281,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
         if stop:
           logging.warning(stop)
           break
-        if stop_request:  # Ctrl-C or SIGTERM: this step is done and its state whole.
+        # Ctrl-C or SIGTERM: this step is done and its state whole. Agreed by every process
+        # of a multi-process job, which must stop after the same step.
+        if parallel.any_process(bool(stop_request)):
           raise KeyboardInterrupt
     except KeyboardInterrupt:  # The request above, a second signal, or host-side code.
       progress.close()

@@ -22,3 +22,16 @@ def test_table_relates_each_method_to_the_summed_step():
            "trainable": 10, "peak_rss_mib": 100.0} for m, s in (("summed", 2.0), ("pcgrad", 2.2))]
   text = bench.table(rows, peak=1e10)
   assert "| lora | pcgrad | 2.20 |" in text and "1.10x" in text
+
+
+def test_without_a_summed_row_vs_summed_says_so_instead_of_nan():
+  rows = [{"method": "pcgrad", "mode": "full", "step_s": 2.0, "examples_per_s": 1.0,
+           "flops_per_step": 1e9, "flops_per_s": 5e8, "opt_state_mib": 1.0,
+           "trainable": 10, "peak_rss_mib": 100.0}]
+  text = bench.table(rows, peak=1e10, header="machine: some CPU")
+  assert text.startswith("machine: some CPU\n")
+  assert "nan" not in text and "| 5% | - |" in text
+
+
+def test_model_line_names_the_layout(tiny_bert_dir):
+  assert bench.model_line(tiny_bert_dir).endswith("(2 layers, hidden 32, 4 heads, vocab 128)")

@@ -1,0 +1,74 @@
+"""The machine a benchmark ran on, as one line to print above its table.
+
+Speed tables are absolute times from one CPU: the same step ran at ~1.8 s on an AVX-512
+Xeon and ~4-5 s on an AVX2-only EPYC. A table that does not name its CPU, vector ISA, core
+count, software versions and measured matmul peak cannot be compared with anything.
+
+Standard library only (no jax import): `benchmarks/torch_reference.py` prints the same line
+from an environment that has PyTorch and no jax.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+
+# /proc/cpuinfo flags -> the names the tables use, widest first.
+ISA_FLAGS = (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"),
+             ("avx2", "AVX2"))
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
+  """(model name, flags) of the first CPU listed; ("unknown", {}) where there is no such
+  file (not Linux)."""
+  model, flags = None, set()
+  try:
+    with open(path) as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model is None:
+          model = value.strip()
+        elif key.strip() == "flags":
+          flags = set(value.split())
+          break  # The first CPU's flags; its model name came before them.
+  except OSError:
+    pass
+  return model or platform.processor() or "unknown", flags
+
+
+def vector_isa(flags: set[str]) -> str:
+  """"AMX, AVX-512, AVX-512 BF16, AVX2"-style list of what the OS reports; "none of
+  AVX2/AVX-512/AMX" when it reports none of them."""
+  found = [name for flag, name in ISA_FLAGS if flag in flags]
+  return ", ".join(found) if found else "none of AVX2/AVX-512/AMX"
+
+
+def cores() -> int:
+  """CPUs this process may run on (its affinity), else the machine's count."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not Linux.
+    return os.cpu_count() or 0
+
+
+def versions(packages: tuple[str, ...]) -> str:
+  """"jax 0.10.2, jaxlib 0.10.2"; a package not installed is left out."""
+  out = []
+  for name in packages:
+    try:
+      out.append(f"{name} {importlib.metadata.version(name)}")
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return ", ".join(out)
+
+
+def machine_line(matmul_peak_flops: float | None, packages: tuple[str, ...] = ("jax", "jaxlib"),
+                 cpuinfo: str = "/proc/cpuinfo") -> str:
+  """One line naming the machine, e.g. "machine: AMD EPYC (AVX2), 2 cores, Linux x86_64,
+  jax 0.10.2, jaxlib 0.10.2; f32 2048^3 matmul peak measured now: 123 GFLOP/s"."""
+  model, flags = cpu_info(cpuinfo)
+  peak = ("" if matmul_peak_flops is None
+          else f"; f32 2048^3 matmul peak measured now: {matmul_peak_flops / 1e9:.0f} GFLOP/s")
+  return (f"machine: {model} ({vector_isa(flags)}), {cores()} cores, {platform.system()} "
+          f"{platform.machine()}, {versions(packages)}{peak}")

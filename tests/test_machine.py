@@ -1,0 +1,39 @@
+"""The machine line every benchmark table starts with (mtl_jax.machine, stdlib only)."""
+
+import subprocess
+import sys
+
+from mtl_jax import machine
+
+
+def _cpuinfo(tmp_path, flags: str):
+  path = tmp_path / "cpuinfo"
+  path.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
+                  "model name\t: Intel(R) Xeon(R) Platinum 8480C\n"
+                  f"flags\t\t: fpu sse2 {flags}\n\nprocessor\t: 1\nmodel name\t: other\n")
+  return str(path)
+
+
+def test_names_the_cpu_and_its_vector_isa(tmp_path):
+  line = machine.machine_line(4.32e11, cpuinfo=_cpuinfo(tmp_path, "avx2 avx512f amx_tile"))
+  assert line.startswith("machine: Intel(R) Xeon(R) Platinum 8480C (AMX, AVX-512, AVX2), ")
+  assert f"{machine.cores()} cores" in line and "jax " in line and "jaxlib " in line
+  assert line.endswith("matmul peak measured now: 432 GFLOP/s")
+  avx2 = machine.machine_line(None, cpuinfo=_cpuinfo(tmp_path, "avx avx2 fma"))
+  assert "(AVX2)" in avx2 and "peak" not in avx2
+  plain = machine.machine_line(None, cpuinfo=_cpuinfo(tmp_path, "sse4_2"))
+  assert "(none of AVX2/AVX-512/AMX)" in plain
+  assert machine.cpu_info(str(tmp_path / "missing"))[1] == set()
+
+
+def test_versions_leave_out_what_is_not_installed():
+  assert machine.versions(("numpy", "no-such-package-here")).startswith("numpy ")
+  assert "no-such" not in machine.versions(("numpy", "no-such-package-here"))
+
+
+def test_importing_it_does_not_import_jax():
+  """torch_reference.py prints the same line from an environment without jax."""
+  code = ("import sys; from mtl_jax import machine; machine.machine_line(None); "
+          "print('jax' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "False"
