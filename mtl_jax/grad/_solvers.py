@@ -149,6 +149,50 @@ def dual_cone_weights(a: jax.Array, u: jax.Array) -> jax.Array:
   return jnp.maximum(_pick(vs, objs, ok), u)
 
 
+def _psd_pinv(a: jax.Array):
+  """Eigen-decomposition pseudo-inverse of a symmetric PSD ``a`` with a cutoff of
+  ``T * eps * lambda_max`` (pinv's default); returns ``(a^+, null basis columns)``."""
+  lam, v = jnp.linalg.eigh(a)
+  keep = lam > a.shape[0] * jnp.finfo(a.dtype).eps * jnp.maximum(jnp.max(lam), 0.0)
+  inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+  return (v * inv[None, :]) @ v.T, v * (~keep)[None, :]
+
+
+def imtl_g_weights(a: jax.Array) -> jax.Array:
+  """IMTL-G weights ``w = A^+ n / sum(A^+ n)`` (``n_i = ||g_i||``), exact in float32.
+
+  Why not ``pinv(A) @ n``: ``A``'s eigenvalues span the squared norm ratios
+  of the tasks, and float32 pinv drops every one below ``~1e-6 lambda_max``
+  (norms 1e3 apart: ``[e1, 1e-3 e2]`` gave ``|d| = 1`` instead of 1.41e-3).
+  With ``A = N C N`` (``N = diag(n)``, ``C`` the cosine matrix, as the paper's
+  unit vectors ``u_i = g_i / n_i``), ``A w = n`` is ``C (N w) = 1``: only
+  ``C``'s conditioning (the angles) matters, and ``C`` has a unit diagonal.
+  ``y = C^+ 1`` gives ``w = N^-1 y`` up to a null vector of ``A``; that null
+  component is then removed (``w`` orthogonal to ``null(A) = N^-1 null(C)``),
+  which is what ``A^+ n`` returns (torchjd's ``IMTLG``) when the gradients are
+  linearly dependent. Zero gradients get weight 0. When ``1`` has no component
+  in ``range(C)`` (``g, -g``) there is no combination with equal positive
+  projections: weights 0, as torchjd.
+  """
+  t = a.shape[0]
+  n = jnp.sqrt(jnp.maximum(jnp.diag(a), 0.0))
+  live = n > 0
+  inv_n = jnp.where(live, 1.0 / jnp.where(live, n, 1.0), 0.0)
+  c = a * inv_n[:, None] * inv_n[None, :]
+  c_pinv, z = _psd_pinv(c)
+  ones = live.astype(a.dtype)
+  y = c_pinv @ ones
+  w = y * inv_n
+  # Remove the null(A) component: null(A) is spanned by N^-1 z (zero tasks: e_i).
+  nb = z * jnp.where(live, inv_n, 1.0)[:, None]
+  nb = nb / jnp.maximum(jnp.linalg.norm(nb, axis=0, keepdims=True), jnp.finfo(a.dtype).tiny)
+  w = w - nb @ (jnp.linalg.pinv(nb.T @ nb, hermitian=True) @ (nb.T @ w))
+  s = jnp.sum(w)
+  solvable = jnp.linalg.norm(c @ y) > jnp.sqrt(jnp.finfo(a.dtype).eps) * jnp.sqrt(jnp.sum(ones))
+  ok = solvable & (jnp.abs(s) > 0)
+  return jnp.where(ok, w / jnp.where(ok, s, 1.0), 0.0)
+
+
 # ----------------------------------------------------------------------------
 # MinNormSolver (Sener & Koltun 2018, Algorithm 2), as ported by LibMTL.
 def _min_norm_2(v1v1, v1v2, v2v2):
