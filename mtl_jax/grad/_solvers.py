@@ -174,7 +174,6 @@ def imtl_g_weights(a: jax.Array) -> jax.Array:
   in ``range(C)`` (``g, -g``) there is no combination with equal positive
   projections: weights 0, as torchjd.
   """
-  t = a.shape[0]
   n = jnp.sqrt(jnp.maximum(jnp.diag(a), 0.0))
   live = n > 0
   inv_n = jnp.where(live, 1.0 / jnp.where(live, n, 1.0), 0.0)
