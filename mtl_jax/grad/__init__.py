@@ -18,7 +18,9 @@ coefficients for its rows (``G`` itself is never materialised; see
 
 Output scale follows each method's paper / reference implementation, and
 each method was checked against an independent reference
-(``scripts/make_grad_fixtures.py``, ``tests/test_grad_reference.py``):
+(``scripts/make_grad_fixtures.py``, ``tests/test_grad_reference.py``; on
+degenerate stacks -- opposite, zero, collinear, badly scaled --
+``tests/test_grad_degenerate.py``; tolerances in docs/methods.md):
 
 * ``sum_tasks`` / ``mean_tasks`` / ``fixed(w)``: ``sum_i g_i`` / mean /
   ``sum_i w_i g_i``.

@@ -7,8 +7,8 @@ linear system (or, for CAGrad, a scalar quadratic), all faces are solved at
 once with ``vmap``, infeasible candidates are discarded and the feasible one
 with the lowest objective is returned. The optimum lies in the relative
 interior of some face, where it satisfies that face's stationarity equations,
-so it is among the candidates. ``pinv`` keeps singular faces (duplicate
-gradients) usable. Cost: ``2^T`` solves of at most ``T x T`` -- nothing for
+so it is among the candidates. Pseudo-inverses keep singular faces (duplicate
+or opposite gradients) usable. Cost: ``2^T`` solves of at most ``T x T`` -- nothing for
 T <= 8; larger T should use an iterative solver (``mgda(solver=
 "frank_wolfe")``).
 """
@@ -47,24 +47,46 @@ def _tol(a):
 def simplex_min_norm(a: jax.Array) -> jax.Array:
   """``argmin_{x in simplex} x^T A x`` (MGDA's min-norm point weights), exact.
 
-  On face ``S``: ``A_SS x_S = mu 1``, ``1^T x_S = 1`` =>
-  ``x_S = A_SS^+ 1 / (1^T A_SS^+ 1)``.
+  On face ``S`` the KKT conditions are the bordered (saddle-point) system
+  ``[[A_SS, 1], [1^T, 0]] [x_S; -mu] = [0; 1]``, solved with a symmetric
+  pseudo-inverse; coordinates outside ``S`` are pinned to 0 by identity rows.
+  Why the bordered system and not ``x_S = A_SS^+ 1 / (1^T A_SS^+ 1)``: the
+  latter divides by ``1^T A_SS^+ 1``, which is 0 exactly when the face holds
+  the origin (``g, -g``: ``1`` lies in the null space of ``A_SS``) and is
+  garbage when ``A_SS`` is nearly singular in float32 (``g, -g + 1e-3 h``:
+  pinv's cutoff drops the very eigenvalue the answer lives on), so the
+  optimal face was rejected and a vertex (``|d| = |g|``) returned. The
+  bordered matrix is singular only along directions in which the objective is
+  flat on the face (duplicate gradients), where any pinv solution is optimal;
+  its conditioning is that of the differences ``g_i - g_j``, not of ``A``.
+
+  Every candidate is clipped to ``x >= 0`` and renormalised, so each one is a
+  feasible point and the lowest objective among them is returned: no
+  feasibility threshold can reject the optimum. ``A`` is first divided by its
+  largest diagonal entry (the weights do not depend on the scale of ``A``).
+  If several faces' objectives tie within float32 rounding of ``A`` (about
+  ``eps * max ||g_i||^2``), the chosen point's ``d`` is within
+  ``sqrt(eps) * max ||g_i||`` of the optimum (``||d - d*||^2 <= ||d||^2 -
+  ||d*||^2`` on the convex hull); otherwise it is float32-exact.
   """
-  masks = supports(a.shape[0])
+  t = a.shape[0]
+  top = jnp.max(jnp.diag(a))
+  a = a / jnp.where(top > 0, top, 1.0)
+  masks = supports(t)
+  rhs = jnp.zeros((t + 1,), a.dtype).at[t].set(1.0)
 
   def face(m):
-    p, mf = _masked_pinv(a, m)
-    y = p @ mf
-    s = mf @ y
-    x = jnp.where(s > 0, y / jnp.where(s > 0, s, 1.0), 0.0) * mf
-    single = jnp.sum(mf) == 1
-    x = jnp.where(single, mf, x)
-    ok = single | ((s > 0) & jnp.all(x >= -_tol(a)))
-    return x, x @ a @ x, ok
+    mf = m.astype(a.dtype)
+    k = jnp.zeros((t + 1, t + 1), a.dtype)
+    k = k.at[:t, :t].set(a * mf[:, None] * mf[None, :] + jnp.diag(1.0 - mf))
+    k = k.at[:t, t].set(mf).at[t, :t].set(mf)
+    x = jnp.maximum((jnp.linalg.pinv(k, hermitian=True) @ rhs)[:t] * mf, 0.0)
+    s = jnp.sum(x)
+    x = x / jnp.where(s > 0, s, 1.0)
+    return x, x @ a @ x, s > 0
 
   xs, objs, ok = jax.vmap(face)(masks)
-  x = jnp.maximum(_pick(xs, objs, ok), 0.0)
-  return x / jnp.sum(x)
+  return _pick(xs, objs, ok)
 
 
 def cagrad_dual(a: jax.Array, rho: jax.Array, eps: float) -> jax.Array:
@@ -125,6 +147,49 @@ def dual_cone_weights(a: jax.Array, u: jax.Array) -> jax.Array:
 
   vs, objs, ok = jax.vmap(face)(masks)
   return jnp.maximum(_pick(vs, objs, ok), u)
+
+
+def _psd_pinv(a: jax.Array):
+  """Eigen-decomposition pseudo-inverse of a symmetric PSD ``a`` with a cutoff of
+  ``T * eps * lambda_max`` (pinv's default); returns ``(a^+, null basis columns)``."""
+  lam, v = jnp.linalg.eigh(a)
+  keep = lam > a.shape[0] * jnp.finfo(a.dtype).eps * jnp.maximum(jnp.max(lam), 0.0)
+  inv = jnp.where(keep, 1.0 / jnp.where(keep, lam, 1.0), 0.0)
+  return (v * inv[None, :]) @ v.T, v * (~keep)[None, :]
+
+
+def imtl_g_weights(a: jax.Array) -> jax.Array:
+  """IMTL-G weights ``w = A^+ n / sum(A^+ n)`` (``n_i = ||g_i||``), exact in float32.
+
+  Why not ``pinv(A) @ n``: ``A``'s eigenvalues span the squared norm ratios
+  of the tasks, and float32 pinv drops every one below ``~1e-6 lambda_max``
+  (norms 1e3 apart: ``[e1, 1e-3 e2]`` gave ``|d| = 1`` instead of 1.41e-3).
+  With ``A = N C N`` (``N = diag(n)``, ``C`` the cosine matrix, as the paper's
+  unit vectors ``u_i = g_i / n_i``), ``A w = n`` is ``C (N w) = 1``: only
+  ``C``'s conditioning (the angles) matters, and ``C`` has a unit diagonal.
+  ``y = C^+ 1`` gives ``w = N^-1 y`` up to a null vector of ``A``; that null
+  component is then removed (``w`` orthogonal to ``null(A) = N^-1 null(C)``),
+  which is what ``A^+ n`` returns (torchjd's ``IMTLG``) when the gradients are
+  linearly dependent. Zero gradients get weight 0. When ``1`` has no component
+  in ``range(C)`` (``g, -g``) there is no combination with equal positive
+  projections: weights 0, as torchjd.
+  """
+  n = jnp.sqrt(jnp.maximum(jnp.diag(a), 0.0))
+  live = n > 0
+  inv_n = jnp.where(live, 1.0 / jnp.where(live, n, 1.0), 0.0)
+  c = a * inv_n[:, None] * inv_n[None, :]
+  c_pinv, z = _psd_pinv(c)
+  ones = live.astype(a.dtype)
+  y = c_pinv @ ones
+  w = y * inv_n
+  # Remove the null(A) component: null(A) is spanned by N^-1 z (zero tasks: e_i).
+  nb = z * jnp.where(live, inv_n, 1.0)[:, None]
+  nb = nb / jnp.maximum(jnp.linalg.norm(nb, axis=0, keepdims=True), jnp.finfo(a.dtype).tiny)
+  w = w - nb @ (jnp.linalg.pinv(nb.T @ nb, hermitian=True) @ (nb.T @ w))
+  s = jnp.sum(w)
+  solvable = jnp.linalg.norm(c @ y) > jnp.sqrt(jnp.finfo(a.dtype).eps) * jnp.sqrt(jnp.sum(ones))
+  ok = solvable & (jnp.abs(s) > 0)
+  return jnp.where(ok, w / jnp.where(ok, s, 1.0), 0.0)
 
 
 # ----------------------------------------------------------------------------

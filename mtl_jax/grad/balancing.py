@@ -18,9 +18,11 @@ def imtl_g(num_tasks: Optional[int] = None) -> optax.GradientTransformation:
   (closed form of IMTL-G). Finds ``d = sum_i w_i g_i``, ``sum_i w_i = 1``, with
   ``d . u_i`` equal for all unit vectors ``u_i = g_i / ||g_i||``; on the Gram
   matrix this is ``w ∝ A^+ n`` (``n_i = ||g_i||``), the form of torchjd's
-  ``IMTLG`` that also handles linearly dependent gradients (weights 0 if
-  ``|sum(A^+ n)| < 1e-12``). The loss-scale part (IMTL-L) needs the losses and
-  is not included.
+  ``IMTLG`` that also handles linearly dependent gradients (weights 0 when no
+  combination has equal projections, e.g. ``g, -g``). Solved on the cosine
+  matrix (the paper's unit vectors), so that tasks whose norms differ by
+  orders of magnitude stay exact in float32 (:func:`_solvers.imtl_g_weights`).
+  The loss-scale part (IMTL-L) needs the losses and is not included.
 
   Args:
     num_tasks: if given, the state keeps ``task_weights`` [T].
@@ -33,10 +35,7 @@ def imtl_g(num_tasks: Optional[int] = None) -> optax.GradientTransformation:
   """
   def weights_fn(a, key):
     del key
-    n = jnp.sqrt(jnp.maximum(jnp.diag(a), 0.0))
-    v = jnp.linalg.pinv(a) @ n
-    s = jnp.sum(v)
-    return jnp.where(jnp.abs(s) < 1e-12, 0.0, v / jnp.where(s == 0, 1.0, s)), {}
+    return _solvers.imtl_g_weights(a), {}
 
   return _base.weighting_transform(weights_fn, name="imtl_g", num_tasks=num_tasks)
 
@@ -123,10 +122,17 @@ def nash_mtl(num_tasks: int, max_norm: float = 0.0,
 
   Args:
     num_tasks: T (the state keeps the last ``alpha`` [T]).
-    max_norm: if > 0, ``alpha`` is scaled so that ``||d|| <= max_norm``
-      (torchjd's ``NashMTL`` default is 1.0; the original code's
-      ``clip_grad_norm_`` ran before ``backward`` and had no effect). Default 0:
-      no clipping -- use ``optax.clip_by_global_norm`` in the chain if wanted.
+    max_norm: if > 0, ``alpha`` is scaled so that ``||d|| <= max_norm``.
+      The original code (AvivNavon/nash-mtl, ``max_norm=1.0``) and LibMTL's
+      ``Nash_MTL`` call ``clip_grad_norm_(shared parameters, max_norm)`` AFTER
+      ``backward``, so their update is clipped to norm 1; torchjd's ``NashMTL``
+      clips ``d`` the same way (default 1.0). Default here 0 (no clipping),
+      because the trainer already clips: ``train.grad_clip`` (default 1.0) is
+      ``optax.clip_by_global_norm`` right after the method, which reproduces
+      the original when every trainable leaf is shared, and otherwise clips
+      the heads' gradients too. ``max_norm=1.0`` (``grad.kwargs.max_norm``)
+      clips exactly what the original clips: the method's output, which under
+      :func:`shared_only` is the shared parameters' update.
     update_weights_every: solve only every this many steps, reusing ``alpha``
       otherwise (paper's speed-up).
     iters: Newton iterations.
