@@ -10,6 +10,7 @@ Where the cache lives, in order:
   `JAX_COMPILATION_CACHE_DIR=DIR`                   JAX's own variable, honoured as it is;
   `MTL_JAX_COMPILATION_CACHE=DIR`                   that directory;
   otherwise                                         `$XDG_CACHE_HOME/mtl_jax/xla` (~/.cache/...).
+A CPU job of several processes (jax.distributed over gloo) runs without it.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ def enable() -> str | None:
   the small eager ops are not worth a file). Returns the directory, or None when off.
   """
   path = cache_dir()
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    # Gloo gives the first cross-process collective 30 s: processes that find different
+    # entries in the cache would reach it minutes apart.
+    path = None
   if path is None:
     jax.config.update("jax_enable_compilation_cache", False)
     return None
