@@ -12,7 +12,7 @@ import ml_collections
 
 from mtl_jax import grad as mtlgrad
 from mtl_jax import parallel
-from mtl_jax.data import schedules
+from mtl_jax.data import packing, schedules
 from mtl_jax.data.files import TASKS
 from mtl_jax.models import adapters, multitask, task_layers
 from mtl_jax.models import heads as heads_lib
@@ -98,6 +98,19 @@ def train_schedule(config: ml_collections.ConfigDict, sizes: tuple[int, ...],
                         t.seqs_per_task, t.steps, config.seed, t.length_grouping, batch_examples)
 
 
+def packs(config: ml_collections.ConfigDict) -> bool:
+  """config.train.packing (absent in configs saved before it existed: unpacked)."""
+  return bool(config.train.get("packing", _ABSENT_MEANS["train.packing"]))
+
+
+def pack_plan(config: ml_collections.ConfigDict, devices: int = 1) -> packing.PackPlan | None:
+  """How train and eval batches are packed over `devices` data-parallel devices; None when
+  config.train.packing is off."""
+  if not packs(config):
+    return None
+  return packing.PackPlan(packing.row_lengths(tuple(config.train.length_buckets)), devices)
+
+
 def _validate_schedule(config: ml_collections.ConfigDict) -> None:
   """The schedule name, the epoch caps, and a grad method that works with one task a step."""
   kind = _schedule_kind(config)
@@ -150,6 +163,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{sharding!r} is not one of {parallel.PARAM_SHARDINGS}")
   for key in ("log_every", "eval_every", "checkpoint_every", "length_grouping"):
     _check(t[key] >= 0, f"train.{key}", "must be >= 0")
+  _check(isinstance(t.get("packing", False), bool), "train.packing",
+         f"must be True or False, got {t.get('packing')!r}")
   patience = t.get("early_stopping_patience", 0)  # Absent in configs saved before it existed.
   _check(patience >= 0, "train.early_stopping_patience", "must be >= 0")
   _check(patience == 0 or t.eval_every > 0, "train.early_stopping_patience",
@@ -193,11 +208,12 @@ RESUME_MUST_MATCH = (
     "seed", "data_dir", "data_limit", "strict_data", "model", "adapter", "grad", "heads",
     "train.steps", "train.seqs_per_task", "train.length_buckets", "train.length_grouping",
     "train.learning_rate", "train.warmup_fraction", "train.weight_decay", "train.grad_clip",
-    "train.loss_weighting", "train.schedule", "train.epoch_examples",
+    "train.loss_weighting", "train.schedule", "train.epoch_examples", "train.packing",
 )
 
 # Values of keys added after some workdirs were written: absent in an old config.json = this.
 _ABSENT_MEANS = {"train.loss_weighting": "none", "train.schedule": "all_tasks",
+                 "train.packing": False,
                  **{f"train.epoch_examples.{task}": 0 for task in TASKS},
                  "adapter.task_layers": "none", "adapter.task_layer_size": 0,
                  **{f"heads.{f.name}": f.default for f in dataclasses.fields(heads_lib.HeadSpec)}}
@@ -233,6 +249,24 @@ def resume_mismatches(saved: dict, config: ml_collections.ConfigDict) -> list[tu
     if a != b:
       out.append((key, a, b))
   return out
+
+
+# Keys whose absence in a saved config.json means a value other than today's default: a run
+# resumed from such a workdir keeps the saved meaning (it continues as it was trained).
+KEEP_ON_RESUME = ("train.packing",)
+
+
+def adopt_saved(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """Sets each KEEP_ON_RESUME key that `saved` (a workdir's config.json) lacks to what its
+  absence means, in place; returns "key=value" of those changed (to log)."""
+  flat, changed = _flatten(saved), []
+  for key in KEEP_ON_RESUME:
+    section, name = key.split(".")
+    value = _ABSENT_MEANS[key]
+    if key not in flat and config[section].get(name, value) != value:
+      config[section][name] = value
+      changed.append(f"{key}={value!r}")
+  return changed
 
 
 def check_resume(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:
