@@ -251,19 +251,24 @@ def resume_mismatches(saved: dict, config: ml_collections.ConfigDict) -> list[tu
   return out
 
 
-# Keys whose absence in a saved config.json means a value other than today's default: a run
-# resumed from such a workdir keeps the saved meaning (it continues as it was trained).
-KEEP_ON_RESUME = ("train.packing",)
+# A workdir written before train.packing existed resumes as it was trained: unpacked (what
+# the key's absence means, although today's default packs), and with its saved values of
+# these keys, whose defaults changed with packing.
+_PRE_PACKING_KEEPS = ("train.length_grouping",)
 
 
 def adopt_saved(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
-  """Sets each KEEP_ON_RESUME key that `saved` (a workdir's config.json) lacks to what its
-  absence means, in place; returns "key=value" of those changed (to log)."""
+  """For a `saved` config.json of a run written before train.packing existed: sets, in
+  place, train.packing to False and the _PRE_PACKING_KEEPS keys to their saved values, and
+  returns "key=value" of those it changed (to log). Other runs: changes nothing."""
   flat, changed = _flatten(saved), []
-  for key in KEEP_ON_RESUME:
+  if "train.packing" in flat:
+    return changed
+  wanted = {"train.packing": _ABSENT_MEANS["train.packing"],
+            **{k: flat[k] for k in _PRE_PACKING_KEEPS if k in flat}}
+  for key, value in wanted.items():
     section, name = key.split(".")
-    value = _ABSENT_MEANS[key]
-    if key not in flat and config[section].get(name, value) != value:
+    if name in config[section] and config[section][name] != value:
       config[section][name] = value
       changed.append(f"{key}={value!r}")
   return changed

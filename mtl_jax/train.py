@@ -143,8 +143,8 @@ def _check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> 
         with open(config_path) as f:
           saved = json.load(f)
         for change in specs.adopt_saved(saved, config):
-          logging.warning("%s was trained before config.%s existed: resuming it with %s",
-                          workdir, change.split("=")[0], change)
+          logging.warning("%s was trained before config.train.packing existed: resuming it "
+                          "as it was trained, with %s", workdir, change)
         specs.check_resume(saved, config, workdir)
       else:
         logging.warning("%s holds checkpoints but no config.json: cannot check that they "

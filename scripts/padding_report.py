@@ -7,7 +7,8 @@ training: builds every step's batch from the real data exactly as the trainer do
 Prints, for the unpacked and the packed layout: real and computed tokens over the run's
 train.steps steps, the padding share, and each distinct batch shape [T, rows, L] with its
 number of steps (XLA compiles one train step per shape). Also the floor any layout with one
-row count for all tasks has: the step's tokens if every task had as many as its largest.
+row count for all tasks has: the step's tokens if every task had as many as its largest;
+and the same counts for the evaluation batches of the dev sets.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "A con
 
 def report(config, devices: int = 1) -> dict:
   """{layout: (real tokens, computed tokens, Counter of batch shapes)} over the run's steps,
-  layouts "unpacked", "packed" and "floor" (computed = T x the largest task's tokens)."""
-  data = load_data(config, hf_io.load_tokenizer(config.model.path))["train"]
+  layouts "unpacked", "packed" and "floor" (computed = T x the largest task's tokens); and
+  "dev unpacked", "dev packed": the evaluation batches of the dev sets."""
+  splits = load_data(config, hf_io.load_tokenizer(config.model.path))
+  data = splits["train"]
   buckets = tuple(config.train.length_buckets)
   schedule = specs.train_schedule(
       config, tuple(len(d) for d in data),
@@ -52,6 +55,13 @@ def report(config, devices: int = 1) -> dict:
       out[name][1] += computed
       if shape is not None:
         out[name][2][tuple(shape)] += 1
+  for name, layout in (("dev unpacked", None), ("dev packed", plan)):  # Evaluation batches.
+    out[name] = [0, 0, collections.Counter()]
+    for d in splits["dev"]:
+      for _, batch in batching.eval_batches(d, config.eval.seqs_per_batch, buckets, layout):
+        out[name][0] += int(batch["attention_mask"].sum())
+        out[name][1] += batch["attention_mask"].size
+        out[name][2][tuple(batch["input_ids"].shape)] += 1
   return out
 
 
@@ -60,11 +70,11 @@ def main(argv):
   config = _CONFIG.value
   specs.validate(config)
   for name, (real, computed, shapes) in report(config).items():
-    print(f"{name:9s} {real:,} real of {computed:,} computed tokens: "
+    print(f"{name:12s} {real:,} real of {computed:,} computed tokens: "
           f"{100 * (1 - real / computed):.1f}% padding"
           + (f"; {len(shapes)} shapes" if shapes else ""))
     for shape, n in sorted(shapes.items()):
-      print(f"    {list(shape)}: {n} steps")
+      print(f"    {list(shape)}: {n} {'batches' if name.startswith('dev') else 'steps'}")
 
 
 if __name__ == "__main__":

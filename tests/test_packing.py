@@ -55,6 +55,7 @@ def _datasets(seed: int = 0, cross: bool = False) -> list[Encoded]:
   return [_encoded(t, rng, 40, cross=cross) for t in ("sst", "quora", "sts")]
 
 
+@functools.lru_cache(maxsize=None)  # Building is the slow part; the tests share models.
 def _model(tiny_bert_dir, pooling="mean", head_spec=heads.HeadSpec(), mode="lora",
            task_layer_kind=None, dtype="float32", dropout=0.0):
   lora = (adapters.LoraConfig(kind=mode, rank=4, alpha=8.0, dropout=dropout)
@@ -65,10 +66,9 @@ def _model(tiny_bert_dir, pooling="mean", head_spec=heads.HeadSpec(), mode="lora
   model = model.clone(config=dataclasses.replace(model.config, hidden_dropout=dropout,
                                                  attention_dropout=dropout))
   # Perturb every leaf so adapters (B = 0 at init), task layers and heads all matter.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.05 * jax.random.normal(k, x.shape, x.dtype)
-                                     for x, k in zip(leaves, keys)])
+  rng = np.random.default_rng(1)  # numpy: no per-shape compilation of an eager op.
+  params = jax.tree.map(lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(
+      np.float32), params)
   return model, params
 
 
@@ -320,9 +320,12 @@ def test_an_old_config_without_the_key_resumes_unpacked():
   config = default.get_config()
   saved = json.loads(config.to_json_best_effort())
   del saved["train"]["packing"]
-  assert specs.resume_mismatches(saved, config) == [("train.packing", False, True)]
-  assert specs.adopt_saved(saved, config) == ["train.packing=False"]
+  saved["train"]["length_grouping"] = 32  # That run's default.
+  assert specs.resume_mismatches(saved, config) == [("train.length_grouping", 32, 0),
+                                                    ("train.packing", False, True)]
+  assert specs.adopt_saved(saved, config) == ["train.packing=False", "train.length_grouping=32"]
   assert config.train.packing is False and specs.pack_plan(config) is None
+  assert config.train.length_grouping == 32
   specs.check_resume(saved, config, "w")  # No longer a mismatch.
   # A saved run that packed keeps packing; one that did not keeps not: no adoption.
   assert specs.adopt_saved(json.loads(config.to_json_best_effort()), config) == []
@@ -338,7 +341,7 @@ def test_old_workdir_resumes_unpacked_as_before(tiny_bert_dir, tmp_path, monkeyp
     config = tiny_config(tiny_bert_dir, steps=2, checkpoint_every=1, length_buckets=(32,), **kw)
     config.eval.write_predictions = False
     return config
-  unpacked = lambda: tiny(packing=False)
+  unpacked = lambda: tiny(packing=False, length_grouping=32)  # Defaults before packing.
   train.train_and_evaluate(unpacked(), straight)
   real_train_batch = batching.train_batch
   monkeypatch.setattr(batching, "train_batch", interrupting_at(1, real_train_batch))
@@ -352,10 +355,11 @@ def test_old_workdir_resumes_unpacked_as_before(tiny_bert_dir, tmp_path, monkeyp
   with open(path, "w") as f:
     json.dump(saved, f)
   config = tiny()
-  assert config.train.packing is True
-  train.train_and_evaluate(config, old)  # No refusal: resumes unpacked.
+  assert config.train.packing is True and config.train.length_grouping == 0
+  train.train_and_evaluate(config, old)  # No refusal: resumes unpacked, grouped.
   with open(path) as f:
-    assert json.load(f)["train"]["packing"] is False
+    rewritten = json.load(f)["train"]
+  assert rewritten["packing"] is False and rewritten["length_grouping"] == 32
   assert_same_run(unpacked(), straight, old, 2)
   with open(os.path.join(old, "results.json")) as f:
     results = json.load(f)
