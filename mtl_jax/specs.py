@@ -103,12 +103,16 @@ def packs(config: ml_collections.ConfigDict) -> bool:
   return bool(config.train.get("packing", _ABSENT_MEANS["train.packing"]))
 
 
-def pack_plan(config: ml_collections.ConfigDict, devices: int = 1) -> packing.PackPlan | None:
-  """How train and eval batches are packed over `devices` data-parallel devices; None when
-  config.train.packing is off."""
+def pack_plan(config: ml_collections.ConfigDict, devices: int = 1,
+              for_eval: bool = False) -> packing.PackPlan | None:
+  """How train (or, `for_eval`, evaluation) batches are packed over `devices` data-parallel
+  devices; None when config.train.packing is off. Evaluation packs into the longest rows
+  only: its length-sorted batches would otherwise take ~20 shapes (compilations) where one
+  row length takes 9 (13% padding on the dev sets instead of 9%; unpacked: 39%)."""
   if not packs(config):
     return None
-  return packing.PackPlan(packing.row_lengths(tuple(config.train.length_buckets)), devices)
+  lengths = packing.row_lengths(tuple(config.train.length_buckets))
+  return packing.PackPlan(lengths[-1:] if for_eval else lengths, devices)
 
 
 def _validate_schedule(config: ml_collections.ConfigDict) -> None:

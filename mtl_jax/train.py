@@ -176,6 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data = load_data(config, tokenizer)
   buckets = tuple(config.train.length_buckets)
   plan = specs.pack_plan(config, mesh.size)  # None: unpacked [T, S, L] batches.
+  eval_plan = specs.pack_plan(config, mesh.size, for_eval=True)
   schedule = specs.train_schedule(
       config, tuple(len(d) for d in data["train"]),
       tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in data["train"]))
@@ -197,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def run_eval() -> tuple[dict, dict]:
     return evaluate(predict_fn, multitask.merge(state.trainable, frozen), data["dev"],
-                    config.eval.seqs_per_batch, buckets, plan)
+                    config.eval.seqs_per_batch, buckets, eval_plan)
 
   # --- Checkpoint
   ckpt = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints,
@@ -298,7 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   params = multitask.merge(state.trainable, frozen)
   if config.eval.write_predictions:  # Every process predicts: it is one SPMD program.
     splits = [(d, dev_preds[d.task]) for d in data["dev"]] + [
-        (d, predict_split(predict_fn, params, d, config.eval.seqs_per_batch, buckets, plan))
+        (d, predict_split(predict_fn, params, d, config.eval.seqs_per_batch, buckets,
+                          eval_plan))
         for d in data["test"]]
     if primary:
       for d, preds in splits:

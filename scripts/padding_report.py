@@ -55,7 +55,8 @@ def report(config, devices: int = 1) -> dict:
       out[name][1] += computed
       if shape is not None:
         out[name][2][tuple(shape)] += 1
-  for name, layout in (("dev unpacked", None), ("dev packed", plan)):  # Evaluation batches.
+  eval_plan = packing.PackPlan(plan.lengths[-1:], devices)  # As specs.pack_plan(for_eval=True).
+  for name, layout in (("dev unpacked", None), ("dev packed", eval_plan)):  # Evaluation.
     out[name] = [0, 0, collections.Counter()]
     for d in splits["dev"]:
       for _, batch in batching.eval_batches(d, config.eval.seqs_per_batch, buckets, layout):

@@ -308,6 +308,8 @@ def test_eval_batches_pack_and_predict_the_same(tiny_bert_dir):
 def test_packing_is_on_by_default_and_off_by_one_key():
   config = default.get_config()
   assert config.train.packing is True and specs.pack_plan(config, 2).devices == 2
+  assert specs.pack_plan(config).lengths == (64, 96, 128)
+  assert specs.pack_plan(config, for_eval=True).lengths == (128,)
   config.train.packing = False
   assert specs.pack_plan(config) is None
   saved = json.loads(config.to_json_best_effort())
