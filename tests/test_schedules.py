@@ -297,7 +297,8 @@ def test_train_schedule_from_config():
   config = _config(**{"train.schedule": "sqrt", "train.epoch_examples.quora": 20_000,
                       "train.steps": 5000, "seed": 3})
   s = specs.train_schedule(config, (8544, 141_000, 6040))
-  assert s == schedules.Schedule("sqrt", (8544, 20_000, 6040), 64, 5000, 3, 32)
+  assert s == schedules.Schedule("sqrt", (8544, 20_000, 6040), 64, 5000, 3,
+                                 config.train.length_grouping)
   saved = json.loads(_config().to_json_best_effort())  # Written before the keys existed:
   del saved["train"]["schedule"], saved["train"]["epoch_examples"]
   old = ml_collections.ConfigDict(saved)

@@ -11,7 +11,8 @@ heads, labels and weights see exactly the unpacked layout).
 
 The plan (`PackPlan`) keeps the shapes few and static, because XLA compiles one step per
 shape and every task of a step must share it (the [T, R, L] stack that `vmap` runs over):
-  L  the smallest of `plan.lengths` that fits the step's longest sequence;
+  L  of the `plan.lengths` that fit the step's longest sequence, the one whose R (below)
+     computes the fewest tokens R * L;
   R  the most rows any task needs (first-fit decreasing), rounded up to the next value of a
      ladder of row counts that are multiples of 4 (4, 8, ..., 32, then multiples of 8 up
      to 64, of 16 up to 128, ...), and to a multiple of the device count, so the rows split
