@@ -42,7 +42,7 @@ def test_four_devices_match_one_device(tiny_bert_dir, tmp_path):
   assert g["grads_4_vs_1"] < 1e-5 and g["update_4_vs_1"] < 1e-5
   # Counter-example: per-device gradients average to the global ones, but projecting them
   # per device and averaging afterwards is another algorithm (PCGrad is not linear).
-  # Packed rows split over the devices: the unpacked 1-device gradients and update.
+  # Packed rows split over the devices: the packed batch's 1-device gradients and update.
   assert g["packed_grads_vs_1"] < 1e-5 and g["packed_update_vs_1"] < 1e-5
   rows = g["packed_shards"][0][1]
   assert g["packed_shards"] == [[3, rows, 32]] * 4 and 4 * rows <= 8
