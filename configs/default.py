@@ -59,7 +59,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.steps = 300
   config.train.seqs_per_task = 64  # Sequences per task per step: 64 SST sentences, 32 pairs.
   config.train.length_buckets = (16, 32, 48, 64, 96, 128)
-  config.train.length_grouping = 32  # Sort each task's next N batches by length; 0 = off.
+  # Sort each task's next N batches by length; 0 = off. Packed, off is cheaper: a step's
+  # sequences of mixed lengths pack tightly into few shapes (docs/packing.md); unpacked, 32
+  # cuts the padding share from 72% to 46%.
+  config.train.length_grouping = 0
+  # Several sequences per row, attention block-diagonal per sequence (exact; docs/packing.md).
+  config.train.packing = True
   # Which tasks a step trains (mtl_jax/data/schedules.py): all_tasks (one batch of each) |
   # one task: proportional | sqrt | annealed | sequential | round_robin (grad.method sum or fixed).
   config.train.schedule = "all_tasks"

@@ -11,6 +11,7 @@ from mtl_jax import metrics as metrics_lib
 from mtl_jax import predictions as predictions_lib
 from mtl_jax.data.batching import Encoded, eval_batches
 from mtl_jax.data.files import TASKS
+from mtl_jax.models import multitask
 from mtl_jax.models.multitask import MultitaskModel
 
 
@@ -19,8 +20,7 @@ def make_predict_fn(model: MultitaskModel):
   task id, used only by task-specific encoder layers, is traced)."""
   @jax.jit
   def predict(params, batch, task):
-    return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                       batch["token_type_ids"], task=task)
+    return multitask.apply(model, params, batch, task=task)
   return predict
 
 
@@ -34,11 +34,12 @@ def to_prediction(task: str, output: np.ndarray) -> np.ndarray:
 
 
 def predict_split(predict_fn, params, data: Encoded, seqs_per_batch: int,
-                  buckets: tuple[int, ...]) -> np.ndarray:
-  """Predictions for every example of a split, in the split's order."""
+                  buckets: tuple[int, ...], plan=None) -> np.ndarray:
+  """Predictions for every example of a split, in the split's order; with `plan`
+  (`mtl_jax.data.packing.PackPlan`) from packed batches."""
   preds = None
   task = np.int32(TASKS.index(data.task))
-  for idx, batch in eval_batches(data, seqs_per_batch, buckets):
+  for idx, batch in eval_batches(data, seqs_per_batch, buckets, plan):
     out = np.asarray(predict_fn(params, batch, task)[data.task])[:len(idx)]
     p = to_prediction(data.task, out)
     if preds is None:
@@ -48,11 +49,11 @@ def predict_split(predict_fn, params, data: Encoded, seqs_per_batch: int,
 
 
 def evaluate(predict_fn, params, dev: list[Encoded], seqs_per_batch: int,
-             buckets: tuple[int, ...]) -> tuple[dict, dict]:
+             buckets: tuple[int, ...], plan=None) -> tuple[dict, dict]:
   """(flat metrics incl. 'overall', {task: predictions}) on the dev splits."""
   results, preds = {}, {}
   for data in dev:
-    preds[data.task] = predict_split(predict_fn, params, data, seqs_per_batch, buckets)
+    preds[data.task] = predict_split(predict_fn, params, data, seqs_per_batch, buckets, plan)
     for name, value in metrics_lib.evaluate_task(data.task, preds[data.task], data.labels)[
         data.task].items():
       results[f"{data.task}/{name}"] = float(value)

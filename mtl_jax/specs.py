@@ -14,7 +14,7 @@ import ml_collections
 
 from mtl_jax import grad as mtlgrad
 from mtl_jax import parallel
-from mtl_jax.data import schedules
+from mtl_jax.data import packing, schedules
 from mtl_jax.data.files import TASKS
 from mtl_jax.models import adapters, hf_io, multitask, task_layers
 from mtl_jax.models import heads as heads_lib
@@ -123,6 +123,23 @@ def train_schedule(config: ml_collections.ConfigDict, sizes: tuple[int, ...],
                         t.seqs_per_task, t.steps, config.seed, t.length_grouping, batch_examples)
 
 
+def packs(config: ml_collections.ConfigDict) -> bool:
+  """config.train.packing (absent in configs saved before it existed: unpacked)."""
+  return bool(config.train.get("packing", _ABSENT_MEANS["train.packing"]))
+
+
+def pack_plan(config: ml_collections.ConfigDict, devices: int = 1,
+              for_eval: bool = False) -> packing.PackPlan | None:
+  """How train (or, `for_eval`, evaluation) batches are packed over `devices` data-parallel
+  devices; None when config.train.packing is off. Evaluation packs into the longest rows
+  only: its length-sorted batches would otherwise take ~20 shapes (compilations) where one
+  row length takes 9 (13% padding on the dev sets instead of 9%; unpacked: 39%)."""
+  if not packs(config):
+    return None
+  lengths = packing.row_lengths(tuple(config.train.length_buckets))
+  return packing.PackPlan(lengths[-1:] if for_eval else lengths, devices)
+
+
 def _validate_schedule(config: ml_collections.ConfigDict) -> None:
   """The schedule name, the epoch caps, and a grad method that works with one task a step."""
   kind = _schedule_kind(config)
@@ -176,6 +193,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
          f"{sharding!r} is not one of {parallel.PARAM_SHARDINGS}")
   for key in ("log_every", "eval_every", "checkpoint_every", "length_grouping"):
     _check(t[key] >= 0, f"train.{key}", "must be >= 0")
+  _check(isinstance(t.get("packing", False), bool), "train.packing",
+         f"must be True or False, got {t.get('packing')!r}")
   patience = t.get("early_stopping_patience", 0)  # Absent in configs saved before it existed.
   _check(patience >= 0, "train.early_stopping_patience", "must be >= 0")
   _check(patience == 0 or t.eval_every > 0, "train.early_stopping_patience",
@@ -241,11 +260,12 @@ RESUME_MUST_MATCH = (
     "seed", "data_dir", "data_limit", "strict_data", "model", "adapter", "grad", "heads",
     "train.steps", "train.seqs_per_task", "train.length_buckets", "train.length_grouping",
     "train.learning_rate", "train.warmup_fraction", "train.weight_decay", "train.grad_clip",
-    "train.loss_weighting", "train.schedule", "train.epoch_examples",
+    "train.loss_weighting", "train.schedule", "train.epoch_examples", "train.packing",
 )
 
 # Values of keys added after some workdirs were written: absent in an old config.json = this.
 _ABSENT_MEANS = {"train.loss_weighting": "none", "train.schedule": "all_tasks",
+                 "train.packing": False,
                  **{f"train.epoch_examples.{task}": 0 for task in TASKS},
                  "adapter.task_layers": "none", "adapter.task_layer_size": 0,
                  **{f"heads.{f.name}": f.default for f in dataclasses.fields(heads_lib.HeadSpec)}}
@@ -281,6 +301,29 @@ def resume_mismatches(saved: dict, config: ml_collections.ConfigDict) -> list[tu
     if a != b:
       out.append((key, a, b))
   return out
+
+
+# A workdir written before train.packing existed resumes as it was trained: unpacked (what
+# the key's absence means, although today's default packs), and with its saved values of
+# these keys, whose defaults changed with packing.
+_PRE_PACKING_KEEPS = ("train.length_grouping",)
+
+
+def adopt_saved(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """For a `saved` config.json of a run written before train.packing existed: sets, in
+  place, train.packing to False and the _PRE_PACKING_KEEPS keys to their saved values, and
+  returns "key=value" of those it changed (to log). Other runs: changes nothing."""
+  flat, changed = _flatten(saved), []
+  if "train.packing" in flat:
+    return changed
+  wanted = {"train.packing": _ABSENT_MEANS["train.packing"],
+            **{k: flat[k] for k in _PRE_PACKING_KEEPS if k in flat}}
+  for key, value in wanted.items():
+    section, name = key.split(".")
+    if name in config[section] and config[section][name] != value:
+      config[section][name] = value
+      changed.append(f"{key}={value!r}")
+  return changed
 
 
 def check_resume(saved: dict, config: ml_collections.ConfigDict, workdir: str) -> None:

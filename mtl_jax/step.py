@@ -86,9 +86,8 @@ def _make_losses(model: multitask.MultitaskModel):
     weighting = trainable.get(LOSS_WEIGHTING_KEY)
     params = multitask.merge(
         {k: v for k, v in trainable.items() if k != LOSS_WEIGHTING_KEY}, frozen)
-    outputs = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                          batch["token_type_ids"], deterministic=False, task=task,
-                          rngs={"dropout": key})
+    outputs = multitask.apply(model, params, batch, deterministic=False, task=task,
+                              rngs={"dropout": key})
     raw = task_loss(outputs, batch["labels"], batch["weights"], task)
     if weighting is None:
       return raw, raw

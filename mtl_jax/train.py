@@ -23,7 +23,7 @@ from absl import logging
 from mtl_jax import grad as mtlgrad
 from mtl_jax import checkpoint, interrupts, parallel, specs, stats, workdir_lock, xla_options
 from mtl_jax.checkpoint import Checkpointer
-from mtl_jax.data import batching, files, schedules
+from mtl_jax.data import batching, files, packing, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
 from mtl_jax.metrics_log import MetricsLog
 from mtl_jax.models import hf_io, multitask
@@ -141,7 +141,11 @@ def _check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> 
     if ckpt.latest_step() is not None:
       if os.path.isfile(config_path):
         with open(config_path) as f:
-          specs.check_resume(json.load(f), config, workdir)
+          saved = json.load(f)
+        for change in specs.adopt_saved(saved, config):
+          logging.warning("%s was trained before config.train.packing existed: resuming it "
+                          "as it was trained, with %s", workdir, change)
+        specs.check_resume(saved, config, workdir)
       else:
         logging.warning("%s holds checkpoints but no config.json: cannot check that they "
                         "were trained with this config", workdir)
@@ -181,6 +185,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   tokenizer = hf_io.load_tokenizer(config.model.path)
   data = load_data(config, tokenizer)
   buckets = tuple(config.train.length_buckets)
+  plan = specs.pack_plan(config, mesh.size)  # None: unpacked [T, S, L] batches.
+  eval_plan = specs.pack_plan(config, mesh.size, for_eval=True)
   schedule = specs.train_schedule(
       config, tuple(len(d) for d in data["train"]),
       tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in data["train"]))
@@ -202,7 +208,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   def run_eval() -> tuple[dict, dict]:
     return evaluate(predict_fn, multitask.merge(state.trainable, frozen), data["dev"],
-                    config.eval.seqs_per_batch, buckets)
+                    config.eval.seqs_per_batch, buckets, eval_plan)
 
   # --- Checkpoint
   ckpt = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints,
@@ -249,9 +255,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   with interrupts.stop_between_steps() as stop_request:
     try:
       for step in range(first, last):
-        batch = schedules.train_batch(data["train"], step, schedule, buckets)
+        batch = schedules.train_batch(data["train"], step, schedule, buckets, plan)
         examples += int(batch["weights"].sum())  # A pair's weight is on its first row only.
-        sequences += int(batch["attention_mask"][..., 0].sum())  # Rows holding a sequence.
+        sequences += packing.num_sequences(batch)
         tokens += int(batch["attention_mask"].sum()), batch["attention_mask"].size
         batch = parallel.put_batch(batch, train_sharding)
         state, metrics = step_fn(state, frozen, batch)
@@ -309,7 +315,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   params = multitask.merge(state.trainable, frozen)
   if config.eval.write_predictions:  # Every process predicts: it is one SPMD program.
     splits = [(d, dev_preds[d.task]) for d in data["dev"]] + [
-        (d, predict_split(predict_fn, params, d, config.eval.seqs_per_batch, buckets))
+        (d, predict_split(predict_fn, params, d, config.eval.seqs_per_batch, buckets,
+                          eval_plan))
         for d in data["test"]]
     if primary:
       for d, preds in splits:

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 from mtl_jax import grad as mtlgrad, parallel, specs, train  # noqa: E402
-from mtl_jax.data import batching  # noqa: E402
+from mtl_jax.data import batching, packing  # noqa: E402
 from mtl_jax.data.files import TASKS  # noqa: E402
 from mtl_jax.models import hf_io, multitask  # noqa: E402
 from mtl_jax.step import make_per_task_grads  # noqa: E402
@@ -68,6 +68,11 @@ def gradient_check(config) -> dict:
   (g4, u4), sharded = on(parallel.make_mesh(), batch)
   one = parallel.make_mesh(jax.devices()[:1])
   g1, u1 = on(one, batch)[0]
+  # Packed, rows split over the 4 devices: the gradients and update of the packed batch on
+  # one device (not of the unpacked one: dropout masks are drawn over the packed shape).
+  packed = packing.pack_stack(batch, packing.PackPlan((32,), jax.device_count()))
+  (gp, up), packed_sharded = on(parallel.make_mesh(), packed)
+  gp1, up1 = on(one, packed)[0]
   # The other algorithm: device d computes the per-task gradients of its own quarter of
   # each task's examples (mean loss over them), applies PCGrad, and the updates are averaged.
   n, local = jax.device_count(), []
@@ -86,6 +91,9 @@ def gradient_check(config) -> dict:
       "mean_local_updates_vs_global": _relative(mean([u for _, u in local]), u1),
       "batch_devices": len(sharded["input_ids"].sharding.device_set),
       "batch_shards": [list(s.data.shape) for s in sharded["input_ids"].addressable_shards],
+      "packed_grads_vs_1": _relative(gp, gp1),
+      "packed_update_vs_1": _relative(up, up1),
+      "packed_shards": [list(s.data.shape) for s in packed_sharded["input_ids"].addressable_shards],
   }
 
 

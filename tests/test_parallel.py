@@ -42,6 +42,10 @@ def test_four_devices_match_one_device(tiny_bert_dir, tmp_path):
   assert g["grads_4_vs_1"] < 1e-5 and g["update_4_vs_1"] < 1e-5
   # Counter-example: per-device gradients average to the global ones, but projecting them
   # per device and averaging afterwards is another algorithm (PCGrad is not linear).
+  # Packed rows split over the devices: the packed batch's 1-device gradients and update.
+  assert g["packed_grads_vs_1"] < 1e-5 and g["packed_update_vs_1"] < 1e-5
+  rows = g["packed_shards"][0][1]
+  assert g["packed_shards"] == [[3, rows, 32]] * 4 and 4 * rows <= 8
   assert g["mean_local_grads_vs_global"] < 1e-5
   assert g["mean_local_updates_vs_global"] > 1e-2
 
@@ -49,7 +53,10 @@ def test_four_devices_match_one_device(tiny_bert_dir, tmp_path):
   reference = restored_trainable(config, one)
   for mode in ("replicated", "fsdp"):
     run = report[mode]
-    assert run["train_batch"] == [{"devices": 4, "shards": [[3, 2, 32]] * 4}], mode
+    for seen in run["train_batch"]:  # Packed (the default): [T, R/4, L] on each device.
+      assert seen["devices"] == 4 and len(seen["shards"]) == 4, mode
+      assert seen["shards"][0][0] == 3 and seen["shards"][0][2] == 32, mode
+      assert all(s == seen["shards"][0] for s in seen["shards"]), mode
     np.testing.assert_allclose(run["losses"], losses, rtol=1e-5, err_msg=mode)
     trained = restored_trainable(config, str(tmp_path / mode))  # Saved on 4 devices.
     for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(reference)):

@@ -297,13 +297,14 @@ def test_train_schedule_from_config():
   config = _config(**{"train.schedule": "sqrt", "train.epoch_examples.quora": 20_000,
                       "train.steps": 5000, "seed": 3})
   s = specs.train_schedule(config, (8544, 141_000, 6040))
-  assert s == schedules.Schedule("sqrt", (8544, 20_000, 6040), 64, 5000, 3, 32)
+  assert s == schedules.Schedule("sqrt", (8544, 20_000, 6040), 64, 5000, 3,
+                                 config.train.length_grouping)
   saved = json.loads(_config().to_json_best_effort())  # Written before the keys existed:
   del saved["train"]["schedule"], saved["train"]["epoch_examples"]
   old = ml_collections.ConfigDict(saved)
   specs.validate(old)
   assert specs.train_schedule(old, (10, 20, 30)) == schedules.Schedule(
-      "all_tasks", (10, 20, 30), 64, 300, 0, 32)
+      "all_tasks", (10, 20, 30), 64, 300, 0, old.train.length_grouping)
 
 
 def test_resume_refuses_a_changed_schedule_and_accepts_configs_saved_before_it():

@@ -27,6 +27,7 @@ import functools
 
 import numpy as np
 
+from mtl_jax.data import packing
 from mtl_jax.data.files import TASKS, TaskSplit
 
 PAIR_TASKS = ("quora", "sts")
@@ -195,10 +196,13 @@ def train_indices(data: Encoded, step: int, count: int, seed: int,
 
 def train_batch(datasets: list[Encoded], step: int, seqs_per_task: int, seed: int,
                 buckets: tuple[int, ...], group_steps: int = 0,
-                epoch_sizes: tuple[int, ...] = ()) -> dict[str, np.ndarray]:
+                epoch_sizes: tuple[int, ...] = (),
+                plan: packing.PackPlan | None = None) -> dict[str, np.ndarray]:
   """The step's batch: every task's arrays stacked on a leading task axis [T, S, ...].
 
   `epoch_sizes`: per dataset, the examples of one of its epochs (0 = all; () = all for all).
+  `plan`: pack the token arrays into [T, R, L] rows (`mtl_jax.data.packing`); the same
+  examples, labels and weights [T, S] either way.
   """
   sizes = epoch_sizes or (0,) * len(datasets)
   chosen = [train_indices(d, step, examples_per_batch(d, seqs_per_task), seed, group_steps,
@@ -206,15 +210,19 @@ def train_batch(datasets: list[Encoded], step: int, seqs_per_task: int, seed: in
   length = bucket_length(max(int(d.lengths[idx].max()) for d, idx in zip(datasets, chosen)),
                          buckets)
   batches = [make_batch(d, idx, seqs_per_task, length) for d, idx in zip(datasets, chosen)]
-  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+  stack = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+  return stack if plan is None else packing.pack_stack(stack, plan)
 
 
-def eval_batches(data: Encoded, seqs_per_batch: int, buckets: tuple[int, ...]):
-  """Yields (example indices, batch) over a whole split, sorted by length to cut padding."""
+def eval_batches(data: Encoded, seqs_per_batch: int, buckets: tuple[int, ...],
+                 plan: packing.PackPlan | None = None):
+  """Yields (example indices, batch) over a whole split, sorted by length to cut padding;
+  with `plan`, packed (`mtl_jax.data.packing`)."""
   lengths = data.lengths
   order = np.argsort(lengths, kind="stable")
   n = examples_per_batch(data, seqs_per_batch)
   for start in range(0, len(order), n):
     idx = order[start:start + n]
     length = bucket_length(max(lengths[i] for i in idx), buckets)
-    yield idx, make_batch(data, idx, seqs_per_batch, length)
+    batch = make_batch(data, idx, seqs_per_batch, length)
+    yield idx, batch if plan is None else packing.pack_one(batch, plan)

@@ -153,16 +153,17 @@ def step_task(s: Schedule, step: int) -> tuple[int, int]:
 
 
 def train_batch(datasets: list[batching.Encoded], step: int, s: Schedule,
-                buckets: tuple[int, ...]) -> dict[str, np.ndarray]:
+                buckets: tuple[int, ...], plan=None) -> dict[str, np.ndarray]:
   """The batch of `step`: [T, S, ...] for `all_tasks`; else one task's [1, S, ...] plus
   "task", its int32 index (a traced argument of the jitted step, so no per-task compile).
-  Either way the length is the smallest bucket that fits the batch's longest sequence."""
+  Either way the length is the smallest bucket that fits the batch's longest sequence;
+  with a `plan` (`mtl_jax.data.packing.PackPlan`) the token arrays are then packed."""
   if not s.one_task:
     return batching.train_batch(datasets, step, s.seqs_per_task, s.seed, buckets,
-                                s.group_steps, s.epoch_sizes)
+                                s.group_steps, s.epoch_sizes, plan)
   task, number = step_task(s, step)
   batch = batching.train_batch([datasets[task]], number, s.seqs_per_task, s.seed, buckets,
-                               s.group_steps, (s.epoch_sizes[task],))
+                               s.group_steps, (s.epoch_sizes[task],), plan)
   return {**batch, "task": np.asarray(task, np.int32)}
 
 

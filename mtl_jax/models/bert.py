@@ -136,11 +136,12 @@ class Embeddings(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, input_ids, token_type_ids, deterministic: bool) -> jax.Array:
+  def __call__(self, input_ids, token_type_ids, deterministic: bool,
+               position_ids: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     init = nn.initializers.normal(0.02)
     embed = lambda n, size: nn.Embed(size, cfg.hidden_size, embedding_init=init, name=n)
-    positions = jnp.arange(input_ids.shape[-1])[None, :]
+    positions = jnp.arange(input_ids.shape[-1])[None, :] if position_ids is None else position_ids
     x = (embed("word_embeddings", cfg.vocab_size)(input_ids)
          + embed("position_embeddings", cfg.max_position_embeddings)(positions)
          + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids))
@@ -151,6 +152,11 @@ class Embeddings(nn.Module):
 class BertEncoder(nn.Module):
   """input ids, attention mask, token types [B, L] -> last hidden state [B, L, H].
 
+  Packed rows (several sequences per row, `mtl_jax.data.packing`) also give `segment_ids`
+  (1, 2, ... per sequence, 0 = padding) and `position_ids` (restarting at 0 in every
+  segment): a token then attends only to the tokens of its own segment (padding to
+  padding), so each sequence's hidden states are those it would have alone.
+
   With task layers (config.task_layers) the encoder is task-specific: `task` (an index into
   the tasks, may be traced) is required.
   """
@@ -160,7 +166,9 @@ class BertEncoder(nn.Module):
   @nn.compact
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
                token_type_ids: jax.Array | None = None,
-               deterministic: bool = True, task: jax.Array | None = None) -> jax.Array:
+               deterministic: bool = True, task: jax.Array | None = None,
+               position_ids: jax.Array | None = None,
+               segment_ids: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     projections = None
     if cfg.task_layers is not None:
@@ -172,10 +180,15 @@ class BertEncoder(nn.Module):
                                       name="task_proj")
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    x = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
-    # Additive mask over keys, [B, 1, 1, L]: padded keys get a large negative score.
-    mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
-                          jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    x = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic, position_ids)
+    # Additive mask: keys a query must not see get a large negative score (their softmax
+    # weight is exactly 0). Over keys, [B, 1, 1, L]: padded keys; packed, block-diagonal
+    # [B, 1, L, L]: keys of other segments.
+    if segment_ids is None:
+      allowed = attention_mask[:, None, None, :] > 0
+    else:
+      allowed = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    mask_bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
     for i in range(cfg.num_layers):
       x = EncoderLayer(cfg, i, name=f"layer_{i}")(x, mask_bias, deterministic, task, projections)
     return x.astype(jnp.float32)

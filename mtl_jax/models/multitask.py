@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from mtl_jax.data.packing import PACKING_KEYS
 from mtl_jax.models import adapters, hf_io, task_layers
 from mtl_jax.models.bert import BertConfig, BertEncoder
 from mtl_jax.models.heads import POOLINGS, HeadSpec, TaskHeads, pool
@@ -35,20 +36,51 @@ class MultitaskModel(nn.Module):
                            self.config.hidden_size)
 
   def embed(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True,
-            task=None):
+            task=None, packing: dict | None = None):
     """Returns (last hidden state [B, L, H], pooled [B, D]: D = H, or 2H for concat).
 
-    `task` (an index into the tasks) is needed only by an encoder with task layers."""
-    hidden = self.encoder(input_ids, attention_mask, token_type_ids, deterministic, task)
+    `task` (an index into the tasks) is needed only by an encoder with task layers.
+    `packing` (the packed batch's `PACKING_KEYS` arrays, `mtl_jax.data.packing`): the token
+    arrays are packed rows [R, L]; the hidden states and pooled vectors returned are then
+    per sequence, [S, L, H] and [S, D], in the unpacked batch's order."""
+    if packing is None:
+      hidden = self.encoder(input_ids, attention_mask, token_type_ids, deterministic, task)
+    else:
+      hidden = self.encoder(input_ids, attention_mask, token_type_ids, deterministic, task,
+                            packing["position_ids"], packing["segment_ids"])
+      hidden, attention_mask = unpack(hidden, packing)
     if self.pooling in POOLINGS:  # Parameter-free: works without heads params too.
       return hidden, pool(hidden, attention_mask, self.pooling)
     return hidden, self.heads.pool(hidden, attention_mask)
 
   def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True,
-               task=None):
-    """[S, L] token arrays -> every head's outputs (see TaskHeads)."""
-    _, pooled = self.embed(input_ids, attention_mask, token_type_ids, deterministic, task)
+               task=None, packing: dict | None = None):
+    """[S, L] token arrays (or packed [R, L] rows with `packing`) -> every head's outputs
+    (see TaskHeads)."""
+    _, pooled = self.embed(input_ids, attention_mask, token_type_ids, deterministic, task,
+                           packing)
     return self.heads(pooled, deterministic)
+
+
+def unpack(hidden: jax.Array, packing: dict) -> tuple[jax.Array, jax.Array]:
+  """Packed hidden states [R, L, H] -> each sequence's own [S, L, H] (its segment moved to
+  column 0) and its attention mask [S, L]: what the unpacked encoder gives, so every
+  pooling (mean, CLS, the learned concat) works on it unchanged. An empty slot
+  (seq_len 0) gets an all-zero mask, as a padding row of an unpacked batch."""
+  length = hidden.shape[1]
+  cols = packing["seq_start"][:, None] + jnp.arange(length)[None, :]
+  mask = (jnp.arange(length)[None, :] < packing["seq_len"][:, None]).astype(jnp.int32)
+  rows = hidden[packing["seq_row"]]  # [S, L, H]
+  per_seq = jnp.take_along_axis(rows, jnp.minimum(cols, length - 1)[..., None], axis=1)
+  return per_seq, mask
+
+
+def apply(model: MultitaskModel, params: dict, batch: dict, **kwargs) -> dict:
+  """model.apply on a batch dict, packed (`mtl_jax.data.packing`) or not: every head's
+  outputs on its sequences. kwargs: deterministic, task, rngs."""
+  packing = ({k: batch[k] for k in PACKING_KEYS} if PACKING_KEYS[0] in batch else None)
+  return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                     batch["token_type_ids"], packing=packing, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)

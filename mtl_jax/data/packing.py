@@ -1,0 +1,163 @@
+"""Sequence packing: a task's padded [S, L0] batch -> [R, L] rows holding several sequences.
+
+Why: sentences are short (16-25 tokens on average) and a step runs at the length bucket of
+its longest sequence, so about half of every unpacked step's encoder work is padding.
+Packed, each row holds several sequences one after the other, each with its own segment id
+(1, 2, ... within the row; 0 = padding), so the encoder can be kept exact: attention is
+block-diagonal per segment (`segment_ids`), positions restart at 0 in every segment
+(`position_ids`), token types stay per segment, and pooling reads each sequence back out of
+its row (`seq_row`, `seq_start`, `seq_len`, in the unpacked batch's sequence order, so the
+heads, labels and weights see exactly the unpacked layout).
+
+The plan (`PackPlan`) keeps the shapes few and static, because XLA compiles one step per
+shape and every task of a step must share it (the [T, R, L] stack that `vmap` runs over):
+  L  of the `plan.lengths` that fit the step's longest sequence, the one whose R (below)
+     computes the fewest tokens R * L;
+  R  the most rows any task needs (first-fit decreasing), rounded up to the next value of a
+     ladder of row counts that are multiples of 4 (4, 8, ..., 32, then multiples of 8 up
+     to 64, of 16 up to 128, ...), and to a multiple of the device count, so the rows split
+     evenly over data-parallel devices. With 1, 2 or 4 devices the batch is the same.
+Everything is a pure function of the unpacked batch, which is itself a function of (seed,
+step): resuming replays exactly the same packed batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+PACKING_KEYS = ("position_ids", "segment_ids", "seq_row", "seq_start", "seq_len")
+
+
+@dataclasses.dataclass(frozen=True)
+class PackPlan:
+  """How batches are packed: the allowed row lengths, and the row-count multiple."""
+
+  lengths: tuple[int, ...] = (64, 128)  # Row lengths; the largest must fit any sequence.
+  devices: int = 1  # Rows are a multiple of this (data parallelism splits the rows).
+
+  def shape(self, lengths: list[np.ndarray]) -> tuple[int, int]:
+    """(L, R) for tasks whose sequences have these lengths: of the row lengths that fit the
+    longest sequence, the one whose rounded row count R computes the fewest tokens R * L
+    (the shorter on a tie: cheaper attention)."""
+    longest = max(int(np.max(x)) for x in lengths)
+    fits = [n for n in sorted(self.lengths) if n >= longest]
+    if not fits:
+      raise ValueError(f"a {longest}-token sequence does not fit the packed row lengths "
+                       f"{self.lengths}")
+    best = None
+    for n in fits:
+      rows = round_rows(max(len(first_fit_decreasing(x, n)) for x in lengths), self.devices)
+      if best is None or rows * n < best[0] * best[1]:
+        best = (rows, n)
+    return best[1], best[0]
+
+
+# Packed rows are at least this long when the buckets allow: a 64-token row holds about four
+# typical sentences, so its unused end is a small share; shorter rows waste more of theirs.
+MIN_ROW_LENGTH = 64
+
+
+def row_lengths(buckets: tuple[int, ...]) -> tuple[int, ...]:
+  """The packed row lengths of a run with these length buckets: the buckets from
+  MIN_ROW_LENGTH up (or the largest bucket, when all are shorter)."""
+  return tuple(b for b in sorted(buckets) if b >= min(MIN_ROW_LENGTH, max(buckets)))
+
+
+def round_rows(needed: int, devices: int = 1) -> int:
+  """The smallest ladder value >= needed that is a multiple of `devices`. The ladder: steps
+  of 4 up to 32, then steps of max(4, 2^(k-2)) in (2^k, 2^(k+1)] (8 up to 64, 16 up to 128,
+  ...): at most ~12% of rounding above 32 rows, and few distinct counts."""
+  needed = max(needed, 1)
+  step = 4 if needed <= 32 else 2 ** (math.ceil(math.log2(needed)) - 3)
+  step = step * devices // math.gcd(step, devices)
+  return -(-needed // step) * step
+
+
+def first_fit_decreasing(lengths: np.ndarray, row_length: int) -> list[list[int]]:
+  """Sequence indices per row: longest first, each into the first row with room.
+  Deterministic (stable sort), so a batch always packs the same way."""
+  rows: list[list[int]] = []
+  room: list[int] = []
+  for i in np.argsort(-np.asarray(lengths), kind="stable"):
+    n = int(lengths[i])
+    if n == 0:
+      continue
+    for r, free in enumerate(room):
+      if n <= free:
+        rows[r].append(int(i))
+        room[r] -= n
+        break
+    else:
+      rows.append([int(i)])
+      room.append(row_length - n)
+  return rows
+
+
+def pack(batch: dict[str, np.ndarray], rows: int, row_length: int) -> dict[str, np.ndarray]:
+  """One task's unpacked batch ([S, L0] token arrays, labels/weights [S]) -> packed.
+
+  Returns input_ids, attention_mask (1 on real tokens), token_type_ids, position_ids,
+  segment_ids [rows, row_length]; seq_row, seq_start, seq_len [S] (a sequence's row, first
+  column and length; 0, 0, 0 for an empty slot) and labels, weights [S] unchanged.
+  """
+  lengths = batch["attention_mask"].sum(-1)
+  placement = first_fit_decreasing(lengths, row_length)
+  if len(placement) > rows:
+    raise ValueError(f"{len(placement)} rows needed, {rows} given")
+  shape = (rows, row_length)
+  out = {k: np.zeros(shape, np.int32) for k in
+         ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids")}
+  s = len(lengths)
+  seq_row, seq_start, seq_len = (np.zeros(s, np.int32) for _ in range(3))
+  for r, members in enumerate(placement):
+    col = 0
+    for segment, i in enumerate(sorted(members), start=1):  # Batch order within a row.
+      n = int(lengths[i])
+      cols = slice(col, col + n)
+      out["input_ids"][r, cols] = batch["input_ids"][i, :n]
+      out["token_type_ids"][r, cols] = batch["token_type_ids"][i, :n]
+      out["attention_mask"][r, cols] = 1
+      out["position_ids"][r, cols] = np.arange(n)
+      out["segment_ids"][r, cols] = segment
+      seq_row[i], seq_start[i], seq_len[i] = r, col, n
+      col += n
+  return {**out, "seq_row": seq_row, "seq_start": seq_start, "seq_len": seq_len,
+          "labels": batch["labels"], "weights": batch["weights"]}
+
+
+def rows_needed(batch: dict[str, np.ndarray], row_length: int) -> int:
+  return len(first_fit_decreasing(batch["attention_mask"].sum(-1), row_length))
+
+
+def pack_stack(batch: dict[str, np.ndarray], plan: PackPlan) -> dict[str, np.ndarray]:
+  """A [T, S, L0] stack of unpacked task batches -> a [T, R, L] packed stack, one (R, L)
+  for all tasks (the plan's; see the module docstring). Other keys (a one-task batch's
+  "task") pass through."""
+  tasks = batch["input_ids"].shape[0]
+  one = lambda t: {k: batch[k][t] for k in ("input_ids", "attention_mask", "token_type_ids",
+                                             "labels", "weights")}
+  length, rows = plan.shape([one(t)["attention_mask"].sum(-1) for t in range(tasks)])
+  packed = [pack(one(t), rows, length) for t in range(tasks)]
+  out = {k: np.stack([p[k] for p in packed]) for k in packed[0]}
+  out.update({k: v for k, v in batch.items() if k not in out})
+  return out
+
+
+def pack_one(batch: dict[str, np.ndarray], plan: PackPlan) -> dict[str, np.ndarray]:
+  """One task's [S, L0] batch (evaluation) -> packed with the plan's shapes."""
+  stacked = pack_stack({k: v[None] for k, v in batch.items()}, plan)
+  return {k: v[0] for k, v in stacked.items()}
+
+
+def is_packed(batch: dict) -> bool:
+  return "segment_ids" in batch
+
+
+def num_sequences(batch: dict) -> int:
+  """Sequences (not rows) the batch holds, packed or not."""
+  if is_packed(batch):
+    return int((np.asarray(batch["seq_len"]) > 0).sum())
+  return int(np.asarray(batch["attention_mask"])[..., 0].sum())
