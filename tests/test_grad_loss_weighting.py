@@ -170,6 +170,8 @@ def test_other_methods_ignore_task_losses_in_the_trainer_chain():
 def test_config_validation(tiny_bert_dir):
   config = default.get_config()
   config.model.path = tiny_bert_dir
+  config.model.max_length = 32  # The tiny model has 64 positions.
+  config.train.length_buckets = (32,)
   config.grad.method = "dwa"
   config.grad.kwargs.period = 10
   specs.validate(config)
