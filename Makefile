@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 train: setup
 	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
+# Two workers, whole files each: most tests are bound by single-threaded XLA compiles.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	$(PY) -m mtl_jax.bench
