@@ -27,7 +27,7 @@ def read_input(path: str, task: str) -> TaskSplit:
   """The task's CS224N file (labels if present), or plain text lines with line-number ids."""
   header = files.read_header(path)
   if "id" in header and all(c in header for c in files.sentence_columns(task)):
-    return files.read_task_file(path, task, "input", labels=None, strict=True)
+    return files.read_task_file(path, task, "input", has_labels=None, strict=True)
   with open(path, encoding="utf-8") as f:
     lines = f.read().splitlines()
   if not lines:

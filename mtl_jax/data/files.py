@@ -117,15 +117,14 @@ def load_split(data_dir: str, task: str, split: str, strict: bool = False,
     return read_task_file(path, task, split, split != "test", strict, limit)
 
 
-def read_task_file(path: str, task: str, split: str, labels: bool | None, strict: bool = False,
-                   limit: int | None = None) -> TaskSplit:
-    """Reads a file in a task's CS224N format; `labels=None`: read them if the column is there."""
+def read_task_file(path: str, task: str, split: str, has_labels: bool | None,
+                   strict: bool = False, limit: int | None = None) -> TaskSplit:
+    """Reads a file in a task's CS224N format; `has_labels=None`: if the column is there."""
     name = os.path.basename(path)
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
-    if labels is None:
-        labels = _LABEL_COLUMN[task] in read_header(path)
-    has_labels = labels
+    if has_labels is None:
+        has_labels = _LABEL_COLUMN[task] in read_header(path)
     wanted = ["id", *_SENTENCE_COLUMNS[task]] + ([_LABEL_COLUMN[task]] if has_labels else [])
 
     ids: list[str] = []
