@@ -24,6 +24,8 @@ train: setup
 # Two workers, whole files each: most tests are bound by single-threaded XLA compiles.
 TEST_WORKERS ?= 2
 test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup

@@ -15,6 +15,7 @@ import traceback
 
 if __name__ == "__main__":  # Before anything allocates: see mtl_jax/hugepages.py.
   from mtl_jax import hugepages
+
   hugepages.reexec_with_huge_pages()
 
 from absl import app, flags, logging
@@ -27,10 +28,12 @@ from mtl_jax.models.hf_io import CheckpointError
 from mtl_jax.specs import ConfigError, config_file_problem, unknown_key_message
 from mtl_jax.workdir_lock import WorkdirError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and predictions.")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Directory for checkpoints, metrics and predictions."
+)
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/default.py", "Training configuration (a configs/*.py file).",
-    lock_config=True)
+  "config", "configs/default.py", "Training configuration (a configs/*.py file).", lock_config=True
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -44,8 +47,14 @@ def main(argv):
   compile_cache.enable()  # A second identical run loads its compiled steps from disk.
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, DataError, CheckpointError, UnreadableCheckpointError, WorkdirError,
-          FloatingPointError) as e:
+  except (
+    ConfigError,
+    DataError,
+    CheckpointError,
+    UnreadableCheckpointError,
+    WorkdirError,
+    FloatingPointError,
+  ) as e:
     # Problems with the user's input get one clear line, not a traceback.
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
@@ -78,8 +87,11 @@ def _config_arg(argv: list[str]) -> str:
 def _config_line(path: str, error: BaseException) -> str:
   """', line N' of the config file's innermost frame in `error`'s traceback ('' if none)."""
   target = os.path.abspath(path.split(":", 1)[0] if not os.path.isfile(path) else path)
-  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
-           if os.path.abspath(f.filename) == target]
+  lines = [
+    f.lineno
+    for f in traceback.extract_tb(error.__traceback__)
+    if os.path.abspath(f.filename) == target
+  ]
   return f", line {lines[-1]}" if lines else ""
 
 
@@ -100,8 +112,10 @@ def run() -> None:
     if flags.FLAGS.is_parsed():
       raise
     message = " ".join(str(e).split())[:300]
-    sys.exit(f"error: loading config file {config_path}{_config_line(config_path, e)} failed: "
-             f"{type(e).__name__}: {message}")
+    sys.exit(
+      f"error: loading config file {config_path}{_config_line(config_path, e)} failed: "
+      f"{type(e).__name__}: {message}"
+    )
 
 
 if __name__ == "__main__":

@@ -26,14 +26,15 @@ from mtl_jax.models import bert, gelu
 from mtl_jax.step import make_train_step
 
 XLA_VARIANTS = {
-    "default XLA": {},
-    "YNNPACK individual dots only": {
-        "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
-    "no YNNPACK fusions": {"xla_cpu_experimental_ynn_fusion_type": ""},
+  "default XLA": {},
+  "YNNPACK individual dots only": {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
+  },
+  "no YNNPACK fusions": {"xla_cpu_experimental_ynn_fusion_type": ""},
 }
 GELU_VARIANTS = {
-    "GELU via erfc": lambda x: jax.nn.gelu(x, approximate=False),
-    "GELU via erf (ours)": gelu.exact_gelu,
+  "GELU via erfc": lambda x: jax.nn.gelu(x, approximate=False),
+  "GELU via erf (ours)": gelu.exact_gelu,
 }
 
 
@@ -72,8 +73,10 @@ def main() -> None:
       times[name].append(time.perf_counter() - start)
       losses[name] = float(metrics["loss"])
   for name in compiled:
-    print(f"{args.mode:5s} {name:30s} median {np.median(times[name][1:]):.2f} s  "
-          f"loss {losses[name]:.7f}")
+    print(
+      f"{args.mode:5s} {name:30s} median {np.median(times[name][1:]):.2f} s  "
+      f"loss {losses[name]:.7f}"
+    )
 
 
 if __name__ == "__main__":

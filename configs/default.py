@@ -32,7 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"  # float32 | bfloat16 (compute; weights stay float32)
 
   config.heads = ml_collections.ConfigDict()  # Task heads (mtl_jax/models/heads.py).
-  config.heads.kind = "linear"  # linear | shared (one H-wide gelu layer, then per task) | multi_stream
+  config.heads.kind = (
+    "linear"  # linear | shared (one H-wide gelu layer, then per task) | multi_stream
+  )
   config.heads.quora = "features"  # features ([u;v;|u-v|;u*v] -> linear) | dot | cosine
   config.heads.sts = "cosine"  # cosine (5 cos) | relu_cosine | dot | features
   config.heads.sts_loss = "mse"  # mse (on 0..5) | cosine (score vs label/5, CosineSimilarityLoss)
@@ -45,7 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.adapter.rank = 8
   config.adapter.alpha = 16.0
   config.adapter.dropout = 0.05
-  config.adapter.targets = ("query", "value")  # query key value attention_output intermediate output
+  config.adapter.targets = (
+    "query",
+    "value",
+  )  # query key value attention_output intermediate output
   config.adapter.layers = ()  # Encoder layers to adapt; () = all.
   # Task-specific layers in every encoder layer, trained in any mode (Stickland & Murray 2019):
   config.adapter.task_layers = "none"  # none | pals | low_rank
@@ -71,7 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Examples per epoch of each task; 0 = the whole set, N = a fresh random N each epoch.
   config.train.epoch_examples = ml_collections.ConfigDict({"sst": 0, "quora": 0, "sts": 0})
   config.train.learning_rate = 1e-3
-  config.train.warmup_fraction = 0.1  # Linear warmup over this share of the steps, then cosine decay.
+  config.train.warmup_fraction = (
+    0.1  # Linear warmup over this share of the steps, then cosine decay.
+  )
   config.train.weight_decay = 0.01
   config.train.grad_clip = 1.0  # Global norm of the combined update; 0 = off.
   config.train.loss_weighting = "none"  # none | uncertainty (learned per-task loss scales)
@@ -80,7 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.eval_every = 0  # Evaluate on dev every N steps; 0 = only at the end.
   config.train.checkpoint_every = 100
   config.train.keep_checkpoints = 2  # Latest checkpoints kept; the best dev one is kept apart.
-  config.train.early_stopping_patience = 0  # Evaluations without improvement of dev overall before stopping; 0 = off.
+  config.train.early_stopping_patience = (
+    0  # Evaluations without improvement of dev overall before stopping; 0 = off.
+  )
 
   config.eval = ml_collections.ConfigDict()
   config.eval.seqs_per_batch = 128

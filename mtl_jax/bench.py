@@ -37,6 +37,7 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
   """FLOP/s of an n^3 float32 matmul through XLA on this machine, now."""
   import jax
   import jax.numpy as jnp
+
   a = jnp.ones((n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
@@ -49,13 +50,16 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
 
 
 def model_line(model_path: str | None) -> str:
-  """"model: <dir> (12 layers, hidden 768, 12 heads, vocab 30522)": the model the table is of."""
+  """ "model: <dir> (12 layers, hidden 768, 12 heads, vocab 30522)": the model the table is of."""
   from configs import default
   from mtl_jax.models import hf_io
+
   path = model_path or default.get_config().model.path
   c = hf_io.read_config(path)
-  return (f"model: {path} ({c.num_layers} layers, hidden {c.hidden_size}, {c.num_heads} heads, "
-          f"vocab {c.vocab_size})")
+  return (
+    f"model: {path} ({c.num_layers} layers, hidden {c.hidden_size}, {c.num_heads} heads, "
+    f"vocab {c.vocab_size})"
+  )
 
 
 def random_batch(tasks: int, seqs_per_task: int, length: int, vocab_size: int) -> dict:
@@ -63,16 +67,17 @@ def random_batch(tasks: int, seqs_per_task: int, length: int, vocab_size: int) -
   rng = np.random.default_rng(0)
   shape = (tasks, seqs_per_task, length)
   return {
-      "input_ids": rng.integers(5, vocab_size, shape).astype(np.int32),
-      "attention_mask": np.ones(shape, np.int32),
-      "token_type_ids": np.zeros(shape, np.int32),
-      "labels": rng.integers(0, 2, shape[:2]).astype(np.float32),
-      "weights": np.ones(shape[:2], np.float32),
+    "input_ids": rng.integers(5, vocab_size, shape).astype(np.int32),
+    "attention_mask": np.ones(shape, np.int32),
+    "token_type_ids": np.zeros(shape, np.int32),
+    "labels": rng.integers(0, 2, shape[:2]).astype(np.float32),
+    "weights": np.ones(shape[:2], np.float32),
   }
 
 
-def run_one(method: str, mode: str, seqs_per_task: int, length: int, steps: int,
-            model_path: str | None = None) -> dict:
+def run_one(
+  method: str, mode: str, seqs_per_task: int, length: int, steps: int, model_path: str | None = None
+) -> dict:
   """Times one jitted train step configuration; returns the row of the table."""
   import jax
   import jax.numpy as jnp
@@ -94,16 +99,22 @@ def run_one(method: str, mode: str, seqs_per_task: int, length: int, steps: int,
     loss_fn = make_loss_fn(model)
     summed_tx = train.base_optimizer(config)  # No task axis to combine.
     state = TrainState(state.step, state.trainable, summed_tx.init(state.trainable))
+
     def summed_step(state, frozen, batch):
       keys = jax.random.split(jax.random.fold_in(jax.random.key(0), state.step), t)
+
       def total(trainable):
         losses = jax.vmap(loss_fn, in_axes=(None, None, 0, 0, 0))(
-            trainable, frozen, batch, jnp.arange(t), keys)
+          trainable, frozen, batch, jnp.arange(t), keys
+        )
         return losses.sum()
+
       grads = jax.grad(total)(state.trainable)
       updates, opt_state = summed_tx.update(grads, state.opt_state, state.trainable)
-      return TrainState(state.step + 1, optax.apply_updates(state.trainable, updates),
-                        opt_state), {}
+      return TrainState(
+        state.step + 1, optax.apply_updates(state.trainable, updates), opt_state
+      ), {}
+
     step = summed_step
   else:
     step = make_train_step(model, tx, tuple(range(t)), 0)
@@ -123,14 +134,19 @@ def run_one(method: str, mode: str, seqs_per_task: int, length: int, steps: int,
     times.append(time.perf_counter() - start)
   step_s = float(np.median(times))
   examples = seqs_per_task + 2 * (seqs_per_task // 2)
-  opt_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(state.opt_state)
-                  if hasattr(x, "nbytes"))
+  opt_bytes = sum(
+    x.nbytes for x in jax.tree_util.tree_leaves(state.opt_state) if hasattr(x, "nbytes")
+  )
   return {
-      "method": method, "mode": mode, "step_s": step_s, "examples_per_s": examples / step_s,
-      "flops_per_step": float(flops), "flops_per_s": float(flops) / step_s,
-      "opt_state_mib": opt_bytes / 2**20,
-      "trainable": int(sum(x.size for x in jax.tree_util.tree_leaves(state.trainable))),
-      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "method": method,
+    "mode": mode,
+    "step_s": step_s,
+    "examples_per_s": examples / step_s,
+    "flops_per_step": float(flops),
+    "flops_per_s": float(flops) / step_s,
+    "opt_state_mib": opt_bytes / 2**20,
+    "trainable": int(sum(x.size for x in jax.tree_util.tree_leaves(state.trainable))),
+    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
   }
 
 
@@ -139,30 +155,39 @@ def table(rows: list[dict], peak: float, header: str = "") -> str:
   the step time over the summed step's of the same mode, "-" when that was not run."""
   summed = {r["mode"]: r["step_s"] for r in rows if r["method"] == "summed"}
   lines = ([header, ""] if header else []) + [
-      "| mode | method | step s | examples/s | GFLOP/step | GFLOP/s | % of peak | "
-      "vs summed | trainable | opt state MiB | peak RSS MiB |",
-      "|---|---|---|---|---|---|---|---|---|---|---|"]
+    "| mode | method | step s | examples/s | GFLOP/step | GFLOP/s | % of peak | "
+    "vs summed | trainable | opt state MiB | peak RSS MiB |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
   for r in rows:
     rel = f"{r['step_s'] / summed[r['mode']]:.2f}x" if r["mode"] in summed else "-"
     lines.append(
-        f"| {r['mode']} | {r['method']} | {r['step_s']:.2f} | {r['examples_per_s']:.1f} | "
-        f"{r['flops_per_step'] / 1e9:.0f} | {r['flops_per_s'] / 1e9:.0f} | "
-        f"{100 * r['flops_per_s'] / peak:.0f}% | {rel} | {r['trainable']:,} | "
-        f"{r['opt_state_mib']:.1f} | {r['peak_rss_mib']:.0f} |")
+      f"| {r['mode']} | {r['method']} | {r['step_s']:.2f} | {r['examples_per_s']:.1f} | "
+      f"{r['flops_per_step'] / 1e9:.0f} | {r['flops_per_s'] / 1e9:.0f} | "
+      f"{100 * r['flops_per_s'] / peak:.0f}% | {rel} | {r['trainable']:,} | "
+      f"{r['opt_state_mib']:.1f} | {r['peak_rss_mib']:.0f} |"
+    )
   return "\n".join(lines)
 
 
 def define_flags() -> None:
   """Only when run as a program: several modules have flags of the same names."""
-  flags.DEFINE_list("methods", ["summed", "sum", "pcgrad", "cagrad", "mgda"],
-                               "Gradient methods ('summed' = gradient of the summed loss).")
+  flags.DEFINE_list(
+    "methods",
+    ["summed", "sum", "pcgrad", "cagrad", "mgda"],
+    "Gradient methods ('summed' = gradient of the summed loss).",
+  )
   flags.DEFINE_list("modes", ["lora", "full", "probe"], "Fine-tuning modes (adapter.kind).")
   flags.DEFINE_integer("seqs_per_task", 64, "Sequences per task per step.")
   flags.DEFINE_integer("length", 64, "Sequence length.")
   flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
   flags.DEFINE_string("model", None, "Hugging Face BERT directory (default: the bundled model).")
-  flags.DEFINE_bool("sharding", False, "Print per-device parameter + optimizer-state bytes, "
-                    "replicated vs fsdp, instead of timing steps.")
+  flags.DEFINE_bool(
+    "sharding",
+    False,
+    "Print per-device parameter + optimizer-state bytes, "
+    "replicated vs fsdp, instead of timing steps.",
+  )
   flags.DEFINE_integer("devices", 4, "With --sharding: forced CPU devices.")
   flags.DEFINE_string("one", None, "Internal: run one 'method:mode' and print JSON.")
 
@@ -176,6 +201,7 @@ def main(argv):
     return
   if f.sharding:
     from mtl_jax import shard_memory
+
     print(shard_memory.run(f.modes, f.devices, f.model))
     return
   peak = matmul_peak_flops()
@@ -183,24 +209,39 @@ def main(argv):
   for mode in f.modes:
     for method in f.methods:
       out = subprocess.run(
-          [sys.executable, "-m", "mtl_jax.bench", f"--one={method}:{mode}",
-           f"--seqs_per_task={f.seqs_per_task}", f"--length={f.length}", f"--steps={f.steps}",
-           *([f"--model={f.model}"] if f.model else [])],
-          capture_output=True, text=True, check=False)
+        [
+          sys.executable,
+          "-m",
+          "mtl_jax.bench",
+          f"--one={method}:{mode}",
+          f"--seqs_per_task={f.seqs_per_task}",
+          f"--length={f.length}",
+          f"--steps={f.steps}",
+          *([f"--model={f.model}"] if f.model else []),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+      )
       if out.returncode != 0:
         print(f"{method}:{mode} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
         continue
       rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
       print(f"done {method}:{mode}: {rows[-1]['step_s']:.2f} s/step", file=sys.stderr)
-  header = "\n".join([
-      machine.machine_line(peak), model_line(f.model),
+  header = "\n".join(
+    [
+      machine.machine_line(peak),
+      model_line(f.model),
       f"shapes: 3 tasks x {f.seqs_per_task} sequences x {f.length} tokens, f32; "
-      f"median of {f.steps} steps after 2 warm-up steps"])
+      f"median of {f.steps} steps after 2 warm-up steps",
+    ]
+  )
   print("\n" + table(rows, peak, header))
 
 
 if __name__ == "__main__":
   from mtl_jax import hugepages
+
   hugepages.reexec_with_huge_pages()
   define_flags()
   app.run(main)

@@ -48,8 +48,11 @@ class UnreadableCheckpointError(ValueError):
 
 @jax.jit
 def _all_finite(tree: Any) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [
+    jnp.all(jnp.isfinite(x))
+    for x in jax.tree_util.tree_leaves(tree)
+    if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
@@ -60,14 +63,17 @@ def all_finite(tree: Any) -> bool:
 
 def _keys_to_data(tree: Any) -> Any:
   """Typed PRNG keys (e.g. in a method's optax state) are stored as their raw uint32 data."""
-  return jax.tree_util.tree_map(
-      lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+  return jax.tree_util.tree_map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
 
 
 def _data_to_keys(tree: Any, like: Any) -> Any:
   return jax.tree_util.tree_map(
-      lambda x, ref: jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
-      if _is_key(ref) else x, tree, like)
+    lambda x, ref: (
+      jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref)) if _is_key(ref) else x
+    ),
+    tree,
+    like,
+  )
 
 
 def _is_key(x: Any) -> bool:
@@ -84,14 +90,19 @@ class Checkpointer:
   """Saves every `every` steps (and on request), keeps the last `keep`, in workdir/subdir.
   Only the process that trains in the workdir should pass cleanup_tmp=True."""
 
-  def __init__(self, workdir: str, every: int, keep: int, subdir: str = CHECKPOINTS,
-               cleanup_tmp: bool = False):
+  def __init__(
+    self, workdir: str, every: int, keep: int, subdir: str = CHECKPOINTS, cleanup_tmp: bool = False
+  ):
     self.directory = os.path.abspath(os.path.join(workdir, subdir))
     self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            save_interval_steps=max(every, 1), max_to_keep=max(keep, 1), create=True,
-            cleanup_tmp_directories=cleanup_tmp))  # Leftovers of a save killed midway.
+      self.directory,
+      options=ocp.CheckpointManagerOptions(
+        save_interval_steps=max(every, 1),
+        max_to_keep=max(keep, 1),
+        create=True,
+        cleanup_tmp_directories=cleanup_tmp,
+      ),
+    )  # Leftovers of a save killed midway.
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -103,23 +114,36 @@ class Checkpointer:
       return False
     if not all_finite(state):
       last = self.latest_step()
-      kept = ("no step was saved before it" if last is None else
-              f"the last saved step, {last}, is finite: {self.directory}")
+      kept = (
+        "no step was saved before it"
+        if last is None
+        else f"the last saved step, {last}, is finite: {self.directory}"
+      )
       raise NonFiniteStateError(
-          f"non-finite parameters or optimizer state at step {step}: not saved ({kept}); "
-          "lower train.learning_rate or set train.grad_clip?")
+        f"non-finite parameters or optimizer state at step {step}: not saved ({kept}); "
+        "lower train.learning_rate or set train.grad_clip?"
+      )
     return self.manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(_keys_to_data(state)),
-                                      meta=ocp.args.JsonSave(meta)), force=force)
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_keys_to_data(state)), meta=ocp.args.JsonSave(meta)
+      ),
+      force=force,
+    )
 
   def _restore_step(self, like: Any, step: int) -> tuple[Any, dict]:
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _keys_to_data(like))
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    out = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+      ),
+    )
     return _data_to_keys(out["state"], like), out["meta"]
 
-  def restore(self, like: Any, step: int | None = None,
-              set_aside: bool = False) -> tuple[Any, dict]:
+  def restore(
+    self, like: Any, step: int | None = None, set_aside: bool = False
+  ) -> tuple[Any, dict]:
     """Restores (state, meta) at `step`, or by default at the newest step that restores;
     `like` gives structure and shapes.
 
@@ -137,8 +161,12 @@ class Checkpointer:
         restored = self._restore_step(like, candidate)
       except Exception as e:  # Whatever orbax, tensorstore or JSON raise on a bad file.
         failed.append((candidate, e))
-        logging.warning("checkpoint step %d in %s does not restore (%s); trying an older one",
-                        candidate, self.directory, _one_line(e))
+        logging.warning(
+          "checkpoint step %d in %s does not restore (%s); trying an older one",
+          candidate,
+          self.directory,
+          _one_line(e),
+        )
         continue
       if failed:
         self._skipped(failed, candidate, set_aside)
@@ -147,21 +175,29 @@ class Checkpointer:
       raise UnreadableCheckpointError(f"no checkpoint in {self.directory}")
     steps = ", ".join(str(s) for s, _ in failed)
     raise UnreadableCheckpointError(
-        f"no checkpoint in {self.directory} restores (steps {steps}; step {failed[0][0]}: "
-        f"{_one_line(failed[0][1])}). If the config changed, use the one the run was trained "
-        "with; if the files are damaged, move the workdir's checkpoints/ aside to start over")
+      f"no checkpoint in {self.directory} restores (steps {steps}; step {failed[0][0]}: "
+      f"{_one_line(failed[0][1])}). If the config changed, use the one the run was trained "
+      "with; if the files are damaged, move the workdir's checkpoints/ aside to start over"
+    )
 
   def _skipped(self, failed: list, restored: int, set_aside: bool) -> None:
     """Warns that `failed` steps were skipped for `restored`; moves them aside if asked."""
     for step, _ in failed:
       if not set_aside:
-        logging.warning("using step %d of %s: newer step %d does not restore", restored,
-                        self.directory, step)
+        logging.warning(
+          "using step %d of %s: newer step %d does not restore", restored, self.directory, step
+        )
         continue
-      where = _set_aside(os.path.join(self.directory, str(step)),
-                         os.path.join(os.path.dirname(self.directory), CORRUPT))
-      logging.warning("checkpoint step %d does not restore: moved it to %s (not deleted); "
-                      "resuming from step %d", step, where, restored)
+      where = _set_aside(
+        os.path.join(self.directory, str(step)),
+        os.path.join(os.path.dirname(self.directory), CORRUPT),
+      )
+      logging.warning(
+        "checkpoint step %d does not restore: moved it to %s (not deleted); resuming from step %d",
+        step,
+        where,
+        restored,
+      )
     if set_aside:
       self.manager.reload()  # It must neither list nor rotate the moved steps.
 
@@ -180,9 +216,12 @@ def _ignore_reads_of_an_aborted_restore() -> None:
     return
 
   def hook(unraisable) -> None:
-    if not (isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"):
+    if not (
+      isinstance(unraisable.exc_value, RuntimeError)
+      and str(unraisable.exc_value) == "Event loop is closed"
+    ):
       previous(unraisable)
+
   hook._mtl_jax_quiet = True
   sys.unraisablehook = hook
 
@@ -231,8 +270,11 @@ def save_best(workdir: str, step: int, state: Any, metrics: dict) -> dict:
   if best.latest_step() != step:
     best.save(step, state, {"step": step}, force=True)
   best.close()  # Waits for the save (and the old best's deletion) before best.json.
-  record = {"step": int(step), "overall": float(metrics["overall"]),
-            "metrics": {k: float(v) for k, v in metrics.items()},
-            "checkpoint": os.path.join(BEST_CHECKPOINT, str(int(step)))}
+  record = {
+    "step": int(step),
+    "overall": float(metrics["overall"]),
+    "metrics": {k: float(v) for k, v in metrics.items()},
+    "checkpoint": os.path.join(BEST_CHECKPOINT, str(int(step))),
+  }
   write_json_atomic(os.path.join(workdir, BEST_JSON), record)
   return record

@@ -22,7 +22,6 @@ from absl import app, flags
 
 from mtl_jax.data.files import TASKS
 
-
 PAIRS = list(itertools.combinations(range(len(TASKS)), 2))
 
 
@@ -60,17 +59,24 @@ def read_metrics(workdir: str) -> tuple[list[dict], list[dict]]:
   rows, dev = read_log(workdir)
   grad = [r for r in rows if "grad/cosine" in r]
   if not grad:
-    raise DiagnoseError(f"{os.path.join(workdir, 'metrics.jsonl')} has no gradient rows "
-                        "(grad/cosine): nothing to diagnose (a run whose train.schedule trains "
-                        "one task per step logs none; --checkpoint measures them on its latest "
-                        "checkpoint)")
+    raise DiagnoseError(
+      f"{os.path.join(workdir, 'metrics.jsonl')} has no gradient rows "
+      "(grad/cosine): nothing to diagnose (a run whose train.schedule trains "
+      "one task per step logs none; --checkpoint measures them on its latest "
+      "checkpoint)"
+    )
   return grad, dev
 
 
 def method_stat_names(rows: list[dict]) -> list[str]:
   """Names <stat> of the per-task 'method/<stat>/<task>' keys (any method, any prefix)."""
-  names = {k[len("method/"):-len(t) - 1] for r in rows for k in r
-           for t in TASKS if k.startswith("method/") and k.endswith("/" + t)}
+  names = {
+    k[len("method/") : -len(t) - 1]
+    for r in rows
+    for k in r
+    for t in TASKS
+    if k.startswith("method/") and k.endswith("/" + t)
+  }
   return sorted(names)
 
 
@@ -82,11 +88,11 @@ def task_columns(rows: list[dict], prefix: str) -> np.ndarray:
 def arrays(rows: list[dict]) -> dict:
   """steps [N], cosine [N, T, T], norm / loss [N, T], method {stat: [N, T]}."""
   return {
-      "steps": np.array([r["step"] for r in rows]),
-      "cosine": np.array([r["grad/cosine"] for r in rows], np.float64),
-      "norm": task_columns(rows, "grad/grad_norm/"),
-      "loss": task_columns(rows, "task_loss/"),
-      "method": {s: task_columns(rows, f"method/{s}/") for s in method_stat_names(rows)},
+    "steps": np.array([r["step"] for r in rows]),
+    "cosine": np.array([r["grad/cosine"] for r in rows], np.float64),
+    "norm": task_columns(rows, "grad/grad_norm/"),
+    "loss": task_columns(rows, "task_loss/"),
+    "method": {s: task_columns(rows, f"method/{s}/") for s in method_stat_names(rows)},
   }
 
 
@@ -114,19 +120,30 @@ def summarize(rows: list[dict], dev_rows: list[dict] | None = None) -> dict:
   for i, j in PAIRS:
     c = a["cosine"][:, i, j]
     pairs[f"{TASKS[i]}-{TASKS[j]}"] = {
-        "mean_cosine": _mean(c), "mean_abs_cosine": _mean(np.abs(c)),
-        "conflict_rate": float(np.mean(c < 0))}
+      "mean_cosine": _mean(c),
+      "mean_abs_cosine": _mean(np.abs(c)),
+      "conflict_rate": float(np.mean(c < 0)),
+    }
   removed = removed_fraction(a)
   tasks = {}
   for k, t in enumerate(TASKS):
     losses = a["loss"][:, k][np.isfinite(a["loss"][:, k])]
-    tasks[t] = {"mean_grad_norm": _mean(a["norm"][:, k]),
-                "mean_removed_fraction": None if removed is None else _mean(removed[:, k]),
-                "mean_loss": _mean(losses), "final_loss": float(losses[-1]) if losses.size else None,
-                **{f"mean_{s}": _mean(v[:, k]) for s, v in a["method"].items()}}
+    tasks[t] = {
+      "mean_grad_norm": _mean(a["norm"][:, k]),
+      "mean_removed_fraction": None if removed is None else _mean(removed[:, k]),
+      "mean_loss": _mean(losses),
+      "final_loss": float(losses[-1]) if losses.size else None,
+      **{f"mean_{s}": _mean(v[:, k]) for s, v in a["method"].items()},
+    }
   dev = {k: v for k, v in dev_rows[-1].items() if k.startswith("dev/")} if dev_rows else {}
-  return {"num_rows": len(rows), "first_step": int(a["steps"][0]), "last_step": int(a["steps"][-1]),
-          "pairs": pairs, "tasks": tasks, "final_dev": dev}
+  return {
+    "num_rows": len(rows),
+    "first_step": int(a["steps"][0]),
+    "last_step": int(a["steps"][-1]),
+    "pairs": pairs,
+    "tasks": tasks,
+    "final_dev": dev,
+  }
 
 
 def _fmt(v) -> str:
@@ -135,20 +152,37 @@ def _fmt(v) -> str:
 
 def _table(header: list[str], body: list[list[str]]) -> str:
   widths = [max(len(r[c]) for r in [header] + body) for c in range(len(header))]
-  return "\n".join("  ".join(x.ljust(w) if c == 0 else x.rjust(w) for c, (x, w)
-                             in enumerate(zip(r, widths))) for r in [header] + body)
+  return "\n".join(
+    "  ".join(x.ljust(w) if c == 0 else x.rjust(w) for c, (x, w) in enumerate(zip(r, widths)))
+    for r in [header] + body
+  )
 
 
 def format_summary(s: dict) -> str:
   """The summary as plain-text tables: pairs, tasks, final dev metrics."""
-  out = [f"{s['num_rows']} gradient measurements, steps {s['first_step']}..{s['last_step']}", "",
-         _table(["pair", "mean cos", "mean |cos|", "conflict rate"],
-                [[p, _fmt(v["mean_cosine"]), _fmt(v["mean_abs_cosine"]), _fmt(v["conflict_rate"])]
-                 for p, v in s["pairs"].items()]), ""]
-  keys = [k for k in next(iter(s["tasks"].values()))  # Without the columns no task has.
-          if any(v[k] is not None for v in s["tasks"].values())]
-  out.append(_table(["task"] + [k.replace("_", " ") for k in keys],
-                    [[t] + [_fmt(v[k]) for k in keys] for t, v in s["tasks"].items()]))
+  out = [
+    f"{s['num_rows']} gradient measurements, steps {s['first_step']}..{s['last_step']}",
+    "",
+    _table(
+      ["pair", "mean cos", "mean |cos|", "conflict rate"],
+      [
+        [p, _fmt(v["mean_cosine"]), _fmt(v["mean_abs_cosine"]), _fmt(v["conflict_rate"])]
+        for p, v in s["pairs"].items()
+      ],
+    ),
+    "",
+  ]
+  keys = [
+    k
+    for k in next(iter(s["tasks"].values()))  # Without the columns no task has.
+    if any(v[k] is not None for v in s["tasks"].values())
+  ]
+  out.append(
+    _table(
+      ["task"] + [k.replace("_", " ") for k in keys],
+      [[t] + [_fmt(v[k]) for k in keys] for t, v in s["tasks"].items()],
+    )
+  )
   if s["final_dev"]:
     out += ["", _table(["dev metric", "final"], [[k, _fmt(v)] for k, v in s["final_dev"].items()])]
   return "\n".join(out)
@@ -157,17 +191,29 @@ def format_summary(s: dict) -> str:
 # --- Plots
 
 
-def line_plot(path: str, title: str, ylabel: str, lines: dict, log: bool = False,
-              zero: bool = False, ylim: tuple | None = None) -> str:
+def line_plot(
+  path: str,
+  title: str,
+  ylabel: str,
+  lines: dict,
+  log: bool = False,
+  zero: bool = False,
+  ylim: tuple | None = None,
+) -> str:
   """Writes a PNG of lines {label: (steps, values[, plot kwargs])} against the step."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   fig, ax = plt.subplots(figsize=(8, 4.5))
   for label, (x, y, *style) in lines.items():
-    ax.plot(x, y, label=label, **(style[0] if style else
-                                  {"marker": "o" if len(x) < 20 else None, "markersize": 4}))
+    ax.plot(
+      x,
+      y,
+      label=label,
+      **(style[0] if style else {"marker": "o" if len(x) < 20 else None, "markersize": 4}),
+    )
   if zero:
     ax.axhline(0.0, color="black", linewidth=0.8)
   if log:
@@ -190,36 +236,72 @@ def plot(rows: list[dict], dev_rows: list[dict], output: str) -> list[str]:
     paths.append(line_plot(os.path.join(output, name), *args, **kwargs))
 
   names = {(i, j): f"{TASKS[i]}–{TASKS[j]}" for i, j in PAIRS}
-  figure("cosine.png", "Pairwise cosine of per-task gradients (shared params)", "cosine",
-         {names[p]: (steps, a["cosine"][:, p[0], p[1]]) for p in PAIRS}, zero=True)
+  figure(
+    "cosine.png",
+    "Pairwise cosine of per-task gradients (shared params)",
+    "cosine",
+    {names[p]: (steps, a["cosine"][:, p[0], p[1]]) for p in PAIRS},
+    zero=True,
+  )
   norm_ok = np.isfinite(a["norm"]).any(axis=0) & (np.nan_to_num(a["norm"]) > 0).any(axis=0)
-  figure("grad_norm.png", "Per-task gradient norm (shared params)", "||g_task||",
-         {t: (steps, a["norm"][:, k]) for k, t in enumerate(TASKS) if norm_ok[k]}, log=True)
+  figure(
+    "grad_norm.png",
+    "Per-task gradient norm (shared params)",
+    "||g_task||",
+    {t: (steps, a["norm"][:, k]) for k, t in enumerate(TASKS) if norm_ok[k]},
+    log=True,
+  )
   window = min(20, max(5, len(steps) // 5))
   conflict = (a["cosine"] < 0).astype(np.float64)
   rates = {}
   for n, p in enumerate(PAIRS):
     c, color = conflict[:, p[0], p[1]], f"C{n}"
     rates[f"{names[p]} (all steps so far)"] = (steps, _rolling(c, len(c)), {"color": color})
-    rates[f"{names[p]} (last {window})"] = (steps, _rolling(c, window),
-                                             {"color": color, "alpha": 0.4, "linestyle": "--"})
-  figure("conflict_rate.png", "Conflict rate: fraction of logged steps with cos < 0",
-         "conflict rate", rates, ylim=(-0.03, 1.03))
+    rates[f"{names[p]} (last {window})"] = (
+      steps,
+      _rolling(c, window),
+      {"color": color, "alpha": 0.4, "linestyle": "--"},
+    )
+  figure(
+    "conflict_rate.png",
+    "Conflict rate: fraction of logged steps with cos < 0",
+    "conflict rate",
+    rates,
+    ylim=(-0.03, 1.03),
+  )
   removed = removed_fraction(a)
   if removed is not None:
-    figure("removed_fraction.png", "Share of each task's gradient removed by the method",
-           "removed_norm / grad_norm", {t: (steps, removed[:, k]) for k, t in enumerate(TASKS)})
+    figure(
+      "removed_fraction.png",
+      "Share of each task's gradient removed by the method",
+      "removed_norm / grad_norm",
+      {t: (steps, removed[:, k]) for k, t in enumerate(TASKS)},
+    )
   for s, v in a["method"].items():
-    figure(f"method_{s.replace('/', '_').replace(':', '_')}.png", f"Method stat: {s}", s,
-           {t: (steps, v[:, k]) for k, t in enumerate(TASKS)})
+    figure(
+      f"method_{s.replace('/', '_').replace(':', '_')}.png",
+      f"Method stat: {s}",
+      s,
+      {t: (steps, v[:, k]) for k, t in enumerate(TASKS)},
+    )
   if np.isfinite(a["loss"]).any():
-    figure("loss.png", "Per-task training loss", "loss",
-           {t: (steps, a["loss"][:, k]) for k, t in enumerate(TASKS)})
+    figure(
+      "loss.png",
+      "Per-task training loss",
+      "loss",
+      {t: (steps, a["loss"][:, k]) for k, t in enumerate(TASKS)},
+    )
   dev_keys = sorted({k for r in dev_rows for k in r if k.startswith("dev/")})
   if dev_keys:
-    figure("dev.png", "Dev metrics", "metric",
-           {k: ([r["step"] for r in dev_rows if k in r], [r[k] for r in dev_rows if k in r])
-            for k in dev_keys})
+    figure(
+      "dev.png",
+      "Dev metrics",
+      "metric",
+      {
+        k: ([r["step"] for r in dev_rows if k in r], [r[k] for r in dev_rows if k in r])
+        for k in dev_keys
+      },
+    )
   return paths
 
 
@@ -239,7 +321,8 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
   import jax
   import jax.numpy as jnp
 
-  from mtl_jax import checkpoint, grad as mtlgrad, specs, train
+  from mtl_jax import checkpoint, specs, train
+  from mtl_jax import grad as mtlgrad
   from mtl_jax.data import batching, files
   from mtl_jax.metrics_log import _flatten
   from mtl_jax.models import hf_io
@@ -250,8 +333,13 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
     if "encoder" not in state.trainable:
       raise DiagnoseError("this run trains only the heads: no shared gradients to compare")
     data = train.load_data(config, hf_io.load_tokenizer(config.model.path))
-  except (FileNotFoundError, specs.ConfigError, files.DataError, hf_io.CheckpointError,
-          checkpoint.UnreadableCheckpointError) as e:
+  except (
+    FileNotFoundError,
+    specs.ConfigError,
+    files.DataError,
+    hf_io.CheckpointError,
+    checkpoint.UnreadableCheckpointError,
+  ) as e:
     raise DiagnoseError(str(e)) from e
   per_task = make_per_task_grads(model)
   task_ids = jnp.arange(len(TASKS))
@@ -262,14 +350,17 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
     losses, grads = per_task(trainable, frozen, batch, task_ids, keys)
     _, new_opt_state = tx.update(grads, opt_state, trainable)  # What the method would remove.
     shared = shared_gradients(grads)
-    return {"task_loss": losses,
-            **{f"grad/{k}": v for k, v in mtlgrad.task_gradient_stats(shared).items()},
-            **{f"method/{k}": v for k, v in mtlgrad.method_stats(new_opt_state).items()}}
+    return {
+      "task_loss": losses,
+      **{f"grad/{k}": v for k, v in mtlgrad.task_gradient_stats(shared).items()},
+      **{f"method/{k}": v for k, v in mtlgrad.method_stats(new_opt_state).items()},
+    }
 
   t, rows = config.train, []
   for step in range(int(state.step), int(state.step) + num_batches):
-    batch = batching.train_batch(data["train"], step, t.seqs_per_task, config.seed,
-                                 tuple(t.length_buckets), t.length_grouping)
+    batch = batching.train_batch(
+      data["train"], step, t.seqs_per_task, config.seed, tuple(t.length_buckets), t.length_grouping
+    )
     out = jax.device_get(measure(state.trainable, frozen, state.opt_state, batch, step))
     rows.append({"step": step, **_flatten(out, TASKS)})
   return rows
@@ -278,8 +369,9 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
 # --- Command line
 
 
-def run(workdir: str, output: str | None = None, checkpoint: bool = False,
-        batches: int = 8) -> dict:
+def run(
+  workdir: str, output: str | None = None, checkpoint: bool = False, batches: int = 8
+) -> dict:
   """Diagnoses a workdir, prints the table and file paths, returns the summary."""
   output = output or os.path.join(workdir, "diagnostics")
   if checkpoint:

@@ -30,7 +30,6 @@ from mtl_jax.models.heads import POOLINGS
 from mtl_jax.models.multitask import MultitaskModel
 
 
-
 def read_lines(path: str) -> tuple[list[str], list[str] | None]:
   """Sentences (and second sentences, if every line is a tab-separated pair), one per line.
 
@@ -50,35 +49,50 @@ def read_lines(path: str) -> tuple[list[str], list[str] | None]:
   if any(len(p) == 2 for p in parts):  # A pair file: every line must be a pair.
     blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
     if blank:
-      raise ValueError(f"{path}: lines {blank[:10]} are blank in a file of tab-separated "
-                       "pairs: give a pair on every line (row i of the output is line i)")
+      raise ValueError(
+        f"{path}: lines {blank[:10]} are blank in a file of tab-separated "
+        "pairs: give a pair on every line (row i of the output is line i)"
+      )
     single = [i + 1 for i, p in enumerate(parts) if len(p) == 1]
     if single:
-      raise ValueError(f"{path}: lines {single[:10]} have no tab, but others are tab-separated pairs")
+      raise ValueError(
+        f"{path}: lines {single[:10]} have no tab, but others are tab-separated pairs"
+      )
     return [p[0] for p in parts], [p[1] for p in parts]
   return [p[0] for p in parts], None
 
 
-def embed(model: MultitaskModel, params: dict, tokenizer, first: list[str],
-          second: list[str] | None, max_length: int, batch_size: int = 64,
-          task: str | None = None) -> dict[str, np.ndarray]:
+def embed(
+  model: MultitaskModel,
+  params: dict,
+  tokenizer,
+  first: list[str],
+  second: list[str] | None,
+  max_length: int,
+  batch_size: int = 64,
+  task: str | None = None,
+) -> dict[str, np.ndarray]:
   """Encodes the sentences (or pairs) and returns the arrays written to the .npz.
 
   `task` selects the task layers of an encoder that has them (and is required then)."""
   if model.config.task_layers is not None and task is None:
-    raise ValueError(f"this run has task-specific {model.config.task_layers.kind} layers "
-                     f"(adapter.task_layers): give the task whose encoder to use, one of {TASKS}")
+    raise ValueError(
+      f"this run has task-specific {model.config.task_layers.kind} layers "
+      f"(adapter.task_layers): give the task whose encoder to use, one of {TASKS}"
+    )
   task_id = None if task is None else TASKS.index(task)
-  enc = tokenizer(first, second, truncation=True, max_length=max_length, padding="longest",
-                  return_tensors="np")
+  enc = tokenizer(
+    first, second, truncation=True, max_length=max_length, padding="longest", return_tensors="np"
+  )
   arrays = {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
   n = len(first)
   padded = -(-n // batch_size) * batch_size  # One static shape: pad the row count.
-  run = jax.jit(lambda p, a, m, t: model.apply({"params": p}, a, m, t, task=task_id,
-                                               method=model.embed))
+  run = jax.jit(
+    lambda p, a, m, t: model.apply({"params": p}, a, m, t, task=task_id, method=model.embed)
+  )
   hidden, pooled = [], []
   for start in range(0, padded, batch_size):
-    chunk = {k: _pad_rows(v[start:start + batch_size], batch_size) for k, v in arrays.items()}
+    chunk = {k: _pad_rows(v[start : start + batch_size], batch_size) for k, v in arrays.items()}
     h, p = run(params, chunk["input_ids"], chunk["attention_mask"], chunk["token_type_ids"])
     hidden.append(np.asarray(h))
     pooled.append(np.asarray(p))
@@ -95,6 +109,7 @@ def load_encoder(model_dir: str | None, checkpoint: str | None, pooling: str | N
   """(model, params, tokenizer) of the pretrained encoder or a run's fine-tuned one."""
   if checkpoint:
     from mtl_jax import train  # Heavier import, only when a run is asked for.
+
     config, model, params = train.load_trained(checkpoint)
     model_dir = model_dir or config.model.path
     if pooling and pooling != model.pooling:
@@ -124,19 +139,34 @@ def main(argv):
   if not flags.FLAGS.input or not flags.FLAGS.output:
     raise app.UsageError("--input and --output are required")
   try:
-    model, params, tokenizer = load_encoder(flags.FLAGS.model, flags.FLAGS.checkpoint,
-                                            flags.FLAGS.pooling)
-    specs.check_max_length(flags.FLAGS.max_length, model.config.max_position_embeddings,
-                           "--max_length", flags.FLAGS.model or flags.FLAGS.checkpoint)
+    model, params, tokenizer = load_encoder(
+      flags.FLAGS.model, flags.FLAGS.checkpoint, flags.FLAGS.pooling
+    )
+    specs.check_max_length(
+      flags.FLAGS.max_length,
+      model.config.max_position_embeddings,
+      "--max_length",
+      flags.FLAGS.model or flags.FLAGS.checkpoint,
+    )
     first, second = read_lines(flags.FLAGS.input)
-    arrays = embed(model, params, tokenizer, first, second, flags.FLAGS.max_length,
-                   flags.FLAGS.batch_size, flags.FLAGS.task)
+    arrays = embed(
+      model,
+      params,
+      tokenizer,
+      first,
+      second,
+      flags.FLAGS.max_length,
+      flags.FLAGS.batch_size,
+      flags.FLAGS.task,
+    )
   except (FileNotFoundError, ValueError) as e:  # Incl. CheckpointError, ConfigError.
     sys.exit(f"error: {e}")
   os.makedirs(os.path.dirname(os.path.abspath(flags.FLAGS.output)), exist_ok=True)
   np.savez(flags.FLAGS.output, **arrays)
-  print(f"wrote {flags.FLAGS.output}: {len(first)} {'pairs' if second else 'sentences'}, "
-        f"last_hidden_state {arrays['last_hidden_state'].shape}")
+  print(
+    f"wrote {flags.FLAGS.output}: {len(first)} {'pairs' if second else 'sentences'}, "
+    f"last_hidden_state {arrays['last_hidden_state'].shape}"
+  )
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ from mtl_jax.models.multitask import MultitaskModel
 def make_predict_fn(model: MultitaskModel):
   """params, batch, task id -> every head's outputs; compiled once per length bucket (the
   task id, used only by task-specific encoder layers, is traced)."""
+
   @jax.jit
   def predict(params, batch, task):
     return multitask.apply(model, params, batch, task=task)
+
   return predict
 
 
@@ -33,14 +35,15 @@ def to_prediction(task: str, output: np.ndarray) -> np.ndarray:
   return output
 
 
-def predict_split(predict_fn, params, data: Encoded, seqs_per_batch: int,
-                  buckets: tuple[int, ...], plan=None) -> np.ndarray:
+def predict_split(
+  predict_fn, params, data: Encoded, seqs_per_batch: int, buckets: tuple[int, ...], plan=None
+) -> np.ndarray:
   """Predictions for every example of a split, in the split's order; with `plan`
   (`mtl_jax.data.packing.PackPlan`) from packed batches."""
   preds = None
   task = np.int32(TASKS.index(data.task))
   for idx, batch in eval_batches(data, seqs_per_batch, buckets, plan):
-    out = np.asarray(predict_fn(params, batch, task)[data.task])[:len(idx)]
+    out = np.asarray(predict_fn(params, batch, task)[data.task])[: len(idx)]
     p = to_prediction(data.task, out)
     if preds is None:
       preds = np.zeros((len(data),), p.dtype)
@@ -48,26 +51,34 @@ def predict_split(predict_fn, params, data: Encoded, seqs_per_batch: int,
   return preds
 
 
-def evaluate(predict_fn, params, dev: list[Encoded], seqs_per_batch: int,
-             buckets: tuple[int, ...], plan=None) -> tuple[dict, dict]:
+def evaluate(
+  predict_fn, params, dev: list[Encoded], seqs_per_batch: int, buckets: tuple[int, ...], plan=None
+) -> tuple[dict, dict]:
   """(flat metrics incl. 'overall', {task: predictions}) on the dev splits."""
   results, preds = {}, {}
   for data in dev:
     preds[data.task] = predict_split(predict_fn, params, data, seqs_per_batch, buckets, plan)
     for name, value in metrics_lib.evaluate_task(data.task, preds[data.task], data.labels)[
-        data.task].items():
+      data.task
+    ].items():
       results[f"{data.task}/{name}"] = float(value)
-  if all(f"{t}/{m}" in results for t, m in
-         (("sst", "accuracy"), ("quora", "accuracy"), ("sts", "pearson"))):
-    results["overall"] = float(metrics_lib.overall_score(
-        results["sst/accuracy"], results["quora/accuracy"], results["sts/pearson"]))
+  if all(
+    f"{t}/{m}" in results
+    for t, m in (("sst", "accuracy"), ("quora", "accuracy"), ("sts", "pearson"))
+  ):
+    results["overall"] = float(
+      metrics_lib.overall_score(
+        results["sst/accuracy"], results["quora/accuracy"], results["sts/pearson"]
+      )
+    )
   return results, preds
 
 
 def write_split_predictions(workdir: str, data: Encoded, preds: np.ndarray) -> str:
   """WORKDIR/predictions/<the starter's file name for the task and split>."""
-  path = os.path.join(workdir, "predictions",
-                      predictions_lib.output_filename(data.task, data.split))
+  path = os.path.join(
+    workdir, "predictions", predictions_lib.output_filename(data.task, data.split)
+  )
   write_task_predictions(path, data, preds)
   return path
 

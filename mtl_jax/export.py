@@ -41,19 +41,32 @@ from mtl_jax import specs
 from mtl_jax.models import adapters, hf_io
 from mtl_jax.models import heads as heads_lib
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+  "vocab.txt",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+)
 FORMAT_VERSION = 1
 
 # What each baseline head computes from the pooled sentence vectors (mtl_jax.models.heads);
 # other head settings are described by the run's `heads` config, recorded beside.
 HEAD_INFO = {
-    "sst": {"input": "pooled sentence vector u [H]", "output": "5 SST-5 class logits",
-            "formula": "u @ kernel + bias"},
-    "quora": {"input": "two pooled vectors u, v: concat [u, v, |u - v|, u * v] [4H]",
-              "output": "1 paraphrase logit (sigmoid -> probability)",
-              "formula": "concat(u, v, abs(u - v), u * v) @ kernel + bias"},
-    "sts": {"input": "two pooled vectors u, v", "output": "similarity on the 0..5 scale",
-            "formula": "5 * cosine(u, v)"},  # No parameters.
+  "sst": {
+    "input": "pooled sentence vector u [H]",
+    "output": "5 SST-5 class logits",
+    "formula": "u @ kernel + bias",
+  },
+  "quora": {
+    "input": "two pooled vectors u, v: concat [u, v, |u - v|, u * v] [4H]",
+    "output": "1 paraphrase logit (sigmoid -> probability)",
+    "formula": "concat(u, v, abs(u - v), u * v) @ kernel + bias",
+  },
+  "sts": {
+    "input": "two pooled vectors u, v",
+    "output": "similarity on the 0..5 scale",
+    "formula": "5 * cosine(u, v)",
+  },  # No parameters.
 }
 
 
@@ -69,6 +82,7 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
 
   from mtl_jax import train  # Heavier imports, only once the arguments look right.
   from mtl_jax.checkpoint import Checkpointer
+
   try:
     config, model, params = train.load_trained(workdir)
   except FileNotFoundError as e:
@@ -77,8 +91,8 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
     if "do not match" not in str(e):  # Orbax: the saved tree differs from the one built.
       raise
     raise ExportError(
-        f"the checkpoint in {workdir} does not match the train state this version of mtl_jax "
-        f"builds from its config.json (saved by another version?): {str(e).splitlines()[0]}"
+      f"the checkpoint in {workdir} does not match the train state this version of mtl_jax "
+      f"builds from its config.json (saved by another version?): {str(e).splitlines()[0]}"
     ) from e
   ckpt = Checkpointer(workdir, 1, 1)
   step = ckpt.latest_step()
@@ -86,8 +100,10 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
 
   lora = model.config.lora
   encoder = jax.device_get(adapters.merge_all(params["encoder"], lora))
-  heads = {k: np.asarray(v, np.float32)
-           for k, v in traverse_util.flatten_dict(jax.device_get(params["heads"]), sep="/").items()}
+  heads = {
+    k: np.asarray(v, np.float32)
+    for k, v in traverse_util.flatten_dict(jax.device_get(params["heads"]), sep="/").items()
+  }
   model_dir = config.model.path
   _check_output(output, overwrite, (workdir, model_dir))
   with open(os.path.join(workdir, "config.json")) as f:
@@ -114,39 +130,53 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
         shutil.copyfile(src, os.path.join(tmp, name))
         copied.append(name)
     if not copied:
-      print(f"warning: {model_dir} has none of {TOKENIZER_FILES}; the export has no tokenizer",
-            file=sys.stderr)
+      print(
+        f"warning: {model_dir} has none of {TOKENIZER_FILES}; the export has no tokenizer",
+        file=sys.stderr,
+      )
 
-    save_file(heads, os.path.join(tmp, "heads.safetensors"),
-              metadata={"layout": "flax: kernel [in, out], y = x @ kernel + bias"})
+    save_file(
+      heads,
+      os.path.join(tmp, "heads.safetensors"),
+      metadata={"layout": "flax: kernel [in, out], y = x @ kernel + bias"},
+    )
     head_spec = specs.head_spec(config)
     baseline_heads = head_spec == heads_lib.HeadSpec()
     info = {
-        "format": "mtl_jax-export", "version": FORMAT_VERSION,
-        "source": {"workdir": os.path.abspath(workdir), "step": step, "model_path": model_dir},
-        "encoder": {
-            "files": ["config.json", "model.safetensors"],
-            "adapter": config.adapter.kind,
-            "merged": lora is not None,
-            "lora": None if lora is None else {
-                "kind": lora.kind, "rank": lora.rank, "alpha": lora.alpha,
-                "targets": list(lora.targets),
-                "layers": None if lora.layers is None else list(lora.layers)},
-            "pooler": "pretrained (not trained by mtl_jax)" if pooler else None,
+      "format": "mtl_jax-export",
+      "version": FORMAT_VERSION,
+      "source": {"workdir": os.path.abspath(workdir), "step": step, "model_path": model_dir},
+      "encoder": {
+        "files": ["config.json", "model.safetensors"],
+        "adapter": config.adapter.kind,
+        "merged": lora is not None,
+        "lora": None
+        if lora is None
+        else {
+          "kind": lora.kind,
+          "rank": lora.rank,
+          "alpha": lora.alpha,
+          "targets": list(lora.targets),
+          "layers": None if lora.layers is None else list(lora.layers),
         },
-        "tokenizer_files": copied,
-        "pooling": model.pooling,
-        "max_length": config.model.max_length,
-        "heads_config": dataclasses.asdict(head_spec),
-        "heads": {
-            name: {**(HEAD_INFO.get(name, {}) if baseline_heads else {}),
-                   "params": {k: list(v.shape) for k, v in heads.items()
-                              if k.split("/", 1)[0] == name}}
-            for name in sorted({k.split("/", 1)[0] for k in heads}
-                               | (set(HEAD_INFO) if baseline_heads else set()))},
-        "heads_file": "heads.safetensors",
-        "heads_layout": "flax: kernel [in, out], y = x @ kernel + bias",
-        "config": run_config,
+        "pooler": "pretrained (not trained by mtl_jax)" if pooler else None,
+      },
+      "tokenizer_files": copied,
+      "pooling": model.pooling,
+      "max_length": config.model.max_length,
+      "heads_config": dataclasses.asdict(head_spec),
+      "heads": {
+        name: {
+          **(HEAD_INFO.get(name, {}) if baseline_heads else {}),
+          "params": {k: list(v.shape) for k, v in heads.items() if k.split("/", 1)[0] == name},
+        }
+        for name in sorted(
+          {k.split("/", 1)[0] for k in heads} | (set(HEAD_INFO) if baseline_heads else set())
+        )
+      },
+      "heads_file": "heads.safetensors",
+      "heads_layout": "flax: kernel [in, out], y = x @ kernel + bias",
+      "config": run_config,
     }
     with open(os.path.join(tmp, "mtl_jax.json"), "w") as f:
       json.dump(info, f, indent=2)
@@ -162,17 +192,21 @@ def _check_workdir(workdir: str) -> None:
   if not os.path.isdir(workdir):
     raise ExportError(f"training workdir {workdir!r} does not exist")
   if not os.path.isfile(os.path.join(workdir, "config.json")):
-    raise ExportError(f"{workdir} has no config.json: is it a training workdir "
-                      "(the --workdir of main.py)?")
+    raise ExportError(
+      f"{workdir} has no config.json: is it a training workdir (the --workdir of main.py)?"
+    )
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    raise ExportError(f"{workdir} has no checkpoints/ directory: the run has not saved a "
-                      "checkpoint yet")
+    raise ExportError(
+      f"{workdir} has no checkpoints/ directory: the run has not saved a checkpoint yet"
+    )
   with open(os.path.join(workdir, "config.json")) as f:
     kind = json.load(f).get("adapter", {}).get("task_layers", "none")
   if kind != "none":
-    raise ExportError(f"{workdir} was trained with task-specific {kind} layers "
-                      "(adapter.task_layers): its encoder differs per task and a Hugging Face "
-                      "BertModel has no place for them; use mtl_jax.embed --checkpoint --task")
+    raise ExportError(
+      f"{workdir} was trained with task-specific {kind} layers "
+      "(adapter.task_layers): its encoder differs per task and a Hugging Face "
+      "BertModel has no place for them; use mtl_jax.embed --checkpoint --task"
+    )
 
 
 def _check_output(output: str, overwrite: bool, protected: tuple[str, ...] = ()) -> None:
@@ -193,11 +227,14 @@ def _check_output(output: str, overwrite: bool, protected: tuple[str, ...] = ())
       raise ExportError(f"output {output} exists and is not a directory")
     if os.listdir(output):
       if not overwrite:
-        raise ExportError(f"output {output} exists and is not empty; pass --overwrite to "
-                          "replace it")
+        raise ExportError(
+          f"output {output} exists and is not empty; pass --overwrite to replace it"
+        )
       if not os.path.isfile(os.path.join(output, "mtl_jax.json")):
-        raise ExportError(f"output {output} is not empty and is not an earlier export (no "
-                          "mtl_jax.json): --overwrite only replaces exports; remove it yourself")
+        raise ExportError(
+          f"output {output} is not empty and is not an earlier export (no "
+          "mtl_jax.json): --overwrite only replaces exports; remove it yourself"
+        )
 
 
 def _publish(tmp: str, output: str, overwrite: bool, protected: tuple[str, ...]) -> None:
@@ -222,7 +259,7 @@ def _pretrained_pooler(model_dir: str) -> dict[str, np.ndarray]:
   out = {}
   with safe_open(st, "np") as f:
     for name in f.keys():
-      stripped = name[len("bert."):] if name.startswith("bert.") else name
+      stripped = name[len("bert.") :] if name.startswith("bert.") else name
       if stripped in ("pooler.dense.weight", "pooler.dense.bias"):
         out[stripped] = np.ascontiguousarray(f.get_tensor(name), dtype=np.float32)
   return out if len(out) == 2 else {}
@@ -245,6 +282,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax's INFO chatter; --verbosity=0 shows it.
   from mtl_jax.checkpoint import UnreadableCheckpointError
   from mtl_jax.specs import ConfigError
+
   try:
     info = export(args.checkpoint, args.output, args.overwrite)
   except (ExportError, hf_io.CheckpointError, ConfigError, UnreadableCheckpointError) as e:
@@ -252,8 +290,10 @@ def main(argv):
   lora = info["encoder"]["lora"]
   what = f"{lora['kind']} merged" if lora else info["encoder"]["adapter"]
   heads = ", ".join(h for h, v in info["heads"].items() if v["params"])
-  print(f"wrote {os.path.abspath(args.output)}: encoder of step {info['source']['step']} "
-        f"({what}), heads {heads}, tokenizer {', '.join(info['tokenizer_files']) or 'none'}")
+  print(
+    f"wrote {os.path.abspath(args.output)}: encoder of step {info['source']['step']} "
+    f"({what}), heads {heads}, tokenizer {', '.join(info['tokenizer_files']) or 'none'}"
+  )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import os
 import platform
 import re
 import sys
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -39,8 +39,9 @@ def backend_is_cpu(environ: Mapping[str, str], distributions: Iterable[str]) -> 
   return not any(_ACCELERATOR_PLUGINS.fullmatch(d.lower()) for d in distributions)
 
 
-def environment_with_huge_pages(environ: Mapping[str, str], thp_mode: str, libc: str,
-                                cpu_backend: bool = True) -> dict[str, str] | None:
+def environment_with_huge_pages(
+  environ: Mapping[str, str], thp_mode: str, libc: str, cpu_backend: bool = True
+) -> dict[str, str] | None:
   """The environment to re-execute with, or None when it would change nothing.
 
   Only when jax computes on the CPU (on a GPU/TPU the step's buffers are not malloc'ed),
@@ -49,8 +50,12 @@ def environment_with_huge_pages(environ: Mapping[str, str], thp_mode: str, libc:
   `glibc.malloc.hugetlb` value.
   """
   tunables = environ.get("GLIBC_TUNABLES", "")
-  if (not cpu_backend or libc != "glibc" or "[madvise]" not in thp_mode
-      or "glibc.malloc.hugetlb" in tunables):
+  if (
+    not cpu_backend
+    or libc != "glibc"
+    or "[madvise]" not in thp_mode
+    or "glibc.malloc.hugetlb" in tunables
+  ):
     return None
   return {**environ, "GLIBC_TUNABLES": ":".join(filter(None, [tunables, TUNABLE]))}
 
@@ -68,8 +73,9 @@ def reexec_with_huge_pages() -> None:
   except OSError:
     return
   installed = (d.metadata["Name"] or "" for d in importlib.metadata.distributions())
-  env = environment_with_huge_pages(os.environ, thp_mode, platform.libc_ver()[0],
-                                    backend_is_cpu(os.environ, installed))
+  env = environment_with_huge_pages(
+    os.environ, thp_mode, platform.libc_ver()[0], backend_is_cpu(os.environ, installed)
+  )
   if env is not None:
     sys.stdout.flush()
     sys.stderr.flush()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 from absl import logging
 
@@ -43,8 +43,10 @@ def stop_between_steps() -> Iterator[StopRequest]:
     if request:
       raise KeyboardInterrupt
     request.name = signal.Signals(signum).name
-    logging.warning("%s: stopping after this step to save a checkpoint (send it again to "
-                    "stop at once)", request.name)
+    logging.warning(
+      "%s: stopping after this step to save a checkpoint (send it again to stop at once)",
+      request.name,
+    )
 
   previous = {s: signal.signal(s, handler) for s in SIGNALS}
   try:

@@ -27,19 +27,36 @@ import os
 import re
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import ml_collections
 
 from mtl_jax import diagnose, specs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METRIC_COLUMNS = {"sst/accuracy": "sst_acc", "quora/accuracy": "quora_acc",
-                  "sts/pearson": "sts_pearson", "overall": "overall"}
+METRIC_COLUMNS = {
+  "sst/accuracy": "sst_acc",
+  "quora/accuracy": "quora_acc",
+  "sts/pearson": "sts_pearson",
+  "overall": "overall",
+}
 CI_COLUMNS = [f"{c}_{end}" for c in METRIC_COLUMNS.values() for end in ("lo", "hi")]
 GRAD_COLUMNS = ["grad_cosine", "grad_conflict_rate", "grad_removed"]
-COLUMNS = ["name", "seed", "status", "config", "overrides", "command", "commit", "steps",
-           *METRIC_COLUMNS.values(), "seconds", *CI_COLUMNS, *GRAD_COLUMNS, "config_json"]
+COLUMNS = [
+  "name",
+  "seed",
+  "status",
+  "config",
+  "overrides",
+  "command",
+  "commit",
+  "steps",
+  *METRIC_COLUMNS.values(),
+  "seconds",
+  *CI_COLUMNS,
+  *GRAD_COLUMNS,
+  "config_json",
+]
 STATUSES = ("trained", "rerun")  # First finished run of its (name, seed); a later one.
 CODE_PATHS = ("mtl_jax", "main.py", "configs", "pyproject.toml")
 STUDY_JSON = "study.json"
@@ -98,7 +115,9 @@ def read(directory: str) -> list[dict]:
     return []
   with open(path, newline="") as f:
     reader = csv.DictReader(f)
-    missing = [c for c in ("name", "seed", "status", "overall") if c not in (reader.fieldnames or [])]
+    missing = [
+      c for c in ("name", "seed", "status", "overall") if c not in (reader.fieldnames or [])
+    ]
     if missing:
       raise LedgerError(f"{path}: not a ledger (missing columns {missing})")
     return [_parse(r) for r in reader]
@@ -131,16 +150,24 @@ def _model_tail(path: str) -> str:
 
 def mismatches(saved: dict, config: ml_collections.ConfigDict) -> list[tuple[str, object, object]]:
   """specs.resume_mismatches, with model.path compared by its last two components."""
-  return [(k, a, b) for k, a, b in specs.resume_mismatches(saved, config)
-          if not (k == "model.path" and _model_tail(str(a)) == _model_tail(str(b)))]
+  return [
+    (k, a, b)
+    for k, a, b in specs.resume_mismatches(saved, config)
+    if not (k == "model.path" and _model_tail(str(a)) == _model_tail(str(b)))
+  ]
 
 
-def find(directory: str, rows: Sequence[dict], name: str, seed: int,
-         config: ml_collections.ConfigDict) -> dict | None:
+def find(
+  directory: str, rows: Sequence[dict], name: str, seed: int, config: ml_collections.ConfigDict
+) -> dict | None:
   """The 'trained' row of (name, seed) with config's experiment keys, if the ledger has it."""
   for row in rows:
-    if (row["status"] == "trained" and row["name"] == name and row["seed"] == seed
-        and not mismatches(saved_config(directory, row), config)):
+    if (
+      row["status"] == "trained"
+      and row["name"] == name
+      and row["seed"] == seed
+      and not mismatches(saved_config(directory, row), config)
+    ):
       return row
   return None
 
@@ -199,9 +226,11 @@ def grad_columns(workdir: str) -> dict:
   except diagnose.DiagnoseError:  # Heads only, or a one-task schedule: no shared gradients.
     return dict.fromkeys(GRAD_COLUMNS)
   mean = lambda xs: sum(xs) / len(xs) if xs and None not in xs else None
-  return {"grad_cosine": mean([p["mean_cosine"] for p in s["pairs"].values()]),
-          "grad_conflict_rate": mean([p["conflict_rate"] for p in s["pairs"].values()]),
-          "grad_removed": mean([t["mean_removed_fraction"] for t in s["tasks"].values()])}
+  return {
+    "grad_cosine": mean([p["mean_cosine"] for p in s["pairs"].values()]),
+    "grad_conflict_rate": mean([p["conflict_rate"] for p in s["pairs"].values()]),
+    "grad_removed": mean([t["mean_removed_fraction"] for t in s["tasks"].values()]),
+  }
 
 
 # --- Which rows count
@@ -219,8 +248,11 @@ def classify(directory: str, rows: Sequence[dict]) -> dict:
   current, stale, reruns, first = [], [], [], {}
   for row in rows:
     ref = latest.get(row["name"])
-    diffs = [] if ref is None else mismatches(configs[id(row)],
-                                              ml_collections.ConfigDict(configs[id(ref)]))
+    diffs = (
+      []
+      if ref is None
+      else mismatches(configs[id(row)], ml_collections.ConfigDict(configs[id(ref)]))
+    )
     diffs = [d for d in diffs if d[0] != "seed"]
     if ref is None or diffs:
       why = "; ".join(f"{k}={a!r} (now {b!r})" for k, a, b in diffs) or "no trained row"
@@ -245,6 +277,7 @@ def readme_table(study: str, results_dir: str) -> str:
   """The markdown a `<!-- results:STUDY -->` marker holds: per configuration, mean ± sd over
   seeds and the paired difference of overall from the study's baseline."""
   from mtl_jax import report
+
   directory = os.path.join(results_dir, study)
   if not os.path.isdir(directory):
     raise LedgerError(f"README has a results:{study} marker but {directory} does not exist")
@@ -253,18 +286,24 @@ def readme_table(study: str, results_dir: str) -> str:
   generated = f"<!-- generated by `python -m mtl_jax.ledger readme` from {study}/results.csv -->"
   if not rows:
     return f"{generated}\n\n(no finished runs in results/{study}/results.csv yet)\n"
-  return generated + "\n\n" + "\n".join(report.seed_table(rows, baseline, overall_only=False)) + "\n"
+  return (
+    generated + "\n\n" + "\n".join(report.seed_table(rows, baseline, overall_only=False)) + "\n"
+  )
 
 
 def update_readme(readme: str, results_dir: str) -> str:
   """readme with every marked table regenerated from its ledger."""
-  return MARKER.sub(lambda m: m.group(1) + readme_table(m.group(2), results_dir) + m.group(4),
-                    readme)
+  return MARKER.sub(
+    lambda m: m.group(1) + readme_table(m.group(2), results_dir) + m.group(4), readme
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m mtl_jax.ledger", description=__doc__.split(
-      "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python -m mtl_jax.ledger",
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   sub = parser.add_subparsers(dest="command", required=True)
   rep = sub.add_parser("report", help="rewrite DIR/report.md from DIR/results.csv")
   rep.add_argument("directory")
@@ -276,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.command == "report":
       from mtl_jax import report
+
       if not os.path.isfile(os.path.join(args.directory, "results.csv")):
         raise LedgerError(f"{args.directory}: no results.csv, not a ledger")
       print(f"wrote {report.write_ledger_report(args.directory)}")
@@ -288,8 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   if args.check:
     if new != text:
-      print(f"ledger: {args.readme} is out of date with {args.results}: run "
-            "`python -m mtl_jax.ledger readme`", file=sys.stderr)
+      print(
+        f"ledger: {args.readme} is out of date with {args.results}: run "
+        "`python -m mtl_jax.ledger readme`",
+        file=sys.stderr,
+      )
       return 1
     return 0
   if new != text:

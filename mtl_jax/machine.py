@@ -15,8 +15,12 @@ import os
 import platform
 
 # /proc/cpuinfo flags -> the names the tables use, widest first.
-ISA_FLAGS = (("amx_tile", "AMX"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512 BF16"),
-             ("avx2", "AVX2"))
+ISA_FLAGS = (
+  ("amx_tile", "AMX"),
+  ("avx512f", "AVX-512"),
+  ("avx512_bf16", "AVX-512 BF16"),
+  ("avx2", "AVX2"),
+)
 
 
 def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
@@ -38,7 +42,7 @@ def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
 
 
 def vector_isa(flags: set[str]) -> str:
-  """"AMX, AVX-512, AVX-512 BF16, AVX2"-style list of what the OS reports; "none of
+  """ "AMX, AVX-512, AVX-512 BF16, AVX2"-style list of what the OS reports; "none of
   AVX2/AVX-512/AMX" when it reports none of them."""
   found = [name for flag, name in ISA_FLAGS if flag in flags]
   return ", ".join(found) if found else "none of AVX2/AVX-512/AMX"
@@ -53,7 +57,7 @@ def cores() -> int:
 
 
 def versions(packages: tuple[str, ...]) -> str:
-  """"jax 0.10.2, jaxlib 0.10.2"; a package not installed is left out."""
+  """ "jax 0.10.2, jaxlib 0.10.2"; a package not installed is left out."""
   out = []
   for name in packages:
     try:
@@ -63,12 +67,20 @@ def versions(packages: tuple[str, ...]) -> str:
   return ", ".join(out)
 
 
-def machine_line(matmul_peak_flops: float | None, packages: tuple[str, ...] = ("jax", "jaxlib"),
-                 cpuinfo: str = "/proc/cpuinfo") -> str:
+def machine_line(
+  matmul_peak_flops: float | None,
+  packages: tuple[str, ...] = ("jax", "jaxlib"),
+  cpuinfo: str = "/proc/cpuinfo",
+) -> str:
   """One line naming the machine, e.g. "machine: AMD EPYC (AVX2), 2 cores, Linux x86_64,
   jax 0.10.2, jaxlib 0.10.2; f32 2048^3 matmul peak measured now: 123 GFLOP/s"."""
   model, flags = cpu_info(cpuinfo)
-  peak = ("" if matmul_peak_flops is None
-          else f"; f32 2048^3 matmul peak measured now: {matmul_peak_flops / 1e9:.0f} GFLOP/s")
-  return (f"machine: {model} ({vector_isa(flags)}), {cores()} cores, {platform.system()} "
-          f"{platform.machine()}, {versions(packages)}{peak}")
+  peak = (
+    ""
+    if matmul_peak_flops is None
+    else f"; f32 2048^3 matmul peak measured now: {matmul_peak_flops / 1e9:.0f} GFLOP/s"
+  )
+  return (
+    f"machine: {model} ({vector_isa(flags)}), {cores()} cores, {platform.system()} "
+    f"{platform.machine()}, {versions(packages)}{peak}"
+  )

@@ -1,4 +1,5 @@
 """Evaluation metrics of the CS224N multitask project (pure numpy)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,46 +8,46 @@ TASK_METRIC = {"sst": "accuracy", "quora": "accuracy", "sts": "pearson"}
 
 
 def _pair(pred, labels) -> tuple[np.ndarray, np.ndarray]:
-    pred, labels = np.asarray(pred).ravel(), np.asarray(labels).ravel()
-    if pred.shape != labels.shape:
-        raise ValueError(f"{pred.size} predictions for {labels.size} labels")
-    if pred.size == 0:
-        raise ValueError("no predictions to evaluate")
-    return pred, labels
+  pred, labels = np.asarray(pred).ravel(), np.asarray(labels).ravel()
+  if pred.shape != labels.shape:
+    raise ValueError(f"{pred.size} predictions for {labels.size} labels")
+  if pred.size == 0:
+    raise ValueError("no predictions to evaluate")
+  return pred, labels
 
 
 def accuracy(pred, labels) -> float:
-    """Fraction of exact matches (quora: 0/1 predictions vs 0.0/1.0 labels)."""
-    pred, labels = _pair(pred, labels)
-    return float(np.mean(pred == labels))
+  """Fraction of exact matches (quora: 0/1 predictions vs 0.0/1.0 labels)."""
+  pred, labels = _pair(pred, labels)
+  return float(np.mean(pred == labels))
 
 
 def pearson(pred, labels) -> float:
-    """Pearson correlation, equal to scipy.stats.pearsonr(pred, labels)[0].
+  """Pearson correlation, equal to scipy.stats.pearsonr(pred, labels)[0].
 
-    A constant input (e.g. a collapsed regression head early in training) has
-    no defined correlation; scipy returns NaN, which would poison the overall
-    score and best-checkpoint comparisons, so we return 0.0 ("no signal").
-    """
-    pred, labels = _pair(pred, labels)
-    # Test equality, not denom == 0: mean-centering a constant leaves rounding
-    # noise whose "correlation" is arbitrary. NaN inputs still give NaN.
-    if np.all(pred == pred[0]) or np.all(labels == labels[0]):
-        return 0.0
-    x = pred.astype(np.float64) - pred.mean(dtype=np.float64)
-    y = labels.astype(np.float64) - labels.mean(dtype=np.float64)
-    denom = np.sqrt(np.dot(x, x)) * np.sqrt(np.dot(y, y))
-    return float(np.clip(np.dot(x, y) / denom, -1.0, 1.0))
+  A constant input (e.g. a collapsed regression head early in training) has
+  no defined correlation; scipy returns NaN, which would poison the overall
+  score and best-checkpoint comparisons, so we return 0.0 ("no signal").
+  """
+  pred, labels = _pair(pred, labels)
+  # Test equality, not denom == 0: mean-centering a constant leaves rounding
+  # noise whose "correlation" is arbitrary. NaN inputs still give NaN.
+  if np.all(pred == pred[0]) or np.all(labels == labels[0]):
+    return 0.0
+  x = pred.astype(np.float64) - pred.mean(dtype=np.float64)
+  y = labels.astype(np.float64) - labels.mean(dtype=np.float64)
+  denom = np.sqrt(np.dot(x, x)) * np.sqrt(np.dot(y, y))
+  return float(np.clip(np.dot(x, y) / denom, -1.0, 1.0))
 
 
 def overall_score(sst_acc: float, quora_acc: float, sts_pearson: float) -> float:
-    """The CS224N leaderboard score: STS correlation is mapped from [-1, 1] to [0, 1]."""
-    return (sst_acc + quora_acc + (sts_pearson + 1.0) / 2.0) / 3.0
+  """The CS224N leaderboard score: STS correlation is mapped from [-1, 1] to [0, 1]."""
+  return (sst_acc + quora_acc + (sts_pearson + 1.0) / 2.0) / 3.0
 
 
 def evaluate_task(task: str, predictions, labels) -> dict[str, dict[str, float]]:
-    """{task: {metric_name: value}}, e.g. {"sts": {"pearson": 0.87}}."""
-    if task not in TASK_METRIC:
-        raise ValueError(f"unknown task {task!r}; valid: {sorted(TASK_METRIC)}")
-    fn = accuracy if TASK_METRIC[task] == "accuracy" else pearson
-    return {task: {TASK_METRIC[task]: fn(predictions, labels)}}
+  """{task: {metric_name: value}}, e.g. {"sts": {"pearson": 0.87}}."""
+  if task not in TASK_METRIC:
+    raise ValueError(f"unknown task {task!r}; valid: {sorted(TASK_METRIC)}")
+  fn = accuracy if TASK_METRIC[task] == "accuracy" else pearson
+  return {task: {TASK_METRIC[task]: fn(predictions, labels)}}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -76,18 +76,26 @@ class MetricsLog:
   def __init__(self, workdir: str, write: bool = True, resume_step: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._written = truncate_after(self.path, resume_step) if write else set()
-    self._file = (os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                  if write else None)
+    self._file = (
+      os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if write else None
+    )
     self._tb = None
     if write:
       try:
         from tensorboardX import SummaryWriter
+
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
       except ImportError:  # Optional: metrics.jsonl has everything.
         pass
 
-  def write(self, step: int, metrics: dict, tasks: Sequence[str] = (), prefix: str = "",
-            extra: dict | None = None) -> dict:
+  def write(
+    self,
+    step: int,
+    metrics: dict,
+    tasks: Sequence[str] = (),
+    prefix: str = "",
+    extra: dict | None = None,
+  ) -> dict:
     flat = {prefix + k: v for k, v in _flatten(metrics, tasks).items()}
     flat.update(extra or {})
     record = {"step": step, **flat}
@@ -96,7 +104,7 @@ class MetricsLog:
       self._written.add(key)
       data = (json.dumps(record) + "\n").encode()
       while data:  # One call in practice; a short write only on a full disk.
-        data = data[os.write(self._file, data):]
+        data = data[os.write(self._file, data) :]
     if self._tb is not None:
       for k, v in flat.items():
         if isinstance(v, (int, float)):
@@ -105,8 +113,17 @@ class MetricsLog:
 
   def progress(self, first: int, total: int):
     from tqdm.auto import tqdm
-    return tqdm(total=total, initial=first, desc="train", unit="step", file=sys.stderr,
-                dynamic_ncols=True, mininterval=1.0, disable=self._file is None)
+
+    return tqdm(
+      total=total,
+      initial=first,
+      desc="train",
+      unit="step",
+      file=sys.stderr,
+      dynamic_ncols=True,
+      mininterval=1.0,
+      disable=self._file is None,
+    )
 
   @staticmethod
   def table(results: dict) -> str:

@@ -23,7 +23,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA_AXIS = "data"
 PARAM_SHARDINGS = ("replicated", "fsdp")  # config.train.param_sharding values.
@@ -42,12 +43,15 @@ def initialize_distributed() -> bool:
   if env.get("JAX_COORDINATOR_ADDRESS"):
     count, index = env.get("JAX_NUM_PROCESSES"), env.get("JAX_PROCESS_ID")
     enable_cpu_collectives()
-    jax.distributed.initialize(num_processes=int(count) if count else None,
-                               process_id=int(index) if index else None)
+    jax.distributed.initialize(
+      num_processes=int(count) if count else None, process_id=int(index) if index else None
+    )
     return True
-  if ((int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in env)  # srun
-      or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1  # mpirun
-      or "," in env.get("TPU_WORKER_HOSTNAMES", "")):  # Several TPU hosts.
+  if (
+    (int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in env)  # srun
+    or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1  # mpirun
+    or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+  ):  # Several TPU hosts.
     enable_cpu_collectives()
     jax.distributed.initialize()
     return True
@@ -83,6 +87,7 @@ def any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return bool(flag)
   from jax.experimental import multihost_utils
+
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
@@ -105,10 +110,12 @@ def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
   """Global arrays from a host batch that every process holds whole: each device gets
   only its slice (no cross-process transfer or equality check). Entries without the split
   axis (a one-task batch's scalar task id) are replicated."""
+
   def put(v):
     v = np.asarray(v)
     s = sharding if v.ndim >= len(sharding.spec) else replicated(sharding.mesh)
     return jax.make_array_from_callback(v.shape, s, lambda index: v[index])
+
   return {k: put(v) for k, v in batch.items()}
 
 
@@ -117,16 +124,19 @@ def fsdp_spec(shape: tuple[int, ...], num_devices: int) -> P:
   than FSDP_MIN_SIZE (or with no such axis) stay replicated."""
   if int(np.prod(shape)) < FSDP_MIN_SIZE:
     return P()
-  axes = [a for a in sorted(range(len(shape)), key=lambda a: -shape[a])
-          if shape[a] % num_devices == 0]
+  axes = [
+    a for a in sorted(range(len(shape)), key=lambda a: -shape[a]) if shape[a] % num_devices == 0
+  ]
   return P(*[DATA_AXIS if a == axes[0] else None for a in range(len(shape))]) if axes else P()
 
 
 def param_shardings(tree: Any, mesh: Mesh, mode: str) -> Any:
   """A NamedSharding per leaf: replicated, or fsdp_spec's split when mode is "fsdp"."""
+
   def sharding(x):
     spec = fsdp_spec(np.shape(x), mesh.size) if mode == "fsdp" else P()
     return NamedSharding(mesh, spec)
+
   return jax.tree.map(sharding, tree)
 
 

@@ -39,27 +39,39 @@ def read_input(path: str, task: str) -> TaskSplit:
   if wrong or blank:
     what = "one sentence" if width == 1 else "two tab-separated sentences"
     bad = sorted(set(wrong + blank))
-    raise DataError(f"{path}: line(s) {bad[:10]} do not hold {what} ({task} input; or give a "
-                    f"CS224N file with a header: id, {', '.join(files.sentence_columns(task))})")
+    raise DataError(
+      f"{path}: line(s) {bad[:10]} do not hold {what} ({task} input; or give a "
+      f"CS224N file with a header: id, {', '.join(files.sentence_columns(task))})"
+    )
   columns = list(zip(*[[s.strip() for s in p] for p in parts]))
-  return TaskSplit(task=task, split="input", path=path, ids=[str(n) for n in range(1, len(lines) + 1)],
-                   sentences1=list(columns[0]), sentences2=list(columns[1]) if width == 2 else None,
-                   labels=None, skipped=[])
+  return TaskSplit(
+    task=task,
+    split="input",
+    path=path,
+    ids=[str(n) for n in range(1, len(lines) + 1)],
+    sentences1=list(columns[0]),
+    sentences2=list(columns[1]) if width == 2 else None,
+    labels=None,
+    skipped=[],
+  )
 
 
 def predict_file(workdir: str, task: str, input_path: str, output_path: str) -> dict[str, float]:
   """Writes the predictions of `workdir`'s latest checkpoint; returns metrics if labelled."""
   from mtl_jax import specs, train  # Heavy imports after flag parsing.
   from mtl_jax.models import hf_io
+
   config, model, params = train.load_trained(workdir)
   split = read_input(input_path, task)
   cross = specs.head_spec(config).pairs == "cross"
-  data = batching.encode(hf_io.load_tokenizer(config.model.path), split,
-                         config.model.max_length, cross)
+  data = batching.encode(
+    hf_io.load_tokenizer(config.model.path), split, config.model.max_length, cross
+  )
   mesh = parallel.make_mesh()
   predict_fn = parallel.data_parallel(evaluate.make_predict_fn(model), mesh, 0)
-  preds = evaluate.predict_split(predict_fn, params, data, config.eval.seqs_per_batch,
-                                 tuple(config.train.length_buckets))
+  preds = evaluate.predict_split(
+    predict_fn, params, data, config.eval.seqs_per_batch, tuple(config.train.length_buckets)
+  )
   evaluate.write_task_predictions(output_path, data, preds)
   if split.labels is None:
     return {}

@@ -6,90 +6,91 @@ ours: a header `id \\t <Column> \\n`, then one `<id> , <prediction> \\n` per
 example. Values are formatted as the starter's numpy values print: sst an int
 class ("3"), quora a float 0/1 ("1.0"), sts a float ("2.75").
 """
+
 from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 # "Predicted_Similiary" is the starter's own spelling (also in the prediction
 # files committed to that repo); kept so the files match what it expects.
 HEADERS = {
-    "sst": "Predicted_Sentiment",
-    "quora": "Predicted_Is_Paraphrase",
-    "sts": "Predicted_Similiary",
+  "sst": "Predicted_Sentiment",
+  "quora": "Predicted_Is_Paraphrase",
+  "sts": "Predicted_Similiary",
 }
 # The starter's default names: predictions/{sst,para,sts}-{dev,test}-output.csv.
 _FILE_TASK = {"sst": "sst", "quora": "para", "sts": "sts"}
 
 
 def output_filename(task: str, split: str) -> str:
-    """The starter's file name for a task and split, e.g. 'para-dev-output.csv'."""
-    _check_task(task)
-    return f"{_FILE_TASK[task]}-{split}-output.csv"
+  """The starter's file name for a task and split, e.g. 'para-dev-output.csv'."""
+  _check_task(task)
+  return f"{_FILE_TASK[task]}-{split}-output.csv"
 
 
 def _check_task(task: str) -> None:
-    if task not in HEADERS:
-        raise ValueError(f"unknown task {task!r}; valid: {sorted(HEADERS)}")
+  if task not in HEADERS:
+    raise ValueError(f"unknown task {task!r}; valid: {sorted(HEADERS)}")
 
 
 def _format(task: str, value) -> str:
-    v = float(value)
-    if task == "sst":
-        if not (v.is_integer() and 0 <= v <= 4):
-            raise ValueError(f"sst prediction {value!r} is not a class in 0..4")
-        return str(int(v))
-    if task == "quora":
-        if v not in (0.0, 1.0):
-            raise ValueError(f"quora prediction {value!r} is not 0 or 1")
-        return repr(v)
-    if not math.isfinite(v):
-        raise ValueError(f"sts prediction {value!r} is not finite")
-    return repr(v)  # shortest text that round-trips
+  v = float(value)
+  if task == "sst":
+    if not (v.is_integer() and 0 <= v <= 4):
+      raise ValueError(f"sst prediction {value!r} is not a class in 0..4")
+    return str(int(v))
+  if task == "quora":
+    if v not in (0.0, 1.0):
+      raise ValueError(f"quora prediction {value!r} is not 0 or 1")
+    return repr(v)
+  if not math.isfinite(v):
+    raise ValueError(f"sts prediction {value!r} is not finite")
+  return repr(v)  # shortest text that round-trips
 
 
 def write_predictions(path: str, task: str, ids: Sequence[str], predictions) -> None:
-    """Writes atomically (temp file + os.replace) so a crash never leaves half a file."""
-    _check_task(task)
-    preds = np.asarray(predictions).ravel()
-    if len(ids) != preds.size:
-        raise ValueError(f"{len(ids)} ids but {preds.size} predictions")
-    lines = [f"id \t {HEADERS[task]} \n"]
-    for i, p in zip(ids, preds):
-        i = str(i)
-        if not i or any(c.isspace() or c == "," for c in i):
-            raise ValueError(f"id {i!r} cannot be written (empty, or has a space or comma)")
-        lines.append(f"{i} , {_format(task, p)} \n")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # Same directory, so os.replace is an atomic rename; plain open() keeps
-    # the usual umask permissions (mkstemp would make the file owner-only).
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.writelines(lines)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+  """Writes atomically (temp file + os.replace) so a crash never leaves half a file."""
+  _check_task(task)
+  preds = np.asarray(predictions).ravel()
+  if len(ids) != preds.size:
+    raise ValueError(f"{len(ids)} ids but {preds.size} predictions")
+  lines = [f"id \t {HEADERS[task]} \n"]
+  for i, p in zip(ids, preds):
+    i = str(i)
+    if not i or any(c.isspace() or c == "," for c in i):
+      raise ValueError(f"id {i!r} cannot be written (empty, or has a space or comma)")
+    lines.append(f"{i} , {_format(task, p)} \n")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  # Same directory, so os.replace is an atomic rename; plain open() keeps
+  # the usual umask permissions (mkstemp would make the file owner-only).
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+      f.writelines(lines)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def read_predictions(path: str) -> tuple[str, list[str], np.ndarray]:
-    """Reads a file written by write_predictions: (task, ids, float64 values)."""
-    with open(path, encoding="utf-8") as f:
-        header, *rows = f.read().splitlines()
-    column = header.split("\t")[-1].strip()
-    tasks = [t for t, h in HEADERS.items() if h == column]
-    if header.split("\t")[0].strip() != "id" or not tasks:
-        raise ValueError(f"{path}: not a prediction file (header {header!r})")
-    ids, values = [], []
-    for n, row in enumerate(rows, start=2):
-        parts = row.split(" , ")
-        if len(parts) != 2:
-            raise ValueError(f"{path}:{n}: expected '<id> , <value>', got {row!r}")
-        ids.append(parts[0].strip())
-        values.append(float(parts[1]))
-    return tasks[0], ids, np.asarray(values, dtype=np.float64)
+  """Reads a file written by write_predictions: (task, ids, float64 values)."""
+  with open(path, encoding="utf-8") as f:
+    header, *rows = f.read().splitlines()
+  column = header.split("\t")[-1].strip()
+  tasks = [t for t, h in HEADERS.items() if h == column]
+  if header.split("\t")[0].strip() != "id" or not tasks:
+    raise ValueError(f"{path}: not a prediction file (header {header!r})")
+  ids, values = [], []
+  for n, row in enumerate(rows, start=2):
+    parts = row.split(" , ")
+    if len(parts) != 2:
+      raise ValueError(f"{path}:{n}: expected '<id> , <value>', got {row!r}")
+    ids.append(parts[0].strip())
+    values.append(float(parts[1]))
+  return tasks[0], ids, np.asarray(values, dtype=np.float64)

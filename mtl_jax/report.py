@@ -13,20 +13,27 @@ import collections
 import csv
 import datetime
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from mtl_jax import diagnose, ledger, stats
 from mtl_jax.data.files import TASKS
 
-LABELS = {"sst_acc": "SST acc", "quora_acc": "Quora acc", "sts_pearson": "STS Pearson",
-          "overall": "overall"}
+LABELS = {
+  "sst_acc": "SST acc",
+  "quora_acc": "Quora acc",
+  "sts_pearson": "STS Pearson",
+  "overall": "overall",
+}
 
 
 def table(header: list[str], body: list[list[str]]) -> list[str]:
-  return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
-          *("| " + " | ".join(r) + " |" for r in body)]
+  return [
+    "| " + " | ".join(header) + " |",
+    "|" + " --- |" * len(header),
+    *("| " + " | ".join(r) + " |" for r in body),
+  ]
 
 
 def number(v, fmt: str = ".4f") -> str:
@@ -61,8 +68,9 @@ def _diff(d: dict) -> str:
 
 
 def _paired(by_seed: dict[int, dict], base: dict[int, dict], column: str) -> dict:
-  return stats.paired_difference({s: r[column] for s, r in by_seed.items()},
-                                 {s: r[column] for s, r in base.items()})
+  return stats.paired_difference(
+    {s: r[column] for s, r in by_seed.items()}, {s: r[column] for s, r in base.items()}
+  )
 
 
 def seed_table(rows: Sequence[dict], baseline: str | None, overall_only: bool = True) -> list[str]:
@@ -74,10 +82,16 @@ def seed_table(rows: Sequence[dict], baseline: str | None, overall_only: bool = 
     header.append(f"overall − {baseline} (95% CI)")
   body = []
   for name, by_seed in g.items():
-    cells = [f"`{name}`", str(len(by_seed)), ",".join(map(str, sorted(by_seed))),
-             *(_mean_sd([r[c] for r in by_seed.values()]) for c in LABELS)]
+    cells = [
+      f"`{name}`",
+      str(len(by_seed)),
+      ",".join(map(str, sorted(by_seed))),
+      *(_mean_sd([r[c] for r in by_seed.values()]) for c in LABELS),
+    ]
     if baseline in g:
-      cells.append("baseline" if name == baseline else _diff(_paired(by_seed, g[baseline], "overall")))
+      cells.append(
+        "baseline" if name == baseline else _diff(_paired(by_seed, g[baseline], "overall"))
+      )
     body.append(cells)
   return table(header, body)
 
@@ -88,49 +102,93 @@ def study_sections(rows: Sequence[dict], baseline: str | None) -> list[str]:
   g = groups(rows)
   if not g:
     return []
-  lines = ["## Over seeds", "",
-           "Mean ± sample standard deviation over the seeds of each configuration (runs that "
-           "differ only in `seed`)."
-           + (f" Last column: the paired difference from `{baseline}` over the seeds both ran."
-              if baseline in g else ""), "", *seed_table(rows, baseline)]
+  lines = [
+    "## Over seeds",
+    "",
+    "Mean ± sample standard deviation over the seeds of each configuration (runs that "
+    "differ only in `seed`)."
+    + (
+      f" Last column: the paired difference from `{baseline}` over the seeds both ran."
+      if baseline in g
+      else ""
+    ),
+    "",
+    *seed_table(rows, baseline),
+  ]
   if baseline is not None and baseline not in g:
     lines += ["", f"Baseline `{baseline}` has no finished run: no differences computed."]
   if baseline in g and len(g) > 1:
-    lines += ["", f"## Difference from `{baseline}`", "",
-              "Per metric: mean of (configuration − baseline) over the seeds both ran, its 95% "
-              "Student-t interval (n − 1 degrees of freedom) and the verdict: better / worse when "
-              "the interval excludes 0, \"no difference detected\" when it contains 0 (not a "
-              "proof of equality: more seeds would narrow it), \"n too small\" below two seeds.",
-              "", *table(["configuration", "n", *LABELS.values()], [
-                  [f"`{name}`", str(_paired(by_seed, g[baseline], "overall")["n"]),
-                   *(_diff(_paired(by_seed, g[baseline], c)) for c in LABELS)]
-                  for name, by_seed in g.items() if name != baseline])]
-  noise = [[f"`{name}`", *(_noise(list(by_seed.values()), c) for c in LABELS)]
-           for name, by_seed in g.items()]
+    lines += [
+      "",
+      f"## Difference from `{baseline}`",
+      "",
+      "Per metric: mean of (configuration − baseline) over the seeds both ran, its 95% "
+      "Student-t interval (n − 1 degrees of freedom) and the verdict: better / worse when "
+      'the interval excludes 0, "no difference detected" when it contains 0 (not a '
+      'proof of equality: more seeds would narrow it), "n too small" below two seeds.',
+      "",
+      *table(
+        ["configuration", "n", *LABELS.values()],
+        [
+          [
+            f"`{name}`",
+            str(_paired(by_seed, g[baseline], "overall")["n"]),
+            *(_diff(_paired(by_seed, g[baseline], c)) for c in LABELS),
+          ]
+          for name, by_seed in g.items()
+          if name != baseline
+        ],
+      ),
+    ]
+  noise = [
+    [f"`{name}`", *(_noise(list(by_seed.values()), c) for c in LABELS)]
+    for name, by_seed in g.items()
+  ]
   if any(cell != "-" for r in noise for cell in r[1:]):
-    lines += ["", "## Evaluation noise and training noise", "",
-              "Per configuration: half-width of each run's bootstrap 95% interval (1,000 "
-              "resamples of the dev examples, mean over seeds): the noise of the dev set alone; "
-              "beside it, the sd over seeds: the noise of training.", "",
-              *table(["configuration", *(f"{v}: bootstrap ± / seed sd" for v in LABELS.values())],
-                     noise)]
-  grad = [[f"`{name}`", *(_mean_sd([r.get(c) for r in by_seed.values()])
-                          for c in ledger.GRAD_COLUMNS)] for name, by_seed in g.items()]
+    lines += [
+      "",
+      "## Evaluation noise and training noise",
+      "",
+      "Per configuration: half-width of each run's bootstrap 95% interval (1,000 "
+      "resamples of the dev examples, mean over seeds): the noise of the dev set alone; "
+      "beside it, the sd over seeds: the noise of training.",
+      "",
+      *table(["configuration", *(f"{v}: bootstrap ± / seed sd" for v in LABELS.values())], noise),
+    ]
+  grad = [
+    [f"`{name}`", *(_mean_sd([r.get(c) for r in by_seed.values()]) for c in ledger.GRAD_COLUMNS)]
+    for name, by_seed in g.items()
+  ]
   if any(cell != "-" for r in grad for cell in r[1:]):
-    lines += ["", "## Gradient diagnostics", "",
-              "Per configuration, mean ± sd over seeds of each run's mean over its logged steps "
-              "(`python -m mtl_jax.diagnose`), averaged over the three task pairs: cosine of the "
-              "per-task gradients of the shared parameters, conflict rate (share of steps with "
-              "cosine < 0); and over tasks: share of each task's gradient norm the method removed "
-              "(- when the method reports none, e.g. sum).", "",
-              *table(["configuration", "mean pairwise cosine", "conflict rate",
-                      "share of gradient norm removed"], grad)]
+    lines += [
+      "",
+      "## Gradient diagnostics",
+      "",
+      "Per configuration, mean ± sd over seeds of each run's mean over its logged steps "
+      "(`python -m mtl_jax.diagnose`), averaged over the three task pairs: cosine of the "
+      "per-task gradients of the shared parameters, conflict rate (share of steps with "
+      "cosine < 0); and over tasks: share of each task's gradient norm the method removed "
+      "(- when the method reports none, e.g. sum).",
+      "",
+      *table(
+        [
+          "configuration",
+          "mean pairwise cosine",
+          "conflict rate",
+          "share of gradient norm removed",
+        ],
+        grad,
+      ),
+    ]
   return lines
 
 
 def _noise(rows: list[dict], column: str) -> str:
-  halves = [(r[f"{column}_hi"] - r[f"{column}_lo"]) / 2 for r in rows
-            if r.get(f"{column}_lo") is not None and r.get(f"{column}_hi") is not None]
+  halves = [
+    (r[f"{column}_hi"] - r[f"{column}_lo"]) / 2
+    for r in rows
+    if r.get(f"{column}_lo") is not None and r.get(f"{column}_hi") is not None
+  ]
   _, sd, _ = stats.mean_sd([r[column] for r in rows])
   if not halves:
     return "-"
@@ -148,26 +206,41 @@ def provenance(directory: str, classified: dict) -> list[str]:
     first, *others = commits
     same = [ledger.same_code(first, c) for c in others]
     if all(s is True for s in same):
-      lines += ["", "The rows come from different commits, whose training code "
-                f"({', '.join(ledger.CODE_PATHS)}) is identical."]
+      lines += [
+        "",
+        "The rows come from different commits, whose training code "
+        f"({', '.join(ledger.CODE_PATHS)}) is identical.",
+      ]
     else:
-      lines += ["", "**The rows come from different versions of the training code** "
-                f"({', '.join(ledger.CODE_PATHS)} differ between these commits, or cannot be "
-                "compared here): differences between configurations may come from the code."]
+      lines += [
+        "",
+        "**The rows come from different versions of the training code** "
+        f"({', '.join(ledger.CODE_PATHS)} differ between these commits, or cannot be "
+        "compared here): differences between configurations may come from the code.",
+      ]
   if classified["reruns"]:
     lines += ["", "Reruns of ledger rows (the statistics use the first run):", ""]
     for rerun, original in classified["reruns"]:
-      diffs = {LABELS[c]: rerun[c] - original[c] for c in LABELS
-               if rerun[c] is not None and original[c] is not None}
+      diffs = {
+        LABELS[c]: rerun[c] - original[c]
+        for c in LABELS
+        if rerun[c] is not None and original[c] is not None
+      }
       moved = {k: d for k, d in diffs.items() if d != 0}
-      what = ("identical metrics" if not moved else "**different metrics**: " + ", ".join(
-          f"{k} {d:+.4f}" for k, d in moved.items()))
-      lines.append(f"- `{rerun['name']}` seed {rerun['seed']} (commit `{rerun['commit'][:12]}`, "
-                   f"first run `{original['commit'][:12]}`): {what}")
+      what = (
+        "identical metrics"
+        if not moved
+        else "**different metrics**: " + ", ".join(f"{k} {d:+.4f}" for k, d in moved.items())
+      )
+      lines.append(
+        f"- `{rerun['name']}` seed {rerun['seed']} (commit `{rerun['commit'][:12]}`, "
+        f"first run `{original['commit'][:12]}`): {what}"
+      )
   if classified["stale"]:
     lines += ["", "Rows not used (their configuration's experiment keys have changed since):", ""]
-    lines += [f"- `{r['name']}` seed {r['seed']} ({r['status']}): {why}"
-              for r, why in classified["stale"]]
+    lines += [
+      f"- `{r['name']}` seed {r['seed']} ({r['status']}): {why}" for r, why in classified["stale"]
+    ]
   return lines
 
 
@@ -184,29 +257,54 @@ def write_ledger_report(directory: str, missing: Sequence[str] = ()) -> str:
   study = ledger.read_study(directory)
   rows = classified["current"]
   name = os.path.basename(os.path.normpath(directory))
-  lines = [f"# Study `{name}`", "",
-           f"Generated {datetime.date.today()} from `results.csv` ({len(rows)} runs used) by "
-           f"`python -m mtl_jax.ledger report {directory}` or the sweep:", "",
-           f"`{study['command'] or 'python -m mtl_jax.sweep ... --ledger ' + directory}`", ""]
+  lines = [
+    f"# Study `{name}`",
+    "",
+    f"Generated {datetime.date.today()} from `results.csv` ({len(rows)} runs used) by "
+    f"`python -m mtl_jax.ledger report {directory}` or the sweep:",
+    "",
+    f"`{study['command'] or 'python -m mtl_jax.sweep ... --ledger ' + directory}`",
+    "",
+  ]
   if missing:
     lines += [f"Not in the ledger yet: {', '.join(missing)}.", ""]
   lines += study_sections(rows, study["baseline"])
   plots = os.path.join(directory, "plots")
   pngs = sorted(p for p in os.listdir(plots) if p.endswith(".png")) if os.path.isdir(plots) else []
   if pngs:
-    lines += ["", "## Training curves", "",
-              "Mean over the seeds of each configuration, of the runs whose workdirs were on the "
-              "machine that wrote this report.", ""]
+    lines += [
+      "",
+      "## Training curves",
+      "",
+      "Mean over the seeds of each configuration, of the runs whose workdirs were on the "
+      "machine that wrote this report.",
+      "",
+    ]
     lines += [f"![{p[:-4]}](plots/{p})" for p in pngs]
   lines += ["", *provenance(directory, classified)]
-  lines += ["", "## Runs", "",
-            "Dev metrics with each run's bootstrap 95% interval; `command` reproduces the run "
-            "(add `--workdir`).", ""]
-  lines += table(["configuration", "seed", *LABELS.values(), "steps", "wall time", "commit",
-                  "command"],
-                 [[f"`{r['name']}`", str(r["seed"]), *(_ci(r, c) for c in LABELS),
-                   number(r["steps"], "d"), duration(r["seconds"]), f"`{r['commit'][:12]}`",
-                   f"`{r['command']}`"] for r in rows])
+  lines += [
+    "",
+    "## Runs",
+    "",
+    "Dev metrics with each run's bootstrap 95% interval; `command` reproduces the run "
+    "(add `--workdir`).",
+    "",
+  ]
+  lines += table(
+    ["configuration", "seed", *LABELS.values(), "steps", "wall time", "commit", "command"],
+    [
+      [
+        f"`{r['name']}`",
+        str(r["seed"]),
+        *(_ci(r, c) for c in LABELS),
+        number(r["steps"], "d"),
+        duration(r["seconds"]),
+        f"`{r['commit'][:12]}`",
+        f"`{r['command']}`",
+      ]
+      for r in rows
+    ],
+  )
   path = os.path.join(directory, "report.md")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -233,21 +331,36 @@ def _curves(runs: Sequence, out: str, by_name: bool = False) -> dict[str, str]:
       line = series(*log)
       if line is not None and len(line[0]):
         grouped[run.name if by_name else run.label].append(line)
-    return {label: (ls[0][0], np.mean([v for _, v in ls], axis=0))
-            if len({len(s) for s, _ in ls}) == 1 else ls[0] for label, ls in grouped.items()}
+    return {
+      label: (ls[0][0], np.mean([v for _, v in ls], axis=0))
+      if len({len(s) for s, _ in ls}) == 1
+      else ls[0]
+      for label, ls in grouped.items()
+    }
 
   paths = {}
   for k, task in enumerate(TASKS):
-    loss = lines(lambda rows, _: ([r["step"] for r in rows],
-                                  diagnose.task_columns(rows, "task_loss/")[:, k]) if rows else None)
+    loss = lines(
+      lambda rows, _: (
+        ([r["step"] for r in rows], diagnose.task_columns(rows, "task_loss/")[:, k])
+        if rows
+        else None
+      )
+    )
     if loss:
       paths[f"{task} loss"] = diagnose.line_plot(
-          os.path.join(out, f"loss_{task}.png"), f"Training loss: {task}", "loss", loss)
-  dev = lines(lambda _, d: ([r["step"] for r in d if "dev/overall" in r],
-                            [r["dev/overall"] for r in d if "dev/overall" in r]))
+        os.path.join(out, f"loss_{task}.png"), f"Training loss: {task}", "loss", loss
+      )
+  dev = lines(
+    lambda _, d: (
+      [r["step"] for r in d if "dev/overall" in r],
+      [r["dev/overall"] for r in d if "dev/overall" in r],
+    )
+  )
   if any(len(steps) > 1 for steps, _ in dev.values()):
     paths["dev overall"] = diagnose.line_plot(
-        os.path.join(out, "dev_overall.png"), "Dev overall score", "overall", dev)
+      os.path.join(out, "dev_overall.png"), "Dev overall score", "overall", dev
+    )
   return paths
 
 
@@ -266,8 +379,14 @@ def _diagnostics(runs: Sequence) -> dict[str, dict]:
   return summaries
 
 
-def write_sweep_report(runs: Sequence, rows: list[dict], workdir: str, command: str,
-                       columns: Sequence[str], baseline: str | None = None) -> list[str]:
+def write_sweep_report(
+  runs: Sequence,
+  rows: list[dict],
+  workdir: str,
+  command: str,
+  columns: Sequence[str],
+  baseline: str | None = None,
+) -> list[str]:
   """Writes WORKDIR/results.csv (`columns`), report.md and the PNGs of a sweep's runs
   (mtl_jax.sweep.Run); returns the paths of the first two."""
   os.makedirs(workdir, exist_ok=True)
@@ -282,46 +401,77 @@ def write_sweep_report(runs: Sequence, rows: list[dict], workdir: str, command: 
   link = lambda path: os.path.relpath(path, workdir)
   counts = collections.Counter(r["status"] for r in rows)
   best = max((r["overall"] for r in rows if r["overall"] is not None), default=None)
-  lines = ["# Sweep report", "", f"`{command}`", "",
-           f"{datetime.datetime.now():%Y-%m-%d %H:%M}: {len(rows)} runs, "
-           + ", ".join(f"{n} {s}" for s, n in counts.items()) + ". "
-           "Dev metrics of each run's last step [bootstrap 95% interval over the dev examples]; "
-           "wall time of the process that finished it (loading and compilation included; "
-           "* = resumed from a checkpoint).", ""]
+  lines = [
+    "# Sweep report",
+    "",
+    f"`{command}`",
+    "",
+    f"{datetime.datetime.now():%Y-%m-%d %H:%M}: {len(rows)} runs, "
+    + ", ".join(f"{n} {s}" for s, n in counts.items())
+    + ". "
+    "Dev metrics of each run's last step [bootstrap 95% interval over the dev examples]; "
+    "wall time of the process that finished it (loading and compilation included; "
+    "* = resumed from a checkpoint).",
+    "",
+  ]
   body = []
   for r in rows:
     cells = [_ci(r, m) for m in LABELS]
     if best is not None and r["overall"] == best:
       cells[-1] = f"**{cells[-1]}**"
     resumed = "*" if r.get("first_step") else ""
-    body.append([f"`{r['run']}`", r["status"], *cells, number(r["steps"], "d"),
-                 duration(r["seconds"]) + resumed,
-                 number(r.get("trainable_params"), ",d")])
-  lines += table(["run", "status", *LABELS.values(), "steps", "wall time",
-                         "trainable params"], body)
+    body.append(
+      [
+        f"`{r['run']}`",
+        r["status"],
+        *cells,
+        number(r["steps"], "d"),
+        duration(r["seconds"]) + resumed,
+        number(r.get("trainable_params"), ",d"),
+      ]
+    )
+  lines += table(
+    ["run", "status", *LABELS.values(), "steps", "wall time", "trainable params"], body
+  )
   failed = [r for r in rows if r["status"] == "failed"]
   if failed:
-    lines += ["", "Failed:", ""] + [f"- `{r['run']}`: {r['error']} "
-                                     f"([log]({r['run']}/train.log))" for r in failed]
+    lines += ["", "Failed:", ""] + [
+      f"- `{r['run']}`: {r['error']} ([log]({r['run']}/train.log))" for r in failed
+    ]
   if len({r.seed for r in runs}) > 1 or baseline is not None:
     lines += ["", *study_sections(rows, baseline)]
   if plots:
     lines += ["", "## Training curves", ""] + [f"![{name}]({link(p)})" for name, p in plots.items()]
   if summaries:
     pairs = list(next(iter(summaries.values()))["pairs"])
-    lines += ["", "## Gradient conflict", "",
-              "Per pair of tasks, over the logged steps: mean cosine of the per-task gradients of "
-              "the shared parameters / share of steps where it is negative "
-              "(`python -m mtl_jax.diagnose`).", ""]
-    lines += table(["run", *pairs, "plots"], [
-        [f"`{name}`", *(f"{number(s['pairs'][p]['mean_cosine'], '+.3f')} / "
-                        f"{number(s['pairs'][p]['conflict_rate'], '.2f')}" for p in pairs),
-         f"[cosine]({name}/diagnostics/cosine.png), "
-         f"[conflict rate]({name}/diagnostics/conflict_rate.png)"]
-        for name, s in summaries.items()])
-  lines += ["", "## Runs", ""] + table(["run", "command"], [
-      [f"`{run.label}`", f"`{run.display_command()}`"]
-      for run in runs])
+    lines += [
+      "",
+      "## Gradient conflict",
+      "",
+      "Per pair of tasks, over the logged steps: mean cosine of the per-task gradients of "
+      "the shared parameters / share of steps where it is negative "
+      "(`python -m mtl_jax.diagnose`).",
+      "",
+    ]
+    lines += table(
+      ["run", *pairs, "plots"],
+      [
+        [
+          f"`{name}`",
+          *(
+            f"{number(s['pairs'][p]['mean_cosine'], '+.3f')} / "
+            f"{number(s['pairs'][p]['conflict_rate'], '.2f')}"
+            for p in pairs
+          ),
+          f"[cosine]({name}/diagnostics/cosine.png), "
+          f"[conflict rate]({name}/diagnostics/conflict_rate.png)",
+        ]
+        for name, s in summaries.items()
+      ],
+    )
+  lines += ["", "## Runs", ""] + table(
+    ["run", "command"], [[f"`{run.label}`", f"`{run.display_command()}`"] for run in runs]
+  )
   report_path = os.path.join(workdir, "report.md")
   with open(report_path, "w") as f:
     f.write("\n".join(lines) + "\n")
@@ -332,7 +482,8 @@ def write_ledger(runs: Sequence, ledger_dir: str) -> str:
   """The ledger's plots (mean over seeds, from the runs whose workdirs are here) and
   report.md (from all its rows); returns the report's path."""
   _curves(runs, os.path.join(ledger_dir, "plots"), by_name=True)
-  have = {(r["name"], r["seed"]) for r in
-          ledger.classify(ledger_dir, ledger.read(ledger_dir))["current"]}
+  have = {
+    (r["name"], r["seed"]) for r in ledger.classify(ledger_dir, ledger.read(ledger_dir))["current"]
+  }
   missing = [f"`{run.name}` seed {run.seed}" for run in runs if (run.name, run.seed) not in have]
   return write_ledger_report(ledger_dir, missing)

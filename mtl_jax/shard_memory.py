@@ -37,29 +37,36 @@ def state_bytes(config, mesh, mode: str) -> dict:
   """{trainable, params, opt_state, params_total, opt_total} bytes: per device (the most
   loaded device) under `mode`, and unsharded totals."""
   from mtl_jax import train
+
   _, state, frozen, _ = train.init_state(config)
   trees = {"params": (state.trainable, frozen), "opt_state": state.opt_state}
   out = {"trainable": int(sum(np.size(x) for x in jax.tree.leaves(state.trainable)))}
   for name, tree in trees.items():
     shardings = parallel.param_shardings(tree, mesh, mode)
     out[name] = max(per_device_bytes(tree, shardings, d) for d in mesh.devices.flat)
-    out[f"{name}_total"] = int(sum(np.size(x) * np.dtype(x.dtype).itemsize
-                                   for x in jax.tree.leaves(tree)))
+    out[f"{name}_total"] = int(
+      sum(np.size(x) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+    )
   return out
 
 
 def table(rows: list[dict], header: str = "") -> str:
   lines = ([header, ""] if header else []) + [
-      "| mode | param_sharding | trainable | params MiB/device | opt state MiB/device | "
-      "params + opt MiB/device | vs replicated |", "|---|---|---|---|---|---|---|"]
-  replicated = {r["mode"]: r["params"] + r["opt_state"] for r in rows
-                if r["sharding"] == "replicated"}
+    "| mode | param_sharding | trainable | params MiB/device | opt state MiB/device | "
+    "params + opt MiB/device | vs replicated |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  replicated = {
+    r["mode"]: r["params"] + r["opt_state"] for r in rows if r["sharding"] == "replicated"
+  }
   for r in rows:
     both = r["params"] + r["opt_state"]
     rel = f"{both / replicated[r['mode']]:.2f}x" if r["mode"] in replicated else "-"
-    lines.append(f"| {r['mode']} | {r['sharding']} | {r['trainable']:,} | "
-                 f"{r['params'] / MiB:.1f} | {r['opt_state'] / MiB:.1f} | {both / MiB:.1f} | "
-                 f"{rel} |")
+    lines.append(
+      f"| {r['mode']} | {r['sharding']} | {r['trainable']:,} | "
+      f"{r['params'] / MiB:.1f} | {r['opt_state'] / MiB:.1f} | {both / MiB:.1f} | "
+      f"{rel} |"
+    )
   return "\n".join(lines)
 
 
@@ -67,11 +74,14 @@ def run(modes: list[str], devices: int, model_path: str | None) -> str:
   """The table for each mode on `devices` CPU devices (forced here, before jax starts)."""
   from configs import default
   from mtl_jax import bench
+
   if "jax_num_cpu_devices" in jax.config.values:
     jax.config.update("jax_num_cpu_devices", devices)
   if jax.device_count() < devices:
-    raise SystemExit(f"error: {jax.device_count()} devices; run with "
-                     f"XLA_FLAGS=--xla_force_host_platform_device_count={devices}")
+    raise SystemExit(
+      f"error: {jax.device_count()} devices; run with "
+      f"XLA_FLAGS=--xla_force_host_platform_device_count={devices}"
+    )
   mesh = parallel.make_mesh(jax.devices()[:devices])
   rows = []
   for mode in modes:
@@ -80,7 +90,12 @@ def run(modes: list[str], devices: int, model_path: str | None) -> str:
     config.adapter.kind = mode
     for sharding in parallel.PARAM_SHARDINGS:
       rows.append({"mode": mode, "sharding": sharding, **state_bytes(config, mesh, sharding)})
-  header = "\n".join([machine.machine_line(None), bench.model_line(model_path),
-                      f"{devices} devices; fsdp splits leaves of at least "
-                      f"{parallel.FSDP_MIN_SIZE} elements; f32 parameters, Adam (2 moments)"])
+  header = "\n".join(
+    [
+      machine.machine_line(None),
+      bench.model_line(model_path),
+      f"{devices} devices; fsdp splits leaves of at least "
+      f"{parallel.FSDP_MIN_SIZE} elements; f32 parameters, Adam (2 moments)",
+    ]
+  )
   return table(rows, header)

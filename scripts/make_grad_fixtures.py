@@ -65,6 +65,7 @@ For T = 5 PCGrad is stored for 6 random order combinations instead of all
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import os
 import random as pyrandom
@@ -72,7 +73,6 @@ import signal
 import sys
 import types
 import zlib
-import importlib.util
 
 import numpy as np
 import torch
@@ -84,18 +84,17 @@ _spec = importlib.util.find_spec("LibMTL")
 _stub = types.ModuleType("LibMTL")
 _stub.__path__ = list(_spec.submodule_search_locations)
 sys.modules["LibMTL"] = _stub
+import cvxpy as cp  # noqa: E402
 import LibMTL.weighting as lw  # noqa: E402
 import torchjd  # noqa: E402
+from scipy.optimize import minimize  # noqa: E402
 from torchjd import aggregation as ta  # noqa: E402
 from torchjd._linalg import QuadprogProjector  # noqa: E402
-import cvxpy as cp  # noqa: E402
-from scipy.optimize import minimize  # noqa: E402
 
-OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures",
-                   "grad_reference.npz")
+OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "grad_reference.npz")
 OUT_DEGENERATE = os.path.join(os.path.dirname(OUT), "grad_degenerate.npz")
 D = 10
-REFERENCE_SECONDS = 5   # per reference call on a degenerate case
+REFERENCE_SECONDS = 5  # per reference call on a degenerate case
 
 
 # ----------------------------------------------------------------- cases
@@ -120,31 +119,35 @@ def _until(rng, make, ok):
 
 def make_cases(seed=0):
   rng = np.random.default_rng(seed)
-  centered = lambda t: (lambda r: (lambda x: x - 0.85 * x.mean(0))(r.normal(size=(t, D))))
+  centered = lambda t: lambda r: (lambda x: x - 0.85 * x.mean(0))(r.normal(size=(t, D)))
   c = {}
-  c["t3_mixed"] = _until(rng, lambda r: r.normal(size=(3, D)),
-                         lambda g: min(_pairs(g)) < 0 < max(_pairs(g)))
+  c["t3_mixed"] = _until(
+    rng, lambda r: r.normal(size=(3, D)), lambda g: min(_pairs(g)) < 0 < max(_pairs(g))
+  )
   c["t3_conflict"] = _until(rng, centered(3), lambda g: max(_pairs(g)) < 0)
   c["t3_noconflict"] = _until(
-      rng, lambda r: r.normal(size=(3, D)) + 1.5 * r.normal(size=(1, D)),
-      lambda g: min(_pairs(g)) > 0.1)
+    rng,
+    lambda r: r.normal(size=(3, D)) + 1.5 * r.normal(size=(1, D)),
+    lambda g: min(_pairs(g)) > 0.1,
+  )
   c["t3_one_conflict"] = _until(
-      rng, lambda r: r.normal(size=(3, D)) + 0.5 * r.normal(size=(1, D)),
-      lambda g: sum(p < 0 for p in _pairs(g)) == 1)
-  c["t3_scaled"] = (_until(rng, lambda r: r.normal(size=(3, D)),
-                           lambda g: sum(p < 0 for p in _pairs(g)) >= 2)
-                    * np.array([[0.05], [1.0], [20.0]]))
+    rng,
+    lambda r: r.normal(size=(3, D)) + 0.5 * r.normal(size=(1, D)),
+    lambda g: sum(p < 0 for p in _pairs(g)) == 1,
+  )
+  c["t3_scaled"] = _until(
+    rng, lambda r: r.normal(size=(3, D)), lambda g: sum(p < 0 for p in _pairs(g)) >= 2
+  ) * np.array([[0.05], [1.0], [20.0]])
   base = rng.normal(size=D)
-  c["t3_dominant"] = np.stack([0.1 * base, base + 0.3 * rng.normal(size=D),
-                               base + 0.3 * rng.normal(size=D)])
-  c["t2_conflict"] = _until(rng, lambda r: r.normal(size=(2, D)),
-                            lambda g: _pairs(g)[0] < -0.2)
-  c["t2_noconflict"] = _until(rng, lambda r: r.normal(size=(2, D)),
-                              lambda g: _pairs(g)[0] > 0.2)
-  c["t4_mixed"] = _until(rng, lambda r: r.normal(size=(4, D)),
-                         lambda g: min(_pairs(g)) < 0 < max(_pairs(g)))
-  c["t4_conflict"] = _until(rng, centered(4),
-                            lambda g: sum(p < 0 for p in _pairs(g)) >= 5)
+  c["t3_dominant"] = np.stack(
+    [0.1 * base, base + 0.3 * rng.normal(size=D), base + 0.3 * rng.normal(size=D)]
+  )
+  c["t2_conflict"] = _until(rng, lambda r: r.normal(size=(2, D)), lambda g: _pairs(g)[0] < -0.2)
+  c["t2_noconflict"] = _until(rng, lambda r: r.normal(size=(2, D)), lambda g: _pairs(g)[0] > 0.2)
+  c["t4_mixed"] = _until(
+    rng, lambda r: r.normal(size=(4, D)), lambda g: min(_pairs(g)) < 0 < max(_pairs(g))
+  )
+  c["t4_conflict"] = _until(rng, centered(4), lambda g: sum(p < 0 for p in _pairs(g)) >= 5)
   return {k: v.astype(np.float32).astype(np.float64) for k, v in c.items()}
 
 
@@ -156,29 +159,29 @@ def make_degenerate_cases(seed=7):
   e = np.eye(D)
   lognorm = lambda t: np.exp(rng.uniform(np.log(0.03), np.log(30.0), size=(t, 1)))
   c = {
-      "t2_opposite": np.stack([g, -g]),
-      "t2_near_opposite": np.stack([g, -g + 1e-3 * h]),
-      "t2_zero": np.stack([g, 0 * g]),
-      "t2_all_zero": np.zeros((2, D)),
-      "t2_duplicate": np.stack([g, g]),
-      "t2_collinear": np.stack([g, 3 * g]),
-      "t2_near_collinear": np.stack([g, 2 * g + 1e-3 * h]),
-      "t2_unit_scaled": np.stack([e[0], 1e-3 * e[1]]),
-      "t2_scaled": np.stack([1e-3 * g, 1e3 * h]),
-      "t3_opposite": np.stack([g, -g, h]),
-      "t3_near_opposite": np.stack([g, -g + 1e-3 * h, k]),
-      "t3_zero": np.stack([g, 0 * g, h]),
-      "t3_collinear": np.stack([g, -2 * g, 3 * g]),
-      "t3_near_collinear": np.stack([g, g + 1e-3 * h, g + 1e-3 * k]),
-      "t3_scaled": np.stack([1e-3 * g, h, 1e3 * k]),
-      "t3_norms_a": rng.normal(size=(3, D)) * lognorm(3),
-      "t3_norms_b": rng.normal(size=(3, D)) * lognorm(3),
-      "t5_opposite": np.stack([g, -g, h, k, m]),
-      "t5_zero": np.stack([g, 0 * g, h, 0 * g, k]),
-      "t5_duplicate": np.stack([g, g, h, h, k]),
-      "t5_near_collinear": np.stack([g + 1e-3 * x for x in (0 * g, h, k, m, q)]),
-      "t5_scaled": np.stack([1e-3 * g, 1e-1 * h, k, 1e1 * m, 1e3 * q]),
-      "t5_norms": rng.normal(size=(5, D)) * lognorm(5),
+    "t2_opposite": np.stack([g, -g]),
+    "t2_near_opposite": np.stack([g, -g + 1e-3 * h]),
+    "t2_zero": np.stack([g, 0 * g]),
+    "t2_all_zero": np.zeros((2, D)),
+    "t2_duplicate": np.stack([g, g]),
+    "t2_collinear": np.stack([g, 3 * g]),
+    "t2_near_collinear": np.stack([g, 2 * g + 1e-3 * h]),
+    "t2_unit_scaled": np.stack([e[0], 1e-3 * e[1]]),
+    "t2_scaled": np.stack([1e-3 * g, 1e3 * h]),
+    "t3_opposite": np.stack([g, -g, h]),
+    "t3_near_opposite": np.stack([g, -g + 1e-3 * h, k]),
+    "t3_zero": np.stack([g, 0 * g, h]),
+    "t3_collinear": np.stack([g, -2 * g, 3 * g]),
+    "t3_near_collinear": np.stack([g, g + 1e-3 * h, g + 1e-3 * k]),
+    "t3_scaled": np.stack([1e-3 * g, h, 1e3 * k]),
+    "t3_norms_a": rng.normal(size=(3, D)) * lognorm(3),
+    "t3_norms_b": rng.normal(size=(3, D)) * lognorm(3),
+    "t5_opposite": np.stack([g, -g, h, k, m]),
+    "t5_zero": np.stack([g, 0 * g, h, 0 * g, k]),
+    "t5_duplicate": np.stack([g, g, h, h, k]),
+    "t5_near_collinear": np.stack([g + 1e-3 * x for x in (0 * g, h, k, m, q)]),
+    "t5_scaled": np.stack([1e-3 * g, 1e-1 * h, k, 1e1 * m, 1e3 * q]),
+    "t5_norms": rng.normal(size=(5, D)) * lognorm(5),
   }
   return {kk: v.astype(np.float32).astype(np.float64) for kk, v in c.items()}
 
@@ -269,12 +272,17 @@ def cagrad_tight(g, c, rescale):
   x0 = np.ones(tt) / tt
   cc = c * g0_norm + 1e-8
   obj = lambda x: x @ gg @ x0 + cc * np.sqrt(x @ gg @ x + 1e-8)
-  res = minimize(obj, x0, bounds=[(0, 1)] * tt,
-                 constraints=({"type": "eq", "fun": lambda x: 1 - x.sum()},),
-                 method="SLSQP", options={"ftol": 1e-15, "maxiter": 2000})
+  res = minimize(
+    obj,
+    x0,
+    bounds=[(0, 1)] * tt,
+    constraints=({"type": "eq", "fun": lambda x: 1 - x.sum()},),
+    method="SLSQP",
+    options={"ftol": 1e-15, "maxiter": 2000},
+  )
   gw = res.x @ g
   d = g.mean(0) + cc / (np.linalg.norm(gw) + 1e-8) * gw
-  return d / [1.0, 1 + c ** 2, 1 + c][rescale]
+  return d / [1.0, 1 + c**2, 1 + c][rescale]
 
 
 def mgda_exact(g):
@@ -314,7 +322,7 @@ def nash_exact(g):
   al = 1 / np.sqrt(np.diag(a))
   for _ in range(200):
     grad = a @ al - 1 / al
-    step = -np.linalg.solve(a + np.diag(1 / al ** 2), grad)
+    step = -np.linalg.solve(a + np.diag(1 / al**2), grad)
     s = 1.0
     while np.any(al + s * step <= 0) or f(al + s * step) > f(al) + 1e-4 * s * grad @ step:
       s /= 2
@@ -347,7 +355,7 @@ def case_outputs(name, g, out, skipped, max_orders=None):
     signal.alarm(REFERENCE_SECONDS)
     try:
       val = np.asarray(fn(), dtype=np.float64)
-    except Exception as err:   # noqa: BLE001 -- recorded, not hidden
+    except Exception as err:
       skipped.append(f"{name}:{key}: {type(err).__name__}: {str(err)[:80]}")
       return
     finally:
@@ -365,18 +373,22 @@ def case_outputs(name, g, out, skipped, max_orders=None):
   # PCGrad: every order combination through torchjd (patched randperm).
   orders = all_orders(tt)
   if max_orders is not None and len(orders) > max_orders:
-    pick = np.random.default_rng(zlib.crc32(name.encode())).choice(len(orders), max_orders, replace=False)
+    pick = np.random.default_rng(zlib.crc32(name.encode())).choice(
+      len(orders), max_orders, replace=False
+    )
     orders = orders[np.sort(pick)]
   refs = []
   for o in orders:
     r = _patched("randperm", [t(row).long() for row in o], lambda: ta.PCGrad()(gt))
     refs.append(r.numpy())
     assert np.allclose(refs[-1], np_pcgrad(g, o, [True] * tt), atol=1e-10)
-    if tt == 3:   # LibMTL with its shuffle patched to the same orders
+    if tt == 3:  # LibMTL with its shuffle patched to the same orders
       lp = sys.modules["LibMTL.weighting.PCGrad"]
       seq = [list(row) for row in o]
       orig = lp.random
-      lp.random = types.SimpleNamespace(shuffle=lambda lst: lst.__setitem__(slice(None), seq.pop(0)))
+      lp.random = types.SimpleNamespace(
+        shuffle=lambda lst: lst.__setitem__(slice(None), seq.pop(0))
+      )
       try:
         lib = run_libmtl(lw.PCGrad, g)
       finally:
@@ -417,14 +429,18 @@ def case_outputs(name, g, out, skipped, max_orders=None):
   # Nash-MTL.
   put("nash_exact", lambda: nash_exact(g))
   put("nash_torchjd", lambda: ta.NashMTL(n_tasks=tt, max_norm=0.0, optim_niter=100)(gt).numpy())
-  put("nash_torchjd_clip", lambda: ta.NashMTL(n_tasks=tt, max_norm=1.0, optim_niter=100)(gt).numpy())
+  put(
+    "nash_torchjd_clip", lambda: ta.NashMTL(n_tasks=tt, max_norm=1.0, optim_niter=100)(gt).numpy()
+  )
 
   # GradDrop with a fixed uniform draw.
   u = np.random.default_rng(zlib.crc32(name.encode())).uniform(size=D)
   out[p + "graddrop_U"] = u
   put("graddrop_leak0", lambda: _patched("rand", [t(u)], lambda: ta.GradDrop()(gt)).numpy())
-  put("graddrop_leak03", lambda: _patched(
-      "rand", [t(u)], lambda: ta.GradDrop(leak=torch.full((tt,), 0.3))(gt)).numpy())
+  put(
+    "graddrop_leak03",
+    lambda: _patched("rand", [t(u)], lambda: ta.GradDrop(leak=torch.full((tt,), 0.3))(gt)).numpy(),
+  )
 
   # UPGrad / DualProj.
   put("upgrad", lambda: ta.UPGrad()(gt).numpy())
@@ -441,15 +457,20 @@ def _timeout(signum, frame):
 
 
 def _meta(cases):
-  return {"meta__torchjd_version": np.array(torchjd.__version__ if hasattr(torchjd, "__version__") else "0.18.0"),
-          "meta__torch_version": np.array(torch.__version__),
-          "meta__case_names": np.array(sorted(cases))}
+  return {
+    "meta__torchjd_version": np.array(
+      torchjd.__version__ if hasattr(torchjd, "__version__") else "0.18.0"
+    ),
+    "meta__torch_version": np.array(torch.__version__),
+    "meta__case_names": np.array(sorted(cases)),
+  }
 
 
 def _write(path, out):
   np.savez_compressed(path, **out)
-  print(f"wrote {os.path.normpath(path)}: {len(out)} arrays, "
-        f"{os.path.getsize(path) / 1024:.0f} KiB")
+  print(
+    f"wrote {os.path.normpath(path)}: {len(out)} arrays, {os.path.getsize(path) / 1024:.0f} KiB"
+  )
 
 
 def write_reference():
@@ -464,8 +485,10 @@ def write_reference():
   agg = ta.GradVac(beta=0.3)
   orders, outs, phis = [], [], []
   for n in steps:
-    o = np.array([[i] + list(rng.permutation([j for j in range(3) if j != i]))
-                  for i in range(3)], dtype=np.int32)
+    o = np.array(
+      [[i] + list(rng.permutation([j for j in range(3) if j != i])) for i in range(3)],
+      dtype=np.int32,
+    )
     # torchjd draws randperm(len(others)) and indexes the list of others.
     feed = []
     for i in range(3):
@@ -499,13 +522,18 @@ def _report(cases, out):
   """Reference-vs-reference agreement (reported, not asserted)."""
   for name in cases:
     p = f"{name}__"
-    for a, b in [("cagrad_c0.4_r0", "cagrad_torchjd_c0.4"),
-                 ("cagrad_c0.4_r1", "cagrad_libmtl_r1"),
-                 ("mgda_exact", "mgda_libmtl_none"), ("mgda_exact", "mgda_torchjd"),
-                 ("imtl_g", "imtl_libmtl"), ("nash_exact", "nash_torchjd")]:
+    for a, b in [
+      ("cagrad_c0.4_r0", "cagrad_torchjd_c0.4"),
+      ("cagrad_c0.4_r1", "cagrad_libmtl_r1"),
+      ("mgda_exact", "mgda_libmtl_none"),
+      ("mgda_exact", "mgda_torchjd"),
+      ("imtl_g", "imtl_libmtl"),
+      ("nash_exact", "nash_torchjd"),
+    ]:
       if p + a in out and p + b in out:
-        print(f"{name:18s} {a:16s} vs {b:20s} max|diff| = "
-              f"{np.abs(out[p + a] - out[p + b]).max():.2e}")
+        print(
+          f"{name:18s} {a:16s} vs {b:20s} max|diff| = {np.abs(out[p + a] - out[p + b]).max():.2e}"
+        )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ from mtl_jax.data import batching, packing, schedules  # noqa: E402
 from mtl_jax.models import hf_io  # noqa: E402
 from mtl_jax.train import load_data  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/default.py", "A configs/*.py file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", "configs/default.py", "A configs/*.py file.", lock_config=True
+)
 
 
 def report(config, devices: int = 1) -> dict:
@@ -38,8 +39,10 @@ def report(config, devices: int = 1) -> dict:
   data = splits["train"]
   buckets = tuple(config.train.length_buckets)
   schedule = specs.train_schedule(
-      config, tuple(len(d) for d in data),
-      tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in data))
+    config,
+    tuple(len(d) for d in data),
+    tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in data),
+  )
   plan = packing.PackPlan(packing.row_lengths(buckets), devices)
   out = {k: [0, 0, collections.Counter()] for k in ("unpacked", "packed", "floor")}
   for step in range(config.train.steps):
@@ -48,9 +51,10 @@ def report(config, devices: int = 1) -> dict:
     real = int(batch["attention_mask"].sum())
     per_task = batch["attention_mask"].sum(axis=(1, 2))
     for name, computed, shape in (
-        ("unpacked", batch["attention_mask"].size, batch["input_ids"].shape),
-        ("packed", packed["attention_mask"].size, packed["input_ids"].shape),
-        ("floor", int(len(per_task) * per_task.max()), None)):
+      ("unpacked", batch["attention_mask"].size, batch["input_ids"].shape),
+      ("packed", packed["attention_mask"].size, packed["input_ids"].shape),
+      ("floor", int(len(per_task) * per_task.max()), None),
+    ):
       out[name][0] += real
       out[name][1] += computed
       if shape is not None:
@@ -71,9 +75,10 @@ def main(argv):
   config = _CONFIG.value
   specs.validate(config)
   for name, (real, computed, shapes) in report(config).items():
-    print(f"{name:12s} {real:,} real of {computed:,} computed tokens: "
-          f"{100 * (1 - real / computed):.1f}% padding"
-          + (f"; {len(shapes)} shapes" if shapes else ""))
+    print(
+      f"{name:12s} {real:,} real of {computed:,} computed tokens: "
+      f"{100 * (1 - real / computed):.1f}% padding" + (f"; {len(shapes)} shapes" if shapes else "")
+    )
     for shape, n in sorted(shapes.items()):
       print(f"    {list(shape)}: {n} {'batches' if name.startswith('dev') else 'steps'}")
 

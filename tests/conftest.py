@@ -19,66 +19,100 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 # 5 special tokens + words + single characters; must stay within the tiny model's
 # vocab_size (128) so that every id has an embedding row.
 _SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-_WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "is", "was", "good", "bad", "movie",
-          "very", "not", "and", "it", "this", "that", "what", "how", "why", "do", "you",
-          "are", "same", "question", "##s", "##ing", "##ed", ".", ",", "?", "!"]
+_WORDS = [
+  "the",
+  "a",
+  "cat",
+  "dog",
+  "sat",
+  "on",
+  "mat",
+  "is",
+  "was",
+  "good",
+  "bad",
+  "movie",
+  "very",
+  "not",
+  "and",
+  "it",
+  "this",
+  "that",
+  "what",
+  "how",
+  "why",
+  "do",
+  "you",
+  "are",
+  "same",
+  "question",
+  "##s",
+  "##ing",
+  "##ed",
+  ".",
+  ",",
+  "?",
+  "!",
+]
 _CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789")
 VOCAB = _SPECIAL + _WORDS + _CHARS
 
 
 def load_npz(name: str) -> dict:
-    with np.load(os.path.join(FIXTURES, name), allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+  with np.load(os.path.join(FIXTURES, name), allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
 
 
 def write_tiny_bert(dirpath, ref: dict, rename=None, vocab: bool = True) -> str:
-    """Writes tiny_bert.npz's checkpoint as a Hugging Face BERT directory at `dirpath`."""
-    os.makedirs(dirpath, exist_ok=True)
-    with open(os.path.join(dirpath, "config.json"), "w") as f:
-        f.write(str(ref["config_json"]))
-    weights = {}
-    for k, v in ref.items():
-        if k.startswith("weights/"):
-            name = k[len("weights/"):]
-            if rename is not None:
-                name = rename(name)
-            weights[name] = np.ascontiguousarray(v)
-    save_file(weights, os.path.join(dirpath, "model.safetensors"))
-    if vocab:
-        with open(os.path.join(dirpath, "vocab.txt"), "w") as f:
-            f.write("\n".join(VOCAB) + "\n")
-    return str(dirpath)
+  """Writes tiny_bert.npz's checkpoint as a Hugging Face BERT directory at `dirpath`."""
+  os.makedirs(dirpath, exist_ok=True)
+  with open(os.path.join(dirpath, "config.json"), "w") as f:
+    f.write(str(ref["config_json"]))
+  weights = {}
+  for k, v in ref.items():
+    if k.startswith("weights/"):
+      name = k[len("weights/") :]
+      if rename is not None:
+        name = rename(name)
+      weights[name] = np.ascontiguousarray(v)
+  save_file(weights, os.path.join(dirpath, "model.safetensors"))
+  if vocab:
+    with open(os.path.join(dirpath, "vocab.txt"), "w") as f:
+      f.write("\n".join(VOCAB) + "\n")
+  return str(dirpath)
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_ref() -> dict:
-    return load_npz("tiny_bert.npz")
+  return load_npz("tiny_bert.npz")
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tiny_bert_ref, tmp_path_factory) -> str:
-    """Path of a tiny random BERT (hidden 32, 2 layers, 4 heads, vocab 128) HF directory."""
-    assert len(VOCAB) <= 128
-    return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tiny_bert_ref)
+  """Path of a tiny random BERT (hidden 32, 2 layers, 4 heads, vocab 128) HF directory."""
+  assert len(VOCAB) <= 128
+  return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tiny_bert_ref)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
-    """Trainer tests build the same jitted steps repeatedly; reuse XLA compilations."""
-    import jax
-    cache = str(tmp_path_factory.mktemp("xla_cache"))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    # main.py run as a subprocess uses it too (mtl_jax.compile_cache), not the user's cache.
-    os.environ["MTL_JAX_COMPILATION_CACHE"] = cache
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  """Trainer tests build the same jitted steps repeatedly; reuse XLA compilations."""
+  import jax
+
+  cache = str(tmp_path_factory.mktemp("xla_cache"))
+  jax.config.update("jax_compilation_cache_dir", cache)
+  # main.py run as a subprocess uses it too (mtl_jax.compile_cache), not the user's cache.
+  os.environ["MTL_JAX_COMPILATION_CACHE"] = cache
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 @pytest.fixture(scope="module")
 def fast_compile():
-    """Tiny graphs: spend less XLA optimization effort (public config, restored afterwards)."""
-    import jax
-    old = jax.config.jax_exec_time_optimization_effort
-    jax.config.update("jax_exec_time_optimization_effort", -1.0)
-    yield
-    jax.config.update("jax_exec_time_optimization_effort", old)
+  """Tiny graphs: spend less XLA optimization effort (public config, restored afterwards)."""
+  import jax
+
+  old = jax.config.jax_exec_time_optimization_effort
+  jax.config.update("jax_exec_time_optimization_effort", -1.0)
+  yield
+  jax.config.update("jax_exec_time_optimization_effort", old)

@@ -19,12 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
-from mtl_jax import grad as mtlgrad, parallel, specs, train  # noqa: E402
+from test_train import tiny_config  # noqa: E402
+
+from mtl_jax import grad as mtlgrad  # noqa: E402
+from mtl_jax import parallel, specs, train  # noqa: E402
 from mtl_jax.data import batching, packing  # noqa: E402
 from mtl_jax.data.files import TASKS  # noqa: E402
 from mtl_jax.models import hf_io, multitask  # noqa: E402
 from mtl_jax.step import make_per_task_grads  # noqa: E402
-from test_train import tiny_config  # noqa: E402
 
 
 def worker_config(model_dir: str):
@@ -36,8 +38,10 @@ def worker_config(model_dir: str):
 
 def _relative(a, b) -> float:
   """||a - b|| / ||b|| over all leaves of two trees."""
-  diff = sum(float(np.sum((np.asarray(x) - np.asarray(y)) ** 2))
-             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  diff = sum(
+    float(np.sum((np.asarray(x) - np.asarray(y)) ** 2))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
   norm = sum(float(np.sum(np.asarray(y) ** 2)) for y in jax.tree.leaves(b))
   return (diff / norm) ** 0.5
 
@@ -50,8 +54,7 @@ def gradient_check(config) -> dict:
   method = mtlgrad.shared_only(specs.grad_method(config), multitask.is_shared(state.trainable))
   per_task = make_per_task_grads(model)
   keys = jax.random.split(jax.random.key(config.seed), len(TASKS))
-  batch = batching.train_batch(data["train"], 0, config.train.seqs_per_task, config.seed,
-                               (32,))
+  batch = batching.train_batch(data["train"], 0, config.train.seqs_per_task, config.seed, (32,))
 
   def grads_and_update(trainable, frozen, batch):
     _, grads = per_task(trainable, frozen, batch, jnp.arange(len(TASKS)), keys)
@@ -62,7 +65,8 @@ def gradient_check(config) -> dict:
     rep = parallel.replicated(mesh)
     sharded = parallel.put_batch(batch, parallel.batch_sharding(mesh, 1))
     out = jax.jit(grads_and_update, out_shardings=rep)(
-        jax.device_put(state.trainable, rep), jax.device_put(frozen, rep), sharded)
+      jax.device_put(state.trainable, rep), jax.device_put(frozen, rep), sharded
+    )
     return jax.device_get(out), sharded
 
   (g4, u4), sharded = on(parallel.make_mesh(), batch)
@@ -80,20 +84,20 @@ def gradient_check(config) -> dict:
     weights = np.zeros_like(batch["weights"])
     for t, task_data in enumerate(data["train"]):
       block = batching.examples_per_batch(task_data, config.train.seqs_per_task) // n
-      weights[t, d * block:(d + 1) * block] = batch["weights"][t, d * block:(d + 1) * block]
+      weights[t, d * block : (d + 1) * block] = batch["weights"][t, d * block : (d + 1) * block]
     local.append(on(one, dict(batch, weights=weights))[0])
   mean = lambda trees: jax.tree.map(lambda *x: np.mean(x, axis=0), *trees)
   return {
-      "devices": n,
-      "grads_4_vs_1": _relative(g4, g1),
-      "update_4_vs_1": _relative(u4, u1),
-      "mean_local_grads_vs_global": _relative(mean([g for g, _ in local]), g1),
-      "mean_local_updates_vs_global": _relative(mean([u for _, u in local]), u1),
-      "batch_devices": len(sharded["input_ids"].sharding.device_set),
-      "batch_shards": [list(s.data.shape) for s in sharded["input_ids"].addressable_shards],
-      "packed_grads_vs_1": _relative(gp, gp1),
-      "packed_update_vs_1": _relative(up, up1),
-      "packed_shards": [list(s.data.shape) for s in packed_sharded["input_ids"].addressable_shards],
+    "devices": n,
+    "grads_4_vs_1": _relative(g4, g1),
+    "update_4_vs_1": _relative(u4, u1),
+    "mean_local_grads_vs_global": _relative(mean([g for g, _ in local]), g1),
+    "mean_local_updates_vs_global": _relative(mean([u for _, u in local]), u1),
+    "batch_devices": len(sharded["input_ids"].sharding.device_set),
+    "batch_shards": [list(s.data.shape) for s in sharded["input_ids"].addressable_shards],
+    "packed_grads_vs_1": _relative(gp, gp1),
+    "packed_update_vs_1": _relative(up, up1),
+    "packed_shards": [list(s.data.shape) for s in packed_sharded["input_ids"].addressable_shards],
   }
 
 
@@ -105,9 +109,14 @@ def trainer_run(config, workdir: str) -> dict:
   def recording_put_batch(batch, sharding):
     out = put_batch(batch, sharding)
     if out["input_ids"].ndim == 3:
-      seen["train_batch"].add(json.dumps({
-          "devices": len(out["input_ids"].sharding.device_set),
-          "shards": [list(s.data.shape) for s in out["input_ids"].addressable_shards]}))
+      seen["train_batch"].add(
+        json.dumps(
+          {
+            "devices": len(out["input_ids"].sharding.device_set),
+            "shards": [list(s.data.shape) for s in out["input_ids"].addressable_shards],
+          }
+        )
+      )
     return out
 
   def recording_param_shardings(tree, mesh, mode):
@@ -122,15 +131,20 @@ def trainer_run(config, workdir: str) -> dict:
     parallel.put_batch, parallel.param_shardings = put_batch, param_shardings
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     losses = [r["loss"] for r in map(json.loads, f) if "loss" in r]
-  return {"losses": losses, "overall": results["overall"],
-          "train_batch": [json.loads(s) for s in sorted(seen["train_batch"])],
-          "param_specs": sorted(seen["param_specs"])}
+  return {
+    "losses": losses,
+    "overall": results["overall"],
+    "train_batch": [json.loads(s) for s in sorted(seen["train_batch"])],
+    "param_specs": sorted(seen["param_specs"]),
+  }
 
 
 def main(model_dir: str, out: str) -> None:
   config = worker_config(model_dir)
-  report = {"gradients": gradient_check(config),
-            "replicated": trainer_run(config, os.path.join(out, "replicated"))}
+  report = {
+    "gradients": gradient_check(config),
+    "replicated": trainer_run(config, os.path.join(out, "replicated")),
+  }
   parallel.FSDP_MIN_SIZE = 64  # Also split the tiny model's LoRA leaves and their Adam moments.
   config.train.param_sharding = "fsdp"
   report["fsdp"] = trainer_run(config, os.path.join(out, "fsdp"))

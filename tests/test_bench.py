@@ -7,8 +7,7 @@ from mtl_jax import bench
 
 @pytest.mark.parametrize("method", ["summed", "pcgrad"])
 def test_run_one_reports_consistent_numbers(tiny_bert_dir, method):
-  row = bench.run_one(method, "lora", seqs_per_task=4, length=16, steps=2,
-                      model_path=tiny_bert_dir)
+  row = bench.run_one(method, "lora", seqs_per_task=4, length=16, steps=2, model_path=tiny_bert_dir)
   assert row["method"] == method and row["mode"] == "lora"
   assert row["step_s"] > 0 and row["examples_per_s"] == pytest.approx(8 / row["step_s"])
   assert row["flops_per_step"] > 0
@@ -17,17 +16,38 @@ def test_run_one_reports_consistent_numbers(tiny_bert_dir, method):
 
 
 def test_table_relates_each_method_to_the_summed_step():
-  rows = [{"method": m, "mode": "lora", "step_s": s, "examples_per_s": 1.0,
-           "flops_per_step": 1e9, "flops_per_s": 1e9 / s, "opt_state_mib": 1.0,
-           "trainable": 10, "peak_rss_mib": 100.0} for m, s in (("summed", 2.0), ("pcgrad", 2.2))]
+  rows = [
+    {
+      "method": m,
+      "mode": "lora",
+      "step_s": s,
+      "examples_per_s": 1.0,
+      "flops_per_step": 1e9,
+      "flops_per_s": 1e9 / s,
+      "opt_state_mib": 1.0,
+      "trainable": 10,
+      "peak_rss_mib": 100.0,
+    }
+    for m, s in (("summed", 2.0), ("pcgrad", 2.2))
+  ]
   text = bench.table(rows, peak=1e10)
   assert "| lora | pcgrad | 2.20 |" in text and "1.10x" in text
 
 
 def test_without_a_summed_row_vs_summed_says_so_instead_of_nan():
-  rows = [{"method": "pcgrad", "mode": "full", "step_s": 2.0, "examples_per_s": 1.0,
-           "flops_per_step": 1e9, "flops_per_s": 5e8, "opt_state_mib": 1.0,
-           "trainable": 10, "peak_rss_mib": 100.0}]
+  rows = [
+    {
+      "method": "pcgrad",
+      "mode": "full",
+      "step_s": 2.0,
+      "examples_per_s": 1.0,
+      "flops_per_step": 1e9,
+      "flops_per_s": 5e8,
+      "opt_state_mib": 1.0,
+      "trainable": 10,
+      "peak_rss_mib": 100.0,
+    }
+  ]
   text = bench.table(rows, peak=1e10, header="machine: some CPU")
   assert text.startswith("machine: some CPU\n")
   assert "nan" not in text and "| 5% | - |" in text

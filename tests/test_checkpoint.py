@@ -8,11 +8,11 @@ import os
 import shutil
 
 import pytest
+from test_train import needs_data, read_metrics, tiny_config
 
 from configs import default
 from mtl_jax import specs, train
 from mtl_jax.checkpoint import BEST_CHECKPOINT, Checkpointer, read_best
-from test_train import needs_data, read_metrics, tiny_config
 
 
 def read_config(workdir: str) -> dict:
@@ -21,6 +21,7 @@ def read_config(workdir: str) -> dict:
 
 
 # --- The config diff itself (no training)
+
 
 def test_resume_mismatches_names_every_changed_key_and_ignores_harmless_ones():
   saved = json.loads(default.get_config().to_json_best_effort())
@@ -33,8 +34,10 @@ def test_resume_mismatches_names_every_changed_key_and_ignores_harmless_ones():
   config.train.keep_checkpoints = 7
   config.eval.seqs_per_batch = 8
   assert specs.resume_mismatches(saved, config) == [
-      ("adapter.rank", 8, 16), ("train.length_buckets", [16, 32, 48, 64, 96, 128], [32, 128]),
-      ("train.steps", 300, 500)]
+    ("adapter.rank", 8, 16),
+    ("train.length_buckets", [16, 32, 48, 64, 96, 128], [32, 128]),
+    ("train.steps", 300, 500),
+  ]
   with pytest.raises(specs.ConfigError) as e:
     specs.check_resume(saved, config, "runs/x")
   message = str(e.value)
@@ -50,7 +53,8 @@ def test_resume_accepts_an_old_config_without_newer_keys():
   changed = default.get_config()
   changed.train.loss_weighting = "uncertainty"
   assert specs.resume_mismatches(saved, changed) == [
-      ("train.loss_weighting", "none", "uncertainty")]
+    ("train.loss_weighting", "none", "uncertainty")
+  ]
 
 
 def test_early_stopping_needs_eval_every():
@@ -64,6 +68,7 @@ def test_early_stopping_needs_eval_every():
 
 
 # --- Whole runs
+
 
 @needs_data
 def test_resume_refuses_a_changed_model_key_and_accepts_a_harmless_one(tiny_bert_dir, tmp_path):
@@ -90,13 +95,16 @@ def test_best_checkpoint_is_kept_and_recorded(tiny_bert_dir, tmp_path, monkeypat
   # Dev overall: 0.5 at step 1 (the best), then worse; keep_checkpoints=1 would prune it.
   scores = iter([0.5, 0.3, 0.2, 0.1])
   real_evaluate = train.evaluate
+
   def scripted_evaluate(*args, **kwargs):
     results, preds = real_evaluate(*args, **kwargs)
     return dict(results, overall=next(scores)), preds
+
   monkeypatch.setattr(train, "evaluate", scripted_evaluate)
   workdir = str(tmp_path / "run")
   train.train_and_evaluate(
-      tiny_config(tiny_bert_dir, eval_every=1, keep_checkpoints=1, checkpoint_every=1), workdir)
+    tiny_config(tiny_bert_dir, eval_every=1, keep_checkpoints=1, checkpoint_every=1), workdir
+  )
 
   best = read_best(workdir)
   assert best["step"] == 1 and best["overall"] == 0.5 and "sst/accuracy" in best["metrics"]
@@ -111,9 +119,11 @@ def test_best_checkpoint_is_kept_and_recorded(tiny_bert_dir, tmp_path, monkeypat
 def test_early_stopping_stops_saves_and_writes_predictions(tiny_bert_dir, tmp_path, monkeypatch):
   scores = iter([0.5, 0.4, 0.3, 0.2, 0.1])  # Never improves after step 1.
   real_evaluate = train.evaluate
+
   def scripted_evaluate(*args, **kwargs):
     results, preds = real_evaluate(*args, **kwargs)
     return dict(results, overall=next(scores)), preds
+
   monkeypatch.setattr(train, "evaluate", scripted_evaluate)
   workdir = str(tmp_path / "run")
   config = tiny_config(tiny_bert_dir, steps=6, eval_every=1, early_stopping_patience=1)

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from test_train import needs_data, read_metrics, tiny_config
 
 from configs import default
 from mtl_jax import specs, step
@@ -22,7 +23,6 @@ from mtl_jax.data import batching
 from mtl_jax.data.batching import Encoded
 from mtl_jax.data.files import TASKS, TaskSplit
 from mtl_jax.models import heads, hf_io, multitask
-from test_train import needs_data, read_metrics, tiny_config
 
 CROSS = heads.HeadSpec(sts="features", pairs="cross")
 H = 8
@@ -36,8 +36,9 @@ def tokenizer(tiny_bert_dir):
 
 def _split(task, first, second, split="dev"):
   ids = [f"id{i}" for i in range(len(first))]
-  return TaskSplit(task, split, "x.csv", ids, first, second,
-                   np.linspace(0, 5, len(first)).astype(np.float32), [])
+  return TaskSplit(
+    task, split, "x.csv", ids, first, second, np.linspace(0, 5, len(first)).astype(np.float32), []
+  )
 
 
 # -------------------------------------------------------------------------------------
@@ -79,8 +80,9 @@ def test_long_pairs_are_truncated_fairly_to_max_length(tokenizer):
   assert min(n1 - 2, 10 - n1 - 1) >= 3
   # The same encoding as the tokenizer's pair encoding (which mtl_jax.embed uses).
   want = tokenizer(first, second, truncation=True, max_length=10)
-  for got_ids, got_types, ids, types in zip(enc.first, enc.token_types, want["input_ids"],
-                                            want["token_type_ids"]):
+  for got_ids, got_types, ids, types in zip(
+    enc.first, enc.token_types, want["input_ids"], want["token_type_ids"]
+  ):
     np.testing.assert_array_equal(got_ids, ids)
     np.testing.assert_array_equal(got_types, types)
 
@@ -132,8 +134,14 @@ def test_make_batch_holds_one_pair_per_row_with_token_types(task):
 
 
 def test_train_and_eval_batches_stack_single_sentences_and_cross_pairs():
-  sst = Encoded("sst", "train", ["s0", "s1", "s2", "s3"],
-                [np.array([2, 9, 3], np.int32)] * 4, None, np.zeros(4, np.float32))
+  sst = Encoded(
+    "sst",
+    "train",
+    ["s0", "s1", "s2", "s3"],
+    [np.array([2, 9, 3], np.int32)] * 4,
+    None,
+    np.zeros(4, np.float32),
+  )
   datasets = [sst, _cross_data("quora", 12, seed=1), _cross_data("sts", 9, seed=2)]
   for step_ in range(3):
     b = batching.train_batch(datasets, step_, 4, 0, (8, 16, 32))
@@ -159,12 +167,12 @@ def _cross_heads(kind="linear", pooling="mean"):
   return module, module.init(jax.random.PRNGKey(4), pooled)["params"], pooled
 
 
-@pytest.mark.parametrize("kind, pooling", list(itertools.product(heads.KINDS,
-                                                                 heads.ALL_POOLINGS)))
+@pytest.mark.parametrize("kind, pooling", list(itertools.product(heads.KINDS, heads.ALL_POOLINGS)))
 def test_cross_heads_give_one_output_per_row(kind, pooling):
   module, params, pooled = _cross_heads(kind, pooling)
-  out = module.apply({"params": params}, pooled, deterministic=False,
-                     rngs={"dropout": jax.random.PRNGKey(5)})
+  out = module.apply(
+    {"params": params}, pooled, deterministic=False, rngs={"dropout": jax.random.PRNGKey(5)}
+  )
   assert set(out) == {"sst", "quora", "sts"}
   assert out["sst"].shape == (S, 5) and out["quora"].shape == (S,) and out["sts"].shape == (S,)
   sts = np.asarray(out["sts"])
@@ -178,8 +186,9 @@ def test_cross_heads_closed_form_and_rows_are_independent():
   out = module.apply({"params": params}, pooled)
   p = np.asarray(pooled)
   q, s = params["quora"], params["sts"]
-  np.testing.assert_allclose(np.asarray(out["quora"]), (p @ q["kernel"] + q["bias"])[:, 0],
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(out["quora"]), (p @ q["kernel"] + q["bias"])[:, 0], rtol=1e-5, atol=1e-5
+  )
   want = 5 / (1 + np.exp(-(p @ s["kernel"] + s["bias"])[:, 0]))
   np.testing.assert_allclose(np.asarray(out["sts"]), want, rtol=1e-5, atol=1e-5)
   changed = module.apply({"params": params}, pooled.at[4].set(7.0))
@@ -207,16 +216,22 @@ def test_cross_loss_uses_every_row():
 def test_pair_outputs_ignore_padding_and_read_token_types(tiny_bert_dir, tokenizer, pooling):
   config, encoder = hf_io.load_bert(tiny_bert_dir)
   model = multitask.MultitaskModel(config, pooling, 0.1, CROSS)
-  enc = batching.encode(tokenizer, _split("sts", ["a cat", "what is this movie ?"],
-                                          ["the dog sat .", "a good movie"]), 16, cross=True)
+  enc = batching.encode(
+    tokenizer,
+    _split("sts", ["a cat", "what is this movie ?"], ["the dog sat .", "a good movie"]),
+    16,
+    cross=True,
+  )
   short = batching.make_batch(enc, np.arange(2), 4, 16)
-  params = model.init(jax.random.PRNGKey(0), short["input_ids"], short["attention_mask"],
-                      short["token_type_ids"])["params"]
+  params = model.init(
+    jax.random.PRNGKey(0), short["input_ids"], short["attention_mask"], short["token_type_ids"]
+  )["params"]
   params = dict(params, encoder=encoder)
 
   def outputs(batch):
-    out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                      batch["token_type_ids"])
+    out = model.apply(
+      {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    )
     return {k: np.asarray(out[k])[:2] for k in ("quora", "sts")}
 
   want = outputs(short)
@@ -237,7 +252,8 @@ def test_pair_outputs_ignore_padding_and_read_token_types(tiny_bert_dir, tokeniz
 def _config(**heads_values):
   config = default.get_config()
   config.model = ml_collections.ConfigDict(  # A str path (the bundled one is a PosixPath).
-      dict(config.model.to_dict(), path=str(config.model.path or "/some/bert")))
+    dict(config.model.to_dict(), path=str(config.model.path or "/some/bert"))
+  )
   config.heads.update(heads_values)
   return config
 
@@ -248,8 +264,9 @@ REFUSED = [(name, value) for name, values in heads.BI_ENCODER_ONLY.items() for v
 @pytest.mark.parametrize("name, value", REFUSED, ids=[f"{n}={v}" for n, v in REFUSED])
 def test_bi_encoder_only_heads_are_refused_with_cross_pairs(name, value):
   config = _config(pairs="cross", **{"quora": "features", "sts": "features", name: value})
-  with pytest.raises(specs.ConfigError,
-                     match=rf"config\.heads\.{name}: '{value}'.*heads\.pairs='cross'"):
+  with pytest.raises(
+    specs.ConfigError, match=rf"config\.heads\.{name}: '{value}'.*heads\.pairs='cross'"
+  ):
     specs.validate(config)
   config.heads.pairs = "bi"  # The same heads are fine on bi-encoded pairs.
   specs.validate(config)
@@ -272,8 +289,10 @@ def test_resume_treats_a_missing_heads_pairs_as_bi():
   assert specs.resume_mismatches(saved, default.get_config()) == []
   new = default.get_config()
   new.heads.update({"pairs": "cross", "sts": "features"})
-  assert specs.resume_mismatches(saved, new) == [("heads.pairs", "bi", "cross"),
-                                                 ("heads.sts", "cosine", "features")]
+  assert specs.resume_mismatches(saved, new) == [
+    ("heads.pairs", "bi", "cross"),
+    ("heads.sts", "cosine", "features"),
+  ]
   old = ml_collections.ConfigDict({k: v for k, v in saved.items() if k != "heads"})
   assert specs.head_spec(old) == heads.HeadSpec()
 
@@ -286,6 +305,7 @@ def test_resume_treats_a_missing_heads_pairs_as_bi():
 @needs_data
 def test_tiny_cross_encoder_run_trains_predicts_and_exports(tiny_bert_dir, tokenizer, tmp_path):
   from mtl_jax import export, train
+
   config = tiny_config(tiny_bert_dir)
   config.heads.pairs = "cross"
   config.heads.sts = "features"

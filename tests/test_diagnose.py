@@ -26,13 +26,24 @@ def _cos_matrix(c01: float, c02: float, c12: float) -> list:
 
 def _grad_row(step: int, cos: tuple, removed: bool = True) -> dict:
   norms = {"sst": 0.2 * step, "quora": 0.1, "sts": 1.0}
-  row = {"step": step, "grad/cosine": _cos_matrix(*cos), "loss": 3.0 / step,
-         **{f"grad/grad_norm/{t}": n for t, n in norms.items()},
-         **{f"task_loss/{t}": 1.0 / step for t in norms}}
+  row = {
+    "step": step,
+    "grad/cosine": _cos_matrix(*cos),
+    "loss": 3.0 / step,
+    **{f"grad/grad_norm/{t}": n for t, n in norms.items()},
+    **{f"task_loss/{t}": 1.0 / step for t in norms},
+  }
   if removed:  # sst loses 10% of its norm, quora 50%, sts nothing.
-    row.update({"method/removed_norm/sst": 0.02 * step, "method/removed_norm/quora": 0.05,
-                "method/removed_norm/sts": 0.0, "method/num_projections/sst": 1.0,
-                "method/num_projections/quora": 2.0, "method/num_projections/sts": 0.0})
+    row.update(
+      {
+        "method/removed_norm/sst": 0.02 * step,
+        "method/removed_norm/quora": 0.05,
+        "method/removed_norm/sts": 0.0,
+        "method/num_projections/sst": 1.0,
+        "method/num_projections/quora": 2.0,
+        "method/num_projections/sts": 0.0,
+      }
+    )
   return row
 
 
@@ -43,8 +54,13 @@ def _write_metrics(workdir, rows: list[dict], extra_lines: str = "") -> str:
   return str(workdir)
 
 
-DEV = {"step": 4, "dev/sst/accuracy": 0.4, "dev/quora/accuracy": 0.7, "dev/sts/pearson": 0.8,
-       "dev/overall": 0.6}
+DEV = {
+  "step": 4,
+  "dev/sst/accuracy": 0.4,
+  "dev/quora/accuracy": 0.7,
+  "dev/sts/pearson": 0.8,
+  "dev/overall": 0.6,
+}
 
 
 @pytest.fixture
@@ -61,10 +77,12 @@ def test_summary_numbers(workdir):
   assert p["sst-quora"]["mean_cosine"] == pytest.approx(0.0, abs=1e-12)
   assert p["sst-quora"]["mean_abs_cosine"] == pytest.approx(0.35)
   assert p["sst-quora"]["conflict_rate"] == pytest.approx(0.5)
-  assert p["sst-sts"] == pytest.approx({"mean_cosine": 0.1, "mean_abs_cosine": 0.1,
-                                        "conflict_rate": 0.0})
-  assert p["quora-sts"] == pytest.approx({"mean_cosine": -0.3, "mean_abs_cosine": 0.3,
-                                          "conflict_rate": 1.0})
+  assert p["sst-sts"] == pytest.approx(
+    {"mean_cosine": 0.1, "mean_abs_cosine": 0.1, "conflict_rate": 0.0}
+  )
+  assert p["quora-sts"] == pytest.approx(
+    {"mean_cosine": -0.3, "mean_abs_cosine": 0.3, "conflict_rate": 1.0}
+  )
   t = s["tasks"]
   assert t["sst"]["mean_grad_norm"] == pytest.approx(0.2 * 2.5)
   assert t["sst"]["mean_removed_fraction"] == pytest.approx(0.1)
@@ -97,8 +115,16 @@ def test_without_method_stats_there_is_no_removed_fraction(tmp_path):
 def test_run_writes_valid_pngs_and_summary_json(workdir, capsys):
   summary = diagnose.run(workdir)
   out_dir = os.path.join(workdir, "diagnostics")
-  expected = {"cosine.png", "grad_norm.png", "conflict_rate.png", "removed_fraction.png",
-              "method_removed_norm.png", "method_num_projections.png", "loss.png", "dev.png"}
+  expected = {
+    "cosine.png",
+    "grad_norm.png",
+    "conflict_rate.png",
+    "removed_fraction.png",
+    "method_removed_norm.png",
+    "method_num_projections.png",
+    "loss.png",
+    "dev.png",
+  }
   assert set(os.listdir(out_dir)) == expected | {"summary.json"}
   for name in expected:
     with open(os.path.join(out_dir, name), "rb") as f:
@@ -115,12 +141,15 @@ def test_rolling_conflict_rate():
   np.testing.assert_allclose(r, [1.0, 0.5, 0.5, 1.0, 0.5])
 
 
-@pytest.mark.parametrize("setup, match", [
+@pytest.mark.parametrize(
+  "setup, match",
+  [
     (lambda p: None, "not found"),
     (lambda p: p.mkdir(), "metrics.jsonl not found"),
     (lambda p: _write_metrics(p, []), "no gradient rows"),
     (lambda p: _write_metrics(p, [{"step": 5, "loss": 1.0}, DEV]), "no gradient rows"),
-])
+  ],
+)
 def test_missing_or_empty_workdir_errors(tmp_path, setup, match):
   path = tmp_path / "run"
   setup(path)
@@ -129,14 +158,21 @@ def test_missing_or_empty_workdir_errors(tmp_path, setup, match):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, "-m", "mtl_jax.diagnose", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+    [sys.executable, "-m", "mtl_jax.diagnose", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 def test_cli_error_is_one_line_with_exit_code_2(tmp_path):
   proc = _cli("--workdir", str(tmp_path / "nope"))
   assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines() == [f"diagnose: error: workdir {tmp_path / 'nope'} not found"]
+  assert proc.stderr.strip().splitlines() == [
+    f"diagnose: error: workdir {tmp_path / 'nope'} not found"
+  ]
 
 
 def test_cli_output_flag(workdir, tmp_path):
@@ -150,9 +186,11 @@ def _tiny_run(model_dir: str, workdir: str, step: int) -> str:
   """A workdir as training leaves it (config.json, a checkpoint at `step`), minus the
   training itself: the checkpoint is the initial state, which saves ~15 s of compiles."""
   import jax.numpy as jnp
+  from test_train import tiny_config
+
   from mtl_jax import train
   from mtl_jax.checkpoint import Checkpointer
-  from test_train import tiny_config
+
   config = tiny_config(model_dir, length_buckets=(32,))  # One batch shape: one compile.
   os.makedirs(workdir)
   with open(os.path.join(workdir, "config.json"), "w") as f:

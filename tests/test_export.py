@@ -18,15 +18,21 @@ import numpy as np
 import pytest
 from flax import traverse_util
 from safetensors.numpy import load_file
+from test_train import needs_data, tiny_config
 
 from mtl_jax import export, train
 from mtl_jax.models import hf_io
 from mtl_jax.models.bert import BertEncoder
-from test_train import needs_data, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SENTENCES = ["The cat sat on the mat.", "a dog", "what is this movie ?", "very very good",
-             "it was not bad and the dog was good", "dogs"]
+SENTENCES = [
+  "The cat sat on the mat.",
+  "a dog",
+  "what is this movie ?",
+  "very very good",
+  "it was not bad and the dog was good",
+  "dogs",
+]
 
 
 @pytest.fixture(scope="module", params=["lora", "dora"])
@@ -60,8 +66,9 @@ def _inputs(model_dir: str) -> dict[str, np.ndarray]:
 @needs_data
 def test_merged_export_matches_the_unmerged_model(exported, tiny_bert_dir):
   kind, workdir, out, info = exported
-  assert sorted(os.listdir(out)) == sorted(["config.json", "model.safetensors", "vocab.txt",
-                                            "heads.safetensors", "mtl_jax.json"])
+  assert sorted(os.listdir(out)) == sorted(
+    ["config.json", "model.safetensors", "vocab.txt", "heads.safetensors", "mtl_jax.json"]
+  )
   assert not [f for f in os.listdir(os.path.dirname(out)) if ".tmp-" in f or ".old-" in f]
   config, model, params = train.load_trained(workdir)
   assert model.config.lora is not None and model.config.lora.kind == kind
@@ -73,11 +80,16 @@ def test_merged_export_matches_the_unmerged_model(exported, tiny_bert_dir):
   _, pretrained = hf_io.load_bert(tiny_bert_dir)
   for i in range(hf_config.num_layers):
     for name in ("query", "value"):
-      got, base = merged[f"layer_{i}"]["attention"][name], pretrained[f"layer_{i}"]["attention"][name]
+      got, base = (
+        merged[f"layer_{i}"]["attention"][name],
+        pretrained[f"layer_{i}"]["attention"][name],
+      )
       assert np.abs(got["kernel"] - base["kernel"]).max() > 1e-4, (i, name)
       np.testing.assert_array_equal(got["bias"], base["bias"])
-    np.testing.assert_array_equal(merged[f"layer_{i}"]["attention"]["key"]["kernel"],
-                                  pretrained[f"layer_{i}"]["attention"]["key"]["kernel"])
+    np.testing.assert_array_equal(
+      merged[f"layer_{i}"]["attention"]["key"]["kernel"],
+      pretrained[f"layer_{i}"]["attention"]["key"]["kernel"],
+    )
   flat_merged = traverse_util.flatten_dict(merged)
   assert set(flat_merged) == set(traverse_util.flatten_dict(pretrained))
 
@@ -154,7 +166,7 @@ def test_workdir_without_a_checkpoint(run, tmp_path):
   _, workdir = run
   empty = tmp_path / "empty_run"
   empty.mkdir()
-  (empty / "config.json").write_text((open(os.path.join(workdir, "config.json")).read()))
+  (empty / "config.json").write_text(open(os.path.join(workdir, "config.json")).read())
   with pytest.raises(export.ExportError, match="has not saved a checkpoint"):
     export.export(str(empty), str(tmp_path / "o"))
   (empty / "checkpoints").mkdir()
@@ -165,8 +177,14 @@ def test_workdir_without_a_checkpoint(run, tmp_path):
 
 def _cli(*args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "mtl_jax.export", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+    [sys.executable, "-m", "mtl_jax.export", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 def test_cli_errors_are_one_line(tmp_path):
@@ -181,9 +199,12 @@ def test_cli_errors_are_one_line(tmp_path):
   (full / "x").write_text("x")
   (no_ckpt / "checkpoints").mkdir()
   cases = [
-      (["--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "o")], "does not exist"),
-      (["--checkpoint", str(not_a_run), "--output", str(tmp_path / "o")], "no config.json"),
-      (["--checkpoint", str(no_ckpt), "--output", str(full)], "--overwrite"),
+    (
+      ["--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "o")],
+      "does not exist",
+    ),
+    (["--checkpoint", str(not_a_run), "--output", str(tmp_path / "o")], "no config.json"),
+    (["--checkpoint", str(no_ckpt), "--output", str(full)], "--overwrite"),
   ]
   for args, message in cases:
     proc = _cli(*args)

@@ -12,7 +12,9 @@ def test_matches_exact_gelu_and_its_derivative():
   x = np.linspace(-12, 12, 20001).astype(np.float32)
   x64 = x.astype(np.float64)
   want = 0.5 * x64 * (1 + special.erf(x64 / np.sqrt(2)))
-  want_grad = 0.5 * (1 + special.erf(x64 / np.sqrt(2))) + x64 * np.exp(-x64**2 / 2) / np.sqrt(2 * np.pi)
+  want_grad = 0.5 * (1 + special.erf(x64 / np.sqrt(2))) + x64 * np.exp(-(x64**2) / 2) / np.sqrt(
+    2 * np.pi
+  )
   np.testing.assert_allclose(exact_gelu(jnp.asarray(x)), want, atol=2e-6, rtol=1e-6)
   grad = jax.vmap(jax.grad(exact_gelu))(jnp.asarray(x))
   np.testing.assert_allclose(grad, want_grad, atol=2e-6, rtol=1e-6)

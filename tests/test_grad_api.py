@@ -14,9 +14,9 @@ from mtl_jax.grad import projection
 
 T = 3
 PARAMS = {
-    "dense": {"kernel": jnp.arange(6.0).reshape(2, 3) / 10, "bias": jnp.zeros(3)},
-    "scale": jnp.ones(()),
-    "emb": jnp.ones((4, 2), jnp.float32),
+  "dense": {"kernel": jnp.arange(6.0).reshape(2, 3) / 10, "bias": jnp.zeros(3)},
+  "scale": jnp.ones(()),
+  "emb": jnp.ones((4, 2), jnp.float32),
 }
 KWARGS = {"fixed": {"weights": [1.0, 2.0, 0.5]}}
 
@@ -27,8 +27,9 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 def _grads(key=0, t=T, params=PARAMS):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(key), len(leaves))
-  return jax.tree.unflatten(treedef, [jax.random.normal(k, (t,) + l.shape)
-                                      for k, l in zip(keys, leaves)])
+  return jax.tree.unflatten(
+    treedef, [jax.random.normal(k, (t,) + l.shape) for k, l in zip(keys, leaves)]
+  )
 
 
 def _method(name, **kw):
@@ -49,7 +50,7 @@ def _flat_stack(tree):
 def _unflat_stack(g):
   out, i = [], 0
   for l in _LEAVES:
-    out.append(g[:, i:i + l.size].reshape((T,) + l.shape))
+    out.append(g[:, i : i + l.size].reshape((T,) + l.shape))
     i += l.size
   return jax.tree.unflatten(_TREEDEF, out)
 
@@ -65,7 +66,7 @@ def test_method_on_pytree(name):
   """
   tx = optax.chain(_method(name), optax.adamw(1e-2))
   method = _method(name)
-  grads = jnp.stack([_flat_stack(_grads(k)) for k in range(3)])   # [steps, T, D]
+  grads = jnp.stack([_flat_stack(_grads(k)) for k in range(3)])  # [steps, T, D]
 
   @jax.jit
   def run(params):
@@ -73,6 +74,7 @@ def test_method_on_pytree(name):
       p, s = carry
       u, s = tx.update(_unflat_stack(g), s, p)
       return (optax.apply_updates(p, u), s), u
+
     tree, _ = method.update(_unflat_stack(grads[0]), method.init(PARAMS))
     mat, _ = method.update({"x": grads[0]}, method.init({"x": jnp.zeros(1)}))
     return jax.lax.scan(step, (params, tx.init(params)), grads), tree, mat["x"]
@@ -91,9 +93,23 @@ def test_method_on_pytree(name):
 
 
 def test_registry():
-  assert {"sum", "mean", "fixed", "rlw", "pcgrad", "pcgrad_against_sum", "cagrad", "mgda",
-          "imtl_g", "gradvac", "aligned_mtl", "nash_mtl", "graddrop", "upgrad",
-          "dualproj"} <= set(mtlgrad.METHODS)
+  assert {
+    "sum",
+    "mean",
+    "fixed",
+    "rlw",
+    "pcgrad",
+    "pcgrad_against_sum",
+    "cagrad",
+    "mgda",
+    "imtl_g",
+    "gradvac",
+    "aligned_mtl",
+    "nash_mtl",
+    "graddrop",
+    "upgrad",
+    "dualproj",
+  } <= set(mtlgrad.METHODS)
   assert isinstance(mtlgrad.get_method("PCGrad"), optax.GradientTransformation)
   with pytest.raises(ValueError) as e:
     mtlgrad.get_method("pcgard")
@@ -122,10 +138,12 @@ def test_pcgrad_two_tasks_stats_and_reduction():
   out, state = tx.update(_two(g1, g2), tx.init({"w": jnp.zeros(2)}))
   p1 = g1 - (g1 @ g2) / (g2 @ g2) * g2
   p2 = g2 - (g1 @ g2) / (g1 @ g1) * g1
-  np.testing.assert_allclose(out["w"], p1 + p2, atol=1e-6)   # a real sum
+  np.testing.assert_allclose(out["w"], p1 + p2, atol=1e-6)  # a real sum
   st = mtlgrad.method_stats(state)
   np.testing.assert_allclose(st["num_projections"], [1, 1])
-  np.testing.assert_allclose(st["removed_norm"], [np.linalg.norm(g1 - p1), np.linalg.norm(g2 - p2)], atol=1e-6)
+  np.testing.assert_allclose(
+    st["removed_norm"], [np.linalg.norm(g1 - p1), np.linalg.norm(g2 - p2)], atol=1e-6
+  )
   tx = mtlgrad.pcgrad(reduction="mean")
   out_mean, _ = tx.update(_two(g1, g2), tx.init(None))
   np.testing.assert_allclose(out_mean["w"], (p1 + p2) / 2, atol=1e-6)
@@ -177,20 +195,23 @@ def test_pcgrad_targeted_subset_passes_others_through():
 
 
 def test_shared_only_heads_get_their_own_gradient():
-  params = {"enc": {"w": jnp.ones((3, 2)), "b": jnp.ones(2)},
-            "heads": {"sst": jnp.ones(2), "quora": jnp.ones(2), "sts": jnp.ones(1)}}
+  params = {
+    "enc": {"w": jnp.ones((3, 2)), "b": jnp.ones(2)},
+    "heads": {"sst": jnp.ones(2), "quora": jnp.ones(2), "sts": jnp.ones(1)},
+  }
   g = _grads(5, params=params)
-  for k, name in enumerate(["sst", "quora", "sts"]):   # head k: only task k
+  for k, name in enumerate(["sst", "quora", "sts"]):  # head k: only task k
     g["heads"][name] = g["heads"][name] * (jnp.arange(T) == k).reshape(-1, 1)
-  is_shared = {"enc": {"w": True, "b": True},
-               "heads": {"sst": False, "quora": False, "sts": False}}
+  is_shared = {"enc": {"w": True, "b": True}, "heads": {"sst": False, "quora": False, "sts": False}}
   by_path = lambda tree: jax.tree_util.tree_map_with_path(
-      lambda path, _: path[0].key == "enc", tree)
+    lambda path, _: path[0].key == "enc", tree
+  )
   for method, masks in (("pcgrad", (is_shared, by_path)), ("cagrad", (is_shared,))):
     for mask in masks:
       inner = mtlgrad.get_method(method, num_tasks=T)
-      full = optax.chain(mtlgrad.shared_only(mtlgrad.get_method(method, num_tasks=T), mask),
-                         optax.sgd(1.0))
+      full = optax.chain(
+        mtlgrad.shared_only(mtlgrad.get_method(method, num_tasks=T), mask), optax.sgd(1.0)
+      )
 
       @jax.jit
       def run(g):
@@ -212,10 +233,10 @@ def test_shared_only_with_one_side_empty(method, shared):
   of the empty side must not run on an empty tree."""
   params = {"heads": {"sst": jnp.ones(2), "quora": jnp.ones(3)}}
   g = _grads(6, params=params)
-  tx = mtlgrad.shared_only(mtlgrad.get_method(method, num_tasks=T),
-                           jax.tree.map(lambda _: shared, params))
-  out, _ = jax.jit(lambda g: tx.update(g, tx.init(params), params,
-                                       task_losses=jnp.ones(T)))(g)
+  tx = mtlgrad.shared_only(
+    mtlgrad.get_method(method, num_tasks=T), jax.tree.map(lambda _: shared, params)
+  )
+  out, _ = jax.jit(lambda g: tx.update(g, tx.init(params), params, task_losses=jnp.ones(T)))(g)
   if not shared:  # Task-specific leaves: the plain task sum.
     np.testing.assert_allclose(_flat(out), _flat(jax.tree.map(lambda x: x.sum(0), g)), atol=1e-6)
   assert jax.tree.structure(out) == jax.tree.structure(params)
@@ -230,7 +251,7 @@ def test_method_stats_search_and_prefix():
   two = (mtlgrad.pcgrad(num_tasks=T).init(None), mtlgrad.mgda(num_tasks=T).init(None))
   keys = set(mtlgrad.method_stats(two))
   assert "removed_norm" in keys and sum(k.endswith(":task_weights") for k in keys) == 2
-  assert mtlgrad.method_stats(mtlgrad.pcgrad().init(None)) == {}   # no num_tasks: no stats
+  assert mtlgrad.method_stats(mtlgrad.pcgrad().init(None)) == {}  # no num_tasks: no stats
 
 
 def test_task_gradient_stats_jit_on_pytree():
@@ -277,32 +298,38 @@ def test_graddrop_properties():
 def test_solution_properties():
   g = _grads(6)
   m = np.asarray(_flat_stack(g), np.float64)
-  txs = {"nash": mtlgrad.nash_mtl(num_tasks=T), "upgrad": mtlgrad.upgrad(reg_eps=0.0),
-         "mgda": mtlgrad.mgda(num_tasks=T), "imtl": mtlgrad.imtl_g(num_tasks=T),
-         "cagrad0": mtlgrad.cagrad(c=0.0, rescale=0)}
+  txs = {
+    "nash": mtlgrad.nash_mtl(num_tasks=T),
+    "upgrad": mtlgrad.upgrad(reg_eps=0.0),
+    "mgda": mtlgrad.mgda(num_tasks=T),
+    "imtl": mtlgrad.imtl_g(num_tasks=T),
+    "cagrad0": mtlgrad.cagrad(c=0.0, rescale=0),
+  }
 
   @jax.jit
   def run(g):
     res = {}
     for k, tx in txs.items():
       out, st = tx.update(g, tx.init(PARAMS))
-      res[k] = (jnp.concatenate([jnp.ravel(l) for l in jax.tree.leaves(out)]),
-                mtlgrad.method_stats(st))
+      res[k] = (
+        jnp.concatenate([jnp.ravel(l) for l in jax.tree.leaves(out)]),
+        mtlgrad.method_stats(st),
+      )
     return res
 
   r = {k: (np.asarray(d, np.float64), st) for k, (d, st) in run(g).items()}
-  d, st = r["nash"]                                    # ||d||^2 = T, A alpha = 1/alpha
+  d, st = r["nash"]  # ||d||^2 = T, A alpha = 1/alpha
   np.testing.assert_allclose(d @ d, T, rtol=1e-4)
   alpha = np.asarray(st["task_weights"], np.float64)
   np.testing.assert_allclose((m @ m.T) @ alpha, 1 / alpha, rtol=1e-4)
-  d, _ = r["upgrad"]                                   # in the dual cone
+  d, _ = r["upgrad"]  # in the dual cone
   assert np.all(m @ d >= -1e-5)
-  d, st = r["mgda"]                                    # min-norm: g_i.d >= |d|^2
+  d, st = r["mgda"]  # min-norm: g_i.d >= |d|^2
   assert np.all(m @ d >= d @ d - 1e-4) and abs(st["task_weights"].sum() - 1) < 1e-5
-  d, _ = r["imtl"]                                     # equal projections on unit g_i
+  d, _ = r["imtl"]  # equal projections on unit g_i
   proj = m @ d / np.linalg.norm(m, axis=1)
   np.testing.assert_allclose(proj, proj[0], rtol=1e-4)
-  d, _ = r["cagrad0"]                                  # c=0: the mean
+  d, _ = r["cagrad0"]  # c=0: the mean
   np.testing.assert_allclose(d, m.mean(0), atol=1e-5)
 
 

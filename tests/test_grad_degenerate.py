@@ -45,27 +45,27 @@ def _err(out, ref, g):
 
 
 _FACTORIES = {
-    "sum": lambda t: mtlgrad.sum_tasks(),
-    "mean": lambda t: mtlgrad.mean_tasks(),
-    "fixed": lambda t: mtlgrad.fixed(W[:t]),
-    "mgda": lambda t: mtlgrad.mgda(solver="exact"),
-    "mgda_fw": lambda t: mtlgrad.mgda(solver="frank_wolfe"),
-    "mgda_fw_l2": lambda t: mtlgrad.mgda(solver="frank_wolfe", normalization="l2"),
-    "imtl_g": lambda t: mtlgrad.imtl_g(),
-    "aligned_mtl_min": lambda t: mtlgrad.aligned_mtl("min"),
-    "aligned_mtl_median": lambda t: mtlgrad.aligned_mtl("median"),
-    "aligned_mtl_rmse": lambda t: mtlgrad.aligned_mtl("rmse"),
-    "nash": lambda t: mtlgrad.nash_mtl(num_tasks=t),
-    "upgrad": lambda t: mtlgrad.upgrad(),
-    "upgrad_noreg": lambda t: mtlgrad.upgrad(reg_eps=0.0),
-    "dualproj": lambda t: mtlgrad.dualproj(),
-    "cagrad_r1": lambda t: mtlgrad.cagrad(c=0.4, rescale=1),
-    "cagrad_c0.8_r1": lambda t: mtlgrad.cagrad(c=0.8, rescale=1),
-    "against_t0": lambda t: mtlgrad.pcgrad_against_sum(target=0),
+  "sum": lambda t: mtlgrad.sum_tasks(),
+  "mean": lambda t: mtlgrad.mean_tasks(),
+  "fixed": lambda t: mtlgrad.fixed(W[:t]),
+  "mgda": lambda t: mtlgrad.mgda(solver="exact"),
+  "mgda_fw": lambda t: mtlgrad.mgda(solver="frank_wolfe"),
+  "mgda_fw_l2": lambda t: mtlgrad.mgda(solver="frank_wolfe", normalization="l2"),
+  "imtl_g": lambda t: mtlgrad.imtl_g(),
+  "aligned_mtl_min": lambda t: mtlgrad.aligned_mtl("min"),
+  "aligned_mtl_median": lambda t: mtlgrad.aligned_mtl("median"),
+  "aligned_mtl_rmse": lambda t: mtlgrad.aligned_mtl("rmse"),
+  "nash": lambda t: mtlgrad.nash_mtl(num_tasks=t),
+  "upgrad": lambda t: mtlgrad.upgrad(),
+  "upgrad_noreg": lambda t: mtlgrad.upgrad(reg_eps=0.0),
+  "dualproj": lambda t: mtlgrad.dualproj(),
+  "cagrad_r1": lambda t: mtlgrad.cagrad(c=0.4, rescale=1),
+  "cagrad_c0.8_r1": lambda t: mtlgrad.cagrad(c=0.8, rescale=1),
+  "against_t0": lambda t: mtlgrad.pcgrad_against_sum(target=0),
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(key, t):
   tx = _FACTORIES[key](t)
   return tx, jax.jit(tx.update)
@@ -86,38 +86,59 @@ ALL = CASES
 # eigen-directions that float32 cannot see, and Aligned-MTL rescales exactly those.
 ALIGNED = _except("near_collinear", "scaled", "near_opposite")
 REFERENCE = [
-    # (ours, fixture key, cases, tolerance, why)
-    ("sum", "sum", ALL, 1e-5, ""), ("mean", "mean", ALL, 1e-5, ""),
-    ("fixed", "fixed", ALL, 1e-5, ""),
-    ("mgda", "mgda_kkt", ALL, 1e-5, "float64 face enumeration"),
-    ("mgda", "mgda_exact", ALL, 2e-4, "CLARABEL stops ~2e-4 from the optimum on [e1, 1e-3 e2]"),
-    ("mgda_fw", "mgda_libmtl_none", ALL, 5e-4,
-     "Frank-Wolfe stops at an L1 weight change < 1e-5; float32 and float64 may stop some "
-     "steps apart where the objective is flat (nearly collinear, badly scaled)"),
-    ("mgda_fw_l2", "mgda_libmtl_l2", ALL, 5e-4, "as above"),
-    ("imtl_g", "imtl_g", _except("near_collinear"), 1e-5,
-     "nearly collinear: the cosine matrix's smallest eigenvalue is ~1e-7, float32's resolution"),
-    ("aligned_mtl_min", "aligned_mtl_min", ALIGNED, 1e-5, "see ALIGNED"),
-    ("aligned_mtl_median", "aligned_mtl_median", ALIGNED, 1e-5, "see ALIGNED"),
-    ("aligned_mtl_rmse", "aligned_mtl_rmse", ALIGNED, 1e-5, "see ALIGNED"),
-    ("nash", "nash_exact", _except("near_opposite"), 1e-5,
-     "nearly opposite: alpha ~ 1/sqrt(smallest Gram eigenvalue), ill-conditioned"),
-    ("upgrad", "upgrad", ALL, 5e-5, "torchjd's quadprog with its 1e-4 ridge"),
-    ("upgrad_noreg", "upgrad_noreg", ALL, 1e-5, ""),
-    ("dualproj", "dualproj", ALL, 1e-5, ""),
-    ("cagrad_r1", "cagrad_c0.4_r1", _except("opposite", "scaled"), 1e-4,
-     "known limitation (docs/methods.md): the CAGrad dual's face solve on (nearly) singular faces"),
-    ("cagrad_c0.8_r1", "cagrad_c0.8_r1", _except("opposite", "scaled"), 1e-4, "as above"),
-    ("against_t0", "pcgrad_against_sum_t0", ALL, 1e-5, ""),
+  # (ours, fixture key, cases, tolerance, why)
+  ("sum", "sum", ALL, 1e-5, ""),
+  ("mean", "mean", ALL, 1e-5, ""),
+  ("fixed", "fixed", ALL, 1e-5, ""),
+  ("mgda", "mgda_kkt", ALL, 1e-5, "float64 face enumeration"),
+  ("mgda", "mgda_exact", ALL, 2e-4, "CLARABEL stops ~2e-4 from the optimum on [e1, 1e-3 e2]"),
+  (
+    "mgda_fw",
+    "mgda_libmtl_none",
+    ALL,
+    5e-4,
+    "Frank-Wolfe stops at an L1 weight change < 1e-5; float32 and float64 may stop some "
+    "steps apart where the objective is flat (nearly collinear, badly scaled)",
+  ),
+  ("mgda_fw_l2", "mgda_libmtl_l2", ALL, 5e-4, "as above"),
+  (
+    "imtl_g",
+    "imtl_g",
+    _except("near_collinear"),
+    1e-5,
+    "nearly collinear: the cosine matrix's smallest eigenvalue is ~1e-7, float32's resolution",
+  ),
+  ("aligned_mtl_min", "aligned_mtl_min", ALIGNED, 1e-5, "see ALIGNED"),
+  ("aligned_mtl_median", "aligned_mtl_median", ALIGNED, 1e-5, "see ALIGNED"),
+  ("aligned_mtl_rmse", "aligned_mtl_rmse", ALIGNED, 1e-5, "see ALIGNED"),
+  (
+    "nash",
+    "nash_exact",
+    _except("near_opposite"),
+    1e-5,
+    "nearly opposite: alpha ~ 1/sqrt(smallest Gram eigenvalue), ill-conditioned",
+  ),
+  ("upgrad", "upgrad", ALL, 5e-5, "torchjd's quadprog with its 1e-4 ridge"),
+  ("upgrad_noreg", "upgrad_noreg", ALL, 1e-5, ""),
+  ("dualproj", "dualproj", ALL, 1e-5, ""),
+  (
+    "cagrad_r1",
+    "cagrad_c0.4_r1",
+    _except("opposite", "scaled"),
+    1e-4,
+    "known limitation (docs/methods.md): the CAGrad dual's face solve on (nearly) singular faces",
+  ),
+  ("cagrad_c0.8_r1", "cagrad_c0.8_r1", _except("opposite", "scaled"), 1e-4, "as above"),
+  ("against_t0", "pcgrad_against_sum_t0", ALL, 1e-5, ""),
 ]
 
 
-@pytest.mark.parametrize("ours,ref,cases,tol,why", REFERENCE,
-                         ids=[f"{a}-vs-{b}" for a, b, *_ in REFERENCE])
+@pytest.mark.parametrize(
+  "ours,ref,cases,tol,why", REFERENCE, ids=[f"{a}-vs-{b}" for a, b, *_ in REFERENCE]
+)
 def test_matches_reference_on_degenerate_stacks(ours, ref, cases, tol, why):
-  errs = {c: _err(_run(ours, _g(c)), F[f"{c}__{ref}"], _g(c))
-          for c in cases if f"{c}__{ref}" in F}
-  assert len(errs) >= 8, sorted(errs)   # the exclusions leave most cases in
+  errs = {c: _err(_run(ours, _g(c)), F[f"{c}__{ref}"], _g(c)) for c in cases if f"{c}__{ref}" in F}
+  assert len(errs) >= 8, sorted(errs)  # the exclusions leave most cases in
   assert max(errs.values()) < tol, ({c: f"{e:.1e}" for c, e in errs.items() if e >= tol}, why)
 
 
@@ -148,8 +169,8 @@ def test_imtl_g_issue_examples():
   d = _run("imtl_g", _g("t2_unit_scaled"))
   assert abs(np.linalg.norm(d) - np.linalg.norm(F["t2_unit_scaled__imtl_g"])) < 1e-7
   assert abs(np.linalg.norm(d) - 1.41e-3) < 1e-5
-  assert np.abs(_run("imtl_g", _g("t2_opposite"))).max() == 0.0   # no equal-projection point
-  for c in ("t3_norms_a", "t3_norms_b", "t5_norms"):      # norms x0.03..x30 apart
+  assert np.abs(_run("imtl_g", _g("t2_opposite"))).max() == 0.0  # no equal-projection point
+  for c in ("t3_norms_a", "t3_norms_b", "t5_norms"):  # norms x0.03..x30 apart
     g, ref = _g(c), F[f"{c}__imtl_g"]
     assert np.abs(_run("imtl_g", g) - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max()), c
 

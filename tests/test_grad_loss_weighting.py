@@ -9,18 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from test_train import needs_data, read_metrics, restored_trainable, tiny_config
 
 from configs import default
 from mtl_jax import grad as mtlgrad
-from mtl_jax import specs, step as step_lib, train
+from mtl_jax import specs, train
+from mtl_jax import step as step_lib
 from mtl_jax.models import multitask
-from test_train import needs_data, read_metrics, restored_trainable, tiny_config
 
 T = 3
-PARAMS = {"enc": {"w": jnp.ones((3, 2)), "b": jnp.ones(2)},
-          "heads": {"sst": jnp.ones(2), "quora": jnp.ones(2), "sts": jnp.ones(1)}}
-IS_SHARED = {"enc": {"w": True, "b": True},
-             "heads": {"sst": False, "quora": False, "sts": False}}
+PARAMS = {
+  "enc": {"w": jnp.ones((3, 2)), "b": jnp.ones(2)},
+  "heads": {"sst": jnp.ones(2), "quora": jnp.ones(2), "sts": jnp.ones(1)},
+}
+IS_SHARED = {"enc": {"w": True, "b": True}, "heads": {"sst": False, "quora": False, "sts": False}}
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -28,9 +30,10 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 def _grads(key, params=PARAMS):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(key), len(leaves))
-  g = jax.tree.unflatten(treedef, [jax.random.normal(k, (T,) + l.shape)
-                                   for k, l in zip(keys, leaves)])
-  if "heads" in g:   # head k: only task k's loss reaches it
+  g = jax.tree.unflatten(
+    treedef, [jax.random.normal(k, (T,) + l.shape) for k, l in zip(keys, leaves)]
+  )
+  if "heads" in g:  # head k: only task k's loss reaches it
     for k, name in enumerate(("sst", "quora", "sts")):
       g["heads"][name] = g["heads"][name] * (jnp.arange(T) == k).reshape(-1, 1)
   return g
@@ -58,7 +61,7 @@ def dwa_reference(losses: np.ndarray, period: int, temperature: float = 2.0) -> 
     p = n // period
     if p < 2:
       continue
-    mean = lambda q: losses[q * period:(q + 1) * period].astype(np.float64).mean(0)
+    mean = lambda q: losses[q * period : (q + 1) * period].astype(np.float64).mean(0)
     e = np.exp(mean(p - 1) / mean(p - 2) / temperature)
     out[n] = k * e / e.sum()
   return out
@@ -69,10 +72,10 @@ def dwa_reference(losses: np.ndarray, period: int, temperature: float = 2.0) -> 
 
 
 def test_dwa_matches_eq7_and_combines_the_weighted_gradients():
-  period, steps = 3, 14                     # 4 full periods and part of a fifth
+  period, steps = 3, 14  # 4 full periods and part of a fifth
   losses = _losses(steps)
   ref = dwa_reference(losses, period)
-  assert np.allclose(ref[:2 * period], 1.0) and not np.allclose(ref[2 * period:], 1.0)
+  assert np.allclose(ref[: 2 * period], 1.0) and not np.allclose(ref[2 * period :], 1.0)
   tx = mtlgrad.dwa(num_tasks=T, period=period)
   update = jax.jit(tx.update)
   state = tx.init(PARAMS)
@@ -96,8 +99,9 @@ def test_dwa_temperature_and_no_losses_fallback():
   state = tx.init(PARAMS)
   for n in range(6):
     _, state = tx.update(_grads(n), state, task_losses=losses[n])
-  np.testing.assert_allclose(mtlgrad.method_stats(state)["task_weights"],
-                             dwa_reference(losses, 2, 0.5)[5], rtol=1e-5)
+  np.testing.assert_allclose(
+    mtlgrad.method_stats(state)["task_weights"], dwa_reference(losses, 2, 0.5)[5], rtol=1e-5
+  )
   # Without task_losses: the current weights, and the windows stay where they were.
   out, again = tx.update(_grads(9), state)
   assert int(again.count) == int(state.count) and int(again.windows) == int(state.windows)
@@ -119,10 +123,12 @@ def test_dwa_inside_shared_only_and_chain_gets_the_losses():
   period, steps = 2, 7
   losses = _losses(steps, seed=2)
   ref = dwa_reference(losses, period)
-  sgd = optax.chain(mtlgrad.shared_only(mtlgrad.dwa(T, period=period), IS_SHARED),
-                    optax.sgd(1.0))
-  adamw = optax.chain(mtlgrad.shared_only(mtlgrad.dwa(T, period=period), IS_SHARED),
-                      optax.clip_by_global_norm(1.0), optax.adamw(1e-2))
+  sgd = optax.chain(mtlgrad.shared_only(mtlgrad.dwa(T, period=period), IS_SHARED), optax.sgd(1.0))
+  adamw = optax.chain(
+    mtlgrad.shared_only(mtlgrad.dwa(T, period=period), IS_SHARED),
+    optax.clip_by_global_norm(1.0),
+    optax.adamw(1e-2),
+  )
 
   @jax.jit
   def run(g, losses):
@@ -133,6 +139,7 @@ def test_dwa_inside_shared_only_and_chain_gets_the_losses():
       v, s_adamw = adamw.update(g, s_adamw, p, task_losses=loss)
       w = mtlgrad.method_stats(s_sgd)["task_weights"]
       return (s_sgd, optax.apply_updates(p, v), s_adamw), (jax.tree.map(lambda a: -a, u), w)
+
     init = (sgd.init(PARAMS), PARAMS, adamw.init(PARAMS))
     return jax.lax.scan(body, init, (g, losses))
 
@@ -156,11 +163,16 @@ def test_other_methods_ignore_task_losses_in_the_trainer_chain():
   g = _grads(3)
   for name in sorted(mtlgrad.METHODS):
     kwargs = {"weights": [1.0, 2.0, 0.5]} if name == "fixed" else {}
-    tx = optax.chain(mtlgrad.shared_only(mtlgrad.get_method(name, num_tasks=T, **kwargs),
-                                         IS_SHARED), optax.sgd(1.0))
-    run = jax.jit(lambda g, losses, tx=tx: (
+    tx = optax.chain(
+      mtlgrad.shared_only(mtlgrad.get_method(name, num_tasks=T, **kwargs), IS_SHARED),
+      optax.sgd(1.0),
+    )
+    run = jax.jit(
+      lambda g, losses, tx=tx: (
         tx.update(g, tx.init(PARAMS), PARAMS, task_losses=losses)[0],
-        tx.update(g, tx.init(PARAMS), PARAMS)[0]))
+        tx.update(g, tx.init(PARAMS), PARAMS)[0],
+      )
+    )
     with_losses, without = run(g, jnp.ones(T))
     if name != "dwa":
       np.testing.assert_allclose(_flat(with_losses), _flat(without), rtol=1e-6, err_msg=name)
@@ -195,7 +207,8 @@ def test_weighted_task_loss_closed_form():
   log_var = jnp.array([0.3, -0.7, 1.1])
   for task, raw in enumerate((0.9, 2.5, 0.05)):
     value, (d_raw, d_s) = jax.value_and_grad(step_lib.weighted_task_loss, argnums=(0, 1))(
-        jnp.float32(raw), log_var, task)
+      jnp.float32(raw), log_var, task
+    )
     s = float(log_var[task])
     np.testing.assert_allclose(value, np.exp(-s) * raw / 2 + s / 2, rtol=1e-6)
     np.testing.assert_allclose(d_raw, np.exp(-s) / 2, rtol=1e-6)
@@ -208,8 +221,9 @@ def test_per_task_grads_with_log_variances(tiny_bert_dir):
   """The step's per-task gradients: raw losses unchanged, model gradients scaled by
   exp(-s_t)/2, d/ds_t = 1/2 - exp(-s_t) L_t / 2 at index t only; is_shared leaves the
   log-variances out of the surgery."""
-  model, params = multitask.build(multitask.ModelSpec(path=tiny_bert_dir, mode="probe"),
-                                  jax.random.key(0))
+  model, params = multitask.build(
+    multitask.ModelSpec(path=tiny_bert_dir, mode="probe"), jax.random.key(0)
+  )
   trainable, frozen = multitask.split(params, multitask.trainable_mask(params, "probe"))
   log_var = jnp.array([0.4, -0.3, 0.8])
   weighted = dict(trainable, loss_weighting={"log_var": log_var})
@@ -217,11 +231,13 @@ def test_per_task_grads_with_log_variances(tiny_bert_dir):
   assert not any(jax.tree.leaves(shared["loss_weighting"]))
   rng = np.random.default_rng(0)
   s, length = 4, 8
-  batch = {"input_ids": rng.integers(5, 100, (T, s, length)).astype(np.int32),
-           "attention_mask": np.ones((T, s, length), np.int32),
-           "token_type_ids": np.zeros((T, s, length), np.int32),
-           "labels": rng.integers(0, 2, (T, s)).astype(np.float32),
-           "weights": np.ones((T, s), np.float32)}
+  batch = {
+    "input_ids": rng.integers(5, 100, (T, s, length)).astype(np.int32),
+    "attention_mask": np.ones((T, s, length), np.int32),
+    "token_type_ids": np.zeros((T, s, length), np.int32),
+    "labels": rng.integers(0, 2, (T, s)).astype(np.float32),
+    "weights": np.ones((T, s), np.float32),
+  }
   keys = jax.random.split(jax.random.key(1), T)
   per_task = jax.jit(step_lib.make_per_task_grads(model))
   raw, g_raw = per_task(trainable, frozen, batch, jnp.arange(T), keys)
@@ -229,14 +245,19 @@ def test_per_task_grads_with_log_variances(tiny_bert_dir):
   np.testing.assert_allclose(raw_w, raw, rtol=1e-6)
   scale = np.exp(-np.asarray(log_var)) / 2
   for a, b in zip(jax.tree.leaves(g_raw), jax.tree.leaves({k: g_w[k] for k in g_raw})):
-    np.testing.assert_allclose(b, np.asarray(a) * scale.reshape((T,) + (1,) * (a.ndim - 1)),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+      b, np.asarray(a) * scale.reshape((T,) + (1,) * (a.ndim - 1)), rtol=1e-5, atol=1e-7
+    )
   expected = np.diag(0.5 - np.exp(-np.asarray(log_var)) * np.asarray(raw) / 2)
   np.testing.assert_allclose(g_w["loss_weighting"]["log_var"], expected, rtol=1e-5, atol=1e-7)
   objective = jax.vmap(step_lib.make_loss_fn(model), in_axes=(None, None, 0, 0, 0))(
-      weighted, frozen, batch, jnp.arange(T), keys)
-  np.testing.assert_allclose(objective, np.exp(-np.asarray(log_var)) * np.asarray(raw) / 2
-                             + np.asarray(log_var) / 2, rtol=1e-5)
+    weighted, frozen, batch, jnp.arange(T), keys
+  )
+  np.testing.assert_allclose(
+    objective,
+    np.exp(-np.asarray(log_var)) * np.asarray(raw) / 2 + np.asarray(log_var) / 2,
+    rtol=1e-5,
+  )
 
 
 @needs_data
@@ -256,14 +277,14 @@ def test_uncertainty_and_dwa_end_to_end(tiny_bert_dir, tmp_path):
     assert r["loss"] == pytest.approx(sum(r[f"task_loss/{t}"] for t in tasks), rel=1e-5)
     assert sum(r[f"method/task_weights/{t}"] for t in tasks) == pytest.approx(3.0, rel=1e-5)
   assert all(r[f"loss_weight/{t}"] == pytest.approx(1.0) for r in rows[:1] for t in tasks)
-  assert any(r[f"loss_weight/{t}"] != pytest.approx(1.0, abs=1e-6) for t in tasks
-             for r in rows[1:])
+  assert any(r[f"loss_weight/{t}"] != pytest.approx(1.0, abs=1e-6) for t in tasks for r in rows[1:])
   # period=1: steps 1-2 weigh 1, step 3 uses L(2)/L(1) from the logged raw losses.
   for r in rows[:2]:
     assert all(r[f"method/task_weights/{t}"] == pytest.approx(1.0) for t in tasks)
   ratio = np.array([rows[1][f"task_loss/{t}"] / rows[0][f"task_loss/{t}"] for t in tasks])
   e = np.exp(ratio / 2.0)
-  np.testing.assert_allclose([rows[2][f"method/task_weights/{t}"] for t in tasks],
-                             3 * e / e.sum(), rtol=1e-4)
+  np.testing.assert_allclose(
+    [rows[2][f"method/task_weights/{t}"] for t in tasks], 3 * e / e.sum(), rtol=1e-4
+  )
   log_var = np.asarray(restored_trainable(config, workdir)["loss_weighting"]["log_var"])
   assert log_var.shape == (3,) and np.all(np.isfinite(log_var)) and np.all(log_var != 0)

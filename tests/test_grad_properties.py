@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import Phase, given, settings, strategies as st
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 
 from mtl_jax import grad as mtlgrad
 
@@ -39,12 +40,35 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 D = 10
 PARAMS = {"a": jnp.zeros((4,), jnp.float32), "b": jnp.zeros((2, 3), jnp.float32)}
-KINDS = ("random", "opposite", "near_opposite", "zero", "all_zero", "duplicate",
-         "collinear", "scaled")
-SYMMETRIC = ("sum", "mean", "mgda", "cagrad", "upgrad", "dualproj", "imtl_g",
-             "aligned_mtl", "nash_mtl", "graddrop")
-SETTINGS = settings(max_examples=6, derandomize=True, deadline=None, database=None,
-                    phases=(Phase.explicit, Phase.generate, Phase.shrink))
+KINDS = (
+  "random",
+  "opposite",
+  "near_opposite",
+  "zero",
+  "all_zero",
+  "duplicate",
+  "collinear",
+  "scaled",
+)
+SYMMETRIC = (
+  "sum",
+  "mean",
+  "mgda",
+  "cagrad",
+  "upgrad",
+  "dualproj",
+  "imtl_g",
+  "aligned_mtl",
+  "nash_mtl",
+  "graddrop",
+)
+SETTINGS = settings(
+  max_examples=6,
+  derandomize=True,
+  deadline=None,
+  database=None,
+  phases=(Phase.explicit, Phase.generate, Phase.shrink),
+)
 
 
 def make_stack(kind: str, t: int, seed: int) -> np.ndarray:
@@ -85,7 +109,7 @@ def _kwargs(name, t):
   return {"weights": [1.0, 0.5, 2.0, 0.25, 1.5][:t]} if name == "fixed" else {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(name, t):
   tx = mtlgrad.get_method(name, num_tasks=t, **_kwargs(name, t))
   return tx, jax.jit(tx.update)
@@ -97,7 +121,7 @@ def run(name, g):
   return out
 
 
-stacks = st.tuples(st.sampled_from(KINDS), st.sampled_from((2, 3)), st.integers(0, 2 ** 16))
+stacks = st.tuples(st.sampled_from(KINDS), st.sampled_from((2, 3)), st.integers(0, 2**16))
 
 
 @pytest.mark.parametrize("name", sorted(mtlgrad.METHODS))
@@ -131,8 +155,12 @@ ILL_POSED = {"nash_mtl": ("opposite", "collinear")}
 
 @pytest.mark.parametrize("name", SYMMETRIC)
 @SETTINGS
-@given(kind=st.sampled_from(SYMMETRIC_KINDS), t=st.sampled_from((2, 3)),
-       seed=st.integers(0, 2 ** 16), perm_seed=st.integers(0, 2 ** 16))
+@given(
+  kind=st.sampled_from(SYMMETRIC_KINDS),
+  t=st.sampled_from((2, 3)),
+  seed=st.integers(0, 2**16),
+  perm_seed=st.integers(0, 2**16),
+)
 def test_permuting_tasks_leaves_output_unchanged(name, kind, t, seed, perm_seed):
   if kind in ILL_POSED.get(name, ()):
     return
@@ -144,7 +172,7 @@ def test_permuting_tasks_leaves_output_unchanged(name, kind, t, seed, perm_seed)
 
 
 @SETTINGS
-@given(kind=st.sampled_from(KINDS), seed=st.integers(0, 2 ** 16))
+@given(kind=st.sampled_from(KINDS), seed=st.integers(0, 2**16))
 def test_pcgrad_two_tasks_leaves_no_conflict(kind, seed):
   g = make_stack(kind, 2, seed).astype(np.float64)
   d = _flat(run("pcgrad", g.astype(np.float32)))
@@ -153,14 +181,19 @@ def test_pcgrad_two_tasks_leaves_no_conflict(kind, seed):
 
 
 @SETTINGS
-@given(kind=st.sampled_from(KINDS), t=st.sampled_from((2, 3, 5)), seed=st.integers(0, 2 ** 16))
+@given(kind=st.sampled_from(KINDS), t=st.sampled_from((2, 3, 5)), seed=st.integers(0, 2**16))
 def test_mgda_output_is_the_min_norm_point(kind, t, seed):
   g = make_stack(kind, t, seed).astype(np.float64)
   d = _flat(run("mgda", g.astype(np.float32)))
   rng = np.random.default_rng(seed)
   eye = np.eye(t)
-  tried = [eye, (eye[:, None] + eye[None]).reshape(-1, t) / 2, np.full((1, t), 1.0 / t),
-           rng.dirichlet(np.ones(t), size=64), rng.dirichlet(np.full(t, 0.2), size=64)]
+  tried = [
+    eye,
+    (eye[:, None] + eye[None]).reshape(-1, t) / 2,
+    np.full((1, t), 1.0 / t),
+    rng.dirichlet(np.ones(t), size=64),
+    rng.dirichlet(np.full(t, 0.2), size=64),
+  ]
   norms_sq = np.sum((np.concatenate(tried) @ g) ** 2, axis=1)
   # float32 Gram entries carry ~eps * max||g_i||^2 of rounding: allow that much.
   slack = 1e-5 * np.max(np.sum(g * g, axis=1))

@@ -34,7 +34,7 @@ def _err(out, ref, g):
   return float(np.max(np.abs(np.asarray(out, np.float64) - ref)) / max(1.0, np.abs(g).max()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled(factory_key, t):
   tx = _FACTORIES[factory_key](t)
   return tx, jax.jit(tx.update)
@@ -49,25 +49,27 @@ def _run(factory_key, g):
 
 
 _FACTORIES = {
-    "sum": lambda t: mtlgrad.sum_tasks(),
-    "mean": lambda t: mtlgrad.mean_tasks(),
-    "fixed": lambda t: mtlgrad.fixed([1.0, 0.5, 2.0, 0.25][:t]),
-    "mgda_exact": lambda t: mtlgrad.mgda(solver="exact"),
-    "mgda_fw_none": lambda t: mtlgrad.mgda(solver="frank_wolfe"),
-    "mgda_fw_l2": lambda t: mtlgrad.mgda(solver="frank_wolfe", normalization="l2"),
-    "imtl_g": lambda t: mtlgrad.imtl_g(),
-    "aligned_mtl_min": lambda t: mtlgrad.aligned_mtl("min"),
-    "aligned_mtl_median": lambda t: mtlgrad.aligned_mtl("median"),
-    "aligned_mtl_rmse": lambda t: mtlgrad.aligned_mtl("rmse"),
-    "nash": lambda t: mtlgrad.nash_mtl(num_tasks=t),
-    "nash_clip": lambda t: mtlgrad.nash_mtl(num_tasks=t, max_norm=1.0),
-    "upgrad": lambda t: mtlgrad.upgrad(),
-    "upgrad_noreg": lambda t: mtlgrad.upgrad(reg_eps=0.0),
-    "dualproj": lambda t: mtlgrad.dualproj(),
-    "cagrad_torchjd": lambda t: mtlgrad.cagrad(c=0.4, rescale=0, eps=0.0),
+  "sum": lambda t: mtlgrad.sum_tasks(),
+  "mean": lambda t: mtlgrad.mean_tasks(),
+  "fixed": lambda t: mtlgrad.fixed([1.0, 0.5, 2.0, 0.25][:t]),
+  "mgda_exact": lambda t: mtlgrad.mgda(solver="exact"),
+  "mgda_fw_none": lambda t: mtlgrad.mgda(solver="frank_wolfe"),
+  "mgda_fw_l2": lambda t: mtlgrad.mgda(solver="frank_wolfe", normalization="l2"),
+  "imtl_g": lambda t: mtlgrad.imtl_g(),
+  "aligned_mtl_min": lambda t: mtlgrad.aligned_mtl("min"),
+  "aligned_mtl_median": lambda t: mtlgrad.aligned_mtl("median"),
+  "aligned_mtl_rmse": lambda t: mtlgrad.aligned_mtl("rmse"),
+  "nash": lambda t: mtlgrad.nash_mtl(num_tasks=t),
+  "nash_clip": lambda t: mtlgrad.nash_mtl(num_tasks=t, max_norm=1.0),
+  "upgrad": lambda t: mtlgrad.upgrad(),
+  "upgrad_noreg": lambda t: mtlgrad.upgrad(reg_eps=0.0),
+  "dualproj": lambda t: mtlgrad.dualproj(),
+  "cagrad_torchjd": lambda t: mtlgrad.cagrad(c=0.4, rescale=0, eps=0.0),
 }
 for _c, _r in ((0.4, 0), (0.4, 1), (0.4, 2), (0.8, 1)):
-  _FACTORIES[f"cagrad_c{_c}_r{_r}"] = (lambda c, r: lambda t: mtlgrad.cagrad(c=c, rescale=r))(_c, _r)
+  _FACTORIES[f"cagrad_c{_c}_r{_r}"] = (lambda c, r: lambda t: mtlgrad.cagrad(c=c, rescale=r))(
+    _c, _r
+  )
 _FACTORIES["pcgrad"] = lambda t: mtlgrad.pcgrad(seed=3)
 _FACTORIES["pcgrad_tasks01"] = lambda t: mtlgrad.pcgrad(tasks=(0, 1))
 for _k in range(3):
@@ -78,29 +80,32 @@ for _k in range(3):
 # (variant, T) costs an XLA compile of ~0.3 s).
 ALL, T3 = CASES, [c for c in CASES if c.startswith("t3_")]
 REFERENCE = [
-    ("sum", "sum", ALL), ("mean", "mean", ALL), ("fixed", "fixed", ALL),
-    ("mgda_exact", "mgda_exact", ALL),
-    ("imtl_g", "imtl_g", ALL), ("imtl_g", "imtl_libmtl", ALL),
-    ("aligned_mtl_min", "aligned_mtl_min", ALL),
-    ("aligned_mtl_median", "aligned_mtl_median", T3),
-    ("aligned_mtl_rmse", "aligned_mtl_rmse", T3),
-    ("nash", "nash_exact", ALL),
-    ("upgrad", "upgrad", ALL), ("upgrad_noreg", "upgrad_noreg", T3),
-    ("dualproj", "dualproj", ALL),
-    ("cagrad_c0.4_r1", "cagrad_c0.4_r1", ALL),
-    ("cagrad_c0.4_r0", "cagrad_c0.4_r0", T3), ("cagrad_c0.4_r2", "cagrad_c0.4_r2", T3),
-    ("cagrad_c0.8_r1", "cagrad_c0.8_r1", T3),
+  ("sum", "sum", ALL),
+  ("mean", "mean", ALL),
+  ("fixed", "fixed", ALL),
+  ("mgda_exact", "mgda_exact", ALL),
+  ("imtl_g", "imtl_g", ALL),
+  ("imtl_g", "imtl_libmtl", ALL),
+  ("aligned_mtl_min", "aligned_mtl_min", ALL),
+  ("aligned_mtl_median", "aligned_mtl_median", T3),
+  ("aligned_mtl_rmse", "aligned_mtl_rmse", T3),
+  ("nash", "nash_exact", ALL),
+  ("upgrad", "upgrad", ALL),
+  ("upgrad_noreg", "upgrad_noreg", T3),
+  ("dualproj", "dualproj", ALL),
+  ("cagrad_c0.4_r1", "cagrad_c0.4_r1", ALL),
+  ("cagrad_c0.4_r0", "cagrad_c0.4_r0", T3),
+  ("cagrad_c0.4_r2", "cagrad_c0.4_r2", T3),
+  ("cagrad_c0.8_r1", "cagrad_c0.8_r1", T3),
 ]
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
-@pytest.mark.parametrize("ours,ref,cases", REFERENCE,
-                         ids=[f"{a}-vs-{b}" for a, b, _ in REFERENCE])
+@pytest.mark.parametrize("ours,ref,cases", REFERENCE, ids=[f"{a}-vs-{b}" for a, b, _ in REFERENCE])
 def test_matches_reference(ours, ref, cases):
-  errs = {c: _err(_run(ours, _g(c)), F[f"{c}__{ref}"], _g(c))
-          for c in cases if f"{c}__{ref}" in F}
+  errs = {c: _err(_run(ours, _g(c)), F[f"{c}__{ref}"], _g(c)) for c in cases if f"{c}__{ref}" in F}
   assert errs and max(errs.values()) < TOL, errs
 
 
@@ -163,7 +168,7 @@ def test_pcgrad_transform_output_is_one_of_the_orders(case):
     d = np.abs(refs - np.asarray(out["x"])[None]).max(axis=1) / scale
     assert d.min() < TOL
     hit |= set(np.flatnonzero(d < TOL).tolist())
-  if g.shape[0] <= 3:   # all (T-1)!^T order combinations have occurred
+  if g.shape[0] <= 3:  # all (T-1)!^T order combinations have occurred
     assert hit == set(range(len(refs))), (case, sorted(hit))
 
 
@@ -172,7 +177,7 @@ def test_pcgrad_targeted_and_against_sum():
     g = _g(c)
     if g.shape[0] >= 3:
       assert _err(_run("pcgrad_tasks01", g), F[f"{c}__pcgrad_tasks01"], g) < TOL, c
-    for k in (range(g.shape[0]) if c in T3 else (0,)):   # every target for T=3
+    for k in range(g.shape[0]) if c in T3 else (0,):  # every target for T=3
       assert _err(_run(f"against_t{k}", g), F[f"{c}__pcgrad_against_sum_t{k}"], g) < TOL, (c, k)
 
 
@@ -195,8 +200,7 @@ def test_gradvac_sequence_matches_torchjd():
   fn = jax.jit(lambda a, p, o: projection.gradvac_coefficients(a, p, o, beta=0.3))
   for k, case in enumerate(steps):
     g = _g(case)
-    c, _, phi = fn(jnp.asarray(g @ g.T, jnp.float32), phi,
-                   jnp.asarray(F["gradvac_t3__orders"][k]))
+    c, _, phi = fn(jnp.asarray(g @ g.T, jnp.float32), phi, jnp.asarray(F["gradvac_t3__orders"][k]))
     assert _err(np.asarray(c.sum(0)) @ g, F["gradvac_t3__out"][k], g) < TOL, case
     np.testing.assert_allclose(np.asarray(phi), F["gradvac_t3__phi"][k], atol=TOL)
 
@@ -204,8 +208,12 @@ def test_gradvac_sequence_matches_torchjd():
 @pytest.mark.parametrize("case", CASES)
 def test_task_gradient_stats(case):
   g = _g(case)
-  s = jax.jit(mtlgrad.task_gradient_stats)({"a": jnp.asarray(g[:, :4], jnp.float32),
-                                            "b": jnp.asarray(g[:, 4:].reshape(len(g), 2, 3), jnp.float32)})
+  s = jax.jit(mtlgrad.task_gradient_stats)(
+    {
+      "a": jnp.asarray(g[:, :4], jnp.float32),
+      "b": jnp.asarray(g[:, 4:].reshape(len(g), 2, 3), jnp.float32),
+    }
+  )
   n = np.linalg.norm(g, axis=1)
   cos = g @ g.T / np.outer(n, n)
   np.testing.assert_allclose(s["grad_norm"], n, rtol=1e-5)

@@ -50,18 +50,23 @@ def _hidden_and_mask(lengths, length, seed=0):
 
 
 HIDDEN, MASK = _hidden_and_mask([5, 3, 1, 4, 2, 5], 5)
-COMBOS = list(itertools.product(heads.ALL_POOLINGS, heads.KINDS, heads.QUORA_HEADS,
-                                heads.STS_HEADS, heads.STS_LOSSES))
+COMBOS = list(
+  itertools.product(
+    heads.ALL_POOLINGS, heads.KINDS, heads.QUORA_HEADS, heads.STS_HEADS, heads.STS_LOSSES
+  )
+)
 
 
 @pytest.mark.parametrize("kind", heads.KINDS)
 def test_variants_compute_finite_values_with_dropout(kind):
-  for pooling, quora, sts, sts_loss in zip(heads.ALL_POOLINGS, heads.QUORA_HEADS,
-                                           heads.STS_HEADS, heads.STS_LOSSES * 2):
+  for pooling, quora, sts, sts_loss in zip(
+    heads.ALL_POOLINGS, heads.QUORA_HEADS, heads.STS_HEADS, heads.STS_LOSSES * 2
+  ):
     module = _Pooled(heads.HeadSpec(kind, quora, sts, sts_loss), pooling)
     params = module.init(jax.random.PRNGKey(1), HIDDEN, MASK)["params"]
-    out = module.apply({"params": params}, HIDDEN, MASK, deterministic=False,
-                       rngs={"dropout": jax.random.PRNGKey(2)})
+    out = module.apply(
+      {"params": params}, HIDDEN, MASK, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)}
+    )
     assert all(np.isfinite(np.asarray(v)).all() for v in out.values())
 
 
@@ -71,22 +76,27 @@ def test_every_combination_shapes_and_param_names():
   for pooling, kind, quora, sts, sts_loss in COMBOS:
     spec = heads.HeadSpec(kind, quora, sts, sts_loss)
     module = _Pooled(spec, pooling)
-    params = jax.eval_shape(lambda r: module.init(r, HIDDEN, MASK)["params"],  # noqa: B023
-                            jax.random.PRNGKey(1))
-    out = jax.eval_shape(lambda p: module.apply(  # noqa: B023
-        {"params": p}, HIDDEN, MASK, deterministic=False,
-        rngs={"dropout": jax.random.PRNGKey(2)}), params)
+    params = jax.eval_shape(lambda r: module.init(r, HIDDEN, MASK)["params"], jax.random.PRNGKey(1))
+    out = jax.eval_shape(
+      lambda p: module.apply(
+        {"params": p}, HIDDEN, MASK, deterministic=False, rngs={"dropout": jax.random.PRNGKey(2)}
+      ),
+      params,
+    )
     label = (pooling, kind, quora, sts, sts_loss)
     assert out["sst"].shape == (S, heads.NUM_SST_CLASSES), label
     assert out["quora"].shape == (S // 2,) and out["sts"].shape == (S // 2,), label
     assert set(out) == {"sst", "quora", "sts"} | ({"sts_unit"} if sts_loss == "cosine" else set())
-    pooled = jax.eval_shape(lambda p: module.apply(  # noqa: B023
-        {"params": p}, HIDDEN, MASK, method=_Pooled.pool), params)
+    pooled = jax.eval_shape(
+      lambda p: module.apply({"params": p}, HIDDEN, MASK, method=_Pooled.pool), params
+    )
     assert pooled.shape == (S, 2 * H if pooling == "concat" else H), label
     # Task-specific layers are named after their task, shared ones shared_* / pool_*.
     names = set(params["heads"])
-    assert all(n.split("_")[0] in TASKS or n in ("shared_dense", "pool_dense")
-               for n in names), (label, names)
+    assert all(n.split("_")[0] in TASKS or n in ("shared_dense", "pool_dense") for n in names), (
+      label,
+      names,
+    )
     assert ("pool_dense" in names) == (pooling == "concat"), label
     assert ("shared_dense" in names) == (kind != "linear"), label
     assert {f"{t}_stream" for t in TASKS} <= names or kind != "multi_stream", label
@@ -99,8 +109,7 @@ def test_pooling_is_independent_of_padding(pooling):
   hidden, mask = _hidden_and_mask(lengths, 4, seed=3)
   wrapper = _Pooled(heads.HeadSpec(), pooling)
   params = wrapper.init(jax.random.PRNGKey(0), hidden, mask)["params"]
-  pool = lambda h, m: np.asarray(wrapper.apply({"params": params}, h, m,  # noqa: E731
-                                               method=_Pooled.pool))
+  pool = lambda h, m: np.asarray(wrapper.apply({"params": params}, h, m, method=_Pooled.pool))
   short = pool(hidden, mask)
   rng = np.random.default_rng(4)
   for extra in (1, 6):
@@ -113,8 +122,9 @@ def test_pooling_is_independent_of_padding(pooling):
   if pooling == "concat":  # [tanh(W mean); CLS]
     mean = np.asarray(heads.pool(hidden, mask, "mean"))
     w = params["heads"]["pool_dense"]
-    np.testing.assert_allclose(short[:, :H], np.tanh(mean @ np.asarray(w["kernel"]) + w["bias"]),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+      short[:, :H], np.tanh(mean @ np.asarray(w["kernel"]) + w["bias"]), rtol=1e-5, atol=1e-5
+    )
     np.testing.assert_array_equal(short[:, H:], np.asarray(hidden[:, 0]))
 
 
@@ -123,8 +133,9 @@ def test_concat_pooling_without_its_layer_raises():
     heads.pool(HIDDEN, MASK, "concat")
 
 
-SYMMETRIC = [("quora", q) for q in ("dot", "cosine")] + [("sts", s) for s in
-                                                         ("cosine", "relu_cosine", "dot")]
+SYMMETRIC = [("quora", q) for q in ("dot", "cosine")] + [
+  ("sts", s) for s in ("cosine", "relu_cosine", "dot")
+]
 
 
 @pytest.mark.parametrize("kind", heads.KINDS)
@@ -135,9 +146,10 @@ def test_cosine_and_dot_heads_are_symmetric(kind, task, head):
   pooled = jax.random.normal(jax.random.PRNGKey(5), (S, H))
   params = module.init(jax.random.PRNGKey(6), pooled)["params"]
   out = np.asarray(module.apply({"params": params}, pooled)[task])
-  swapped = jnp.concatenate([pooled[S // 2:], pooled[:S // 2]])
-  np.testing.assert_allclose(np.asarray(module.apply({"params": params}, swapped)[task]), out,
-                             rtol=1e-5, atol=1e-5)
+  swapped = jnp.concatenate([pooled[S // 2 :], pooled[: S // 2]])
+  np.testing.assert_allclose(
+    np.asarray(module.apply({"params": params}, swapped)[task]), out, rtol=1e-5, atol=1e-5
+  )
   # And the score is not constant: it depends on the pair.
   assert np.ptp(out) > 1e-4
 
@@ -151,7 +163,7 @@ def _linear_outputs(spec, pooled):
 def test_pair_scores_closed_forms():
   pooled = jax.random.normal(jax.random.PRNGKey(7), (S, H))
   p = np.asarray(pooled)
-  u, v = p[:S // 2], p[S // 2:]
+  u, v = p[: S // 2], p[S // 2 :]
   cos = (u * v).sum(-1) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
   assert (cos < 0).any() and (cos > 0).any()  # Both signs, so ReLU matters.
   out, _ = _linear_outputs(heads.HeadSpec(sts="relu_cosine"), pooled)
@@ -163,20 +175,25 @@ def test_pair_scores_closed_forms():
   np.testing.assert_allclose(np.asarray(out["quora"]), (u * v).sum(-1), rtol=1e-5, atol=1e-5)
   out, params = _linear_outputs(heads.HeadSpec(quora="cosine", sts="features"), pooled)
   q = params["quora"]
-  np.testing.assert_allclose(np.asarray(out["quora"]),
-                             cos * float(q["kernel"][0, 0]) + float(q["bias"][0]),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(out["quora"]),
+    cos * float(q["kernel"][0, 0]) + float(q["bias"][0]),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   feats = np.concatenate([u, v, np.abs(u - v), u * v], -1)
   np.testing.assert_allclose(
-      np.asarray(out["sts"]),
-      (feats @ np.asarray(params["sts"]["kernel"]) + np.asarray(params["sts"]["bias"]))[:, 0],
-      rtol=1e-5, atol=1e-5)
+    np.asarray(out["sts"]),
+    (feats @ np.asarray(params["sts"]["kernel"]) + np.asarray(params["sts"]["bias"]))[:, 0],
+    rtol=1e-5,
+    atol=1e-5,
+  )
 
 
 def test_cosine_sts_loss_is_the_closed_form():
   pooled = jax.random.normal(jax.random.PRNGKey(8), (S, H))
   p = np.asarray(pooled)
-  u, v = p[:S // 2], p[S // 2:]
+  u, v = p[: S // 2], p[S // 2 :]
   cos = (u * v).sum(-1) / (np.linalg.norm(u, axis=-1) * np.linalg.norm(v, axis=-1))
   labels = jnp.asarray([4.2, 0.5, 2.0, 0.0, 0.0, 0.0])
   weights = jnp.asarray([1.0, 0.0, 1.0, 0.0, 0.0, 0.0])  # Pair 1 is padding.
@@ -221,15 +238,20 @@ def test_default_heads_are_the_original_ones_bit_for_bit():
   p_new = new.init(jax.random.PRNGKey(1), pooled)["params"]
   p_old = old.init(jax.random.PRNGKey(1), pooled)["params"]
   flat_new, flat_old = traverse_util.flatten_dict(p_new), traverse_util.flatten_dict(p_old)
-  assert set(flat_new) == set(flat_old) == {("sst", "kernel"), ("sst", "bias"),
-                                             ("quora", "kernel"), ("quora", "bias")}
+  assert (
+    set(flat_new)
+    == set(flat_old)
+    == {("sst", "kernel"), ("sst", "bias"), ("quora", "kernel"), ("quora", "bias")}
+  )
   for k in flat_old:  # Same names, shapes and initial values.
     np.testing.assert_array_equal(np.asarray(flat_new[k]), np.asarray(flat_old[k]))
   for det in (True, False):  # Same outputs, dropout masks included.
-    a = new.apply({"params": p_old}, pooled, deterministic=det,
-                  rngs={"dropout": jax.random.PRNGKey(3)})
-    b = old.apply({"params": p_old}, pooled, deterministic=det,
-                  rngs={"dropout": jax.random.PRNGKey(3)})
+    a = new.apply(
+      {"params": p_old}, pooled, deterministic=det, rngs={"dropout": jax.random.PRNGKey(3)}
+    )
+    b = old.apply(
+      {"params": p_old}, pooled, deterministic=det, rngs={"dropout": jax.random.PRNGKey(3)}
+    )
     assert set(a) == set(b)
     for k in a:
       np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
@@ -244,8 +266,12 @@ def test_default_config_builds_the_original_param_tree(tiny_bert_dir):
   model, params = multitask.build(spec, jax.random.PRNGKey(0))
   h = model.config.hidden_size
   shapes = {k: v.shape for k, v in traverse_util.flatten_dict(params["heads"]).items()}
-  assert shapes == {("sst", "kernel"): (h, 5), ("sst", "bias"): (5,),
-                    ("quora", "kernel"): (4 * h, 1), ("quora", "bias"): (1,)}
+  assert shapes == {
+    ("sst", "kernel"): (h, 5),
+    ("sst", "bias"): (5,),
+    ("quora", "kernel"): (4 * h, 1),
+    ("quora", "bias"): (1,),
+  }
   # A config saved before config.heads existed gives the same spec.
   old = ml_collections.ConfigDict({k: v for k, v in config.to_dict().items() if k != "heads"})
   assert specs.model_spec(old) == spec
@@ -259,7 +285,8 @@ def test_default_config_builds_the_original_param_tree(tiny_bert_dir):
 def _config(**overrides):
   config = default.get_config()
   config.model = ml_collections.ConfigDict(
-      dict(config.model.to_dict(), path=str(config.model.path or "/some/bert")))
+    dict(config.model.to_dict(), path=str(config.model.path or "/some/bert"))
+  )
   for key, value in overrides.items():
     section, leaf = key.split(".")
     assert leaf in config[section], key
@@ -267,8 +294,13 @@ def _config(**overrides):
   return config
 
 
-BAD = [("heads.kind", "mlp"), ("heads.quora", "bilinear"), ("heads.sts", "l1"),
-       ("heads.sts_loss", "mae"), ("model.pooling", "max")]
+BAD = [
+  ("heads.kind", "mlp"),
+  ("heads.quora", "bilinear"),
+  ("heads.sts", "l1"),
+  ("heads.sts_loss", "mae"),
+  ("model.pooling", "max"),
+]
 
 
 @pytest.mark.parametrize("key, value", BAD, ids=[f"{k}={v}" for k, v in BAD])
@@ -282,9 +314,15 @@ def test_bad_head_values_raise_config_error_naming_key(key, value):
 
 
 def test_good_head_values_make_the_spec():
-  config = _config(**{"heads.kind": "multi_stream", "heads.quora": "dot",
-                      "heads.sts": "relu_cosine", "heads.sts_loss": "cosine",
-                      "model.pooling": "concat"})
+  config = _config(
+    **{
+      "heads.kind": "multi_stream",
+      "heads.quora": "dot",
+      "heads.sts": "relu_cosine",
+      "heads.sts_loss": "cosine",
+      "model.pooling": "concat",
+    }
+  )
   specs.validate(config)
   spec = specs.model_spec(config)
   assert spec.pooling == "concat"
@@ -303,6 +341,7 @@ def test_tiny_run_with_non_default_heads(tiny_bert_dir, tmp_path):
   from test_train import read_metrics, tiny_config
 
   from mtl_jax import train
+
   config = tiny_config(tiny_bert_dir)
   config.model.pooling = "concat"
   config.heads.kind = "multi_stream"
@@ -321,11 +360,11 @@ def test_tiny_run_with_non_default_heads(tiny_bert_dir, tmp_path):
   bert_config, _ = hf_io.load_bert(tiny_bert_dir)
   model = multitask.MultitaskModel(bert_config, "concat", 0.1, specs.head_spec(config))
   dummy = jnp.zeros((2, 8), jnp.int32)
-  params = jax.eval_shape(lambda r: model.init(r, dummy, dummy + 1, dummy)["params"],
-                          jax.random.PRNGKey(0))
+  params = jax.eval_shape(
+    lambda r: model.init(r, dummy, dummy + 1, dummy)["params"], jax.random.PRNGKey(0)
+  )
   names = set(params["heads"])
-  assert names == {"pool_dense", "shared_dense", "sst_stream", "quora_stream", "sts_stream",
-                   "sst"}
+  assert names == {"pool_dense", "shared_dense", "sst_stream", "quora_stream", "sts_stream", "sst"}
   # Gradient surgery sees only the encoder as shared; the head layers are per-task leaves.
   shared = traverse_util.flatten_dict(multitask.is_shared(params))
   assert not any(v for k, v in shared.items() if k[0] == "heads")

@@ -31,9 +31,21 @@ def _embed(tmp_path, model: str, env: dict, out: str) -> subprocess.CompletedPro
   sentences = tmp_path / "in.txt"
   sentences.write_text("the cat sat on the mat .\na good movie\n")
   return subprocess.run(
-      [sys.executable, "-m", "mtl_jax.embed", f"--model={model}", f"--input={sentences}",
-       f"--output={tmp_path / out}", "--max_length=32"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    [
+      sys.executable,
+      "-m",
+      "mtl_jax.embed",
+      f"--model={model}",
+      f"--input={sentences}",
+      f"--output={tmp_path / out}",
+      "--max_length=32",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, **env},
+  )
 
 
 def test_hub_id_resolves_from_an_offline_cache(tiny_bert_dir, tmp_path):
@@ -60,19 +72,23 @@ def test_uncached_hub_id_offline_is_one_clear_line(tmp_path):
 
 def test_a_path_that_is_not_a_hub_id_is_reported_as_a_missing_directory(tmp_path):
   from mtl_jax.models import hf_io
+
   for path in (str(tmp_path / "nope"), "./nope", "a/b/c"):
     with pytest.raises(hf_io.CheckpointError, match="does not exist"):
       hf_io.local_dir(path)
 
 
-@pytest.mark.parametrize("env, expected", [
+@pytest.mark.parametrize(
+  "env, expected",
+  [
     ({}, "/home/u/.cache/mtl_jax/xla"),
     ({"XDG_CACHE_HOME": "/xdg"}, "/xdg/mtl_jax/xla"),
     ({"MTL_JAX_COMPILATION_CACHE": "/mine"}, "/mine"),
     ({"JAX_COMPILATION_CACHE_DIR": "/jax", "MTL_JAX_COMPILATION_CACHE": "/mine"}, "/jax"),
     ({"MTL_JAX_COMPILATION_CACHE": "off", "JAX_COMPILATION_CACHE_DIR": "/jax"}, None),
     ({"MTL_JAX_COMPILATION_CACHE": "0"}, None),
-])
+  ],
+)
 def test_compilation_cache_directory(monkeypatch, env, expected):
   monkeypatch.setenv("HOME", "/home/u")
   assert compile_cache.cache_dir({"HOME": "/home/u", **env}) == expected
@@ -81,18 +97,31 @@ def test_compilation_cache_directory(monkeypatch, env, expected):
 def test_second_identical_run_compiles_nothing_new(tiny_bert_dir, tmp_path):
   """The first run fills the cache; an identical second run finds every step in it."""
   from mtl_jax.data.files import default_data_dir
+
   if not os.path.isdir(default_data_dir()):
     pytest.skip("no data")
   cache = tmp_path / "cache"
-  env = {**os.environ, "MTL_JAX_COMPILATION_CACHE": str(cache),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  env = {
+    **os.environ,
+    "MTL_JAX_COMPILATION_CACHE": str(cache),
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+  }
 
   def run(workdir):
-    args = [sys.executable, "main.py", "--config=configs/default.py", f"--workdir={workdir}",
-            f"--config.model.path={tiny_bert_dir}", f"--config.data_dir={default_data_dir()}",
-            "--config.model.max_length=32", "--config.data_limit=40",
-            "--config.train.length_buckets=(32,)", "--config.train.seqs_per_task=8",
-            "--config.train.steps=2", "--config.eval.seqs_per_batch=8"]
+    args = [
+      sys.executable,
+      "main.py",
+      "--config=configs/default.py",
+      f"--workdir={workdir}",
+      f"--config.model.path={tiny_bert_dir}",
+      f"--config.data_dir={default_data_dir()}",
+      "--config.model.max_length=32",
+      "--config.data_limit=40",
+      "--config.train.length_buckets=(32,)",
+      "--config.train.seqs_per_task=8",
+      "--config.train.steps=2",
+      "--config.eval.seqs_per_batch=8",
+    ]
     out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return set(os.listdir(cache))

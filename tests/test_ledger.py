@@ -16,9 +16,15 @@ from mtl_jax import ledger, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Dev overall of the stub runs: sum 0.70/0.71/0.72, pcgrad +0.02/+0.03/+0.01 over seeds 0..2.
-OVERALL = {("sum", 0): 0.70, ("sum", 1): 0.71, ("sum", 2): 0.72,
-           ("pcgrad", 0): 0.72, ("pcgrad", 1): 0.74, ("pcgrad", 2): 0.73}
-CONFIG = '''
+OVERALL = {
+  ("sum", 0): 0.70,
+  ("sum", 1): 0.71,
+  ("sum", 2): 0.72,
+  ("pcgrad", 0): 0.72,
+  ("pcgrad", 1): 0.74,
+  ("pcgrad", 2): 0.73,
+}
+CONFIG = """
 from configs import default
 
 
@@ -26,7 +32,7 @@ def get_config():
   config = default.get_config()
   config.grad.method = {method!r}
   return config
-'''
+"""
 
 
 def _configs(tmp_path) -> list[str]:
@@ -40,6 +46,7 @@ def _configs(tmp_path) -> list[str]:
 
 def _stub(launched: list, shift: dict | None = None):
   """sweep._launch that 'trains' instantly: OVERALL (+ shift[(name, seed)]) as dev overall."""
+
   def launch(run):
     launched.append(run.label)
     os.makedirs(run.workdir, exist_ok=True)
@@ -48,13 +55,25 @@ def _stub(launched: list, shift: dict | None = None):
       f.write("0123456789abcdef\n")
     with open(os.path.join(run.workdir, "config.json"), "w") as f:
       f.write(run.config.to_json_best_effort())
-    metrics = {"sst/accuracy": overall - 0.3, "quora/accuracy": overall + 0.1,
-               "sts/pearson": 0.8, "overall": overall}
+    metrics = {
+      "sst/accuracy": overall - 0.3,
+      "quora/accuracy": overall + 0.1,
+      "sts/pearson": 0.8,
+      "overall": overall,
+    }
     with open(os.path.join(run.workdir, "results.json"), "w") as f:
-      json.dump({"step": 300, "seconds": 61.0, "first_step": 0, "metrics": metrics,
-                 "bootstrap": {"intervals": {m: [v - 0.01, v + 0.02] for m, v in metrics.items()}}},
-                f)
+      json.dump(
+        {
+          "step": 300,
+          "seconds": 61.0,
+          "first_step": 0,
+          "metrics": metrics,
+          "bootstrap": {"intervals": {m: [v - 0.01, v + 0.02] for m, v in metrics.items()}},
+        },
+        f,
+      )
     return None
+
   return launch
 
 
@@ -66,9 +85,24 @@ def study(tmp_path, monkeypatch):
   def run(workdir: str, *args: str, shift: dict | None = None) -> list[str]:
     launched = []
     monkeypatch.setattr(sweep, "_launch", _stub(launched, shift))
-    assert sweep.main(["--configs", *configs, "--workdir", str(tmp_path / workdir),
-                       "--seeds", "0,1,2", "--baseline", "sum", "--ledger", ledger_dir,
-                       *args]) == 0
+    assert (
+      sweep.main(
+        [
+          "--configs",
+          *configs,
+          "--workdir",
+          str(tmp_path / workdir),
+          "--seeds",
+          "0,1,2",
+          "--baseline",
+          "sum",
+          "--ledger",
+          ledger_dir,
+          *args,
+        ]
+      )
+      == 0
+    )
     return launched
 
   return configs, ledger_dir, run
@@ -84,9 +118,10 @@ def test_ledger_appends_each_run_and_the_report_has_the_statistics(study):
   assert run("runs") == [f"{m}-seed={s}" for m in ("sum", "pcgrad") for s in range(3)]
   with open(os.path.join(ledger_dir, "results.csv")) as f:
     rows = list(csv.DictReader(f))
-  assert list(rows[0])[:len(ledger.COLUMNS)] == ledger.COLUMNS
+  assert list(rows[0])[: len(ledger.COLUMNS)] == ledger.COLUMNS
   assert [(r["name"], r["seed"], r["status"]) for r in rows] == [
-      (m, str(s), "trained") for m in ("sum", "pcgrad") for s in range(3)]
+    (m, str(s), "trained") for m in ("sum", "pcgrad") for s in range(3)
+  ]
   first = rows[0]
   assert first["command"] == f"python main.py --config={configs[0]} --config.seed=0"
   assert first["commit"] == "0123456789abcdef" and first["steps"] == "300"
@@ -96,8 +131,10 @@ def test_ledger_appends_each_run_and_the_report_has_the_statistics(study):
   report = _report(ledger_dir)
   # sum: 0.70, 0.71, 0.72 -> 0.7100 ± 0.0100; pcgrad - sum: 0.02, 0.03, 0.01 -> mean 0.02,
   # half-width 4.3027 * 0.01 / sqrt(3) = 0.0248.
-  assert "| `sum` | 3 | 0,1,2 | 0.4100 ± 0.0100 | 0.8100 ± 0.0100 | 0.8000 ± 0.0000 | " \
-         "0.7100 ± 0.0100 | baseline |" in report
+  assert (
+    "| `sum` | 3 | 0,1,2 | 0.4100 ± 0.0100 | 0.8100 ± 0.0100 | 0.8000 ± 0.0000 | "
+    "0.7100 ± 0.0100 | baseline |" in report
+  )
   assert "| `pcgrad` | 3 | 0,1,2 | 0.4300 ± 0.0100 |" in report
   assert "+0.0200 [-0.0048, +0.0448]: no difference detected" in report
   assert "±0.0150 / 0.0100" in report  # Bootstrap half-width beside the seed sd.
@@ -127,9 +164,13 @@ def test_a_rerun_with_other_metrics_is_reported(study):
   rows = ledger.read(ledger_dir)
   assert [r["status"] for r in rows] == ["trained"] * 6 + ["rerun"] * 6
   report = _report(ledger_dir)
-  assert "`pcgrad` seed 1 (commit `0123456789ab`, first run `0123456789ab`): **different " \
-         "metrics**: SST acc +0.0040, Quora acc +0.0040, overall +0.0040" in report
-  assert "`sum` seed 0 (commit `0123456789ab`, first run `0123456789ab`): identical metrics" in report
+  assert (
+    "`pcgrad` seed 1 (commit `0123456789ab`, first run `0123456789ab`): **different "
+    "metrics**: SST acc +0.0040, Quora acc +0.0040, overall +0.0040" in report
+  )
+  assert (
+    "`sum` seed 0 (commit `0123456789ab`, first run `0123456789ab`): identical metrics" in report
+  )
   assert "+0.0200 [-0.0048, +0.0448]" in report  # The statistics use the first runs.
 
 
@@ -137,7 +178,9 @@ def test_bad_ledger_and_baseline_stop_the_sweep(tmp_path, capsys):
   configs = _configs(tmp_path)
   args = ["--configs", *configs, "--workdir", str(tmp_path / "runs"), "--seeds", "0,1"]
   assert sweep.main(args + ["--baseline", "mean"]) == 2
-  assert "--baseline mean: not one of the configurations ['sum', 'pcgrad']" in capsys.readouterr().err
+  assert (
+    "--baseline mean: not one of the configurations ['sum', 'pcgrad']" in capsys.readouterr().err
+  )
   assert sweep.main(args + ["--set", "seed=3"]) == 2
   assert "--set seed=... and --seeds both set the seed" in capsys.readouterr().err
   assert sweep.main(args[:-1] + ["0,x"]) == 2
@@ -153,15 +196,17 @@ def test_model_path_is_compared_by_its_last_two_components(tmp_path):
   config = sweep.load_config(_configs(tmp_path)[0], ())
   saved = json.loads(config.to_json_best_effort())
   saved["model"]["path"] = "/elsewhere/venv/site-packages/" + "/".join(
-      config.model.path.split(os.sep)[-2:])
+    config.model.path.split(os.sep)[-2:]
+  )
   assert ledger.mismatches(saved, config) == []
   saved["model"]["path"] = "/models/bert-base-uncased"
   assert [k for k, _, _ in ledger.mismatches(saved, config)] == ["model.path"]
 
 
 def test_commit_of_the_code():
-  head = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
-                        text=True).stdout.strip()
+  head = subprocess.run(
+    ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True
+  ).stdout.strip()
   assert ledger.code_commit(REPO).split("-")[0] == head
   assert ledger.same_code(head, head) is True
   assert ledger.same_code(head + "-dirty", head) is None
@@ -199,8 +244,11 @@ def test_plan_shows_what_a_sweep_would_do_without_training(study, capsys):
   assert sweep.main(args + ["--plan"]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert [line.split()[:2] for line in lines] == [
-      ["sum-seed=0", "in"], ["sum-seed=3", "train"],
-      ["pcgrad-seed=0", "in"], ["pcgrad-seed=3", "train"]]
+    ["sum-seed=0", "in"],
+    ["sum-seed=3", "train"],
+    ["pcgrad-seed=0", "in"],
+    ["pcgrad-seed=3", "train"],
+  ]
   assert lines[1].endswith(f"python main.py --config={configs[0]} --config.seed=3")
   assert not os.path.exists("unused")
 
@@ -208,14 +256,24 @@ def test_plan_shows_what_a_sweep_would_do_without_training(study, capsys):
 def test_the_methods_study_plan():
   """results/methods: the six configurations of configs/methods at seeds 0, 1, 2."""
   names = ["sum", "pcgrad", "cagrad", "nash_mtl", "mgda", "uncertainty"]
-  runs = sweep.plan([os.path.join(REPO, "configs", "methods", f"{n}.py") for n in names], [],
-                    "runs/methods", [0, 1, 2])
+  runs = sweep.plan(
+    [os.path.join(REPO, "configs", "methods", f"{n}.py") for n in names],
+    [],
+    "runs/methods",
+    [0, 1, 2],
+  )
   assert [r.label for r in runs] == [f"{n}-seed={s}" for n in names for s in range(3)]
   assert [(r.config.grad.method, r.config.train.loss_weighting) for r in runs[::3]] == [
-      ("sum", "none"), ("pcgrad", "none"), ("cagrad", "none"), ("nash_mtl", "none"),
-      ("mgda", "none"), ("sum", "uncertainty")]
+    ("sum", "none"),
+    ("pcgrad", "none"),
+    ("cagrad", "none"),
+    ("nash_mtl", "none"),
+    ("mgda", "none"),
+    ("sum", "uncertainty"),
+  ]
   assert [r.config.grad.kwargs.seed for r in runs[3:6]] == [0, 1, 2]  # PCGrad's task order.
-  assert runs[4].ledger_command() == \
-      "python main.py --config=configs/methods/pcgrad.py --config.seed=1"
+  assert (
+    runs[4].ledger_command() == "python main.py --config=configs/methods/pcgrad.py --config.seed=1"
+  )
   with open(os.path.join(REPO, "results", "methods", ledger.STUDY_JSON)) as f:
     assert json.load(f)["baseline"] == "sum"

@@ -47,15 +47,21 @@ def test_train_step_and_predict_export_for_cuda_and_tpu(tiny_bert_dir, mode, dty
   model, state, frozen, tx = train.init_state(config)
   batch = bench.random_batch(3, 8, 16, model.config.vocab_size)
   # As the trainer jits it (the CPU compiler options are compile-time, not in the module).
-  step = jax.jit(make_train_step(model, tx, (0, 1, 2), 0), donate_argnums=(0,),
-                 compiler_options=xla_options.train_step_options())
+  step = jax.jit(
+    make_train_step(model, tx, (0, 1, 2), 0),
+    donate_argnums=(0,),
+    compiler_options=xla_options.train_step_options(),
+  )
   exported_step = jax.export.export(step, platforms=PLATFORMS)(
-      _abstract(state), _abstract(frozen), _abstract(batch))
+    _abstract(state), _abstract(frozen), _abstract(batch)
+  )
   params = multitask.merge(state.trainable, frozen)
-  eval_batch = {k: v[0] for k, v in batch.items() if k in ("input_ids", "attention_mask",
-                                                           "token_type_ids")}
+  eval_batch = {
+    k: v[0] for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")
+  }
   exported_predict = jax.export.export(make_predict_fn(model), platforms=PLATFORMS)(
-      _abstract(params), _abstract(eval_batch), jax.ShapeDtypeStruct((), np.int32))
+    _abstract(params), _abstract(eval_batch), jax.ShapeDtypeStruct((), np.int32)
+  )
 
   for exported in (exported_step, exported_predict):
     assert exported.platforms == PLATFORMS
@@ -65,14 +71,16 @@ def test_train_step_and_predict_export_for_cuda_and_tpu(tiny_bert_dir, mode, dty
     if dtype == "bfloat16":  # The matmuls really are bf16 on the accelerator.
       assert re.search(r"stablehlo\.dot_general.*bf16", text)
   # The exported step has the trainer's signature: (state, metrics) out for (state, frozen, batch).
-  assert len(exported_step.out_avals) == len(jax.tree.leaves(jax.eval_shape(step, state, frozen,
-                                                                            batch)))
+  assert len(exported_step.out_avals) == len(
+    jax.tree.leaves(jax.eval_shape(step, state, frozen, batch))
+  )
 
 
 def test_the_cpu_only_check_sees_a_cpu_only_custom_call():
   """An eigendecomposition lowered for the CPU calls LAPACK: the check above would fail."""
   exported = jax.export.export(jax.jit(jax.numpy.linalg.eigh), platforms=("cpu",))(
-      jax.ShapeDtypeStruct((4, 4), np.float32))
+    jax.ShapeDtypeStruct((4, 4), np.float32)
+  )
   assert [c for c in _custom_calls(exported) if CPU_ONLY.search(c.lower())]
 
 
@@ -90,7 +98,9 @@ def test_cpu_only_settings_apply_only_on_cpu(monkeypatch):
   assert xla_options.train_step_options() is not None  # This machine: CPU.
 
 
-@pytest.mark.parametrize("environ, plugins, cpu", [
+@pytest.mark.parametrize(
+  "environ, plugins, cpu",
+  [
     ({}, [], True),
     ({"JAX_PLATFORMS": "cpu"}, ["jax-cuda12-plugin"], True),  # Forced onto the CPU.
     ({"JAX_PLATFORMS": "cuda"}, [], False),
@@ -98,10 +108,12 @@ def test_cpu_only_settings_apply_only_on_cpu(monkeypatch):
     ({}, ["jax-cuda12-plugin"], False),
     ({}, ["libtpu"], False),
     ({}, ["jax-rocm60-plugin"], False),
-])
+  ],
+)
 def test_huge_pages_only_when_jax_will_run_on_the_cpu(environ, plugins, cpu):
   assert hugepages.backend_is_cpu(environ, plugins) == cpu
   madvise = "always [madvise] never\n"
-  env = hugepages.environment_with_huge_pages(environ, madvise, "glibc",
-                                              hugepages.backend_is_cpu(environ, plugins))
+  env = hugepages.environment_with_huge_pages(
+    environ, madvise, "glibc", hugepages.backend_is_cpu(environ, plugins)
+  )
   assert (env is not None) == cpu

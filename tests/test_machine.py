@@ -8,9 +8,11 @@ from mtl_jax import machine
 
 def _cpuinfo(tmp_path, flags: str):
   path = tmp_path / "cpuinfo"
-  path.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
-                  "model name\t: Intel(R) Xeon(R) Platinum 8480C\n"
-                  f"flags\t\t: fpu sse2 {flags}\n\nprocessor\t: 1\nmodel name\t: other\n")
+  path.write_text(
+    "processor\t: 0\nvendor_id\t: GenuineIntel\n"
+    "model name\t: Intel(R) Xeon(R) Platinum 8480C\n"
+    f"flags\t\t: fpu sse2 {flags}\n\nprocessor\t: 1\nmodel name\t: other\n"
+  )
   return str(path)
 
 
@@ -33,7 +35,9 @@ def test_versions_leave_out_what_is_not_installed():
 
 def test_importing_it_does_not_import_jax():
   """torch_reference.py prints the same line from an environment without jax."""
-  code = ("import sys; from mtl_jax import machine; machine.machine_line(None); "
-          "print('jax' in sys.modules)")
+  code = (
+    "import sys; from mtl_jax import machine; machine.machine_line(None); "
+    "print('jax' in sys.modules)"
+  )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"

@@ -13,18 +13,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_main(tmp_path, *overrides):
-  cmd = [sys.executable, "main.py", "--config=configs/default.py",
-         f"--workdir={tmp_path / 'run'}", *overrides]
+  cmd = [
+    sys.executable,
+    "main.py",
+    "--config=configs/default.py",
+    f"--workdir={tmp_path / 'run'}",
+    *overrides,
+  ]
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("override, expected", [
+@pytest.mark.parametrize(
+  "override, expected",
+  [
     ("--config.train.stepz=5", "stepz"),
     ("--config.grad.method=pcgradd", "config.grad.method: unknown multi-task gradient method"),
     ("--config.train.seqs_per_task=7", "config.train.seqs_per_task"),
     ("--config.data_dir=/no/such/dir", "/no/such/dir/ids-sst-train.csv"),
     ("--config.model.path=/no/such/model", "model directory '/no/such/model' does not exist"),
-])
+  ],
+)
 def test_bad_input_gives_one_clear_line(tmp_path, override, expected):
   out = run_main(tmp_path, override)
   assert out.returncode != 0
@@ -32,16 +40,25 @@ def test_bad_input_gives_one_clear_line(tmp_path, override, expected):
   assert "Traceback" not in out.stderr
 
 
-
 def _tiny_run_args(model_dir: str, workdir) -> list[str]:
   """main.py on the tiny model and 40 rows of each file, with no end in sight."""
   from mtl_jax.data.files import default_data_dir
-  return [sys.executable, "main.py", "--config=configs/default.py", f"--workdir={workdir}",
-          f"--config.model.path={model_dir}", f"--config.data_dir={default_data_dir()}",
-          "--config.model.max_length=32", "--config.data_limit=40",
-          "--config.train.length_buckets=(32,)", "--config.train.seqs_per_task=8",
-          "--config.train.steps=100000", "--config.train.log_every=1",
-          "--config.train.checkpoint_every=1000"]
+
+  return [
+    sys.executable,
+    "main.py",
+    "--config=configs/default.py",
+    f"--workdir={workdir}",
+    f"--config.model.path={model_dir}",
+    f"--config.data_dir={default_data_dir()}",
+    "--config.model.max_length=32",
+    "--config.data_limit=40",
+    "--config.train.length_buckets=(32,)",
+    "--config.train.seqs_per_task=8",
+    "--config.train.steps=100000",
+    "--config.train.log_every=1",
+    "--config.train.checkpoint_every=1000",
+  ]
 
 
 def _logged_steps(workdir) -> list[int]:
@@ -53,8 +70,7 @@ def _logged_steps(workdir) -> list[int]:
 def _terminate_after(args: list[str], workdir, n_steps: int) -> str:
   """Starts main.py, sends SIGTERM once `n_steps` more steps are logged; its stderr."""
   start = len(_logged_steps(workdir))
-  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   while len(_logged_steps(workdir)) < start + n_steps:
     assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
@@ -67,10 +83,12 @@ def _terminate_after(args: list[str], workdir, n_steps: int) -> str:
 
 
 def test_sigterm_saves_a_checkpoint_says_where_and_the_same_command_resumes(
-    tiny_bert_dir, tmp_path):
+  tiny_bert_dir, tmp_path
+):
   """A real `kill -TERM` of a training process (as SLURM or a shutdown sends it)."""
   from mtl_jax.checkpoint import Checkpointer
   from mtl_jax.data.files import default_data_dir
+
   if not os.path.isdir(default_data_dir()):
     pytest.skip("no data")
   workdir = tmp_path / "run"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 from flax import traverse_util
+from test_train import needs_data, restored_trainable, tiny_config
 
 from mtl_jax import train
-from test_train import DATA_DIR, needs_data, restored_trainable, tiny_config
 
 
 def _flat(tree):
@@ -16,11 +15,14 @@ def _flat(tree):
 
 
 @needs_data
-@pytest.mark.parametrize("mode, grad_method, expect_prefixes", [
+@pytest.mark.parametrize(
+  "mode, grad_method, expect_prefixes",
+  [
     ("probe", "pcgrad", ("heads/",)),
     ("full", "cagrad", ("encoder/", "heads/")),
     ("dora", "mgda", ("encoder/", "heads/")),
-])
+  ],
+)
 def test_mode_trains_only_its_leaves(tiny_bert_dir, tmp_path, mode, grad_method, expect_prefixes):
   config = tiny_config(tiny_bert_dir, steps=2, learning_rate=1e-2)
   config.adapter.kind = mode

@@ -18,10 +18,10 @@ import time
 import jax
 import numpy as np
 import pytest
+from test_train import DATA_DIR, needs_data, restored_trainable, tiny_config
 
 from mtl_jax import parallel
 from mtl_jax.checkpoint import Checkpointer
-from test_train import DATA_DIR, needs_data, restored_trainable, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, "scripts", "launch_local.py")
@@ -32,22 +32,38 @@ TIMEOUT_S = 600  # Per run; a run took 1-2 min on a 2-core machine shared with o
 def _config_args(model_dir: str, workdir) -> list[str]:
   """main.py on the tiny model: one length bucket, a dev evaluation (and best checkpoint)
   at step 3, periodic checkpoints every 2 steps."""
-  return [sys.executable, os.path.join(ROOT, "main.py"), "--config=configs/default.py",
-          f"--workdir={workdir}", f"--config.model.path={model_dir}",
-          f"--config.data_dir={DATA_DIR}", "--config.model.max_length=32",
-          "--config.data_limit=40", "--config.train.length_buckets=(32,)",
-          "--config.train.seqs_per_task=8", f"--config.train.steps={STEPS}",
-          "--config.train.log_every=1", "--config.train.checkpoint_every=2",
-          "--config.train.eval_every=3", "--config.eval.seqs_per_batch=16",
-          "--config.eval.write_predictions=False", "--config.grad.method=pcgrad"]
+  return [
+    sys.executable,
+    os.path.join(ROOT, "main.py"),
+    "--config=configs/default.py",
+    f"--workdir={workdir}",
+    f"--config.model.path={model_dir}",
+    f"--config.data_dir={DATA_DIR}",
+    "--config.model.max_length=32",
+    "--config.data_limit=40",
+    "--config.train.length_buckets=(32,)",
+    "--config.train.seqs_per_task=8",
+    f"--config.train.steps={STEPS}",
+    "--config.train.log_every=1",
+    "--config.train.checkpoint_every=2",
+    "--config.train.eval_every=3",
+    "--config.eval.seqs_per_batch=16",
+    "--config.eval.write_predictions=False",
+    "--config.grad.method=pcgrad",
+  ]
 
 
 def _env(devices: int | None = None) -> dict:
   """No persistent compilation cache: a process that reads its step from the cache while
   another compiles it waits for it at the first collective, and gloo gives up after 30 s."""
   env = dict(os.environ)
-  for name in ("JAX_COMPILATION_CACHE_DIR", "JAX_COORDINATOR_ADDRESS",
-               "JAX_COORDINATOR_BIND_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+  for name in (
+    "JAX_COMPILATION_CACHE_DIR",
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_COORDINATOR_BIND_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+  ):
     env.pop(name, None)
   if devices:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -56,8 +72,7 @@ def _env(devices: int | None = None) -> dict:
 
 def _launch(args: list[str], tmp_path, log) -> subprocess.Popen:
   cmd = [sys.executable, LAUNCHER, "--processes=2", "--devices_per_process=2", "--", *args]
-  return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log,
-                          stderr=subprocess.STDOUT)
+  return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT)
 
 
 def _logged_steps(workdir) -> list[int]:
@@ -79,8 +94,13 @@ def _wait(proc: subprocess.Popen, log_path) -> int:
 def test_two_processes_resume_after_sigterm_and_match_one_process(tiny_bert_dir, tmp_path):
   multi, single = tmp_path / "two_processes", tmp_path / "one_process"
   one_log = open(tmp_path / "one.log", "w")
-  one = subprocess.Popen(_config_args(tiny_bert_dir, single), cwd=ROOT,
-                         env=_env(devices=4), stdout=one_log, stderr=subprocess.STDOUT)
+  one = subprocess.Popen(
+    _config_args(tiny_bert_dir, single),
+    cwd=ROOT,
+    env=_env(devices=4),
+    stdout=one_log,
+    stderr=subprocess.STDOUT,
+  )
 
   # Two processes x 2 devices; SIGTERM (forwarded to both) once a step is logged.
   args = _config_args(tiny_bert_dir, multi)
@@ -123,8 +143,10 @@ def test_two_processes_resume_after_sigterm_and_match_one_process(tiny_bert_dir,
   for name, value in results[1]["metrics"].items():
     assert abs(results[0]["metrics"][name] - value) <= 1e-4, name
   config = tiny_config(tiny_bert_dir)
-  for a, b in zip(jax.tree.leaves(restored_trainable(config, str(multi))),
-                  jax.tree.leaves(restored_trainable(config, str(single)))):
+  for a, b in zip(
+    jax.tree.leaves(restored_trainable(config, str(multi))),
+    jax.tree.leaves(restored_trainable(config, str(single))),
+  ):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
@@ -138,8 +160,9 @@ def test_launcher_gives_each_process_its_place_in_the_job():
     import launch_local
   finally:
     sys.path.remove(os.path.dirname(LAUNCHER))
-  env = launch_local.process_env({"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --x=1"},
-                                 1, 2, 1234, 2)
+  env = launch_local.process_env(
+    {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --x=1"}, 1, 2, 1234, 2
+  )
   assert env["JAX_COORDINATOR_ADDRESS"] == env["JAX_COORDINATOR_BIND_ADDRESS"] == "127.0.0.1:1234"
   assert (env["JAX_NUM_PROCESSES"], env["JAX_PROCESS_ID"]) == ("2", "1")
   assert env["XLA_FLAGS"] == "--x=1 --xla_force_host_platform_device_count=2"
@@ -148,12 +171,17 @@ def test_launcher_gives_each_process_its_place_in_the_job():
 
 def test_a_failing_process_ends_the_job_with_its_exit_code(tmp_path):
   """Process 1 fails at once; process 0 would wait forever: the launcher ends it."""
-  script = ("import os, sys, time\n"
-            "if os.environ['JAX_PROCESS_ID'] == '1': sys.exit(3)\n"
-            "time.sleep(600)\n")
+  script = (
+    "import os, sys, time\nif os.environ['JAX_PROCESS_ID'] == '1': sys.exit(3)\ntime.sleep(600)\n"
+  )
   start = time.time()
-  out = subprocess.run([sys.executable, LAUNCHER, "-n", "2", "--", sys.executable, "-c", script],
-                       capture_output=True, text=True, timeout=120, check=False)
+  out = subprocess.run(
+    [sys.executable, LAUNCHER, "-n", "2", "--", sys.executable, "-c", script],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
   assert out.returncode == 3 and time.time() - start < 60, out.stderr
   assert "process 1 exited with 3; terminating the others" in out.stderr
 

@@ -11,33 +11,41 @@ import json
 import os
 
 import jax
-import ml_collections
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
+from test_train import assert_same_run, interrupting_at, needs_data, tiny_config
 
 from configs import default
 from mtl_jax import specs, step, train
 from mtl_jax.data import batching, packing
 from mtl_jax.data.batching import Encoded
 from mtl_jax.models import adapters, heads, multitask, task_layers
-from test_train import assert_same_run, interrupting_at, needs_data, tiny_config
 
 S = 16  # Sequences per task batch.
 TOL = 1e-5
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
-def _encoded(task: str, rng: np.random.Generator, n: int, max_len: int = 20,
-             cross: bool = False) -> Encoded:
+def _encoded(
+  task: str, rng: np.random.Generator, n: int, max_len: int = 20, cross: bool = False
+) -> Encoded:
   """n random examples: [CLS] random ids [SEP], lengths 3..max_len; pairs for quora/sts."""
+
   def seq():
     body = rng.integers(5, 100, rng.integers(1, max_len - 1))
     return np.asarray([2, *body, 3], np.int32)
+
   ids = [f"{task}{i}" for i in range(n)]
-  labels = (rng.integers(0, 5, n) if task == "sst" else rng.integers(0, 2, n) if task == "quora"
-            else rng.uniform(0, 5, n)).astype(np.float32)
+  labels = (
+    rng.integers(0, 5, n)
+    if task == "sst"
+    else rng.integers(0, 2, n)
+    if task == "quora"
+    else rng.uniform(0, 5, n)
+  ).astype(np.float32)
   if task == "sst":
     return Encoded(task, "train", ids, [seq() for _ in range(n)], None, labels)
   if cross:
@@ -55,20 +63,33 @@ def _datasets(seed: int = 0, cross: bool = False) -> list[Encoded]:
   return [_encoded(t, rng, 40, cross=cross) for t in ("sst", "quora", "sts")]
 
 
-@functools.lru_cache(maxsize=None)  # Building is the slow part; the tests share models.
-def _model(tiny_bert_dir, pooling="mean", head_spec=heads.HeadSpec(), mode="lora",
-           task_layer_kind=None, dtype="float32", dropout=0.0):
-  lora = (adapters.LoraConfig(kind=mode, rank=4, alpha=8.0, dropout=dropout)
-          if mode in adapters.KINDS else None)
+@functools.cache  # Building is the slow part; the tests share models.
+def _model(
+  tiny_bert_dir,
+  pooling="mean",
+  head_spec=None,
+  mode="lora",
+  task_layer_kind=None,
+  dtype="float32",
+  dropout=0.0,
+):
+  head_spec = head_spec or heads.HeadSpec()
+  lora = (
+    adapters.LoraConfig(kind=mode, rank=4, alpha=8.0, dropout=dropout)
+    if mode in adapters.KINDS
+    else None
+  )
   tl = task_layers.TaskLayerConfig(task_layer_kind, 3, 12) if task_layer_kind else None
   spec = multitask.ModelSpec(tiny_bert_dir, mode, lora, pooling, dropout, dtype, head_spec, tl)
   model, params = multitask.build(spec, jax.random.key(0))
-  model = model.clone(config=dataclasses.replace(model.config, hidden_dropout=dropout,
-                                                 attention_dropout=dropout))
+  model = model.clone(
+    config=dataclasses.replace(model.config, hidden_dropout=dropout, attention_dropout=dropout)
+  )
   # Perturb every leaf so adapters (B = 0 at init), task layers and heads all matter.
   rng = np.random.default_rng(1)  # numpy: no per-shape compilation of an eager op.
-  params = jax.tree.map(lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(
-      np.float32), params)
+  params = jax.tree.map(
+    lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(np.float32), params
+  )
   return model, params
 
 
@@ -99,9 +120,9 @@ def test_pack_puts_each_sequence_in_its_own_segment_with_positions_from_zero():
     assert p["input_ids"].shape[0] < u["input_ids"].shape[0]  # Really packed.
     for i in np.flatnonzero(lengths):
       r, c, n = p["seq_row"][i], p["seq_start"][i], p["seq_len"][i]
-      np.testing.assert_array_equal(p["input_ids"][r, c:c + n], u["input_ids"][i, :n])
-      np.testing.assert_array_equal(p["token_type_ids"][r, c:c + n], u["token_type_ids"][i, :n])
-      np.testing.assert_array_equal(p["position_ids"][r, c:c + n], np.arange(n))
+      np.testing.assert_array_equal(p["input_ids"][r, c : c + n], u["input_ids"][i, :n])
+      np.testing.assert_array_equal(p["token_type_ids"][r, c : c + n], u["token_type_ids"][i, :n])
+      np.testing.assert_array_equal(p["position_ids"][r, c : c + n], np.arange(n))
       segment = p["segment_ids"][r, c]
       assert segment > 0 and (p["segment_ids"][r] == segment).sum() == n
     np.testing.assert_array_equal(p["labels"], u["labels"])
@@ -114,13 +135,21 @@ def test_cross_pairs_keep_their_token_types_in_one_segment():
   p = _task(packed, 1)
   for i in range(S):
     r, c, n = p["seq_row"][i], p["seq_start"][i], p["seq_len"][i]
-    types = p["token_type_ids"][r, c:c + n]
-    assert types[0] == 0 and types[-1] == 1 and len(set(p["segment_ids"][r, c:c + n])) == 1
+    types = p["token_type_ids"][r, c : c + n]
+    assert types[0] == 0 and types[-1] == 1 and len(set(p["segment_ids"][r, c : c + n])) == 1
 
 
 def test_round_rows_ladder_and_device_multiples():
-  assert [packing.round_rows(n) for n in (1, 4, 5, 17, 32, 33, 41, 65)] == [4, 4, 8, 20, 32, 40,
-                                                                            48, 80]
+  assert [packing.round_rows(n) for n in (1, 4, 5, 17, 32, 33, 41, 65)] == [
+    4,
+    4,
+    8,
+    20,
+    32,
+    40,
+    48,
+    80,
+  ]
   for devices in (1, 2, 3, 4, 8):
     for n in range(1, 100):
       r = packing.round_rows(n, devices)
@@ -160,8 +189,14 @@ def _run(model, params, batch, task):
   """(per-sequence hidden states [S, L, H], pooled [S, D], head outputs) of one task's
   batch, packed or not (one compilation per shape: the task id is traced)."""
   packed = packing.is_packed(batch)
-  args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], True, task,
-          {k: batch[k] for k in packing.PACKING_KEYS} if packed else None)
+  args = (
+    batch["input_ids"],
+    batch["attention_mask"],
+    batch["token_type_ids"],
+    True,
+    task,
+    {k: batch[k] for k in packing.PACKING_KEYS} if packed else None,
+  )
   hidden, pooled = model.apply({"params": params}, *args, method=multitask.MultitaskModel.embed)
   return hidden, pooled, multitask.apply(model, params, batch, task=task)
 
@@ -196,8 +231,13 @@ def test_packed_forward_equals_unpacked(tiny_bert_dir, pooling):
   _assert_same_forward(model, params, *_batches(_datasets()))
 
 
-@pytest.mark.parametrize("spec", [heads.HeadSpec(kind="multi_stream", quora="cosine", sts="features"),
-                                  heads.HeadSpec(kind="shared", sts_loss="cosine")])
+@pytest.mark.parametrize(
+  "spec",
+  [
+    heads.HeadSpec(kind="multi_stream", quora="cosine", sts="features"),
+    heads.HeadSpec(kind="shared", sts_loss="cosine"),
+  ],
+)
 def test_packed_forward_equals_unpacked_other_heads(tiny_bert_dir, spec):
   model, params = _model(tiny_bert_dir, head_spec=spec)
   _assert_same_forward(model, params, *_batches(_datasets()))
@@ -218,7 +258,10 @@ def test_packed_bfloat16_is_close_to_unpacked(tiny_bert_dir):
   model, params = _model(tiny_bert_dir, dtype="bfloat16")
   unpacked, packed = _batches(_datasets())
   for t in range(3):
-    ou, op = _forward(model, params, _task(unpacked, t), t), _forward(model, params, _task(packed, t), t)
+    ou, op = (
+      _forward(model, params, _task(unpacked, t), t),
+      _forward(model, params, _task(packed, t), t),
+    )
     for k in ou:  # bf16 rounding differs with the layout; far from a layout mistake.
       np.testing.assert_allclose(op[k], ou[k], atol=0.1, rtol=0.05, err_msg=k)
 
@@ -234,7 +277,9 @@ def test_attention_never_crosses_sequences(tiny_bert_dir):
   changed = {k: v.copy() for k, v in p.items()}
   for i in change:  # New tokens for every neighbour of `keep` in its row.
     c, n = p["seq_start"][i], p["seq_len"][i]
-    changed["input_ids"][row, c + 1:c + n - 1] = (p["input_ids"][row, c + 1:c + n - 1] + 7) % 90 + 5
+    changed["input_ids"][row, c + 1 : c + n - 1] = (
+      p["input_ids"][row, c + 1 : c + n - 1] + 7
+    ) % 90 + 5
   h0, pooled0 = _embed(model, params, p, 0)
   h1, pooled1 = _embed(model, params, changed, 0)
   n = p["seq_len"][keep]
@@ -271,16 +316,19 @@ def test_packed_train_step_gives_the_unpacked_update(tiny_bert_dir):
   model, params = _model(tiny_bert_dir)
   trainable, frozen = _split(model, params)
   from mtl_jax import grad as mtlgrad
-  tx = optax.chain(mtlgrad.shared_only(mtlgrad.pcgrad(), multitask.is_shared(trainable)),
-                   optax.adamw(1e-3))
+
+  tx = optax.chain(
+    mtlgrad.shared_only(mtlgrad.pcgrad(), multitask.is_shared(trainable)), optax.adamw(1e-3)
+  )
   state = step.TrainState(jnp.asarray(0, jnp.int32), trainable, tx.init(trainable))
   step_fn = jax.jit(step.make_train_step(model, tx, (0, 1, 2), 0))
   unpacked, packed = _batches(_datasets())
   su, mu = step_fn(state, frozen, unpacked)
   sp, mp = step_fn(state, frozen, packed)
   np.testing.assert_allclose(mp["task_loss"], mu["task_loss"], atol=TOL, rtol=TOL)
-  for a, b, before in zip(jax.tree.leaves(sp.trainable), jax.tree.leaves(su.trainable),
-                          jax.tree.leaves(trainable)):
+  for a, b, before in zip(
+    jax.tree.leaves(sp.trainable), jax.tree.leaves(su.trainable), jax.tree.leaves(trainable)
+  ):
     np.testing.assert_allclose(a - before, b - before, atol=1e-6, rtol=1e-3)
 
 
@@ -292,6 +340,7 @@ def test_one_task_batches_pack_too(tiny_bert_dir):
 
 def test_eval_batches_pack_and_predict_the_same(tiny_bert_dir):
   from mtl_jax.evaluate import make_predict_fn, predict_split
+
   model, params = _model(tiny_bert_dir)
   predict = make_predict_fn(model)
   for data in _datasets():
@@ -323,8 +372,10 @@ def test_an_old_config_without_the_key_resumes_unpacked():
   saved = json.loads(config.to_json_best_effort())
   del saved["train"]["packing"]
   saved["train"]["length_grouping"] = 32  # That run's default.
-  assert specs.resume_mismatches(saved, config) == [("train.length_grouping", 32, 0),
-                                                    ("train.packing", False, True)]
+  assert specs.resume_mismatches(saved, config) == [
+    ("train.length_grouping", 32, 0),
+    ("train.packing", False, True),
+  ]
   assert specs.adopt_saved(saved, config) == ["train.packing=False", "train.length_grouping=32"]
   assert config.train.packing is False and specs.pack_plan(config) is None
   assert config.train.length_grouping == 32
@@ -339,10 +390,12 @@ def test_old_workdir_resumes_unpacked_as_before(tiny_bert_dir, tmp_path, monkeyp
   default config (packing on): it resumes unpacked and ends as an uninterrupted unpacked
   run, bitwise."""
   straight, old = str(tmp_path / "straight"), str(tmp_path / "old")
+
   def tiny(**kw):
     config = tiny_config(tiny_bert_dir, steps=2, checkpoint_every=1, length_buckets=(32,), **kw)
     config.eval.write_predictions = False
     return config
+
   unpacked = lambda: tiny(packing=False, length_grouping=32)  # Defaults before packing.
   train.train_and_evaluate(unpacked(), straight)
   real_train_batch = batching.train_batch
@@ -380,6 +433,7 @@ def test_packed_forward_equals_unpacked_on_the_bundled_model():
   if not config.model.path:
     pytest.skip("bundled model not installed")
   from mtl_jax.models import hf_io
+
   config.data_limit = 200
   config.data_dir = ""
   data = train.load_data(config, hf_io.load_tokenizer(config.model.path))

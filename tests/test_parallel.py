@@ -13,20 +13,29 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-
-from mtl_jax import parallel, specs, train
 from parallel_worker import worker_config
 from test_train import needs_data, read_metrics, restored_trainable
+
+from mtl_jax import parallel, specs, train
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parallel_worker.py")
 
 
 @needs_data
 def test_four_devices_match_one_device(tiny_bert_dir, tmp_path):
-  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
-                                    + " --xla_force_host_platform_device_count=4").strip())
-  worker = subprocess.Popen([sys.executable, WORKER, tiny_bert_dir, str(tmp_path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  env = dict(
+    os.environ,
+    XLA_FLAGS=(
+      os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip(),
+  )
+  worker = subprocess.Popen(
+    [sys.executable, WORKER, tiny_bert_dir, str(tmp_path)],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   config = worker_config(tiny_bert_dir)  # Meanwhile, the same run here on one device.
   one = str(tmp_path / "one_device")
   train.train_and_evaluate(config, one)
@@ -60,8 +69,7 @@ def test_four_devices_match_one_device(tiny_bert_dir, tmp_path):
     np.testing.assert_allclose(run["losses"], losses, rtol=1e-5, err_msg=mode)
     trained = restored_trainable(config, str(tmp_path / mode))  # Saved on 4 devices.
     for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(reference)):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6,
-                                 err_msg=mode)
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6, err_msg=mode)
   assert report["replicated"]["param_specs"] == ["P()"]
   assert "P('data', None)" in report["fsdp"]["param_specs"]  # Split leaves, really.
 
@@ -78,8 +86,11 @@ def test_fsdp_splits_the_largest_divisible_axis_of_large_leaves(monkeypatch):
 def test_batch_must_split_evenly_over_the_devices(tiny_bert_dir):
   config = worker_config(tiny_bert_dir)  # seqs_per_task 8, eval.seqs_per_batch 16.
   specs.check_devices(config, 4)
-  with pytest.raises(specs.ConfigError, match=r"config.train.seqs_per_task: 8 sequences "
-                     r"cannot be split evenly over 3 devices .* use a multiple of 3"):
+  with pytest.raises(
+    specs.ConfigError,
+    match=r"config.train.seqs_per_task: 8 sequences "
+    r"cannot be split evenly over 3 devices .* use a multiple of 3",
+  ):
     specs.check_devices(config, 3)
   config.eval.seqs_per_batch = 18
   with pytest.raises(specs.ConfigError, match="config.eval.seqs_per_batch: 18"):
@@ -105,18 +116,30 @@ def test_a_one_task_batch_keeps_its_task_id_replicated():
   assert out["input_ids"].sharding.spec == P(None, "data")
 
 
-@pytest.mark.parametrize("env, expected", [
+@pytest.mark.parametrize(
+  "env, expected",
+  [
     ({}, None),
     ({"SLURM_NTASKS": "1", "SLURM_STEP_NODELIST": "n1"}, None),  # One task: one process.
-    ({"JAX_COORDINATOR_ADDRESS": "h:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
-     {"num_processes": 2, "process_id": 1}),
+    (
+      {"JAX_COORDINATOR_ADDRESS": "h:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+      {"num_processes": 2, "process_id": 1},
+    ),
     ({"SLURM_NTASKS": "8", "SLURM_STEP_NODELIST": "n[1-2]"}, {}),
     ({"OMPI_COMM_WORLD_SIZE": "4"}, {}),
     ({"TPU_WORKER_HOSTNAMES": "t0,t1"}, {}),
-])
+  ],
+)
 def test_multi_host_initialization_only_when_the_environment_says_so(monkeypatch, env, expected):
-  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_NTASKS",
-               "SLURM_STEP_NODELIST", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES"):
+  for name in (
+    "JAX_COORDINATOR_ADDRESS",
+    "JAX_NUM_PROCESSES",
+    "JAX_PROCESS_ID",
+    "SLURM_NTASKS",
+    "SLURM_STEP_NODELIST",
+    "OMPI_COMM_WORLD_SIZE",
+    "TPU_WORKER_HOSTNAMES",
+  ):
     monkeypatch.delenv(name, raising=False)
   for name, value in env.items():
     monkeypatch.setenv(name, value)

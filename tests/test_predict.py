@@ -28,7 +28,7 @@ def _first_dev_rows(tmp_path, task: str, n: int) -> str:
   """The header and first n rows of the task's dev file (the rows the run evaluated)."""
   src = os.path.join(DATA_DIR, files.FILES[(task, "dev")])
   with open(src, encoding="utf-8") as f:
-    lines = f.readlines()[:n + 1]
+    lines = f.readlines()[: n + 1]
   path = tmp_path / f"{task}-dev-head.csv"
   path.write_text("".join(lines), encoding="utf-8")
   return str(path)
@@ -60,9 +60,20 @@ def test_plain_text_through_the_command_line(trained_run, tmp_path):
   text.write_text("what is a cat ?\twhat is a dog ?\nhow do you do\thow are you\n")
   out = tmp_path / "para.csv"
   run = subprocess.run(
-      [sys.executable, "-m", "mtl_jax.predict", f"--workdir={trained_run}", "--task=quora",
-       f"--input={text}", f"--output={out}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "mtl_jax.predict",
+      f"--workdir={trained_run}",
+      "--task=quora",
+      f"--input={text}",
+      f"--output={out}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert run.returncode == 0, run.stderr[-2000:]
   task, ids, values = predictions.read_predictions(str(out))
   assert task == "quora" and ids == ["1", "2"]
@@ -84,8 +95,19 @@ def test_missing_run_is_one_clear_line(tmp_path):
   text = tmp_path / "in.txt"
   text.write_text("a good movie\n")
   run = subprocess.run(
-      [sys.executable, "-m", "mtl_jax.predict", f"--workdir={tmp_path / 'nope'}", "--task=sst",
-       f"--input={text}", f"--output={tmp_path / 'o.csv'}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "mtl_jax.predict",
+      f"--workdir={tmp_path / 'nope'}",
+      "--task=sst",
+      f"--input={text}",
+      f"--output={tmp_path / 'o.csv'}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert run.returncode != 0 and "Traceback" not in run.stderr
   assert "error:" in run.stderr and "config.json not found" in run.stderr

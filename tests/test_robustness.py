@@ -15,13 +15,13 @@ import time
 import jax
 import numpy as np
 import pytest
+from test_train import needs_data, read_metrics, restored_trainable, tiny_config
 
 from configs import default
 from mtl_jax import checkpoint, embed, specs, sweep, train, workdir_lock
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.metrics_log import MetricsLog
 from mtl_jax.models import hf_io
-from test_train import needs_data, read_metrics, restored_trainable, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,18 +29,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_args(model_dir: str, workdir, *overrides: str) -> list[str]:
   """main.py on the tiny model and 40 rows of each data file."""
   from mtl_jax.data.files import default_data_dir
-  return [sys.executable, "main.py", "--config=configs/default.py", f"--workdir={workdir}",
-          f"--config.model.path={model_dir}", f"--config.data_dir={default_data_dir()}",
-          "--config.model.max_length=32", "--config.data_limit=40",
-          "--config.train.length_buckets=(32,)", "--config.train.seqs_per_task=8",
-          "--config.eval.seqs_per_batch=16", *overrides]
+
+  return [
+    sys.executable,
+    "main.py",
+    "--config=configs/default.py",
+    f"--workdir={workdir}",
+    f"--config.model.path={model_dir}",
+    f"--config.data_dir={default_data_dir()}",
+    "--config.model.max_length=32",
+    "--config.data_limit=40",
+    "--config.train.length_buckets=(32,)",
+    "--config.train.seqs_per_task=8",
+    "--config.eval.seqs_per_batch=16",
+    *overrides,
+  ]
 
 
 # Subprocesses share one XLA cache and compile the tiny graphs with less effort: the same
 # tiny step is compiled by several runs, on a CPU that other jobs may share.
-ENV = dict(os.environ, JAX_PLATFORMS="cpu", JAX_EXEC_TIME_OPTIMIZATION_EFFORT="-1",
-           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+ENV = dict(
+  os.environ,
+  JAX_PLATFORMS="cpu",
+  JAX_EXEC_TIME_OPTIMIZATION_EFFORT="-1",
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -57,8 +71,7 @@ def config_of_args(model_dir: str, **train_overrides):
 
 
 def run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-  return subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True,
-                        timeout=timeout)
+  return subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 def popen(args: list[str], **kwargs) -> subprocess.Popen:
@@ -76,14 +89,21 @@ def one_error_line(out: subprocess.CompletedProcess) -> str:
 
 # --- Config files (main.py and sweep)
 
-@pytest.mark.parametrize("source, expected", [
+
+@pytest.mark.parametrize(
+  "source, expected",
+  [
     (None, "config file {path} not found"),
     ("def get_config(:\n  pass\n", "{path}, line 1: syntax error"),
-    ("from configs import default\n\ndef get_config():\n  return default.get_config(nope)\n",
-     "loading config file {path}, line 4 failed: NameError"),
-])
+    (
+      "from configs import default\n\ndef get_config():\n  return default.get_config(nope)\n",
+      "loading config file {path}, line 4 failed: NameError",
+    ),
+  ],
+)
 def test_missing_or_broken_config_file_gives_one_line_with_file_and_line(
-    tmp_path, source, expected):
+  tmp_path, source, expected
+):
   path = tmp_path / "cfg.py"
   if source is not None:
     path.write_text(source)
@@ -96,6 +116,7 @@ def test_missing_or_broken_config_file_gives_one_line_with_file_and_line(
 
 
 # --- Model directories
+
 
 def test_truncated_or_garbage_model_weights_give_one_line(tiny_bert_dir, tmp_path):
   half = tmp_path / "half"
@@ -120,10 +141,14 @@ def test_truncated_or_garbage_model_weights_give_one_line(tiny_bert_dir, tmp_pat
 
 # --- Workdirs
 
-@pytest.mark.parametrize("workdir, expected", [
+
+@pytest.mark.parametrize(
+  "workdir, expected",
+  [
     ("{tmp}/afile/wd", "{tmp}/afile is a file, not a directory"),
     ("/proc/x", "cannot create --workdir=/proc/x"),
-])
+  ],
+)
 def test_unusable_workdir_gives_one_line(tmp_path, workdir, expected):
   (tmp_path / "afile").write_text("")
   workdir = workdir.format(tmp=tmp_path)
@@ -137,20 +162,30 @@ def test_workdir_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_pat
   holder = json.loads(open(os.path.join(workdir, workdir_lock.LOCK_FILE)).read())
   assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
   # Another process is refused at once, naming this one.
-  probe = ("import sys; from mtl_jax import workdir_lock\n"
-           "try:\n  workdir_lock.acquire(sys.argv[1])\nexcept workdir_lock.WorkdirError as e:\n"
-           "  print(e)\n")
+  probe = (
+    "import sys; from mtl_jax import workdir_lock\n"
+    "try:\n  workdir_lock.acquire(sys.argv[1])\nexcept workdir_lock.WorkdirError as e:\n"
+    "  print(e)\n"
+  )
   out = run([sys.executable, "-c", probe, workdir], timeout=60)
   assert f"is in use by PID {os.getpid()} on host {socket.gethostname()}" in out.stdout
   workdir_lock.release(fd)
   assert open(os.path.join(workdir, workdir_lock.LOCK_FILE)).read() == ""  # Released.
 
   # A holder killed with -9 leaves its PID behind but not its flock: taken over, with a warning.
-  holder = subprocess.Popen([sys.executable, "-c",
-                             "import sys, time; from mtl_jax import workdir_lock\n"
-                             "workdir_lock.acquire(sys.argv[1]); print('held', flush=True)\n"
-                             "time.sleep(600)\n", workdir],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  holder = subprocess.Popen(
+    [
+      sys.executable,
+      "-c",
+      "import sys, time; from mtl_jax import workdir_lock\n"
+      "workdir_lock.acquire(sys.argv[1]); print('held', flush=True)\n"
+      "time.sleep(600)\n",
+      workdir,
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   assert holder.stdout.readline().strip() == "held"
   holder.send_signal(signal.SIGKILL)
   holder.wait(timeout=60)
@@ -162,11 +197,15 @@ def test_workdir_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_pat
 
 
 @needs_data
-def test_second_trainer_on_a_workdir_is_refused_at_once_naming_the_first(
-    tiny_bert_dir, tmp_path):
+def test_second_trainer_on_a_workdir_is_refused_at_once_naming_the_first(tiny_bert_dir, tmp_path):
   workdir = tmp_path / "run"
-  args = tiny_args(tiny_bert_dir, workdir, "--config.train.steps=100000",
-                   "--config.train.log_every=1", "--config.train.checkpoint_every=1")
+  args = tiny_args(
+    tiny_bert_dir,
+    workdir,
+    "--config.train.steps=100000",
+    "--config.train.log_every=1",
+    "--config.train.checkpoint_every=1",
+  )
   first = popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
   try:
     deadline = time.time() + 240
@@ -188,11 +227,13 @@ def test_second_trainer_on_a_workdir_is_refused_at_once_naming_the_first(
 
 # --- Checkpoints
 
+
 def _truncate_data_files(step_dir: str) -> list[str]:
   """Cuts every OCDBT data file (`.../d/<hash>`) of a checkpoint step to half its size; the
   files orbax reads vary from save to save, so the largest alone may be one it skips."""
-  files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs
-           if os.path.basename(d) == "d"]
+  files = [
+    os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs if os.path.basename(d) == "d"
+  ]
   for path in files:
     os.truncate(path, os.path.getsize(path) // 2)
   return files
@@ -200,10 +241,16 @@ def _truncate_data_files(step_dir: str) -> list[str]:
 
 @needs_data
 def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_older_one(
-    tiny_bert_dir, tmp_path):
+  tiny_bert_dir, tmp_path
+):
   workdir = str(tmp_path / "run")
-  args = tiny_args(tiny_bert_dir, workdir, "--config.train.steps=4",
-                   "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=2")
+  args = tiny_args(
+    tiny_bert_dir,
+    workdir,
+    "--config.train.steps=4",
+    "--config.train.checkpoint_every=2",
+    "--config.train.keep_checkpoints=2",
+  )
   out = run(args)  # Checkpoints 2 and 4.
   assert out.returncode == 0, out.stderr[-3000:]
   config = config_of_args(tiny_bert_dir)
@@ -241,12 +288,21 @@ def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_ol
 
 @needs_data
 def test_non_finite_state_is_never_saved_and_the_last_finite_checkpoints_are_kept(
-    tiny_bert_dir, tmp_path):
+  tiny_bert_dir, tmp_path
+):
   """The issue's reproduction: a log step (8) after several checkpoint steps (every 1)."""
   workdir = tmp_path / "run"
-  out = run(tiny_args(tiny_bert_dir, workdir, "--config.train.steps=40",
-                      "--config.train.learning_rate=1e6", "--config.train.checkpoint_every=1",
-                      "--config.train.keep_checkpoints=2", "--config.train.log_every=8"))
+  out = run(
+    tiny_args(
+      tiny_bert_dir,
+      workdir,
+      "--config.train.steps=40",
+      "--config.train.learning_rate=1e6",
+      "--config.train.checkpoint_every=1",
+      "--config.train.keep_checkpoints=2",
+      "--config.train.log_every=8",
+    )
+  )
   line = one_error_line(out)
   assert "non-finite" in line and "lower train.learning_rate" in line
   ckpt = Checkpointer(str(workdir), 1, 1)
@@ -275,39 +331,70 @@ def test_checkpointer_refuses_to_save_a_non_finite_state(tmp_path):
 
 # --- max_length against the model's positions
 
+
 def test_max_length_above_the_models_positions_is_refused_naming_both(tiny_bert_dir, tmp_path):
   config = tiny_config(tiny_bert_dir)  # The tiny model has 64 positions.
   config.model.max_length = 100
   config.train.length_buckets = (128,)
-  with pytest.raises(specs.ConfigError, match="max_length=100 is above the "
-                     "max_position_embeddings=64"):
+  with pytest.raises(
+    specs.ConfigError, match="max_length=100 is above the max_position_embeddings=64"
+  ):
     specs.validate(config)
 
   sentences = tmp_path / "in.txt"
   sentences.write_text("a cat\n")
-  out = run([sys.executable, "-m", "mtl_jax.embed", f"--model={tiny_bert_dir}",
-             f"--input={sentences}", f"--output={tmp_path / 'out.npz'}", "--max_length=100"])
+  out = run(
+    [
+      sys.executable,
+      "-m",
+      "mtl_jax.embed",
+      f"--model={tiny_bert_dir}",
+      f"--input={sentences}",
+      f"--output={tmp_path / 'out.npz'}",
+      "--max_length=100",
+    ]
+  )
   assert "--max_length=100 is above the max_position_embeddings=64" in one_error_line(out)
   assert not (tmp_path / "out.npz").exists()
 
 
 # --- embed: row i is line i
 
+
 def test_embed_keeps_row_i_for_line_i_and_embeds_a_blank_line_as_empty(tiny_bert_dir, tmp_path):
   path = tmp_path / "in.txt"
   path.write_text("a cat\n\nthe dog\n")
-  out = run([sys.executable, "-m", "mtl_jax.embed", f"--model={tiny_bert_dir}",
-             f"--input={path}", f"--output={tmp_path / 'out.npz'}", "--max_length=16"])
+  out = run(
+    [
+      sys.executable,
+      "-m",
+      "mtl_jax.embed",
+      f"--model={tiny_bert_dir}",
+      f"--input={path}",
+      f"--output={tmp_path / 'out.npz'}",
+      "--max_length=16",
+    ]
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   arrays = np.load(tmp_path / "out.npz")
   assert arrays["pooled"].shape[0] == 3
   assert arrays["attention_mask"][1].sum() == 2  # [CLS] [SEP]: the empty sentence.
   alone = tmp_path / "alone.txt"
   alone.write_text("the dog\n")
-  run([sys.executable, "-m", "mtl_jax.embed", f"--model={tiny_bert_dir}",
-       f"--input={alone}", f"--output={tmp_path / 'alone.npz'}", "--max_length=16"])
-  np.testing.assert_allclose(np.load(tmp_path / "alone.npz")["pooled"][0], arrays["pooled"][2],
-                             atol=1e-5)  # Row 2 is line 3's sentence, not shifted.
+  run(
+    [
+      sys.executable,
+      "-m",
+      "mtl_jax.embed",
+      f"--model={tiny_bert_dir}",
+      f"--input={alone}",
+      f"--output={tmp_path / 'alone.npz'}",
+      "--max_length=16",
+    ]
+  )
+  np.testing.assert_allclose(
+    np.load(tmp_path / "alone.npz")["pooled"][0], arrays["pooled"][2], atol=1e-5
+  )  # Row 2 is line 3's sentence, not shifted.
 
   pairs = tmp_path / "pairs.txt"
   pairs.write_text("a\tb\n\nc\td\n  \n")
@@ -317,26 +404,40 @@ def test_embed_keeps_row_i_for_line_i_and_embeds_a_blank_line_as_empty(tiny_bert
 
 # --- metrics.jsonl after a resume
 
+
 def test_metrics_log_drops_records_after_the_resumed_step_and_a_cut_line(tmp_path):
   path = tmp_path / "metrics.jsonl"
-  path.write_text("".join(json.dumps(r) + "\n" for r in [
-      {"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}, {"step": 2, "dev/overall": 0.5},
-      {"step": 3, "loss": 0.8}]) + '{"step": 4, "lo')
+  path.write_text(
+    "".join(
+      json.dumps(r) + "\n"
+      for r in [
+        {"step": 1, "loss": 1.0},
+        {"step": 2, "loss": 0.9},
+        {"step": 2, "dev/overall": 0.5},
+        {"step": 3, "loss": 0.8},
+      ]
+    )
+    + '{"step": 4, "lo'
+  )
   log = MetricsLog(str(tmp_path), resume_step=2)
   log.write(2, {"overall": 0.5}, prefix="dev/")  # Already there: not written twice.
   log.write(3, {"loss": 0.7})
   log.close()
   rows = [json.loads(line) for line in path.read_text().splitlines()]
-  assert [(r["step"], "loss" in r) for r in rows] == [(1, True), (2, True), (2, False),
-                                                       (3, True)]
+  assert [(r["step"], "loss" in r) for r in rows] == [(1, True), (2, True), (2, False), (3, True)]
   assert rows[-1]["loss"] == 0.7
 
 
 @needs_data
 def test_metrics_have_each_step_once_after_kill_9_and_resume(tiny_bert_dir, tmp_path):
   workdir = tmp_path / "run"
-  args = tiny_args(tiny_bert_dir, workdir, "--config.train.steps=12",
-                   "--config.train.log_every=1", "--config.train.checkpoint_every=4")
+  args = tiny_args(
+    tiny_bert_dir,
+    workdir,
+    "--config.train.steps=12",
+    "--config.train.log_every=1",
+    "--config.train.checkpoint_every=4",
+  )
   proc = popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   deadline = time.time() + 240
   while len([r for r in _records(workdir) if "loss" in r]) < 6:
@@ -358,7 +459,7 @@ def test_metrics_have_each_step_once_after_kill_9_and_resume(tiny_bert_dir, tmp_
 def _records(workdir) -> list[dict]:
   path = workdir / "metrics.jsonl"
   out = []
-  for line in (path.read_text().splitlines() if path.exists() else []):
+  for line in path.read_text().splitlines() if path.exists() else []:
     try:
       out.append(json.loads(line))
     except json.JSONDecodeError:

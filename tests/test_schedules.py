@@ -11,6 +11,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from test_batching import make_data
+from test_specs import _config
+from test_train import assert_same_run, interrupting_at, needs_data, read_metrics, tiny_config
 
 from configs import default
 from mtl_jax import specs, train
@@ -18,9 +21,6 @@ from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, schedules
 from mtl_jax.data.files import TASKS
 from mtl_jax.step import make_loss_fn, make_train_step
-from test_batching import make_data
-from test_specs import _config
-from test_train import assert_same_run, interrupting_at, needs_data, read_metrics, tiny_config
 
 BUCKETS = (8, 16, 32)
 CS224N_SIZES = (8544, 16214, 6040)  # The training sets; B = (134, 507, 189) at 64 sequences.
@@ -31,8 +31,11 @@ def _schedule(kind, sizes=CS224N_SIZES, seqs=64, steps=1000, seed=0, caps=(0, 0,
 
 
 def _datasets():
-  return [make_data("sst", 37, seed=1), make_data("quora", 23, seed=2),
-          make_data("sts", 29, seed=3)]
+  return [
+    make_data("sst", 37, seed=1),
+    make_data("quora", 23, seed=2),
+    make_data("sts", 29, seed=3),
+  ]
 
 
 def _clear_caches():
@@ -66,19 +69,20 @@ def _example_ids(batch, at, rows):
 # computed with the code before schedules existed (numpy 2's Generator streams: a numpy that
 # changed them would change these, and every run's data order, too).
 BEFORE_SCHEDULES = {
-    (0, 0): "b0e27e62908abab2db079931b82f23f8758602da0d61f6eddd63c2984acb1132",
-    (0, 3): "61ace7c6c0903f2db9f49de6a7ff805b993f1ea82c491d106547dc29e9d86253",
-    (4, 0): "6ae86cb1580c96428ad7540a0d9772fa6dc60bcf3c353cb15ccb12fe9076ef4c",
-    (4, 3): "6ba33c3be9c34536de9f0be9604fc3c1a4411be3d57a616a768080798cd0a315",
+  (0, 0): "b0e27e62908abab2db079931b82f23f8758602da0d61f6eddd63c2984acb1132",
+  (0, 3): "61ace7c6c0903f2db9f49de6a7ff805b993f1ea82c491d106547dc29e9d86253",
+  (4, 0): "6ae86cb1580c96428ad7540a0d9772fa6dc60bcf3c353cb15ccb12fe9076ef4c",
+  (4, 3): "6ba33c3be9c34536de9f0be9604fc3c1a4411be3d57a616a768080798cd0a315",
 }
 
 
 @pytest.mark.parametrize("group, seed", sorted(BEFORE_SCHEDULES))
 def test_default_schedule_batches_are_unchanged(group, seed):
   datasets = _datasets()
-  s = specs.train_schedule(_config(**{"train.length_grouping": group, "seed": seed,
-                                      "train.seqs_per_task": 8}),
-                           tuple(len(d) for d in datasets))
+  s = specs.train_schedule(
+    _config(**{"train.length_grouping": group, "seed": seed, "train.seqs_per_task": 8}),
+    tuple(len(d) for d in datasets),
+  )
   assert s.kind == "all_tasks" and not s.one_task
   batches = [schedules.train_batch(datasets, k, s, BUCKETS) for k in range(40)]
   assert _digest(batches) == BEFORE_SCHEDULES[group, seed]
@@ -95,11 +99,10 @@ def test_default_schedule_batches_are_unchanged(group, seed):
 def test_capped_task_sees_a_fresh_subset_of_exactly_cap_examples_each_epoch(group):
   datasets = _datasets()  # Quora: 23 pairs, capped at 12 = 3 batches of 4 pairs.
   cap, per_batch = 12, 4
-  s = _schedule("all_tasks", tuple(len(d) for d in datasets), seqs=8, caps=(0, cap, 0),
-                group=group)
+  s = _schedule("all_tasks", tuple(len(d) for d in datasets), seqs=8, caps=(0, cap, 0), group=group)
   batches = [schedules.train_batch(datasets, k, s, BUCKETS) for k in range(12)]
   quora = np.concatenate([_example_ids(b, 1, per_batch) for b in batches])
-  epochs = [set(quora[e * cap:(e + 1) * cap].tolist()) for e in range(4)]
+  epochs = [set(quora[e * cap : (e + 1) * cap].tolist()) for e in range(4)]
   for subset in epochs:
     assert len(subset) == cap and subset <= set(range(23))
   assert len({frozenset(x) for x in epochs}) == 4  # A different random subset every epoch.
@@ -139,7 +142,7 @@ def test_sampled_task_frequencies(kind, alpha):
   s = _schedule(kind, steps=25 * 830)
   batches = np.array([134, 507, 189])  # ceil(N / examples per batch): SST 64, pairs 32.
   np.testing.assert_array_equal(schedules.batches_per_epoch(s), batches)
-  p = batches ** alpha / (batches ** alpha).sum()
+  p = batches**alpha / (batches**alpha).sum()
   np.testing.assert_allclose(schedules.task_probabilities(s, 0), p)
   freq, n = _frequencies(s, range(25))
   assert n == 20_750
@@ -185,8 +188,9 @@ def test_annealed_epochs_and_probabilities():
   assert schedules.num_epochs(s) == 5  # The last one partial (one step).
   batches = schedules.batches_per_epoch(s).astype(float)
   for e, alpha in enumerate([1.0, 0.8, 0.6, 0.4, 0.2]):
-    np.testing.assert_allclose(schedules.task_probabilities(s, e),
-                               batches ** alpha / (batches ** alpha).sum())
+    np.testing.assert_allclose(
+      schedules.task_probabilities(s, e), batches**alpha / (batches**alpha).sum()
+    )
   for e in (0, 4):
     freq, n = _frequencies(s, [e])
     _assert_within_standard_errors(freq, schedules.task_probabilities(s, e), n)
@@ -195,8 +199,10 @@ def test_annealed_epochs_and_probabilities():
   assert schedules.step_task(s, k)[0] == schedules.epoch_tasks(s, 3)[17]
   short = _schedule("annealed", sizes=sizes, steps=steps_per_epoch)
   assert schedules.num_epochs(short) == 1
-  np.testing.assert_allclose(schedules.task_probabilities(short, 0),
-                             schedules.task_probabilities(_schedule("proportional", sizes), 0))
+  np.testing.assert_allclose(
+    schedules.task_probabilities(short, 0),
+    schedules.task_probabilities(_schedule("proportional", sizes), 0),
+  )
 
 
 # --------------------------------------------------------------------------
@@ -246,8 +252,9 @@ def test_one_task_batch_layout():
     length = batch["input_ids"].shape[-1]
     assert batch["input_ids"].shape == (1, 8, length) and batch["labels"].shape == (1, 8)
     data = datasets[task]
-    idx = batching.train_indices(data, number, batching.examples_per_batch(data, 8), 0,
-                                 0, s.epoch_sizes[task])
+    idx = batching.train_indices(
+      data, number, batching.examples_per_batch(data, 8), 0, 0, s.epoch_sizes[task]
+    )
     np.testing.assert_array_equal(_example_ids(batch, 0, len(idx)), idx)
     assert length == batching.bucket_length(int(data.lengths[idx].max()), BUCKETS)
 
@@ -277,8 +284,9 @@ def test_one_task_schedule_accepts_linear_methods(kind):
   specs.validate(_config(**{"train.schedule": kind, "train.loss_weighting": "uncertainty"}))
 
 
-@pytest.mark.parametrize("key, value", [("train.schedule", "alternating"),
-                                        ("train.epoch_examples.quora", -1)])
+@pytest.mark.parametrize(
+  "key, value", [("train.schedule", "alternating"), ("train.epoch_examples.quora", -1)]
+)
 def test_bad_schedule_values_name_the_key(key, value):
   with pytest.raises(specs.ConfigError, match=key.replace(".", r"\.")):
     specs.validate(_config(**{key: value}))
@@ -294,17 +302,25 @@ def test_a_cap_must_be_an_integer(value):
 
 
 def test_train_schedule_from_config():
-  config = _config(**{"train.schedule": "sqrt", "train.epoch_examples.quora": 20_000,
-                      "train.steps": 5000, "seed": 3})
+  config = _config(
+    **{
+      "train.schedule": "sqrt",
+      "train.epoch_examples.quora": 20_000,
+      "train.steps": 5000,
+      "seed": 3,
+    }
+  )
   s = specs.train_schedule(config, (8544, 141_000, 6040))
-  assert s == schedules.Schedule("sqrt", (8544, 20_000, 6040), 64, 5000, 3,
-                                 config.train.length_grouping)
+  assert s == schedules.Schedule(
+    "sqrt", (8544, 20_000, 6040), 64, 5000, 3, config.train.length_grouping
+  )
   saved = json.loads(_config().to_json_best_effort())  # Written before the keys existed:
   del saved["train"]["schedule"], saved["train"]["epoch_examples"]
   old = ml_collections.ConfigDict(saved)
   specs.validate(old)
   assert specs.train_schedule(old, (10, 20, 30)) == schedules.Schedule(
-      "all_tasks", (10, 20, 30), 64, 300, 0, old.train.length_grouping)
+    "all_tasks", (10, 20, 30), 64, 300, 0, old.train.length_grouping
+  )
 
 
 def test_resume_refuses_a_changed_schedule_and_accepts_configs_saved_before_it():
@@ -315,7 +331,9 @@ def test_resume_refuses_a_changed_schedule_and_accepts_configs_saved_before_it()
   changed.train.schedule = "sqrt"
   changed.train.epoch_examples.quora = 20_000
   assert specs.resume_mismatches(saved, changed) == [
-      ("train.epoch_examples.quora", 0, 20_000), ("train.schedule", "all_tasks", "sqrt")]
+    ("train.epoch_examples.quora", 0, 20_000),
+    ("train.schedule", "all_tasks", "sqrt"),
+  ]
 
 
 # --------------------------------------------------------------------------
@@ -331,14 +349,17 @@ def test_one_task_step_is_a_step_on_that_task_alone(tiny_bert_dir, fast_compile)
   model, state, frozen, tx = train.init_state(config)
   rng = np.random.default_rng(0)
   s, length = 8, 16
-  batch = {"input_ids": rng.integers(5, 100, (1, s, length)).astype(np.int32),
-           "attention_mask": np.ones((1, s, length), np.int32),
-           "token_type_ids": np.zeros((1, s, length), np.int32),
-           "labels": rng.integers(0, 2, (1, s)).astype(np.float32),
-           "weights": np.ones((1, s), np.float32),
-           "task": np.asarray(1, np.int32)}
+  batch = {
+    "input_ids": rng.integers(5, 100, (1, s, length)).astype(np.int32),
+    "attention_mask": np.ones((1, s, length), np.int32),
+    "token_type_ids": np.zeros((1, s, length), np.int32),
+    "labels": rng.integers(0, 2, (1, s)).astype(np.float32),
+    "weights": np.ones((1, s), np.float32),
+    "task": np.asarray(1, np.int32),
+  }
   new_state, metrics = jax.jit(make_train_step(model, tx, (0, 1, 2), config.seed))(
-      state, frozen, batch)
+    state, frozen, batch
+  )
 
   base = train.base_optimizer(config)
 
@@ -349,8 +370,7 @@ def test_one_task_step_is_a_step_on_that_task_alone(tiny_bert_dir, fast_compile)
     updates, _ = base.update(grads, base.init(trainable), trainable)
     return loss, jax.tree.map(jnp.add, trainable, updates)
 
-  loss, expected = quora_alone(state.trainable,
-                               {k: v[0] for k, v in batch.items() if k != "task"})
+  loss, expected = quora_alone(state.trainable, {k: v[0] for k, v in batch.items() if k != "task"})
   for a, b in zip(jax.tree.leaves(new_state.trainable), jax.tree.leaves(expected)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
   assert float(metrics["l2_updates"]) > 0
@@ -376,8 +396,7 @@ def _one_task_config(model_dir):
 
 
 @needs_data
-def test_one_task_schedule_run_resumes_to_the_same_parameters(tiny_bert_dir, tmp_path,
-                                                              monkeypatch):
+def test_one_task_schedule_run_resumes_to_the_same_parameters(tiny_bert_dir, tmp_path, monkeypatch):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   results = train.train_and_evaluate(_one_task_config(tiny_bert_dir), straight)
   assert np.isfinite(results["overall"])

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from test_train import needs_data, read_metrics, shrink
 
 from configs import default
 from mtl_jax import specs, train
@@ -19,24 +20,32 @@ from mtl_jax.data import batching
 from mtl_jax.data.files import TASKS
 from mtl_jax.evaluate import make_predict_fn
 from mtl_jax.models import heads, hf_io
-from test_train import needs_data, read_metrics, shrink
 
-SEEDS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                         "seeds")
+SEEDS_DIR = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "seeds"
+)
 SEEDS = sorted(f[:-3] for f in os.listdir(SEEDS_DIR) if f.endswith(".py") and f != "__init__.py")
 
 # What makes each seed that seed: the keys its config sets (dotted) and their values.
 DISTINCT = {
-    "multistream_rslora_pcgrad": {"model.pooling": "concat", "heads.kind": "multi_stream",
-                                  "heads.sts": "cosine", "grad.method": "pcgrad",
-                                  "adapter.kind": "rslora", "adapter.rank": 8,
-                                  "adapter.alpha": 16.0},
-    "relu_cosine_sts": {"heads.sts": "relu_cosine"},
-    "dot_product_heads": {"heads.quora": "dot", "heads.sts": "dot"},
-    "fixed_loss_weights": {"grad.method": "fixed", "grad.kwargs.weights": (4.0, 1.0, 10.0)},
-    "shared_layers": {"heads.kind": "shared"},
-    "annealed_sampling": {"train.schedule": "annealed", "train.epoch_examples.quora": 20_000,
-                          "train.steps": 900},  # One task a step: 3x the steps, same examples.
+  "multistream_rslora_pcgrad": {
+    "model.pooling": "concat",
+    "heads.kind": "multi_stream",
+    "heads.sts": "cosine",
+    "grad.method": "pcgrad",
+    "adapter.kind": "rslora",
+    "adapter.rank": 8,
+    "adapter.alpha": 16.0,
+  },
+  "relu_cosine_sts": {"heads.sts": "relu_cosine"},
+  "dot_product_heads": {"heads.quora": "dot", "heads.sts": "dot"},
+  "fixed_loss_weights": {"grad.method": "fixed", "grad.kwargs.weights": (4.0, 1.0, 10.0)},
+  "shared_layers": {"heads.kind": "shared"},
+  "annealed_sampling": {
+    "train.schedule": "annealed",
+    "train.epoch_examples.quora": 20_000,
+    "train.steps": 900,
+  },  # One task a step: 3x the steps, same examples.
 }
 
 
@@ -114,4 +123,3 @@ def test_seed_config_trains_on_a_small_slice(name, tiny_bert_dir, tmp_path, fast
     assert spec == heads.HeadSpec() and names == {"sst", "quora"}
     logged = [r for r in read_metrics(workdir) if "loss" in r]  # Every step: one task, named.
     assert all(r["task"] in heads.TASK_NAMES and f"task_loss/{r['task']}" in r for r in logged)
-

@@ -40,11 +40,16 @@ print(json.dumps(out))
 
 
 def _measure(model_dir: str, mode: str) -> dict:
-  script = _SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests"), model=model_dir,
-                          mode=mode)
+  script = _SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests"), model=model_dir, mode=mode)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                       timeout=300, check=False)
+  out = subprocess.run(
+    [sys.executable, "-c", script],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -63,8 +68,16 @@ def test_bytes_read_from_shardings_are_the_placed_shards(tiny_bert_dir):
 
 
 def test_table_compares_each_mode_with_its_replicated_row():
-  rows = [{"mode": "full", "sharding": s, "trainable": 10, "params": p * 2**20,
-           "opt_state": 2 * p * 2**20} for s, p in (("replicated", 4.0), ("fsdp", 1.0))]
+  rows = [
+    {
+      "mode": "full",
+      "sharding": s,
+      "trainable": 10,
+      "params": p * 2**20,
+      "opt_state": 2 * p * 2**20,
+    }
+    for s, p in (("replicated", 4.0), ("fsdp", 1.0))
+  ]
   text = shard_memory.table(rows, header="machine: x")
   assert text.startswith("machine: x\n")
   assert "| full | fsdp | 10 | 1.0 | 2.0 | 3.0 | 0.25x |" in text

@@ -33,17 +33,21 @@ def test_paired_difference_t_interval_by_hand():
   assert d["verdict"] == "no difference detected"
 
 
-@pytest.mark.parametrize("diffs, verdict", [
+@pytest.mark.parametrize(
+  "diffs, verdict",
+  [
     ((0.020, 0.021, 0.019), "better"),  # Half-width 0.0025: [0.0175, 0.0225].
     ((-0.020, -0.021, -0.019), "worse"),
     ((0.02, -0.01, 0.005), "no difference detected"),
-])
+  ],
+)
 def test_verdicts(diffs, verdict):
   d = stats.paired_difference(dict(enumerate(diffs)), dict.fromkeys(range(3), 0.0))
   assert d["verdict"] == verdict
   if verdict == "better":
-    assert (d["low"], d["high"]) == pytest.approx((0.02 - T_975_2DOF * 0.001 / math.sqrt(3),
-                                                   0.02 + T_975_2DOF * 0.001 / math.sqrt(3)))
+    assert (d["low"], d["high"]) == pytest.approx(
+      (0.02 - T_975_2DOF * 0.001 / math.sqrt(3), 0.02 + T_975_2DOF * 0.001 / math.sqrt(3))
+    )
 
 
 def test_one_seed_is_n_too_small():
@@ -54,11 +58,16 @@ def test_one_seed_is_n_too_small():
 
 def _synthetic(seed: int = 1):
   rng = np.random.default_rng(seed)
-  labels = {"sst": rng.integers(0, 5, 40), "quora": rng.integers(0, 2, 30).astype(float),
-            "sts": rng.uniform(0, 5, 25)}
-  preds = {"sst": np.where(rng.random(40) < 0.5, labels["sst"], rng.integers(0, 5, 40)),
-           "quora": np.where(rng.random(30) < 0.8, labels["quora"], 1 - labels["quora"]),
-           "sts": labels["sts"] + rng.normal(0, 1.5, 25)}
+  labels = {
+    "sst": rng.integers(0, 5, 40),
+    "quora": rng.integers(0, 2, 30).astype(float),
+    "sts": rng.uniform(0, 5, 25),
+  }
+  preds = {
+    "sst": np.where(rng.random(40) < 0.5, labels["sst"], rng.integers(0, 5, 40)),
+    "quora": np.where(rng.random(30) < 0.8, labels["quora"], 1 - labels["quora"]),
+    "sts": labels["sts"] + rng.normal(0, 1.5, 25),
+  }
   return preds, labels
 
 
@@ -98,8 +107,9 @@ def test_dev_intervals_read_the_prediction_files(tmp_path):
     ids = [f"{task}{i}" for i in range(len(labels[task]))]
     dev.append(types.SimpleNamespace(task=task, ids=ids, labels=labels[task]))
     values = np.clip(preds[task], 0, 5) if task == "sts" else preds[task]
-    predictions.write_predictions(str(tmp_path / "predictions" / predictions.output_filename(
-        task, "dev")), task, ids, values)
+    predictions.write_predictions(
+      str(tmp_path / "predictions" / predictions.output_filename(task, "dev")), task, ids, values
+    )
   got = stats.dev_intervals(str(tmp_path), dev)
   clipped = dict(preds, sts=np.clip(preds["sts"], 0, 5))
   assert got["resamples"] == 1000 and got["seed"] == 0 and got["confidence"] == 0.95

@@ -12,14 +12,14 @@ import subprocess
 import sys
 
 import pytest
+from test_train import DATA_DIR, needs_data
 
 from mtl_jax import ledger, sweep
-from test_train import DATA_DIR, needs_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-CONFIG = '''
+CONFIG = """
 from configs import default
 
 
@@ -38,7 +38,7 @@ def get_config():
   config.eval.seqs_per_batch = 16
   config.eval.write_predictions = True
   return config
-'''
+"""
 
 
 def write_config(directory, name: str, model: str, method: str = "sum") -> str:
@@ -57,11 +57,17 @@ def swept(tiny_bert_dir, tmp_path_factory):
   """One sweep at seeds 0 and 1 with a ledger: configs a (summed loss, the baseline) and
   b (PCGrad) train, `bad` names no model."""
   tmp = tmp_path_factory.mktemp("sweep")
-  configs = [write_config(tmp, "a", tiny_bert_dir), write_config(tmp, "b", tiny_bert_dir, "pcgrad"),
-             write_config(tmp, "bad", str(tmp / "no_such_model"))]
+  configs = [
+    write_config(tmp, "a", tiny_bert_dir),
+    write_config(tmp, "b", tiny_bert_dir, "pcgrad"),
+    write_config(tmp, "bad", str(tmp / "no_such_model")),
+  ]
   workdir = str(tmp / "runs")
-  return configs, workdir, sweep.run_sweep(configs, workdir, seeds=SEEDS, baseline="a",
-                                           ledger_dir=str(tmp / "ledger"))
+  return (
+    configs,
+    workdir,
+    sweep.run_sweep(configs, workdir, seeds=SEEDS, baseline="a", ledger_dir=str(tmp / "ledger")),
+  )
 
 
 @needs_data
@@ -79,9 +85,14 @@ def test_runs_appear_in_results_csv_and_report(swept):
     report = f.read()
   assert "| `a-seed=0` | trained |" in report and "| `b-seed=1` | trained |" in report
   assert "| `b` | 2 |" in report  # Differences from the baseline over the two seeds.
-  for png in ["plots/loss_sst.png", "plots/loss_quora.png", "plots/loss_sts.png",
-              "plots/dev_overall.png", "a-seed=0/diagnostics/cosine.png",
-              "b-seed=1/diagnostics/conflict_rate.png"]:
+  for png in [
+    "plots/loss_sst.png",
+    "plots/loss_quora.png",
+    "plots/loss_sts.png",
+    "plots/dev_overall.png",
+    "a-seed=0/diagnostics/cosine.png",
+    "b-seed=1/diagnostics/conflict_rate.png",
+  ]:
     assert f"({png})" in report
     with open(os.path.join(workdir, png), "rb") as f:
       assert f.read(8) == PNG_MAGIC, png
@@ -94,13 +105,17 @@ def test_finished_runs_are_in_the_ledger_with_bootstrap_intervals(swept):
   directory = os.path.join(os.path.dirname(workdir), "ledger")
   rows = ledger.read(directory)
   assert [(r["name"], r["seed"], r["status"]) for r in rows] == [
-      (n, s, "trained") for n in ("a", "b") for s in SEEDS]
-  head = subprocess.run(["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True,
-                        text=True).stdout.strip()
+    (n, s, "trained") for n in ("a", "b") for s in SEEDS
+  ]
+  head = subprocess.run(
+    ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True
+  ).stdout.strip()
   for row in rows:
     assert row["commit"].startswith(head)
-    assert row["command"] == f"python main.py --config={configs[0 if row['name'] == 'a' else 1]} " \
-                             f"--config.seed={row['seed']}"
+    assert (
+      row["command"] == f"python main.py --config={configs[0 if row['name'] == 'a' else 1]} "
+      f"--config.seed={row['seed']}"
+    )
     with open(os.path.join(workdir, f"{row['name']}-seed={row['seed']}", "results.json")) as f:
       results = json.load(f)
     assert results["bootstrap"]["intervals"]["overall"] == [row["overall_lo"], row["overall_hi"]]
@@ -131,8 +146,11 @@ def test_a_failed_run_is_a_row_with_its_error(swept):
 @needs_data
 def test_rerun_reuses_finished_runs(swept, monkeypatch, tmp_path):
   configs, workdir, _ = swept
-  stamp = lambda: {p: os.stat(os.path.join(workdir, n, p)).st_mtime_ns
-                   for n in RUNS[:4] for p in ("metrics.jsonl", "results.json", "checkpoints")}
+  stamp = lambda: {
+    p: os.stat(os.path.join(workdir, n, p)).st_mtime_ns
+    for n in RUNS[:4]
+    for p in ("metrics.jsonl", "results.json", "checkpoints")
+  }
   before = stamp()
   launched = []
   monkeypatch.setattr(sweep, "_launch", lambda run: launched.append(run.label) or "still bad")
@@ -141,34 +159,49 @@ def test_rerun_reuses_finished_runs(swept, monkeypatch, tmp_path):
   assert [r["status"] for r in rows] == ["reused"] * 4 + ["failed"] * 2
   assert stamp() == before
   launched.clear()  # With the ledger, its rows are not even looked up in the workdir.
-  rows = sweep.run_sweep(configs, str(tmp_path / "elsewhere"), seeds=SEEDS,
-                         ledger_dir=os.path.join(os.path.dirname(workdir), "ledger"))
+  rows = sweep.run_sweep(
+    configs,
+    str(tmp_path / "elsewhere"),
+    seeds=SEEDS,
+    ledger_dir=os.path.join(os.path.dirname(workdir), "ledger"),
+  )
   assert launched == RUNS[4:]
   assert [r["status"] for r in rows] == ["ledger"] * 4 + ["failed"] * 2
 
 
 def test_grid_names_and_overrides(tiny_bert_dir, tmp_path):
   config = write_config(tmp_path, "a", tiny_bert_dir)
-  runs = sweep.plan([config], ["train.learning_rate=1e-3,5e-4", "train.length_buckets=(16,32)",
-                               "grad.method=sum,pcgrad"], str(tmp_path / "runs"))
+  runs = sweep.plan(
+    [config],
+    ["train.learning_rate=1e-3,5e-4", "train.length_buckets=(16,32)", "grad.method=sum,pcgrad"],
+    str(tmp_path / "runs"),
+  )
   assert [r.name for r in runs] == [
-      "a-learning_rate=1e-3-method=sum", "a-learning_rate=1e-3-method=pcgrad",
-      "a-learning_rate=5e-4-method=sum", "a-learning_rate=5e-4-method=pcgrad"]
+    "a-learning_rate=1e-3-method=sum",
+    "a-learning_rate=1e-3-method=pcgrad",
+    "a-learning_rate=5e-4-method=sum",
+    "a-learning_rate=5e-4-method=pcgrad",
+  ]
   last = runs[-1]
   assert (last.config.train.learning_rate, last.config.grad.method) == (5e-4, "pcgrad")
   assert last.config.train.length_buckets == (16, 32)  # One value: in every run, not the name.
-  assert last.command()[-3:] == ["--config.train.learning_rate=5e-4",
-                                 "--config.train.length_buckets=(16,32)",
-                                 "--config.grad.method=pcgrad"]
+  assert last.command()[-3:] == [
+    "--config.train.learning_rate=5e-4",
+    "--config.train.length_buckets=(16,32)",
+    "--config.grad.method=pcgrad",
+  ]
   assert sweep.split_values("a,(1,2),'x,y',[3]") == ["a", "(1,2)", "'x,y'", "[3]"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "train.stepz=1,2"], 'unknown config key in --set: \'stepz\' Did you mean "steps"'),
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (["--set", "train.stepz=1,2"], "unknown config key in --set: 'stepz' Did you mean \"steps\""),
     (["--set", "train.steps=two"], "flag --config.train.steps=two"),
     (["--set", "train.steps"], "expected KEY=VALUE"),
     (["--set", "seed=1", "--set", "seed=2"], "seed given twice"),
-])
+  ],
+)
 def test_bad_sweep_stops_before_any_run(tiny_bert_dir, tmp_path, capsys, args, message):
   config = write_config(tmp_path, "a", tiny_bert_dir)
   workdir = tmp_path / "runs"
@@ -178,10 +211,24 @@ def test_bad_sweep_stops_before_any_run(tiny_bert_dir, tmp_path, capsys, args, m
 
 
 def test_cli_error_is_one_line(tmp_path):
-  proc = subprocess.run([sys.executable, "-m", "mtl_jax.sweep", "--configs", "configs/default.py",
-                         "configs/default.py", "--workdir", str(tmp_path)], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "mtl_jax.sweep",
+      "--configs",
+      "configs/default.py",
+      "configs/default.py",
+      "--workdir",
+      str(tmp_path),
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
-      f"sweep: error: several runs would train in {tmp_path / 'default'}: "
-      "give the config files different names"]
+    f"sweep: error: several runs would train in {tmp_path / 'default'}: "
+    "give the config files different names"
+  ]

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from flax import traverse_util
 from scipy.special import erf
+from test_train import needs_data, tiny_config
 
 from mtl_jax import embed, export, specs, train
 from mtl_jax.models import multitask, task_layers
 from mtl_jax.models.bert import BertConfig, BertEncoder
 from mtl_jax.models.task_layers import TaskLayer, TaskLayerConfig
 from mtl_jax.step import make_per_task_grads
-from test_train import needs_data, tiny_config
 
 T = 3
 
@@ -71,8 +71,13 @@ def test_task_layer_matches_reference_forward(kind):
     proj = _randomize(proj_module.init(jax.random.key(1), jnp.asarray(h), 0)["params"], 2)
 
   layer = TaskLayer(cfg)
-  args = lambda t: (jnp.asarray(h), mask_bias, jnp.asarray(t),
-                    proj_module.bind({"params": proj}) if proj else None, True)
+  args = lambda t: (
+    jnp.asarray(h),
+    mask_bias,
+    jnp.asarray(t),
+    proj_module.bind({"params": proj}) if proj else None,
+    True,
+  )
   params = _randomize(layer.init(jax.random.key(3), *args(0))["params"], 4)
   for t in range(T):
     got = np.asarray(layer.apply({"params": params}, *args(t)))
@@ -91,9 +96,16 @@ def test_widths_scale_with_the_hidden_size():
 
 
 def _encoder(kind):
-  cfg = BertConfig(vocab_size=50, hidden_size=24, num_layers=2, num_heads=2, intermediate_size=32,
-                   hidden_dropout=0.0, attention_dropout=0.0,
-                   task_layers=TaskLayerConfig(kind, T) if kind else None)
+  cfg = BertConfig(
+    vocab_size=50,
+    hidden_size=24,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=32,
+    hidden_dropout=0.0,
+    attention_dropout=0.0,
+    task_layers=TaskLayerConfig(kind, T) if kind else None,
+  )
   return BertEncoder(cfg)
 
 
@@ -110,12 +122,12 @@ def test_encoder_with_task_layers(kind):
   assert new and all(v.shape[0] == T for v in new.values())  # One slice per task.
   assert (("task_proj", "down", "kernel") in flat) == (kind == "pals")  # Shared by layers.
   # The pretrained weights are where they were; V_D = 0 makes step 0 the base encoder.
-  params = traverse_util.unflatten_dict(
-      {**flat, **traverse_util.flatten_dict(base_params)})
+  params = traverse_util.unflatten_dict({**flat, **traverse_util.flatten_dict(base_params)})
   want = base.apply({"params": base_params}, ids, mask)
   for t in range(T):
-    np.testing.assert_allclose(model.apply({"params": params}, ids, mask, None, True, t), want,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+      model.apply({"params": params}, ids, mask, None, True, t), want, atol=1e-6
+    )
   # Perturbing task 1's slices (randomly: LayerNorm would cancel a uniform shift) changes
   # task 1's encoder only.
   flat = traverse_util.flatten_dict(params)
@@ -151,11 +163,13 @@ def test_task_layers_train_in_every_mode_and_are_task_specific(tiny_bert_dir, mo
   # Task t's gradient reaches only slice t of the task layers.
   trainable = jax.tree.map(lambda x: x + 0.1, state.trainable)  # V_D != 0: V_E gets gradient.
   rng = np.random.default_rng(0)
-  batch = {"input_ids": rng.integers(5, 100, size=(T, 4, 8)).astype(np.int32),
-           "attention_mask": np.ones((T, 4, 8), np.int32),
-           "token_type_ids": np.zeros((T, 4, 8), np.int32),
-           "labels": np.array([[1, 2, 0, 4], [1, 0, 1, 0], [2.5, 1.0, 4.0, 0.5]], np.float32),
-           "weights": np.ones((T, 4), np.float32)}
+  batch = {
+    "input_ids": rng.integers(5, 100, size=(T, 4, 8)).astype(np.int32),
+    "attention_mask": np.ones((T, 4, 8), np.int32),
+    "token_type_ids": np.zeros((T, 4, 8), np.int32),
+    "labels": np.array([[1, 2, 0, 4], [1, 0, 1, 0], [2.5, 1.0, 4.0, 0.5]], np.float32),
+    "weights": np.ones((T, 4), np.float32),
+  }
   keys = jax.random.split(jax.random.key(0), T)
   _, grads = jax.jit(make_per_task_grads(model))(trainable, frozen, batch, jnp.arange(T), keys)
   for path, g in traverse_util.flatten_dict(grads).items():
@@ -168,8 +182,9 @@ def test_task_layers_train_in_every_mode_and_are_task_specific(tiny_bert_dir, mo
 
 
 @needs_data
-@pytest.mark.parametrize("kind, mode, method", [("pals", "probe", "pcgrad"),
-                                                 ("low_rank", "lora", "sum")])
+@pytest.mark.parametrize(
+  "kind, mode, method", [("pals", "probe", "pcgrad"), ("low_rank", "lora", "sum")]
+)
 def test_task_layers_train_end_to_end(tiny_bert_dir, tmp_path, kind, mode, method):
   config = _pals_config(tiny_bert_dir, kind, mode)
   config.grad.method = method
@@ -182,8 +197,10 @@ def test_task_layers_train_end_to_end(tiny_bert_dir, tmp_path, kind, mode, metho
   loaded_model, params, tokenizer = embed.load_encoder(None, workdir, None)
   with pytest.raises(ValueError, match="give the task"):
     embed.embed(loaded_model, params, tokenizer, ["a good movie"], None, 16)
-  out = {t: embed.embed(loaded_model, params, tokenizer, ["a good movie"], None, 16, task=t)
-         for t in ("sst", "sts")}
+  out = {
+    t: embed.embed(loaded_model, params, tokenizer, ["a good movie"], None, 16, task=t)
+    for t in ("sst", "sts")
+  }
   assert not np.allclose(out["sst"]["pooled"], out["sts"]["pooled"])
   with pytest.raises(export.ExportError, match="task-specific"):
     export.export(workdir, str(tmp_path / "export"))

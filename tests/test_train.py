@@ -54,10 +54,12 @@ def restored_trainable(config, workdir):
 
 def interrupting_at(step: int, train_batch):
   """`train_batch` that raises KeyboardInterrupt (a host-side Ctrl-C) before `step`."""
+
   def interrupted(datasets, s, *args):
     if s == step:
       raise KeyboardInterrupt
     return train_batch(datasets, s, *args)
+
   return interrupted
 
 
@@ -76,16 +78,18 @@ def test_train_and_evaluate_writes_metrics_predictions_and_checkpoint(tiny_bert_
   results = train.train_and_evaluate(tiny_config(tiny_bert_dir), workdir)
 
   assert set(results) == {"sst/accuracy", "quora/accuracy", "sts/pearson", "overall"}
-  expected = (results["sst/accuracy"] + results["quora/accuracy"]
-              + (results["sts/pearson"] + 1) / 2) / 3
+  expected = (
+    results["sst/accuracy"] + results["quora/accuracy"] + (results["sts/pearson"] + 1) / 2
+  ) / 3
   assert results["overall"] == pytest.approx(expected)
   rows = read_metrics(workdir)
   train_rows = [r for r in rows if "loss" in r]
   assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
   for r in train_rows:
     assert np.isfinite(r["loss"])
-    assert r["loss"] == pytest.approx(sum(r[f"task_loss/{t}"] for t in ("sst", "quora", "sts")),
-                                      rel=1e-5)
+    assert r["loss"] == pytest.approx(
+      sum(r[f"task_loss/{t}"] for t in ("sst", "quora", "sts")), rel=1e-5
+    )
     cos = np.asarray(r["grad/cosine"])
     assert cos.shape == (3, 3) and np.allclose(np.diag(cos), 1.0, atol=1e-4)
   assert rows[-1]["step"] == 4 and "dev/overall" in rows[-1]
@@ -94,9 +98,15 @@ def test_train_and_evaluate_writes_metrics_predictions_and_checkpoint(tiny_bert_
   with open(os.path.join(pred_dir, "sst-dev-output.csv")) as f:
     lines = f.read().splitlines()
   assert lines[0].startswith("id \t Predicted_Sentiment") and len(lines) == 41
-  assert sorted(os.listdir(pred_dir)) == sorted([
-      "sst-dev-output.csv", "sst-test-output.csv", "para-dev-output.csv",
-      "sts-dev-output.csv", "sts-test-output.csv"])
+  assert sorted(os.listdir(pred_dir)) == sorted(
+    [
+      "sst-dev-output.csv",
+      "sst-test-output.csv",
+      "para-dev-output.csv",
+      "sts-dev-output.csv",
+      "sts-test-output.csv",
+    ]
+  )
   assert Checkpointer(workdir, 1, 1).latest_step() == 4
   # Padding accounting: 4 steps of 3 tasks x 8 rows, each task's batch at length 16 or 32.
   with open(os.path.join(workdir, train.RESULTS_JSON)) as f:

@@ -20,14 +20,15 @@ def test_train_step_with_the_options_matches_the_default_compilation(tiny_bert_d
   model, state, frozen, tx = train.init_state(config)
   rng = np.random.default_rng(0)
   t, s, length = 3, 8, 16
-  batch = {"input_ids": rng.integers(5, 128, (t, s, length)).astype(np.int32),
-           "attention_mask": np.ones((t, s, length), np.int32),
-           "token_type_ids": np.zeros((t, s, length), np.int32),
-           "labels": rng.integers(0, 2, (t, s)).astype(np.float32),
-           "weights": np.ones((t, s), np.float32)}
+  batch = {
+    "input_ids": rng.integers(5, 128, (t, s, length)).astype(np.int32),
+    "attention_mask": np.ones((t, s, length), np.int32),
+    "token_type_ids": np.zeros((t, s, length), np.int32),
+    "labels": rng.integers(0, 2, (t, s)).astype(np.float32),
+    "weights": np.ones((t, s), np.float32),
+  }
   step = make_train_step(model, tx, (0, 1, 2), 0)
   plain, _ = jax.jit(step)(state, frozen, batch)
-  tuned, _ = jax.jit(step, compiler_options=xla_options.train_step_options())(
-      state, frozen, batch)
+  tuned, _ = jax.jit(step, compiler_options=xla_options.train_step_options())(state, frozen, batch)
   for a, b in zip(jax.tree.leaves(plain.trainable), jax.tree.leaves(tuned.trainable)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

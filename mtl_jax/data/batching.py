@@ -83,17 +83,29 @@ def encode(tokenizer, split: TaskSplit, max_length: int, cross: bool = False) ->
   ("longest_first"), so both sentences keep a share of the max_length tokens.
   """
   if cross and split.sentences2 is not None:
-    out = tokenizer(list(split.sentences1), list(split.sentences2), truncation="longest_first",
-                    max_length=max_length)
-    return Encoded(split.task, split.split, list(split.ids), _int32(out["input_ids"]), None,
-                   split.labels, _int32(out["token_type_ids"]))
+    out = tokenizer(
+      list(split.sentences1),
+      list(split.sentences2),
+      truncation="longest_first",
+      max_length=max_length,
+    )
+    return Encoded(
+      split.task,
+      split.split,
+      list(split.ids),
+      _int32(out["input_ids"]),
+      None,
+      split.labels,
+      _int32(out["token_type_ids"]),
+    )
 
   def ids(sentences):
     return _int32(tokenizer(sentences, truncation=True, max_length=max_length)["input_ids"])
 
   second = ids(split.sentences2) if split.sentences2 is not None else None
-  return Encoded(split.task, split.split, list(split.ids), ids(split.sentences1), second,
-                 split.labels)
+  return Encoded(
+    split.task, split.split, list(split.ids), ids(split.sentences1), second, split.labels
+  )
 
 
 def _int32(rows) -> list[np.ndarray]:
@@ -120,8 +132,9 @@ def sequences(data: Encoded, indices: np.ndarray) -> list[np.ndarray]:
   return seqs
 
 
-def make_batch(data: Encoded, indices: np.ndarray, seqs_per_batch: int,
-               length: int) -> dict[str, np.ndarray]:
+def make_batch(
+  data: Encoded, indices: np.ndarray, seqs_per_batch: int, length: int
+) -> dict[str, np.ndarray]:
   """Pads the examples `indices` into [S, length] arrays plus labels/weights [S].
 
   Rows beyond the examples given (a short final eval batch) are padding with weight 0.
@@ -137,24 +150,24 @@ def make_batch(data: Encoded, indices: np.ndarray, seqs_per_batch: int,
     rows += [n_max + r for r in range(len(indices))]
   for row, seq in zip(rows, sequences(data, indices)):
     seq = seq[:length]
-    input_ids[row, :len(seq)] = seq
-    attention_mask[row, :len(seq)] = 1
+    input_ids[row, : len(seq)] = seq
+    attention_mask[row, : len(seq)] = 1
   token_type_ids = np.zeros_like(input_ids)
   if data.is_cross_pair:
     for row, i in enumerate(indices):
       types = data.token_types[i][:length]
-      token_type_ids[row, :len(types)] = types
+      token_type_ids[row, : len(types)] = types
   labels = np.zeros(seqs_per_batch, np.float32)
   weights = np.zeros(seqs_per_batch, np.float32)
   if data.labels is not None:
-    labels[:len(indices)] = data.labels[indices]
-  weights[:len(indices)] = 1.0
+    labels[: len(indices)] = data.labels[indices]
+  weights[: len(indices)] = 1.0
   return {
-      "input_ids": input_ids,
-      "attention_mask": attention_mask,
-      "token_type_ids": token_type_ids,
-      "labels": labels,
-      "weights": weights,
+    "input_ids": input_ids,
+    "attention_mask": attention_mask,
+    "token_type_ids": token_type_ids,
+    "labels": labels,
+    "weights": weights,
   }
 
 
@@ -179,8 +192,9 @@ def _stream(data: Encoded, start: int, count: int, seed: int, epoch_size: int = 
   return out
 
 
-def train_indices(data: Encoded, step: int, count: int, seed: int,
-                  group_steps: int = 0, epoch_size: int = 0) -> np.ndarray:
+def train_indices(
+  data: Encoded, step: int, count: int, seed: int, group_steps: int = 0, epoch_size: int = 0
+) -> np.ndarray:
   """Example indices of the task's batch number `step` (the train step, when every step
   has a batch of every task); see the module docstring for grouping, `_stream` for
   `epoch_size`."""
@@ -194,10 +208,16 @@ def train_indices(data: Encoded, step: int, count: int, seed: int,
   return by_length[rank]
 
 
-def train_batch(datasets: list[Encoded], step: int, seqs_per_task: int, seed: int,
-                buckets: tuple[int, ...], group_steps: int = 0,
-                epoch_sizes: tuple[int, ...] = (),
-                plan: packing.PackPlan | None = None) -> dict[str, np.ndarray]:
+def train_batch(
+  datasets: list[Encoded],
+  step: int,
+  seqs_per_task: int,
+  seed: int,
+  buckets: tuple[int, ...],
+  group_steps: int = 0,
+  epoch_sizes: tuple[int, ...] = (),
+  plan: packing.PackPlan | None = None,
+) -> dict[str, np.ndarray]:
   """The step's batch: every task's arrays stacked on a leading task axis [T, S, ...].
 
   `epoch_sizes`: per dataset, the examples of one of its epochs (0 = all; () = all for all).
@@ -205,24 +225,28 @@ def train_batch(datasets: list[Encoded], step: int, seqs_per_task: int, seed: in
   examples, labels and weights [T, S] either way.
   """
   sizes = epoch_sizes or (0,) * len(datasets)
-  chosen = [train_indices(d, step, examples_per_batch(d, seqs_per_task), seed, group_steps,
-                          size) for d, size in zip(datasets, sizes)]
-  length = bucket_length(max(int(d.lengths[idx].max()) for d, idx in zip(datasets, chosen)),
-                         buckets)
+  chosen = [
+    train_indices(d, step, examples_per_batch(d, seqs_per_task), seed, group_steps, size)
+    for d, size in zip(datasets, sizes)
+  ]
+  length = bucket_length(
+    max(int(d.lengths[idx].max()) for d, idx in zip(datasets, chosen)), buckets
+  )
   batches = [make_batch(d, idx, seqs_per_task, length) for d, idx in zip(datasets, chosen)]
   stack = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
   return stack if plan is None else packing.pack_stack(stack, plan)
 
 
-def eval_batches(data: Encoded, seqs_per_batch: int, buckets: tuple[int, ...],
-                 plan: packing.PackPlan | None = None):
+def eval_batches(
+  data: Encoded, seqs_per_batch: int, buckets: tuple[int, ...], plan: packing.PackPlan | None = None
+):
   """Yields (example indices, batch) over a whole split, sorted by length to cut padding;
   with `plan`, packed (`mtl_jax.data.packing`)."""
   lengths = data.lengths
   order = np.argsort(lengths, kind="stable")
   n = examples_per_batch(data, seqs_per_batch)
   for start in range(0, len(order), n):
-    idx = order[start:start + n]
+    idx = order[start : start + n]
     length = bucket_length(max(lengths[i] for i in idx), buckets)
     batch = make_batch(data, idx, seqs_per_batch, length)
     yield idx, batch if plan is None else packing.pack_one(batch, plan)

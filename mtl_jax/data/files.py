@@ -23,6 +23,7 @@ sneak into training:
 Sentences are stripped (SST ones start with a space) but not lowercased: the
 tokenizer is uncased and does that itself.
 """
+
 from __future__ import annotations
 
 import collections
@@ -36,174 +37,192 @@ from absl import logging
 
 TASKS = ("sst", "quora", "sts")
 FILES = {
-    ("sst", "train"): "ids-sst-train.csv",
-    ("sst", "dev"): "ids-sst-dev.csv",
-    ("sst", "test"): "ids-sst-test-student.csv",
-    ("quora", "train"): "quora-train.csv",
-    ("quora", "dev"): "quora-dev.csv",
-    ("sts", "train"): "sts-train.csv",
-    ("sts", "dev"): "sts-dev.csv",
-    ("sts", "test"): "sts-test-student.csv",
+  ("sst", "train"): "ids-sst-train.csv",
+  ("sst", "dev"): "ids-sst-dev.csv",
+  ("sst", "test"): "ids-sst-test-student.csv",
+  ("quora", "train"): "quora-train.csv",
+  ("quora", "dev"): "quora-dev.csv",
+  ("sts", "train"): "sts-train.csv",
+  ("sts", "dev"): "sts-dev.csv",
+  ("sts", "test"): "sts-test-student.csv",
 }
-_SENTENCE_COLUMNS = {"sst": ("sentence",), "quora": ("sentence1", "sentence2"),
-                     "sts": ("sentence1", "sentence2")}
+_SENTENCE_COLUMNS = {
+  "sst": ("sentence",),
+  "quora": ("sentence1", "sentence2"),
+  "sts": ("sentence1", "sentence2"),
+}
 _LABEL_COLUMN = {"sst": "sentiment", "quora": "is_duplicate", "sts": "similarity"}
 _LABEL_DTYPE = {"sst": np.int32, "quora": np.float32, "sts": np.float32}
 
 
 class DataError(ValueError):
-    """A data file is missing or unusable; the message names the file (and line)."""
+  """A data file is missing or unusable; the message names the file (and line)."""
 
 
 class _Skip(Exception):
-    """A malformed row: skipped, or fatal when strict."""
+  """A malformed row: skipped, or fatal when strict."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskSplit:
-    task: str
-    split: str
-    path: str
-    ids: list[str]
-    sentences1: list[str]
-    sentences2: list[str] | None  # None for sst
-    labels: np.ndarray | None  # None for test files
-    skipped: list[tuple[int, str]]  # (1-based line in the file, reason)
+  task: str
+  split: str
+  path: str
+  ids: list[str]
+  sentences1: list[str]
+  sentences2: list[str] | None  # None for sst
+  labels: np.ndarray | None  # None for test files
+  skipped: list[tuple[int, str]]  # (1-based line in the file, reason)
 
-    def __len__(self) -> int:
-        return len(self.ids)
+  def __len__(self) -> int:
+    return len(self.ids)
 
 
 def default_data_dir() -> str:
-    """`data/` in the working directory if present, else `<repo>/../shared/data`."""
-    local = os.path.abspath("data")
-    if os.path.isdir(local):
-        return local
-    repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.abspath(os.path.join(repo_root, "..", "shared", "data"))
+  """`data/` in the working directory if present, else `<repo>/../shared/data`."""
+  local = os.path.abspath("data")
+  if os.path.isdir(local):
+    return local
+  repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  return os.path.abspath(os.path.join(repo_root, "..", "shared", "data"))
 
 
 def _parse_label(task: str, text: str, where: str) -> float | int:
-    """Unparsable → _Skip (a dirty row); parsable but out of range → DataError."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise _Skip(f"unparsable {_LABEL_COLUMN[task]} {text!r}") from None
-    if task == "sst":
-        ok = math.isfinite(value) and value.is_integer() and 0 <= value <= 4
-        expected = "an integer class in 0..4"
-    elif task == "quora":
-        ok = value in (0.0, 1.0)
-        expected = "0 or 1"
-    else:
-        ok = 0.0 <= value <= 5.0  # False for NaN
-        expected = "in [0, 5]"
-    if not ok:
-        raise DataError(f"{where}: {_LABEL_COLUMN[task]} {text!r} out of range (expected {expected})")
-    return int(value) if task == "sst" else value
+  """Unparsable → _Skip (a dirty row); parsable but out of range → DataError."""
+  try:
+    value = float(text)
+  except ValueError:
+    raise _Skip(f"unparsable {_LABEL_COLUMN[task]} {text!r}") from None
+  if task == "sst":
+    ok = math.isfinite(value) and value.is_integer() and 0 <= value <= 4
+    expected = "an integer class in 0..4"
+  elif task == "quora":
+    ok = value in (0.0, 1.0)
+    expected = "0 or 1"
+  else:
+    ok = 0.0 <= value <= 5.0  # False for NaN
+    expected = "in [0, 5]"
+  if not ok:
+    raise DataError(f"{where}: {_LABEL_COLUMN[task]} {text!r} out of range (expected {expected})")
+  return int(value) if task == "sst" else value
 
 
-def load_split(data_dir: str, task: str, split: str, strict: bool = False,
-               limit: int | None = None) -> TaskSplit:
-    """Reads one task/split file; see the module docstring for the error policy."""
-    if (task, split) not in FILES:
-        valid = ", ".join(f"{t}/{s}" for t, s in FILES)
-        raise DataError(f"unknown task/split {task!r}/{split!r}; valid: {valid}")
-    name = FILES[(task, split)]
-    path = os.path.abspath(os.path.join(data_dir, name))
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: data file not found; point --config.data_dir at the "
-                        f"directory holding the CS224N files (now {data_dir!r})")
-    return read_task_file(path, task, split, split != "test", strict, limit)
+def load_split(
+  data_dir: str, task: str, split: str, strict: bool = False, limit: int | None = None
+) -> TaskSplit:
+  """Reads one task/split file; see the module docstring for the error policy."""
+  if (task, split) not in FILES:
+    valid = ", ".join(f"{t}/{s}" for t, s in FILES)
+    raise DataError(f"unknown task/split {task!r}/{split!r}; valid: {valid}")
+  name = FILES[(task, split)]
+  path = os.path.abspath(os.path.join(data_dir, name))
+  if not os.path.isfile(path):
+    raise DataError(
+      f"{path}: data file not found; point --config.data_dir at the "
+      f"directory holding the CS224N files (now {data_dir!r})"
+    )
+  return read_task_file(path, task, split, split != "test", strict, limit)
 
 
-def read_task_file(path: str, task: str, split: str, has_labels: bool | None,
-                   strict: bool = False, limit: int | None = None) -> TaskSplit:
-    """Reads a file in a task's CS224N format; `has_labels=None`: if the column is there."""
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
-    if has_labels is None:
-        has_labels = _LABEL_COLUMN[task] in read_header(path)
-    wanted = ["id", *_SENTENCE_COLUMNS[task]] + ([_LABEL_COLUMN[task]] if has_labels else [])
+def read_task_file(
+  path: str,
+  task: str,
+  split: str,
+  has_labels: bool | None,
+  strict: bool = False,
+  limit: int | None = None,
+) -> TaskSplit:
+  """Reads a file in a task's CS224N format; `has_labels=None`: if the column is there."""
+  name = os.path.basename(path)
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: file not found")
+  if has_labels is None:
+    has_labels = _LABEL_COLUMN[task] in read_header(path)
+  wanted = ["id", *_SENTENCE_COLUMNS[task]] + ([_LABEL_COLUMN[task]] if has_labels else [])
 
-    ids: list[str] = []
-    sents: list[list[str]] = [[] for _ in _SENTENCE_COLUMNS[task]]
-    labels: list[float | int] = []
-    skipped: list[tuple[int, str]] = []
-    try:
-        with open(path, encoding="utf-8", newline="") as fp:
-            reader = csv.reader(fp, delimiter="\t")
-            header = next(reader, None)
-            if header is None:
-                raise DataError(f"{path}: empty file (no header line)")
-            header = [h.strip() for h in header]
-            missing = [c for c in wanted if c not in header]
-            if missing:
-                raise DataError(f"{path}: missing column(s) {missing}; found columns {header}")
-            col = {c: header.index(c) for c in wanted}
-            end = reader.line_num
-            for row in reader:
-                line, end = end + 1, reader.line_num  # a quoted field may span lines
-                if not row:
-                    continue  # blank line; csv.DictReader skips these too
-                where = f"{path}:{line}"
-                try:
-                    if len(row) != len(header):
-                        span = f" (record spans lines {line}-{end})" if end > line else ""
-                        raise _Skip(f"{len(row)} fields, expected {len(header)}{span}")
-                    values = {c: row[i].strip() for c, i in col.items()}
-                    empty = [c for c in wanted if not values[c]]
-                    if empty:
-                        raise _Skip(f"empty {', '.join(empty)}")
-                    label = _parse_label(task, values[wanted[-1]], where) if has_labels else None
-                except _Skip as e:
-                    if strict:
-                        raise DataError(f"{where}: malformed row: {e} (strict mode)") from None
-                    skipped.append((line, str(e)))
-                    continue
-                ids.append(values["id"])
-                for lst, c in zip(sents, _SENTENCE_COLUMNS[task]):
-                    lst.append(values[c])
-                if has_labels:
-                    labels.append(label)
-                if limit is not None and len(ids) >= limit:
-                    break
-    except csv.Error as e:
-        raise DataError(f"{path}:{reader.line_num}: unreadable CSV: {e}") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8: {e}") from None
+  ids: list[str] = []
+  sents: list[list[str]] = [[] for _ in _SENTENCE_COLUMNS[task]]
+  labels: list[float | int] = []
+  skipped: list[tuple[int, str]] = []
+  try:
+    with open(path, encoding="utf-8", newline="") as fp:
+      reader = csv.reader(fp, delimiter="\t")
+      header = next(reader, None)
+      if header is None:
+        raise DataError(f"{path}: empty file (no header line)")
+      header = [h.strip() for h in header]
+      missing = [c for c in wanted if c not in header]
+      if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found columns {header}")
+      col = {c: header.index(c) for c in wanted}
+      end = reader.line_num
+      for row in reader:
+        line, end = end + 1, reader.line_num  # a quoted field may span lines
+        if not row:
+          continue  # blank line; csv.DictReader skips these too
+        where = f"{path}:{line}"
+        try:
+          if len(row) != len(header):
+            span = f" (record spans lines {line}-{end})" if end > line else ""
+            raise _Skip(f"{len(row)} fields, expected {len(header)}{span}")
+          values = {c: row[i].strip() for c, i in col.items()}
+          empty = [c for c in wanted if not values[c]]
+          if empty:
+            raise _Skip(f"empty {', '.join(empty)}")
+          label = _parse_label(task, values[wanted[-1]], where) if has_labels else None
+        except _Skip as e:
+          if strict:
+            raise DataError(f"{where}: malformed row: {e} (strict mode)") from None
+          skipped.append((line, str(e)))
+          continue
+        ids.append(values["id"])
+        for lst, c in zip(sents, _SENTENCE_COLUMNS[task]):
+          lst.append(values[c])
+        if has_labels:
+          labels.append(label)
+        if limit is not None and len(ids) >= limit:
+          break
+  except csv.Error as e:
+    raise DataError(f"{path}:{reader.line_num}: unreadable CSV: {e}") from None
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}: not valid UTF-8: {e}") from None
 
-    if not ids and not (limit is not None and limit <= 0):
-        raise DataError(f"{path}: no usable rows ({len(skipped)} malformed)")
-    _log_problems(name, ids, skipped)
-    return TaskSplit(
-        task=task, split=split, path=path, ids=ids, sentences1=sents[0],
-        sentences2=sents[1] if len(sents) > 1 else None,
-        labels=np.asarray(labels, dtype=_LABEL_DTYPE[task]) if has_labels else None,
-        skipped=skipped)
+  if not ids and not (limit is not None and limit <= 0):
+    raise DataError(f"{path}: no usable rows ({len(skipped)} malformed)")
+  _log_problems(name, ids, skipped)
+  return TaskSplit(
+    task=task,
+    split=split,
+    path=path,
+    ids=ids,
+    sentences1=sents[0],
+    sentences2=sents[1] if len(sents) > 1 else None,
+    labels=np.asarray(labels, dtype=_LABEL_DTYPE[task]) if has_labels else None,
+    skipped=skipped,
+  )
 
 
 def read_header(path: str) -> list[str]:
-    """The stripped column names of a tab-separated file's first line ([] if empty)."""
-    try:
-        with open(path, encoding="utf-8", newline="") as fp:
-            return [h.strip() for h in next(csv.reader(fp, delimiter="\t"), [])]
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: unreadable: {e}") from None
+  """The stripped column names of a tab-separated file's first line ([] if empty)."""
+  try:
+    with open(path, encoding="utf-8", newline="") as fp:
+      return [h.strip() for h in next(csv.reader(fp, delimiter="\t"), [])]
+  except (csv.Error, UnicodeDecodeError) as e:
+    raise DataError(f"{path}: unreadable: {e}") from None
 
 
 def sentence_columns(task: str) -> tuple[str, ...]:
-    """The columns holding a task's sentence (sst) or sentence pair (quora, sts)."""
-    return _SENTENCE_COLUMNS[task]
+  """The columns holding a task's sentence (sst) or sentence pair (quora, sts)."""
+  return _SENTENCE_COLUMNS[task]
 
 
 def _log_problems(name: str, ids: list[str], skipped: list[tuple[int, str]]) -> None:
-    if skipped:
-        lines = ", ".join(str(n) for n, _ in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
-        reasons = "; ".join(sorted({r.split(" (")[0] for _, r in skipped}))
-        logging.warning("%s: skipped %d malformed rows (lines %s): %s",
-                        name, len(skipped), lines, reasons)
-    dups = [k for k, v in collections.Counter(ids).items() if v > 1]
-    if dups:
-        logging.warning("%s: %d duplicate ids kept (e.g. %s)", name, len(dups), dups[:3])
+  if skipped:
+    lines = ", ".join(str(n) for n, _ in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
+    reasons = "; ".join(sorted({r.split(" (")[0] for _, r in skipped}))
+    logging.warning(
+      "%s: skipped %d malformed rows (lines %s): %s", name, len(skipped), lines, reasons
+    )
+  dups = [k for k, v in collections.Counter(ids).items() if v > 1]
+  if dups:
+    logging.warning("%s: %d duplicate ids kept (e.g. %s)", name, len(dups), dups[:3])

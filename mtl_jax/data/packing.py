@@ -45,8 +45,9 @@ class PackPlan:
     longest = max(int(np.max(x)) for x in lengths)
     fits = [n for n in sorted(self.lengths) if n >= longest]
     if not fits:
-      raise ValueError(f"a {longest}-token sequence does not fit the packed row lengths "
-                       f"{self.lengths}")
+      raise ValueError(
+        f"a {longest}-token sequence does not fit the packed row lengths {self.lengths}"
+      )
     best = None
     for n in fits:
       rows = round_rows(max(len(first_fit_decreasing(x, n)) for x in lengths), self.devices)
@@ -108,8 +109,10 @@ def pack(batch: dict[str, np.ndarray], rows: int, row_length: int) -> dict[str, 
   if len(placement) > rows:
     raise ValueError(f"{len(placement)} rows needed, {rows} given")
   shape = (rows, row_length)
-  out = {k: np.zeros(shape, np.int32) for k in
-         ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids")}
+  out = {
+    k: np.zeros(shape, np.int32)
+    for k in ("input_ids", "attention_mask", "token_type_ids", "position_ids", "segment_ids")
+  }
   s = len(lengths)
   seq_row, seq_start, seq_len = (np.zeros(s, np.int32) for _ in range(3))
   for r, members in enumerate(placement):
@@ -124,8 +127,14 @@ def pack(batch: dict[str, np.ndarray], rows: int, row_length: int) -> dict[str, 
       out["segment_ids"][r, cols] = segment
       seq_row[i], seq_start[i], seq_len[i] = r, col, n
       col += n
-  return {**out, "seq_row": seq_row, "seq_start": seq_start, "seq_len": seq_len,
-          "labels": batch["labels"], "weights": batch["weights"]}
+  return {
+    **out,
+    "seq_row": seq_row,
+    "seq_start": seq_start,
+    "seq_len": seq_len,
+    "labels": batch["labels"],
+    "weights": batch["weights"],
+  }
 
 
 def rows_needed(batch: dict[str, np.ndarray], row_length: int) -> int:
@@ -137,8 +146,9 @@ def pack_stack(batch: dict[str, np.ndarray], plan: PackPlan) -> dict[str, np.nda
   for all tasks (the plan's; see the module docstring). Other keys (a one-task batch's
   "task") pass through."""
   tasks = batch["input_ids"].shape[0]
-  one = lambda t: {k: batch[k][t] for k in ("input_ids", "attention_mask", "token_type_ids",
-                                             "labels", "weights")}
+  one = lambda t: {
+    k: batch[k][t] for k in ("input_ids", "attention_mask", "token_type_ids", "labels", "weights")
+  }
   length, rows = plan.shape([one(t)["attention_mask"].sum(-1) for t in range(tasks)])
   packed = [pack(one(t), rows, length) for t in range(tasks)]
   out = {k: np.stack([p[k] for p in packed]) for k in packed[0]}

@@ -81,19 +81,26 @@ class Schedule:
     return self.kind in ONE_TASK_SCHEDULES
 
 
-def make(kind: str, sizes: tuple[int, ...], caps: tuple[int, ...], seqs_per_task: int,
-         steps: int, seed: int, group_steps: int = 0,
-         batch_examples: tuple[int, ...] = ()) -> Schedule:
+def make(
+  kind: str,
+  sizes: tuple[int, ...],
+  caps: tuple[int, ...],
+  seqs_per_task: int,
+  steps: int,
+  seed: int,
+  group_steps: int = 0,
+  batch_examples: tuple[int, ...] = (),
+) -> Schedule:
   """The schedule for datasets of `sizes` examples, each capped at `caps` per epoch (0 = not)."""
   epoch_sizes = tuple(min(n, c) if c else n for n, c in zip(sizes, caps, strict=True))
-  return Schedule(kind, epoch_sizes, seqs_per_task, steps, seed, group_steps,
-                  tuple(batch_examples))
+  return Schedule(kind, epoch_sizes, seqs_per_task, steps, seed, group_steps, tuple(batch_examples))
 
 
 def batches_per_epoch(s: Schedule) -> np.ndarray:
   """B_t = ceil(N_t / b_t) for each task."""
-  per_batch = s.batch_examples or [s.seqs_per_task // 2 if t in batching.PAIR_TASKS
-                                   else s.seqs_per_task for t in TASKS]
+  per_batch = s.batch_examples or [
+    s.seqs_per_task // 2 if t in batching.PAIR_TASKS else s.seqs_per_task for t in TASKS
+  ]
   return -(-np.asarray(s.epoch_sizes) // np.asarray(per_batch))
 
 
@@ -115,8 +122,7 @@ def annealing_alpha(epoch: int, epochs: int) -> float:
 
 def task_probabilities(s: Schedule, epoch: int) -> np.ndarray:
   """p_t ∝ B_t^α of a sampled schedule in `epoch` (0-based)."""
-  alpha = (annealing_alpha(epoch, num_epochs(s)) if s.kind == "annealed"
-           else _FIXED_ALPHA[s.kind])
+  alpha = annealing_alpha(epoch, num_epochs(s)) if s.kind == "annealed" else _FIXED_ALPHA[s.kind]
   weights = batches_per_epoch(s).astype(np.float64) ** alpha
   return weights / weights.sum()
 
@@ -152,18 +158,28 @@ def step_task(s: Schedule, step: int) -> tuple[int, int]:
   return task, before + int(np.count_nonzero(tasks[:offset] == task))
 
 
-def train_batch(datasets: list[batching.Encoded], step: int, s: Schedule,
-                buckets: tuple[int, ...], plan=None) -> dict[str, np.ndarray]:
+def train_batch(
+  datasets: list[batching.Encoded], step: int, s: Schedule, buckets: tuple[int, ...], plan=None
+) -> dict[str, np.ndarray]:
   """The batch of `step`: [T, S, ...] for `all_tasks`; else one task's [1, S, ...] plus
   "task", its int32 index (a traced argument of the jitted step, so no per-task compile).
   Either way the length is the smallest bucket that fits the batch's longest sequence;
   with a `plan` (`mtl_jax.data.packing.PackPlan`) the token arrays are then packed."""
   if not s.one_task:
-    return batching.train_batch(datasets, step, s.seqs_per_task, s.seed, buckets,
-                                s.group_steps, s.epoch_sizes, plan)
+    return batching.train_batch(
+      datasets, step, s.seqs_per_task, s.seed, buckets, s.group_steps, s.epoch_sizes, plan
+    )
   task, number = step_task(s, step)
-  batch = batching.train_batch([datasets[task]], number, s.seqs_per_task, s.seed, buckets,
-                               s.group_steps, (s.epoch_sizes[task],), plan)
+  batch = batching.train_batch(
+    [datasets[task]],
+    number,
+    s.seqs_per_task,
+    s.seed,
+    buckets,
+    s.group_steps,
+    (s.epoch_sizes[task],),
+    plan,
+  )
   return {**batch, "task": np.asarray(task, np.int32)}
 
 
@@ -172,6 +188,8 @@ def describe(s: Schedule) -> str:
   sizes = ", ".join(f"{t} {n}" for t, n in zip(TASKS, s.epoch_sizes))
   if not s.one_task:
     return f"schedule all_tasks: one batch of every task per step; examples per epoch: {sizes}"
-  return (f"schedule {s.kind}: one task per step, {steps_per_epoch(s)} steps per epoch "
-          f"(batches per epoch: {', '.join(f'{t} {b}' for t, b in zip(TASKS, batches_per_epoch(s)))}; "
-          f"examples per epoch: {sizes}), {num_epochs(s)} epochs in {s.steps} steps")
+  return (
+    f"schedule {s.kind}: one task per step, {steps_per_epoch(s)} steps per epoch "
+    f"(batches per epoch: {', '.join(f'{t} {b}' for t, b in zip(TASKS, batches_per_epoch(s)))}; "
+    f"examples per epoch: {sizes}), {num_epochs(s)} epochs in {s.steps} steps"
+  )

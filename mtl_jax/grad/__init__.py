@@ -66,16 +66,39 @@ from mtl_jax.grad.basic import fixed, mean_tasks, rlw, sum_tasks
 from mtl_jax.grad.diagnostics import method_stats, task_gradient_stats
 from mtl_jax.grad.loss_weighting import DWAState, dwa
 from mtl_jax.grad.min_norm import cagrad, dualproj, mgda, upgrad
-from mtl_jax.grad.projection import (GradVacState, PCGradState, gradvac, pcgrad,
-                                     pcgrad_against_sum)
+from mtl_jax.grad.projection import GradVacState, PCGradState, gradvac, pcgrad, pcgrad_against_sum
 from mtl_jax.grad.registry import LINEAR_METHODS, METHODS, canonical_name, get_method
 from mtl_jax.grad.shared import shared_only
 from mtl_jax.grad.sign_dropout import GradDropState, graddrop
 
 __all__ = [
-    "LINEAR_METHODS", "METHODS", "DWAState", "GradDropState", "GradVacState", "NashMTLState",
-    "PCGradState", "aligned_mtl", "cagrad", "canonical_name", "dualproj", "dwa", "fixed",
-    "get_method", "graddrop", "gradvac", "imtl_g", "mean_tasks", "method_stats",
-    "mgda", "nash_mtl", "pcgrad", "pcgrad_against_sum", "rlw", "shared_only",
-    "sum_tasks", "task_gradient_stats", "tasks_to_matrix", "upgrad",
+  "LINEAR_METHODS",
+  "METHODS",
+  "DWAState",
+  "GradDropState",
+  "GradVacState",
+  "NashMTLState",
+  "PCGradState",
+  "aligned_mtl",
+  "cagrad",
+  "canonical_name",
+  "dualproj",
+  "dwa",
+  "fixed",
+  "get_method",
+  "graddrop",
+  "gradvac",
+  "imtl_g",
+  "mean_tasks",
+  "method_stats",
+  "mgda",
+  "nash_mtl",
+  "pcgrad",
+  "pcgrad_against_sum",
+  "rlw",
+  "shared_only",
+  "sum_tasks",
+  "task_gradient_stats",
+  "tasks_to_matrix",
+  "upgrad",
 ]

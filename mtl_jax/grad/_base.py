@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import optax
@@ -18,6 +19,7 @@ class WeightingState(NamedTuple):
       deterministic methods.
     stats: dict of per-task diagnostics (``{}`` unless ``num_tasks`` given).
   """
+
   key: jax.Array
   stats: dict
 
@@ -27,13 +29,13 @@ WeightsFn = Callable[[jax.Array, jax.Array], tuple]
 
 
 def weighting_transform(
-    weights_fn: WeightsFn,
-    *,
-    name: str,
-    num_tasks: Optional[int] = None,
-    seed: int = 0,
-    stat_names: Sequence[str] = ("task_weights",),
-    uses_key: bool = False,
+  weights_fn: WeightsFn,
+  *,
+  name: str,
+  num_tasks: int | None = None,
+  seed: int = 0,
+  stat_names: Sequence[str] = ("task_weights",),
+  uses_key: bool = False,
 ) -> optax.GradientTransformation:
   """Transform returning ``sum_i w_i g_i`` with ``w = weights_fn(G G^T, key)``.
 
@@ -46,8 +48,9 @@ def weighting_transform(
 
   def init_fn(params):
     del params
-    return WeightingState(key=jax.random.PRNGKey(seed),
-                          stats=_tree.task_stats(num_tasks, stat_names))
+    return WeightingState(
+      key=jax.random.PRNGKey(seed), stats=_tree.task_stats(num_tasks, stat_names)
+    )
 
   def update_fn(updates, state, params=None):
     del params

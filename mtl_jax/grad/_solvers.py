@@ -15,9 +15,9 @@ T <= 8; larger T should use an iterative solver (``mgda(solver=
 
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 MAX_EXACT_TASKS = 10
 
@@ -26,7 +26,7 @@ def supports(t: int, include_empty: bool = False) -> jax.Array:
   """Static bool [K, t] of all (non-empty) subsets of ``range(t)``."""
   if t > MAX_EXACT_TASKS:
     raise ValueError(f"exact enumeration supports T <= {MAX_EXACT_TASKS}, got {t}")
-  ids = np.arange(0 if include_empty else 1, 2 ** t)
+  ids = np.arange(0 if include_empty else 1, 2**t)
   return jnp.asarray(((ids[:, None] >> np.arange(t)) & 1).astype(bool))
 
 
@@ -111,7 +111,7 @@ def cagrad_dual(a: jax.Array, rho: jax.Array, eps: float) -> jax.Array:
     av = ab * mf
     beta, gamma, delta = mf @ p @ mf, mf @ p @ av, av @ p @ av
     k = 1.0 + eps * beta
-    disc = (gamma * k) ** 2 - beta * k * (delta + eps * gamma ** 2 - rho ** 2)
+    disc = (gamma * k) ** 2 - beta * k * (delta + eps * gamma**2 - rho**2)
     sq = jnp.sqrt(jnp.maximum(disc, 0.0))
     mu = (gamma * k + sq) / jnp.where(beta * k > 0, beta * k, 1.0)
     y = p @ (mu * mf - av)
@@ -196,8 +196,7 @@ def imtl_g_weights(a: jax.Array) -> jax.Array:
 # MinNormSolver (Sener & Koltun 2018, Algorithm 2), as ported by LibMTL.
 def _min_norm_2(v1v1, v1v2, v2v2):
   """Closed-form 2-vector min-norm step, with the reference's 0.999/0.001 ends."""
-  gamma = -(v1v2 - v2v2) / jnp.where(v1v1 + v2v2 - 2 * v1v2 == 0, 1.0,
-                                      v1v1 + v2v2 - 2 * v1v2)
+  gamma = -(v1v2 - v2v2) / jnp.where(v1v1 + v2v2 - 2 * v1v2 == 0, 1.0, v1v1 + v2v2 - 2 * v1v2)
   cost = v2v2 + gamma * (v1v2 - v2v2)
   gamma = jnp.where(v1v2 >= v2v2, 0.001, gamma)
   cost = jnp.where(v1v2 >= v2v2, v2v2, cost)
@@ -229,8 +228,7 @@ def _next_point(cur, grad):
   return _projection2simplex(proj * tt + cur)
 
 
-def frank_wolfe_min_norm(a: jax.Array, max_iter: int = 250,
-                         stop_crit: float = 1e-5) -> jax.Array:
+def frank_wolfe_min_norm(a: jax.Array, max_iter: int = 250, stop_crit: float = 1e-5) -> jax.Array:
   """Iterative min-norm weights: a jit port of MinNormSolver.find_min_norm_element.
 
   Start from the best pair (closed form), then projected-gradient/Frank-Wolfe
@@ -243,7 +241,7 @@ def frank_wolfe_min_norm(a: jax.Array, max_iter: int = 250,
     return jnp.ones((1,), a.dtype)
   iu, ju = (jnp.asarray(i) for i in np.triu_indices(t, k=1))
   g, c = _min_norm_2(a[iu, iu], a[iu, ju], a[ju, ju])
-  best = jnp.argmin(c)   # first minimum, as the reference's strict '<'
+  best = jnp.argmin(c)  # first minimum, as the reference's strict '<'
   sol = jnp.zeros((t,), a.dtype).at[iu[best]].set(g[best])
   sol = sol.at[ju[best]].set(1.0 - g[best])
   if t < 3:
@@ -286,7 +284,7 @@ def nash_weights(a: jax.Array, iters: int = 50) -> jax.Array:
 
   def body(_, x):
     grad = ah @ x - 1.0 / x
-    step = -jnp.linalg.solve(ah + jnp.diag(1.0 / x ** 2), grad)
+    step = -jnp.linalg.solve(ah + jnp.diag(1.0 / x**2), grad)
     lam = jnp.sqrt(jnp.maximum(-(grad @ step), 0.0))
     new = x + jnp.where(lam >= 0.25, 1.0 / (1.0 + lam), 1.0) * step
     return jnp.where(jnp.all(new > 0) & jnp.all(jnp.isfinite(new)), new, x)

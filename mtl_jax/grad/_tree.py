@@ -10,7 +10,8 @@ combined ``[D]`` vector is cut back into the parameter pytree.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,16 +26,17 @@ def num_tasks_of(updates: Any) -> int:
   for leaf in leaves:
     if leaf.ndim == 0 or leaf.shape[0] != t:
       raise ValueError(
-          "every leaf of the per-task updates needs the same leading task "
-          f"axis; got shapes {[l.shape for l in leaves]}")
+        "every leaf of the per-task updates needs the same leading task "
+        f"axis; got shapes {[l.shape for l in leaves]}"
+      )
   return int(t)
 
 
-def check_num_tasks(t: int, num_tasks: Optional[int], name: str) -> None:
+def check_num_tasks(t: int, num_tasks: int | None, name: str) -> None:
   if num_tasks is not None and t != num_tasks:
     raise ValueError(
-        f"{name}: built with num_tasks={num_tasks} but the updates have a "
-        f"task axis of size {t}")
+      f"{name}: built with num_tasks={num_tasks} but the updates have a task axis of size {t}"
+    )
 
 
 def tasks_to_matrix(updates: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:
@@ -55,7 +57,7 @@ def tasks_to_matrix(updates: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]
   def unflatten(v: jax.Array) -> Any:
     out, start = [], 0
     for shape, size, dt in zip(shapes, sizes, dtypes):
-      out.append(v[start:start + size].reshape(shape).astype(dt))
+      out.append(v[start : start + size].reshape(shape).astype(dt))
       start += size
     return jax.tree.unflatten(treedef, out)
 
@@ -77,10 +79,13 @@ def gram_tree(updates: Any) -> jax.Array:
 
 def combine_tree(weights: jax.Array, updates: Any) -> Any:
   """``sum_i weights[i] * updates[i]`` leaf by leaf (task axis removed)."""
+
   def one(l):
     dt = compute_dtype(l.dtype)
-    return jnp.tensordot(weights.astype(dt), l.astype(dt), axes=1,
-                         precision=jax.lax.Precision.HIGHEST).astype(l.dtype)
+    return jnp.tensordot(
+      weights.astype(dt), l.astype(dt), axes=1, precision=jax.lax.Precision.HIGHEST
+    ).astype(l.dtype)
+
   return jax.tree.map(one, updates)
 
 
@@ -110,8 +115,7 @@ def changed_norm(a: jax.Array, coeffs: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.maximum(sq, 0.0))
 
 
-def task_stats(num_tasks: Optional[int], names: Sequence[str],
-               dtype=jnp.float32) -> dict:
+def task_stats(num_tasks: int | None, names: Sequence[str], dtype=jnp.float32) -> dict:
   """Zero-initialised per-task stats (``{}`` when ``num_tasks`` is unknown).
 
   Per-task stats have shape ``[T]``; optax state shapes must be known at
@@ -125,11 +129,10 @@ def task_stats(num_tasks: Optional[int], names: Sequence[str],
 
 def fill_stats(template: dict, **values) -> dict:
   """Keep only the stats present in ``template`` (same keys, same dtypes)."""
-  return {k: jnp.asarray(values[k]).astype(v.dtype).reshape(v.shape)
-          for k, v in template.items()}
+  return {k: jnp.asarray(values[k]).astype(v.dtype).reshape(v.shape) for k, v in template.items()}
 
 
-def task_mask(t: int, tasks: Optional[Sequence[int]]) -> jax.Array:
+def task_mask(t: int, tasks: Sequence[int] | None) -> jax.Array:
   """Static bool [T] mask of the tasks taking part (all when ``tasks`` is None)."""
   if tasks is None:
     return jnp.ones((t,), bool)
@@ -141,4 +144,5 @@ def task_mask(t: int, tasks: Optional[Sequence[int]]) -> jax.Array:
 
 class EmptyState(NamedTuple):
   """State of stateless methods (still carries a ``stats`` dict)."""
+
   stats: dict

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ import optax
 from mtl_jax.grad import _base, _solvers, _tree
 
 
-def imtl_g(num_tasks: Optional[int] = None) -> optax.GradientTransformation:
+def imtl_g(num_tasks: int | None = None) -> optax.GradientTransformation:
   """IMTL-G: the combination with equal projections on every task's unit gradient.
 
   Liu et al., "Towards Impartial Multi-task Learning", ICLR 2021, Sec. 3.2
@@ -33,6 +34,7 @@ def imtl_g(num_tasks: Optional[int] = None) -> optax.GradientTransformation:
   Example:
     >>> tx = optax.chain(imtl_g(), optax.adamw(1e-3))
   """
+
   def weights_fn(a, key):
     del key
     return _solvers.imtl_g_weights(a), {}
@@ -40,9 +42,9 @@ def imtl_g(num_tasks: Optional[int] = None) -> optax.GradientTransformation:
   return _base.weighting_transform(weights_fn, name="imtl_g", num_tasks=num_tasks)
 
 
-def aligned_mtl(scale_mode: str = "min",
-                pref_vector: Optional[Sequence[float]] = None,
-                num_tasks: Optional[int] = None) -> optax.GradientTransformation:
+def aligned_mtl(
+  scale_mode: str = "min", pref_vector: Sequence[float] | None = None, num_tasks: int | None = None
+) -> optax.GradientTransformation:
   """Aligned-MTL: align the principal components of the gradient matrix.
 
   Senushkin et al., "Independent Component Alignment for Multi-Task
@@ -73,16 +75,17 @@ def aligned_mtl(scale_mode: str = "min",
   def weights_fn(a, key):
     del key
     t = a.shape[0]
-    w = (jnp.full((t,), 1.0 / t, a.dtype) if pref_vector is None
-         else jnp.asarray(pref_vector, a.dtype))
-    lam, v = jnp.linalg.eigh(a)                      # ascending
+    w = (
+      jnp.full((t,), 1.0 / t, a.dtype) if pref_vector is None else jnp.asarray(pref_vector, a.dtype)
+    )
+    lam, v = jnp.linalg.eigh(a)  # ascending
     tol = jnp.max(lam) * t * jnp.finfo(a.dtype).eps
     keep = lam > tol
     rank = jnp.sum(keep)
     kept = jnp.where(keep, lam, 0.0)
     if scale_mode == "min":
       scale = jnp.min(jnp.where(keep, lam, jnp.inf))
-    elif scale_mode == "median":                   # torch.median: lower median
+    elif scale_mode == "median":  # torch.median: lower median
       scale = lam[jnp.clip(t - rank + (rank - 1) // 2, 0, t - 1)]
     else:
       scale = jnp.sum(kept) / jnp.maximum(rank, 1)
@@ -103,14 +106,15 @@ class NashMTLState(NamedTuple):
       ``update_weights_every > 1``).
     stats: ``task_weights`` [T] (after clipping) when ``num_tasks`` is given.
   """
+
   step: jax.Array
   alpha: jax.Array
   stats: dict
 
 
-def nash_mtl(num_tasks: int, max_norm: float = 0.0,
-             update_weights_every: int = 1, iters: int = 50
-             ) -> optax.GradientTransformation:
+def nash_mtl(
+  num_tasks: int, max_norm: float = 0.0, update_weights_every: int = 1, iters: int = 50
+) -> optax.GradientTransformation:
   """Nash-MTL: the Nash bargaining solution of the tasks.
 
   Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022,
@@ -143,11 +147,14 @@ def nash_mtl(num_tasks: int, max_norm: float = 0.0,
   Example:
     >>> tx = optax.chain(nash_mtl(num_tasks=3), optax.adamw(1e-3))
   """
+
   def init_fn(params):
     del params
-    return NashMTLState(step=jnp.zeros((), jnp.int32),
-                        alpha=jnp.ones((num_tasks,), jnp.float32),
-                        stats=_tree.task_stats(num_tasks, ("task_weights",)))
+    return NashMTLState(
+      step=jnp.zeros((), jnp.int32),
+      alpha=jnp.ones((num_tasks,), jnp.float32),
+      stats=_tree.task_stats(num_tasks, ("task_weights",)),
+    )
 
   def update_fn(updates, state, params=None):
     del params
@@ -162,7 +169,9 @@ def nash_mtl(num_tasks: int, max_norm: float = 0.0,
       norm = jnp.sqrt(jnp.maximum(w @ a @ w, 0.0))
       w = jnp.where(norm > max_norm, w / jnp.where(norm > 0, norm, 1.0) * max_norm, w)
     stats = _tree.fill_stats(state.stats, task_weights=w)
-    return (_tree.combine_tree(w, updates),
-            NashMTLState(step=state.step + 1, alpha=alpha, stats=stats))
+    return (
+      _tree.combine_tree(w, updates),
+      NashMTLState(step=state.step + 1, alpha=alpha, stats=stats),
+    )
 
   return optax.GradientTransformation(init_fn, update_fn)

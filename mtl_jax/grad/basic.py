@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,7 @@ def _reduce(fn, num_tasks, name):
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def sum_tasks(num_tasks: Optional[int] = None) -> optax.GradientTransformation:
+def sum_tasks(num_tasks: int | None = None) -> optax.GradientTransformation:
   """Sum over the task axis: the gradient of the summed loss ``sum_i L_i``.
 
   Args:
@@ -40,7 +40,7 @@ def sum_tasks(num_tasks: Optional[int] = None) -> optax.GradientTransformation:
   return _reduce(lambda u: jnp.sum(u, axis=0), num_tasks, "sum_tasks")
 
 
-def mean_tasks(num_tasks: Optional[int] = None) -> optax.GradientTransformation:
+def mean_tasks(num_tasks: int | None = None) -> optax.GradientTransformation:
   """Mean over the task axis (equal weighting ``1/T``, LibMTL's ``EW`` / torchjd ``Mean``).
 
   Args:
@@ -52,8 +52,7 @@ def mean_tasks(num_tasks: Optional[int] = None) -> optax.GradientTransformation:
   return _reduce(lambda u: jnp.mean(u, axis=0), num_tasks, "mean_tasks")
 
 
-def fixed(weights: Sequence[float], num_tasks: Optional[int] = None
-          ) -> optax.GradientTransformation:
+def fixed(weights: Sequence[float], num_tasks: int | None = None) -> optax.GradientTransformation:
   """Fixed linear scalarization ``sum_i weights[i] * g_i``.
 
   Args:
@@ -81,15 +80,13 @@ def fixed(weights: Sequence[float], num_tasks: Optional[int] = None
     t = _tree.num_tasks_of(updates)
     if t != w.shape[0]:
       raise ValueError(f"fixed: {w.shape[0]} weights but T={t} tasks")
-    out = jax.tree.map(
-        lambda u: jnp.tensordot(w.astype(u.dtype), u, axes=1), updates)
+    out = jax.tree.map(lambda u: jnp.tensordot(w.astype(u.dtype), u, axes=1), updates)
     return out, state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def rlw(seed: int = 0, num_tasks: Optional[int] = None
-        ) -> optax.GradientTransformation:
+def rlw(seed: int = 0, num_tasks: int | None = None) -> optax.GradientTransformation:
   """Random Loss Weighting (Lin et al. 2021, "Reasonable Effectiveness of Random
   Weighting: A Litmus Test for Multi-Task Learning", arXiv:2111.10603, RLW with
   the Normal distribution as in LibMTL's default).
@@ -107,8 +104,10 @@ def rlw(seed: int = 0, num_tasks: Optional[int] = None
   Example:
     >>> tx = optax.chain(rlw(seed=0), optax.adamw(1e-3))
   """
+
   def weights_fn(a, key):
     return jax.nn.softmax(jax.random.normal(key, (a.shape[0],), a.dtype)), {}
 
-  return _base.weighting_transform(weights_fn, name="rlw", num_tasks=num_tasks,
-                                   seed=seed, uses_key=True)
+  return _base.weighting_transform(
+    weights_fn, name="rlw", num_tasks=num_tasks, seed=seed, uses_key=True
+  )

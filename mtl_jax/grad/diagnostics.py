@@ -42,18 +42,18 @@ def task_gradient_stats(per_task_grads: Any, eps: float = 1e-12) -> dict:
   conflict = (cosine < 0) & ~jnp.eye(t, dtype=bool)
   pairs = jnp.sum(jnp.triu(conflict, k=1)).astype(jnp.int32)
   return {
-      "grad_norm": norm,
-      "cosine": cosine,
-      "conflict": conflict.astype(jnp.float32),
-      "num_conflicting_pairs": pairs,
-      "sum_norm": jnp.sqrt(jnp.maximum(jnp.sum(a), 0.0)),
+    "grad_norm": norm,
+    "cosine": cosine,
+    "conflict": conflict.astype(jnp.float32),
+    "num_conflicting_pairs": pairs,
+    "sum_norm": jnp.sqrt(jnp.maximum(jnp.sum(a), 0.0)),
   }
 
 
 def _collect(node: Any, path: tuple, out: list) -> None:
-  if isinstance(node, tuple) and hasattr(node, "_fields"):   # NamedTuple
+  if isinstance(node, tuple) and hasattr(node, "_fields"):  # NamedTuple
     fields = node._fields
-    if "stats" in fields and isinstance(getattr(node, "stats"), dict):
+    if "stats" in fields and isinstance(node.stats, dict):
       out.append((path + (type(node).__name__,), node.stats))
     for f in fields:
       if f != "stats":

@@ -35,6 +35,7 @@ class DWAState(NamedTuple):
     windows: int32, number of completed windows.
     stats: ``task_weights`` [T], the weights of the latest update.
   """
+
   count: jax.Array
   window_sum: jax.Array
   last: jax.Array
@@ -43,8 +44,9 @@ class DWAState(NamedTuple):
   stats: dict
 
 
-def dwa_weights(last: jax.Array, before_last: jax.Array, windows: jax.Array,
-                temperature: float) -> jax.Array:
+def dwa_weights(
+  last: jax.Array, before_last: jax.Array, windows: jax.Array, temperature: float
+) -> jax.Array:
   """``K softmax(r / T)`` with ``r = last / before_last``; ones before two windows."""
   k = last.shape[0]
   ok = before_last > 0
@@ -53,8 +55,9 @@ def dwa_weights(last: jax.Array, before_last: jax.Array, windows: jax.Array,
   return jnp.where(windows >= 2, w, jnp.ones_like(w))
 
 
-def dwa(num_tasks: int, temperature: float = 2.0, period: int = 100
-        ) -> optax.GradientTransformationExtraArgs:
+def dwa(
+  num_tasks: int, temperature: float = 2.0, period: int = 100
+) -> optax.GradientTransformationExtraArgs:
   """Dynamic Weight Average.
 
   Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention",
@@ -98,10 +101,15 @@ def dwa(num_tasks: int, temperature: float = 2.0, period: int = 100
 
   def init_fn(params):
     del params
-    zeros = lambda: jnp.zeros((num_tasks,), jnp.float32)   # Distinct buffers (donation).
-    return DWAState(count=jnp.zeros((), jnp.int32), window_sum=zeros(), last=zeros(),
-                    before_last=zeros(), windows=jnp.zeros((), jnp.int32),
-                    stats=_tree.task_stats(num_tasks, ("task_weights",)))
+    zeros = lambda: jnp.zeros((num_tasks,), jnp.float32)  # Distinct buffers (donation).
+    return DWAState(
+      count=jnp.zeros((), jnp.int32),
+      window_sum=zeros(),
+      last=zeros(),
+      before_last=zeros(),
+      windows=jnp.zeros((), jnp.int32),
+      stats=_tree.task_stats(num_tasks, ("task_weights",)),
+    )
 
   def update_fn(updates, state, params=None, *, task_losses=None, **extra_args):
     del params, extra_args
@@ -112,19 +120,19 @@ def dwa(num_tasks: int, temperature: float = 2.0, period: int = 100
     else:
       losses = jnp.asarray(task_losses).astype(jnp.float32)
       if losses.shape != (num_tasks,):
-        raise ValueError(f"dwa: task_losses must have shape ({num_tasks},), "
-                         f"got {losses.shape}")
+        raise ValueError(f"dwa: task_losses must have shape ({num_tasks},), got {losses.shape}")
       total = state.window_sum + losses
       count = state.count + 1
       done = count >= period
       new_state = DWAState(
-          count=jnp.where(done, 0, count),
-          window_sum=jnp.where(done, jnp.zeros_like(total), total),
-          last=jnp.where(done, total / period, state.last),
-          before_last=jnp.where(done, state.last, state.before_last),
-          windows=state.windows + done.astype(jnp.int32),
-          stats=stats)
-    if not jax.tree.leaves(updates):   # e.g. no shared leaves under shared_only
+        count=jnp.where(done, 0, count),
+        window_sum=jnp.where(done, jnp.zeros_like(total), total),
+        last=jnp.where(done, total / period, state.last),
+        before_last=jnp.where(done, state.last, state.before_last),
+        windows=state.windows + done.astype(jnp.int32),
+        stats=stats,
+      )
+    if not jax.tree.leaves(updates):  # e.g. no shared leaves under shared_only
       return updates, new_state
     _tree.check_num_tasks(_tree.num_tasks_of(updates), num_tasks, "dwa")
     return _tree.combine_tree(w, updates), new_state

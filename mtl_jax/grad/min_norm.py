@@ -3,7 +3,7 @@ MGDA, CAGrad, UPGrad, DualProj."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +21,9 @@ def _pref(pref_vector, t, dtype):
   return p
 
 
-def mgda(normalization: str = "none", solver: str = "auto",
-         num_tasks: Optional[int] = None) -> optax.GradientTransformation:
+def mgda(
+  normalization: str = "none", solver: str = "auto", num_tasks: int | None = None
+) -> optax.GradientTransformation:
   """MGDA-UB: the min-norm point of the convex hull of the task gradients.
 
   Sener & Koltun, "Multi-Task Learning as Multi-Objective Optimization",
@@ -63,15 +64,15 @@ def mgda(normalization: str = "none", solver: str = "auto",
       scale = 1.0 / jnp.where(n > 0, n, 1.0)
       a = a * scale[:, None] * scale[None, :]
     exact = solver == "exact" or (solver == "auto" and t <= 8)
-    w = (_solvers.simplex_min_norm(a) if exact
-         else _solvers.frank_wolfe_min_norm(a))
+    w = _solvers.simplex_min_norm(a) if exact else _solvers.frank_wolfe_min_norm(a)
     return w * scale, {}
 
   return _base.weighting_transform(weights_fn, name="mgda", num_tasks=num_tasks)
 
 
-def cagrad(c: float = 0.4, rescale: int = 1, eps: float = 1e-8,
-           num_tasks: Optional[int] = None) -> optax.GradientTransformation:
+def cagrad(
+  c: float = 0.4, rescale: int = 1, eps: float = 1e-8, num_tasks: int | None = None
+) -> optax.GradientTransformation:
   """Conflict-Averse Gradient descent (CAGrad).
 
   Liu et al., "Conflict-Averse Gradient Descent for Multi-task Learning",
@@ -102,7 +103,7 @@ def cagrad(c: float = 0.4, rescale: int = 1, eps: float = 1e-8,
   """
   if rescale not in (0, 1, 2):
     raise ValueError(f"cagrad: rescale must be 0, 1 or 2, got {rescale!r}")
-  div = (1.0, 1.0 + c ** 2, 1.0 + c)[rescale]
+  div = (1.0, 1.0 + c**2, 1.0 + c)[rescale]
 
   def weights_fn(a, key):
     del key
@@ -110,12 +111,15 @@ def cagrad(c: float = 0.4, rescale: int = 1, eps: float = 1e-8,
     rho = c * jnp.sqrt(jnp.maximum(jnp.mean(a), 0.0) + eps) + eps
     w = _solvers.cagrad_dual(a, rho, eps)
     gw_norm = jnp.sqrt(jnp.maximum(w @ a @ w, 0.0))
-    lmbda = jnp.where(gw_norm + eps > 0, rho / jnp.where(gw_norm + eps > 0, gw_norm + eps, 1.0), 0.0)
+    lmbda = jnp.where(
+      gw_norm + eps > 0, rho / jnp.where(gw_norm + eps > 0, gw_norm + eps, 1.0), 0.0
+    )
     weights = (jnp.full((t,), 1.0 / t, a.dtype) + lmbda * w) / div
     return weights, {"dual_weights": w}
 
-  return _base.weighting_transform(weights_fn, name="cagrad", num_tasks=num_tasks,
-                                   stat_names=("task_weights", "dual_weights"))
+  return _base.weighting_transform(
+    weights_fn, name="cagrad", num_tasks=num_tasks, stat_names=("task_weights", "dual_weights")
+  )
 
 
 def _torchjd_gramian(a, norm_eps, reg_eps):
@@ -124,9 +128,12 @@ def _torchjd_gramian(a, norm_eps, reg_eps):
   return a + reg_eps * jnp.eye(a.shape[0], dtype=a.dtype)
 
 
-def upgrad(pref_vector: Optional[Sequence[float]] = None,
-           norm_eps: float = 1e-4, reg_eps: float = 1e-4,
-           num_tasks: Optional[int] = None) -> optax.GradientTransformation:
+def upgrad(
+  pref_vector: Sequence[float] | None = None,
+  norm_eps: float = 1e-4,
+  reg_eps: float = 1e-4,
+  num_tasks: int | None = None,
+) -> optax.GradientTransformation:
   """UPGrad (torchjd): average of each gradient projected onto the dual cone.
 
   Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024,
@@ -152,6 +159,7 @@ def upgrad(pref_vector: Optional[Sequence[float]] = None,
   Example:
     >>> tx = optax.chain(upgrad(), optax.adamw(1e-3))
   """
+
   def weights_fn(a, key):
     del key
     t = a.shape[0]
@@ -163,9 +171,12 @@ def upgrad(pref_vector: Optional[Sequence[float]] = None,
   return _base.weighting_transform(weights_fn, name="upgrad", num_tasks=num_tasks)
 
 
-def dualproj(pref_vector: Optional[Sequence[float]] = None,
-             norm_eps: float = 1e-4, reg_eps: float = 1e-4,
-             num_tasks: Optional[int] = None) -> optax.GradientTransformation:
+def dualproj(
+  pref_vector: Sequence[float] | None = None,
+  norm_eps: float = 1e-4,
+  reg_eps: float = 1e-4,
+  num_tasks: int | None = None,
+) -> optax.GradientTransformation:
   """DualProj (torchjd): the mean gradient projected onto the dual cone.
 
   Quinton & Rey 2024 (Jacobian Descent), the DualProj aggregator: project
@@ -181,6 +192,7 @@ def dualproj(pref_vector: Optional[Sequence[float]] = None,
   Returns:
     An ``optax.GradientTransformation`` (leaves ``[T, *shape]`` -> ``[*shape]``).
   """
+
   def weights_fn(a, key):
     del key
     t = a.shape[0]

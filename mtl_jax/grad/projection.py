@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +24,7 @@ class PCGradState(NamedTuple):
       [T] (the output is ``sum_k task_weights[k] g_k``); ``{}`` unless the
       factory received ``num_tasks``.
   """
+
   key: jax.Array
   stats: dict
 
@@ -32,8 +34,7 @@ def random_orders(key: jax.Array, t: int) -> jax.Array:
   return jnp.argsort(jax.random.uniform(key, (t, t)), axis=1)
 
 
-def pcgrad_coefficients(a: jax.Array, orders: jax.Array,
-                        active: Optional[jax.Array] = None):
+def pcgrad_coefficients(a: jax.Array, orders: jax.Array, active: jax.Array | None = None):
   """PCGrad on the Gram matrix, for given visiting orders.
 
   Algorithm 1 of Yu et al.: for each task ``i`` and each ``j != i`` in the order
@@ -60,7 +61,7 @@ def pcgrad_coefficients(a: jax.Array, orders: jax.Array,
   def one_task(i, order):
     def step(carry, j):
       c, n = carry
-      dot = c @ a[:, j]                       # g_i^PC . g_j (original g_j)
+      dot = c @ a[:, j]  # g_i^PC . g_j (original g_j)
       ajj = a[j, j]
       do = (j != i) & active[i] & active[j] & (dot < 0) & (ajj > 0)
       coef = jnp.where(do, dot / jnp.where(ajj > 0, ajj, 1.0), 0.0)
@@ -85,8 +86,7 @@ def _check_reduction(reduction: str) -> None:
 def _transform(coeff_fn, name, reduction, num_tasks, seed):
   def init_fn(params):
     del params
-    return PCGradState(key=jax.random.PRNGKey(seed),
-                       stats=_tree.task_stats(num_tasks, _STATS))
+    return PCGradState(key=jax.random.PRNGKey(seed), stats=_tree.task_stats(num_tasks, _STATS))
 
   def update_fn(updates, state, params=None):
     del params
@@ -98,16 +98,20 @@ def _transform(coeff_fn, name, reduction, num_tasks, seed):
     a = _tree.gram_tree(updates)
     c, n = coeff_fn(a, sub, t)
     w = _reduce(c, reduction)
-    stats = _tree.fill_stats(state.stats, removed_norm=_tree.changed_norm(a, c),
-                             num_projections=n, task_weights=w)
+    stats = _tree.fill_stats(
+      state.stats, removed_norm=_tree.changed_norm(a, c), num_projections=n, task_weights=w
+    )
     return _tree.combine_tree(w, updates), PCGradState(key=key, stats=stats)
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def pcgrad(reduction: str = "sum", seed: int = 0,
-           tasks: Optional[Sequence[int]] = None,
-           num_tasks: Optional[int] = None) -> optax.GradientTransformation:
+def pcgrad(
+  reduction: str = "sum",
+  seed: int = 0,
+  tasks: Sequence[int] | None = None,
+  num_tasks: int | None = None,
+) -> optax.GradientTransformation:
   """Projecting Conflicting Gradients (PCGrad).
 
   Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020,
@@ -149,10 +153,9 @@ def pcgrad(reduction: str = "sum", seed: int = 0,
   return _transform(coeff_fn, "pcgrad", reduction, num_tasks, seed)
 
 
-def pcgrad_against_sum(target: Union[int, Sequence[int]] = 0,
-                       reduction: str = "sum",
-                       num_tasks: Optional[int] = None
-                       ) -> optax.GradientTransformation:
+def pcgrad_against_sum(
+  target: int | Sequence[int] = 0, reduction: str = "sum", num_tasks: int | None = None
+) -> optax.GradientTransformation:
   """Targeted surgery: project task ``target`` against the sum of the others.
 
   With ``s = sum_{j != target} g_j`` (original gradients), if
@@ -188,7 +191,7 @@ def pcgrad_against_sum(target: Union[int, Sequence[int]] = 0,
     eye = jnp.eye(t, dtype=a.dtype)
     rows, counts = [], []
     for i in range(t):
-      others = 1.0 - eye[i]                      # s = others @ G
+      others = 1.0 - eye[i]  # s = others @ G
       dot = a[i] @ others
       ss = others @ a @ others
       do = mask[i] & (dot < 0) & (ss > 0)
@@ -211,13 +214,15 @@ class GradVacState(NamedTuple):
       [T] (number of corrections) and ``task_weights`` [T], when
       ``num_tasks`` is given (it always is for GradVac).
   """
+
   key: jax.Array
   phi: jax.Array
   stats: dict
 
 
-def gradvac_coefficients(a: jax.Array, phi: jax.Array, orders: jax.Array,
-                         beta: float, eps: float = 1e-8):
+def gradvac_coefficients(
+  a: jax.Array, phi: jax.Array, orders: jax.Array, beta: float, eps: float = 1e-8
+):
   """GradVac on the Gram matrix for given visiting orders.
 
   For each task ``i`` and each ``j != i`` in ``orders[i]``, with
@@ -235,7 +240,7 @@ def gradvac_coefficients(a: jax.Array, phi: jax.Array, orders: jax.Array,
   t = a.shape[0]
   eye = jnp.eye(t, dtype=a.dtype)
 
-  def one_task(i, order, phi_i):       # task i only reads/writes phi[i, :]
+  def one_task(i, order, phi_i):  # task i only reads/writes phi[i, :]
     def step(carry, j):
       c, cg, ph, n = carry
       valid = j != i
@@ -258,8 +263,9 @@ def gradvac_coefficients(a: jax.Array, phi: jax.Array, orders: jax.Array,
   return jax.vmap(one_task)(jnp.arange(t), orders, phi)
 
 
-def gradvac(num_tasks: int, beta: float = 0.01, eps: float = 1e-8, seed: int = 0
-            ) -> optax.GradientTransformation:
+def gradvac(
+  num_tasks: int, beta: float = 0.01, eps: float = 1e-8, seed: int = 0
+) -> optax.GradientTransformation:
   """Gradient Vaccine (GradVac).
 
   Wang et al., "Gradient Vaccine: Investigating and Improving Multi-task
@@ -283,11 +289,14 @@ def gradvac(num_tasks: int, beta: float = 0.01, eps: float = 1e-8, seed: int = 0
   Example:
     >>> tx = optax.chain(gradvac(num_tasks=3, beta=0.01), optax.adamw(1e-3))
   """
+
   def init_fn(params):
     del params
-    return GradVacState(key=jax.random.PRNGKey(seed),
-                        phi=jnp.zeros((num_tasks, num_tasks), jnp.float32),
-                        stats=_tree.task_stats(num_tasks, _STATS))
+    return GradVacState(
+      key=jax.random.PRNGKey(seed),
+      phi=jnp.zeros((num_tasks, num_tasks), jnp.float32),
+      stats=_tree.task_stats(num_tasks, _STATS),
+    )
 
   def update_fn(updates, state, params=None):
     del params
@@ -297,12 +306,14 @@ def gradvac(num_tasks: int, beta: float = 0.01, eps: float = 1e-8, seed: int = 0
     _tree.check_num_tasks(t, num_tasks, "gradvac")
     key, sub = jax.random.split(state.key)
     a = _tree.gram_tree(updates)
-    c, n, phi = gradvac_coefficients(a, state.phi.astype(a.dtype),
-                                     random_orders(sub, t), beta, eps)
+    c, n, phi = gradvac_coefficients(a, state.phi.astype(a.dtype), random_orders(sub, t), beta, eps)
     w = jnp.sum(c, axis=0)
-    stats = _tree.fill_stats(state.stats, removed_norm=_tree.changed_norm(a, c),
-                             num_projections=n, task_weights=w)
-    return (_tree.combine_tree(w, updates),
-            GradVacState(key=key, phi=phi.astype(state.phi.dtype), stats=stats))
+    stats = _tree.fill_stats(
+      state.stats, removed_norm=_tree.changed_norm(a, c), num_projections=n, task_weights=w
+    )
+    return (
+      _tree.combine_tree(w, updates),
+      GradVacState(key=key, phi=phi.astype(state.phi.dtype), stats=stats),
+    )
 
   return optax.GradientTransformation(init_fn, update_fn)

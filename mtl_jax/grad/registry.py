@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+from collections.abc import Callable
 
 import optax
 
 from mtl_jax.grad import balancing, basic, loss_weighting, min_norm, projection, sign_dropout
 
-METHODS: Dict[str, Callable[..., optax.GradientTransformation]] = {
-    "sum": basic.sum_tasks,
-    "mean": basic.mean_tasks,
-    "fixed": basic.fixed,
-    "rlw": basic.rlw,
-    "pcgrad": projection.pcgrad,
-    "pcgrad_against_sum": projection.pcgrad_against_sum,
-    "gradvac": projection.gradvac,
-    "mgda": min_norm.mgda,
-    "cagrad": min_norm.cagrad,
-    "upgrad": min_norm.upgrad,
-    "dualproj": min_norm.dualproj,
-    "imtl_g": balancing.imtl_g,
-    "aligned_mtl": balancing.aligned_mtl,
-    "nash_mtl": balancing.nash_mtl,
-    "graddrop": sign_dropout.graddrop,
-    "dwa": loss_weighting.dwa,
+METHODS: dict[str, Callable[..., optax.GradientTransformation]] = {
+  "sum": basic.sum_tasks,
+  "mean": basic.mean_tasks,
+  "fixed": basic.fixed,
+  "rlw": basic.rlw,
+  "pcgrad": projection.pcgrad,
+  "pcgrad_against_sum": projection.pcgrad_against_sum,
+  "gradvac": projection.gradvac,
+  "mgda": min_norm.mgda,
+  "cagrad": min_norm.cagrad,
+  "upgrad": min_norm.upgrad,
+  "dualproj": min_norm.dualproj,
+  "imtl_g": balancing.imtl_g,
+  "aligned_mtl": balancing.aligned_mtl,
+  "nash_mtl": balancing.nash_mtl,
+  "graddrop": sign_dropout.graddrop,
+  "dwa": loss_weighting.dwa,
 }
 
 # Methods whose update is a fixed linear combination sum_t w_t g_t of the task gradients.
@@ -64,6 +64,6 @@ def get_method(name: str, **kwargs) -> optax.GradientTransformation:
   key = canonical_name(name)
   if key not in METHODS:
     raise ValueError(
-        f"unknown multi-task gradient method {name!r}; valid names: "
-        f"{', '.join(sorted(METHODS))}")
+      f"unknown multi-task gradient method {name!r}; valid names: {', '.join(sorted(METHODS))}"
+    )
   return METHODS[key](**kwargs)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import optax
@@ -12,9 +13,9 @@ from mtl_jax.grad import basic
 _SHARED, _TASK = "shared", "task_specific"
 
 
-def shared_only(method: optax.GradientTransformation,
-                is_shared: Union[Any, Callable[[Any], Any]]
-                ) -> optax.GradientTransformation:
+def shared_only(
+  method: optax.GradientTransformation, is_shared: Any | Callable[[Any], Any]
+) -> optax.GradientTransformation:
   """Run ``method`` on the shared leaves and a plain task-sum on the others.
 
   Task-specific leaves (e.g. the head of task ``i``) have a nonzero gradient for
@@ -44,13 +45,15 @@ def shared_only(method: optax.GradientTransformation,
     ...                        "heads": jax.tree.map(lambda _: False, p["heads"])}
     >>> tx = optax.chain(shared_only(pcgrad(), is_shared), optax.adamw(1e-3))
   """
+
   def labels(tree):
     mask = is_shared(tree) if callable(is_shared) else is_shared
     return jax.tree.map(lambda b: _SHARED if b else _TASK, mask)
 
   partition = getattr(optax, "partition", None) or optax.multi_transform
-  return partition({_SHARED: _unless_empty(method), _TASK: _unless_empty(basic.sum_tasks())},
-                   labels)
+  return partition(
+    {_SHARED: _unless_empty(method), _TASK: _unless_empty(basic.sum_tasks())}, labels
+  )
 
 
 def _unless_empty(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:

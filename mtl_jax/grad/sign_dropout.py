@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ class GradDropState(NamedTuple):
       gradient) and ``kept_fraction`` [T] (fraction of its nonzero coordinates
       kept), when ``num_tasks`` is given.
   """
+
   key: jax.Array
   stats: dict
 
@@ -44,8 +46,9 @@ def _graddrop(g, u, leak):
   return jnp.sum(kept, axis=0), g - kept, m
 
 
-def graddrop(leak: Union[float, Sequence[float]] = 0.0, seed: int = 0,
-             num_tasks: Optional[int] = None) -> optax.GradientTransformation:
+def graddrop(
+  leak: float | Sequence[float] = 0.0, seed: int = 0, num_tasks: int | None = None
+) -> optax.GradientTransformation:
   """Gradient Sign Dropout (GradDrop).
 
   Chen et al., "Just Pick a Sign: Optimizing Deep Multitask Models with
@@ -68,10 +71,13 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0, seed: int = 0,
   Example:
     >>> tx = optax.chain(graddrop(leak=0.0), optax.adamw(1e-3))
   """
+
   def init_fn(params):
     del params
-    return GradDropState(key=jax.random.PRNGKey(seed),
-                         stats=_tree.task_stats(num_tasks, ("removed_norm", "kept_fraction")))
+    return GradDropState(
+      key=jax.random.PRNGKey(seed),
+      stats=_tree.task_stats(num_tasks, ("removed_norm", "kept_fraction")),
+    )
 
   def update_fn(updates, state, params=None):
     del params
@@ -91,8 +97,9 @@ def graddrop(leak: Union[float, Sequence[float]] = 0.0, seed: int = 0,
       removed_sq = removed_sq + jnp.sum(jnp.square(dropped.astype(jnp.float32)), axis=axes)
       kept = kept + jnp.sum(m, axis=axes)
       nonzero = nonzero + jnp.sum(leaf != 0, axis=axes)
-    stats = _tree.fill_stats(state.stats, removed_norm=jnp.sqrt(removed_sq),
-                             kept_fraction=kept / jnp.maximum(nonzero, 1))
+    stats = _tree.fill_stats(
+      state.stats, removed_norm=jnp.sqrt(removed_sq), kept_fraction=kept / jnp.maximum(nonzero, 1)
+    )
     return jax.tree.unflatten(treedef, outs), GradDropState(key=key, stats=stats)
 
   return optax.GradientTransformation(init_fn, update_fn)

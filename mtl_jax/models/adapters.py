@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -84,8 +85,8 @@ class _LoraWeights(nn.Module):
   def __call__(self, kernel: jax.Array) -> dict[str, jax.Array]:
     r = self.config.rank
     weights = {
-        "a": self.param("a", lora_a_init, (self.features_in, r)),
-        "b": self.param("b", nn.initializers.zeros, (r, self.features_out)),
+      "a": self.param("a", lora_a_init, (self.features_in, r)),
+      "b": self.param("b", nn.initializers.zeros, (r, self.features_out)),
     }
     if self.config.kind == "dora":
       # Initialised to ||W0|| so that step 0 equals the base layer; after loading

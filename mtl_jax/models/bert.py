@@ -44,38 +44,44 @@ class BertConfig:
   dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
 
   @classmethod
-  def from_hf(cls, hf: dict, **overrides) -> "BertConfig":
+  def from_hf(cls, hf: dict, **overrides) -> BertConfig:
     """Builds a config from a Hugging Face BERT config.json dict."""
     if hf.get("hidden_act", "gelu") != "gelu":
       raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}: only BERT's exact 'gelu'")
     if hf.get("position_embedding_type", "absolute") != "absolute":
       raise ValueError("only absolute position embeddings are supported")
     return cls(
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"],
-        max_position_embeddings=hf["max_position_embeddings"],
-        type_vocab_size=hf.get("type_vocab_size", 2),
-        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-        hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
-        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-        **overrides,
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"],
+      intermediate_size=hf["intermediate_size"],
+      max_position_embeddings=hf["max_position_embeddings"],
+      type_vocab_size=hf.get("type_vocab_size", 2),
+      layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+      hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+      attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+      **overrides,
     )
 
   def to_hf(self) -> dict:
     """The Hugging Face config.json for this architecture (used by export)."""
     return {
-        "architectures": ["BertModel"], "model_type": "bert", "hidden_act": "gelu",
-        "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-        "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
-        "intermediate_size": self.intermediate_size,
-        "max_position_embeddings": self.max_position_embeddings,
-        "type_vocab_size": self.type_vocab_size, "layer_norm_eps": self.layer_norm_eps,
-        "hidden_dropout_prob": self.hidden_dropout,
-        "attention_probs_dropout_prob": self.attention_dropout,
-        "position_embedding_type": "absolute", "pad_token_id": 0,
+      "architectures": ["BertModel"],
+      "model_type": "bert",
+      "hidden_act": "gelu",
+      "vocab_size": self.vocab_size,
+      "hidden_size": self.hidden_size,
+      "num_hidden_layers": self.num_layers,
+      "num_attention_heads": self.num_heads,
+      "intermediate_size": self.intermediate_size,
+      "max_position_embeddings": self.max_position_embeddings,
+      "type_vocab_size": self.type_vocab_size,
+      "layer_norm_eps": self.layer_norm_eps,
+      "hidden_dropout_prob": self.hidden_dropout,
+      "attention_probs_dropout_prob": self.attention_dropout,
+      "position_embedding_type": "absolute",
+      "pad_token_id": 0,
     }
 
 
@@ -114,9 +120,14 @@ class EncoderLayer(nn.Module):
   layer: int
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool,
-               task: jax.Array | None = None,
-               projections: PalsProjections | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    mask_bias: jax.Array,
+    deterministic: bool,
+    task: jax.Array | None = None,
+    projections: PalsProjections | None = None,
+  ) -> jax.Array:
     cfg = self.config
     h_in = x
     drop = Dropout(cfg.hidden_dropout)
@@ -127,8 +138,9 @@ class EncoderLayer(nn.Module):
     y = dense(cfg, self.layer, "output", cfg.hidden_size)(y, deterministic)
     y = x + drop(y, deterministic=deterministic)
     if cfg.task_layers is not None:  # LN(attention out + FFN out + TS_task(layer input)).
-      y = y + TaskLayer(cfg.task_layers, cfg.attention_dropout, cfg.dtype,
-                        name="task_layer")(h_in, mask_bias, task, projections, deterministic)
+      y = y + TaskLayer(cfg.task_layers, cfg.attention_dropout, cfg.dtype, name="task_layer")(
+        h_in, mask_bias, task, projections, deterministic
+      )
     return norm("output_norm")(y).astype(cfg.dtype)
 
 
@@ -136,15 +148,18 @@ class Embeddings(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, input_ids, token_type_ids, deterministic: bool,
-               position_ids: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self, input_ids, token_type_ids, deterministic: bool, position_ids: jax.Array | None = None
+  ) -> jax.Array:
     cfg = self.config
     init = nn.initializers.normal(0.02)
     embed = lambda n, size: nn.Embed(size, cfg.hidden_size, embedding_init=init, name=n)
     positions = jnp.arange(input_ids.shape[-1])[None, :] if position_ids is None else position_ids
-    x = (embed("word_embeddings", cfg.vocab_size)(input_ids)
-         + embed("position_embeddings", cfg.max_position_embeddings)(positions)
-         + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids))
+    x = (
+      embed("word_embeddings", cfg.vocab_size)(input_ids)
+      + embed("position_embeddings", cfg.max_position_embeddings)(positions)
+      + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids)
+    )
     x = nn.LayerNorm(cfg.layer_norm_eps, name="layer_norm")(x)
     return Dropout(cfg.hidden_dropout)(x, deterministic=deterministic).astype(cfg.dtype)
 
@@ -164,20 +179,26 @@ class BertEncoder(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
-               token_type_ids: jax.Array | None = None,
-               deterministic: bool = True, task: jax.Array | None = None,
-               position_ids: jax.Array | None = None,
-               segment_ids: jax.Array | None = None) -> jax.Array:
+  def __call__(
+    self,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    token_type_ids: jax.Array | None = None,
+    deterministic: bool = True,
+    task: jax.Array | None = None,
+    position_ids: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+  ) -> jax.Array:
     cfg = self.config
     projections = None
     if cfg.task_layers is not None:
       if task is None:
-        raise ValueError(f"this encoder has task-specific {cfg.task_layers.kind} layers: "
-                         "give the task whose layers to use")
+        raise ValueError(
+          f"this encoder has task-specific {cfg.task_layers.kind} layers: "
+          "give the task whose layers to use"
+        )
       if cfg.task_layers.kind == "pals":
-        projections = PalsProjections(cfg.task_layers, cfg.hidden_size, cfg.dtype,
-                                      name="task_proj")
+        projections = PalsProjections(cfg.task_layers, cfg.hidden_size, cfg.dtype, name="task_proj")
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     x = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic, position_ids)

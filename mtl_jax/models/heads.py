@@ -68,10 +68,18 @@ STS_LOSSES = ("mse", "cosine")
 PAIR_ENCODINGS = ("bi", "cross")
 # Head values that compare two separately encoded sentence vectors u, v: no such vectors
 # exist when a pair is cross-encoded as one sequence.
-BI_ENCODER_ONLY = {"quora": ("dot", "cosine"), "sts": ("cosine", "relu_cosine", "dot"),
-                   "sts_loss": ("cosine",)}
-_VALUES = {"kind": KINDS, "quora": QUORA_HEADS, "sts": STS_HEADS, "sts_loss": STS_LOSSES,
-           "pairs": PAIR_ENCODINGS}
+BI_ENCODER_ONLY = {
+  "quora": ("dot", "cosine"),
+  "sts": ("cosine", "relu_cosine", "dot"),
+  "sts_loss": ("cosine",),
+}
+_VALUES = {
+  "kind": KINDS,
+  "quora": QUORA_HEADS,
+  "sts": STS_HEADS,
+  "sts_loss": STS_LOSSES,
+  "pairs": PAIR_ENCODINGS,
+}
 TASK_NAMES = ("sst", "quora", "sts")
 NUM_SST_CLASSES = 5
 
@@ -97,13 +105,13 @@ class HeadSpec:
         if value in refused:
           usable = [v for v in _VALUES[name] if v not in refused]
           raise ValueError(
-              f"heads.{name}: {value!r} compares two separately encoded sentence vectors, "
-              f"but heads.pairs='cross' encodes a pair as one [CLS] s1 [SEP] s2 [SEP] "
-              f"sequence; with it use heads.{name}={usable[0]!r}, or heads.pairs='bi'")
+            f"heads.{name}: {value!r} compares two separately encoded sentence vectors, "
+            f"but heads.pairs='cross' encodes a pair as one [CLS] s1 [SEP] s2 [SEP] "
+            f"sequence; with it use heads.{name}={usable[0]!r}, or heads.pairs='bi'"
+          )
 
 
-def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str,
-         dense=None) -> jax.Array:
+def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str, dense=None) -> jax.Array:
   """[B, L, H] hidden states -> [B, H] sentence vectors ([B, 2H] for concat), ignoring
   padding. `concat` needs `dense`, its learned H -> H layer (see `TaskHeads.pool`)."""
   if pooling == "cls":
@@ -121,7 +129,7 @@ def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str,
 
 def split_pairs(pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
   half = pooled.shape[0] // 2
-  return pooled[:half], pooled[half:2 * half]
+  return pooled[:half], pooled[half : 2 * half]
 
 
 def cosine(u: jax.Array, v: jax.Array, eps: float = 1e-8) -> jax.Array:

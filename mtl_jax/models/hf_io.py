@@ -34,14 +34,14 @@ class CheckpointError(ValueError):
 
 
 _LAYER_MODULES = {
-    "attention.self.query": ("attention", "query"),
-    "attention.self.key": ("attention", "key"),
-    "attention.self.value": ("attention", "value"),
-    "attention.output.dense": ("attention", "attention_output"),
-    "attention.output.LayerNorm": ("attention_norm",),
-    "intermediate.dense": ("intermediate",),
-    "output.dense": ("output",),
-    "output.LayerNorm": ("output_norm",),
+  "attention.self.query": ("attention", "query"),
+  "attention.self.key": ("attention", "key"),
+  "attention.self.value": ("attention", "value"),
+  "attention.output.dense": ("attention", "attention_output"),
+  "attention.output.LayerNorm": ("attention_norm",),
+  "intermediate.dense": ("intermediate",),
+  "output.dense": ("output",),
+  "output.LayerNorm": ("output_norm",),
 }
 _EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
 _IGNORED = re.compile(r"^(pooler\.|cls\.|embeddings\.position_ids$)")
@@ -79,8 +79,14 @@ def _require(path: str, name: str, hint: str) -> str:
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 # What a BERT directory needs from a Hub repository; its other files (PyTorch, TF, ONNX
 # weights) are never downloaded.
-_HUB_FILES = ["config.json", "model.safetensors", "vocab.txt", "tokenizer.json",
-              "tokenizer_config.json", "special_tokens_map.json"]
+_HUB_FILES = [
+  "config.json",
+  "model.safetensors",
+  "vocab.txt",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+]
 
 
 def local_dir(path: str) -> str:
@@ -92,10 +98,13 @@ def local_dir(path: str) -> str:
   if os.path.isdir(path):
     return path
   if not _HUB_ID.fullmatch(path) or path.startswith((".", "~")) or os.path.exists(path):
-    raise CheckpointError(f"model directory {path!r} does not exist (set --config.model.path "
-                          "to a local Hugging Face BERT directory or a Hub id)")
+    raise CheckpointError(
+      f"model directory {path!r} does not exist (set --config.model.path "
+      "to a local Hugging Face BERT directory or a Hub id)"
+    )
   from huggingface_hub import snapshot_download  # Installed with transformers.
   from huggingface_hub.errors import HFValidationError
+
   try:
     return snapshot_download(path, allow_patterns=_HUB_FILES, local_files_only=True)
   except HFValidationError as e:
@@ -111,11 +120,13 @@ def local_dir(path: str) -> str:
   else:
     reason = "HF_HUB_OFFLINE is set"
   from huggingface_hub import constants
+
   raise CheckpointError(
-      f"model {path!r} is not a local directory, not in the Hugging Face cache "
-      f"({constants.HF_HUB_CACHE}) and could not be downloaded ({reason}). Download it where "
-      f"there is a network (`hf download {path}`, or save_pretrained to a directory) and set "
-      "HF_HOME to that cache, or set --config.model.path to the directory")
+    f"model {path!r} is not a local directory, not in the Hugging Face cache "
+    f"({constants.HF_HUB_CACHE}) and could not be downloaded ({reason}). Download it where "
+    f"there is a network (`hf download {path}`, or save_pretrained to a directory) and set "
+    "HF_HOME to that cache, or set --config.model.path to the directory"
+  )
 
 
 def read_config(path: str, **overrides) -> BertConfig:
@@ -126,13 +137,16 @@ def read_config(path: str, **overrides) -> BertConfig:
     with open(cfg_file, encoding="utf-8") as f:
       hf = json.load(f)
   except json.JSONDecodeError as e:
-    raise CheckpointError(f"{cfg_file}, line {e.lineno}: not valid JSON ({e.msg}): restore the "
-                          "model directory's config.json (copy or download it again)") from e
+    raise CheckpointError(
+      f"{cfg_file}, line {e.lineno}: not valid JSON ({e.msg}): restore the "
+      "model directory's config.json (copy or download it again)"
+    ) from e
   except (OSError, UnicodeDecodeError) as e:
     raise CheckpointError(f"cannot read {cfg_file}: {e}") from e
   if not isinstance(hf, dict):
-    raise CheckpointError(f"{cfg_file}: a Hugging Face config.json holds a JSON object, not "
-                          f"{type(hf).__name__}")
+    raise CheckpointError(
+      f"{cfg_file}: a Hugging Face config.json holds a JSON object, not {type(hf).__name__}"
+    )
   if hf.get("model_type", "bert") != "bert":
     raise CheckpointError(f"{cfg_file}: model_type {hf.get('model_type')!r} is not 'bert'")
   try:
@@ -153,17 +167,21 @@ def load_bert(path: str, **overrides) -> tuple[BertConfig, dict]:
   config = read_config(path, **overrides)
   st = os.path.join(path, "model.safetensors")
   if not os.path.isfile(st):
-    other = [f for f in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
-             if os.path.exists(os.path.join(path, f))]
+    other = [
+      f
+      for f in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+      if os.path.exists(os.path.join(path, f))
+    ]
     found = f" (found {', '.join(other)})" if other else ""
     raise CheckpointError(
-        f"{st} not found{found}. mtl_jax reads only safetensors; convert once with "
-        "`BertModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)` "
-        "in an environment that has PyTorch.")
+      f"{st} not found{found}. mtl_jax reads only safetensors; convert once with "
+      "`BertModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)` "
+      "in an environment that has PyTorch."
+    )
   tensors = _load_safetensors(st)
   params: dict = {}
   for name, value in tensors.items():
-    stripped = name[len("bert."):] if name.startswith("bert.") else name
+    stripped = name[len("bert.") :] if name.startswith("bert.") else name
     mapped = _flax_path(stripped)
     if mapped is None:
       continue
@@ -184,8 +202,9 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
     return load_file(path)
   except (SafetensorError, OSError, ValueError, MemoryError) as e:
     raise CheckpointError(
-        f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:200]}): it is "
-        "truncated or damaged; copy or download the model directory again") from e
+      f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:200]}): it is "
+      "truncated or damaged; copy or download the model directory again"
+    ) from e
 
 
 def save_bert(path: str, config: BertConfig, params: dict) -> None:
@@ -224,4 +243,5 @@ def load_tokenizer(path: str):
   os.environ.setdefault("HF_HUB_OFFLINE", "1")
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   from transformers import BertTokenizerFast  # Slow import; only where needed.
+
   return BertTokenizerFast.from_pretrained(path, local_files_only=True)

@@ -32,11 +32,17 @@ class MultitaskModel(nn.Module):
 
   def setup(self):
     self.encoder = BertEncoder(self.config)
-    self.heads = TaskHeads(self.head_dropout, self.head_spec, self.pooling,
-                           self.config.hidden_size)
+    self.heads = TaskHeads(self.head_dropout, self.head_spec, self.pooling, self.config.hidden_size)
 
-  def embed(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True,
-            task=None, packing: dict | None = None):
+  def embed(
+    self,
+    input_ids,
+    attention_mask,
+    token_type_ids,
+    deterministic: bool = True,
+    task=None,
+    packing: dict | None = None,
+  ):
     """Returns (last hidden state [B, L, H], pooled [B, D]: D = H, or 2H for concat).
 
     `task` (an index into the tasks) is needed only by an encoder with task layers.
@@ -46,19 +52,32 @@ class MultitaskModel(nn.Module):
     if packing is None:
       hidden = self.encoder(input_ids, attention_mask, token_type_ids, deterministic, task)
     else:
-      hidden = self.encoder(input_ids, attention_mask, token_type_ids, deterministic, task,
-                            packing["position_ids"], packing["segment_ids"])
+      hidden = self.encoder(
+        input_ids,
+        attention_mask,
+        token_type_ids,
+        deterministic,
+        task,
+        packing["position_ids"],
+        packing["segment_ids"],
+      )
       hidden, attention_mask = unpack(hidden, packing)
     if self.pooling in POOLINGS:  # Parameter-free: works without heads params too.
       return hidden, pool(hidden, attention_mask, self.pooling)
     return hidden, self.heads.pool(hidden, attention_mask)
 
-  def __call__(self, input_ids, attention_mask, token_type_ids, deterministic: bool = True,
-               task=None, packing: dict | None = None):
+  def __call__(
+    self,
+    input_ids,
+    attention_mask,
+    token_type_ids,
+    deterministic: bool = True,
+    task=None,
+    packing: dict | None = None,
+  ):
     """[S, L] token arrays (or packed [R, L] rows with `packing`) -> every head's outputs
     (see TaskHeads)."""
-    _, pooled = self.embed(input_ids, attention_mask, token_type_ids, deterministic, task,
-                           packing)
+    _, pooled = self.embed(input_ids, attention_mask, token_type_ids, deterministic, task, packing)
     return self.heads(pooled, deterministic)
 
 
@@ -78,9 +97,15 @@ def unpack(hidden: jax.Array, packing: dict) -> tuple[jax.Array, jax.Array]:
 def apply(model: MultitaskModel, params: dict, batch: dict, **kwargs) -> dict:
   """model.apply on a batch dict, packed (`mtl_jax.data.packing`) or not: every head's
   outputs on its sequences. kwargs: deterministic, task, rngs."""
-  packing = ({k: batch[k] for k in PACKING_KEYS} if PACKING_KEYS[0] in batch else None)
-  return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                     batch["token_type_ids"], packing=packing, **kwargs)
+  packing = {k: batch[k] for k in PACKING_KEYS} if PACKING_KEYS[0] in batch else None
+  return model.apply(
+    {"params": params},
+    batch["input_ids"],
+    batch["attention_mask"],
+    batch["token_type_ids"],
+    packing=packing,
+    **kwargs,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,16 +133,19 @@ def build(spec: ModelSpec, rng: jax.Array) -> tuple[MultitaskModel, dict]:
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(spec.dtype)
   if dtype is None:
     raise ValueError(f"unknown dtype {spec.dtype!r}; expected float32 or bfloat16")
-  config, pretrained = hf_io.load_bert(spec.path, lora=spec.lora, task_layers=spec.task_layers,
-                                       dtype=dtype)
+  config, pretrained = hf_io.load_bert(
+    spec.path, lora=spec.lora, task_layers=spec.task_layers, dtype=dtype
+  )
   model = MultitaskModel(config, spec.pooling, spec.head_dropout, spec.heads)
   dummy = jnp.zeros((2, 8), jnp.int32)
   task = 0 if spec.task_layers is not None else None
   params = jax.jit(lambda r: model.init(r, dummy, dummy + 1, dummy, True, task)["params"])(rng)
   params = dict(params, encoder=_overlay(params["encoder"], pretrained))
   if spec.lora is not None and not any("lora" in p for p in traverse_util.flatten_dict(params)):
-    raise ValueError(f"adapter.layers {spec.lora.layers} selects no layer of this "
-                     f"{config.num_layers}-layer model: no adapter would train")
+    raise ValueError(
+      f"adapter.layers {spec.lora.layers} selects no layer of this "
+      f"{config.num_layers}-layer model: no adapter would train"
+    )
   return model, adapters.reset_dora_magnitudes(params)
 
 
@@ -135,7 +163,8 @@ def _overlay(initialised: dict, pretrained: dict) -> dict:
       raise hf_io.CheckpointError(f"checkpoint tensor {'/'.join(path)} has no place in the model")
     if flat[path].shape != value.shape:
       raise hf_io.CheckpointError(
-          f"{'/'.join(path)}: checkpoint shape {value.shape} != model shape {flat[path].shape}")
+        f"{'/'.join(path)}: checkpoint shape {value.shape} != model shape {flat[path].shape}"
+      )
     flat[path] = jnp.asarray(value)
   missing = [p for p in flat if p not in loaded and not _is_new(p)]
   if missing:
@@ -149,6 +178,7 @@ def trainable_mask(params: dict, mode: str) -> dict:
   full: everything. probe: heads only. lora/rslora/dora: adapters and heads. Task layers
   (PALs, low-rank), when the model has them, train in every mode.
   """
+
   def trains(path: tuple[str, ...]) -> bool:
     if path[0] == "heads" or mode == "full" or task_layers.is_task_specific(path):
       return True
@@ -179,7 +209,8 @@ def is_shared(trainable: dict) -> dict:
   log-variances)."""
   flat = traverse_util.flatten_dict(trainable)
   return traverse_util.unflatten_dict(
-      {p: p[0] == "encoder" and not task_layers.is_task_specific(p) for p in flat})
+    {p: p[0] == "encoder" and not task_layers.is_task_specific(p) for p in flat}
+  )
 
 
 def count(tree: dict) -> int:

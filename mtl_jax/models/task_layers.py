@@ -28,7 +28,8 @@ pretrained layers cannot re-adapt to a random perturbation of their input.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -56,8 +57,9 @@ class TaskLayerConfig:
     if self.size < 0:
       raise ValueError(f"task layer size must be >= 0, got {self.size}")
     if self.kind == "pals" and self.size % PALS_HEADS:
-      raise ValueError(f"PALs size {self.size} must be a multiple of its {PALS_HEADS} "
-                       "attention heads")
+      raise ValueError(
+        f"PALs size {self.size} must be a multiple of its {PALS_HEADS} attention heads"
+      )
 
   def width(self, hidden_size: int) -> int:
     """s: the width of the task layer for an encoder of this hidden size."""
@@ -113,12 +115,19 @@ class TaskLayer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, h: jax.Array, mask_bias: jax.Array, task: jax.Array,
-               projections: PalsProjections | None, deterministic: bool) -> jax.Array:
+  def __call__(
+    self,
+    h: jax.Array,
+    mask_bias: jax.Array,
+    task: jax.Array,
+    projections: PalsProjections | None,
+    deterministic: bool,
+  ) -> jax.Array:
     hidden = h.shape[-1]
     s = self.config.width(hidden)
-    dense = lambda n, name, **kw: TaskDense(n, self.config.num_tasks, dtype=self.dtype, name=name,
-                                            **kw)
+    dense = lambda n, name, **kw: TaskDense(
+      n, self.config.num_tasks, dtype=self.dtype, name=name, **kw
+    )
     if self.config.kind == "low_rank":
       down = exact_gelu(dense(s, "down")(h, task))
       return dense(hidden, "up", kernel_init=nn.initializers.zeros)(down, task)
