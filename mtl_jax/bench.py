@@ -30,7 +30,41 @@ import time
 import numpy as np
 from absl import app, flags
 
-from mtl_jax import machine
+from mtl_jax import cli, machine
+
+FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.cli).
+_METHODS = flags.DEFINE_list(
+  "methods",
+  ["summed", "sum", "pcgrad", "cagrad", "mgda"],
+  "Gradient methods ('summed' = gradient of the summed loss).",
+  flag_values=FLAGS,
+)
+_MODES = flags.DEFINE_list(
+  "modes", ["lora", "full", "probe"], "Fine-tuning modes (adapter.kind).", flag_values=FLAGS
+)
+_SEQS_PER_TASK = flags.DEFINE_integer(
+  "seqs_per_task", 64, "Sequences per task per step.", flag_values=FLAGS
+)
+_LENGTH = flags.DEFINE_integer("length", 64, "Sequence length.", flag_values=FLAGS)
+_STEPS = flags.DEFINE_integer(
+  "steps", 10, "Timed steps (after 2 warm-up steps).", flag_values=FLAGS
+)
+_MODEL = flags.DEFINE_string(
+  "model", None, "Hugging Face BERT directory (default: the bundled model).", flag_values=FLAGS
+)
+_SHARDING = flags.DEFINE_bool(
+  "sharding",
+  False,
+  "Print per-device parameter + optimizer-state bytes, replicated vs fsdp, instead of "
+  "timing steps.",
+  flag_values=FLAGS,
+)
+_DEVICES = flags.DEFINE_integer(
+  "devices", 4, "With --sharding: forced CPU devices.", flag_values=FLAGS
+)
+_ONE = flags.DEFINE_string(
+  "one", None, "Internal: run one 'method:mode' and print JSON.", flag_values=FLAGS
+)
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -170,54 +204,36 @@ def table(rows: list[dict], peak: float, header: str = "") -> str:
   return "\n".join(lines)
 
 
-def define_flags() -> None:
-  """Only when run as a program: several modules have flags of the same names."""
-  flags.DEFINE_list(
-    "methods",
-    ["summed", "sum", "pcgrad", "cagrad", "mgda"],
-    "Gradient methods ('summed' = gradient of the summed loss).",
-  )
-  flags.DEFINE_list("modes", ["lora", "full", "probe"], "Fine-tuning modes (adapter.kind).")
-  flags.DEFINE_integer("seqs_per_task", 64, "Sequences per task per step.")
-  flags.DEFINE_integer("length", 64, "Sequence length.")
-  flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
-  flags.DEFINE_string("model", None, "Hugging Face BERT directory (default: the bundled model).")
-  flags.DEFINE_bool(
-    "sharding",
-    False,
-    "Print per-device parameter + optimizer-state bytes, "
-    "replicated vs fsdp, instead of timing steps.",
-  )
-  flags.DEFINE_integer("devices", 4, "With --sharding: forced CPU devices.")
-  flags.DEFINE_string("one", None, "Internal: run one 'method:mode' and print JSON.")
-
-
-def main(argv):
-  del argv
-  f = flags.FLAGS
-  if f.one:
-    method, mode = f.one.split(":")
-    print(json.dumps(run_one(method, mode, f.seqs_per_task, f.length, f.steps, f.model)))
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _ONE.value:
+    method, mode = _ONE.value.split(":")
+    print(
+      json.dumps(
+        run_one(method, mode, _SEQS_PER_TASK.value, _LENGTH.value, _STEPS.value, _MODEL.value)
+      )
+    )
     return
-  if f.sharding:
+  if _SHARDING.value:
     from mtl_jax import shard_memory
 
-    print(shard_memory.run(f.modes, f.devices, f.model))
+    print(shard_memory.run(_MODES.value, _DEVICES.value, _MODEL.value))
     return
   peak = matmul_peak_flops()
   rows = []
-  for mode in f.modes:
-    for method in f.methods:
+  for mode in _MODES.value:
+    for method in _METHODS.value:
       out = subprocess.run(
         [
           sys.executable,
           "-m",
           "mtl_jax.bench",
           f"--one={method}:{mode}",
-          f"--seqs_per_task={f.seqs_per_task}",
-          f"--length={f.length}",
-          f"--steps={f.steps}",
-          *([f"--model={f.model}"] if f.model else []),
+          f"--seqs_per_task={_SEQS_PER_TASK.value}",
+          f"--length={_LENGTH.value}",
+          f"--steps={_STEPS.value}",
+          *([f"--model={_MODEL.value}"] if _MODEL.value else []),
         ],
         capture_output=True,
         text=True,
@@ -231,9 +247,9 @@ def main(argv):
   header = "\n".join(
     [
       machine.machine_line(peak),
-      model_line(f.model),
-      f"shapes: 3 tasks x {f.seqs_per_task} sequences x {f.length} tokens, f32; "
-      f"median of {f.steps} steps after 2 warm-up steps",
+      model_line(_MODEL.value),
+      f"shapes: 3 tasks x {_SEQS_PER_TASK.value} sequences x {_LENGTH.value} tokens, f32; "
+      f"median of {_STEPS.value} steps after 2 warm-up steps",
     ]
   )
   print("\n" + table(rows, peak, header))
@@ -243,5 +259,4 @@ if __name__ == "__main__":
   from mtl_jax import hugepages
 
   hugepages.reexec_with_huge_pages()
-  define_flags()
-  app.run(main)
+  cli.run(main, FLAGS)

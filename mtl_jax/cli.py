@@ -5,6 +5,7 @@ hands them to `run`:
 
   FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.cli).
   _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's directory.", flag_values=FLAGS)
+  cli.mark_required(FLAGS, ["workdir"])
 
   def main(argv: list[str]) -> int | None:  # argv: [program, positional arguments...]
     ...  # _WORKDIR.value; raise app.UsageError("...") for a bad command line.
@@ -48,6 +49,13 @@ HELP = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
 HELPFULL = ("--helpfull", "-helpfull")
 
 Main = Callable[[list[str]], "int | None"]
+
+
+def mark_required(tool_flags: flags.FlagValues, names: Sequence[str]) -> None:
+  """absl's mark_flags_as_required, and "(required)" in each one's --help line."""
+  flags.mark_flags_as_required(names, flag_values=tool_flags)
+  for name in names:
+    tool_flags[name].help += " (required)"
 
 
 def run(main: Main, tool_flags: flags.FlagValues) -> NoReturn:

@@ -127,7 +127,7 @@ _PLAN = flags.DEFINE_bool(
   "Only load every config and print the runs and their commands.",
   flag_values=FLAGS,
 )
-flags.mark_flags_as_required(["configs", "workdir"], flag_values=FLAGS)
+cli.mark_required(FLAGS, ["configs", "workdir"])
 
 
 class SweepError(ValueError):

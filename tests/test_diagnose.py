@@ -1,5 +1,5 @@
 """mtl_jax.diagnose: summary numbers on a synthetic metrics.jsonl, plots, errors, the CLI,
-and the --checkpoint mode on a 2-step tiny-BERT run."""
+and the --from_checkpoint mode on a 2-step tiny-BERT run."""
 
 from __future__ import annotations
 
@@ -218,7 +218,7 @@ def test_checkpoint_mode_on_a_tiny_run(tiny_bert_dir, tmp_path, monkeypatch):
     assert all(np.isfinite(r[f"task_loss/{t}"]) for t in diagnose.TASKS)
     assert "method/removed_norm/sst" in r  # tiny_config uses pcgrad.
   monkeypatch.setattr(diagnose, "checkpoint_rows", lambda workdir, n: rows)  # No recompile.
-  s = diagnose.run(run_dir, checkpoint=True, batches=2)
+  s = diagnose.run(run_dir, from_checkpoint=True, batches=2)
   with open(os.path.join(run_dir, "diagnostics", "checkpoint_summary.json")) as f:
     assert json.load(f)["num_rows"] == 2
   assert all(0 <= v["conflict_rate"] <= 1 for v in s["pairs"].values())
