@@ -112,14 +112,14 @@ def random_batch(tasks: int, seqs_per_task: int, length: int, vocab_size: int) -
 def run_one(
   method: str, mode: str, seqs_per_task: int, length: int, steps: int, model_path: str | None = None
 ) -> dict:
-  """Times one jitted train step configuration; returns the row of the table."""
+  """Times one jitted train step configuration (the trainer's step, `step.make_train_step`,
+  or for "summed" `step.make_summed_step`, compiled as the trainer compiles it); returns the
+  row of the table."""
   import jax
-  import jax.numpy as jnp
-  import optax
 
   from configs import default
   from mtl_jax import train, xla_options
-  from mtl_jax.step import TrainState, make_loss_fn, make_train_step
+  from mtl_jax.step import TrainState, make_summed_step, make_train_step
 
   config = default.get_config()
   config.model.path = model_path or config.model.path
@@ -130,28 +130,11 @@ def run_one(
   t = 3
   batch = random_batch(t, seqs_per_task, length, model.config.vocab_size)
   if method == "summed":
-    loss_fn = make_loss_fn(model)
     summed_tx = train.base_optimizer(config)  # No task axis to combine.
     state = TrainState(state.step, state.trainable, summed_tx.init(state.trainable))
-
-    def summed_step(state, frozen, batch):
-      keys = jax.random.split(jax.random.fold_in(jax.random.key(0), state.step), t)
-
-      def total(trainable):
-        losses = jax.vmap(loss_fn, in_axes=(None, None, 0, 0, 0))(
-          trainable, frozen, batch, jnp.arange(t), keys
-        )
-        return losses.sum()
-
-      grads = jax.grad(total)(state.trainable)
-      updates, opt_state = summed_tx.update(grads, state.opt_state, state.trainable)
-      return TrainState(
-        state.step + 1, optax.apply_updates(state.trainable, updates), opt_state
-      ), {}
-
-    step = summed_step
+    step = make_summed_step(model, summed_tx, t, config.seed)
   else:
-    step = make_train_step(model, tx, tuple(range(t)), 0)
+    step = make_train_step(model, tx, tuple(range(t)), config.seed)
   jitted = jax.jit(step, donate_argnums=(0,), compiler_options=xla_options.train_step_options())
   compiled = jitted.lower(state, frozen, batch).compile()
   flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))

@@ -342,16 +342,22 @@ def _rolling(x: np.ndarray, window: int) -> np.ndarray:
 
 
 def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
-  """Rows like metrics.jsonl's, measured on the latest checkpoint over the next batches."""
+  """Rows like metrics.jsonl's, measured on the latest checkpoint over the next steps.
+
+  Step k's row is the trainer's own step (`step.make_train_step`, with step k's dropout
+  keys) from the checkpoint's parameters, on the batch training draws at step k
+  (`train.train_batches`: the run's schedule, epoch caps, length grouping and packing);
+  under a one-task schedule, on every task's next batch (`schedules.every_task_batch`).
+  The update it computes is what the method would do (method stats), and is then dropped:
+  every row is measured at the checkpoint's parameters."""
   import jax
   import jax.numpy as jnp
 
-  from mtl_jax import checkpoint, specs, train
-  from mtl_jax import grad as mtlgrad
-  from mtl_jax.data import batching, files
+  from mtl_jax import checkpoint, specs, train, xla_options
+  from mtl_jax.data import files
   from mtl_jax.metrics_log import _flatten
   from mtl_jax.models import hf_io
-  from mtl_jax.step import make_per_task_grads, shared_gradients
+  from mtl_jax.step import make_train_step
 
   try:
     config, model, state, frozen, tx = train.restore(workdir)  # Split and method state kept.
@@ -366,28 +372,19 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
     checkpoint.UnreadableCheckpointError,
   ) as e:
     raise DiagnoseError(str(e)) from e
-  per_task = make_per_task_grads(model)
-  task_ids = jnp.arange(len(TASKS))
-
-  @jax.jit
-  def measure(trainable, frozen, opt_state, batch, step):
-    keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), step), len(TASKS))
-    losses, grads = per_task(trainable, frozen, batch, task_ids, keys)
-    _, new_opt_state = tx.update(grads, opt_state, trainable)  # What the method would remove.
-    shared = shared_gradients(grads)
-    return {
-      "task_loss": losses,
-      **{f"grad/{k}": v for k, v in mtlgrad.task_gradient_stats(shared).items()},
-      **{f"method/{k}": v for k, v in mtlgrad.method_stats(new_opt_state).items()},
-    }
-
-  t, rows = config.train, []
+  batches = train.train_batches(config, data["train"], jax.device_count())
+  step_fn = jax.jit(
+    make_train_step(model, tx, tuple(range(len(TASKS))), config.seed),
+    compiler_options=xla_options.train_step_options(),
+  )
+  rows = []
   for step in range(int(state.step), int(state.step) + num_batches):
-    batch = batching.train_batch(
-      data["train"], step, t.seqs_per_task, config.seed, tuple(t.length_buckets), t.length_grouping
-    )
-    out = jax.device_get(measure(state.trainable, frozen, state.opt_state, batch, step))
-    rows.append({"step": step, **_flatten(out, TASKS)})
+    at_step = state._replace(step=jnp.asarray(step, jnp.int32))
+    _, metrics = step_fn(at_step, frozen, batches.every_task(step))
+    measured = {
+      k: v for k, v in metrics.items() if k == "task_loss" or k.startswith(("grad/", "method/"))
+    }
+    rows.append({"step": step, **_flatten(jax.device_get(measured), TASKS)})
   return rows
 
 
