@@ -30,7 +30,41 @@ import time
 import numpy as np
 from absl import app, flags
 
-from mtl_jax import machine
+from mtl_jax import cli, machine
+
+FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.cli).
+_METHODS = flags.DEFINE_list(
+  "methods",
+  ["summed", "sum", "pcgrad", "cagrad", "mgda"],
+  "Gradient methods ('summed' = gradient of the summed loss).",
+  flag_values=FLAGS,
+)
+_MODES = flags.DEFINE_list(
+  "modes", ["lora", "full", "probe"], "Fine-tuning modes (adapter.kind).", flag_values=FLAGS
+)
+_SEQS_PER_TASK = flags.DEFINE_integer(
+  "seqs_per_task", 64, "Sequences per task per step.", flag_values=FLAGS
+)
+_LENGTH = flags.DEFINE_integer("length", 64, "Sequence length.", flag_values=FLAGS)
+_STEPS = flags.DEFINE_integer(
+  "steps", 10, "Timed steps (after 2 warm-up steps).", flag_values=FLAGS
+)
+_MODEL = flags.DEFINE_string(
+  "model", None, "Hugging Face BERT directory (default: the bundled model).", flag_values=FLAGS
+)
+_SHARDING = flags.DEFINE_bool(
+  "sharding",
+  False,
+  "Print per-device parameter + optimizer-state bytes, replicated vs fsdp, instead of "
+  "timing steps.",
+  flag_values=FLAGS,
+)
+_DEVICES = flags.DEFINE_integer(
+  "devices", 4, "With --sharding: forced CPU devices.", flag_values=FLAGS
+)
+_ONE = flags.DEFINE_string(
+  "one", None, "Internal: run one 'method:mode' and print JSON.", flag_values=FLAGS
+)
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
@@ -78,14 +112,14 @@ def random_batch(tasks: int, seqs_per_task: int, length: int, vocab_size: int) -
 def run_one(
   method: str, mode: str, seqs_per_task: int, length: int, steps: int, model_path: str | None = None
 ) -> dict:
-  """Times one jitted train step configuration; returns the row of the table."""
+  """Times one jitted train step configuration (the trainer's step, `step.make_train_step`,
+  or for "summed" `step.make_summed_step`, compiled as the trainer compiles it); returns the
+  row of the table."""
   import jax
-  import jax.numpy as jnp
-  import optax
 
   from configs import default
   from mtl_jax import train, xla_options
-  from mtl_jax.step import TrainState, make_loss_fn, make_train_step
+  from mtl_jax.step import TrainState, make_summed_step, make_train_step
 
   config = default.get_config()
   config.model.path = model_path or config.model.path
@@ -96,28 +130,11 @@ def run_one(
   t = 3
   batch = random_batch(t, seqs_per_task, length, model.config.vocab_size)
   if method == "summed":
-    loss_fn = make_loss_fn(model)
     summed_tx = train.base_optimizer(config)  # No task axis to combine.
     state = TrainState(state.step, state.trainable, summed_tx.init(state.trainable))
-
-    def summed_step(state, frozen, batch):
-      keys = jax.random.split(jax.random.fold_in(jax.random.key(0), state.step), t)
-
-      def total(trainable):
-        losses = jax.vmap(loss_fn, in_axes=(None, None, 0, 0, 0))(
-          trainable, frozen, batch, jnp.arange(t), keys
-        )
-        return losses.sum()
-
-      grads = jax.grad(total)(state.trainable)
-      updates, opt_state = summed_tx.update(grads, state.opt_state, state.trainable)
-      return TrainState(
-        state.step + 1, optax.apply_updates(state.trainable, updates), opt_state
-      ), {}
-
-    step = summed_step
+    step = make_summed_step(model, summed_tx, t, config.seed)
   else:
-    step = make_train_step(model, tx, tuple(range(t)), 0)
+    step = make_train_step(model, tx, tuple(range(t)), config.seed)
   jitted = jax.jit(step, donate_argnums=(0,), compiler_options=xla_options.train_step_options())
   compiled = jitted.lower(state, frozen, batch).compile()
   flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
@@ -170,54 +187,36 @@ def table(rows: list[dict], peak: float, header: str = "") -> str:
   return "\n".join(lines)
 
 
-def define_flags() -> None:
-  """Only when run as a program: several modules have flags of the same names."""
-  flags.DEFINE_list(
-    "methods",
-    ["summed", "sum", "pcgrad", "cagrad", "mgda"],
-    "Gradient methods ('summed' = gradient of the summed loss).",
-  )
-  flags.DEFINE_list("modes", ["lora", "full", "probe"], "Fine-tuning modes (adapter.kind).")
-  flags.DEFINE_integer("seqs_per_task", 64, "Sequences per task per step.")
-  flags.DEFINE_integer("length", 64, "Sequence length.")
-  flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
-  flags.DEFINE_string("model", None, "Hugging Face BERT directory (default: the bundled model).")
-  flags.DEFINE_bool(
-    "sharding",
-    False,
-    "Print per-device parameter + optimizer-state bytes, "
-    "replicated vs fsdp, instead of timing steps.",
-  )
-  flags.DEFINE_integer("devices", 4, "With --sharding: forced CPU devices.")
-  flags.DEFINE_string("one", None, "Internal: run one 'method:mode' and print JSON.")
-
-
-def main(argv):
-  del argv
-  f = flags.FLAGS
-  if f.one:
-    method, mode = f.one.split(":")
-    print(json.dumps(run_one(method, mode, f.seqs_per_task, f.length, f.steps, f.model)))
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _ONE.value:
+    method, mode = _ONE.value.split(":")
+    print(
+      json.dumps(
+        run_one(method, mode, _SEQS_PER_TASK.value, _LENGTH.value, _STEPS.value, _MODEL.value)
+      )
+    )
     return
-  if f.sharding:
+  if _SHARDING.value:
     from mtl_jax import shard_memory
 
-    print(shard_memory.run(f.modes, f.devices, f.model))
+    print(shard_memory.run(_MODES.value, _DEVICES.value, _MODEL.value))
     return
   peak = matmul_peak_flops()
   rows = []
-  for mode in f.modes:
-    for method in f.methods:
+  for mode in _MODES.value:
+    for method in _METHODS.value:
       out = subprocess.run(
         [
           sys.executable,
           "-m",
           "mtl_jax.bench",
           f"--one={method}:{mode}",
-          f"--seqs_per_task={f.seqs_per_task}",
-          f"--length={f.length}",
-          f"--steps={f.steps}",
-          *([f"--model={f.model}"] if f.model else []),
+          f"--seqs_per_task={_SEQS_PER_TASK.value}",
+          f"--length={_LENGTH.value}",
+          f"--steps={_STEPS.value}",
+          *([f"--model={_MODEL.value}"] if _MODEL.value else []),
         ],
         capture_output=True,
         text=True,
@@ -231,9 +230,9 @@ def main(argv):
   header = "\n".join(
     [
       machine.machine_line(peak),
-      model_line(f.model),
-      f"shapes: 3 tasks x {f.seqs_per_task} sequences x {f.length} tokens, f32; "
-      f"median of {f.steps} steps after 2 warm-up steps",
+      model_line(_MODEL.value),
+      f"shapes: 3 tasks x {_SEQS_PER_TASK.value} sequences x {_LENGTH.value} tokens, f32; "
+      f"median of {_STEPS.value} steps after 2 warm-up steps",
     ]
   )
   print("\n" + table(rows, peak, header))
@@ -243,5 +242,4 @@ if __name__ == "__main__":
   from mtl_jax import hugepages
 
   hugepages.reexec_with_huge_pages()
-  define_flags()
-  app.run(main)
+  cli.run(main, FLAGS)

@@ -1,13 +1,15 @@
 """Per-task gradient diagnostics of a training run: do the tasks' gradients conflict?
 
-  python -m mtl_jax.diagnose --workdir WORKDIR [--output DIR] [--checkpoint] [--batches 8]
+  python -m mtl_jax.diagnose --workdir=WORKDIR [--output=DIR]
+  python -m mtl_jax.diagnose --workdir=WORKDIR --from_checkpoint [--batches=8] [--output=DIR]
 
 By default reads WORKDIR/metrics.jsonl and writes PNG plots (pairwise cosines, gradient
 norms, conflict rate, share of each task's gradient removed by the method, method stats,
 losses, dev metrics), prints a summary table and writes summary.json to --output
-(default WORKDIR/diagnostics). With --checkpoint it measures the same statistics afresh on
-the latest checkpoint, over the next --batches training batches (dropout on, as in
-training), and writes checkpoint_summary.json instead of plots.
+(default WORKDIR/diagnostics). With --from_checkpoint it measures the same statistics
+afresh on the run's latest checkpoint, over the next --batches steps, and writes
+checkpoint_summary.json instead of plots. A mode of its own, not implied by the checkpoints
+a finished run holds, because it is slow (a compile, and a step per batch).
 """
 
 from __future__ import annotations
@@ -20,9 +22,32 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from mtl_jax import cli
 from mtl_jax.data.files import TASKS
 
 PAIRS = list(itertools.combinations(range(len(TASKS)), 2))
+
+FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.cli).
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "A training run's directory (metrics.jsonl, checkpoints/).", flag_values=FLAGS
+)
+_OUTPUT = flags.DEFINE_string(
+  "output", None, "Output directory (default WORKDIR/diagnostics).", flag_values=FLAGS
+)
+_FROM_CHECKPOINT = flags.DEFINE_bool(
+  "from_checkpoint",
+  False,
+  "Measure afresh on the run's latest checkpoint instead of reading metrics.jsonl.",
+  flag_values=FLAGS,
+)
+_BATCHES = flags.DEFINE_integer(
+  "batches",
+  8,
+  "With --from_checkpoint: the steps to measure and average over.",
+  lower_bound=1,
+  flag_values=FLAGS,
+)
+cli.mark_required(FLAGS, ["workdir"])
 
 
 class DiagnoseError(ValueError):
@@ -62,7 +87,7 @@ def read_metrics(workdir: str) -> tuple[list[dict], list[dict]]:
     raise DiagnoseError(
       f"{os.path.join(workdir, 'metrics.jsonl')} has no gradient rows "
       "(grad/cosine): nothing to diagnose (a run whose train.schedule trains "
-      "one task per step logs none; --checkpoint measures them on its latest "
+      "one task per step logs none; --from_checkpoint measures them on its latest "
       "checkpoint)"
     )
   return grad, dev
@@ -317,16 +342,22 @@ def _rolling(x: np.ndarray, window: int) -> np.ndarray:
 
 
 def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
-  """Rows like metrics.jsonl's, measured on the latest checkpoint over the next batches."""
+  """Rows like metrics.jsonl's, measured on the latest checkpoint over the next steps.
+
+  Step k's row is the trainer's own step (`step.make_train_step`, with step k's dropout
+  keys) from the checkpoint's parameters, on the batch training draws at step k
+  (`train.train_batches`: the run's schedule, epoch caps, length grouping and packing);
+  under a one-task schedule, on every task's next batch (`schedules.every_task_batch`).
+  The update it computes is what the method would do (method stats), and is then dropped:
+  every row is measured at the checkpoint's parameters."""
   import jax
   import jax.numpy as jnp
 
-  from mtl_jax import checkpoint, specs, train
-  from mtl_jax import grad as mtlgrad
-  from mtl_jax.data import batching, files
+  from mtl_jax import checkpoint, specs, train, xla_options
+  from mtl_jax.data import files
   from mtl_jax.metrics_log import _flatten
   from mtl_jax.models import hf_io
-  from mtl_jax.step import make_per_task_grads, shared_gradients
+  from mtl_jax.step import make_train_step
 
   try:
     config, model, state, frozen, tx = train.restore(workdir)  # Split and method state kept.
@@ -341,28 +372,19 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
     checkpoint.UnreadableCheckpointError,
   ) as e:
     raise DiagnoseError(str(e)) from e
-  per_task = make_per_task_grads(model)
-  task_ids = jnp.arange(len(TASKS))
-
-  @jax.jit
-  def measure(trainable, frozen, opt_state, batch, step):
-    keys = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), step), len(TASKS))
-    losses, grads = per_task(trainable, frozen, batch, task_ids, keys)
-    _, new_opt_state = tx.update(grads, opt_state, trainable)  # What the method would remove.
-    shared = shared_gradients(grads)
-    return {
-      "task_loss": losses,
-      **{f"grad/{k}": v for k, v in mtlgrad.task_gradient_stats(shared).items()},
-      **{f"method/{k}": v for k, v in mtlgrad.method_stats(new_opt_state).items()},
-    }
-
-  t, rows = config.train, []
+  batches = train.train_batches(config, data["train"], jax.device_count())
+  step_fn = jax.jit(
+    make_train_step(model, tx, tuple(range(len(TASKS))), config.seed),
+    compiler_options=xla_options.train_step_options(),
+  )
+  rows = []
   for step in range(int(state.step), int(state.step) + num_batches):
-    batch = batching.train_batch(
-      data["train"], step, t.seqs_per_task, config.seed, tuple(t.length_buckets), t.length_grouping
-    )
-    out = jax.device_get(measure(state.trainable, frozen, state.opt_state, batch, step))
-    rows.append({"step": step, **_flatten(out, TASKS)})
+    at_step = state._replace(step=jnp.asarray(step, jnp.int32))
+    _, metrics = step_fn(at_step, frozen, batches.every_task(step))
+    measured = {
+      k: v for k, v in metrics.items() if k == "task_loss" or k.startswith(("grad/", "method/"))
+    }
+    rows.append({"step": step, **_flatten(jax.device_get(measured), TASKS)})
   return rows
 
 
@@ -370,11 +392,11 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
 
 
 def run(
-  workdir: str, output: str | None = None, checkpoint: bool = False, batches: int = 8
+  workdir: str, output: str | None = None, from_checkpoint: bool = False, batches: int = 8
 ) -> dict:
   """Diagnoses a workdir, prints the table and file paths, returns the summary."""
   output = output or os.path.join(workdir, "diagnostics")
-  if checkpoint:
+  if from_checkpoint:
     if batches < 1:
       raise DiagnoseError(f"--batches must be >= 1, got {batches}")
     rows, dev_rows, name = checkpoint_rows(workdir, batches), [], "checkpoint_summary.json"
@@ -383,7 +405,7 @@ def run(
   os.makedirs(output, exist_ok=True)
   summary = summarize(rows, dev_rows)
   print(format_summary(summary))
-  paths = [] if checkpoint else plot(rows, dev_rows, output)
+  paths = [] if from_checkpoint else plot(rows, dev_rows, output)
   paths.append(os.path.join(output, name))
   with open(paths[-1], "w") as f:
     json.dump(summary, f, indent=2)
@@ -391,26 +413,16 @@ def run(
   return summary
 
 
-def define_flags() -> None:
-  """Only when run as a program: several modules have flags of the same names."""
-  flags.DEFINE_string("workdir", None, "A training workdir (holds metrics.jsonl).")
-  flags.DEFINE_string("output", None, "Output directory (default WORKDIR/diagnostics).")
-  flags.DEFINE_bool("checkpoint", False, "Measure on the latest checkpoint instead.")
-  flags.DEFINE_integer("batches", 8, "Training batches to average over with --checkpoint.")
-
-
-def main(argv):
+def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS.workdir:
-    raise app.UsageError("--workdir is required")
   try:
-    run(flags.FLAGS.workdir, flags.FLAGS.output, flags.FLAGS.checkpoint, flags.FLAGS.batches)
+    run(_WORKDIR.value, _OUTPUT.value, _FROM_CHECKPOINT.value, _BATCHES.value)
   except (DiagnoseError, FileNotFoundError) as e:
     print(f"diagnose: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    return 2
+  return 0
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, FLAGS)

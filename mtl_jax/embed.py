@@ -1,17 +1,19 @@
 """Embed sentences with the pretrained or a fine-tuned encoder, from the command line.
 
-  python -m mtl_jax.embed --model DIR --input FILE.txt --output OUT.npz \
-      [--max-length 128] [--checkpoint WORKDIR] [--pooling mean] [--task sst|quora|sts]
+  python -m mtl_jax.embed --model=DIR --input=FILE.txt --output=OUT.npz [--max_length=128]
+  python -m mtl_jax.embed --workdir=WORKDIR --input=FILE.txt --output=OUT.npz \\
+      [--pooling=mean] [--task=sst|quora|sts]
 
-One sentence per line, or in a pair file, two tab-separated sentences per line, encoded as [CLS] a [SEP] b [SEP]
-with token types. Row i of every output array is line i of the input: a blank line (or one
-of spaces only) in a sentence file is embedded as an empty sentence ([CLS] [SEP]), never
-dropped; a pair file has no place for one and is refused, naming the blank lines. --max_length
-above the model's max_position_embeddings is refused, naming both. Writes input_ids, attention_mask, token_type_ids [N, L] (right-padded to
-the longest line), last_hidden_state [N, L, H] float32 and pooled [N, H]. With
---checkpoint the fine-tuned encoder of that run is used (adapters applied) and its
-configured pooling; --model then defaults to the run's model. A run trained with task
-layers (adapter.task_layers = pals | low_rank) has one encoder per task: --task picks it.
+One sentence per line, or in a pair file, two tab-separated sentences per line, encoded as
+[CLS] a [SEP] b [SEP] with token types. Row i of every output array is line i of the input:
+a blank line (or one of spaces only) in a sentence file is embedded as an empty sentence
+([CLS] [SEP]), never dropped; a pair file has no place for one and is refused, naming the
+blank lines. --max_length above the model's max_position_embeddings is refused, naming both.
+Writes input_ids, attention_mask, token_type_ids [N, L] (right-padded to the longest line),
+last_hidden_state [N, L, H] float32 and pooled [N, H]. With --workdir (a training run) the
+fine-tuned encoder of its latest checkpoint is used (adapters applied) and its configured
+pooling; --model then defaults to the run's model. A run trained with task layers
+(adapter.task_layers = pals | low_rank) has one encoder per task: --task picks it.
 """
 
 from __future__ import annotations
@@ -23,11 +25,39 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from mtl_jax import specs
+from mtl_jax import cli, specs
 from mtl_jax.data.files import TASKS
 from mtl_jax.models import hf_io
 from mtl_jax.models.heads import POOLINGS
 from mtl_jax.models.multitask import MultitaskModel
+
+FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.cli).
+_MODEL = flags.DEFINE_string(
+  "model",
+  None,
+  "Hugging Face BERT directory or Hub id (default with --workdir: the run's).",
+  flag_values=FLAGS,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "A training run's directory: use its fine-tuned encoder.", flag_values=FLAGS
+)
+_INPUT = flags.DEFINE_string(
+  "input", None, "Text file: one sentence (or tab-separated pair) a line.", flag_values=FLAGS
+)
+_OUTPUT = flags.DEFINE_string("output", None, "Output .npz path.", flag_values=FLAGS)
+_MAX_LENGTH = flags.DEFINE_integer(
+  "max_length", 128, "Truncate to this many tokens.", flag_values=FLAGS
+)
+_POOLING = flags.DEFINE_enum(
+  "pooling", None, POOLINGS, "Pooling (default: mean, or the run's).", flag_values=FLAGS
+)
+_BATCH_SIZE = flags.DEFINE_integer(
+  "batch_size", 64, "Sequences per forward pass.", flag_values=FLAGS
+)
+_TASK = flags.DEFINE_enum(
+  "task", None, TASKS, "Whose task layers to use (runs trained with them).", flag_values=FLAGS
+)
+cli.mark_required(FLAGS, ["input", "output"])
 
 
 def read_lines(path: str) -> tuple[list[str], list[str] | None]:
@@ -105,12 +135,13 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return np.pad(x, [(0, rows - len(x))] + [(0, 0)] * (x.ndim - 1))
 
 
-def load_encoder(model_dir: str | None, checkpoint: str | None, pooling: str | None):
-  """(model, params, tokenizer) of the pretrained encoder or a run's fine-tuned one."""
-  if checkpoint:
+def load_encoder(model_dir: str | None, workdir: str | None, pooling: str | None):
+  """(model, params, tokenizer) of the pretrained encoder, or of a run's fine-tuned one (its
+  latest checkpoint) when `workdir` is given."""
+  if workdir:
     from mtl_jax import train  # Heavier import, only when a run is asked for.
 
-    config, model, params = train.load_trained(checkpoint)
+    config, model, params = train.load_trained(workdir)
     model_dir = model_dir or config.model.path
     if pooling and pooling != model.pooling:
       model = model.clone(pooling=pooling)
@@ -118,57 +149,34 @@ def load_encoder(model_dir: str | None, checkpoint: str | None, pooling: str | N
     config, encoder = hf_io.load_bert(model_dir)
     model, params = MultitaskModel(config, pooling or "mean"), {"encoder": encoder}
   else:
-    raise app.UsageError("give --model DIR, --checkpoint WORKDIR, or both")
+    raise app.UsageError("give --model=DIR, --workdir=WORKDIR, or both")
   return model, params, hf_io.load_tokenizer(model_dir)
 
 
-def define_flags() -> None:
-  """Only when run as a program: several modules have flags of the same names."""
-  flags.DEFINE_string("model", None, "Local Hugging Face BERT directory.")
-  flags.DEFINE_string("input", None, "Text file: one sentence (or tab-separated pair) a line.")
-  flags.DEFINE_string("output", None, "Output .npz path.")
-  flags.DEFINE_integer("max_length", 128, "Truncate to this many tokens.")
-  flags.DEFINE_string("checkpoint", None, "A training workdir: use its fine-tuned encoder.")
-  flags.DEFINE_enum("pooling", None, POOLINGS, "Pooling (default: mean, or the run's).")
-  flags.DEFINE_integer("batch_size", 64, "Sequences per forward pass.")
-  flags.DEFINE_enum("task", None, TASKS, "Whose task layers to use (runs trained with them).")
-
-
-def main(argv):
-  del argv
-  if not flags.FLAGS.input or not flags.FLAGS.output:
-    raise app.UsageError("--input and --output are required")
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
-    model, params, tokenizer = load_encoder(
-      flags.FLAGS.model, flags.FLAGS.checkpoint, flags.FLAGS.pooling
-    )
+    model, params, tokenizer = load_encoder(_MODEL.value, _WORKDIR.value, _POOLING.value)
     specs.check_max_length(
-      flags.FLAGS.max_length,
+      _MAX_LENGTH.value,
       model.config.max_position_embeddings,
       "--max_length",
-      flags.FLAGS.model or flags.FLAGS.checkpoint,
+      _MODEL.value or _WORKDIR.value,
     )
-    first, second = read_lines(flags.FLAGS.input)
+    first, second = read_lines(_INPUT.value)
     arrays = embed(
-      model,
-      params,
-      tokenizer,
-      first,
-      second,
-      flags.FLAGS.max_length,
-      flags.FLAGS.batch_size,
-      flags.FLAGS.task,
+      model, params, tokenizer, first, second, _MAX_LENGTH.value, _BATCH_SIZE.value, _TASK.value
     )
   except (FileNotFoundError, ValueError) as e:  # Incl. CheckpointError, ConfigError.
     sys.exit(f"error: {e}")
-  os.makedirs(os.path.dirname(os.path.abspath(flags.FLAGS.output)), exist_ok=True)
-  np.savez(flags.FLAGS.output, **arrays)
+  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+  np.savez(_OUTPUT.value, **arrays)
   print(
-    f"wrote {flags.FLAGS.output}: {len(first)} {'pairs' if second else 'sentences'}, "
+    f"wrote {_OUTPUT.value}: {len(first)} {'pairs' if second else 'sentences'}, "
     f"last_hidden_state {arrays['last_hidden_state'].shape}"
   )
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, FLAGS)

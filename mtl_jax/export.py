@@ -1,6 +1,6 @@
 """Export a run's fine-tuned encoder as a plain Hugging Face BERT directory, from the command line.
 
-  python -m mtl_jax.export --checkpoint WORKDIR --output DIR [--overwrite]
+  python -m mtl_jax.export --workdir=WORKDIR --output=DIR [--overwrite]
 
 DIR receives:
   config.json, model.safetensors  the encoder with every adapter (LoRA/rsLoRA/DoRA) merged
@@ -37,7 +37,7 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
-from mtl_jax import specs
+from mtl_jax import cli, specs
 from mtl_jax.models import adapters, hf_io
 from mtl_jax.models import heads as heads_lib
 
@@ -48,6 +48,18 @@ TOKENIZER_FILES = (
   "special_tokens_map.json",
 )
 FORMAT_VERSION = 1
+
+FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.cli).
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "A training run's directory (config.json + checkpoints/).", flag_values=FLAGS
+)
+_OUTPUT = flags.DEFINE_string(
+  "output", None, "Directory to write the Hugging Face export to.", flag_values=FLAGS
+)
+_OVERWRITE = flags.DEFINE_bool(
+  "overwrite", False, "Replace an earlier export in the output directory.", flag_values=FLAGS
+)
+cli.mark_required(FLAGS, ["workdir", "output"])
 
 # What each baseline head computes from the pooled sentence vectors (mtl_jax.models.heads);
 # other head settings are described by the run's `heads` config, recorded beside.
@@ -205,7 +217,7 @@ def _check_workdir(workdir: str) -> None:
     raise ExportError(
       f"{workdir} was trained with task-specific {kind} layers "
       "(adapter.task_layers): its encoder differs per task and a Hugging Face "
-      "BertModel has no place for them; use mtl_jax.embed --checkpoint --task"
+      "BertModel has no place for them; use mtl_jax.embed --workdir --task"
     )
 
 
@@ -265,37 +277,26 @@ def _pretrained_pooler(model_dir: str) -> dict[str, np.ndarray]:
   return out if len(out) == 2 else {}
 
 
-def define_flags() -> None:
-  """Only when run as a program: other modules (mtl_jax.embed) own flags of the same names."""
-  flags.DEFINE_string("checkpoint", None, "A training workdir (config.json + checkpoints/).")
-  flags.DEFINE_string("output", None, "Directory to write the Hugging Face export to.")
-  flags.DEFINE_bool("overwrite", False, "Replace an earlier export in the output directory.")
-
-
-def main(argv):
-  args = flags.FLAGS
+def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not args.checkpoint or not args.output:
-    raise app.UsageError("--checkpoint WORKDIR and --output DIR are required")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax's INFO chatter; --verbosity=0 shows it.
   from mtl_jax.checkpoint import UnreadableCheckpointError
   from mtl_jax.specs import ConfigError
 
   try:
-    info = export(args.checkpoint, args.output, args.overwrite)
+    info = export(_WORKDIR.value, _OUTPUT.value, _OVERWRITE.value)
   except (ExportError, hf_io.CheckpointError, ConfigError, UnreadableCheckpointError) as e:
     sys.exit(f"error: {e}")
   lora = info["encoder"]["lora"]
   what = f"{lora['kind']} merged" if lora else info["encoder"]["adapter"]
   heads = ", ".join(h for h, v in info["heads"].items() if v["params"])
   print(
-    f"wrote {os.path.abspath(args.output)}: encoder of step {info['source']['step']} "
+    f"wrote {os.path.abspath(_OUTPUT.value)}: encoder of step {info['source']['step']} "
     f"({what}), heads {heads}, tokenizer {', '.join(info['tokenizer_files']) or 'none'}"
   )
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, FLAGS)

@@ -3,8 +3,11 @@
   python -m mtl_jax.ledger report results/methods   # rewrite its report.md from results.csv
   python -m mtl_jax.ledger readme [--check]          # regenerate (or check) README's tables
 
+(`readme` also takes --readme=README.md and --results=results, the files it reads and writes;
+`--check` exits 1 when a table is out of date, and writes nothing.)
+
 A study lives in results/<study>/: results.csv (one row per finished run, appended as soon
-as the run finishes, by `python -m mtl_jax.sweep --ledger results/<study>`), configs/ (the
+as the run finishes, by `python -m mtl_jax.sweep --ledger=results/<study>`), configs/ (the
 full config.json of every row, so a row says exactly what it trained), study.json (the
 baseline and the sweep command), report.md and the plots. The run workdirs stay out of
 git (runs/); the ledger is small text and is committed, so a study can be finished over
@@ -20,7 +23,6 @@ changes; changes under results/, docs or the README do not make a run dirty.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -30,8 +32,9 @@ import sys
 from collections.abc import Sequence
 
 import ml_collections
+from absl import app, flags
 
-from mtl_jax import diagnose, specs
+from mtl_jax import cli, diagnose, specs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METRIC_COLUMNS = {
@@ -62,6 +65,22 @@ CODE_PATHS = ("mtl_jax", "main.py", "configs", "pyproject.toml")
 STUDY_JSON = "study.json"
 _INTS = ("seed", "steps")
 _FLOATS = (*METRIC_COLUMNS.values(), "seconds", *CI_COLUMNS, *GRAD_COLUMNS)
+
+
+FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.cli).
+_CHECK = flags.DEFINE_bool(
+  "check", False, "readme: only check; exit 1 if a table is out of date.", flag_values=FLAGS
+)
+_README = flags.DEFINE_string(
+  "readme", os.path.join(REPO, "README.md"), "readme: the file to update.", flag_values=FLAGS
+)
+_RESULTS = flags.DEFINE_string(
+  "results",
+  os.path.join(REPO, "results"),
+  "readme: the directory of the ledgers.",
+  flag_values=FLAGS,
+)
+COMMANDS = {"report": ["DIR"], "readme": []}  # Command -> its positional arguments.
 
 
 class LedgerError(ValueError):
@@ -298,50 +317,46 @@ def update_readme(readme: str, results_dir: str) -> str:
   )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-    prog="python -m mtl_jax.ledger",
-    description=__doc__.split("\n\n")[0],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
-  sub = parser.add_subparsers(dest="command", required=True)
-  rep = sub.add_parser("report", help="rewrite DIR/report.md from DIR/results.csv")
-  rep.add_argument("directory")
-  readme = sub.add_parser("readme", help="regenerate README.md's results tables from results/")
-  readme.add_argument("--check", action="store_true", help="only check; exit 1 if out of date")
-  readme.add_argument("--readme", default=os.path.join(REPO, "README.md"))
-  readme.add_argument("--results", default=os.path.join(REPO, "results"))
-  args = parser.parse_args(argv)
+def main(argv: list[str]) -> int:
+  """The command line (module docstring); returns the exit status."""
+  command, args = (argv[1], argv[2:]) if len(argv) > 1 else (None, [])
+  if command not in COMMANDS or len(args) != len(COMMANDS[command]):
+    raise app.UsageError(
+      "expected one of: "
+      + "; ".join(" ".join([c, *a]) for c, a in COMMANDS.items())
+      + f" (got {' '.join(argv[1:]) or 'nothing'})"
+    )
   try:
-    if args.command == "report":
+    if command == "report":
       from mtl_jax import report
 
-      if not os.path.isfile(os.path.join(args.directory, "results.csv")):
-        raise LedgerError(f"{args.directory}: no results.csv, not a ledger")
-      print(f"wrote {report.write_ledger_report(args.directory)}")
+      (directory,) = args
+      if not os.path.isfile(os.path.join(directory, "results.csv")):
+        raise LedgerError(f"{directory}: no results.csv, not a ledger")
+      print(f"wrote {report.write_ledger_report(directory)}")
       return 0
-    with open(args.readme) as f:
+    with open(_README.value) as f:
       text = f.read()
-    new = update_readme(text, args.results)
+    new = update_readme(text, _RESULTS.value)
   except (LedgerError, OSError) as e:
     print(f"ledger: error: {e}", file=sys.stderr)
     return 2
-  if args.check:
+  if _CHECK.value:
     if new != text:
       print(
-        f"ledger: {args.readme} is out of date with {args.results}: run "
+        f"ledger: {_README.value} is out of date with {_RESULTS.value}: run "
         "`python -m mtl_jax.ledger readme`",
         file=sys.stderr,
       )
       return 1
     return 0
   if new != text:
-    with open(args.readme, "w") as f:
+    with open(_README.value, "w") as f:
       f.write(new)
   state = "updated" if new != text else "up to date"
-  print(f"{args.readme}: {len(MARKER.findall(text))} tables {state}")
+  print(f"{_README.value}: {len(MARKER.findall(text))} tables {state}")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main, FLAGS)

@@ -1,6 +1,6 @@
 """A trained run's predictions for new text, in the CS224N output format.
 
-  python -m mtl_jax.predict --workdir runs/pcgrad --task sst --input reviews.txt --output sst.csv
+  python -m mtl_jax.predict --workdir=runs/pcgrad --task=sst --input=reviews.txt --output=sst.csv
 
 `--input` is either a file in the task's CS224N format (tab-separated, a header with `id`
 and the task's sentence column(s): `sentence` for sst, `sentence1` and `sentence2` for quora
@@ -18,9 +18,22 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from mtl_jax import evaluate, metrics, parallel
+from mtl_jax import cli, evaluate, metrics, parallel
 from mtl_jax.data import batching, files
 from mtl_jax.data.files import TASKS, DataError, TaskSplit
+
+FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.cli).
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "A training run's directory (its latest checkpoint).", flag_values=FLAGS
+)
+_TASK = flags.DEFINE_enum("task", None, TASKS, "Which task's head predicts.", flag_values=FLAGS)
+_INPUT = flags.DEFINE_string(
+  "input", None, "CS224N task file, or plain text (a sentence or pair a line).", flag_values=FLAGS
+)
+_OUTPUT = flags.DEFINE_string(
+  "output", None, "Where to write the predictions (CS224N format).", flag_values=FLAGS
+)
+cli.mark_required(FLAGS, ["workdir", "task", "input", "output"])
 
 
 def read_input(path: str, task: str) -> TaskSplit:
@@ -78,23 +91,17 @@ def predict_file(workdir: str, task: str, input_path: str, output_path: str) -> 
   return metrics.evaluate_task(task, np.asarray(preds), split.labels)[task]
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  f = flags.FLAGS
   try:
-    scores = predict_file(f.workdir, f.task, f.input, f.output)
+    scores = predict_file(_WORKDIR.value, _TASK.value, _INPUT.value, _OUTPUT.value)
   except (OSError, ValueError) as e:  # Incl. DataError, CheckpointError, ConfigError.
     sys.exit(f"error: {e}")
-  print(f"wrote {f.output}")
+  print(f"wrote {_OUTPUT.value}")
   for name, value in scores.items():
-    print(f"{f.task} {name}: {value:.4f}")
+    print(f"{_TASK.value} {name}: {value:.4f}")
 
 
 if __name__ == "__main__":
-  flags.DEFINE_string("workdir", None, "A training run's directory (its latest checkpoint).")
-  flags.DEFINE_enum("task", None, TASKS, "Which task's head predicts.")
-  flags.DEFINE_string("input", None, "CS224N task file, or plain text (a sentence or pair a line).")
-  flags.DEFINE_string("output", None, "Where to write the predictions (CS224N format).")
-  flags.mark_flags_as_required(["workdir", "task", "input", "output"])
-  app.run(main)
+  cli.run(main, FLAGS)

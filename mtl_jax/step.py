@@ -12,6 +12,10 @@ holds one task, and its gradient fills that task's row of the [T, ...] stack, ze
 Uncertainty weighting (`config.train.loss_weighting="uncertainty"`): the trainable tree
 holds `{"loss_weighting": {"log_var": [T]}}` and task t's objective is
 `weighted_task_loss(L_t, log_var, t)`; the logged losses stay the raw ones.
+
+Dropout is keyed by (seed, step) alone (`dropout_keys`), so a resumed run,
+`mtl_jax.diagnose` (which takes this very step on a checkpoint) and `mtl_jax.bench` (this
+step, and `make_summed_step`, its one-gradient baseline) draw the trainer's masks.
 """
 
 from __future__ import annotations
@@ -123,6 +127,14 @@ def make_per_task_grads(model: multitask.MultitaskModel):
   return per_task
 
 
+def dropout_keys(seed: int, step, num_tasks: int) -> jax.Array:
+  """The dropout keys [num_tasks] of train step `step` (an int or a traced scalar), one per
+  task: a function of (seed, step) alone, so a resumed run, `mtl_jax.diagnose` and
+  `mtl_jax.bench` draw the masks the trainer draws at that step. A one-task step uses its
+  task's key."""
+  return jax.random.split(jax.random.fold_in(jax.random.key(seed), step), num_tasks)
+
+
 def shared_gradients(grads: dict) -> dict:
   """The per-task gradients of the shared leaves only, for diagnostics ({} when probing:
   heads and learned loss log-variances belong to one task each)."""
@@ -152,7 +164,6 @@ def make_train_step(
   `tx.update` gets `task_losses=` (raw losses [T]; zero for the tasks not in the batch):
   `tx` must accept extra keyword arguments, as `optax.chain` and `optax.partition`
   (`mtlgrad.shared_only`) do."""
-  base_key = jax.random.key(seed)
   per_task_grads = make_per_task_grads(model)
   num_tasks = len(task_ids)
 
@@ -165,7 +176,7 @@ def make_train_step(
     return place(loss), jax.tree.map(place, grads)
 
   def step(state: TrainState, frozen: dict, batch: dict) -> tuple[TrainState, dict]:
-    keys = jax.random.split(jax.random.fold_in(base_key, state.step), num_tasks)
+    keys = dropout_keys(seed, state.step, num_tasks)
     single = "task" in batch  # The batch's structure: fixed per compiled step.
     if single:
       losses, grads = one_task(state.trainable, frozen, batch, keys)
@@ -190,5 +201,34 @@ def make_train_step(
       **{f"method/{k}": v for k, v in mtlgrad.method_stats(opt_state).items()},
     }
     return TrainState(state.step + 1, trainable, opt_state), metrics
+
+  return step
+
+
+def make_summed_step(
+  model: multitask.MultitaskModel, tx: optax.GradientTransformation, num_tasks: int, seed: int
+):
+  """Returns step(state, frozen, batch [T, S, ...]) -> (state, {"loss"}): one gradient, of
+  the summed loss of the T tasks (no task axis, no method), applied by `tx`, an optimizer
+  for combined gradients (`train.base_optimizer`).
+
+  What a trainer blind to tasks would run, on the batch and with the dropout keys of
+  `make_train_step`: the baseline `mtl_jax.bench` measures the cost of per-task gradients
+  against ("summed")."""
+  loss_fn = make_loss_fn(model)
+
+  def step(state: TrainState, frozen: dict, batch: dict) -> tuple[TrainState, dict]:
+    keys = dropout_keys(seed, state.step, num_tasks)
+
+    def total(trainable):
+      losses = jax.vmap(loss_fn, in_axes=(None, None, 0, 0, 0))(
+        trainable, frozen, batch, jnp.arange(num_tasks), keys
+      )
+      return losses.sum()
+
+    loss, grads = jax.value_and_grad(total)(state.trainable)
+    updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
+    return TrainState(state.step + 1, trainable, opt_state), {"loss": loss}
 
   return step

@@ -1,16 +1,18 @@
 """Several training runs, one report:
 
-  python -m mtl_jax.sweep --configs configs/default.py configs/pcgrad.py --workdir runs/sweep \\
-      [--set train.learning_rate=5e-4,1e-3] [--set train.steps=100] \\
-      [--seeds 0,1,2 --baseline default] [--ledger results/<study> [--rerun]] [--plan]
+  python -m mtl_jax.sweep --configs=configs/default.py,configs/pcgrad.py --workdir=runs/sweep \\
+      [--set=train.learning_rate=5e-4,1e-3] [--set=train.steps=100] \\
+      [--seeds=0,1,2 --baseline=default] [--ledger=results/<study> [--rerun]] [--plan]
 
-Every config file runs at every point of the grid of `--set KEY=V1,V2,...` overrides (their
-cartesian product; a value is parsed as `--config.KEY=V` is by main.py, and commas inside
+`--configs` lists the config files, comma-separated, or one per `--configs` (so the shell's
+`--configs=configs/methods/{sum,pcgrad}.py` works). Every config file runs at every point of
+the grid of `--set=KEY=V1,V2,...` overrides (their cartesian product; `--set` is repeated,
+once per key; a value is parsed as `--config.KEY=V` is by main.py, and commas inside
 brackets or quotes do not split, e.g. `train.length_buckets=(32,64),(64,128)`). A run lives
 in WORKDIR/<name>: the config file's stem, plus `-key=value` for each key given several
 values. Unknown keys and unparsable values stop the sweep before any run starts.
-`--seeds 0,1,2` runs each of them at every seed (`--config.seed=S`, in WORKDIR/<name>-seed=S);
-the report groups runs that differ only in seed (mean ± sd, and with `--baseline NAME`
+`--seeds=0,1,2` runs each of them at every seed (`--config.seed=S`, in WORKDIR/<name>-seed=S);
+the report groups runs that differ only in seed (mean ± sd, and with `--baseline=NAME`
 the paired difference from that configuration: mtl_jax.stats, mtl_jax.report).
 
 Each run is `python main.py --config=FILE --workdir=WORKDIR/<name> --config.KEY=V ...` in
@@ -27,7 +29,7 @@ the same command carries on.
 Writes WORKDIR/results.csv (one row per run) and WORKDIR/report.md: dev metrics per run,
 training loss per task and dev overall against the step (WORKDIR/plots/), the gradient
 conflict of every run and its mtl_jax.diagnose plots (WORKDIR/<name>/diagnostics/).
-With `--ledger results/<study>` (mtl_jax.ledger) a (configuration, seed) the ledger already
+With `--ledger=results/<study>` (mtl_jax.ledger) a (configuration, seed) the ledger already
 holds with the same experiment keys is skipped, and each finished run is appended to the
 ledger as soon as it finishes; the ledger's report.md and plots are rewritten at the end.
 `--rerun` trains the ledger's rows again (give a fresh --workdir) and records them as reruns,
@@ -38,7 +40,6 @@ Exit status: 0, 1 if a run failed, 2 for a bad command line, 130 when interrupte
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import itertools
@@ -52,10 +53,10 @@ import sys
 from collections.abc import Sequence
 
 import ml_collections
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-from mtl_jax import ledger, report, specs
+from mtl_jax import cli, ledger, report, specs
 from mtl_jax.train import RESULTS_JSON
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,6 +82,52 @@ COLUMNS = [
   "overrides",
   "command",
 ]
+
+
+FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.cli).
+_CONFIGS = flags.DEFINE_multi_string(
+  "configs",
+  None,
+  "Config files (configs/*.py), comma-separated; or repeat --configs, one file each.",
+  flag_values=FLAGS,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  None,
+  "Directory of the runs (one subdirectory each) and the report.",
+  flag_values=FLAGS,
+)
+_SETS = flags.DEFINE_multi_string(
+  "set",
+  [],
+  "KEY=V1,V2,...: override a config key in every run; several values make a grid. Once per key.",
+  flag_values=FLAGS,
+)
+_SEEDS = flags.DEFINE_string(
+  "seeds", None, "Run every configuration at each seed, e.g. 0,1,2.", flag_values=FLAGS
+)
+_BASELINE = flags.DEFINE_string(
+  "baseline",
+  None,
+  "The configuration the others are compared with, seed by seed.",
+  flag_values=FLAGS,
+)
+_LEDGER = flags.DEFINE_string(
+  "ledger", None, "A study's ledger directory, e.g. results/methods.", flag_values=FLAGS
+)
+_RERUN = flags.DEFINE_bool(
+  "rerun",
+  False,
+  "Train the ledger's rows again and compare (use a fresh --workdir).",
+  flag_values=FLAGS,
+)
+_PLAN = flags.DEFINE_bool(
+  "plan",
+  False,
+  "Only load every config and print the runs and their commands.",
+  flag_values=FLAGS,
+)
+cli.mark_required(FLAGS, ["configs", "workdir"])
 
 
 class SweepError(ValueError):
@@ -394,14 +441,12 @@ def run_sweep(
       "python",
       "-m",
       "mtl_jax.sweep",
-      "--configs",
-      *config_paths,
-      "--workdir",
-      workdir,
+      f"--configs={','.join(config_paths)}",
+      f"--workdir={workdir}",
       *(f"--set={s}" for s in sets),
-      *(["--seeds", ",".join(map(str, seeds))] if seeds else []),
-      *(["--baseline", baseline] if baseline else []),
-      *(["--ledger", ledger_dir] if ledger_dir else []),
+      *([f"--seeds={','.join(map(str, seeds))}"] if seeds else []),
+      *([f"--baseline={baseline}"] if baseline else []),
+      *([f"--ledger={ledger_dir}"] if ledger_dir else []),
     ]
   )
   if ledger_dir:
@@ -421,54 +466,28 @@ def run_sweep(
   return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-    prog="python -m mtl_jax.sweep",
-    description=__doc__.split("\n\n")[0],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
-  parser.add_argument(
-    "--configs", nargs="+", required=True, metavar="CONFIG", help="config files (configs/*.py)"
-  )
-  parser.add_argument("--workdir", required=True, help="one directory per run, and the report")
-  parser.add_argument(
-    "--set",
-    action="append",
-    default=[],
-    dest="sets",
-    metavar="KEY=V1,V2",
-    help="override a config key for every run; several values make a grid",
-  )
-  parser.add_argument("--seeds", help="run every configuration at each seed, e.g. 0,1,2")
-  parser.add_argument(
-    "--baseline", metavar="NAME", help="configuration the others are compared with, seed by seed"
-  )
-  parser.add_argument("--ledger", metavar="DIR", help="a study's ledger, e.g. results/methods")
-  parser.add_argument(
-    "--rerun",
-    action="store_true",
-    help="train the ledger's rows again and compare (use a fresh --workdir)",
-  )
-  parser.add_argument(
-    "--plan",
-    action="store_true",
-    help="only load every config and print the runs and their commands",
-  )
-  args = parser.parse_args(argv)
+def main(argv: list[str]) -> int:
+  """The command line (module docstring); returns the exit status."""
+  if len(argv) > 1:
+    raise app.UsageError(
+      f"unexpected argument(s) {shlex.join(argv[1:])}: list several config files as "
+      "--configs=a.py,b.py (or give --configs once per file)"
+    )
+  configs = [path for value in _CONFIGS.value for path in value.split(",") if path]
   try:
-    if args.plan:
-      runs = plan(args.configs, args.sets, args.workdir, parse_seeds(args.seeds))
-      _check_baseline(runs, args.baseline)
-      print("\n".join(show_plan(runs, args.ledger)))
+    if _PLAN.value:
+      runs = plan(configs, _SETS.value, _WORKDIR.value, parse_seeds(_SEEDS.value))
+      _check_baseline(runs, _BASELINE.value)
+      print("\n".join(show_plan(runs, _LEDGER.value)))
       return 0
     rows = run_sweep(
-      args.configs,
-      args.workdir,
-      args.sets,
-      seeds=parse_seeds(args.seeds),
-      baseline=args.baseline,
-      ledger_dir=args.ledger,
-      rerun=args.rerun,
+      configs,
+      _WORKDIR.value,
+      _SETS.value,
+      seeds=parse_seeds(_SEEDS.value),
+      baseline=_BASELINE.value,
+      ledger_dir=_LEDGER.value,
+      rerun=_RERUN.value,
     )
   except (SweepError, ledger.LedgerError) as e:
     print(f"sweep: error: {e}", file=sys.stderr)
@@ -480,4 +499,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main, FLAGS)

@@ -53,6 +53,21 @@ def load_data(config: ml_collections.ConfigDict, tokenizer) -> dict[str, list[ba
   return out
 
 
+def train_batches(
+  config: ml_collections.ConfigDict, train_data: list[batching.Encoded], devices: int = 1
+) -> schedules.Batches:
+  """The batches a run of `config` trains on, by step: its schedule (train.schedule, the
+  train.epoch_examples caps, length grouping) and its packing over `devices`. What
+  train_and_evaluate draws, and what `mtl_jax.diagnose --from_checkpoint` measures on."""
+  schedule = specs.train_schedule(
+    config,
+    tuple(len(d) for d in train_data),
+    tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in train_data),
+  )
+  buckets = tuple(config.train.length_buckets)
+  return schedules.Batches(train_data, schedule, buckets, specs.pack_plan(config, devices))
+
+
 def _update_transforms(config: ml_collections.ConfigDict) -> list:
   """Clip -> AdamW with linear warmup and cosine decay: the update after tasks combine."""
   t = config.train
@@ -210,14 +225,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   tokenizer = hf_io.load_tokenizer(config.model.path)
   data = load_data(config, tokenizer)
   buckets = tuple(config.train.length_buckets)
-  plan = specs.pack_plan(config, mesh.size)  # None: unpacked [T, S, L] batches.
   eval_plan = specs.pack_plan(config, mesh.size, for_eval=True)
-  schedule = specs.train_schedule(
-    config,
-    tuple(len(d) for d in data["train"]),
-    tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in data["train"]),
-  )
-  logging.info(schedules.describe(schedule))
+  batches = train_batches(config, data["train"], mesh.size)
+  logging.info(schedules.describe(batches.schedule))
 
   # --- Model, optimizer and step
   model, state, frozen, tx = init_state(config)
@@ -299,7 +309,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   with interrupts.stop_between_steps() as stop_request:
     try:
       for step in range(first, last):
-        batch = schedules.train_batch(data["train"], step, schedule, buckets, plan)
+        batch = batches(step)
         examples += int(batch["weights"].sum())  # A pair's weight is on its first row only.
         sequences += packing.num_sequences(batch)
         tokens += int(batch["attention_mask"].sum()), batch["attention_mask"].size

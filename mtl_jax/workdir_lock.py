@@ -17,7 +17,7 @@ nobody holds its flock was left by a process that died: it is taken over with a 
 flock works on local file systems and on NFS v4 (Linux maps it to NFS locks); on a file
 system without locking, the lock can only warn about a left-over holder.
 
-Readers of a workdir (diagnose, export, embed --checkpoint) take no lock: they never write
+Readers of a workdir (diagnose, export, embed --workdir) take no lock: they never write
 the checkpoints.
 """
 

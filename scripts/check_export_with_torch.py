@@ -3,10 +3,10 @@
 NOT part of the mtl_jax package and never run by the tests: it needs torch, which must
 never be installed into the project venv. Run it with the scratch venv:
 
-    python -m mtl_jax.embed --checkpoint WORKDIR --input sents.txt --output emb.npz
-    python -m mtl_jax.export --checkpoint WORKDIR --output export_dir
+    python -m mtl_jax.embed --workdir=WORKDIR --input=sents.txt --output=emb.npz
+    python -m mtl_jax.export --workdir=WORKDIR --output=export_dir
     /work/scratch/ref-venv/bin/python scripts/check_export_with_torch.py \
-        export_dir emb.npz [--input sents.txt] [--atol 1e-4]
+        export_dir emb.npz [--input sents.txt] [--max_length 128] [--atol 1e-4]
 
 Loads `BertModel.from_pretrained(export_dir)` (every weight must be found, none unused),
 runs it on the .npz's input_ids / attention_mask / token_type_ids and compares its
@@ -31,9 +31,9 @@ from transformers import BertModel, BertTokenizerFast
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("export_dir")
-  parser.add_argument("embed_npz", help="mtl_jax.embed --checkpoint output for the same run")
+  parser.add_argument("embed_npz", help="mtl_jax.embed --workdir output for the same run")
   parser.add_argument("--input", help="the text file given to mtl_jax.embed")
-  parser.add_argument("--max-length", type=int, default=128, help="as given to mtl_jax.embed")
+  parser.add_argument("--max_length", type=int, default=128, help="as given to mtl_jax.embed")
   parser.add_argument("--atol", type=float, default=1e-4)
   args = parser.parse_args()
 

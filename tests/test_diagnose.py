@@ -1,10 +1,12 @@
 """mtl_jax.diagnose: summary numbers on a synthetic metrics.jsonl, plots, errors, the CLI,
-and the --checkpoint mode on a 2-step tiny-BERT run."""
+and the --from_checkpoint mode on a 2-step tiny-BERT run."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +15,7 @@ import pytest
 
 from mtl_jax import diagnose
 from mtl_jax.data.files import default_data_dir
+from mtl_jax.models import hf_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -218,11 +221,59 @@ def test_checkpoint_mode_on_a_tiny_run(tiny_bert_dir, tmp_path, monkeypatch):
     assert all(np.isfinite(r[f"task_loss/{t}"]) for t in diagnose.TASKS)
     assert "method/removed_norm/sst" in r  # tiny_config uses pcgrad.
   monkeypatch.setattr(diagnose, "checkpoint_rows", lambda workdir, n: rows)  # No recompile.
-  s = diagnose.run(run_dir, checkpoint=True, batches=2)
+  s = diagnose.run(run_dir, from_checkpoint=True, batches=2)
   with open(os.path.join(run_dir, "diagnostics", "checkpoint_summary.json")) as f:
     assert json.load(f)["num_rows"] == 2
   assert all(0 <= v["conflict_rate"] <= 1 for v in s["pairs"].values())
   assert all(v["mean_grad_norm"] > 0 for v in s["tasks"].values())
+
+
+@pytest.mark.skipif(not os.path.isdir(default_data_dir()), reason="no data")
+def test_checkpoint_mode_measures_the_step_training_took(tiny_bert_dir, tmp_path, monkeypatch):
+  """On a run whose epochs are capped (train.epoch_examples), --from_checkpoint at step 2
+  draws the batch training drew at step 2 and takes the trainer's step with step 2's
+  dropout keys (dropout is on: adapter and heads), so it measures the losses and gradient
+  cosines training logged for step 2."""
+  from test_train import read_metrics, tiny_config
+
+  from mtl_jax import train
+  from mtl_jax.data import batching, schedules
+
+  config = tiny_config(
+    tiny_bert_dir, steps=3, checkpoint_every=1, keep_checkpoints=3, length_buckets=(32,)
+  )
+  config.train.epoch_examples.sst = 12  # Of 40: step 2 is in SST's second epoch.
+  assert config.adapter.dropout > 0 and config.model.head_dropout > 0
+  drawn = collections.defaultdict(list)  # step -> the batches drawn for it, in order.
+  real = schedules.train_batch
+
+  def recording(datasets, step, *args):
+    drawn[step].append(real(datasets, step, *args))
+    return drawn[step][-1]
+
+  monkeypatch.setattr(schedules, "train_batch", recording)
+  workdir = str(tmp_path / "run")
+  train.train_and_evaluate(config, workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "3"))  # Latest: step 2, as mid-run.
+
+  (row,) = diagnose.checkpoint_rows(workdir, 1)
+  assert row["step"] == 2
+  trained, measured = drawn[2]
+  assert trained.keys() == measured.keys()
+  for k in trained:
+    np.testing.assert_array_equal(measured[k], trained[k], err_msg=k)
+  t = config.train  # What diagnose drew before it used the run's schedule:
+  data = train.load_data(config, hf_io.load_tokenizer(tiny_bert_dir))["train"]
+  uncapped = batching.train_batch(
+    data, 2, t.seqs_per_task, config.seed, tuple(t.length_buckets), t.length_grouping
+  )
+  assert not np.array_equal(uncapped["input_ids"][0], trained["input_ids"][0])
+
+  logged = next(r for r in read_metrics(workdir) if r["step"] == 3 and "loss" in r)  # Step 2 done.
+  for t in diagnose.TASKS:
+    assert row[f"task_loss/{t}"] == pytest.approx(logged[f"task_loss/{t}"], rel=1e-5, abs=1e-6)
+    assert row[f"grad/grad_norm/{t}"] == pytest.approx(logged[f"grad/grad_norm/{t}"], rel=1e-4)
+  np.testing.assert_allclose(row["grad/cosine"], logged["grad/cosine"], atol=1e-5)
 
 
 def test_checkpoint_mode_without_a_run_is_a_clear_error(tmp_path):

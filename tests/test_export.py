@@ -200,11 +200,11 @@ def test_cli_errors_are_one_line(tmp_path):
   (no_ckpt / "checkpoints").mkdir()
   cases = [
     (
-      ["--checkpoint", str(tmp_path / "missing"), "--output", str(tmp_path / "o")],
+      ["--workdir", str(tmp_path / "missing"), "--output", str(tmp_path / "o")],
       "does not exist",
     ),
-    (["--checkpoint", str(not_a_run), "--output", str(tmp_path / "o")], "no config.json"),
-    (["--checkpoint", str(no_ckpt), "--output", str(full)], "--overwrite"),
+    (["--workdir", str(not_a_run), "--output", str(tmp_path / "o")], "no config.json"),
+    (["--workdir", str(no_ckpt), "--output", str(full)], "--overwrite"),
   ]
   for args, message in cases:
     proc = _cli(*args)

@@ -8,13 +8,26 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import subprocess
 
 import pytest
 
-from mtl_jax import ledger, sweep
+from mtl_jax import cli, ledger, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def sweep_main(args: list[str]) -> int:
+  """The exit status of `python -m mtl_jax.sweep ARGS`, run in this process."""
+  return cli.call(sweep.main, sweep.FLAGS, ["sweep", *args])
+
+
+def ledger_main(args: list[str]) -> int:
+  """The exit status of `python -m mtl_jax.ledger ARGS`, run in this process."""
+  return cli.call(ledger.main, ledger.FLAGS, ["ledger", *args])
+
+
 # Dev overall of the stub runs: sum 0.70/0.71/0.72, pcgrad +0.02/+0.03/+0.01 over seeds 0..2.
 OVERALL = {
   ("sum", 0): 0.70,
@@ -86,10 +99,9 @@ def study(tmp_path, monkeypatch):
     launched = []
     monkeypatch.setattr(sweep, "_launch", _stub(launched, shift))
     assert (
-      sweep.main(
+      sweep_main(
         [
-          "--configs",
-          *configs,
+          "--configs=" + ",".join(configs),
           "--workdir",
           str(tmp_path / workdir),
           "--seeds",
@@ -176,18 +188,18 @@ def test_a_rerun_with_other_metrics_is_reported(study):
 
 def test_bad_ledger_and_baseline_stop_the_sweep(tmp_path, capsys):
   configs = _configs(tmp_path)
-  args = ["--configs", *configs, "--workdir", str(tmp_path / "runs"), "--seeds", "0,1"]
-  assert sweep.main(args + ["--baseline", "mean"]) == 2
+  args = ["--configs=" + ",".join(configs), "--workdir", str(tmp_path / "runs"), "--seeds", "0,1"]
+  assert sweep_main(args + ["--baseline", "mean"]) == 2
   assert (
     "--baseline mean: not one of the configurations ['sum', 'pcgrad']" in capsys.readouterr().err
   )
-  assert sweep.main(args + ["--set", "seed=3"]) == 2
+  assert sweep_main(args + ["--set", "seed=3"]) == 2
   assert "--set seed=... and --seeds both set the seed" in capsys.readouterr().err
-  assert sweep.main(args[:-1] + ["0,x"]) == 2
+  assert sweep_main(args[:-1] + ["0,x"]) == 2
   assert "expected integers" in capsys.readouterr().err
   (tmp_path / "notes").mkdir()
   (tmp_path / "notes" / "results.csv").write_text("a,b\n1,2\n")
-  assert sweep.main(args + ["--ledger", str(tmp_path / "notes")]) == 2
+  assert sweep_main(args + ["--ledger", str(tmp_path / "notes")]) == 2
   assert "not a ledger (missing columns" in capsys.readouterr().err
   assert not (tmp_path / "runs").exists()
 
@@ -218,30 +230,38 @@ def test_readme_tables_are_generated_from_their_ledgers(study, tmp_path):
   readme = tmp_path / "README.md"
   readme.write_text("# x\n\n<!-- results:study -->\nold numbers\n<!-- /results -->\nend\n")
   args = ["readme", "--readme", str(readme), "--results", os.path.dirname(ledger_dir)]
-  assert ledger.main(args + ["--check"]) == 1
-  assert ledger.main(args) == 0
+  assert ledger_main(args + ["--check"]) == 1
+  assert ledger_main(args) == 0
   text = readme.read_text()
   assert "old numbers" not in text and text.endswith("<!-- /results -->\nend\n")
   assert "| `pcgrad` | 3 | 0,1,2 |" in text and "+0.0200 [-0.0048, +0.0448]" in text
-  assert ledger.main(args + ["--check"]) == 0
+  assert ledger_main(args + ["--check"]) == 0
   readme.write_text(text.replace("0.7100 ± 0.0100", "0.7200 ± 0.0100"))  # A hand edit.
-  assert ledger.main(args + ["--check"]) == 1
+  assert ledger_main(args + ["--check"]) == 1
   readme.write_text(text.replace("results:study", "results:nothing"))
-  assert ledger.main(args) == 2
+  assert ledger_main(args) == 2
 
 
 def test_repository_readme_matches_the_committed_ledgers():
   """Every `<!-- results:STUDY -->` table of README.md is what results/STUDY gives: run
   `python -m mtl_jax.ledger readme` after adding ledger rows."""
-  assert ledger.main(["readme", "--check"]) == 0
+  assert ledger_main(["readme", "--check"]) == 0
 
 
 def test_plan_shows_what_a_sweep_would_do_without_training(study, capsys):
   configs, ledger_dir, run = study
   run("runs")
   capsys.readouterr()
-  args = ["--configs", *configs, "--workdir", "unused", "--seeds", "0,3", "--ledger", ledger_dir]
-  assert sweep.main(args + ["--plan"]) == 0
+  args = [
+    "--configs=" + ",".join(configs),
+    "--workdir",
+    "unused",
+    "--seeds",
+    "0,3",
+    "--ledger",
+    ledger_dir,
+  ]
+  assert sweep_main(args + ["--plan"]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert [line.split()[:2] for line in lines] == [
     ["sum-seed=0", "in"],
@@ -276,4 +296,26 @@ def test_the_methods_study_plan():
     runs[4].ledger_command() == "python main.py --config=configs/methods/pcgrad.py --config.seed=1"
   )
   with open(os.path.join(REPO, "results", "methods", ledger.STUDY_JSON)) as f:
-    assert json.load(f)["baseline"] == "sum"
+    study = json.load(f)
+  assert study["baseline"] == "sum"
+  # Its command is today's command line: the same runs, in the same order.
+  command = shlex.split(study["command"])
+  assert command[:3] == ["python", "-m", "mtl_jax.sweep"]
+  cli.parse(sweep.main, sweep.FLAGS, ["sweep", *command[3:]])
+  assert sweep.FLAGS.configs == [",".join(r.config_path[len(REPO) + 1 :] for r in runs[::3])]
+  assert (sweep.FLAGS.workdir, sweep.FLAGS.seeds, sweep.FLAGS.ledger) == (
+    "runs/methods",
+    "0,1,2",
+    "results/methods",
+  )
+
+
+def test_the_recorded_sweep_command_carries_the_study_on(study, capsys):
+  """study.json's command, run again, finds every run in the ledger."""
+  configs, ledger_dir, run = study
+  run("runs")
+  command = shlex.split(ledger.read_study(ledger_dir)["command"])
+  assert command[:4] == ["python", "-m", "mtl_jax.sweep", "--configs=" + ",".join(configs)]
+  capsys.readouterr()
+  assert sweep_main([*command[3:], "--plan"]) == 0
+  assert [line.split()[1:3] for line in capsys.readouterr().out.splitlines()] == [["in", "the"]] * 6

@@ -261,7 +261,7 @@ def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_ol
   with pytest.raises(Exception, match="OUT_OF_RANGE"):  # What orbax says about it.
     Checkpointer(workdir, 1, 1).restore(state, step=4)
 
-  # A reader (export, diagnose, embed --checkpoint) falls back to step 2 and moves nothing.
+  # A reader (export, diagnose, embed --workdir) falls back to step 2 and moves nothing.
   restored, _ = Checkpointer(workdir, 1, 1).restore(state)
   assert int(restored.step) == 2 and os.path.isdir(latest)
 

@@ -259,6 +259,28 @@ def test_one_task_batch_layout():
     assert length == batching.bucket_length(int(data.lengths[idx].max()), BUCKETS)
 
 
+@pytest.mark.parametrize("kind", ["all_tasks", *schedules.ONE_TASK_SCHEDULES])
+def test_every_task_batch_holds_each_tasks_next_batch(kind):
+  """What diagnose compares gradients on: the step's own batch for all_tasks; under a
+  one-task schedule, the step's batch for its task and, for each other task, the batch of
+  the next step that trains it."""
+  datasets = _datasets()
+  s = _schedule(kind, tuple(len(d) for d in datasets), seqs=8, steps=40, caps=(0, 12, 0))
+  drawn = [schedules.train_batch(datasets, k, s, BUCKETS) for k in range(40)]
+  for k in range(20):
+    every = schedules.every_task_batch(datasets, k, s, BUCKETS)
+    assert "task" not in every and every["input_ids"].shape[:2] == (3, 8)
+    if kind == "all_tasks":
+      for key in drawn[k]:
+        np.testing.assert_array_equal(every[key], drawn[k][key])
+      continue
+    for t, data in enumerate(datasets):
+      n = batching.examples_per_batch(data, 8)
+      nxt = next(j for j in range(k, 40) if drawn[j]["task"] == t)
+      np.testing.assert_array_equal(_example_ids(every, t, n), _example_ids(drawn[nxt], 0, n))
+    assert schedules.stream_positions(s, k)[int(drawn[k]["task"])] == schedules.step_task(s, k)[1]
+
+
 # --------------------------------------------------------------------------
 # Config: validation, refusal, resume keys
 # --------------------------------------------------------------------------

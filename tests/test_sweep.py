@@ -14,7 +14,7 @@ import sys
 import pytest
 from test_train import DATA_DIR, needs_data
 
-from mtl_jax import ledger, sweep
+from mtl_jax import cli, ledger, sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -205,9 +205,26 @@ def test_grid_names_and_overrides(tiny_bert_dir, tmp_path):
 def test_bad_sweep_stops_before_any_run(tiny_bert_dir, tmp_path, capsys, args, message):
   config = write_config(tmp_path, "a", tiny_bert_dir)
   workdir = tmp_path / "runs"
-  assert sweep.main(["--configs", config, "--workdir", str(workdir), *args]) == 2
+  status = cli.call(
+    sweep.main, sweep.FLAGS, ["sweep", f"--configs={config}", f"--workdir={workdir}", *args]
+  )
+  assert status == 2
   assert message in capsys.readouterr().err
   assert not workdir.exists()
+
+
+def test_configs_are_comma_separated_or_repeated(tiny_bert_dir, tmp_path, capsys):
+  a, b = write_config(tmp_path, "a", tiny_bert_dir), write_config(tmp_path, "b", tiny_bert_dir)
+  rest = [f"--workdir={tmp_path / 'runs'}", "--plan"]
+  for configs in ([f"--configs={a},{b}"], [f"--configs={a}", f"--configs={b}"]):
+    assert cli.call(sweep.main, sweep.FLAGS, ["sweep", *configs, *rest]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["a", "b"]
+  # argparse's `--configs a.py b.py` would leave b.py a stray argument: refused, not dropped.
+  assert cli.call(sweep.main, sweep.FLAGS, ["sweep", "--configs", a, b, *rest]) == 2
+  assert capsys.readouterr().err.splitlines() == [
+    f"sweep: error: unexpected argument(s) {b}: list several config files as "
+    "--configs=a.py,b.py (or give --configs once per file)"
+  ]
 
 
 def test_cli_error_is_one_line(tmp_path):
@@ -216,11 +233,8 @@ def test_cli_error_is_one_line(tmp_path):
       sys.executable,
       "-m",
       "mtl_jax.sweep",
-      "--configs",
-      "configs/default.py",
-      "configs/default.py",
-      "--workdir",
-      str(tmp_path),
+      "--configs=configs/default.py,configs/default.py",
+      f"--workdir={tmp_path}",
     ],
     cwd=REPO,
     capture_output=True,

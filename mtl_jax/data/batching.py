@@ -210,7 +210,7 @@ def train_indices(
 
 def train_batch(
   datasets: list[Encoded],
-  step: int,
+  step: int | tuple[int, ...],
   seqs_per_task: int,
   seed: int,
   buckets: tuple[int, ...],
@@ -220,14 +220,17 @@ def train_batch(
 ) -> dict[str, np.ndarray]:
   """The step's batch: every task's arrays stacked on a leading task axis [T, S, ...].
 
+  `step`: the batch number in every dataset's stream, or one per dataset (a one-task
+  schedule's streams advance apart: `schedules.every_task_batch`).
   `epoch_sizes`: per dataset, the examples of one of its epochs (0 = all; () = all for all).
   `plan`: pack the token arrays into [T, R, L] rows (`mtl_jax.data.packing`); the same
   examples, labels and weights [T, S] either way.
   """
   sizes = epoch_sizes or (0,) * len(datasets)
+  numbers = (step,) * len(datasets) if np.ndim(step) == 0 else tuple(step)
   chosen = [
-    train_indices(d, step, examples_per_batch(d, seqs_per_task), seed, group_steps, size)
-    for d, size in zip(datasets, sizes)
+    train_indices(d, int(n), examples_per_batch(d, seqs_per_task), seed, group_steps, size)
+    for d, n, size in zip(datasets, numbers, sizes, strict=True)
   ]
   length = bucket_length(
     max(int(d.lengths[idx].max()) for d, idx in zip(datasets, chosen)), buckets

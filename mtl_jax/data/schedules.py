@@ -36,6 +36,11 @@ of earlier steps that trained it, derived from the step (O(steps) numpy, cached 
 and fed to `batching.train_batch`, so length grouping and undersampling work per task as
 they do for `all_tasks`. Batches run on across a task's epoch boundaries (the B_t batches of
 one epoch take B_t·b_t ≥ N_t examples), exactly as the `all_tasks` stream does.
+
+`Batches` holds a run's sets, schedule, buckets and packing plan: `batches(k)` is the batch
+the trainer draws at step k, and `batches.every_task(k)` a batch of every task at step k
+(each task's next one, under a one-task schedule), on which `mtl_jax.diagnose` compares the
+tasks' gradients. `train.train_batches` builds it from a config.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ import functools
 
 import numpy as np
 
-from mtl_jax.data import batching
+from mtl_jax.data import batching, packing
 from mtl_jax.data.files import TASKS
 
 SCHEDULES = ("all_tasks", "proportional", "sqrt", "annealed", "sequential", "round_robin")
@@ -148,14 +153,25 @@ def _epoch_counts(s: Schedule, epoch: int) -> np.ndarray:
   return np.bincount(epoch_tasks(s, epoch), minlength=len(s.epoch_sizes))
 
 
+def stream_positions(s: Schedule, step: int) -> tuple[int, ...]:
+  """Per task (TASKS order), the number of the batch its stream is at when `step` begins:
+  the batch the next step that trains the task draws. `all_tasks`: `step` for every task;
+  a one-task schedule: the number of earlier steps that trained the task."""
+  if not s.one_task:
+    return (step,) * len(s.epoch_sizes)
+  epoch, offset = divmod(step, steps_per_epoch(s))
+  counts = np.bincount(epoch_tasks(s, epoch)[:offset], minlength=len(s.epoch_sizes))
+  for e in range(epoch):
+    counts = counts + _epoch_counts(s, e)
+  return tuple(int(c) for c in counts)
+
+
 def step_task(s: Schedule, step: int) -> tuple[int, int]:
   """(task index, its batch number) of `step` in a one-task schedule; the batch number is
   the number of earlier steps that trained the task."""
   epoch, offset = divmod(step, steps_per_epoch(s))
-  tasks = epoch_tasks(s, epoch)
-  task = int(tasks[offset])
-  before = sum(int(_epoch_counts(s, e)[task]) for e in range(epoch))
-  return task, before + int(np.count_nonzero(tasks[:offset] == task))
+  task = int(epoch_tasks(s, epoch)[offset])
+  return task, stream_positions(s, step)[task]
 
 
 def train_batch(
@@ -181,6 +197,45 @@ def train_batch(
     plan,
   )
   return {**batch, "task": np.asarray(task, np.int32)}
+
+
+def every_task_batch(
+  datasets: list[batching.Encoded], step: int, s: Schedule, buckets: tuple[int, ...], plan=None
+) -> dict[str, np.ndarray]:
+  """A batch of every task at `step`, stacked [T, S, ...]: the step's own batch for
+  `all_tasks`; under a one-task schedule, each task's next batch (`stream_positions`: the
+  step's task gets the step's batch, the others the batch their next step will draw), at
+  the smallest bucket that fits them all."""
+  if not s.one_task:
+    return train_batch(datasets, step, s, buckets, plan)
+  return batching.train_batch(
+    datasets,
+    stream_positions(s, step),
+    s.seqs_per_task,
+    s.seed,
+    buckets,
+    s.group_steps,
+    s.epoch_sizes,
+    plan,
+  )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Batches:
+  """A run's training batches by step (built from a config by `train.train_batches`)."""
+
+  datasets: list[batching.Encoded]  # The training sets, TASKS order.
+  schedule: Schedule
+  buckets: tuple[int, ...]
+  plan: packing.PackPlan | None = None
+
+  def __call__(self, step: int) -> dict[str, np.ndarray]:
+    """The batch the trainer draws at `step` (`train_batch`)."""
+    return train_batch(self.datasets, step, self.schedule, self.buckets, self.plan)
+
+  def every_task(self, step: int) -> dict[str, np.ndarray]:
+    """Every task's batch at `step` (`every_task_batch`), for comparing their gradients."""
+    return every_task_batch(self.datasets, step, self.schedule, self.buckets, self.plan)
 
 
 def describe(s: Schedule) -> str:
