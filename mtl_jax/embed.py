@@ -24,10 +24,10 @@ import numpy as np
 from absl import app, flags
 
 from mtl_jax import specs
-from mtl_jax.data.files import TASKS
 from mtl_jax.models import hf_io
 from mtl_jax.models.heads import POOLINGS
 from mtl_jax.models.multitask import MultitaskModel
+from mtl_jax.tasks import TASKS
 
 
 def read_lines(path: str) -> tuple[list[str], list[str] | None]:

@@ -15,10 +15,9 @@ import ml_collections
 from mtl_jax import grad as mtlgrad
 from mtl_jax import parallel
 from mtl_jax.data import packing, schedules
-from mtl_jax.data.files import TASKS
 from mtl_jax.models import adapters, hf_io, multitask, task_layers
 from mtl_jax.models import heads as heads_lib
-from mtl_jax.step import LOSS_WEIGHTINGS
+from mtl_jax.tasks import TASKS
 
 
 class ConfigError(ValueError):
@@ -241,9 +240,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(config.data_limit >= 0, "data_limit", "must be >= 0")
   weighting = t.get("loss_weighting", "none")  # Absent in configs saved before it existed.
   _check(
-    weighting in LOSS_WEIGHTINGS,
+    weighting in mtlgrad.LOSS_WEIGHTINGS,
     "train.loss_weighting",
-    f"{weighting!r} is not one of {LOSS_WEIGHTINGS}",
+    f"{weighting!r} is not one of {mtlgrad.LOSS_WEIGHTINGS}",
   )
   sharding = t.get("param_sharding", "replicated")  # Absent in configs saved before it existed.
   _check(

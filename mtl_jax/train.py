@@ -20,16 +20,16 @@ import numpy as np
 import optax
 from absl import logging
 
-from mtl_jax import checkpoint, interrupts, parallel, specs, stats, workdir_lock, xla_options
+from mtl_jax import checkpoint, interrupts, parallel, specs, stats, tasks, workdir_lock, xla_options
 from mtl_jax import grad as mtlgrad
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, files, packing, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
 from mtl_jax.metrics_log import MetricsLog
 from mtl_jax.models import hf_io, multitask
-from mtl_jax.step import LOSS_WEIGHTING_KEY, TrainState, make_train_step
+from mtl_jax.step import TrainState, make_train_step
+from mtl_jax.tasks import TASKS
 
-TASKS = files.TASKS
 RESULTS_JSON = "results.json"  # Final dev metrics, step, sizes and wall time of a finished run.
 
 
@@ -48,7 +48,7 @@ def load_data(config: ml_collections.ConfigDict, tokenizer) -> dict[str, list[ba
         cross,
       )
       for task in TASKS
-      if (task, split) in files.FILES
+      if split in tasks.get(task).files
     ]
   return out
 
@@ -88,7 +88,9 @@ def init_state(config: ml_collections.ConfigDict):
   model, params = multitask.build(specs.model_spec(config), jax.random.key(config.seed))
   trainable, frozen = multitask.split(params, multitask.trainable_mask(params, config.adapter.kind))
   if config.train.get("loss_weighting", "none") == "uncertainty":  # Learned log-variances.
-    trainable = dict(trainable, **{LOSS_WEIGHTING_KEY: {"log_var": jnp.zeros((len(TASKS),))}})
+    trainable = dict(
+      trainable, **{mtlgrad.LOSS_WEIGHTING_KEY: mtlgrad.uncertainty_params(len(TASKS))}
+    )
   tx = make_optimizer(config, trainable)
   state = TrainState(jnp.asarray(0, jnp.int32), trainable, tx.init(trainable))
   return model, state, frozen, tx

@@ -18,9 +18,10 @@ from flax import traverse_util
 
 from configs import default
 from mtl_jax import specs, step
-from mtl_jax.data.files import TASKS, default_data_dir
+from mtl_jax.data.files import default_data_dir
 from mtl_jax.models import heads, hf_io, multitask
 from mtl_jax.models.dropout import Dropout
+from mtl_jax.tasks import TASKS
 
 H = 8
 S = 6  # Sequences per batch: 3 pairs for the pair tasks.

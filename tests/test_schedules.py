@@ -19,8 +19,8 @@ from configs import default
 from mtl_jax import specs, train
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, schedules
-from mtl_jax.data.files import TASKS
 from mtl_jax.step import make_loss_fn, make_train_step
+from mtl_jax.tasks import TASKS
 
 BUCKETS = (8, 16, 32)
 CS224N_SIZES = (8544, 16214, 6040)  # The training sets; B = (134, 507, 189) at 64 sequences.
