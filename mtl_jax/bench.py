@@ -84,7 +84,7 @@ def run_one(
   import optax
 
   from configs import default
-  from mtl_jax import train, xla_options
+  from mtl_jax import specs, train, xla_options
   from mtl_jax.step import TrainState, make_loss_fn, make_train_step
 
   config = default.get_config()
@@ -97,7 +97,7 @@ def run_one(
   batch = random_batch(t, seqs_per_task, length, model.config.vocab_size)
   if method == "summed":
     loss_fn = make_loss_fn(model)
-    summed_tx = train.base_optimizer(config)  # No task axis to combine.
+    summed_tx = specs.base_optimizer(config)  # No task axis to combine.
     state = TrainState(state.step, state.trainable, summed_tx.init(state.trainable))
 
     def summed_step(state, frozen, batch):

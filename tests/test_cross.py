@@ -294,7 +294,7 @@ def test_resume_treats_a_missing_heads_pairs_as_bi():
     ("heads.pairs", "bi", "cross"),
     ("heads.sts", "cosine", "features"),
   ]
-  old = ml_collections.ConfigDict({k: v for k, v in saved.items() if k != "heads"})
+  old = specs.upgrade({k: v for k, v in saved.items() if k != "heads"})
   assert specs.head_spec(old) == heads.HeadSpec()
 
 
