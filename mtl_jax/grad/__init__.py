@@ -50,8 +50,8 @@ degenerate stacks -- opposite, zero, collinear, badly scaled --
 
 Uncertainty weighting (Kendall et al. 2018) has learnable log-variances: it is
 on the loss side (``config.train.loss_weighting="uncertainty"``,
-:func:`weighted_task_loss`, applied by ``mtl_jax.step``). IMTL-L and MGDA's "loss" normalisation:
-not provided.
+:func:`weighted_task_loss`, applied by ``mtl_jax.step``). IMTL-L and MGDA's
+"loss" normalisation: not provided.
 
 Per-task diagnostics: :func:`task_gradient_stats`. Pass ``num_tasks=T`` to a
 factory to keep per-task stats in its state (e.g. PCGrad's ``removed_norm``
