@@ -3,10 +3,11 @@
 Every bad value fails here, before any data or model is loaded, with the config key in
 the message (unknown keys are already refused by the locked ConfigDict).
 
-A config read back from a run's config.json (to resume, predict, embed, export or
-diagnose) goes through `upgrade` first, which brings a config written by an earlier
-version to today's schema (configs/default.py): the code after it reads every key as an
-attribute, never `.get(key, default)`.
+A config read back from a run's config.json (to predict, embed, export or diagnose the
+run: `saved_config`) goes through `upgrade` first, which brings a config written by an
+earlier version to today's schema (configs/default.py): the code after it reads every key
+as an attribute, never `.get(key, default)`. Resuming compares a saved config.json with
+the new config as written (`check_resume`, `adopt_saved`).
 
 The training objects built from a config live here too: the model spec, the schedule,
 the packing plan, the trainable/frozen split and the optimizer.
