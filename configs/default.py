@@ -7,6 +7,8 @@ Sized for a 2-core CPU (about 10-15 minutes); dev scores are in the README.
 
 import ml_collections
 
+from mtl_jax import tasks
+
 
 def bundled_model_path() -> str:
   """The embedded default model, or '' (a clear error at load time) when not installed."""
@@ -74,7 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   # one task: proportional | sqrt | annealed | sequential | round_robin (grad.method sum or fixed).
   config.train.schedule = "all_tasks"
   # Examples per epoch of each task; 0 = the whole set, N = a fresh random N each epoch.
-  config.train.epoch_examples = ml_collections.ConfigDict({"sst": 0, "quora": 0, "sts": 0})
+  config.train.epoch_examples = ml_collections.ConfigDict({t: 0 for t in tasks.TASKS})
   config.train.learning_rate = 1e-3
   config.train.warmup_fraction = (
     0.1  # Linear warmup over this share of the steps, then cosine decay.

@@ -118,7 +118,7 @@ def run_one(
   import jax
 
   from configs import default
-  from mtl_jax import train, xla_options
+  from mtl_jax import specs, train, xla_options
   from mtl_jax.step import TrainState, make_summed_step, make_train_step
 
   config = default.get_config()
@@ -130,7 +130,7 @@ def run_one(
   t = 3
   batch = random_batch(t, seqs_per_task, length, model.config.vocab_size)
   if method == "summed":
-    summed_tx = train.base_optimizer(config)  # No task axis to combine.
+    summed_tx = specs.base_optimizer(config)  # No task axis to combine.
     state = TrainState(state.step, state.trainable, summed_tx.init(state.trainable))
     step = make_summed_step(model, summed_tx, t, config.seed)
   else:

@@ -23,7 +23,7 @@ import numpy as np
 from absl import app, flags
 
 from mtl_jax import cli
-from mtl_jax.data.files import TASKS
+from mtl_jax.tasks import TASKS
 
 PAIRS = list(itertools.combinations(range(len(TASKS)), 2))
 

@@ -26,10 +26,10 @@ import numpy as np
 from absl import app, flags
 
 from mtl_jax import cli, specs
-from mtl_jax.data.files import TASKS
 from mtl_jax.models import hf_io
 from mtl_jax.models.heads import POOLINGS
 from mtl_jax.models.multitask import MultitaskModel
+from mtl_jax.tasks import TASKS
 
 FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.cli).
 _MODEL = flags.DEFINE_string(

@@ -9,8 +9,8 @@ import numpy as np
 
 from mtl_jax import metrics as metrics_lib
 from mtl_jax import predictions as predictions_lib
+from mtl_jax import tasks
 from mtl_jax.data.batching import Encoded, eval_batches
-from mtl_jax.data.files import TASKS
 from mtl_jax.models import multitask
 from mtl_jax.models.multitask import MultitaskModel
 
@@ -27,10 +27,12 @@ def make_predict_fn(model: MultitaskModel):
 
 
 def to_prediction(task: str, output: np.ndarray) -> np.ndarray:
-  """Head output -> the value the task is scored on (class, 0/1, similarity)."""
-  if task == "sst":
+  """Head output -> the value the task is scored on, by its kind of label (mtl_jax.tasks):
+  the argmax class, 0/1 from a logit, or the score itself."""
+  label = tasks.get(task).label
+  if label == "class":
     return output.argmax(-1)
-  if task == "quora":
+  if label == "binary":
     return (output > 0).astype(np.float32)
   return output
 
@@ -41,9 +43,10 @@ def predict_split(
   """Predictions for every example of a split, in the split's order; with `plan`
   (`mtl_jax.data.packing.PackPlan`) from packed batches."""
   preds = None
-  task = np.int32(TASKS.index(data.task))
+  task = np.int32(tasks.index(data.task))
+  output = tasks.get(data.task).output
   for idx, batch in eval_batches(data, seqs_per_batch, buckets, plan):
-    out = np.asarray(predict_fn(params, batch, task)[data.task])[: len(idx)]
+    out = np.asarray(predict_fn(params, batch, task)[output])[: len(idx)]
     p = to_prediction(data.task, out)
     if preds is None:
       preds = np.zeros((len(data),), p.dtype)
@@ -62,14 +65,9 @@ def evaluate(
       data.task
     ].items():
       results[f"{data.task}/{name}"] = float(value)
-  if all(
-    f"{t}/{m}" in results
-    for t, m in (("sst", "accuracy"), ("quora", "accuracy"), ("sts", "pearson"))
-  ):
+  if all(name in results for name in metrics_lib.DEV_METRICS):
     results["overall"] = float(
-      metrics_lib.overall_score(
-        results["sst/accuracy"], results["quora/accuracy"], results["sts/pearson"]
-      )
+      metrics_lib.overall_score(*(results[name] for name in metrics_lib.DEV_METRICS))
     )
   return results, preds
 
@@ -85,5 +83,6 @@ def write_split_predictions(workdir: str, data: Encoded, preds: np.ndarray) -> s
 
 def write_task_predictions(path: str, data: Encoded, preds: np.ndarray) -> None:
   """One task's predictions in the CS224N format (STS clipped to the label range 0..5)."""
-  values = np.clip(preds, 0.0, 5.0) if data.task == "sts" else preds
+  spec = tasks.get(data.task)
+  values = np.clip(preds, 0.0, spec.max_score) if spec.label == "score" else preds
   predictions_lib.write_predictions(path, data.task, data.ids, values)

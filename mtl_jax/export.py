@@ -211,8 +211,7 @@ def _check_workdir(workdir: str) -> None:
     raise ExportError(
       f"{workdir} has no checkpoints/ directory: the run has not saved a checkpoint yet"
     )
-  with open(os.path.join(workdir, "config.json")) as f:
-    kind = json.load(f).get("adapter", {}).get("task_layers", "none")
+  kind = specs.saved_config(workdir).adapter.task_layers
   if kind != "none":
     raise ExportError(
       f"{workdir} was trained with task-specific {kind} layers "

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-TASK_METRIC = {"sst": "accuracy", "quora": "accuracy", "sts": "pearson"}
+from mtl_jax import tasks
+
+TASK_METRIC = {t.name: t.metric for t in tasks.SPECS.values()}  # Each task's dev metric.
+# Their flat names ("sst/accuracy", "quora/accuracy", "sts/pearson"), in the order of
+# overall_score's arguments (tasks.TASKS order).
+DEV_METRICS = tuple(f"{t}/{m}" for t, m in TASK_METRIC.items())
 
 
 def _pair(pred, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +52,6 @@ def overall_score(sst_acc: float, quora_acc: float, sts_pearson: float) -> float
 
 def evaluate_task(task: str, predictions, labels) -> dict[str, dict[str, float]]:
   """{task: {metric_name: value}}, e.g. {"sts": {"pearson": 0.87}}."""
-  if task not in TASK_METRIC:
-    raise ValueError(f"unknown task {task!r}; valid: {sorted(TASK_METRIC)}")
-  fn = accuracy if TASK_METRIC[task] == "accuracy" else pearson
-  return {task: {TASK_METRIC[task]: fn(predictions, labels)}}
+  metric = tasks.get(task).metric
+  fn = accuracy if metric == "accuracy" else pearson
+  return {task: {metric: fn(predictions, labels)}}

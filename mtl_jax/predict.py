@@ -18,15 +18,17 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from mtl_jax import cli, evaluate, metrics, parallel
+from mtl_jax import cli, evaluate, metrics, parallel, tasks
 from mtl_jax.data import batching, files
-from mtl_jax.data.files import TASKS, DataError, TaskSplit
+from mtl_jax.data.files import DataError, TaskSplit
 
 FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.cli).
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "A training run's directory (its latest checkpoint).", flag_values=FLAGS
 )
-_TASK = flags.DEFINE_enum("task", None, TASKS, "Which task's head predicts.", flag_values=FLAGS)
+_TASK = flags.DEFINE_enum(
+  "task", None, tasks.TASKS, "Which task's head predicts.", flag_values=FLAGS
+)
 _INPUT = flags.DEFINE_string(
   "input", None, "CS224N task file, or plain text (a sentence or pair a line).", flag_values=FLAGS
 )
@@ -38,15 +40,16 @@ cli.mark_required(FLAGS, ["workdir", "task", "input", "output"])
 
 def read_input(path: str, task: str) -> TaskSplit:
   """The task's CS224N file (labels if present), or plain text lines with line-number ids."""
+  wanted = tasks.get(task).sentence_columns
   header = files.read_header(path)
-  if "id" in header and all(c in header for c in files.sentence_columns(task)):
+  if "id" in header and all(c in header for c in wanted):
     return files.read_task_file(path, task, "input", has_labels=None, strict=True)
   with open(path, encoding="utf-8") as f:
     lines = f.read().splitlines()
   if not lines:
     raise DataError(f"{path}: empty file")
   parts = [line.split("\t") for line in lines]
-  width = len(files.sentence_columns(task))
+  width = len(wanted)
   blank = [n for n, p in enumerate(parts, 1) if not all(s.strip() for s in p)]
   wrong = [n for n, p in enumerate(parts, 1) if len(p) != width]
   if wrong or blank:
@@ -54,7 +57,7 @@ def read_input(path: str, task: str) -> TaskSplit:
     bad = sorted(set(wrong + blank))
     raise DataError(
       f"{path}: line(s) {bad[:10]} do not hold {what} ({task} input; or give a "
-      f"CS224N file with a header: id, {', '.join(files.sentence_columns(task))})"
+      f"CS224N file with a header: id, {', '.join(wanted)})"
     )
   columns = list(zip(*[[s.strip() for s in p] for p in parts]))
   return TaskSplit(

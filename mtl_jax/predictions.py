@@ -15,50 +15,39 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# "Predicted_Similiary" is the starter's own spelling (also in the prediction
-# files committed to that repo); kept so the files match what it expects.
-HEADERS = {
-  "sst": "Predicted_Sentiment",
-  "quora": "Predicted_Is_Paraphrase",
-  "sts": "Predicted_Similiary",
-}
-# The starter's default names: predictions/{sst,para,sts}-{dev,test}-output.csv.
-_FILE_TASK = {"sst": "sst", "quora": "para", "sts": "sts"}
+from mtl_jax import tasks
+
+# Each task's header column (mtl_jax.tasks: TaskSpec.prediction_column).
+HEADERS = {t.name: t.prediction_column for t in tasks.SPECS.values()}
 
 
 def output_filename(task: str, split: str) -> str:
   """The starter's file name for a task and split, e.g. 'para-dev-output.csv'."""
-  _check_task(task)
-  return f"{_FILE_TASK[task]}-{split}-output.csv"
-
-
-def _check_task(task: str) -> None:
-  if task not in HEADERS:
-    raise ValueError(f"unknown task {task!r}; valid: {sorted(HEADERS)}")
+  return f"{tasks.get(task).prediction_prefix}-{split}-output.csv"
 
 
 def _format(task: str, value) -> str:
-  v = float(value)
-  if task == "sst":
-    if not (v.is_integer() and 0 <= v <= 4):
-      raise ValueError(f"sst prediction {value!r} is not a class in 0..4")
+  spec, v = tasks.get(task), float(value)
+  if spec.label == "class":
+    if not (v.is_integer() and 0 <= v < spec.num_classes):
+      raise ValueError(f"{task} prediction {value!r} is not a class in 0..{spec.num_classes - 1}")
     return str(int(v))
-  if task == "quora":
+  if spec.label == "binary":
     if v not in (0.0, 1.0):
-      raise ValueError(f"quora prediction {value!r} is not 0 or 1")
+      raise ValueError(f"{task} prediction {value!r} is not 0 or 1")
     return repr(v)
   if not math.isfinite(v):
-    raise ValueError(f"sts prediction {value!r} is not finite")
+    raise ValueError(f"{task} prediction {value!r} is not finite")
   return repr(v)  # shortest text that round-trips
 
 
 def write_predictions(path: str, task: str, ids: Sequence[str], predictions) -> None:
   """Writes atomically (temp file + os.replace) so a crash never leaves half a file."""
-  _check_task(task)
+  tasks.get(task)  # An unknown task: ValueError.
   preds = np.asarray(predictions).ravel()
   if len(ids) != preds.size:
     raise ValueError(f"{len(ids)} ids but {preds.size} predictions")
-  lines = [f"id \t {HEADERS[task]} \n"]
+  lines = [f"id \t {tasks.get(task).prediction_column} \n"]
   for i, p in zip(ids, preds):
     i = str(i)
     if not i or any(c.isspace() or c == "," for c in i):

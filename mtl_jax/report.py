@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mtl_jax import diagnose, ledger, stats
-from mtl_jax.data.files import TASKS
+from mtl_jax.tasks import TASKS
 
 LABELS = {
   "sst_acc": "SST acc",

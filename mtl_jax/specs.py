@@ -2,23 +2,37 @@
 
 Every bad value fails here, before any data or model is loaded, with the config key in
 the message (unknown keys are already refused by the locked ConfigDict).
+
+A config read back from a run's config.json (to predict, embed, export or diagnose the
+run: `saved_config`) goes through `upgrade` first, which brings a config written by an
+earlier version to today's schema (configs/default.py): the code after it reads every key
+as an attribute, never `.get(key, default)`. Resuming compares a saved config.json with
+the new config as written (`check_resume`, `adopt_saved`).
+
+The training objects built from a config live here too: the model spec, the schedule,
+the packing plan, the trainable/frozen split and the optimizer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
+import sys
 
 import ml_collections
+import optax
 
 from mtl_jax import grad as mtlgrad
 from mtl_jax import parallel
 from mtl_jax.data import packing, schedules
-from mtl_jax.data.files import TASKS
 from mtl_jax.models import adapters, hf_io, multitask, task_layers
 from mtl_jax.models import heads as heads_lib
-from mtl_jax.step import LOSS_WEIGHTINGS
+from mtl_jax.tasks import TASKS
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_JSON = "config.json"  # A training workdir's config, written by the trainer.
 
 
 class ConfigError(ValueError):
@@ -82,9 +96,8 @@ def lora_config(config: ml_collections.ConfigDict) -> adapters.LoraConfig | None
 
 
 def task_layer_config(config: ml_collections.ConfigDict) -> task_layers.TaskLayerConfig | None:
-  """config.adapter.task_layers (absent in configs saved before it existed: none)."""
-  kind = config.adapter.get("task_layers", "none")
-  size = config.adapter.get("task_layer_size", 0)
+  """config.adapter.task_layers (none: None)."""
+  kind, size = config.adapter.task_layers, config.adapter.task_layer_size
   if kind == "none":
     _check(
       size == 0,
@@ -99,9 +112,8 @@ def task_layer_config(config: ml_collections.ConfigDict) -> task_layers.TaskLaye
 
 
 def head_spec(config: ml_collections.ConfigDict) -> heads_lib.HeadSpec:
-  """config.heads (absent in configs saved before it existed: the baseline heads)."""
-  h = config.get("heads") or {}
-  fields = {f.name: h[f.name] for f in dataclasses.fields(heads_lib.HeadSpec) if f.name in h}
+  """config.heads."""
+  fields = {f.name: config.heads[f.name] for f in dataclasses.fields(heads_lib.HeadSpec)}
   try:
     return heads_lib.HeadSpec(**fields)
   except ValueError as e:
@@ -122,24 +134,18 @@ def model_spec(config: ml_collections.ConfigDict) -> multitask.ModelSpec:
   )
 
 
-def _schedule_kind(config: ml_collections.ConfigDict) -> str:
-  return config.train.get("schedule", _ABSENT_MEANS["train.schedule"])
-
-
 def _epoch_caps(config: ml_collections.ConfigDict) -> tuple:
-  caps = config.train.get("epoch_examples") or {}
-  return tuple(caps.get(task, 0) for task in TASKS)
+  return tuple(config.train.epoch_examples[task] for task in TASKS)
 
 
 def train_schedule(
   config: ml_collections.ConfigDict, sizes: tuple[int, ...], batch_examples: tuple[int, ...] = ()
 ) -> schedules.Schedule:
   """config.train's schedule for training sets of `sizes` examples (TASKS order), batches of
-  `batch_examples` examples (() = the bi-encoder layout); the keys absent in configs saved
-  before they existed mean all_tasks and uncapped epochs."""
+  `batch_examples` examples (() = the bi-encoder layout)."""
   t = config.train
   return schedules.make(
-    _schedule_kind(config),
+    t.schedule,
     tuple(sizes),
     _epoch_caps(config),
     t.seqs_per_task,
@@ -151,8 +157,8 @@ def train_schedule(
 
 
 def packs(config: ml_collections.ConfigDict) -> bool:
-  """config.train.packing (absent in configs saved before it existed: unpacked)."""
-  return bool(config.train.get("packing", _ABSENT_MEANS["train.packing"]))
+  """config.train.packing."""
+  return bool(config.train.packing)
 
 
 def pack_plan(
@@ -170,7 +176,7 @@ def pack_plan(
 
 def _validate_schedule(config: ml_collections.ConfigDict) -> None:
   """The schedule name, the epoch caps, and a grad method that works with one task a step."""
-  kind = _schedule_kind(config)
+  kind = config.train.schedule
   _check(
     kind in schedules.SCHEDULES, "train.schedule", f"{kind!r} is not one of {schedules.SCHEDULES}"
   )
@@ -239,26 +245,24 @@ def validate(config: ml_collections.ConfigDict) -> None:
     f"the largest bucket must be >= model.max_length ({config.model.max_length})",
   )
   _check(config.data_limit >= 0, "data_limit", "must be >= 0")
-  weighting = t.get("loss_weighting", "none")  # Absent in configs saved before it existed.
   _check(
-    weighting in LOSS_WEIGHTINGS,
+    t.loss_weighting in mtlgrad.LOSS_WEIGHTINGS,
     "train.loss_weighting",
-    f"{weighting!r} is not one of {LOSS_WEIGHTINGS}",
+    f"{t.loss_weighting!r} is not one of {mtlgrad.LOSS_WEIGHTINGS}",
   )
-  sharding = t.get("param_sharding", "replicated")  # Absent in configs saved before it existed.
   _check(
-    sharding in parallel.PARAM_SHARDINGS,
+    t.param_sharding in parallel.PARAM_SHARDINGS,
     "train.param_sharding",
-    f"{sharding!r} is not one of {parallel.PARAM_SHARDINGS}",
+    f"{t.param_sharding!r} is not one of {parallel.PARAM_SHARDINGS}",
   )
   for key in ("log_every", "eval_every", "checkpoint_every", "length_grouping"):
     _check(t[key] >= 0, f"train.{key}", "must be >= 0")
   _check(
-    isinstance(t.get("packing", False), bool),
+    isinstance(t.packing, bool),
     "train.packing",
-    f"must be True or False, got {t.get('packing')!r}",
+    f"must be True or False, got {t.packing!r}",
   )
-  patience = t.get("early_stopping_patience", 0)  # Absent in configs saved before it existed.
+  patience = t.early_stopping_patience
   _check(patience >= 0, "train.early_stopping_patience", "must be >= 0")
   _check(
     patience == 0 or t.eval_every > 0,
@@ -320,6 +324,147 @@ def grad_method(config: ml_collections.ConfigDict):
     raise ConfigError(f"config.grad.kwargs: {e}") from e
 
 
+def split_params(config: ml_collections.ConfigDict, params: dict) -> tuple[dict, dict]:
+  """(trainable, frozen) halves of a built model's params: the leaves adapter.kind trains
+  (multitask.trainable_mask), plus, with train.loss_weighting="uncertainty", the learned
+  per-task log-variances under mtlgrad.LOSS_WEIGHTING_KEY."""
+  trainable, frozen = multitask.split(params, multitask.trainable_mask(params, config.adapter.kind))
+  if config.train.loss_weighting == "uncertainty":
+    trainable = dict(
+      trainable, **{mtlgrad.LOSS_WEIGHTING_KEY: mtlgrad.uncertainty_params(len(TASKS))}
+    )
+  return trainable, frozen
+
+
+def _update_transforms(config: ml_collections.ConfigDict) -> list:
+  """Clip -> AdamW with linear warmup and cosine decay: the update after tasks combine."""
+  t = config.train
+  schedule = optax.warmup_cosine_decay_schedule(
+    0.0,
+    t.learning_rate,
+    int(t.warmup_fraction * t.steps),
+    t.steps,
+    end_value=t.learning_rate * 0.01,
+  )
+  return [
+    optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
+    optax.adamw(schedule, weight_decay=t.weight_decay),
+  ]
+
+
+def base_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """The optimizer for an already-combined gradient (no task axis)."""
+  return optax.chain(*_update_transforms(config))
+
+
+def optimizer(config: ml_collections.ConfigDict, trainable: dict) -> optax.GradientTransformation:
+  """Per-task gradients [T, ...] -> the configured mtl_jax.grad method on the shared
+  leaves of `trainable` (heads get their own task's gradient) -> clip -> AdamW."""
+  method = mtlgrad.shared_only(grad_method(config), multitask.is_shared(trainable))
+  return optax.chain(method, *_update_transforms(config))
+
+
+# --- Saved configs: a run's config.json in today's schema
+
+# Keys added after some workdirs were written, and what their absence from an old
+# config.json means: how the runs written before them trained. `upgrade` fills them so;
+# `resume_mismatches` compares saved configs as written, with these for absent keys.
+# Every value is today's default (configs/default.py) but train.packing's: the runs
+# before packing trained unpacked. A key added later that may change on resuming, and
+# whose absence means its default, need not be listed (train.param_sharding,
+# train.early_stopping_patience): `upgrade` fills every absent key from configs/default.py.
+_ABSENT_MEANS = {
+  "train.loss_weighting": "none",
+  "train.schedule": "all_tasks",
+  "train.packing": False,
+  **{f"train.epoch_examples.{task}": 0 for task in TASKS},
+  "adapter.task_layers": "none",
+  "adapter.task_layer_size": 0,
+  **{f"heads.{f.name}": f.default for f in dataclasses.fields(heads_lib.HeadSpec)},
+}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """configs/default.py's config: today's schema, with its default values."""
+  if REPO not in sys.path:  # As under main.py, from whose directory configs/ imports.
+    sys.path.insert(0, REPO)
+  from configs import default
+
+  return default.get_config()
+
+
+_FREE_FORM = ("grad.kwargs",)  # Sections whose keys are the user's (a method's arguments).
+
+
+def upgrade(saved: dict) -> ml_collections.ConfigDict:
+  """The config of a run's config.json (`saved`, as loaded from JSON) in today's schema,
+  locked as main.py's is.
+
+  A key the run's version of mtl_jax did not have takes the value that reproduces how the
+  run trained: _ABSENT_MEANS's where it lists the key (train.packing=False: runs written
+  before packing trained unpacked, although today's default packs), else
+  configs/default.py's. JSON lists become the schema's tuples. A key today's schema lacks,
+  or a value of the wrong type, is a ConfigError naming it.
+  """
+  config = default_config()
+  _overlay(config, saved, "")
+  present = _flatten(saved)
+  for key, value in _ABSENT_MEANS.items():
+    if key not in present:
+      *parents, leaf = key.split(".")
+      node = config
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  config.lock()
+  return config
+
+
+def _overlay(node: ml_collections.ConfigDict, saved: dict, prefix: str) -> None:
+  """Sets, in place, each value of `saved` (a JSON tree) on the same key of `node`."""
+  for k, v in saved.items():
+    key = prefix + k
+    if k not in node:
+      raise ConfigError(
+        f"config.{key}: not a key of this version's config (configs/default.py): "
+        f"was config.json written by another version of mtl_jax, or edited?"
+      )
+    section = key in _FREE_FORM or isinstance(node[k], ml_collections.ConfigDict)
+    if section and not isinstance(v, dict):
+      raise ConfigError(f"config.{key}: a section (a JSON object) in this version, got {v!r}")
+    if key in _FREE_FORM:
+      node[k] = ml_collections.ConfigDict(v)
+    elif section:
+      _overlay(node[k], v, key + ".")
+    else:
+      try:
+        node[k] = v
+      except TypeError as e:
+        raise ConfigError(f"config.{key}: {v!r} has the wrong type ({e})") from e
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training workdir's run was trained with: its config.json, upgraded
+  (`upgrade`). FileNotFoundError when it has none."""
+  path = os.path.join(workdir, CONFIG_JSON)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
+  with open(path) as f:
+    return upgrade(json.load(f))
+
+
+# --- Resuming: which config changes a workdir's checkpoints refuse
+
 # Config keys (dotted; a prefix covers its whole subtree) that must be equal when a run
 # resumes from a workdir's checkpoint: they change the model, the data, or the optimization
 # trajectory, so a changed value would silently mix two experiments in one run.
@@ -350,27 +495,7 @@ RESUME_MUST_MATCH = (
   "train.packing",
 )
 
-# Values of keys added after some workdirs were written: absent in an old config.json = this.
-_ABSENT_MEANS = {
-  "train.loss_weighting": "none",
-  "train.schedule": "all_tasks",
-  "train.packing": False,
-  **{f"train.epoch_examples.{task}": 0 for task in TASKS},
-  "adapter.task_layers": "none",
-  "adapter.task_layer_size": 0,
-  **{f"heads.{f.name}": f.default for f in dataclasses.fields(heads_lib.HeadSpec)},
-}
-_ABSENT = "<absent>"
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+_ABSENT = "<absent>"  # How a key absent from a config and from _ABSENT_MEANS compares.
 
 
 def _must_match(key: str) -> bool:
@@ -382,8 +507,6 @@ def resume_mismatches(
 ) -> list[tuple[str, object, object]]:
   """(key, saved value, new value) for each RESUME_MUST_MATCH key that differs between a
   workdir's config.json (`saved`, as loaded from JSON) and `config`; sorted by key."""
-  import json
-
   new = _flatten(json.loads(config.to_json_best_effort()))  # Tuples -> lists, as in `saved`.
   old = _flatten(saved)
   out = []

@@ -19,10 +19,10 @@ from scipy import stats as scipy_stats
 
 from mtl_jax import metrics as metrics_lib
 from mtl_jax import predictions as predictions_lib
-from mtl_jax.data.files import TASKS
+from mtl_jax.tasks import TASKS
 
 # results.json's metric names, in the report's order.
-METRICS = ("sst/accuracy", "quora/accuracy", "sts/pearson", "overall")
+METRICS = (*metrics_lib.DEV_METRICS, "overall")
 CONFIDENCE = 0.95
 RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -131,9 +131,7 @@ def bootstrap_samples(
       out[f"{task}/accuracy"] = (pred == gold)[idx].mean(axis=1)
     else:
       out[f"{task}/pearson"] = _pearson_rows(pred[idx], gold[idx])
-  out["overall"] = metrics_lib.overall_score(
-    out["sst/accuracy"], out["quora/accuracy"], out["sts/pearson"]
-  )
+  out["overall"] = metrics_lib.overall_score(*(out[m] for m in metrics_lib.DEV_METRICS))
   return out
 
 

@@ -11,7 +11,7 @@ holds one task, and its gradient fills that task's row of the [T, ...] stack, ze
 
 Uncertainty weighting (`config.train.loss_weighting="uncertainty"`): the trainable tree
 holds `{"loss_weighting": {"log_var": [T]}}` and task t's objective is
-`weighted_task_loss(L_t, log_var, t)`; the logged losses stay the raw ones.
+`mtl_jax.grad.weighted_task_loss(L_t, log_var, t)`; the logged losses stay the raw ones.
 
 Dropout is keyed by (seed, step) alone (`dropout_keys`), so a resumed run,
 `mtl_jax.diagnose` (which takes this very step on a checkpoint) and `mtl_jax.bench` (this
@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import optax
 
 from mtl_jax import grad as mtlgrad
-from mtl_jax.data.files import TASKS
+from mtl_jax import tasks
+from mtl_jax.grad.loss_weighting import LOSS_WEIGHTING_KEY, weighted_task_loss
 from mtl_jax.models import multitask
 
 
@@ -37,52 +38,44 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
-def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Array) -> jax.Array:
-  """The loss of task `task` (an index into TASKS, may be traced) on its batch.
+# Per-example losses of a head output and labels, by the task table's loss kind.
+_LOSSES = {
+  "cross_entropy": lambda out, y: optax.softmax_cross_entropy_with_integer_labels(
+    out, y.astype(jnp.int32)
+  ),
+  "binary_cross_entropy": optax.sigmoid_binary_cross_entropy,
+  "mse": lambda out, y: (out - y) ** 2,
+}
 
-  SST: cross-entropy; Quora: binary cross-entropy with logits; STS: mean squared error
-  on the 0..5 scale, or, when the heads output `sts_unit` (config.heads.sts_loss="cosine"),
-  the mean squared error between that score and label / 5 (sentence-transformers'
-  CosineSimilarityLoss). `weights` marks real examples (0 for padding rows).
-  A pair task's labels are in its batch's first N rows, N = the length of its head output:
-  S/2 bi-encoded pairs or S cross-encoded ones (config.heads.pairs).
+
+def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Array) -> jax.Array:
+  """The loss of task `task` (an index into tasks.TASKS, may be traced) on its batch.
+
+  Each task's loss is its `tasks.TaskSpec.loss` on its head output: SST cross-entropy;
+  Quora binary cross-entropy with logits; STS mean squared error on the 0..5 scale, or,
+  when the heads also output the score on the unit scale, `sts_unit`
+  (config.heads.sts_loss="cosine"), the mean squared error between that score and
+  label / 5 (sentence-transformers' CosineSimilarityLoss). `weights` marks real examples
+  (0 for padding rows). A task's labels are in its batch's first N rows, N = the length
+  of its head output: S sentences, S/2 bi-encoded pairs or S cross-encoded ones
+  (config.heads.pairs).
   """
 
   def mean(x, w):
     return (x * w).sum() / jnp.maximum(w.sum(), 1.0)
 
-  def pairs(name):
-    n = outputs[name].shape[0]
-    return labels[:n], weights[:n]
+  def loss_of(spec: tasks.TaskSpec):
+    def loss():
+      out = outputs[spec.output]
+      y, w = labels[: out.shape[0]], weights[: out.shape[0]]
+      unit = outputs.get(f"{spec.output}_unit")  # A score on the unit scale.
+      if unit is not None:
+        return mean((unit - y / spec.max_score) ** 2, w)
+      return mean(_LOSSES[spec.loss](out, y), w)
 
-  def sst():
-    ce = optax.softmax_cross_entropy_with_integer_labels(outputs["sst"], labels.astype(jnp.int32))
-    return mean(ce, weights)
+    return loss
 
-  def quora():
-    y, w = pairs("quora")
-    return mean(optax.sigmoid_binary_cross_entropy(outputs["quora"], y), w)
-
-  def sts():
-    y, w = pairs("sts")
-    if "sts_unit" in outputs:
-      return mean((outputs["sts_unit"] - y / 5.0) ** 2, w)
-    return mean((outputs["sts"] - y) ** 2, w)
-
-  branches = {"sst": sst, "quora": quora, "sts": sts}
-  return jax.lax.switch(task, [branches[t] for t in TASKS])
-
-
-# config.train.loss_weighting values; "uncertainty" adds trainable[LOSS_WEIGHTING_KEY].
-LOSS_WEIGHTINGS = ("none", "uncertainty")
-LOSS_WEIGHTING_KEY = "loss_weighting"
-
-
-def weighted_task_loss(raw_loss: jax.Array, log_var: jax.Array, task: jax.Array) -> jax.Array:
-  """Uncertainty weighting (Kendall, Gal & Cipolla 2018; LibMTL's form) of task `task`:
-  `exp(-s) * L / 2 + s / 2` with `s = log_var[task]` (a learned log-variance, init 0)."""
-  s = log_var[task]
-  return jnp.exp(-s) * raw_loss / 2 + s / 2
+  return jax.lax.switch(task, [loss_of(spec) for spec in tasks.SPECS.values()])
 
 
 def _make_losses(model: multitask.MultitaskModel):
@@ -153,7 +146,7 @@ def make_train_step(
   A batch of every task (schedule `all_tasks`): leaves [T, S, ...], the gradients of the
   tasks `task_ids` by `vmap`. A batch of one task (the other schedules, see
   `mtl_jax.data.schedules`): leaves [1, S, ...] plus `batch["task"]`, the int32 position of
-  that task in `task_ids` (TASKS order in the trainer), traced, so one compiled step per
+  that task in `task_ids` (tasks.TASKS order in the trainer), traced, so one compiled step per
   length bucket serves every task.
   Its gradient goes to its row of a zero [T, ...] stack, so the same optimizer chain
   applies; with a method linear per task (`mtlgrad.LINEAR_METHODS`, which
@@ -210,7 +203,7 @@ def make_summed_step(
 ):
   """Returns step(state, frozen, batch [T, S, ...]) -> (state, {"loss"}): one gradient, of
   the summed loss of the T tasks (no task axis, no method), applied by `tx`, an optimizer
-  for combined gradients (`train.base_optimizer`).
+  for combined gradients (`specs.base_optimizer`).
 
   What a trainer blind to tasks would run, on the batch and with the dropout keys of
   `make_train_step`: the baseline `mtl_jax.bench` measures the cost of per-task gradients

@@ -17,19 +17,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
-from mtl_jax import checkpoint, interrupts, parallel, specs, stats, workdir_lock, xla_options
-from mtl_jax import grad as mtlgrad
+from mtl_jax import checkpoint, interrupts, parallel, specs, stats, tasks, workdir_lock, xla_options
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, files, packing, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
 from mtl_jax.metrics_log import MetricsLog
 from mtl_jax.models import hf_io, multitask
-from mtl_jax.step import LOSS_WEIGHTING_KEY, TrainState, make_train_step
+from mtl_jax.step import TrainState, make_train_step
+from mtl_jax.tasks import TASKS
 
-TASKS = files.TASKS
 RESULTS_JSON = "results.json"  # Final dev metrics, step, sizes and wall time of a finished run.
 
 
@@ -48,7 +46,7 @@ def load_data(config: ml_collections.ConfigDict, tokenizer) -> dict[str, list[ba
         cross,
       )
       for task in TASKS
-      if (task, split) in files.FILES
+      if split in tasks.get(task).files
     ]
   return out
 
@@ -68,54 +66,19 @@ def train_batches(
   return schedules.Batches(train_data, schedule, buckets, specs.pack_plan(config, devices))
 
 
-def _update_transforms(config: ml_collections.ConfigDict) -> list:
-  """Clip -> AdamW with linear warmup and cosine decay: the update after tasks combine."""
-  t = config.train
-  schedule = optax.warmup_cosine_decay_schedule(
-    0.0,
-    t.learning_rate,
-    int(t.warmup_fraction * t.steps),
-    t.steps,
-    end_value=t.learning_rate * 0.01,
-  )
-  return [
-    optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
-    optax.adamw(schedule, weight_decay=t.weight_decay),
-  ]
-
-
-def base_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """The optimizer for an already-combined gradient (no task axis)."""
-  return optax.chain(*_update_transforms(config))
-
-
-def make_optimizer(
-  config: ml_collections.ConfigDict, trainable: dict
-) -> optax.GradientTransformation:
-  """Per-task gradients [T, ...] -> the configured mtl_jax.grad method on the shared
-  leaves (heads get their own task's gradient) -> clip -> AdamW."""
-  method = mtlgrad.shared_only(specs.grad_method(config), multitask.is_shared(trainable))
-  return optax.chain(method, *_update_transforms(config))
-
-
 def init_state(config: ml_collections.ConfigDict):
   """(model, train state at step 0, frozen params, optimizer) from a validated config."""
   model, params = multitask.build(specs.model_spec(config), jax.random.key(config.seed))
-  trainable, frozen = multitask.split(params, multitask.trainable_mask(params, config.adapter.kind))
-  if config.train.get("loss_weighting", "none") == "uncertainty":  # Learned log-variances.
-    trainable = dict(trainable, **{LOSS_WEIGHTING_KEY: {"log_var": jnp.zeros((len(TASKS),))}})
-  tx = make_optimizer(config, trainable)
+  trainable, frozen = specs.split_params(config, params)
+  tx = specs.optimizer(config, trainable)
   state = TrainState(jnp.asarray(0, jnp.int32), trainable, tx.init(trainable))
   return model, state, frozen, tx
 
 
 def restore(workdir: str):
-  """(config, model, state, frozen, tx) of the latest checkpoint of a training workdir."""
-  config_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{config_path} not found: is {workdir} a training workdir?")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  """(config, model, state, frozen, tx) of the latest checkpoint of a training workdir; the
+  config is its config.json upgraded to today's schema (specs.saved_config)."""
+  config = specs.saved_config(workdir)
   specs.validate(config)
   model, state, frozen, tx = init_state(config)
   ckpt = Checkpointer(workdir, 1, 1)
@@ -168,7 +131,7 @@ def _check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> 
   changes specs.RESUME_MUST_MATCH keys; only then (re)writes config.json. Nothing is
   loaded yet, so a mismatch fails at once."""
   os.makedirs(workdir, exist_ok=True)
-  config_path = os.path.join(workdir, "config.json")
+  config_path = os.path.join(workdir, specs.CONFIG_JSON)
   ckpt = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
   try:
     if ckpt.latest_step() is not None:
@@ -234,7 +197,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   logging.info(
     _describe_params(multitask.merge(state.trainable, frozen), state.trainable, state.opt_state)
   )
-  param_sharding = config.train.get("param_sharding", "replicated")
+  param_sharding = config.train.param_sharding
   state_sharding = parallel.param_shardings(state, mesh, param_sharding)
   state = jax.device_put(state, state_sharding)
   frozen = jax.device_put(frozen, parallel.param_shardings(frozen, mesh, param_sharding))
@@ -267,7 +230,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
 
   # --- Best dev checkpoint and early stopping
   t = config.train
-  patience = t.get("early_stopping_patience", 0)
+  patience = t.early_stopping_patience
   best = checkpoint.read_best(workdir) if t.eval_every else None
 
   def evals_without_improvement(step: int) -> int:

@@ -20,9 +20,9 @@ from ml_collections import config_flags
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 from mtl_jax import specs, xla_options  # noqa: E402
 from mtl_jax.data import batching, packing, schedules  # noqa: E402
-from mtl_jax.data.files import TASKS  # noqa: E402
 from mtl_jax.models import hf_io  # noqa: E402
 from mtl_jax.step import make_train_step  # noqa: E402
+from mtl_jax.tasks import TASKS  # noqa: E402
 from mtl_jax.train import init_state, load_data  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -24,9 +24,9 @@ from test_train import tiny_config  # noqa: E402
 from mtl_jax import grad as mtlgrad  # noqa: E402
 from mtl_jax import parallel, specs, train  # noqa: E402
 from mtl_jax.data import batching, packing  # noqa: E402
-from mtl_jax.data.files import TASKS  # noqa: E402
 from mtl_jax.models import hf_io, multitask  # noqa: E402
 from mtl_jax.step import make_per_task_grads  # noqa: E402
+from mtl_jax.tasks import TASKS  # noqa: E402
 
 
 def worker_config(model_dir: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mtl_jax import tasks
 from mtl_jax.data import batching
 from mtl_jax.data.batching import Encoded
 
@@ -25,7 +26,7 @@ def make_data(
   task: str, n: int, seed: int = 0, max_len: int = 30, labels: bool = True, split: str = "train"
 ) -> Encoded:
   rng = np.random.default_rng(seed)
-  pair = task in batching.PAIR_TASKS
+  pair = tasks.get(task).is_pair
   first = [_seq(i, 0, int(rng.integers(2, max_len + 1))) for i in range(n)]
   second = [_seq(i, 1, int(rng.integers(2, max_len + 1))) for i in range(n)] if pair else None
   lab = None

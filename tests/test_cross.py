@@ -21,8 +21,9 @@ from configs import default
 from mtl_jax import specs, step
 from mtl_jax.data import batching
 from mtl_jax.data.batching import Encoded
-from mtl_jax.data.files import TASKS, TaskSplit
+from mtl_jax.data.files import TaskSplit
 from mtl_jax.models import heads, hf_io, multitask
+from mtl_jax.tasks import TASKS
 
 CROSS = heads.HeadSpec(sts="features", pairs="cross")
 H = 8
@@ -293,7 +294,7 @@ def test_resume_treats_a_missing_heads_pairs_as_bi():
     ("heads.pairs", "bi", "cross"),
     ("heads.sts", "cosine", "features"),
   ]
-  old = ml_collections.ConfigDict({k: v for k, v in saved.items() if k != "heads"})
+  old = specs.upgrade({k: v for k, v in saved.items() if k != "heads"})
   assert specs.head_spec(old) == heads.HeadSpec()
 
 

@@ -18,9 +18,10 @@ from flax import traverse_util
 
 from configs import default
 from mtl_jax import specs, step
-from mtl_jax.data.files import TASKS, default_data_dir
+from mtl_jax.data.files import default_data_dir
 from mtl_jax.models import heads, hf_io, multitask
 from mtl_jax.models.dropout import Dropout
+from mtl_jax.tasks import TASKS
 
 H = 8
 S = 6  # Sequences per batch: 3 pairs for the pair tasks.
@@ -273,7 +274,7 @@ def test_default_config_builds_the_original_param_tree(tiny_bert_dir):
     ("quora", "bias"): (1,),
   }
   # A config saved before config.heads existed gives the same spec.
-  old = ml_collections.ConfigDict({k: v for k, v in config.to_dict().items() if k != "heads"})
+  old = specs.upgrade({k: v for k, v in config.to_dict().items() if k != "heads"})
   assert specs.model_spec(old) == spec
 
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from mtl_jax import predict, predictions, train
+from mtl_jax import predict, predictions, tasks, train
 from mtl_jax.data import files
 from tests.test_train import DATA_DIR, needs_data, tiny_config
 
@@ -26,7 +26,7 @@ def trained_run(tiny_bert_dir, tmp_path_factory, fast_compile):
 
 def _first_dev_rows(tmp_path, task: str, n: int) -> str:
   """The header and first n rows of the task's dev file (the rows the run evaluated)."""
-  src = os.path.join(DATA_DIR, files.FILES[(task, "dev")])
+  src = os.path.join(DATA_DIR, tasks.get(task).files["dev"])
   with open(src, encoding="utf-8") as f:
     lines = f.readlines()[: n + 1]
   path = tmp_path / f"{task}-dev-head.csv"
@@ -35,7 +35,7 @@ def _first_dev_rows(tmp_path, task: str, n: int) -> str:
 
 
 @needs_data
-@pytest.mark.parametrize("task", files.TASKS)
+@pytest.mark.parametrize("task", tasks.TASKS)
 def test_predictions_on_a_labelled_file_match_the_runs_dev_predictions(trained_run, tmp_path, task):
   """Same ids, same values as the run's own dev file, and the metric computed on them."""
   out = str(tmp_path / "out.csv")

@@ -19,8 +19,8 @@ from configs import default
 from mtl_jax import specs, train
 from mtl_jax.checkpoint import Checkpointer
 from mtl_jax.data import batching, schedules
-from mtl_jax.data.files import TASKS
 from mtl_jax.step import make_loss_fn, make_train_step
+from mtl_jax.tasks import TASKS
 
 BUCKETS = (8, 16, 32)
 CS224N_SIZES = (8544, 16214, 6040)  # The training sets; B = (134, 507, 189) at 64 sequences.
@@ -338,7 +338,7 @@ def test_train_schedule_from_config():
   )
   saved = json.loads(_config().to_json_best_effort())  # Written before the keys existed:
   del saved["train"]["schedule"], saved["train"]["epoch_examples"]
-  old = ml_collections.ConfigDict(saved)
+  old = specs.upgrade(saved)
   specs.validate(old)
   assert specs.train_schedule(old, (10, 20, 30)) == schedules.Schedule(
     "all_tasks", (10, 20, 30), 64, 300, 0, old.train.length_grouping
@@ -383,7 +383,7 @@ def test_one_task_step_is_a_step_on_that_task_alone(tiny_bert_dir, fast_compile)
     state, frozen, batch
   )
 
-  base = train.base_optimizer(config)
+  base = specs.base_optimizer(config)
 
   @jax.jit  # Eagerly, the reference would take longer than the step's compilation.
   def quora_alone(trainable, inputs):

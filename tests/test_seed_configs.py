@@ -17,9 +17,9 @@ from test_train import needs_data, read_metrics, shrink
 from configs import default
 from mtl_jax import specs, train
 from mtl_jax.data import batching
-from mtl_jax.data.files import TASKS
 from mtl_jax.evaluate import make_predict_fn
 from mtl_jax.models import heads, hf_io
+from mtl_jax.tasks import TASKS
 
 SEEDS_DIR = os.path.join(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "seeds"
@@ -96,7 +96,7 @@ def test_seed_config_trains_on_a_small_slice(name, tiny_bert_dir, tmp_path, fast
   spec = model.head_spec
   assert ("pool_dense" in names) == (model.pooling == "concat")
   assert ("shared_dense" in names) == (spec.kind != "linear")
-  assert ({f"{t}_stream" for t in heads.TASK_NAMES} <= names) == (spec.kind == "multi_stream")
+  assert ({f"{t}_stream" for t in TASKS} <= names) == (spec.kind == "multi_stream")
   assert ("quora" in names) == (spec.quora != "dot")
   lora = model.config.lora
   assert lora is not None and lora.kind == config.adapter.kind
@@ -122,4 +122,4 @@ def test_seed_config_trains_on_a_small_slice(name, tiny_bert_dir, tmp_path, fast
   if name == "annealed_sampling":
     assert spec == heads.HeadSpec() and names == {"sst", "quora"}
     logged = [r for r in read_metrics(workdir) if "loss" in r]  # Every step: one task, named.
-    assert all(r["task"] in heads.TASK_NAMES and f"task_loss/{r['task']}" in r for r in logged)
+    assert all(r["task"] in TASKS and f"task_loss/{r['task']}" in r for r in logged)

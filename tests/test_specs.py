@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import json
 import re
 
 import ml_collections
 import pytest
 
-specs = pytest.importorskip("mtl_jax.specs")
-
-from configs import default  # noqa: E402
-from mtl_jax.models import adapters, multitask  # noqa: E402
+from configs import default
+from mtl_jax import specs
+from mtl_jax.models import adapters, heads, multitask
 
 
 def _grad_problem() -> str | None:
@@ -168,11 +168,136 @@ def test_model_spec_from_config():
 
 
 def test_resume_refuses_changed_heads_and_accepts_configs_saved_before_heads_existed():
-  import json
-
   saved = json.loads(default.get_config().to_json_best_effort())
   del saved["heads"]  # A config.json written before config.heads existed = baseline heads.
   assert specs.resume_mismatches(saved, default.get_config()) == []
   changed = default.get_config()
   changed.heads.sts_loss = "cosine"
   assert specs.resume_mismatches(saved, changed) == [("heads.sts_loss", "mse", "cosine")]
+
+
+# -------------------------------------------------------------------------------------
+# Saved configs: specs.upgrade brings an old config.json to today's schema
+# -------------------------------------------------------------------------------------
+
+
+def _saved(config: ml_collections.ConfigDict) -> dict:
+  """`config` as the trainer writes it to config.json and json.load reads it back."""
+  return json.loads(config.to_json_best_effort(indent=2))
+
+
+def _keys(config: ml_collections.ConfigDict) -> set[str]:
+  def flat(tree, prefix=""):
+    for k, v in tree.items():
+      if isinstance(v, dict) and v:
+        yield from flat(v, f"{prefix}{k}.")
+      else:
+        yield prefix + k
+
+  return set(flat(_saved(config)))
+
+
+# The keys added to the schema after the first workdirs were written (git history of
+# configs/default.py), each removed from a saved config below.
+ADDED_LATER = [
+  "train.length_grouping",
+  "train.loss_weighting",
+  "train.early_stopping_patience",
+  "heads",
+  "adapter.task_layers",
+  "adapter.task_layer_size",
+  "train.schedule",
+  "train.epoch_examples",
+  "train.param_sharding",
+  "train.packing",
+]
+
+
+def test_upgrade_fills_the_keys_an_old_config_lacks_with_how_it_trained():
+  saved = _saved(_config(**{"seed": 3, "adapter.rank": 4, "train.steps": 500}))
+  for key in ADDED_LATER:
+    *parents, leaf = key.split(".")
+    node = saved
+    for p in parents:
+      node = node[p]
+    del node[leaf]
+  config = specs.upgrade(saved)
+
+  assert _keys(config) == _keys(default.get_config())  # Today's schema, no key missing.
+  t = config.train
+  assert t.packing is False  # Those runs trained unpacked; today's default packs.
+  assert default.get_config().train.packing is True
+  assert t.loss_weighting == "none" and t.param_sharding == "replicated"
+  assert t.early_stopping_patience == 0 and t.length_grouping == 0
+  assert t.schedule == "all_tasks" and t.epoch_examples.to_dict() == {
+    "sst": 0,
+    "quora": 0,
+    "sts": 0,
+  }
+  assert (config.adapter.task_layers, config.adapter.task_layer_size) == ("none", 0)
+  assert specs.head_spec(config) == heads.HeadSpec()  # The baseline heads.
+  assert specs.pack_plan(config) is None and specs.task_layer_config(config) is None
+  # The saved values are kept (JSON lists back to the schema's tuples).
+  assert (config.seed, config.adapter.rank, t.steps) == (3, 4, 500)
+  assert config.adapter.targets == ("query", "value") and isinstance(t.length_buckets, tuple)
+  specs.validate(config)
+  # Locked, as main.py's config: a misspelt key fails instead of being added.
+  with pytest.raises(AttributeError):
+    config.train.stepz = 1
+
+
+def test_upgrade_keeps_every_value_of_a_current_config():
+  config = _config(
+    **{
+      "train.packing": False,
+      "train.loss_weighting": "uncertainty",
+      "train.early_stopping_patience": 2,
+      "train.eval_every": 50,
+      "train.epoch_examples.quora": 20_000,
+      "heads.sts_loss": "cosine",
+      "adapter.layers": (0, 3),
+      "grad.method": "cagrad",
+    }
+  )
+  config.grad.kwargs = ml_collections.ConfigDict({"c": 0.4})  # Free-form: the method's.
+  upgraded = specs.upgrade(_saved(config))
+  assert _saved(upgraded) == _saved(config)
+  assert upgraded.grad.kwargs.c == 0.4 and upgraded.adapter.layers == (0, 3)
+
+
+@pytest.mark.parametrize(
+  "edit, key",
+  [
+    (lambda c: c["train"].update(stepz=300), r"config\.train\.stepz"),
+    (lambda c: c.update(nope=1), r"config\.nope"),
+    (lambda c: c["heads"].update(size=2), r"config\.heads\.size"),
+    (lambda c: c["train"]["epoch_examples"].update(mnli=0), r"config\.train\.epoch_examples\.mnli"),
+  ],
+  ids=["train.stepz", "nope", "heads.size", "epoch_examples.mnli"],
+)
+def test_upgrade_refuses_a_key_this_version_does_not_have(edit, key):
+  saved = _saved(_config())
+  edit(saved)
+  with pytest.raises(specs.ConfigError, match=key + ".*not a key"):
+    specs.upgrade(saved)
+
+
+@pytest.mark.parametrize(
+  "section, name, value",
+  [("train", "packing", "yes"), ("train", "steps", 2.5), (None, "model", "bert")],
+)
+def test_upgrade_refuses_a_value_of_the_wrong_type(section, name, value):
+  saved = _saved(_config())
+  (saved[section] if section else saved)[name] = value
+  key = f"{section}.{name}" if section else name
+  with pytest.raises(specs.ConfigError, match=re.escape(f"config.{key}")):
+    specs.upgrade(saved)
+
+
+def test_saved_config_reads_a_workdir_and_upgrades_it(tmp_path):
+  with pytest.raises(FileNotFoundError, match="training workdir"):
+    specs.saved_config(str(tmp_path))
+  saved = _saved(_config())
+  del saved["train"]["packing"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  assert specs.saved_config(str(tmp_path)).train.packing is False

@@ -27,10 +27,9 @@ import functools
 
 import numpy as np
 
+from mtl_jax import tasks
 from mtl_jax.data import packing
-from mtl_jax.data.files import TASKS, TaskSplit
-
-PAIR_TASKS = ("quora", "sts")
+from mtl_jax.data.files import TaskSplit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +172,7 @@ def make_batch(
 
 @functools.lru_cache(maxsize=16)
 def _epoch_order(seed: int, task: str, epoch: int, n: int) -> np.ndarray:
-  return np.random.default_rng([seed, TASKS.index(task), epoch]).permutation(n)
+  return np.random.default_rng([seed, tasks.index(task), epoch]).permutation(n)
 
 
 def _stream(data: Encoded, start: int, count: int, seed: int, epoch_size: int = 0) -> np.ndarray:
@@ -204,7 +203,7 @@ def train_indices(
   pool = _stream(data, group * group_steps * count, group_steps * count, seed, epoch_size)
   by_length = pool[np.argsort(data.lengths[pool], kind="stable")].reshape(group_steps, count)
   # One order of the group's batches for every task, so that their lengths line up.
-  rank = np.random.default_rng([seed, len(TASKS), group]).permutation(group_steps)[position]
+  rank = np.random.default_rng([seed, len(tasks.TASKS), group]).permutation(group_steps)[position]
   return by_length[rank]
 
 

@@ -13,9 +13,9 @@ sneak into training:
     `TaskSplit.skipped` with their 1-based line number in the file, and
     summarised in one logged line. With `strict=True` the first one raises.
   * A label that parses but is out of range (sst not in 0..4, quora not 0/1,
-    sts not in [0, 5]) is a DataError even when not strict: it means the file
-    is not what we think it is, not that one row is dirty. (The real files
-    have none.)
+    sts not in [0, 5]: the task table, `mtl_jax.tasks`) is a DataError even
+    when not strict: it means the file is not what we think it is, not that
+    one row is dirty. (The real files have none.)
   * Missing file, missing column, empty file, unknown task/split: DataError.
   * Duplicate ids are kept (as the starter does) but logged as a warning,
     since predictions are keyed by id.
@@ -35,24 +35,10 @@ import os
 import numpy as np
 from absl import logging
 
-TASKS = ("sst", "quora", "sts")
-FILES = {
-  ("sst", "train"): "ids-sst-train.csv",
-  ("sst", "dev"): "ids-sst-dev.csv",
-  ("sst", "test"): "ids-sst-test-student.csv",
-  ("quora", "train"): "quora-train.csv",
-  ("quora", "dev"): "quora-dev.csv",
-  ("sts", "train"): "sts-train.csv",
-  ("sts", "dev"): "sts-dev.csv",
-  ("sts", "test"): "sts-test-student.csv",
-}
-_SENTENCE_COLUMNS = {
-  "sst": ("sentence",),
-  "quora": ("sentence1", "sentence2"),
-  "sts": ("sentence1", "sentence2"),
-}
-_LABEL_COLUMN = {"sst": "sentiment", "quora": "is_duplicate", "sts": "similarity"}
-_LABEL_DTYPE = {"sst": np.int32, "quora": np.float32, "sts": np.float32}
+from mtl_jax import tasks
+
+# (task, split) -> file name, from the task table.
+FILES = {(t.name, split): name for t in tasks.SPECS.values() for split, name in t.files.items()}
 
 
 class DataError(ValueError):
@@ -89,22 +75,28 @@ def default_data_dir() -> str:
 
 def _parse_label(task: str, text: str, where: str) -> float | int:
   """Unparsable → _Skip (a dirty row); parsable but out of range → DataError."""
+  spec = tasks.get(task)
   try:
     value = float(text)
   except ValueError:
-    raise _Skip(f"unparsable {_LABEL_COLUMN[task]} {text!r}") from None
-  if task == "sst":
-    ok = math.isfinite(value) and value.is_integer() and 0 <= value <= 4
-    expected = "an integer class in 0..4"
-  elif task == "quora":
+    raise _Skip(f"unparsable {spec.label_column} {text!r}") from None
+  if spec.label == "class":
+    top = spec.num_classes - 1
+    ok = math.isfinite(value) and value.is_integer() and 0 <= value <= top
+    expected = f"an integer class in 0..{top}"
+  elif spec.label == "binary":
     ok = value in (0.0, 1.0)
     expected = "0 or 1"
   else:
-    ok = 0.0 <= value <= 5.0  # False for NaN
-    expected = "in [0, 5]"
+    ok = 0.0 <= value <= spec.max_score  # False for NaN
+    expected = f"in [0, {spec.max_score:g}]"
   if not ok:
-    raise DataError(f"{where}: {_LABEL_COLUMN[task]} {text!r} out of range (expected {expected})")
-  return int(value) if task == "sst" else value
+    raise DataError(f"{where}: {spec.label_column} {text!r} out of range (expected {expected})")
+  return int(value) if spec.label == "class" else value
+
+
+def _label_dtype(task: str) -> type:
+  return np.int32 if tasks.get(task).label == "class" else np.float32
 
 
 def load_split(
@@ -134,14 +126,15 @@ def read_task_file(
 ) -> TaskSplit:
   """Reads a file in a task's CS224N format; `has_labels=None`: if the column is there."""
   name = os.path.basename(path)
+  columns, label_column = tasks.get(task).sentence_columns, tasks.get(task).label_column
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found")
   if has_labels is None:
-    has_labels = _LABEL_COLUMN[task] in read_header(path)
-  wanted = ["id", *_SENTENCE_COLUMNS[task]] + ([_LABEL_COLUMN[task]] if has_labels else [])
+    has_labels = label_column in read_header(path)
+  wanted = ["id", *columns] + ([label_column] if has_labels else [])
 
   ids: list[str] = []
-  sents: list[list[str]] = [[] for _ in _SENTENCE_COLUMNS[task]]
+  sents: list[list[str]] = [[] for _ in columns]
   labels: list[float | int] = []
   skipped: list[tuple[int, str]] = []
   try:
@@ -176,7 +169,7 @@ def read_task_file(
           skipped.append((line, str(e)))
           continue
         ids.append(values["id"])
-        for lst, c in zip(sents, _SENTENCE_COLUMNS[task]):
+        for lst, c in zip(sents, columns):
           lst.append(values[c])
         if has_labels:
           labels.append(label)
@@ -197,7 +190,7 @@ def read_task_file(
     ids=ids,
     sentences1=sents[0],
     sentences2=sents[1] if len(sents) > 1 else None,
-    labels=np.asarray(labels, dtype=_LABEL_DTYPE[task]) if has_labels else None,
+    labels=np.asarray(labels, dtype=_label_dtype(task)) if has_labels else None,
     skipped=skipped,
   )
 
@@ -209,11 +202,6 @@ def read_header(path: str) -> list[str]:
       return [h.strip() for h in next(csv.reader(fp, delimiter="\t"), [])]
   except (csv.Error, UnicodeDecodeError) as e:
     raise DataError(f"{path}: unreadable: {e}") from None
-
-
-def sentence_columns(task: str) -> tuple[str, ...]:
-  """The columns holding a task's sentence (sst) or sentence pair (quora, sts)."""
-  return _SENTENCE_COLUMNS[task]
 
 
 def _log_problems(name: str, ids: list[str], skipped: list[tuple[int, str]]) -> None:

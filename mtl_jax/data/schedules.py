@@ -51,7 +51,7 @@ import functools
 import numpy as np
 
 from mtl_jax.data import batching, packing
-from mtl_jax.data.files import TASKS
+from mtl_jax.tasks import SPECS, TASKS
 
 SCHEDULES = ("all_tasks", "proportional", "sqrt", "annealed", "sequential", "round_robin")
 ONE_TASK_SCHEDULES = SCHEDULES[1:]
@@ -104,7 +104,7 @@ def make(
 def batches_per_epoch(s: Schedule) -> np.ndarray:
   """B_t = ceil(N_t / b_t) for each task."""
   per_batch = s.batch_examples or [
-    s.seqs_per_task // 2 if t in batching.PAIR_TASKS else s.seqs_per_task for t in TASKS
+    s.seqs_per_task // 2 if SPECS[t].is_pair else s.seqs_per_task for t in TASKS
   ]
   return -(-np.asarray(s.epoch_sizes) // np.asarray(per_batch))
 

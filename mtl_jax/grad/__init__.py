@@ -50,8 +50,8 @@ degenerate stacks -- opposite, zero, collinear, badly scaled --
 
 Uncertainty weighting (Kendall et al. 2018) has learnable log-variances: it is
 on the loss side (``config.train.loss_weighting="uncertainty"``,
-``mtl_jax.step.weighted_task_loss``). IMTL-L and MGDA's "loss" normalisation:
-not provided.
+:func:`weighted_task_loss`, applied by ``mtl_jax.step``). IMTL-L and MGDA's
+"loss" normalisation: not provided.
 
 Per-task diagnostics: :func:`task_gradient_stats`. Pass ``num_tasks=T`` to a
 factory to keep per-task stats in its state (e.g. PCGrad's ``removed_norm``
@@ -64,7 +64,14 @@ from mtl_jax.grad._tree import tasks_to_matrix
 from mtl_jax.grad.balancing import NashMTLState, aligned_mtl, imtl_g, nash_mtl
 from mtl_jax.grad.basic import fixed, mean_tasks, rlw, sum_tasks
 from mtl_jax.grad.diagnostics import method_stats, task_gradient_stats
-from mtl_jax.grad.loss_weighting import DWAState, dwa
+from mtl_jax.grad.loss_weighting import (
+  LOSS_WEIGHTING_KEY,
+  LOSS_WEIGHTINGS,
+  DWAState,
+  dwa,
+  uncertainty_params,
+  weighted_task_loss,
+)
 from mtl_jax.grad.min_norm import cagrad, dualproj, mgda, upgrad
 from mtl_jax.grad.projection import GradVacState, PCGradState, gradvac, pcgrad, pcgrad_against_sum
 from mtl_jax.grad.registry import LINEAR_METHODS, METHODS, canonical_name, get_method
@@ -73,6 +80,8 @@ from mtl_jax.grad.sign_dropout import GradDropState, graddrop
 
 __all__ = [
   "LINEAR_METHODS",
+  "LOSS_WEIGHTINGS",
+  "LOSS_WEIGHTING_KEY",
   "METHODS",
   "DWAState",
   "GradDropState",
@@ -100,5 +109,7 @@ __all__ = [
   "sum_tasks",
   "task_gradient_stats",
   "tasks_to_matrix",
+  "uncertainty_params",
   "upgrad",
+  "weighted_task_loss",
 ]

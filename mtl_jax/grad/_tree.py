@@ -100,11 +100,6 @@ def gram(g: jax.Array) -> jax.Array:
   return 0.5 * (a + a.T)
 
 
-def combine(weights: jax.Array, g: jax.Array) -> jax.Array:
-  """``sum_i weights[i] * G[i]`` -> [D]."""
-  return jnp.matmul(weights.astype(g.dtype), g, precision=jax.lax.Precision.HIGHEST)
-
-
 def changed_norm(a: jax.Array, coeffs: jax.Array) -> jax.Array:
   """Per-task ``|| g_i_final - g_i ||`` when ``g_i_final = sum_k coeffs[i,k] g_k``.
 

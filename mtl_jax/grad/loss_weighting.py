@@ -1,4 +1,4 @@
-"""Loss-based weighting: Dynamic Weight Average (DWA).
+"""Loss-based weighting: Dynamic Weight Average (DWA), and uncertainty weighting.
 
 DWA weights the task LOSSES, and a method here only sees the per-task
 gradients; since each ``g_k`` is linear in its loss, ``sum_k w_k g_k`` is the
@@ -9,8 +9,10 @@ the keyword ``task_losses`` of ``update`` (an
 such transforms only, so the other methods ignore them).
 
 Uncertainty weighting (Kendall et al. 2018) has learnable parameters and
-lives on the loss side instead: ``config.train.loss_weighting``, see
-``mtl_jax.step.weighted_task_loss``.
+lives on the loss side instead (``config.train.loss_weighting``): the
+trainable tree holds ``{LOSS_WEIGHTING_KEY: uncertainty_params(T)}``, and the
+train step (``mtl_jax.step``) trains task ``t`` on
+:func:`weighted_task_loss` of its raw loss.
 """
 
 from __future__ import annotations
@@ -22,6 +24,22 @@ import jax.numpy as jnp
 import optax
 
 from mtl_jax.grad import _tree
+
+# config.train.loss_weighting values; "uncertainty" adds trainable[LOSS_WEIGHTING_KEY].
+LOSS_WEIGHTINGS = ("none", "uncertainty")
+LOSS_WEIGHTING_KEY = "loss_weighting"
+
+
+def uncertainty_params(num_tasks: int) -> dict:
+  """The learned log-variances of uncertainty weighting, one per task, initialised to 0."""
+  return {"log_var": jnp.zeros((num_tasks,))}
+
+
+def weighted_task_loss(raw_loss: jax.Array, log_var: jax.Array, task: jax.Array) -> jax.Array:
+  """Uncertainty weighting (Kendall, Gal & Cipolla 2018; LibMTL's form) of task `task`:
+  `exp(-s) * L / 2 + s / 2` with `s = log_var[task]` (a learned log-variance, init 0)."""
+  s = log_var[task]
+  return jnp.exp(-s) * raw_loss / 2 + s / 2
 
 
 class DWAState(NamedTuple):

@@ -3,8 +3,8 @@
 An `AdaptedDense` is a drop-in `nn.Dense` whose adapter weights live in their own
 parameter subtree, `<layer>/lora/{a, b[, magnitude]}`, beside the frozen base
 `<layer>/{kernel, bias}`. That keeps the trainable/frozen split a matter of parameter
-paths (see `mtl_jax.models.partition`), and lets `merge_dense` fold the adapter back
-into a plain dense layer for inference.
+paths (see `mtl_jax.models.multitask.trainable_mask`), and lets `merge_dense` fold the
+adapter back into a plain dense layer for inference.
 
 Layouts (Flax, [in, out]) versus PEFT (PyTorch, [out, in]):
   kernel = base_layer.weight.T, a = lora_A.weight.T [in, r], b = lora_B.weight.T [r, out],

@@ -56,6 +56,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mtl_jax import tasks
 from mtl_jax.models.dropout import Dropout
 
 POOLINGS = ("cls", "mean")  # Parameter-free (usable on a bare encoder, e.g. mtl_jax.embed).
@@ -80,8 +81,7 @@ _VALUES = {
   "sts_loss": STS_LOSSES,
   "pairs": PAIR_ENCODINGS,
 }
-TASK_NAMES = ("sst", "quora", "sts")
-NUM_SST_CLASSES = 5
+NUM_SST_CLASSES = tasks.SPECS["sst"].num_classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,9 +166,8 @@ class TaskHeads(nn.Module):
     if s.kind != "linear":
       self.shared_dense = nn.Dense(self.hidden_size)
     if s.kind == "multi_stream":
-      self.sst_stream = nn.Dense(self.hidden_size)
-      self.quora_stream = nn.Dense(self.hidden_size)
-      self.sts_stream = nn.Dense(self.hidden_size)
+      for t in tasks.TASKS:
+        setattr(self, f"{t}_stream", nn.Dense(self.hidden_size))
     self.sst = nn.Dense(NUM_SST_CLASSES)
     if s.quora == "features":
       self.quora = nn.Dense(1)
@@ -195,7 +194,7 @@ class TaskHeads(nn.Module):
 
   def __call__(self, pooled: jax.Array, deterministic: bool = True) -> dict[str, jax.Array]:
     s, drop = self.spec, self.Dropout_0
-    reps = {t: self._represent(pooled, t, deterministic) for t in TASK_NAMES}
+    reps = {t: self._represent(pooled, t, deterministic) for t in tasks.TASKS}
     sst = self.sst(drop(reps["sst"], deterministic=deterministic))
     if s.pairs == "cross":  # One row per pair: the learned heads on its vector.
       quora = self.quora(drop(reps["quora"], deterministic=deterministic))[:, 0]

@@ -161,7 +161,8 @@ def load_bert(path: str, **overrides) -> tuple[BertConfig, dict]:
   """Reads a Hugging Face BERT directory (or Hub id) -> (config, Flax encoder params).
 
   The params hold the pretrained base weights only (no adapters); see
-  `mtl_jax.models.multitask.init_params` for merging them into a full tree.
+  `mtl_jax.models.multitask.build`, which lays them over a freshly initialised full tree
+  (adapters, task layers and heads).
   """
   path = local_dir(path)
   config = read_config(path, **overrides)
