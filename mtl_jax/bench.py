@@ -1,13 +1,16 @@
 """Benchmark of the train step: speed, FLOP/s and memory, printed as one table.
 
   python -m mtl_jax.bench [--methods=summed,sum,pcgrad,cagrad,mgda] [--modes=lora,full]
-      [--seqs_per_task=64] [--length=64] [--steps=10] [--model=DIR]
+      [--seqs_per_task=64] [--length=64 | --real_lengths] [--steps=10] [--model=DIR]
   python -m mtl_jax.bench --sharding [--devices=4] [--modes=lora,full] [--model=DIR]
 
 Each (method, mode) runs in its own process (so peak memory is its own) on the bundled
 model (or --model, any Hugging Face BERT directory, e.g. the BERT-base layout written by
 scripts/make_bert_base.py) with fixed shapes [3 tasks, seqs_per_task, length] and random
-tokens. Every table starts with the machine line (mtl_jax.machine): CPU, vector ISA,
+tokens, or with `--real_lengths` on the trainer's own batches: the first steps of the
+batch stream of configs/default.py at --seqs_per_task (real training sentences, packed as
+in training, so a few row shapes; each shape is compiled before timing, and the header
+gives the real and computed tokens per step). Every table starts with the machine line (mtl_jax.machine): CPU, vector ISA,
 cores, versions and the matmul peak measured in the same run. `--sharding` prints instead
 the per-device bytes of parameters and optimizer state, replicated vs
 `train.param_sharding=fsdp`, on --devices forced CPU devices (mtl_jax.shard_memory).
@@ -46,6 +49,13 @@ _SEQS_PER_TASK = flags.DEFINE_integer(
   "seqs_per_task", 64, "Sequences per task per step.", flag_values=FLAGS
 )
 _LENGTH = flags.DEFINE_integer("length", 64, "Sequence length.", flag_values=FLAGS)
+_REAL_LENGTHS = flags.DEFINE_bool(
+  "real_lengths",
+  False,
+  "Time the trainer's packed batches of real training sentences instead of random tokens "
+  "at --length.",
+  flag_values=FLAGS,
+)
 _STEPS = flags.DEFINE_integer(
   "steps", 10, "Timed steps (after 2 warm-up steps).", flag_values=FLAGS
 )
@@ -109,8 +119,29 @@ def random_batch(tasks: int, seqs_per_task: int, length: int, vocab_size: int) -
   }
 
 
+def real_batches(config, steps: int, positions: int) -> list[dict]:
+  """Steps 0..steps-1 of the batch stream a run of `config` trains on (packed as in training),
+  its sequences cut at the model's `positions` where those are fewer than model.max_length."""
+  from mtl_jax import train
+  from mtl_jax.models import hf_io
+
+  config = config.copy_and_resolve_references()
+  config.model.max_length = min(config.model.max_length, positions)
+  buckets = [b for b in config.train.length_buckets if b <= config.model.max_length]
+  config.train.length_buckets = tuple(buckets) or (config.model.max_length,)
+  data = train.load_data(config, hf_io.load_tokenizer(config.model.path))
+  batches = train.train_batches(config, data["train"])
+  return [batches(k) for k in range(steps)]
+
+
 def run_one(
-  method: str, mode: str, seqs_per_task: int, length: int, steps: int, model_path: str | None = None
+  method: str,
+  mode: str,
+  seqs_per_task: int,
+  length: int,
+  steps: int,
+  model_path: str | None = None,
+  real_lengths: bool = False,
 ) -> dict:
   """Times one jitted train step configuration (the trainer's step, `step.make_train_step`,
   or for "summed" `step.make_summed_step`, compiled as the trainer compiles it); returns the
@@ -136,20 +167,30 @@ def run_one(
   else:
     step = make_train_step(model, tx, tuple(range(t)), config.seed)
   jitted = jax.jit(step, donate_argnums=(0,), compiler_options=xla_options.train_step_options())
-  compiled = jitted.lower(state, frozen, batch).compile()
-  flops = (compiled.cost_analysis() or {}).get("flops", float("nan"))
-  if isinstance(flops, list):  # Older jax returns one dict per computation.
-    flops = flops[0].get("flops", float("nan"))
-  for _ in range(2):
-    state, _ = jitted(state, frozen, batch)
+  # Warm-up: every distinct shape compiled (AOT, so its FLOPs are read), then run twice.
+  step_batches = (
+    real_batches(config, steps + 2, model.config.max_position_embeddings)
+    if real_lengths
+    else [batch] * (steps + 2)
+  )
+  compiled = {}
+  for b in step_batches:
+    shape = b["input_ids"].shape
+    if shape not in compiled:
+      compiled[shape] = jitted.lower(state, frozen, b).compile()
+  for b in step_batches[:2]:
+    state, _ = compiled[b["input_ids"].shape](state, frozen, b)
   jax.block_until_ready(state)
-  times = []
-  for _ in range(steps):
+  times, flops, tokens = [], [], np.zeros(2)
+  for b in step_batches[2:]:
     start = time.perf_counter()
-    state, metrics = jitted(state, frozen, batch)
+    state, metrics = compiled[b["input_ids"].shape](state, frozen, b)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - start)
+    flops.append(_flops(compiled[b["input_ids"].shape]))
+    tokens += b["attention_mask"].sum(), b["attention_mask"].size
   step_s = float(np.median(times))
+  flops = float(np.mean(flops))  # Per step; the same for every step at a fixed length.
   examples = seqs_per_task + 2 * (seqs_per_task // 2)
   opt_bytes = sum(
     x.nbytes for x in jax.tree_util.tree_leaves(state.opt_state) if hasattr(x, "nbytes")
@@ -164,7 +205,18 @@ def run_one(
     "opt_state_mib": opt_bytes / 2**20,
     "trainable": int(sum(x.size for x in jax.tree_util.tree_leaves(state.trainable))),
     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "real_tokens": float(tokens[0] / steps),
+    "computed_tokens": float(tokens[1] / steps),
+    "shapes": len(compiled),
   }
+
+
+def _flops(compiled) -> float:
+  """XLA's FLOP count of a compiled step (nan where the backend gives none)."""
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, list):  # Older jax returns one dict per computation.
+    cost = cost[0] if cost else {}
+  return float(cost.get("flops", float("nan")))
 
 
 def table(rows: list[dict], peak: float, header: str = "") -> str:
@@ -187,6 +239,23 @@ def table(rows: list[dict], peak: float, header: str = "") -> str:
   return "\n".join(lines)
 
 
+def shapes_line(rows: list[dict], real_lengths: bool) -> str:
+  """What the rows timed: the fixed shape, or the real batches' shapes and tokens."""
+  s, n = _SEQS_PER_TASK.value, _STEPS.value
+  if not real_lengths or not rows:
+    return (
+      f"shapes: 3 tasks x {s} sequences x {_LENGTH.value} tokens, f32; "
+      f"median of {n} steps after 2 warm-up steps"
+    )
+  r = rows[0]  # Every row times the same batches.
+  return (
+    f"real lengths: steps 2-{n + 1} of configs/default.py's packed batch stream, 3 tasks x {s} "
+    f"sequences, f32, {r['shapes']} row shapes (compiled first); per step "
+    f"{r['real_tokens']:,.0f} real of {r['computed_tokens']:,.0f} computed tokens "
+    f"({100 * (1 - r['real_tokens'] / r['computed_tokens']):.1f}% padding); median of {n} steps"
+  )
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -194,7 +263,15 @@ def main(argv: list[str]) -> None:
     method, mode = _ONE.value.split(":")
     print(
       json.dumps(
-        run_one(method, mode, _SEQS_PER_TASK.value, _LENGTH.value, _STEPS.value, _MODEL.value)
+        run_one(
+          method,
+          mode,
+          _SEQS_PER_TASK.value,
+          _LENGTH.value,
+          _STEPS.value,
+          _MODEL.value,
+          _REAL_LENGTHS.value,
+        )
       )
     )
     return
@@ -216,6 +293,7 @@ def main(argv: list[str]) -> None:
           f"--seqs_per_task={_SEQS_PER_TASK.value}",
           f"--length={_LENGTH.value}",
           f"--steps={_STEPS.value}",
+          f"--real_lengths={_REAL_LENGTHS.value}",
           *([f"--model={_MODEL.value}"] if _MODEL.value else []),
         ],
         capture_output=True,
@@ -228,12 +306,7 @@ def main(argv: list[str]) -> None:
       rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
       print(f"done {method}:{mode}: {rows[-1]['step_s']:.2f} s/step", file=sys.stderr)
   header = "\n".join(
-    [
-      machine.machine_line(peak),
-      model_line(_MODEL.value),
-      f"shapes: 3 tasks x {_SEQS_PER_TASK.value} sequences x {_LENGTH.value} tokens, f32; "
-      f"median of {_STEPS.value} steps after 2 warm-up steps",
-    ]
+    [machine.machine_line(peak), model_line(_MODEL.value), shapes_line(rows, _REAL_LENGTHS.value)]
   )
   print("\n" + table(rows, peak, header))
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from configs import default
 from mtl_jax import bench
 
 
@@ -13,6 +14,28 @@ def test_run_one_reports_consistent_numbers(tiny_bert_dir, method):
   assert row["flops_per_step"] > 0
   # Adam keeps two moments per trainable parameter (plus a few scalars).
   assert row["opt_state_mib"] * 2**20 >= 2 * 4 * row["trainable"]
+
+
+def test_real_lengths_times_the_trainers_packed_batches(tiny_bert_dir):
+  row = bench.run_one(
+    "pcgrad",
+    "lora",
+    seqs_per_task=4,
+    length=16,
+    steps=2,
+    model_path=tiny_bert_dir,
+    real_lengths=True,
+  )
+  # Real sentences, packed: some padding is left, and the step saw exactly these tokens.
+  assert 0 < row["real_tokens"] < row["computed_tokens"]
+  assert row["shapes"] >= 1 and row["flops_per_step"] > 0
+  # The same batches as the trainer's first steps (steps 2 and 3 are the timed ones).
+  config = default.get_config()
+  config.model.path, config.train.seqs_per_task = tiny_bert_dir, 4
+  batches = bench.real_batches(config, 4, positions=64)
+  timed = [b["attention_mask"] for b in batches[2:]]
+  assert row["real_tokens"] == sum(m.sum() for m in timed) / 2
+  assert row["computed_tokens"] == sum(m.size for m in timed) / 2
 
 
 def test_table_relates_each_method_to_the_summed_step():
