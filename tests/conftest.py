@@ -82,6 +82,29 @@ def write_tiny_bert(dirpath, ref: dict, rename=None, vocab: bool = True) -> str:
   return str(dirpath)
 
 
+def tiny_main_args(model_dir: str, workdir, *overrides: str) -> list[str]:
+  """`python main.py` on the tiny model and 40 rows of each data file, plus `overrides`
+  (for tests that run the trainer as a user does: a subprocess)."""
+  import sys
+
+  from mtl_jax.data.files import default_data_dir
+
+  return [
+    sys.executable,
+    "main.py",
+    "--config=configs/default.py",
+    f"--workdir={workdir}",
+    f"--config.model.path={model_dir}",
+    f"--config.data_dir={default_data_dir()}",
+    "--config.model.max_length=32",
+    "--config.data_limit=40",
+    "--config.train.length_buckets=(32,)",
+    "--config.train.seqs_per_task=8",
+    "--config.eval.seqs_per_batch=16",
+    *overrides,
+  ]
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_ref() -> dict:
   return load_npz("tiny_bert.npz")

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+from conftest import tiny_main_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,27 +39,6 @@ def test_bad_input_gives_one_clear_line(tmp_path, override, expected):
   assert out.returncode != 0
   assert expected in out.stderr
   assert "Traceback" not in out.stderr
-
-
-def _tiny_run_args(model_dir: str, workdir) -> list[str]:
-  """main.py on the tiny model and 40 rows of each file, with no end in sight."""
-  from mtl_jax.data.files import default_data_dir
-
-  return [
-    sys.executable,
-    "main.py",
-    "--config=configs/default.py",
-    f"--workdir={workdir}",
-    f"--config.model.path={model_dir}",
-    f"--config.data_dir={default_data_dir()}",
-    "--config.model.max_length=32",
-    "--config.data_limit=40",
-    "--config.train.length_buckets=(32,)",
-    "--config.train.seqs_per_task=8",
-    "--config.train.steps=100000",
-    "--config.train.log_every=1",
-    "--config.train.checkpoint_every=1000",
-  ]
 
 
 def _logged_steps(workdir) -> list[int]:
@@ -92,7 +72,13 @@ def test_sigterm_saves_a_checkpoint_says_where_and_the_same_command_resumes(
   if not os.path.isdir(default_data_dir()):
     pytest.skip("no data")
   workdir = tmp_path / "run"
-  args = _tiny_run_args(tiny_bert_dir, workdir)
+  args = tiny_main_args(
+    tiny_bert_dir,
+    workdir,
+    "--config.train.steps=100000",  # No end in sight: only SIGTERM stops it.
+    "--config.train.log_every=1",
+    "--config.train.checkpoint_every=1000",
+  )
   stderr = _terminate_after(args, workdir, 3)
   saved = Checkpointer(str(workdir), 1, 1).latest_step()
   assert saved is not None and saved >= 3, stderr[-2000:]  # On the signal: not step 1000.

@@ -15,6 +15,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from conftest import tiny_main_args
 from test_train import needs_data, read_metrics, restored_trainable, tiny_config
 
 from configs import default
@@ -24,26 +25,6 @@ from mtl_jax.metrics_log import MetricsLog
 from mtl_jax.models import hf_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_args(model_dir: str, workdir, *overrides: str) -> list[str]:
-  """main.py on the tiny model and 40 rows of each data file."""
-  from mtl_jax.data.files import default_data_dir
-
-  return [
-    sys.executable,
-    "main.py",
-    "--config=configs/default.py",
-    f"--workdir={workdir}",
-    f"--config.model.path={model_dir}",
-    f"--config.data_dir={default_data_dir()}",
-    "--config.model.max_length=32",
-    "--config.data_limit=40",
-    "--config.train.length_buckets=(32,)",
-    "--config.train.seqs_per_task=8",
-    "--config.eval.seqs_per_batch=16",
-    *overrides,
-  ]
 
 
 # Subprocesses share one XLA cache and compile the tiny graphs with less effort: the same
@@ -135,7 +116,7 @@ def test_truncated_or_garbage_model_weights_give_one_line(tiny_bert_dir, tmp_pat
   with pytest.raises(hf_io.CheckpointError, match=r"config.json, line 2: not valid JSON"):
     hf_io.read_config(str(garbage))
 
-  out = run(tiny_args(str(half), tmp_path / "run", "--config.train.steps=1"))
+  out = run(tiny_main_args(str(half), tmp_path / "run", "--config.train.steps=1"))
   assert f"{weights} is not a readable safetensors file" in one_error_line(out)
 
 
@@ -199,7 +180,7 @@ def test_workdir_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_pat
 @needs_data
 def test_second_trainer_on_a_workdir_is_refused_at_once_naming_the_first(tiny_bert_dir, tmp_path):
   workdir = tmp_path / "run"
-  args = tiny_args(
+  args = tiny_main_args(
     tiny_bert_dir,
     workdir,
     "--config.train.steps=100000",
@@ -244,7 +225,7 @@ def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_ol
   tiny_bert_dir, tmp_path
 ):
   workdir = str(tmp_path / "run")
-  args = tiny_args(
+  args = tiny_main_args(
     tiny_bert_dir,
     workdir,
     "--config.train.steps=4",
@@ -293,7 +274,7 @@ def test_non_finite_state_is_never_saved_and_the_last_finite_checkpoints_are_kep
   """The issue's reproduction: a log step (8) after several checkpoint steps (every 1)."""
   workdir = tmp_path / "run"
   out = run(
-    tiny_args(
+    tiny_main_args(
       tiny_bert_dir,
       workdir,
       "--config.train.steps=40",
@@ -431,7 +412,7 @@ def test_metrics_log_drops_records_after_the_resumed_step_and_a_cut_line(tmp_pat
 @needs_data
 def test_metrics_have_each_step_once_after_kill_9_and_resume(tiny_bert_dir, tmp_path):
   workdir = tmp_path / "run"
-  args = tiny_args(
+  args = tiny_main_args(
     tiny_bert_dir,
     workdir,
     "--config.train.steps=12",
