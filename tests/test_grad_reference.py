@@ -10,13 +10,13 @@ tolerances are justified where used (inexact reference solvers).
 
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from grad_methods import compiled, err, run
 
 from mtl_jax import grad as mtlgrad
 from mtl_jax.grad import projection, sign_dropout
@@ -29,51 +29,6 @@ TOL = 1e-5
 def _g(case):
   return F[f"{case}__G"]
 
-
-def _err(out, ref, g):
-  return float(np.max(np.abs(np.asarray(out, np.float64) - ref)) / max(1.0, np.abs(g).max()))
-
-
-@functools.cache
-def _compiled(factory_key, t):
-  tx = _FACTORIES[factory_key](t)
-  return tx, jax.jit(tx.update)
-
-
-def _run(factory_key, g):
-  """One update of the method on a single-leaf pytree holding G [T, D]."""
-  tx, update = _compiled(factory_key, g.shape[0])
-  state = tx.init({"x": jnp.zeros(g.shape[1], jnp.float32)})
-  out, _ = update({"x": jnp.asarray(g, jnp.float32)}, state)
-  return np.asarray(out["x"])
-
-
-_FACTORIES = {
-  "sum": lambda t: mtlgrad.sum_tasks(),
-  "mean": lambda t: mtlgrad.mean_tasks(),
-  "fixed": lambda t: mtlgrad.fixed([1.0, 0.5, 2.0, 0.25][:t]),
-  "mgda_exact": lambda t: mtlgrad.mgda(solver="exact"),
-  "mgda_fw_none": lambda t: mtlgrad.mgda(solver="frank_wolfe"),
-  "mgda_fw_l2": lambda t: mtlgrad.mgda(solver="frank_wolfe", normalization="l2"),
-  "imtl_g": lambda t: mtlgrad.imtl_g(),
-  "aligned_mtl_min": lambda t: mtlgrad.aligned_mtl("min"),
-  "aligned_mtl_median": lambda t: mtlgrad.aligned_mtl("median"),
-  "aligned_mtl_rmse": lambda t: mtlgrad.aligned_mtl("rmse"),
-  "nash": lambda t: mtlgrad.nash_mtl(num_tasks=t),
-  "nash_clip": lambda t: mtlgrad.nash_mtl(num_tasks=t, max_norm=1.0),
-  "upgrad": lambda t: mtlgrad.upgrad(),
-  "upgrad_noreg": lambda t: mtlgrad.upgrad(reg_eps=0.0),
-  "dualproj": lambda t: mtlgrad.dualproj(),
-  "cagrad_torchjd": lambda t: mtlgrad.cagrad(c=0.4, rescale=0, eps=0.0),
-}
-for _c, _r in ((0.4, 0), (0.4, 1), (0.4, 2), (0.8, 1)):
-  _FACTORIES[f"cagrad_c{_c}_r{_r}"] = (lambda c, r: lambda t: mtlgrad.cagrad(c=c, rescale=r))(
-    _c, _r
-  )
-_FACTORIES["pcgrad"] = lambda t: mtlgrad.pcgrad(seed=3)
-_FACTORIES["pcgrad_tasks01"] = lambda t: mtlgrad.pcgrad(tasks=(0, 1))
-for _k in range(3):
-  _FACTORIES[f"against_t{_k}"] = (lambda k: lambda t: mtlgrad.pcgrad_against_sum(target=k))(_k)
 
 # (our factory, fixture key, cases): main variants on every case (T = 2, 3, 4);
 # variants that only change a constant on the T=3 cases (each distinct
@@ -105,7 +60,7 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 
 @pytest.mark.parametrize("ours,ref,cases", REFERENCE, ids=[f"{a}-vs-{b}" for a, b, _ in REFERENCE])
 def test_matches_reference(ours, ref, cases):
-  errs = {c: _err(_run(ours, _g(c)), F[f"{c}__{ref}"], _g(c)) for c in cases if f"{c}__{ref}" in F}
+  errs = {c: err(run(ours, _g(c)), F[f"{c}__{ref}"], _g(c)) for c in cases if f"{c}__{ref}" in F}
   assert errs and max(errs.values()) < TOL, errs
 
 
@@ -114,7 +69,7 @@ def test_mgda_frank_wolfe_matches_libmtl():
   # (L1); float32 vs float64 may stop one step apart: tolerance 1e-4.
   for gn, cases in (("none", CASES), ("l2", T3)):
     for c in cases:
-      assert _err(_run(f"mgda_fw_{gn}", _g(c)), F[f"{c}__mgda_libmtl_{gn}"], _g(c)) < 1e-4, (gn, c)
+      assert err(run(f"mgda_fw_{gn}", _g(c)), F[f"{c}__mgda_libmtl_{gn}"], _g(c)) < 1e-4, (gn, c)
 
 
 def test_cagrad_matches_libmtl_and_torchjd():
@@ -123,10 +78,10 @@ def test_cagrad_matches_libmtl_and_torchjd():
   # that the tight SLSQP reference and our exact solver agree on to < 1e-6.
   for c in CASES:
     g = _g(c)
-    assert _err(_run("cagrad_torchjd", g), F[f"{c}__cagrad_torchjd_c0.4"], g) < 1e-4, c
+    assert err(run("cagrad_torchjd", g), F[f"{c}__cagrad_torchjd_c0.4"], g) < 1e-4, c
     if g.shape[0] == 3:
       for r in (0, 1, 2):
-        assert _err(_run(f"cagrad_c0.4_r{r}", g), F[f"{c}__cagrad_libmtl_r{r}"], g) < 1e-4, c
+        assert err(run(f"cagrad_c0.4_r{r}", g), F[f"{c}__cagrad_libmtl_r{r}"], g) < 1e-4, c
 
 
 def test_nash_matches_torchjd():
@@ -138,9 +93,9 @@ def test_nash_matches_torchjd():
     if c == "t3_scaled":
       continue
     g = _g(c)
-    assert _err(_run("nash", g), F[f"{c}__nash_torchjd"], g) < 1e-4, c
+    assert err(run("nash", g), F[f"{c}__nash_torchjd"], g) < 1e-4, c
     if c in T3:
-      assert _err(_run("nash_clip", g), F[f"{c}__nash_torchjd_clip"], g) < 1e-4, c
+      assert err(run("nash_clip", g), F[f"{c}__nash_torchjd_clip"], g) < 1e-4, c
 
 
 _pc_weights = jax.jit(lambda a, o: projection.pcgrad_coefficients(a, o)[0].sum(0))
@@ -151,14 +106,14 @@ def test_pcgrad_each_order_matches_torchjd(case):
   g = _g(case)
   a = jnp.asarray(g @ g.T, jnp.float32)
   for order, ref in zip(F[f"{case}__pcgrad_orders"], F[f"{case}__pcgrad"]):
-    assert _err(np.asarray(_pc_weights(a, jnp.asarray(order))) @ g, ref, g) < TOL, order
+    assert err(np.asarray(_pc_weights(a, jnp.asarray(order))) @ g, ref, g) < TOL, order
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_pcgrad_transform_output_is_one_of_the_orders(case):
   g = _g(case)
   refs = F[f"{case}__pcgrad"]
-  tx, update = _compiled("pcgrad", g.shape[0])
+  tx, update = compiled("pcgrad", g.shape[0])
   state = tx.init({"x": jnp.zeros(g.shape[1])})
   n_steps = 64 if g.shape[0] <= 3 else 8
   hit = set()
@@ -176,9 +131,9 @@ def test_pcgrad_targeted_and_against_sum():
   for c in CASES:
     g = _g(c)
     if g.shape[0] >= 3:
-      assert _err(_run("pcgrad_tasks01", g), F[f"{c}__pcgrad_tasks01"], g) < TOL, c
+      assert err(run("pcgrad_tasks01", g), F[f"{c}__pcgrad_tasks01"], g) < TOL, c
     for k in range(g.shape[0]) if c in T3 else (0,):  # every target for T=3
-      assert _err(_run(f"against_t{k}", g), F[f"{c}__pcgrad_against_sum_t{k}"], g) < TOL, (c, k)
+      assert err(run(f"against_t{k}", g), F[f"{c}__pcgrad_against_sum_t{k}"], g) < TOL, (c, k)
 
 
 _graddrop = jax.jit(sign_dropout.graddrop_combine)
@@ -191,7 +146,7 @@ def test_graddrop_matches_torchjd(case):
   t = g.shape[0]
   for leak, key in ((0.0, "graddrop_leak0"), (0.3, "graddrop_leak03")):
     out = _graddrop(g, u, jnp.full((t,), leak, jnp.float32))
-    assert _err(out, F[f"{case}__{key}"], _g(case)) < TOL
+    assert err(out, F[f"{case}__{key}"], _g(case)) < TOL
 
 
 def test_gradvac_sequence_matches_torchjd():
@@ -201,7 +156,7 @@ def test_gradvac_sequence_matches_torchjd():
   for k, case in enumerate(steps):
     g = _g(case)
     c, _, phi = fn(jnp.asarray(g @ g.T, jnp.float32), phi, jnp.asarray(F["gradvac_t3__orders"][k]))
-    assert _err(np.asarray(c.sum(0)) @ g, F["gradvac_t3__out"][k], g) < TOL, case
+    assert err(np.asarray(c.sum(0)) @ g, F["gradvac_t3__out"][k], g) < TOL, case
     np.testing.assert_allclose(np.asarray(phi), F["gradvac_t3__phi"][k], atol=TOL)
 
 
