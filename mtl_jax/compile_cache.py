@@ -2,8 +2,10 @@
 
 Every run compiles its train step once per length bucket, and on a CPU that is minutes of a
 short run; a sweep pays it again for every run. XLA's compiled executables are keyed by the
-program, the compiler options and the jax/jaxlib version, so a second identical run (or a
-sweep's next run with the same shapes) loads them from disk instead.
+program, the compiler options and the jax/jaxlib version, so a second identical run loads
+them from disk instead. The program includes the run's seed (its dropout keys, and a
+gradient method's own key, are constants of the step), so a run at another seed compiles
+its train step again; evaluation's predict functions are shared by every run of a model.
 
 Where the cache lives, in order:
   `MTL_JAX_COMPILATION_CACHE=off` (or 0, false, no)  no cache;
