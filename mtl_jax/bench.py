@@ -10,10 +10,11 @@ scripts/make_bert_base.py) with fixed shapes [3 tasks, seqs_per_task, length] an
 tokens, or with `--real_lengths` on the trainer's own batches: the first steps of the
 batch stream of configs/default.py at --seqs_per_task (real training sentences, packed as
 in training, so a few row shapes; each shape is compiled before timing, and the header
-gives the real and computed tokens per step). Every table starts with the machine line (mtl_jax.machine): CPU, vector ISA,
-cores, versions and the matmul peak measured in the same run. `--sharding` prints instead
-the per-device bytes of parameters and optimizer state, replicated vs
-`train.param_sharding=fsdp`, on --devices forced CPU devices (mtl_jax.shard_memory).
+gives the real and computed tokens per step). Every table starts with the machine line
+(mtl_jax.machine): CPU, vector ISA, cores, versions and the matmul peak measured in the
+same run. `--sharding` prints instead the per-device bytes of parameters and optimizer
+state, replicated vs `train.param_sharding=fsdp`, on --devices forced CPU devices
+(mtl_jax.shard_memory).
 
 `summed` is the gradient of the summed loss (one gradient, no task axis); every other
 method computes per-task gradients with vmap and combines them with that mtl_jax.grad
@@ -173,11 +174,12 @@ def run_one(
     if real_lengths
     else [batch] * (steps + 2)
   )
-  compiled = {}
+  compiled, shape_flops = {}, {}
   for b in step_batches:
     shape = b["input_ids"].shape
     if shape not in compiled:
       compiled[shape] = jitted.lower(state, frozen, b).compile()
+      shape_flops[shape] = _flops(compiled[shape])
   for b in step_batches[:2]:
     state, _ = compiled[b["input_ids"].shape](state, frozen, b)
   jax.block_until_ready(state)
@@ -187,7 +189,7 @@ def run_one(
     state, metrics = compiled[b["input_ids"].shape](state, frozen, b)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - start)
-    flops.append(_flops(compiled[b["input_ids"].shape]))
+    flops.append(shape_flops[b["input_ids"].shape])
     tokens += b["attention_mask"].sum(), b["attention_mask"].size
   step_s = float(np.median(times))
   flops = float(np.mean(flops))  # Per step; the same for every step at a fixed length.
