@@ -259,9 +259,9 @@ def classify(directory: str, rows: Sequence[dict]) -> dict:
   """{"current": rows the statistics use, "stale": [(row, why)], "reruns": [(rerun, original)]}.
 
   Per name, the experiment of its latest 'trained' row is current; a row of that name with
-  other experiment keys is stale (the configuration changed since), listed, not used. Per
-  (name, seed) the first 'trained' row of the current experiment counts; 'rerun' rows are
-  compared with it."""
+  other experiment keys (besides the seed and keys that follow it) is stale (the
+  configuration changed since), listed, not used. Per (name, seed) the first 'trained' row
+  of the current experiment counts; 'rerun' rows are compared with it."""
   configs = {id(r): saved_config(directory, r) for r in rows}
   latest = {r["name"]: r for r in rows if r["status"] == "trained"}
   current, stale, reruns, first = [], [], [], {}
@@ -272,7 +272,10 @@ def classify(directory: str, rows: Sequence[dict]) -> dict:
       if ref is None
       else mismatches(configs[id(row)], ml_collections.ConfigDict(configs[id(ref)]))
     )
-    diffs = [d for d in diffs if d[0] != "seed"]
+    # A key that follows the seed (config.get_ref("seed"), as PCGrad's grad.kwargs.seed in
+    # configs/methods/pcgrad.py) differs between seeds exactly as `seed` does.
+    seeds = None if ref is None else (configs[id(row)].get("seed"), configs[id(ref)].get("seed"))
+    diffs = [d for d in diffs if d[0] != "seed" and (d[1], d[2]) != seeds]
     if ref is None or diffs:
       why = "; ".join(f"{k}={a!r} (now {b!r})" for k, a, b in diffs) or "no trained row"
       stale.append((row, why))

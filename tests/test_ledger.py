@@ -44,6 +44,8 @@ from configs import default
 def get_config():
   config = default.get_config()
   config.grad.method = {method!r}
+  if config.grad.method == "pcgrad":  # As configs/methods/pcgrad.py: its order follows the seed.
+    config.grad.kwargs.seed = config.get_ref("seed")
   return config
 """
 
