@@ -24,7 +24,8 @@ when the trainer has written its results.json and its config.json holds this con
 values of every key that defines the experiment (specs.RESUME_MUST_MATCH: logging and
 evaluation settings may differ); an unfinished run resumes from its checkpoint; a failed
 one is tried again. Ctrl-C stops the current run (which saves a checkpoint) and the sweep;
-the same command carries on.
+so do `kill -INT` or `kill` of the sweep (also one started with nohup ... &) or of its
+current run; the same command carries on.
 
 Writes WORKDIR/results.csv (one row per run) and WORKDIR/report.md: dev metrics per run,
 training loss per task and dev overall against the step (WORKDIR/plots/), the gradient
@@ -305,13 +306,23 @@ def _launch(run: Run) -> str | None:
     log.write(f"$ {shlex.join(run.command())}\n")
     log.flush()
     start = log.tell()
-    process = subprocess.Popen(run.command(), stdout=log, stderr=subprocess.STDOUT)
+    # Its own session: a Ctrl-C at the terminal reaches the sweep alone, which passes it on
+    # once, so `kill -INT <sweep>` (or SIGTERM) and Ctrl-C stop a run the same way.
+    process = subprocess.Popen(
+      run.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
       code = process.wait()
     except KeyboardInterrupt:
-      process.wait()  # The Ctrl-C reached it too: it saves a checkpoint, then exits.
+      process.send_signal(signal.SIGINT)  # It saves a checkpoint after its step, then exits.
+      process.wait()
       raise
+  if code in (INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
+    raise KeyboardInterrupt  # The run alone was stopped (`kill <run>`): so is the sweep.
   return None if code == 0 else _failure(log_path, start, code)
+
+
+INTERRUPTED = 130  # main.py's exit status after an interrupt (its checkpoint is saved).
 
 
 def _failure(log_path: str, start: int, code: int) -> str:
@@ -498,5 +509,13 @@ def main(argv: list[str]) -> int:
   return 1 if any(r["status"] == "failed" for r in rows) else 0
 
 
+def stop_on_signals() -> None:
+  """Ctrl-C, `kill -INT` and `kill` all stop the current run with a checkpoint and then
+  the sweep, also when a shell started it in the background with SIGINT ignored (nohup)."""
+  signal.signal(signal.SIGINT, signal.default_int_handler)
+  signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 if __name__ == "__main__":
+  stop_on_signals()
   cli.run(main, FLAGS)

@@ -8,8 +8,10 @@ import csv
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from test_train import DATA_DIR, needs_data
@@ -246,3 +248,78 @@ def test_cli_error_is_one_line(tmp_path):
     f"sweep: error: several runs would train in {tmp_path / 'default'}: "
     "give the config files different names"
   ]
+
+
+# A stand-in for main.py: says it started, then waits for SIGINT, counts the SIGINTs that
+# reach it within half a second more, and exits 130 as main.py does after an interrupt.
+FAKE_RUN = r"""
+import pathlib, signal, sys, time
+out, got = pathlib.Path(sys.argv[1]), []
+signal.signal(signal.SIGINT, lambda *_: got.append(1))
+out.write_text("started")
+end = time.time() + 120
+while not got and time.time() < end:
+  time.sleep(0.05)
+time.sleep(0.5)
+out.write_text(str(len(got)))
+sys.exit(130 if got else 0)
+"""
+
+# The sweep's command line process, with main.py replaced by FAKE_RUN.
+FAKE_SWEEP = r"""
+import json, os, sys
+import ml_collections
+from mtl_jax import sweep
+sweep.Run.command = lambda run: [sys.executable, "-c", {fake!r}, os.path.join(run.workdir, "s")]
+runs = [
+  sweep.Run(n, 0, n + ".py", (), ml_collections.ConfigDict(), os.path.join({tmp!r}, n))
+  for n in ("a", "b")
+]
+sweep.stop_on_signals()
+rows, interrupted = sweep.execute(runs)
+print(json.dumps([r["status"] for r in rows]))
+sys.exit(130 if interrupted else 0)
+"""
+
+
+def _fake_runs(tmp_path, count: int) -> list:
+  import ml_collections
+
+  return [
+    sweep.Run(n, 0, f"{n}.py", (), ml_collections.ConfigDict(), str(tmp_path / n))
+    for n in "ab"[:count]
+  ]
+
+
+def test_a_run_stopped_on_its_own_stops_the_sweep(tmp_path, monkeypatch):
+  """`kill <run>`: the run saves and exits 130; the sweep stops instead of going on."""
+  monkeypatch.setattr(sweep.Run, "command", lambda run: [sys.executable, "-c", "exit(130)"])
+  rows, interrupted = sweep.execute(_fake_runs(tmp_path, 2))
+  assert interrupted and [r["status"] for r in rows] == ["pending", "pending"]
+  assert not os.path.exists(tmp_path / "b")  # Never launched.
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stopping_the_sweep_stops_its_run_once_with_a_checkpoint(tmp_path, signum):
+  """Ctrl-C at a terminal (SIGINT to the sweep's process group) or `kill <sweep>`: the run
+  gets exactly one SIGINT (a second would stop it at once, mid-save), and nothing after it
+  starts."""
+  script = FAKE_SWEEP.format(fake=FAKE_RUN, tmp=str(tmp_path))
+  sweep_process = subprocess.Popen(
+    [sys.executable, "-c", script],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    text=True,
+    start_new_session=True,  # Its own process group, as a terminal's foreground job.
+  )
+  signals = tmp_path / "a" / "s"
+  for _ in range(600):
+    if signals.exists():
+      break
+    time.sleep(0.1)
+  os.killpg(sweep_process.pid, signum)
+  out = sweep_process.communicate(timeout=60)[0]
+  assert sweep_process.returncode == 130
+  assert signals.read_text() == "1"
+  assert json.loads(out.splitlines()[-1]) == ["pending", "pending"]
+  assert not os.path.exists(tmp_path / "b")
