@@ -21,9 +21,6 @@ PARAMS = {
 KWARGS = {"fixed": {"weights": [1.0, 2.0, 0.5]}}
 
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
 def _grads(key=0, t=T, params=PARAMS):
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.PRNGKey(key), len(leaves))

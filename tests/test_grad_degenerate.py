@@ -31,8 +31,6 @@ from mtl_jax.grad import projection, sign_dropout
 F = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "grad_degenerate.npz"))
 CASES = [str(c) for c in F["meta__case_names"]]
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def _g(case):
   return F[f"{case}__G"]
@@ -81,7 +79,14 @@ REFERENCE = [
   ),
   ("upgrad", "upgrad", ALL, 5e-5, "torchjd's quadprog with its 1e-4 ridge"),
   ("upgrad_noreg", "upgrad_noreg", ALL, 1e-5, ""),
-  ("dualproj", "dualproj", ALL, 1e-5, ""),
+  (
+    "dualproj",
+    "dualproj",
+    ALL,
+    1e-4,
+    "nearly opposite: an ill-conditioned dual; float32 rounding, which changes with XLA's "
+    "optimisation level (the tests run at level 0), moves it by 4e-5; the others are < 2e-7",
+  ),
   (
     "cagrad_c0.4_r1",
     "cagrad_c0.4_r1",

@@ -24,8 +24,6 @@ PARAMS = {
 }
 IS_SHARED = {"enc": {"w": True, "b": True}, "heads": {"sst": False, "quora": False, "sts": False}}
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def _grads(key, params=PARAMS):
   leaves, treedef = jax.tree.flatten(params)

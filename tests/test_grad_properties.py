@@ -36,8 +36,6 @@ from hypothesis import strategies as st
 
 from mtl_jax import grad as mtlgrad
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 D = 10
 PARAMS = {"a": jnp.zeros((4,), jnp.float32), "b": jnp.zeros((2, 3), jnp.float32)}
 KINDS = (

@@ -55,9 +55,6 @@ REFERENCE = [
 ]
 
 
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
 @pytest.mark.parametrize("ours,ref,cases", REFERENCE, ids=[f"{a}-vs-{b}" for a, b, _ in REFERENCE])
 def test_matches_reference(ours, ref, cases):
   errs = {c: err(run(ours, _g(c)), F[f"{c}__{ref}"], _g(c)) for c in cases if f"{c}__{ref}" in F}

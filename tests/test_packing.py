@@ -26,7 +26,6 @@ from mtl_jax.models import adapters, heads, multitask, task_layers
 
 S = 16  # Sequences per task batch.
 TOL = 1e-5
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _encoded(

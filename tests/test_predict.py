@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_bert_dir, tmp_path_factory, fast_compile):
+def trained_run(tiny_bert_dir, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(tiny_bert_dir, steps=2)
   train.train_and_evaluate(config, workdir)

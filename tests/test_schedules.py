@@ -363,7 +363,7 @@ def test_resume_refuses_a_changed_schedule_and_accepts_configs_saved_before_it()
 # --------------------------------------------------------------------------
 
 
-def test_one_task_step_is_a_step_on_that_task_alone(tiny_bert_dir, fast_compile):
+def test_one_task_step_is_a_step_on_that_task_alone(tiny_bert_dir):
   """Quora's gradient alone, in its row of the zero stack, through sum -> clip -> AdamW: the
   same parameters as AdamW on Quora's gradient; its loss and index as metrics."""
   config = tiny_config(tiny_bert_dir, schedule="round_robin", warmup_fraction=0.0)

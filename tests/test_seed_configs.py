@@ -77,7 +77,7 @@ def test_seed_config_changes_only_its_settings(name, tiny_bert_dir):
 
 @needs_data
 @pytest.mark.parametrize("name", SEEDS)
-def test_seed_config_trains_on_a_small_slice(name, tiny_bert_dir, tmp_path, fast_compile):
+def test_seed_config_trains_on_a_small_slice(name, tiny_bert_dir, tmp_path):
   config = shrink(_load(name), tiny_bert_dir)
   config.train.length_buckets = (32,)  # One compiled step and one predict function.
   config.eval.write_predictions = False
