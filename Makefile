@@ -22,11 +22,12 @@ train: setup
 	$(PY) main.py --config=$(CONFIG) --workdir=$(WORKDIR)
 
 # Two workers, whole files each: most tests are bound by single-threaded XLA compiles.
+# The 15 slowest tests are listed at the end, to see where the suite's time goes.
 TEST_WORKERS ?= 2
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 bench: setup
 	$(PY) -m mtl_jax.bench
