@@ -295,6 +295,9 @@ def finished(run: Run) -> dict | None:
     return json.load(f)
 
 
+INTERRUPTED = 130  # main.py's exit status after an interrupt (its checkpoint is saved).
+
+
 def _launch(run: Run) -> str | None:
   """Trains `run` in its own process; returns None, or why it failed (one line). Notes the
   code's commit first (COMMITS), for the ledger's `commit` column."""
@@ -320,9 +323,6 @@ def _launch(run: Run) -> str | None:
   if code in (INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
     raise KeyboardInterrupt  # The run alone was stopped (`kill <run>`): so is the sweep.
   return None if code == 0 else _failure(log_path, start, code)
-
-
-INTERRUPTED = 130  # main.py's exit status after an interrupt (its checkpoint is saved).
 
 
 def _failure(log_path: str, start: int, code: int) -> str:

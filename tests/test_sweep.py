@@ -282,19 +282,18 @@ sys.exit(130 if interrupted else 0)
 """
 
 
-def _fake_runs(tmp_path, count: int) -> list:
+def _fake_runs(tmp_path) -> list:
   import ml_collections
 
   return [
-    sweep.Run(n, 0, f"{n}.py", (), ml_collections.ConfigDict(), str(tmp_path / n))
-    for n in "ab"[:count]
+    sweep.Run(n, 0, f"{n}.py", (), ml_collections.ConfigDict(), str(tmp_path / n)) for n in "ab"
   ]
 
 
 def test_a_run_stopped_on_its_own_stops_the_sweep(tmp_path, monkeypatch):
   """`kill <run>`: the run saves and exits 130; the sweep stops instead of going on."""
   monkeypatch.setattr(sweep.Run, "command", lambda run: [sys.executable, "-c", "exit(130)"])
-  rows, interrupted = sweep.execute(_fake_runs(tmp_path, 2))
+  rows, interrupted = sweep.execute(_fake_runs(tmp_path))
   assert interrupted and [r["status"] for r in rows] == ["pending", "pending"]
   assert not os.path.exists(tmp_path / "b")  # Never launched.
 
