@@ -90,9 +90,9 @@ def _make_losses(model: multitask.MultitaskModel):
       model, params, batch, deterministic=False, task=task, rngs={"dropout": key}
     )
     raw = task_loss(outputs, batch["labels"], batch["weights"], task)
-    if weighting is None:
-      return raw, raw
-    return weighted_task_loss(raw, weighting["log_var"], task), raw
+    objective = raw if weighting is None else weighted_task_loss(raw, weighting["log_var"], task)
+    share = batch.get("slot_share", 1.0)  # A slot's share of its task (see `lanes`).
+    return share * objective, share * raw
 
   return losses
 
@@ -104,18 +104,52 @@ def make_loss_fn(model: multitask.MultitaskModel):
   return lambda *args: losses(*args)[0]
 
 
+def lanes(batch: dict, task_ids: jax.Array, keys: jax.Array):
+  """(task id [K], dropout key [K], the [T, K] 0/1 matrix that sums lanes into tasks, or
+  None when lane t is task t) of a batch's K vmap lanes.
+
+  A packed batch with slots (`mtl_jax.data.packing`) splits the tasks with the most tokens
+  over several lanes: "slot_task" [K] is each lane's position in `task_ids`, and each
+  lane's loss is scaled by its "slot_share" of the task's examples, so a task's lanes sum
+  to its mean loss and their gradients to its gradient. A task's first lane draws the
+  task's own dropout key; its further lanes draw keys folded from it."""
+  if "slot_task" not in batch:
+    return task_ids, keys, None
+  slot = batch["slot_task"]
+  order = jnp.arange(slot.shape[0])
+  part = ((slot[None, :] == slot[:, None]) & (order[None, :] < order[:, None])).sum(1)
+
+  def lane_key(key, part):
+    data = jax.random.key_data
+    return jax.random.wrap_key_data(
+      jnp.where(part == 0, data(key), data(jax.random.fold_in(key, part)))
+    )
+
+  combine = jax.nn.one_hot(slot, task_ids.shape[0], dtype=jnp.float32).T
+  return task_ids[slot], jax.vmap(lane_key)(keys[slot], part), combine
+
+
+def sum_lanes(combine: jax.Array | None, tree):
+  """Per-lane [K, ...] leaves -> per-task [T, ...] (`lanes`' matrix); as is without one."""
+  if combine is None:
+    return tree
+  return jax.tree.map(lambda x: jnp.tensordot(combine.astype(x.dtype), x, axes=1), tree)
+
+
 def make_per_task_grads(model: multitask.MultitaskModel):
-  """Returns fn(trainable, frozen, batch [T, S, ...], task ids [T], keys [T]) ->
+  """Returns fn(trainable, frozen, batch [K, S, ...], task ids [T], keys [T]) ->
   (raw losses [T], gradients of the trainable leaves with a leading task axis [T, ...]).
 
-  The gradients are those of each task's objective (see `make_loss_fn`)."""
+  The gradients are those of each task's objective (see `make_loss_fn`), one `vmap` lane
+  per task, or per slot of a packed batch with slots (`lanes`), summed into tasks."""
   grad_fn = jax.value_and_grad(_make_losses(model), has_aux=True)
 
   def per_task(trainable, frozen, batch, task_ids, keys):
+    lane_tasks, lane_keys, combine = lanes(batch, task_ids, keys)
     (_, raw), grads = jax.vmap(grad_fn, in_axes=(None, None, 0, 0, 0))(
-      trainable, frozen, batch, task_ids, keys
+      trainable, frozen, batch, lane_tasks, lane_keys
     )
-    return raw, grads
+    return sum_lanes(combine, (raw, grads))
 
   return per_task
 
@@ -213,9 +247,11 @@ def make_summed_step(
   def step(state: TrainState, frozen: dict, batch: dict) -> tuple[TrainState, dict]:
     keys = dropout_keys(seed, state.step, num_tasks)
 
+    lane_tasks, lane_keys, _ = lanes(batch, jnp.arange(num_tasks), keys)
+
     def total(trainable):
       losses = jax.vmap(loss_fn, in_axes=(None, None, 0, 0, 0))(
-        trainable, frozen, batch, jnp.arange(num_tasks), keys
+        trainable, frozen, batch, lane_tasks, lane_keys
       )
       return losses.sum()
 

@@ -55,15 +55,29 @@ def train_batches(
   config: ml_collections.ConfigDict, train_data: list[batching.Encoded], devices: int = 1
 ) -> schedules.Batches:
   """The batches a run of `config` trains on, by step: its schedule (train.schedule, the
-  train.epoch_examples caps, length grouping) and its packing over `devices`. What
-  train_and_evaluate draws, and what `mtl_jax.diagnose --from_checkpoint` measures on."""
+  train.epoch_examples caps, length grouping) and its packing over `devices`, with the
+  slots (`packing.choose_slots`) that compute the fewest tokens on the run's first steps.
+  What train_and_evaluate draws, and what `mtl_jax.diagnose --from_checkpoint` measures
+  on."""
   schedule = specs.train_schedule(
     config,
     tuple(len(d) for d in train_data),
     tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in train_data),
   )
   buckets = tuple(config.train.length_buckets)
-  return schedules.Batches(train_data, schedule, buckets, specs.pack_plan(config, devices))
+  plan = specs.pack_plan(config, devices)
+  if plan is not None and not schedule.one_task:
+    plan = packing.choose_slots(
+      plan,
+      [
+        d.tokens.mean() * batching.examples_per_batch(d, schedule.seqs_per_task) for d in train_data
+      ],
+      lambda p: sum(
+        schedules.train_batch(train_data, k, schedule, buckets, p)["input_ids"].size
+        for k in range(packing.SLOT_SAMPLE_STEPS)
+      ),
+    )
+  return schedules.Batches(train_data, schedule, buckets, plan)
 
 
 def init_state(config: ml_collections.ConfigDict):
@@ -191,6 +205,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   eval_plan = specs.pack_plan(config, mesh.size, for_eval=True)
   batches = train_batches(config, data["train"], mesh.size)
   logging.info(schedules.describe(batches.schedule))
+  if batches.plan is not None and batches.plan.slots:
+    logging.info(
+      "packing: %s lanes per step (slots per task: %s)",
+      sum(batches.plan.slots),
+      ", ".join(f"{t} {m}" for t, m in zip(TASKS, batches.plan.slots)),
+    )
 
   # --- Model, optimizer and step
   model, state, frozen, tx = init_state(config)

@@ -4,16 +4,18 @@ training: builds every step's batch from the real data exactly as the trainer do
   python scripts/padding_report.py --config=configs/pcgrad.py
   python scripts/padding_report.py --config=configs/default.py --config.train.length_grouping=0
 
-Prints, for the unpacked and the packed layout: real and computed tokens over the run's
-train.steps steps, the padding share, and each distinct batch shape [T, rows, L] with its
-number of steps (XLA compiles one train step per shape). Also the floor any layout with one
-row count for all tasks has: the step's tokens if every task had as many as its largest;
-and the same counts for the evaluation batches of the dev sets.
+Prints, for the unpacked layout, the packed one with one lane per task and the run's own
+(packed, with the slots the trainer chooses): real and computed tokens over the run's
+train.steps steps, the padding share, and each distinct batch shape [lanes, rows, L] with
+its number of steps (XLA compiles one train step per shape). Also the floor of any layout
+with one lane per task: the step's tokens if every task had as many as its largest; and
+the same counts for the evaluation batches of the dev sets.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import sys
 
@@ -24,7 +26,7 @@ sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
 from mtl_jax import specs  # noqa: E402
 from mtl_jax.data import batching, packing, schedules  # noqa: E402
 from mtl_jax.models import hf_io  # noqa: E402
-from mtl_jax.train import load_data  # noqa: E402
+from mtl_jax.train import load_data, train_batches  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", "configs/default.py", "A configs/*.py file.", lock_config=True
@@ -33,33 +35,29 @@ _CONFIG = config_flags.DEFINE_config_file(
 
 def report(config, devices: int = 1) -> dict:
   """{layout: (real tokens, computed tokens, Counter of batch shapes)} over the run's steps,
-  layouts "unpacked", "packed" and "floor" (computed = T x the largest task's tokens); and
-  "dev unpacked", "dev packed": the evaluation batches of the dev sets."""
+  layouts "unpacked", "packed 1 lane/task" (one lane per task), "packed" (the run's own:
+  with the slots `train.train_batches` chooses) and "floor" (computed = T x the largest
+  task's tokens: the least any one-lane-per-task layout computes); and "dev unpacked",
+  "dev packed": the evaluation batches of the dev sets."""
   splits = load_data(config, hf_io.load_tokenizer(config.model.path))
-  data = splits["train"]
-  buckets = tuple(config.train.length_buckets)
-  schedule = specs.train_schedule(
-    config,
-    tuple(len(d) for d in data),
-    tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in data),
-  )
-  plan = packing.PackPlan(packing.row_lengths(buckets), devices)
-  out = {k: [0, 0, collections.Counter()] for k in ("unpacked", "packed", "floor")}
+  batches = train_batches(config, splits["train"], devices)
+  schedule, buckets, plan = batches.schedule, batches.buckets, batches.plan
+  one_lane = dataclasses.replace(plan, slots=())
+  out = {k: [0, 0, collections.Counter()] for k in ("unpacked", "packed 1 lane/task", "packed")}
+  out["floor"] = [0, 0, collections.Counter()]
   for step in range(config.train.steps):
-    batch = schedules.train_batch(data, step, schedule, buckets)
-    packed = packing.pack_stack(batch, plan)
+    batch = schedules.train_batch(batches.datasets, step, schedule, buckets)
     real = int(batch["attention_mask"].sum())
     per_task = batch["attention_mask"].sum(axis=(1, 2))
-    for name, computed, shape in (
-      ("unpacked", batch["attention_mask"].size, batch["input_ids"].shape),
-      ("packed", packed["attention_mask"].size, packed["input_ids"].shape),
-      ("floor", int(len(per_task) * per_task.max()), None),
-    ):
+    for name, layout in (("unpacked", batch), ("packed 1 lane/task", None), ("packed", None)):
+      if layout is None:
+        layout = packing.pack_stack(batch, one_lane) if "1 lane" in name else batches(step)
       out[name][0] += real
-      out[name][1] += computed
-      if shape is not None:
-        out[name][2][tuple(shape)] += 1
-  eval_plan = packing.PackPlan(plan.lengths[-1:], devices)  # As specs.pack_plan(for_eval=True).
+      out[name][1] += layout["attention_mask"].size
+      out[name][2][tuple(layout["input_ids"].shape)] += 1
+    out["floor"][0] += real
+    out["floor"][1] += int(len(per_task) * per_task.max())
+  eval_plan = specs.pack_plan(config, devices, for_eval=True)
   for name, layout in (("dev unpacked", None), ("dev packed", eval_plan)):  # Evaluation.
     out[name] = [0, 0, collections.Counter()]
     for d in splits["dev"]:

@@ -16,13 +16,13 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from test_train import assert_same_run, interrupting_at, needs_data, tiny_config
+from test_train import assert_same_run, interrupt_at, needs_data, tiny_config
 
 from configs import default
 from mtl_jax import specs, step, train
 from mtl_jax.data import batching, packing
 from mtl_jax.data.batching import Encoded
-from mtl_jax.models import adapters, heads, multitask, task_layers
+from mtl_jax.models import adapters, heads, hf_io, multitask, task_layers
 
 S = 16  # Sequences per task batch.
 TOL = 1e-5
@@ -139,10 +139,11 @@ def test_cross_pairs_keep_their_token_types_in_one_segment():
 
 
 def test_round_rows_ladder_and_device_multiples():
-  assert [packing.round_rows(n) for n in (1, 4, 5, 17, 32, 33, 41, 65)] == [
+  assert [packing.round_rows(n) for n in (1, 4, 5, 16, 17, 32, 33, 41, 65)] == [
+    2,
     4,
-    4,
-    8,
+    6,
+    16,
     20,
     32,
     40,
@@ -153,17 +154,20 @@ def test_round_rows_ladder_and_device_multiples():
     for n in range(1, 100):
       r = packing.round_rows(n, devices)
       assert r >= n and r % devices == 0
-  # 1, 2 and 4 devices pack a batch identically (every ladder value is a multiple of 4).
-  assert {packing.round_rows(n, d) for d in (1, 2, 4) for n in (13,)} == {16}
+  # 1 and 2 devices pack a batch identically (every ladder value is even); 4 round up to 4.
+  assert [packing.round_rows(13, d) for d in (1, 2, 4)] == [14, 14, 16]
 
 
 def test_plan_picks_the_row_length_that_computes_fewest_tokens():
   plan = packing.PackPlan((32, 64))
-  # 16 sequences of 20 tokens: one per 32-row (16 rows = 512) or three per 64-row (8 rows = 512,
-  # after rounding 6 -> 8): equal, so the shorter rows (cheaper attention).
-  assert plan.shape([np.full(16, 20)]) == (32, 16)
-  # 16 of 17 tokens: 16 rows of 32 (512) or 16/3 -> 6 -> 8 rows of 64 (512) -> 32.
-  assert plan.shape([np.full(16, 12)]) == (32, 8)  # two per 32-row
+  # 16 sequences of 20 tokens: one per 32-row (16 rows = 512) or three per 64-row (6 rows =
+  # 384): the 64-rows.
+  assert plan.shape([np.full(16, 20)]) == (64, 6)
+  # 16 of 12 tokens: two per 32-row (8 rows = 256) or five per 64-row (16/5 -> 4 rows = 256):
+  # equal, so the shorter rows (cheaper attention).
+  assert plan.shape([np.full(16, 12)]) == (32, 8)
+  # 16 of 20 and 16 of 5 (two lanes): the most rows of any lane, 64-rows again.
+  assert plan.shape([np.full(16, 20), np.full(16, 5)]) == (64, 6)
   assert plan.shape([np.full(16, 40)]) == (64, 16)  # Only 64 fits.
   with pytest.raises(ValueError, match="does not fit"):
     plan.shape([np.full(2, 65)])
@@ -349,6 +353,157 @@ def test_eval_batches_pack_and_predict_the_same(tiny_bert_dir):
 
 
 # -------------------------------------------------------------------------------------
+# Slots: a task's examples over several lanes, summed back into its loss and gradient
+# -------------------------------------------------------------------------------------
+
+SLOTS = packing.PackPlan((32, 64), slots=(2, 2, 1))  # Splits SST and a pair task.
+
+
+def test_split_examples_balances_tokens_in_batch_order():
+  data = Encoded(
+    "sst",
+    "train",
+    list("abcde"),
+    [np.ones(n, np.int32) for n in (9, 2, 5, 4, 3)],
+    None,
+    np.zeros(5, np.float32),
+  )
+  # Longest first into the lighter group: 9 -> A, 5 -> B, 4 -> B (9), 3 -> A (12), 2 -> B (11).
+  groups = batching.split_examples(data, np.array([0, 1, 2, 3, 4]), 2)
+  assert [g.tolist() for g in groups] == [[0, 4], [1, 2, 3]]
+  pairs = Encoded(
+    "sts",
+    "train",
+    list("abc"),
+    [np.ones(n, np.int32) for n in (2, 8, 3)],
+    [np.ones(n, np.int32) for n in (9, 1, 3)],
+    np.zeros(3, np.float32),
+  )
+  np.testing.assert_array_equal(pairs.tokens, [11, 9, 6])  # Both sentences count.
+  assert [g.tolist() for g in batching.split_examples(pairs, np.array([2, 1, 0]), 2)] == [
+    [0],  # 11 tokens.
+    [2, 1],  # 9 + 6, in the batch's order.
+  ]
+  assert [len(g) for g in batching.split_examples(pairs, np.array([1]), 3)] == [1, 0, 0]
+
+
+def test_slots_hold_each_example_once_with_shares_summing_to_one():
+  datasets = _datasets()
+  unpacked = batching.train_batch(datasets, 0, S, 0, (16, 32, 64))
+  slotted = batching.train_batch(datasets, 0, S, 0, (16, 32, 64), plan=SLOTS)
+  np.testing.assert_array_equal(slotted["slot_task"], [0, 0, 1, 1, 2])
+  assert slotted["input_ids"].shape[0] == 5 and packing.is_packed(slotted)
+  for t in range(3):
+    lanes = np.flatnonzero(slotted["slot_task"] == t)
+    assert slotted["slot_share"][lanes].sum() == pytest.approx(1.0)
+    weights = slotted["weights"][lanes]
+    np.testing.assert_allclose(slotted["slot_share"][lanes], weights.sum(1) / weights.sum())
+    # The lanes' real examples are the task's, each once (labels as a multiset).
+    labels = np.sort(slotted["labels"][lanes][weights > 0])
+    np.testing.assert_array_equal(
+      labels, np.sort(unpacked["labels"][t][unpacked["weights"][t] > 0])
+    )
+    assert slotted["attention_mask"][lanes].sum() == unpacked["attention_mask"][t].sum()
+  assert packing.num_sequences(slotted) == 3 * S
+  # One-task batches (their own schedules) never split: no slots key.
+  one = batching.train_batch(datasets[:1], 0, S, 0, (16, 32, 64), plan=SLOTS)
+  assert "slot_task" not in one and one["input_ids"].shape[0] == 1
+
+
+def test_lanes_keep_each_task_its_key_and_sum_into_tasks():
+  keys = jax.random.split(jax.random.key(3), 3)
+  batch = {"slot_task": jnp.asarray([0, 0, 1, 2, 2, 2])}
+  tasks, lane_keys, combine = step.lanes(batch, jnp.asarray([0, 1, 2]), keys)
+  np.testing.assert_array_equal(tasks, [0, 0, 1, 2, 2, 2])
+  data = np.asarray(jax.random.key_data(lane_keys))
+  for lane, task in ((0, 0), (2, 1), (3, 2)):  # A task's first lane: its own key.
+    np.testing.assert_array_equal(data[lane], jax.random.key_data(keys[task]))
+  assert len({tuple(k) for k in data}) == 6  # Further lanes: keys of their own.
+  np.testing.assert_array_equal(
+    combine, [[1, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]]
+  )
+  x = jnp.arange(12.0).reshape(6, 2)
+  np.testing.assert_array_equal(step.sum_lanes(combine, x), [[2, 4], [4, 5], [24, 27]])
+  assert step.lanes({}, jnp.arange(3), keys)[2] is None
+
+
+def _with_uncertainty(trainable):
+  return {**trainable, "loss_weighting": {"log_var": jnp.asarray([0.3, -0.2, 0.1])}}
+
+
+@pytest.mark.parametrize("weighting", [False, True])
+def test_slotted_losses_and_per_task_gradients_equal_unpacked(tiny_bert_dir, weighting):
+  model, params = _model(tiny_bert_dir)
+  trainable, frozen = _split(model, params)
+  if weighting:  # Uncertainty weighting: exp(-s) L / 2 + s / 2 per task, summed over its lanes.
+    trainable = _with_uncertainty(trainable)
+  per_task = jax.jit(step.make_per_task_grads(model))
+  keys = jax.random.split(jax.random.key(0), 3)
+  unpacked = batching.train_batch(_datasets(), 0, S, 0, (16, 32, 64))
+  slotted = batching.train_batch(_datasets(), 0, S, 0, (16, 32, 64), plan=SLOTS)
+  lu, gu = per_task(trainable, frozen, unpacked, jnp.arange(3), keys)
+  lp, gp = per_task(trainable, frozen, slotted, jnp.arange(3), keys)
+  np.testing.assert_allclose(lp, lu, atol=TOL, rtol=TOL)
+  for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gu)):
+    assert a.shape == b.shape  # [T, ...]: summed back into tasks.
+    np.testing.assert_allclose(a, b, atol=TOL, rtol=1e-4)
+  if weighting:
+    assert float(jnp.abs(jnp.diagonal(gu["loss_weighting"]["log_var"])).min()) > 1e-3
+
+
+def test_slotted_train_step_gives_the_unpacked_update(tiny_bert_dir):
+  model, params = _model(tiny_bert_dir)
+  trainable, frozen = _split(model, params)
+  from mtl_jax import grad as mtlgrad
+
+  tx = optax.chain(
+    mtlgrad.shared_only(mtlgrad.pcgrad(), multitask.is_shared(trainable)), optax.adamw(1e-3)
+  )
+  state = step.TrainState(jnp.asarray(0, jnp.int32), trainable, tx.init(trainable))
+  step_fn = jax.jit(step.make_train_step(model, tx, (0, 1, 2), 0))
+  unpacked = batching.train_batch(_datasets(), 0, S, 0, (16, 32, 64))
+  slotted = batching.train_batch(_datasets(), 0, S, 0, (16, 32, 64), plan=SLOTS)
+  su, mu = step_fn(state, frozen, unpacked)
+  sp, mp = step_fn(state, frozen, slotted)
+  np.testing.assert_allclose(mp["task_loss"], mu["task_loss"], atol=TOL, rtol=TOL)
+  np.testing.assert_allclose(mp["grad/cosine"], mu["grad/cosine"], atol=1e-5)
+  for a, b, before in zip(
+    jax.tree.leaves(sp.trainable), jax.tree.leaves(su.trainable), jax.tree.leaves(trainable)
+  ):
+    np.testing.assert_allclose(a - before, b - before, atol=1e-6, rtol=1e-3)
+
+
+def test_slot_candidates_and_the_cheapest_choice():
+  assert packing.slot_candidates([1600, 1011, 941]) == [(1, 1, 1), (2, 1, 1), (3, 2, 2), (4, 3, 3)]
+  assert packing.slot_candidates([500, 500]) == [(1, 1), (2, 2), (3, 3)]
+  costs = {(1, 1, 1): 90, (2, 1, 1): 70, (3, 2, 2): 70, (4, 3, 3): 80}
+  chosen = packing.choose_slots(PLAN, [1600, 1011, 941], lambda p: costs[p.slots])
+  assert chosen.slots == (2, 1, 1) and chosen.lengths == PLAN.lengths  # Fewest lanes on a tie.
+
+
+@needs_data
+def test_a_run_packs_with_the_slots_that_compute_fewest_tokens(tiny_bert_dir):
+  config = tiny_config(tiny_bert_dir, steps=2)
+  data = train.load_data(config, hf_io.load_tokenizer(config.model.path))["train"]
+  batches = train.train_batches(config, data)
+  s, buckets = config.train.seqs_per_task, tuple(config.train.length_buckets)
+
+  def computed(slots):
+    plan = dataclasses.replace(batches.plan, slots=slots)
+    return sum(
+      batching.train_batch(data, k, s, config.seed, buckets, plan=plan)["input_ids"].size
+      for k in range(packing.SLOT_SAMPLE_STEPS)
+    )
+
+  tokens = [d.tokens.mean() * batching.examples_per_batch(d, s) for d in data]
+  assert computed(batches.plan.slots) == min(computed(c) for c in packing.slot_candidates(tokens))
+  lanes = batches(0)["input_ids"].shape[0]
+  assert (
+    lanes == sum(batches.plan.slots) and batches.plan.lengths == specs.pack_plan(config).lengths
+  )
+
+
+# -------------------------------------------------------------------------------------
 # Config: on by default, off by one key, old runs resume unpacked
 # -------------------------------------------------------------------------------------
 
@@ -397,11 +552,10 @@ def test_old_workdir_resumes_unpacked_as_before(tiny_bert_dir, tmp_path, monkeyp
 
   unpacked = lambda: tiny(packing=False, length_grouping=32)  # Defaults before packing.
   train.train_and_evaluate(unpacked(), straight)
-  real_train_batch = batching.train_batch
-  monkeypatch.setattr(batching, "train_batch", interrupting_at(1, real_train_batch))
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(unpacked(), old)
-  monkeypatch.setattr(batching, "train_batch", real_train_batch)
+  with monkeypatch.context() as m:
+    interrupt_at(m, 1)
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(unpacked(), old)
   path = os.path.join(old, "config.json")
   with open(path) as f:
     saved = json.load(f)
@@ -445,7 +599,17 @@ def test_packed_forward_equals_unpacked_on_the_bundled_model():
   per_task = jax.jit(step.make_per_task_grads(model))
   keys = jax.random.split(jax.random.key(0), 3)
   lu, gu = per_task(trainable, frozen, unpacked, jnp.arange(3), keys)
-  lp, gp = per_task(trainable, frozen, packed, jnp.arange(3), keys)
-  np.testing.assert_allclose(lp, lu, atol=TOL, rtol=TOL)
-  for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gu)):
-    np.testing.assert_allclose(a, b, atol=TOL, rtol=1e-4)
+  slotted = batching.train_batch(
+    data["train"],
+    0,
+    S,
+    0,
+    tuple(config.train.length_buckets),
+    plan=dataclasses.replace(specs.pack_plan(config), slots=(3, 2, 2)),
+  )
+  assert slotted["input_ids"].shape[0] == 7
+  for layout in (packed, slotted):
+    lp, gp = per_task(trainable, frozen, layout, jnp.arange(3), keys)
+    np.testing.assert_allclose(lp, lu, atol=TOL, rtol=TOL)
+    for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gu)):
+      np.testing.assert_allclose(a, b, atol=TOL, rtol=1e-4)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from test_batching import make_data
 from test_specs import _config
-from test_train import assert_same_run, interrupting_at, needs_data, read_metrics, tiny_config
+from test_train import assert_same_run, interrupt_at, needs_data, read_metrics, tiny_config
 
 from configs import default
 from mtl_jax import specs, train
@@ -431,12 +431,11 @@ def test_one_task_schedule_run_resumes_to_the_same_parameters(tiny_bert_dir, tmp
     assert r["task"] == task and r[f"task_loss/{task}"] == r["loss"] and np.isfinite(r["loss"])
     assert not any(k.startswith(("grad/", "task_loss/")) and k != f"task_loss/{task}" for k in r)
 
-  real_train_batch = schedules.train_batch
-  monkeypatch.setattr(schedules, "train_batch", interrupting_at(9, real_train_batch))  # Epoch 2.
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(_one_task_config(tiny_bert_dir), resumed)
+  with monkeypatch.context() as m:
+    interrupt_at(m, 9)  # Epoch 2.
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(_one_task_config(tiny_bert_dir), resumed)
   assert Checkpointer(resumed, 1, 1).latest_step() == 9
-  monkeypatch.setattr(schedules, "train_batch", real_train_batch)
   _clear_caches()  # The resumed run derives each task's stream position afresh.
   train.train_and_evaluate(_one_task_config(tiny_bert_dir), resumed)
 

@@ -13,7 +13,7 @@ import pytest
 from configs import default
 from mtl_jax import train
 from mtl_jax.checkpoint import Checkpointer
-from mtl_jax.data import batching
+from mtl_jax.data import schedules
 from mtl_jax.data.files import default_data_dir
 
 DATA_DIR = default_data_dir()
@@ -52,15 +52,17 @@ def restored_trainable(config, workdir):
   return Checkpointer(workdir, 1, 1).restore(state)[0].trainable
 
 
-def interrupting_at(step: int, train_batch):
-  """`train_batch` that raises KeyboardInterrupt (a host-side Ctrl-C) before `step`."""
+def interrupt_at(monkeypatch, step: int) -> None:
+  """Makes the trainer's draw of `step` raise KeyboardInterrupt (a host-side Ctrl-C). It
+  patches `Batches.__call__`, not the batch builder, which set-up also calls (slot choice)."""
+  draw = schedules.Batches.__call__
 
-  def interrupted(datasets, s, *args):
+  def interrupted(self, s):
     if s == step:
       raise KeyboardInterrupt
-    return train_batch(datasets, s, *args)
+    return draw(self, s)
 
-  return interrupted
+  monkeypatch.setattr(schedules.Batches, "__call__", interrupted)
 
 
 def assert_same_run(config, straight: str, resumed: str, last_step: int) -> None:
@@ -108,11 +110,12 @@ def test_train_and_evaluate_writes_metrics_predictions_and_checkpoint(tiny_bert_
     ]
   )
   assert Checkpointer(workdir, 1, 1).latest_step() == 4
-  # Padding accounting: 4 steps of 3 tasks x 8 rows, each task's batch at length 16 or 32.
+  # Padding accounting: 4 packed steps, each of whole rows (an even count of rows of 16 or
+  # 32 tokens per lane), at most what 3 tasks x 8 sequences x 32 tokens unpacked computes.
   with open(os.path.join(workdir, train.RESULTS_JSON)) as f:
     done = json.load(f)
-  assert done["computed_tokens"] % (8 * 16) == 0
-  assert 4 * 3 * 8 * 16 <= done["computed_tokens"] <= 4 * 3 * 8 * 32
+  assert done["computed_tokens"] % (2 * 16) == 0
+  assert done["computed_tokens"] <= 4 * 3 * 8 * 32
   assert 4 * 3 * 8 * 3 <= done["real_tokens"] < done["computed_tokens"]  # [CLS], a word, [SEP].
 
 
@@ -121,13 +124,12 @@ def test_interrupted_run_resumes_to_the_same_parameters(tiny_bert_dir, tmp_path,
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
   train.train_and_evaluate(tiny_config(tiny_bert_dir), straight)
 
-  real_train_batch = batching.train_batch
-  monkeypatch.setattr(batching, "train_batch", interrupting_at(3, real_train_batch))
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(tiny_config(tiny_bert_dir), resumed)
+  with monkeypatch.context() as m:
+    interrupt_at(m, 3)
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(tiny_config(tiny_bert_dir), resumed)
   # checkpoint_every=2, yet the interruption saved step 3 itself.
   assert Checkpointer(resumed, 1, 1).latest_step() == 3
-  monkeypatch.setattr(batching, "train_batch", real_train_batch)
   train.train_and_evaluate(tiny_config(tiny_bert_dir), resumed)  # The same command again.
   assert_same_run(tiny_config(tiny_bert_dir), straight, resumed, 4)
 

@@ -72,6 +72,14 @@ class Encoded:
       lengths = np.maximum(lengths, [len(s) for s in self.second])
     return lengths
 
+  @functools.cached_property
+  def tokens(self) -> np.ndarray:
+    """Per example, the tokens of all its sequences (what it costs the encoder)."""
+    tokens = np.array([len(s) for s in self.first])
+    if self.is_bi_pair:
+      tokens = tokens + [len(s) for s in self.second]
+    return tokens
+
 
 def encode(tokenizer, split: TaskSplit, max_length: int, cross: bool = False) -> Encoded:
   """Tokenizes a split, truncating every sequence to max_length tokens.
@@ -223,7 +231,11 @@ def train_batch(
   schedule's streams advance apart: `schedules.every_task_batch`).
   `epoch_sizes`: per dataset, the examples of one of its epochs (0 = all; () = all for all).
   `plan`: pack the token arrays into [T, R, L] rows (`mtl_jax.data.packing`); the same
-  examples, labels and weights [T, S] either way.
+  examples, labels and weights [T, S] either way. A plan with `slots` (one entry per
+  dataset, some > 1) splits task t's examples over slots[t] lanes of about equal tokens
+  (`split_examples`): [K, R, L] with K = sum(slots), plus "slot_task" [K] (each lane's
+  position in `datasets`) and "slot_share" [K] (its share of the task's examples, which
+  scales its mean loss so that the task's lanes sum to the task's mean loss).
   """
   sizes = epoch_sizes or (0,) * len(datasets)
   numbers = (step,) * len(datasets) if np.ndim(step) == 0 else tuple(step)
@@ -234,9 +246,34 @@ def train_batch(
   length = bucket_length(
     max(int(d.lengths[idx].max()) for d, idx in zip(datasets, chosen)), buckets
   )
-  batches = [make_batch(d, idx, seqs_per_task, length) for d, idx in zip(datasets, chosen)]
-  stack = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-  return stack if plan is None else packing.pack_stack(stack, plan)
+  slots = plan.slots if plan is not None and len(plan.slots) == len(datasets) else ()
+  if not any(m > 1 for m in slots):
+    batches = [make_batch(d, idx, seqs_per_task, length) for d, idx in zip(datasets, chosen)]
+    stack = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+    return stack if plan is None else packing.pack_stack(stack, plan)
+  lanes, lane_task, share = [], [], []
+  for t, (d, idx, m) in enumerate(zip(datasets, chosen, slots)):
+    for part in split_examples(d, idx, m):
+      lanes.append(make_batch(d, part, seqs_per_task, length))
+      lane_task.append(t)
+      share.append(len(part) / max(len(idx), 1))
+  stack = {k: np.stack([b[k] for b in lanes]) for k in lanes[0]}
+  stack["slot_task"] = np.asarray(lane_task, np.int32)
+  stack["slot_share"] = np.asarray(share, np.float32)
+  return packing.pack_stack(stack, plan)
+
+
+def split_examples(data: Encoded, indices: np.ndarray, parts: int) -> list[np.ndarray]:
+  """`indices` cut into `parts` groups of about equal tokens (longest example first, each
+  into the group with the fewest tokens so far; deterministic), each in batch order."""
+  tokens = data.tokens[indices]
+  groups: list[list[int]] = [[] for _ in range(parts)]
+  load = np.zeros(parts)
+  for i in np.argsort(-tokens, kind="stable"):
+    g = int(np.argmin(load))
+    groups[g].append(int(i))
+    load[g] += tokens[i]
+  return [indices[np.sort(np.asarray(g, np.int64))] for g in groups]
 
 
 def eval_batches(

@@ -10,21 +10,28 @@ its row (`seq_row`, `seq_start`, `seq_len`, in the unpacked batch's sequence ord
 heads, labels and weights see exactly the unpacked layout).
 
 The plan (`PackPlan`) keeps the shapes few and static, because XLA compiles one step per
-shape and every task of a step must share it (the [T, R, L] stack that `vmap` runs over):
+shape and every lane of a step must share it (the [K, R, L] stack that `vmap` runs over):
   L  of the `plan.lengths` that fit the step's longest sequence, the one whose R (below)
      computes the fewest tokens R * L;
-  R  the most rows any task needs (first-fit decreasing), rounded up to the next value of a
-     ladder of row counts that are multiples of 4 (4, 8, ..., 32, then multiples of 8 up
-     to 64, of 16 up to 128, ...), and to a multiple of the device count, so the rows split
-     evenly over data-parallel devices. With 1, 2 or 4 devices the batch is the same.
+  R  the most rows any lane needs (first-fit decreasing), rounded up to the next value of a
+     ladder of row counts (2, 4, ..., 16, then multiples of 4 up to 32, of 8 up to 64, of
+     16 up to 128, ...), and to a multiple of the device count, so the rows split evenly
+     over data-parallel devices.
+  K  one lane per task, or with `plan.slots` several for the tasks with the most tokens:
+     an SST step holds ~1.6x the tokens of a pair task's, and with one lane each every
+     task would compute as many rows as SST. Slots split a task's examples into lanes of
+     about equal tokens (`batching.train_batch`); the step sums a task's lanes back into
+     its gradient (`mtl_jax.step`). `choose_slots` picks the split per run, by packing the
+     run's first batches under a few candidates.
 Everything is a pure function of the unpacked batch, which is itself a function of (seed,
-step): resuming replays exactly the same packed batches.
+step), and of the training data: resuming replays exactly the same packed batches.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -37,6 +44,7 @@ class PackPlan:
 
   lengths: tuple[int, ...] = (64, 128)  # Row lengths; the largest must fit any sequence.
   devices: int = 1  # Rows are a multiple of this (data parallelism splits the rows).
+  slots: tuple[int, ...] = ()  # Lanes per task of an all-tasks step; () = one each.
 
   def shape(self, lengths: list[np.ndarray]) -> tuple[int, int]:
     """(L, R) for tasks whose sequences have these lengths: of the row lengths that fit the
@@ -69,10 +77,14 @@ def row_lengths(buckets: tuple[int, ...]) -> tuple[int, ...]:
 
 def round_rows(needed: int, devices: int = 1) -> int:
   """The smallest ladder value >= needed that is a multiple of `devices`. The ladder: steps
-  of 4 up to 32, then steps of max(4, 2^(k-2)) in (2^k, 2^(k+1)] (8 up to 64, 16 up to 128,
-  ...): at most ~12% of rounding above 32 rows, and few distinct counts."""
+  of 2 up to 16 (slots hold few rows each), of 4 up to 32, then of max(4, 2^(k-2)) in
+  (2^k, 2^(k+1)] (8 up to 64, 16 up to 128, ...): at most ~12% of rounding above 32 rows,
+  and few distinct counts."""
   needed = max(needed, 1)
-  step = 4 if needed <= 32 else 2 ** (math.ceil(math.log2(needed)) - 3)
+  if needed <= 16:
+    step = 2
+  else:
+    step = 4 if needed <= 32 else 2 ** (math.ceil(math.log2(needed)) - 3)
   step = step * devices // math.gcd(step, devices)
   return -(-needed // step) * step
 
@@ -137,14 +149,43 @@ def pack(batch: dict[str, np.ndarray], rows: int, row_length: int) -> dict[str, 
   }
 
 
+# The slot split is chosen on this many of a run's first steps: enough to see its mix of
+# lengths, and well under a second of packing per candidate.
+SLOT_SAMPLE_STEPS = 16
+MAX_SLOTS = 4  # Per task.
+
+
+def slot_candidates(tokens: Sequence[float]) -> list[tuple[int, ...]]:
+  """Slots per task to try, fewest lanes first: one each, then about k times each task's
+  share of tokens over the smallest task's (k = 1, 2, 3; at most MAX_SLOTS per task).
+  `tokens`: each task's mean tokens per step."""
+  smallest = max(min(tokens), 1e-9)
+  out = [(1,) * len(tokens)]
+  for k in (1, 2, 3):
+    slots = tuple(min(MAX_SLOTS, max(1, round(k * t / smallest))) for t in tokens)
+    if slots not in out:
+      out.append(slots)
+  return out
+
+
+def choose_slots(
+  plan: PackPlan, tokens: Sequence[float], computed: Callable[[PackPlan], int]
+) -> PackPlan:
+  """`plan` with the candidate slots (`slot_candidates`) whose batches compute the fewest
+  tokens, `computed(plan)` (the fewest lanes on a tie: fewer per-lane gradients)."""
+  plans = [dataclasses.replace(plan, slots=s) for s in slot_candidates(tokens)]
+  costs = [computed(p) for p in plans]
+  return plans[costs.index(min(costs))]
+
+
 def rows_needed(batch: dict[str, np.ndarray], row_length: int) -> int:
   return len(first_fit_decreasing(batch["attention_mask"].sum(-1), row_length))
 
 
 def pack_stack(batch: dict[str, np.ndarray], plan: PackPlan) -> dict[str, np.ndarray]:
-  """A [T, S, L0] stack of unpacked task batches -> a [T, R, L] packed stack, one (R, L)
-  for all tasks (the plan's; see the module docstring). Other keys (a one-task batch's
-  "task") pass through."""
+  """A [K, S, L0] stack of unpacked lanes (one per task, or slots) -> a [K, R, L] packed
+  stack, one (R, L) for all lanes (the plan's; see the module docstring). Other keys (a
+  one-task batch's "task", the slots' "slot_task" and "slot_share") pass through."""
   tasks = batch["input_ids"].shape[0]
   one = lambda t: {
     k: batch[k][t] for k in ("input_ids", "attention_mask", "token_type_ids", "labels", "weights")

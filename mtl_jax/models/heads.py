@@ -133,8 +133,12 @@ def split_pairs(pooled: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def cosine(u: jax.Array, v: jax.Array, eps: float = 1e-8) -> jax.Array:
+  """cos(u, v), 0 where a vector is ~0, with a finite gradient there too: an empty lane
+  slot (`mtl_jax.data.packing` slots) pools to 0, and a norm's gradient at 0 is NaN, which
+  its zero loss weight would not cancel."""
   num = (u * v).sum(-1)
-  return num / jnp.maximum(jnp.linalg.norm(u, axis=-1) * jnp.linalg.norm(v, axis=-1), eps)
+  squares = (u * u).sum(-1) * (v * v).sum(-1)
+  return num / jnp.sqrt(jnp.maximum(squares, eps * eps))
 
 
 def pair_features(u: jax.Array, v: jax.Array) -> jax.Array:
