@@ -93,11 +93,13 @@ def _model(
 
 
 PLAN = packing.PackPlan((32, 64))
+SLOTS = packing.PackPlan((32, 64), slots=(2, 2, 1))  # Splits SST and a pair task.
 
 
 def _batches(datasets, plan=PLAN, step_=0):
+  """(unpacked, packed) batches of one step; with a plan's slots the packed one has lanes."""
   unpacked = batching.train_batch(datasets, step_, S, 0, (16, 32, 64))
-  return unpacked, packing.pack_stack(unpacked, plan)
+  return unpacked, batching.train_batch(datasets, step_, S, 0, (16, 32, 64), plan=plan)
 
 
 def _task(batch, t):
@@ -301,21 +303,32 @@ def _split(model, params):
   return trainable, frozen
 
 
-def test_packed_losses_and_per_task_gradients_equal_unpacked(tiny_bert_dir):
+@pytest.mark.parametrize("plan, weighting", [(PLAN, False), (SLOTS, False), (SLOTS, True)])
+def test_packed_losses_and_per_task_gradients_equal_unpacked(tiny_bert_dir, plan, weighting):
   model, params = _model(tiny_bert_dir)
   trainable, frozen = _split(model, params)
+  if weighting:  # Uncertainty weighting: exp(-s) L / 2 + s / 2 per task, summed over its lanes.
+    trainable = _with_uncertainty(trainable)
   per_task = jax.jit(step.make_per_task_grads(model))
   keys = jax.random.split(jax.random.key(0), 3)
-  unpacked, packed = _batches(_datasets())
+  unpacked, packed = _batches(_datasets(), plan)
   lu, gu = per_task(trainable, frozen, unpacked, jnp.arange(3), keys)
   lp, gp = per_task(trainable, frozen, packed, jnp.arange(3), keys)
   np.testing.assert_allclose(lp, lu, atol=TOL, rtol=TOL)
   for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gu)):
+    assert a.shape == b.shape  # [T, ...]: slots summed back into tasks.
     np.testing.assert_allclose(a, b, atol=TOL, rtol=1e-4)
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(gu)) > 1e-3  # Not trivially 0.
+  if weighting:
+    assert float(jnp.abs(jnp.diagonal(gu["loss_weighting"]["log_var"])).min()) > 1e-3
 
 
-def test_packed_train_step_gives_the_unpacked_update(tiny_bert_dir):
+def _with_uncertainty(trainable):
+  return {**trainable, "loss_weighting": {"log_var": jnp.asarray([0.3, -0.2, 0.1])}}
+
+
+@pytest.mark.parametrize("plan", [PLAN, SLOTS])
+def test_packed_train_step_gives_the_unpacked_update(tiny_bert_dir, plan):
   model, params = _model(tiny_bert_dir)
   trainable, frozen = _split(model, params)
   from mtl_jax import grad as mtlgrad
@@ -325,10 +338,11 @@ def test_packed_train_step_gives_the_unpacked_update(tiny_bert_dir):
   )
   state = step.TrainState(jnp.asarray(0, jnp.int32), trainable, tx.init(trainable))
   step_fn = jax.jit(step.make_train_step(model, tx, (0, 1, 2), 0))
-  unpacked, packed = _batches(_datasets())
+  unpacked, packed = _batches(_datasets(), plan)
   su, mu = step_fn(state, frozen, unpacked)
   sp, mp = step_fn(state, frozen, packed)
   np.testing.assert_allclose(mp["task_loss"], mu["task_loss"], atol=TOL, rtol=TOL)
+  np.testing.assert_allclose(mp["grad/cosine"], mu["grad/cosine"], atol=1e-5)
   for a, b, before in zip(
     jax.tree.leaves(sp.trainable), jax.tree.leaves(su.trainable), jax.tree.leaves(trainable)
   ):
@@ -355,8 +369,6 @@ def test_eval_batches_pack_and_predict_the_same(tiny_bert_dir):
 # -------------------------------------------------------------------------------------
 # Slots: a task's examples over several lanes, summed back into its loss and gradient
 # -------------------------------------------------------------------------------------
-
-SLOTS = packing.PackPlan((32, 64), slots=(2, 2, 1))  # Splits SST and a pair task.
 
 
 def test_split_examples_balances_tokens_in_batch_order():
@@ -425,52 +437,6 @@ def test_lanes_keep_each_task_its_key_and_sum_into_tasks():
   x = jnp.arange(12.0).reshape(6, 2)
   np.testing.assert_array_equal(step.sum_lanes(combine, x), [[2, 4], [4, 5], [24, 27]])
   assert step.lanes({}, jnp.arange(3), keys)[2] is None
-
-
-def _with_uncertainty(trainable):
-  return {**trainable, "loss_weighting": {"log_var": jnp.asarray([0.3, -0.2, 0.1])}}
-
-
-@pytest.mark.parametrize("weighting", [False, True])
-def test_slotted_losses_and_per_task_gradients_equal_unpacked(tiny_bert_dir, weighting):
-  model, params = _model(tiny_bert_dir)
-  trainable, frozen = _split(model, params)
-  if weighting:  # Uncertainty weighting: exp(-s) L / 2 + s / 2 per task, summed over its lanes.
-    trainable = _with_uncertainty(trainable)
-  per_task = jax.jit(step.make_per_task_grads(model))
-  keys = jax.random.split(jax.random.key(0), 3)
-  unpacked = batching.train_batch(_datasets(), 0, S, 0, (16, 32, 64))
-  slotted = batching.train_batch(_datasets(), 0, S, 0, (16, 32, 64), plan=SLOTS)
-  lu, gu = per_task(trainable, frozen, unpacked, jnp.arange(3), keys)
-  lp, gp = per_task(trainable, frozen, slotted, jnp.arange(3), keys)
-  np.testing.assert_allclose(lp, lu, atol=TOL, rtol=TOL)
-  for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gu)):
-    assert a.shape == b.shape  # [T, ...]: summed back into tasks.
-    np.testing.assert_allclose(a, b, atol=TOL, rtol=1e-4)
-  if weighting:
-    assert float(jnp.abs(jnp.diagonal(gu["loss_weighting"]["log_var"])).min()) > 1e-3
-
-
-def test_slotted_train_step_gives_the_unpacked_update(tiny_bert_dir):
-  model, params = _model(tiny_bert_dir)
-  trainable, frozen = _split(model, params)
-  from mtl_jax import grad as mtlgrad
-
-  tx = optax.chain(
-    mtlgrad.shared_only(mtlgrad.pcgrad(), multitask.is_shared(trainable)), optax.adamw(1e-3)
-  )
-  state = step.TrainState(jnp.asarray(0, jnp.int32), trainable, tx.init(trainable))
-  step_fn = jax.jit(step.make_train_step(model, tx, (0, 1, 2), 0))
-  unpacked = batching.train_batch(_datasets(), 0, S, 0, (16, 32, 64))
-  slotted = batching.train_batch(_datasets(), 0, S, 0, (16, 32, 64), plan=SLOTS)
-  su, mu = step_fn(state, frozen, unpacked)
-  sp, mp = step_fn(state, frozen, slotted)
-  np.testing.assert_allclose(mp["task_loss"], mu["task_loss"], atol=TOL, rtol=TOL)
-  np.testing.assert_allclose(mp["grad/cosine"], mu["grad/cosine"], atol=1e-5)
-  for a, b, before in zip(
-    jax.tree.leaves(sp.trainable), jax.tree.leaves(su.trainable), jax.tree.leaves(trainable)
-  ):
-    np.testing.assert_allclose(a - before, b - before, atol=1e-6, rtol=1e-3)
 
 
 def test_slot_candidates_and_the_cheapest_choice():
