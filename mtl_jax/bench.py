@@ -210,6 +210,7 @@ def run_one(
     "real_tokens": float(tokens[0] / steps),
     "computed_tokens": float(tokens[1] / steps),
     "shapes": len(compiled),
+    "lanes": int(step_batches[0]["input_ids"].shape[0]),  # Tasks, or their slots when packed.
   }
 
 
@@ -252,7 +253,7 @@ def shapes_line(rows: list[dict], real_lengths: bool) -> str:
   r = rows[0]  # Every row times the same batches.
   return (
     f"real lengths: steps 2-{n + 1} of configs/default.py's packed batch stream, 3 tasks x {s} "
-    f"sequences, f32, {r['shapes']} row shapes (compiled first); per step "
+    f"sequences in {r['lanes']} vmap lanes, f32, {r['shapes']} shapes (compiled first); per step "
     f"{r['real_tokens']:,.0f} real of {r['computed_tokens']:,.0f} computed tokens "
     f"({100 * (1 - r['real_tokens'] / r['computed_tokens']):.1f}% padding); median of {n} steps"
   )
