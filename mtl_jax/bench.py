@@ -253,7 +253,7 @@ def shapes_line(rows: list[dict], real_lengths: bool) -> str:
   r = rows[0]  # Every row times the same batches.
   return (
     f"real lengths: steps 2-{n + 1} of configs/default.py's packed batch stream, 3 tasks x {s} "
-    f"sequences in {r['lanes']} vmap lanes, f32, {r['shapes']} shapes (compiled first); per step "
+    f"sequences in {r['lanes']} vmap lanes, f32, {r['shapes']} row shape{'s' * (r['shapes'] != 1)} (compiled first); per step "
     f"{r['real_tokens']:,.0f} real of {r['computed_tokens']:,.0f} computed tokens "
     f"({100 * (1 - r['real_tokens'] / r['computed_tokens']):.1f}% padding); median of {n} steps"
   )
