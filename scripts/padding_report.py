@@ -15,7 +15,6 @@ the same counts for the evaluation batches of the dev sets.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import os
 import sys
 
@@ -41,23 +40,25 @@ def report(config, devices: int = 1) -> dict:
   "dev packed": the evaluation batches of the dev sets."""
   splits = load_data(config, hf_io.load_tokenizer(config.model.path))
   batches = train_batches(config, splits["train"], devices)
-  schedule, buckets, plan = batches.schedule, batches.buckets, batches.plan
-  one_lane = dataclasses.replace(plan, slots=())
-  out = {k: [0, 0, collections.Counter()] for k in ("unpacked", "packed 1 lane/task", "packed")}
-  out["floor"] = [0, 0, collections.Counter()]
+  schedule, buckets = batches.schedule, batches.buckets
+  one_lane = packing.PackPlan(packing.row_lengths(buckets), devices)  # Packed, no slots.
+  layouts = ("unpacked", "packed 1 lane/task", "packed", "floor")
+  out = {k: [0, 0, collections.Counter()] for k in layouts}
   for step in range(config.train.steps):
     batch = schedules.train_batch(batches.datasets, step, schedule, buckets)
     real = int(batch["attention_mask"].sum())
     per_task = batch["attention_mask"].sum(axis=(1, 2))
-    for name, layout in (("unpacked", batch), ("packed 1 lane/task", None), ("packed", None)):
-      if layout is None:
-        layout = packing.pack_stack(batch, one_lane) if "1 lane" in name else batches(step)
+    for name, layout in (
+      ("unpacked", batch),
+      ("packed 1 lane/task", packing.pack_stack(batch, one_lane)),
+      ("packed", batches(step)),
+    ):
       out[name][0] += real
       out[name][1] += layout["attention_mask"].size
       out[name][2][tuple(layout["input_ids"].shape)] += 1
     out["floor"][0] += real
     out["floor"][1] += int(len(per_task) * per_task.max())
-  eval_plan = specs.pack_plan(config, devices, for_eval=True)
+  eval_plan = packing.PackPlan(one_lane.lengths[-1:], devices)  # As pack_plan(for_eval=True).
   for name, layout in (("dev unpacked", None), ("dev packed", eval_plan)):  # Evaluation.
     out[name] = [0, 0, collections.Counter()]
     for d in splits["dev"]:

@@ -247,20 +247,17 @@ def train_batch(
     max(int(d.lengths[idx].max()) for d, idx in zip(datasets, chosen)), buckets
   )
   slots = plan.slots if plan is not None and len(plan.slots) == len(datasets) else ()
-  if not any(m > 1 for m in slots):
-    batches = [make_batch(d, idx, seqs_per_task, length) for d, idx in zip(datasets, chosen)]
-    stack = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-    return stack if plan is None else packing.pack_stack(stack, plan)
   lanes, lane_task, share = [], [], []
-  for t, (d, idx, m) in enumerate(zip(datasets, chosen, slots)):
-    for part in split_examples(d, idx, m):
+  for t, (d, idx) in enumerate(zip(datasets, chosen)):
+    for part in split_examples(d, idx, slots[t]) if slots else [idx]:
       lanes.append(make_batch(d, part, seqs_per_task, length))
       lane_task.append(t)
       share.append(len(part) / max(len(idx), 1))
   stack = {k: np.stack([b[k] for b in lanes]) for k in lanes[0]}
-  stack["slot_task"] = np.asarray(lane_task, np.int32)
-  stack["slot_share"] = np.asarray(share, np.float32)
-  return packing.pack_stack(stack, plan)
+  if len(lanes) > len(datasets):  # Slots: some task over several lanes.
+    stack["slot_task"] = np.asarray(lane_task, np.int32)
+    stack["slot_share"] = np.asarray(share, np.float32)
+  return stack if plan is None else packing.pack_stack(stack, plan)
 
 
 def split_examples(data: Encoded, indices: np.ndarray, parts: int) -> list[np.ndarray]:

@@ -83,8 +83,10 @@ def round_rows(needed: int, devices: int = 1) -> int:
   needed = max(needed, 1)
   if needed <= 16:
     step = 2
+  elif needed <= 32:
+    step = 4
   else:
-    step = 4 if needed <= 32 else 2 ** (math.ceil(math.log2(needed)) - 3)
+    step = 2 ** (math.ceil(math.log2(needed)) - 3)
   step = step * devices // math.gcd(step, devices)
   return -(-needed // step) * step
 
