@@ -27,9 +27,11 @@ rotation) described by `best.json` ({"step", "overall", "metrics"}, replaced ato
 from __future__ import annotations
 
 import json
+import logging as std_logging
 import os
 import shutil
 import sys
+import traceback
 from typing import Any
 
 import jax
@@ -207,10 +209,13 @@ class Checkpointer:
 
 
 def _ignore_reads_of_an_aborted_restore() -> None:
-  """When a restore fails, the other reads it had started still finish, and report to
-  the asyncio loop orbax has closed: Python would print "Exception ignored ... Event loop is
-  closed" tracebacks for them (harmless, but they bury the one-line message). Only that
-  RuntimeError is dropped; every other unraisable exception reaches the previous hook."""
+  """When a restore fails, the other reads it had started still finish and fail alike, and
+  Python reports them late, each with a traceback that buries the one-line message: as
+  "Exception ignored ... Event loop is closed" (they report to the asyncio loop orbax has
+  closed) or, when the garbage collector frees their futures, as asyncio's "Future
+  exception was never retrieved". Only those are dropped: the RuntimeError "Event loop is
+  closed", and never-retrieved exceptions raised inside orbax; everything else is reported
+  as before."""
   previous = sys.unraisablehook
   if getattr(previous, "_mtl_jax_quiet", False):
     return
@@ -224,6 +229,16 @@ def _ignore_reads_of_an_aborted_restore() -> None:
 
   hook._mtl_jax_quiet = True
   sys.unraisablehook = hook
+  std_logging.getLogger("asyncio").addFilter(_unretrieved_orbax_read)
+
+
+def _unretrieved_orbax_read(record: std_logging.LogRecord) -> bool:
+  """False (drop) for asyncio's report of a never-retrieved exception raised in orbax."""
+  error = record.exc_info[1] if record.exc_info else None
+  if error is None or "exception was never retrieved" not in record.getMessage():
+    return True
+  frames = traceback.extract_tb(error.__traceback__)
+  return not any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
 
 
 def _one_line(e: BaseException) -> str:
