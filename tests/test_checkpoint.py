@@ -168,7 +168,10 @@ def _never_retrieved_error_is_logged(raise_in: str, caplog) -> bool:
   import gc
 
   namespace = {}
-  exec(compile("def read():\n  raise ValueError('OUT_OF_RANGE: truncated')\n", raise_in, "exec"), namespace)
+  exec(
+    compile("def read():\n  raise ValueError('OUT_OF_RANGE: truncated')\n", raise_in, "exec"),
+    namespace,
+  )
   loop = asyncio.new_event_loop()
   try:
     future = loop.create_future()
