@@ -79,15 +79,23 @@ def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Ar
 
 
 def _make_losses(model: multitask.MultitaskModel):
-  """fn(trainable, frozen, one task's batch, task id, key) -> (objective, raw loss)."""
+  """fn(trainable, frozen, one task's batch, task id, key[, word-vector perturbation]) ->
+  (objective, raw loss)."""
 
-  def losses(trainable, frozen, batch, task, key):
+  def losses(trainable, frozen, batch, task, key, word_vectors=None):
     weighting = trainable.get(LOSS_WEIGHTING_KEY)
     params = multitask.merge(
       {k: v for k, v in trainable.items() if k != LOSS_WEIGHTING_KEY}, frozen
     )
+    perturbations = None if word_vectors is None else _nest(WORD_VECTORS, word_vectors)
     outputs = multitask.apply(
-      model, params, batch, deterministic=False, task=task, rngs={"dropout": key}
+      model,
+      params,
+      batch,
+      deterministic=False,
+      task=task,
+      rngs={"dropout": key},
+      perturbations=perturbations,
     )
     raw = task_loss(outputs, batch["labels"], batch["weights"], task)
     objective = raw if weighting is None else weighted_task_loss(raw, weighting["log_var"], task)
@@ -136,22 +144,77 @@ def sum_lanes(combine: jax.Array | None, tree):
   return jax.tree.map(lambda x: jnp.tensordot(combine.astype(x.dtype), x, axes=1), tree)
 
 
+# The word-embedding table in the params, and the perturbation point of its looked-up
+# vectors (`mtl_jax.models.bert.Embeddings`).
+WORD_TABLE = ("encoder", "embeddings", "word_embeddings", "embedding")
+WORD_VECTORS = ("encoder", "embeddings", "word_vectors")
+
+
 def make_per_task_grads(model: multitask.MultitaskModel):
   """Returns fn(trainable, frozen, batch [K, S, ...], task ids [T], keys [T]) ->
   (raw losses [T], gradients of the trainable leaves with a leading task axis [T, ...]).
 
   The gradients are those of each task's objective (see `make_loss_fn`), one `vmap` lane
-  per task, or per slot of a packed batch with slots (`lanes`), summed into tasks."""
-  grad_fn = jax.value_and_grad(_make_losses(model), has_aux=True)
+  per task, or per slot of a packed batch with slots (`lanes`), summed into tasks.
+
+  A trainable word-embedding table (full fine-tuning) is not differentiated inside the
+  lanes: each lane would build a dense [vocab, H] gradient (zero fill and scatter) for the
+  few hundred distinct tokens it holds, K of them a step, and summing lanes into tasks
+  would read them all again. The lanes give the gradient of their looked-up word vectors
+  [K, R, L, H] instead (a flax perturbation), scatter-added once into the tasks' table
+  gradients [T, vocab, H]: the same sums, in another order."""
+  grad_fn = jax.value_and_grad(_make_losses(model), argnums=(0, 5), has_aux=True)
 
   def per_task(trainable, frozen, batch, task_ids, keys):
     lane_tasks, lane_keys, combine = lanes(batch, task_ids, keys)
-    (_, raw), grads = jax.vmap(grad_fn, in_axes=(None, None, 0, 0, 0))(
-      trainable, frozen, batch, lane_tasks, lane_keys
+    table = _get(trainable, WORD_TABLE)
+    if table is None:
+      no_vectors = lambda *args: grad_fn(*args, None)
+      (_, raw), (grads, _) = jax.vmap(no_vectors, in_axes=(None, None, 0, 0, 0))(
+        trainable, frozen, batch, lane_tasks, lane_keys
+      )
+      return sum_lanes(combine, (raw, grads))
+    ids = batch["input_ids"]
+    rest, frozen = _pop(trainable, WORD_TABLE), _put(frozen, WORD_TABLE, table)
+    zeros = jnp.zeros((*ids.shape, table.shape[-1]), table.dtype)
+    (_, raw), (grads, vectors) = jax.vmap(grad_fn, in_axes=(None, None, 0, 0, 0, 0))(
+      rest, frozen, batch, lane_tasks, lane_keys, zeros
     )
-    return sum_lanes(combine, (raw, grads))
+    raw, grads = sum_lanes(combine, (raw, grads))
+    lane_task = batch.get("slot_task", jnp.arange(ids.shape[0]))  # Lane -> row of [T].
+    lane_task = jnp.broadcast_to(lane_task.reshape(-1, *(1,) * (ids.ndim - 1)), ids.shape)
+    table_grad = jnp.zeros((task_ids.shape[0], *table.shape), table.dtype)
+    table_grad = table_grad.at[lane_task, ids].add(vectors)
+    return raw, _put(grads, WORD_TABLE, table_grad)
 
   return per_task
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+  for key in path:
+    if not isinstance(tree, dict) or key not in tree:
+      return None
+    tree = tree[key]
+  return tree
+
+
+def _put(tree: dict, path: tuple[str, ...], value) -> dict:
+  """A copy of nested dict `tree` with `value` at `path`."""
+  head, *rest = path
+  return {**tree, head: _put(tree.get(head, {}), tuple(rest), value) if rest else value}
+
+
+def _pop(tree: dict, path: tuple[str, ...]) -> dict:
+  """A copy of nested dict `tree` without the leaf at `path` (and without emptied dicts)."""
+  head, *rest = path
+  if not rest:
+    return {k: v for k, v in tree.items() if k != head}
+  inner = _pop(tree[head], tuple(rest))
+  return {k: v for k, v in tree.items() if k != head} | ({head: inner} if inner else {})
+
+
+def _nest(path: tuple[str, ...], value) -> dict:
+  return _put({}, path, value)
 
 
 def dropout_keys(seed: int, step, num_tasks: int) -> jax.Array:

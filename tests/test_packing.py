@@ -323,6 +323,36 @@ def test_packed_losses_and_per_task_gradients_equal_unpacked(tiny_bert_dir, plan
     assert float(jnp.abs(jnp.diagonal(gu["loss_weighting"]["log_var"])).min()) > 1e-3
 
 
+@pytest.mark.parametrize("plan", [None, PLAN, SLOTS])
+def test_full_fine_tuning_word_table_gradient_is_each_tasks_own(tiny_bert_dir, plan):
+  """Full fine-tuning scatter-adds the lanes' word-vector gradients into per-task table
+  gradients (`step.make_per_task_grads`); each task's must equal plain autodiff of that
+  task's loss (the sum over its lanes) with the table inside the differentiated params."""
+  model, params = _model(tiny_bert_dir, mode="full")
+  trainable, frozen = multitask.split(params, multitask.trainable_mask(params, "full"))
+  unpacked, packed = _batches(_datasets(), plan or PLAN)
+  batch = unpacked if plan is None else packed
+  keys = jax.random.split(jax.random.key(0), 3)
+  losses, grads = jax.jit(step.make_per_task_grads(model))(
+    trainable, frozen, batch, jnp.arange(3), keys
+  )
+  lane_tasks, lane_keys, _ = step.lanes(batch, jnp.arange(3), keys)
+  loss_grad = jax.jit(jax.value_and_grad(step.make_loss_fn(model)))
+  want = [None] * 3
+  for k, t in enumerate(np.asarray(lane_tasks)):
+    lane = {name: v[k] for name, v in batch.items()}
+    _, g = loss_grad(trainable, frozen, lane, lane_tasks[k], lane_keys[k])
+    want[t] = g if want[t] is None else jax.tree.map(jnp.add, want[t], g)
+  table = lambda tree: tree["encoder"]["embeddings"]["word_embeddings"]["embedding"]
+  assert table(grads).shape == (3, *table(trainable).shape)
+  assert float(jnp.abs(table(grads)).max()) > 1e-4  # Not trivially 0.
+  for t in range(3):
+    for a, b in zip(jax.tree.leaves(jax.tree.map(lambda g: g[t], grads)), jax.tree.leaves(want[t])):
+      np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
+  untouched = np.setdiff1d(np.arange(table(trainable).shape[0]), np.asarray(batch["input_ids"]))
+  assert float(jnp.abs(table(grads)[:, untouched]).max()) == 0.0  # Rows of absent tokens.
+
+
 def _with_uncertainty(trainable):
   return {**trainable, "loss_weighting": {"log_var": jnp.asarray([0.3, -0.2, 0.1])}}
 

@@ -155,8 +155,11 @@ class Embeddings(nn.Module):
     init = nn.initializers.normal(0.02)
     embed = lambda n, size: nn.Embed(size, cfg.hidden_size, embedding_init=init, name=n)
     positions = jnp.arange(input_ids.shape[-1])[None, :] if position_ids is None else position_ids
+    # The looked-up word vectors, where a caller may read their gradient ("perturbations"
+    # collection, `mtl_jax.step.WORD_VECTORS`); a no-op otherwise.
+    words = self.perturb("word_vectors", embed("word_embeddings", cfg.vocab_size)(input_ids))
     x = (
-      embed("word_embeddings", cfg.vocab_size)(input_ids)
+      words
       + embed("position_embeddings", cfg.max_position_embeddings)(positions)
       + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids)
     )

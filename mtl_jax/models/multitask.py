@@ -94,12 +94,18 @@ def unpack(hidden: jax.Array, packing: dict) -> tuple[jax.Array, jax.Array]:
   return per_seq, mask
 
 
-def apply(model: MultitaskModel, params: dict, batch: dict, **kwargs) -> dict:
+def apply(
+  model: MultitaskModel, params: dict, batch: dict, perturbations: dict | None = None, **kwargs
+) -> dict:
   """model.apply on a batch dict, packed (`mtl_jax.data.packing`) or not: every head's
-  outputs on its sequences. kwargs: deterministic, task, rngs."""
+  outputs on its sequences. kwargs: deterministic, task, rngs. `perturbations`: values
+  added at the model's `perturb` points (their gradient is the activation's)."""
   packing = {k: batch[k] for k in PACKING_KEYS} if PACKING_KEYS[0] in batch else None
+  variables = {"params": params}
+  if perturbations is not None:
+    variables["perturbations"] = perturbations
   return model.apply(
-    {"params": params},
+    variables,
     batch["input_ids"],
     batch["attention_mask"],
     batch["token_type_ids"],
