@@ -30,8 +30,9 @@ TIMEOUT_S = 600  # Per run; a run took 1-2 min on a 2-core machine shared with o
 
 
 def _config_args(model_dir: str, workdir) -> list[str]:
-  """main.py on the tiny model: one length bucket, a dev evaluation (and best checkpoint)
-  at step 3, periodic checkpoints every 2 steps."""
+  """main.py on the tiny model, fully fine-tuned (so that the weights and their optimizer
+  state, not orbax's per-process metadata, make up most of a checkpoint): one length
+  bucket, a dev evaluation (and best checkpoint) at step 3, checkpoints every 2 steps."""
   return [
     sys.executable,
     os.path.join(ROOT, "main.py"),
@@ -50,6 +51,7 @@ def _config_args(model_dir: str, workdir) -> list[str]:
     "--config.eval.seqs_per_batch=16",
     "--config.eval.write_predictions=False",
     "--config.grad.method=pcgrad",
+    "--config.adapter.kind=full",
   ]
 
 
@@ -133,21 +135,30 @@ def test_two_processes_resume_after_sigterm_and_match_one_process(tiny_bert_dir,
 
   assert one.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "one.log").read_text()[-4000:]
   one_log.close()
-  # Written once: the processes' checkpoint holds the bytes of the one-process checkpoint,
-  # not a copy per process (orbax writes each replicated array from one replica).
+  # Written once: the processes' checkpoint holds about the bytes of the one-process one,
+  # not a copy per process (~2x). Not exactly: orbax adds metadata per process and chunks
+  # replicated arrays over the processes' replicas, by timing (1.2-1.5x seen on LoRA runs,
+  # whose checkpoints are mostly metadata).
   sizes = [_size(d / "checkpoints" / str(STEPS)) for d in (multi, single)]
-  assert sizes[0] < 1.3 * sizes[1], sizes
+  assert sizes[0] < 1.5 * sizes[1], sizes
 
   results = [json.loads((d / "results.json").read_text()) for d in (multi, single)]
   assert results[0]["devices"] == results[1]["devices"] == 4
   for name, value in results[1]["metrics"].items():
     assert abs(results[0]["metrics"][name] - value) <= 1e-4, name
   config = tiny_config(tiny_bert_dir)
-  for a, b in zip(
-    jax.tree.leaves(restored_trainable(config, str(multi))),
-    jax.tree.leaves(restored_trainable(config, str(single))),
-  ):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+  config.adapter.kind = "full"
+  trained = jax.tree_util.tree_flatten_with_path(restored_trainable(config, str(multi)))[0]
+  reference = jax.tree.leaves(restored_trainable(config, str(single)))
+  compared = 0
+  for (path, a), b in zip(trained, reference):
+    # The attention key bias has no gradient but rounding noise (softmax ignores a shift
+    # shared by all keys), which Adam scales up to learning-rate-sized steps: ~1e-4 apart
+    # between any two device layouts, while every other leaf agrees to ~1e-7.
+    if "'key']['bias']" not in jax.tree_util.keystr(path):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+      compared += 1
+  assert compared == len(reference) - 2  # All but the 2 layers' key biases.
 
 
 def _size(path) -> int:
