@@ -153,6 +153,7 @@ def train_schedule(
     config.seed,
     t.length_grouping,
     batch_examples,
+    t.token_balancing,
   )
 
 
@@ -255,8 +256,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "train.param_sharding",
     f"{t.param_sharding!r} is not one of {parallel.PARAM_SHARDINGS}",
   )
-  for key in ("log_every", "eval_every", "checkpoint_every", "length_grouping"):
+  for key in ("log_every", "eval_every", "checkpoint_every", "length_grouping", "token_balancing"):
     _check(t[key] >= 0, f"train.{key}", "must be >= 0")
+  _check(
+    t.length_grouping <= 1 or t.token_balancing <= 1,
+    "train.token_balancing",
+    f"{t.token_balancing} and train.length_grouping={t.length_grouping} both regroup a "
+    "step's examples: set one of them to 0",
+  )
   _check(
     isinstance(t.packing, bool),
     "train.packing",
@@ -377,6 +384,7 @@ _ABSENT_MEANS = {
   "train.loss_weighting": "none",
   "train.schedule": "all_tasks",
   "train.packing": False,
+  "train.token_balancing": 0,
   **{f"train.epoch_examples.{task}": 0 for task in TASKS},
   "adapter.task_layers": "none",
   "adapter.task_layer_size": 0,
@@ -485,6 +493,7 @@ RESUME_MUST_MATCH = (
   "train.seqs_per_task",
   "train.length_buckets",
   "train.length_grouping",
+  "train.token_balancing",
   "train.learning_rate",
   "train.warmup_fraction",
   "train.weight_decay",
@@ -526,17 +535,21 @@ def resume_mismatches(
 _PRE_PACKING_KEEPS = ("train.length_grouping",)
 
 
+# Keys that change which examples a step trains, added after runs were written without
+# them: such a run resumes with what their absence means (the order it was trained in).
+_ORDER_KEYS_ADDED_LATER = ("train.token_balancing",)
+
+
 def adopt_saved(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """For a `saved` config.json of a run written before train.packing existed: sets, in
-  place, train.packing to False and the _PRE_PACKING_KEEPS keys to their saved values, and
-  returns "key=value" of those it changed (to log). Other runs: changes nothing."""
+  place, train.packing to False and the _PRE_PACKING_KEEPS keys to their saved values; for
+  one written before a key of _ORDER_KEYS_ADDED_LATER, that key to what its absence means.
+  Returns "key=value" of those it changed (to log). Other runs: changes nothing."""
   flat, changed = _flatten(saved), []
-  if "train.packing" in flat:
-    return changed
-  wanted = {
-    "train.packing": _ABSENT_MEANS["train.packing"],
-    **{k: flat[k] for k in _PRE_PACKING_KEEPS if k in flat},
-  }
+  wanted = {k: _ABSENT_MEANS[k] for k in _ORDER_KEYS_ADDED_LATER if k not in flat}
+  if "train.packing" not in flat:
+    wanted["train.packing"] = _ABSENT_MEANS["train.packing"]
+    wanted.update({k: flat[k] for k in _PRE_PACKING_KEEPS if k in flat})
   for key, value in wanted.items():
     section, name = key.split(".")
     if name in config[section] and config[section][name] != value:

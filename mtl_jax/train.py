@@ -154,7 +154,7 @@ def _check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> 
           saved = json.load(f)
         for change in specs.adopt_saved(saved, config):
           logging.warning(
-            "%s was trained before config.train.packing existed: resuming it "
+            "%s was trained before a key of today's config existed: resuming it "
             "as it was trained, with %s",
             workdir,
             change,

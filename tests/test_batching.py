@@ -360,6 +360,53 @@ def test_grouped_batches_hold_similar_lengths_and_align_across_tasks():
   assert np.corrcoef(ranks[:, 0], ranks[:, 1])[0, 1] > 0.8
 
 
+# --------------------------------------------------------------------------
+# token balancing
+# --------------------------------------------------------------------------
+
+
+def test_deal_by_tokens_by_hand():
+  # Most tokens first, each to the lighter group with room: 5->a, 4->b, 3->b (7), 3->a
+  # (8), 2->b (9; b full), 1->a (9).
+  groups = batching.deal_by_tokens(np.array([5, 1, 4, 2, 3, 3]), 2)
+  assert [g.tolist() for g in groups] == [[0, 1, 5], [2, 3, 4]]
+  # Any sizes (the slots' split): 5, 4->b, 3->b (7), 3->a (8), 2->b (9), 1->a (9).
+  free = batching.deal_by_tokens(np.array([5, 1, 4, 2, 3, 3]), 2, equal_sizes=False)
+  assert [g.tolist() for g in free] == [[0, 1, 5], [2, 3, 4]]
+  skewed = batching.deal_by_tokens(np.array([9, 1, 1, 1]), 2, equal_sizes=False)
+  assert [g.tolist() for g in skewed] == [[0], [1, 2, 3]]  # Sizes follow the tokens.
+  assert [g.tolist() for g in batching.deal_by_tokens(np.array([9, 1, 1, 1]), 2)] == [
+    [0, 3],
+    [1, 2],
+  ]
+
+
+def test_balanced_batches_cover_each_example_once_and_hold_equal_tokens():
+  data = make_data("sst", 400, seed=3)
+  count, group = 10, 8
+  batches = [batching.train_indices(data, k, count, 0, balance_steps=group) for k in range(40)]
+  assert all(len(b) == count for b in batches)
+  seen = np.concatenate(batches)  # 400 examples: one epoch.
+  assert sorted(seen.tolist()) == list(range(400))
+  for g in range(0, 40, group):  # A group holds the stream's examples of its steps ...
+    plain = [batching.train_indices(data, k, count, 0) for k in range(g, g + group)]
+    assert sorted(np.concatenate(batches[g : g + group]).tolist()) == sorted(
+      np.concatenate(plain).tolist()
+    )
+  # ... dealt into batches of about equal tokens: within one example's tokens of each other.
+  totals = np.array([data.tokens[b].sum() for b in batches]).reshape(-1, group)
+  plain_totals = np.array(
+    [data.tokens[batching.train_indices(data, k, count, 0)].sum() for k in range(40)]
+  ).reshape(-1, group)
+  assert (np.ptp(totals, axis=1) <= data.tokens.max()).all()
+  assert np.ptp(totals, axis=1).mean() < 0.25 * np.ptp(plain_totals, axis=1).mean()
+  _clear_cache()  # A resumed run draws any step alone: the same batch.
+  for k in (33, 5, 17):
+    np.testing.assert_array_equal(
+      batching.train_indices(data, k, count, 0, balance_steps=group), batches[k]
+    )
+
+
 def test_grouped_indices_depend_only_on_the_step():
   data = make_data("sts", 50)
   forward = [batching.train_indices(data, k, 5, 3, 8) for k in range(20)]

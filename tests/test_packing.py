@@ -141,10 +141,12 @@ def test_cross_pairs_keep_their_token_types_in_one_segment():
 
 
 def test_round_rows_ladder_and_device_multiples():
-  assert [packing.round_rows(n) for n in (1, 4, 5, 16, 17, 32, 33, 41, 65)] == [
-    2,
+  assert [packing.round_rows(n) for n in (1, 4, 5, 8, 9, 16, 17, 32, 33, 41, 65)] == [
+    1,
     4,
-    6,
+    5,
+    8,
+    10,
     16,
     20,
     32,
@@ -156,8 +158,9 @@ def test_round_rows_ladder_and_device_multiples():
     for n in range(1, 100):
       r = packing.round_rows(n, devices)
       assert r >= n and r % devices == 0
-  # 1 and 2 devices pack a batch identically (every ladder value is even); 4 round up to 4.
+  # Above 8 rows, 1 and 2 devices pack a batch identically (every ladder value is even).
   assert [packing.round_rows(13, d) for d in (1, 2, 4)] == [14, 14, 16]
+  assert [packing.round_rows(7, d) for d in (1, 2, 4)] == [7, 8, 8]
 
 
 def test_plan_picks_the_row_length_that_computes_fewest_tokens():
@@ -173,7 +176,10 @@ def test_plan_picks_the_row_length_that_computes_fewest_tokens():
   assert plan.shape([np.full(16, 40)]) == (64, 16)  # Only 64 fits.
   with pytest.raises(ValueError, match="does not fit"):
     plan.shape([np.full(2, 65)])
-  assert packing.row_lengths((16, 32, 48, 64, 96, 128)) == (64, 96, 128)
+  # Row lengths: every 16 tokens from 64 up to the largest bucket, whatever the buckets.
+  assert packing.row_lengths((16, 32, 48, 64, 96, 128)) == (64, 80, 96, 112, 128)
+  assert packing.row_lengths((32, 128)) == (64, 80, 96, 112, 128)
+  assert packing.row_lengths((64, 100)) == (64, 80, 96, 100)
   assert packing.row_lengths((16, 32)) == (32,)
 
 
@@ -507,7 +513,7 @@ def test_a_run_packs_with_the_slots_that_compute_fewest_tokens(tiny_bert_dir):
 def test_packing_is_on_by_default_and_off_by_one_key():
   config = default.get_config()
   assert config.train.packing is True and specs.pack_plan(config, 2).devices == 2
-  assert specs.pack_plan(config).lengths == (64, 96, 128)
+  assert specs.pack_plan(config).lengths == (64, 80, 96, 112, 128)
   assert specs.pack_plan(config, for_eval=True).lengths == (128,)
   config.train.packing = False
   assert specs.pack_plan(config) is None
@@ -520,18 +526,38 @@ def test_packing_is_on_by_default_and_off_by_one_key():
 def test_an_old_config_without_the_key_resumes_unpacked():
   config = default.get_config()
   saved = json.loads(config.to_json_best_effort())
-  del saved["train"]["packing"]
+  del saved["train"]["packing"], saved["train"]["token_balancing"]
   saved["train"]["length_grouping"] = 32  # That run's default.
   assert specs.resume_mismatches(saved, config) == [
     ("train.length_grouping", 32, 0),
     ("train.packing", False, True),
+    ("train.token_balancing", 0, 16),
   ]
-  assert specs.adopt_saved(saved, config) == ["train.packing=False", "train.length_grouping=32"]
+  assert specs.adopt_saved(saved, config) == [
+    "train.token_balancing=0",
+    "train.packing=False",
+    "train.length_grouping=32",
+  ]
   assert config.train.packing is False and specs.pack_plan(config) is None
-  assert config.train.length_grouping == 32
+  assert config.train.length_grouping == 32 and config.train.token_balancing == 0
+  specs.validate(config)
   specs.check_resume(saved, config, "w")  # No longer a mismatch.
   # A saved run that packed keeps packing; one that did not keeps not: no adoption.
   assert specs.adopt_saved(json.loads(config.to_json_best_effort()), config) == []
+
+
+def test_a_config_without_token_balancing_resumes_in_stream_order():
+  """A packed run written before train.token_balancing existed drew its steps in stream
+  order: it resumes so (a changed order would repeat and skip examples mid-epoch)."""
+  config = default.get_config()
+  saved = json.loads(config.to_json_best_effort())
+  del saved["train"]["token_balancing"]
+  assert specs.resume_mismatches(saved, config) == [("train.token_balancing", 0, 16)]
+  with pytest.raises(specs.ConfigError, match="train.token_balancing"):
+    specs.check_resume(saved, config, "w")
+  assert specs.adopt_saved(saved, config) == ["train.token_balancing=0"]
+  assert config.train.token_balancing == 0 and config.train.packing is True
+  specs.check_resume(saved, config, "w")
 
 
 @needs_data
@@ -546,7 +572,8 @@ def test_old_workdir_resumes_unpacked_as_before(tiny_bert_dir, tmp_path, monkeyp
     config.eval.write_predictions = False
     return config
 
-  unpacked = lambda: tiny(packing=False, length_grouping=32)  # Defaults before packing.
+  # Defaults before packing.
+  unpacked = lambda: tiny(packing=False, length_grouping=32, token_balancing=0)
   train.train_and_evaluate(unpacked(), straight)
   with monkeypatch.context() as m:
     interrupt_at(m, 1)
@@ -555,11 +582,12 @@ def test_old_workdir_resumes_unpacked_as_before(tiny_bert_dir, tmp_path, monkeyp
   path = os.path.join(old, "config.json")
   with open(path) as f:
     saved = json.load(f)
-  del saved["train"]["packing"]  # As a run written before the key existed.
+  del saved["train"]["packing"], saved["train"]["token_balancing"]  # Before the keys existed.
   with open(path, "w") as f:
     json.dump(saved, f)
   config = tiny()
   assert config.train.packing is True and config.train.length_grouping == 0
+  assert config.train.token_balancing > 1
   train.train_and_evaluate(config, old)  # No refusal: resumes unpacked, grouped.
   with open(path) as f:
     rewritten = json.load(f)["train"]

@@ -68,9 +68,9 @@ def test_four_devices_match_one_device(tiny_bert_dir, tmp_path):
       assert all(s == seen["shards"][0] for s in seen["shards"]), mode
     np.testing.assert_allclose(run["losses"], losses, rtol=1e-5, err_msg=mode)
     trained = restored_trainable(config, str(tmp_path / mode))  # Saved on 4 devices.
-    # atol 1e-5: 4 devices round a step's packed rows up to a multiple of 4, 1 device to a
-    # multiple of 2 (`packing.round_rows`): the same tokens, plus empty rows that change the
-    # order of the sums; Adam's first steps magnify that rounding on near-zero gradients.
+    # atol 1e-5: 4 devices round a step's packed rows up to a multiple of 4, 1 device to
+    # the ladder's next count (`packing.round_rows`): the same tokens, plus empty rows that
+    # change the order of the sums; Adam's first steps magnify that rounding on near-zero gradients.
     for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(reference)):
       np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=mode)
   assert report["replicated"]["param_specs"] == ["P()"]

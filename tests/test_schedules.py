@@ -80,7 +80,14 @@ BEFORE_SCHEDULES = {
 def test_default_schedule_batches_are_unchanged(group, seed):
   datasets = _datasets()
   s = specs.train_schedule(
-    _config(**{"train.length_grouping": group, "seed": seed, "train.seqs_per_task": 8}),
+    _config(
+      **{
+        "train.length_grouping": group,
+        "train.token_balancing": 0,  # Stream order (or length groups), as before balancing.
+        "seed": seed,
+        "train.seqs_per_task": 8,
+      }
+    ),
     tuple(len(d) for d in datasets),
   )
   assert s.kind == "all_tasks" and not s.one_task
@@ -334,14 +341,15 @@ def test_train_schedule_from_config():
   )
   s = specs.train_schedule(config, (8544, 141_000, 6040))
   assert s == schedules.Schedule(
-    "sqrt", (8544, 20_000, 6040), 64, 5000, 3, config.train.length_grouping
+    "sqrt", (8544, 20_000, 6040), 64, 5000, 3, 0, (), config.train.token_balancing
   )
+  assert s.balance_steps == 16
   saved = json.loads(_config().to_json_best_effort())  # Written before the keys existed:
   del saved["train"]["schedule"], saved["train"]["epoch_examples"]
   old = specs.upgrade(saved)
   specs.validate(old)
   assert specs.train_schedule(old, (10, 20, 30)) == schedules.Schedule(
-    "all_tasks", (10, 20, 30), 64, 300, 0, old.train.length_grouping
+    "all_tasks", (10, 20, 30), 64, 300, 0, 0, (), 16
   )
 
 

@@ -91,6 +91,8 @@ BAD = [
   ("train.log_every", -1),
   ("train.eval_every", -1),
   ("train.checkpoint_every", -1),
+  ("train.token_balancing", -1),
+  ("train.length_grouping", 32),  # With token_balancing (16 by default): one regrouping.
 ]
 
 
@@ -210,6 +212,7 @@ ADDED_LATER = [
   "train.epoch_examples",
   "train.param_sharding",
   "train.packing",
+  "train.token_balancing",
 ]
 
 
@@ -229,6 +232,7 @@ def test_upgrade_fills_the_keys_an_old_config_lacks_with_how_it_trained():
   assert default.get_config().train.packing is True
   assert t.loss_weighting == "none" and t.param_sharding == "replicated"
   assert t.early_stopping_patience == 0 and t.length_grouping == 0
+  assert t.token_balancing == 0  # Stream order; today's default balances tokens.
   assert t.schedule == "all_tasks" and t.epoch_examples.to_dict() == {
     "sst": 0,
     "quora": 0,

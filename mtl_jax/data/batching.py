@@ -13,6 +13,10 @@ Why the shapes look like this:
   all tasks. Short batches of every task then meet in the same step, so most steps run
   at a short bucket (the step's length is the longest of any task); each example is
   still seen once per epoch.
+- Token balancing (the packed default): the examples of a group of K consecutive batches
+  are dealt into K batches of about equal tokens instead. A packed step's cost is its
+  fullest lane's rows, so steps of equal tokens pack into one shape with little room left
+  over (`mtl_jax.data.packing`); again each example is seen once per epoch.
 - Example order is a pure function of (seed, task, epoch), and a step's examples of the
   step number alone: resuming at step k replays exactly the batches an uninterrupted
   run would have seen.
@@ -200,11 +204,22 @@ def _stream(data: Encoded, start: int, count: int, seed: int, epoch_size: int = 
 
 
 def train_indices(
-  data: Encoded, step: int, count: int, seed: int, group_steps: int = 0, epoch_size: int = 0
+  data: Encoded,
+  step: int,
+  count: int,
+  seed: int,
+  group_steps: int = 0,
+  epoch_size: int = 0,
+  balance_steps: int = 0,
 ) -> np.ndarray:
   """Example indices of the task's batch number `step` (the train step, when every step
-  has a batch of every task); see the module docstring for grouping, `_stream` for
+  has a batch of every task); see the module docstring for length grouping (`group_steps`)
+  and token balancing (`balance_steps`; at most one of the two > 1), `_stream` for
   `epoch_size`."""
+  if balance_steps > 1:
+    group, position = divmod(step, balance_steps)
+    pool = _stream(data, group * balance_steps * count, balance_steps * count, seed, epoch_size)
+    return pool[deal_by_tokens(data.tokens[pool], balance_steps)[position]]
   if group_steps <= 1:
     return _stream(data, step * count, count, seed, epoch_size)
   group, position = divmod(step, group_steps)
@@ -213,6 +228,20 @@ def train_indices(
   # One order of the group's batches for every task, so that their lengths line up.
   rank = np.random.default_rng([seed, len(tasks.TASKS), group]).permutation(group_steps)[position]
   return by_length[rank]
+
+
+def deal_by_tokens(tokens: np.ndarray, parts: int, equal_sizes: bool = True) -> list[np.ndarray]:
+  """Positions 0..n-1 dealt into `parts` sorted groups of about equal total `tokens`: the
+  most tokens first, each to the group with the fewest so far (among those with room, when
+  `equal_sizes`: n/parts positions each, n a multiple of `parts`). Deterministic."""
+  size = len(tokens) // parts if equal_sizes else len(tokens)
+  groups: list[list[int]] = [[] for _ in range(parts)]
+  load = np.zeros(parts)
+  for i in np.argsort(-np.asarray(tokens), kind="stable"):
+    g = min((g for g in range(parts) if len(groups[g]) < size), key=load.__getitem__)
+    groups[g].append(int(i))
+    load[g] += tokens[i]
+  return [np.sort(np.asarray(g, np.int64)) for g in groups]
 
 
 def train_batch(
@@ -224,6 +253,7 @@ def train_batch(
   group_steps: int = 0,
   epoch_sizes: tuple[int, ...] = (),
   plan: packing.PackPlan | None = None,
+  balance_steps: int = 0,
 ) -> dict[str, np.ndarray]:
   """The step's batch: every task's arrays stacked on a leading task axis [T, S, ...].
 
@@ -240,7 +270,9 @@ def train_batch(
   sizes = epoch_sizes or (0,) * len(datasets)
   numbers = (step,) * len(datasets) if np.ndim(step) == 0 else tuple(step)
   chosen = [
-    train_indices(d, int(n), examples_per_batch(d, seqs_per_task), seed, group_steps, size)
+    train_indices(
+      d, int(n), examples_per_batch(d, seqs_per_task), seed, group_steps, size, balance_steps
+    )
     for d, n, size in zip(datasets, numbers, sizes, strict=True)
   ]
   length = bucket_length(
@@ -261,16 +293,9 @@ def train_batch(
 
 
 def split_examples(data: Encoded, indices: np.ndarray, parts: int) -> list[np.ndarray]:
-  """`indices` cut into `parts` groups of about equal tokens (longest example first, each
-  into the group with the fewest tokens so far; deterministic), each in batch order."""
-  tokens = data.tokens[indices]
-  groups: list[list[int]] = [[] for _ in range(parts)]
-  load = np.zeros(parts)
-  for i in np.argsort(-tokens, kind="stable"):
-    g = int(np.argmin(load))
-    groups[g].append(int(i))
-    load[g] += tokens[i]
-  return [indices[np.sort(np.asarray(g, np.int64))] for g in groups]
+  """`indices` cut into `parts` groups of about equal tokens (`deal_by_tokens`, any sizes),
+  each in batch order."""
+  return [indices[g] for g in deal_by_tokens(data.tokens[indices], parts, equal_sizes=False)]
 
 
 def eval_batches(

@@ -14,15 +14,17 @@ shape and every lane of a step must share it (the [K, R, L] stack that `vmap` ru
   L  of the `plan.lengths` that fit the step's longest sequence, the one whose R (below)
      computes the fewest tokens R * L;
   R  the most rows any lane needs (first-fit decreasing), rounded up to the next value of a
-     ladder of row counts (2, 4, ..., 16, then multiples of 4 up to 32, of 8 up to 64, of
-     16 up to 128, ...), and to a multiple of the device count, so the rows split evenly
-     over data-parallel devices.
+     ladder of row counts (1, 2, ..., 8, then even counts up to 16, multiples of 4 up to
+     32, of 8 up to 64, ...), and to a multiple of the device count, so the rows split
+     evenly over data-parallel devices.
   K  one lane per task, or with `plan.slots` several for the tasks with the most tokens:
      an SST step holds ~1.6x the tokens of a pair task's, and with one lane each every
      task would compute as many rows as SST. Slots split a task's examples into lanes of
      about equal tokens (`batching.train_batch`); the step sums a task's lanes back into
      its gradient (`mtl_jax.step`). `choose_slots` picks the split per run, by packing the
      run's first batches under a few candidates.
+With token balancing (`train.token_balancing`, `batching.train_indices`) every step holds
+about the same tokens, so nearly all steps take one shape.
 Everything is a pure function of the unpacked batch, which is itself a function of (seed,
 step), and of the training data: resuming replays exactly the same packed batches.
 """
@@ -69,19 +71,28 @@ class PackPlan:
 MIN_ROW_LENGTH = 64
 
 
+ROW_LENGTH_STEP = 16  # Between MIN_ROW_LENGTH and the largest bucket, row lengths step by this.
+
+
 def row_lengths(buckets: tuple[int, ...]) -> tuple[int, ...]:
-  """The packed row lengths of a run with these length buckets: the buckets from
-  MIN_ROW_LENGTH up (or the largest bucket, when all are shorter)."""
-  return tuple(b for b in sorted(buckets) if b >= min(MIN_ROW_LENGTH, max(buckets)))
+  """The packed row lengths of a run with these length buckets: every multiple of
+  ROW_LENGTH_STEP from MIN_ROW_LENGTH up to the largest bucket, and that bucket (alone,
+  when it is shorter). Finer than the buckets: a lane's R x L can then be close to its
+  tokens (7 x 80 where 6 x 96 was the nearest), and it is not padding per sequence."""
+  top = max(buckets)
+  steps = range(MIN_ROW_LENGTH, top, ROW_LENGTH_STEP)
+  return (*steps, top)
 
 
 def round_rows(needed: int, devices: int = 1) -> int:
-  """The smallest ladder value >= needed that is a multiple of `devices`. The ladder: steps
-  of 2 up to 16 (slots hold few rows each), of 4 up to 32, then of max(4, 2^(k-2)) in
-  (2^k, 2^(k+1)] (8 up to 64, 16 up to 128, ...): at most ~12% of rounding above 32 rows,
-  and few distinct counts."""
+  """The smallest ladder value >= needed that is a multiple of `devices`. The ladder: every
+  count up to 8 (slots hold few rows each, where one row is 1/8 or more), steps of 2 up to
+  16, of 4 up to 32, then of max(4, 2^(k-2)) in (2^k, 2^(k+1)] (8 up to 64, 16 up to
+  128, ...): at most ~12% of rounding above 32 rows, and few distinct counts."""
   needed = max(needed, 1)
-  if needed <= 16:
+  if needed <= 8:
+    step = 1
+  elif needed <= 16:
     step = 2
   elif needed <= 32:
     step = 4

@@ -74,6 +74,7 @@ class Schedule:
   # b_t, examples per batch of each task (batching.examples_per_batch of its data); () = the
   # bi-encoder layout (S sentences, S/2 pairs). Cross-encoded pairs fill a row each.
   batch_examples: tuple[int, ...] = ()
+  balance_steps: int = 0  # train.token_balancing.
 
   def __post_init__(self):
     if self.kind not in SCHEDULES:
@@ -95,10 +96,13 @@ def make(
   seed: int,
   group_steps: int = 0,
   batch_examples: tuple[int, ...] = (),
+  balance_steps: int = 0,
 ) -> Schedule:
   """The schedule for datasets of `sizes` examples, each capped at `caps` per epoch (0 = not)."""
   epoch_sizes = tuple(min(n, c) if c else n for n, c in zip(sizes, caps, strict=True))
-  return Schedule(kind, epoch_sizes, seqs_per_task, steps, seed, group_steps, tuple(batch_examples))
+  return Schedule(
+    kind, epoch_sizes, seqs_per_task, steps, seed, group_steps, tuple(batch_examples), balance_steps
+  )
 
 
 def batches_per_epoch(s: Schedule) -> np.ndarray:
@@ -182,20 +186,9 @@ def train_batch(
   Either way the length is the smallest bucket that fits the batch's longest sequence;
   with a `plan` (`mtl_jax.data.packing.PackPlan`) the token arrays are then packed."""
   if not s.one_task:
-    return batching.train_batch(
-      datasets, step, s.seqs_per_task, s.seed, buckets, s.group_steps, s.epoch_sizes, plan
-    )
+    return _draw(s, datasets, step, s.epoch_sizes, buckets, plan)
   task, number = step_task(s, step)
-  batch = batching.train_batch(
-    [datasets[task]],
-    number,
-    s.seqs_per_task,
-    s.seed,
-    buckets,
-    s.group_steps,
-    (s.epoch_sizes[task],),
-    plan,
-  )
+  batch = _draw(s, [datasets[task]], number, (s.epoch_sizes[task],), buckets, plan)
   return {**batch, "task": np.asarray(task, np.int32)}
 
 
@@ -208,15 +201,21 @@ def every_task_batch(
   the smallest bucket that fits them all."""
   if not s.one_task:
     return train_batch(datasets, step, s, buckets, plan)
+  return _draw(s, datasets, stream_positions(s, step), s.epoch_sizes, buckets, plan)
+
+
+def _draw(s: Schedule, datasets, numbers, epoch_sizes, buckets, plan) -> dict[str, np.ndarray]:
+  """`batching.train_batch` of batch number(s) `numbers` with the schedule's settings."""
   return batching.train_batch(
     datasets,
-    stream_positions(s, step),
+    numbers,
     s.seqs_per_task,
     s.seed,
     buckets,
     s.group_steps,
-    s.epoch_sizes,
+    epoch_sizes,
     plan,
+    s.balance_steps,
   )
 
 
