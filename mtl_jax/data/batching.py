@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import heapq
 
 import numpy as np
 
@@ -236,11 +237,12 @@ def deal_by_tokens(tokens: np.ndarray, parts: int, equal_sizes: bool = True) -> 
   `equal_sizes`: n/parts positions each, n a multiple of `parts`). Deterministic."""
   size = len(tokens) // parts if equal_sizes else len(tokens)
   groups: list[list[int]] = [[] for _ in range(parts)]
-  load = np.zeros(parts)
+  open_groups = [(0, g) for g in range(parts)]  # (tokens so far, group): a heap, ties by g.
   for i in np.argsort(-np.asarray(tokens), kind="stable"):
-    g = min((g for g in range(parts) if len(groups[g]) < size), key=load.__getitem__)
+    load, g = heapq.heappop(open_groups)
     groups[g].append(int(i))
-    load[g] += tokens[i]
+    if len(groups[g]) < size:
+      heapq.heappush(open_groups, (load + int(tokens[i]), g))
   return [np.sort(np.asarray(g, np.int64)) for g in groups]
 
 
