@@ -20,11 +20,13 @@ step, and `make_summed_step`, its one-gradient baseline) draw the trainer's mask
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
 from mtl_jax import grad as mtlgrad
 from mtl_jax import tasks
@@ -87,7 +89,7 @@ def _make_losses(model: multitask.MultitaskModel):
     params = multitask.merge(
       {k: v for k, v in trainable.items() if k != LOSS_WEIGHTING_KEY}, frozen
     )
-    perturbations = None if word_vectors is None else _nest(WORD_VECTORS, word_vectors)
+    perturbations = None if word_vectors is None else _unflat({WORD_VECTORS: word_vectors})
     outputs = multitask.apply(
       model,
       params,
@@ -167,7 +169,8 @@ def make_per_task_grads(model: multitask.MultitaskModel):
 
   def per_task(trainable, frozen, batch, task_ids, keys):
     lane_tasks, lane_keys, combine = lanes(batch, task_ids, keys)
-    table = _get(trainable, WORD_TABLE)
+    flat = _flat(trainable)
+    table = flat.pop(WORD_TABLE, None)
     if table is None:
       no_vectors = lambda *args: grad_fn(*args, None)
       (_, raw), (grads, _) = jax.vmap(no_vectors, in_axes=(None, None, 0, 0, 0))(
@@ -175,7 +178,7 @@ def make_per_task_grads(model: multitask.MultitaskModel):
       )
       return sum_lanes(combine, (raw, grads))
     ids = batch["input_ids"]
-    rest, frozen = _pop(trainable, WORD_TABLE), _put(frozen, WORD_TABLE, table)
+    rest, frozen = _unflat(flat), _unflat({**_flat(frozen), WORD_TABLE: table})
     zeros = jnp.zeros((*ids.shape, table.shape[-1]), table.dtype)
     (_, raw), (grads, vectors) = jax.vmap(grad_fn, in_axes=(None, None, 0, 0, 0, 0))(
       rest, frozen, batch, lane_tasks, lane_keys, zeros
@@ -185,36 +188,15 @@ def make_per_task_grads(model: multitask.MultitaskModel):
     lane_task = jnp.broadcast_to(lane_task.reshape(-1, *(1,) * (ids.ndim - 1)), ids.shape)
     table_grad = jnp.zeros((task_ids.shape[0], *table.shape), table.dtype)
     table_grad = table_grad.at[lane_task, ids].add(vectors)
-    return raw, _put(grads, WORD_TABLE, table_grad)
+    return raw, _unflat({**_flat(grads), WORD_TABLE: table_grad})
 
   return per_task
 
 
-def _get(tree: dict, path: tuple[str, ...]):
-  for key in path:
-    if not isinstance(tree, dict) or key not in tree:
-      return None
-    tree = tree[key]
-  return tree
-
-
-def _put(tree: dict, path: tuple[str, ...], value) -> dict:
-  """A copy of nested dict `tree` with `value` at `path`."""
-  head, *rest = path
-  return {**tree, head: _put(tree.get(head, {}), tuple(rest), value) if rest else value}
-
-
-def _pop(tree: dict, path: tuple[str, ...]) -> dict:
-  """A copy of nested dict `tree` without the leaf at `path` (and without emptied dicts)."""
-  head, *rest = path
-  if not rest:
-    return {k: v for k, v in tree.items() if k != head}
-  inner = _pop(tree[head], tuple(rest))
-  return {k: v for k, v in tree.items() if k != head} | ({head: inner} if inner else {})
-
-
-def _nest(path: tuple[str, ...], value) -> dict:
-  return _put({}, path, value)
+# Nested param dicts <-> {path tuple: leaf}, empty dicts kept (the trees' structure is the
+# optimizer state's).
+_flat = functools.partial(traverse_util.flatten_dict, keep_empty_nodes=True)
+_unflat = traverse_util.unflatten_dict
 
 
 def dropout_keys(seed: int, step, num_tasks: int) -> jax.Array:
