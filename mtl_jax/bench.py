@@ -283,6 +283,7 @@ def main(argv: list[str]) -> None:
 
     print(shard_memory.run(_MODES.value, _DEVICES.value, _MODEL.value))
     return
+  start = machine.cpu_times()
   peak = matmul_peak_flops()
   rows = []
   for mode in _MODES.value:
@@ -312,6 +313,7 @@ def main(argv: list[str]) -> None:
     [machine.machine_line(peak), model_line(_MODEL.value), shapes_line(rows, _REAL_LENGTHS.value)]
   )
   print("\n" + table(rows, peak, header))
+  print(machine.steal_line(start, machine.cpu_times()))
 
 
 if __name__ == "__main__":

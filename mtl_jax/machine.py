@@ -84,3 +84,32 @@ def machine_line(
     f"machine: {model} ({vector_isa(flags)}), {cores()} cores, {platform.system()} "
     f"{platform.machine()}, {versions(packages)}{peak}"
   )
+
+
+def cpu_times(stat: str = "/proc/stat") -> tuple[int, int] | None:
+  """(steal, total) CPU time in clock ticks since boot, from /proc/stat's "cpu" line; None
+  where there is no such file (not Linux) or it has no steal column."""
+  try:
+    with open(stat) as f:
+      fields = f.readline().split()
+  except OSError:
+    return None
+  if len(fields) < 9 or fields[0] != "cpu":
+    return None
+  ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+  return ticks[7], sum(ticks)
+
+
+def steal_line(start: tuple[int, int] | None, end: tuple[int, int] | None) -> str:
+  """ "CPU steal during this run: 30% ..." between two `cpu_times` readings, or "" when
+  either is missing.
+
+  Steal is time this VM's CPUs were ready to run but the host ran another guest: on the
+  shared hosts this project is lent, it was 0% on one day and 30% on another, and a step
+  time measured under it is that much slower and noisier. A table is only as good as its
+  steal share, so benchmarks print it under their table."""
+  if start is None or end is None or end[1] <= start[1]:
+    return ""
+  share = (end[0] - start[0]) / (end[1] - start[1])
+  note = " (timings noisy: compare only runs interleaved in time)" if share > 0.05 else ""
+  return f"CPU steal during this run: {100 * share:.0f}% of CPU time{note}"

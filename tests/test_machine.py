@@ -41,3 +41,27 @@ def test_importing_it_does_not_import_jax():
   )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "False"
+
+
+def _stat(tmp_path, name: str, cpu_line: str) -> str:
+  path = tmp_path / name
+  path.write_text(f"{cpu_line}\ncpu0 1 2 3 4 5 6 7 8 0 0\nintr 0\n")
+  return str(path)
+
+
+def test_steal_share_between_two_readings(tmp_path):
+  # user nice system idle iowait irq softirq steal guest guest_nice
+  start = machine.cpu_times(_stat(tmp_path, "a", "cpu  100 0 10 500 0 0 0 40 0 0"))
+  end = machine.cpu_times(_stat(tmp_path, "b", "cpu  700 0 50 700 0 0 0 340 0 0"))
+  assert start == (40, 650) and end == (340, 1790)
+  line = machine.steal_line(start, end)  # 300 of 1140 ticks stolen.
+  assert line.startswith("CPU steal during this run: 26% of CPU time") and "noisy" in line
+  quiet = machine.cpu_times(_stat(tmp_path, "c", "cpu  1700 0 50 700 0 0 0 341 0 0"))
+  assert machine.steal_line(end, quiet) == "CPU steal during this run: 0% of CPU time"
+
+
+def test_steal_is_left_out_where_it_cannot_be_read(tmp_path):
+  assert machine.cpu_times(str(tmp_path / "missing")) is None
+  assert machine.cpu_times(_stat(tmp_path, "short", "cpu  1 2 3 4")) is None
+  assert machine.steal_line(None, (1, 2)) == ""
+  assert machine.steal_line((5, 100), (5, 100)) == ""  # No time passed.

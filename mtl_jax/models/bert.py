@@ -8,6 +8,14 @@ Dense layers are `AdaptedDense`, so LoRA-style adapters appear as `.../lora` sub
 
 Pitfalls this file avoids: BERT's GELU is the exact erf form (`jax.nn.gelu` defaults to
 tanh); LayerNorm epsilon comes from the checkpoint's config (1e-12, not Flax's 1e-6).
+
+Between the embeddings and the encoder's output the hidden states are token-major
+[B * L, H], not [B, L, H] (attention alone views them as [B, L, heads, head_dim]): then
+every bias and LayerNorm parameter gradient is a sum over one token axis. XLA:CPU lowers a
+sum over the two axes (B, L) to a two-dimensional reduce-window that ran 10-13x slower
+(133 vs 10 ms for one [3, 64, 64, 1536] FFN bias gradient), and the per-task full
+fine-tuning step spent ~1.5 s in them; token-major made that step 25% faster (BENCHMARKS.md,
+"Where the time goes"). The values are the same: only the shapes changed.
 """
 
 from __future__ import annotations
@@ -97,8 +105,9 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask_bias: jax.Array, deterministic: bool) -> jax.Array:
+    """x: the tokens [B * L, H] (see `BertEncoder`); mask_bias [B, 1, 1 or L, L]."""
     cfg = self.config
-    b, l, h = x.shape
+    b, l, h = mask_bias.shape[0], mask_bias.shape[-1], x.shape[-1]
     head_dim = h // cfg.num_heads
 
     def heads(t):
@@ -111,11 +120,13 @@ class SelfAttention(nn.Module):
     # Softmax in float32 even when computing in bfloat16.
     probs = jax.nn.softmax(scores.astype(jnp.float32) + mask_bias, axis=-1).astype(cfg.dtype)
     probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, h)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b * l, h)
     return dense(cfg, self.layer, "attention_output", h)(context, deterministic)
 
 
 class EncoderLayer(nn.Module):
+  """One transformer layer on the tokens [B * L, H]; mask_bias [B, 1, 1 or L, L] gives B, L."""
+
   config: BertConfig
   layer: int
 
@@ -138,13 +149,17 @@ class EncoderLayer(nn.Module):
     y = dense(cfg, self.layer, "output", cfg.hidden_size)(y, deterministic)
     y = x + drop(y, deterministic=deterministic)
     if cfg.task_layers is not None:  # LN(attention out + FFN out + TS_task(layer input)).
+      b, l = mask_bias.shape[0], mask_bias.shape[-1]
       y = y + TaskLayer(cfg.task_layers, cfg.attention_dropout, cfg.dtype, name="task_layer")(
-        h_in, mask_bias, task, projections, deterministic
-      )
+        h_in.reshape(b, l, -1), mask_bias, task, projections, deterministic
+      ).reshape(y.shape)
     return norm("output_norm")(y).astype(cfg.dtype)
 
 
 class Embeddings(nn.Module):
+  """Word + position + token-type embeddings, LayerNorm, dropout: ids [B, L] -> the tokens
+  [B * L, H] (token-major, see the module docstring)."""
+
   config: BertConfig
 
   @nn.compact
@@ -163,7 +178,7 @@ class Embeddings(nn.Module):
       + embed("position_embeddings", cfg.max_position_embeddings)(positions)
       + embed("token_type_embeddings", cfg.type_vocab_size)(token_type_ids)
     )
-    x = nn.LayerNorm(cfg.layer_norm_eps, name="layer_norm")(x)
+    x = nn.LayerNorm(cfg.layer_norm_eps, name="layer_norm")(x.reshape(-1, cfg.hidden_size))
     return Dropout(cfg.hidden_dropout)(x, deterministic=deterministic).astype(cfg.dtype)
 
 
@@ -215,4 +230,4 @@ class BertEncoder(nn.Module):
     mask_bias = jnp.where(allowed, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
     for i in range(cfg.num_layers):
       x = EncoderLayer(cfg, i, name=f"layer_{i}")(x, mask_bias, deterministic, task, projections)
-    return x.astype(jnp.float32)
+    return x.reshape(*input_ids.shape, cfg.hidden_size).astype(jnp.float32)
