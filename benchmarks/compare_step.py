@@ -1,12 +1,15 @@
 """Variants of the train step, timed alternately in one process (so background load
 affects every variant alike). BENCHMARKS.md, "Where the time goes".
 
-  python -m benchmarks.compare_step lora|full [--variants xla|gelu] [--rounds 4]
-      (from the repo root)
+  python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder] [--rounds 4]
+      [--base REV]   (from the repo root)
 
 `xla`: the step compiled with different XLA:CPU options (YNNPACK fusions).
 `gelu`: BERT's exact GELU through erfc (`jax.nn.gelu(approximate=False)`) or through erf
 (mtl_jax.models.gelu), each compiled with the trainer's XLA options.
+`encoder`: the checkout's Flax BERT (mtl_jax/models/bert.py) against that file at git
+revision --base (e.g. `2c09f1c`, before the token-major hidden states), the rest of the
+step the same.
 The third fix, huge pages, needs a fresh process per variant; compare with
 `GLIBC_TUNABLES=glibc.malloc.hugetlb=0 python -m mtl_jax.bench ...` against the default.
 """
@@ -14,6 +17,10 @@ The third fix, huge pages, needs a fresh process per variant; compare with
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
+import subprocess
+import tempfile
 import time
 
 import jax
@@ -22,7 +29,7 @@ import numpy as np
 from configs import default
 from mtl_jax import train, xla_options
 from mtl_jax.bench import random_batch
-from mtl_jax.models import bert, gelu
+from mtl_jax.models import bert, gelu, multitask
 from mtl_jax.step import make_train_step
 
 XLA_VARIANTS = {
@@ -49,15 +56,38 @@ def compile_step(mode: str, options: dict):
   return step.lower(state, frozen, batch).compile(compiler_options=options), state, frozen, batch
 
 
+def encoder_at(rev: str):
+  """BertEncoder as mtl_jax/models/bert.py defines it at git revision `rev`."""
+  source = subprocess.run(
+    ["git", "show", f"{rev}:mtl_jax/models/bert.py"], capture_output=True, text=True, check=True
+  ).stdout
+  path = os.path.join(tempfile.mkdtemp(), "bert_at_rev.py")
+  with open(path, "w") as f:
+    f.write(source)
+  spec = importlib.util.spec_from_file_location("bert_at_rev", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.BertEncoder
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("mode", choices=["lora", "full"])
-  parser.add_argument("--variants", choices=["xla", "gelu"], default="xla")
+  parser.add_argument("--variants", choices=["xla", "gelu", "encoder"], default="xla")
+  parser.add_argument("--base", default="2c09f1c", help="git revision for --variants=encoder")
   parser.add_argument("--rounds", type=int, default=4)
   args = parser.parse_args()
   compiled = {}
   if args.variants == "xla":
     for name, options in XLA_VARIANTS.items():
+      compiled[name] = compile_step(args.mode, options)
+  elif args.variants == "encoder":
+    options = xla_options.train_step_options() or {}
+    for name, encoder in (
+      (f"bert.py at {args.base}", encoder_at(args.base)),
+      ("checkout", bert.BertEncoder),
+    ):
+      multitask.BertEncoder = encoder  # MultitaskModel.setup looks the class up.
       compiled[name] = compile_step(args.mode, options)
   else:
     for name, fn in GELU_VARIANTS.items():
