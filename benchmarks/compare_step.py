@@ -20,6 +20,7 @@ import argparse
 import importlib.util
 import os
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -66,6 +67,7 @@ def encoder_at(rev: str):
     f.write(source)
   spec = importlib.util.spec_from_file_location("bert_at_rev", path)
   module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # Its dataclasses look their module up.
   spec.loader.exec_module(module)
   return module.BertEncoder
 
