@@ -16,7 +16,14 @@ batch although only its task's rows carry gradient). The output starts with the 
 machine line as `mtl_jax.bench` (mtl_jax/machine.py; the peak is PyTorch's f32 matmul on
 --threads threads). Times are the median of --steps steps after 2 warm-up steps; the
 per-task variants include copying each task's gradient out (what PCGrad needs), not the
-projection itself.
+projection itself. Each timed round runs every variant once, in turn.
+
+`--with_jax`: mtl_jax's PCGrad step (`mtl_jax.bench.step_runner`, the bench's fixed-shape
+step) joins the rounds, alternating with the PyTorch steps in this one process: on a
+shared host whose load changes from minute to minute (BENCHMARKS.md: 2-23% CPU steal),
+this is the comparison that holds. Needs mtl_jax's dependencies and the .venv's jax in
+this environment (`pip install -e .` here, then `pip install torch==2.13.0 ...` as above),
+and set GLIBC_TUNABLES=glibc.malloc.hugetlb=1 as the trainer does (it then applies to both).
 
 `--real_lengths`: instead of random tokens at a fixed length, every step draws
 --seqs_per_task SST sentences and half as many Quora and STS pairs from the training files
@@ -105,17 +112,20 @@ def _mask(batch, task):
   return batch.get(f"{task}_mask", torch.ones_like(batch[task]))
 
 
-def timed(fn, steps: int, next_batch=None) -> float:
-  """Median step time over `steps` steps after 2 warm-up steps; `next_batch()` before each."""
-  times = []
+def timed(fns: dict, steps: int, next_batch=None) -> dict:
+  """{name: median step time} over `steps` rounds after 2 warm-up rounds; each round runs
+  every fn once, in turn (so a shared host's changing load falls on all alike), after
+  `next_batch()`."""
+  times = {name: [] for name in fns}
   for i in range(steps + 2):
     if next_batch is not None:
       next_batch()
-    start = time.perf_counter()
-    fn()
-    if i >= 2:
-      times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      fn()
+      if i >= 2:
+        times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _read_tsv(path: str, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -196,6 +206,7 @@ def main() -> None:
   parser.add_argument("--modes", default="lora,full")
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--variants", default="summed,per_task,fused", help="which (docstring)")
+  parser.add_argument("--with_jax", action="store_true", help="mtl_jax's step too (docstring)")
   parser.add_argument("--seqs_per_task", type=int, default=64)
   parser.add_argument("--length", type=int, default=64)
   parser.add_argument("--threads", type=int, default=2)
@@ -207,6 +218,8 @@ def main() -> None:
   unknown = sorted(set(args.variants.split(",")) - {"summed", "per_task", "fused"})
   if unknown:
     sys.exit(f"unknown --variants {unknown}: choose from fused, per_task, summed")
+  if args.with_jax and args.real_lengths:
+    sys.exit("--with_jax times the fixed-shape step only: leave out --real_lengths")
   start = machine.cpu_times()
   torch.set_num_threads(args.threads)
   torch.manual_seed(0)
@@ -261,9 +274,12 @@ def main() -> None:
       opt.step()
 
     variants = {"summed": summed, "per_task": per_task, "fused": fused}
-    for name in args.variants.split(","):
-      fn = variants[name]
-      step_s = timed(fn, args.steps, next_batch)
+    fns = {name: variants[name] for name in args.variants.split(",")}
+    if args.with_jax:  # mtl_jax's PCGrad step, alternating with the PyTorch steps.
+      from mtl_jax import bench
+
+      fns = {"mtl_jax pcgrad": bench.step_runner("pcgrad", mode, s, length), **fns}
+    for name, step_s in timed(fns, args.steps, next_batch).items():
       print(f"| {mode} | {name} | {step_s:.2f} | {examples / step_s:.1f} |", flush=True)
   if real:
     print(

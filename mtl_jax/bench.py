@@ -135,6 +135,51 @@ def real_batches(config, steps: int, positions: int) -> list[dict]:
   return [batches(k) for k in range(steps)]
 
 
+def _jitted_step(method: str, mode: str, seqs_per_task: int, model_path: str | None):
+  """(config, model, state, frozen, jitted step) of one bench configuration, 3 tasks."""
+  import jax
+
+  from configs import default
+  from mtl_jax import specs, train, xla_options
+  from mtl_jax.step import TrainState, make_summed_step, make_train_step
+
+  config = default.get_config()
+  config.model.path = model_path or config.model.path
+  config.adapter.kind = mode
+  config.grad.method = "sum" if method == "summed" else method
+  config.train.seqs_per_task = seqs_per_task
+  model, state, frozen, tx = train.init_state(config)
+  if method == "summed":
+    summed_tx = specs.base_optimizer(config)  # No task axis to combine.
+    state = TrainState(state.step, state.trainable, summed_tx.init(state.trainable))
+    step = make_summed_step(model, summed_tx, 3, config.seed)
+  else:
+    step = make_train_step(model, tx, (0, 1, 2), config.seed)
+  jitted = jax.jit(step, donate_argnums=(0,), compiler_options=xla_options.train_step_options())
+  return config, model, state, frozen, jitted
+
+
+def step_runner(method: str, mode: str, seqs_per_task: int = 64, length: int = 64, model_path=None):
+  """A function that runs one step of a fixed-shape bench configuration (compiled and warmed
+  up here), waits for it and returns its loss: for timing the step alternately with other work in one process
+  (`benchmarks/torch_reference.py --with_jax`), so that a shared host's changing load
+  falls on both alike."""
+  import jax
+
+  _, model, state, frozen, jitted = _jitted_step(method, mode, seqs_per_task, model_path)
+  batch = random_batch(3, seqs_per_task, length, model.config.vocab_size)
+  compiled = jitted.lower(state, frozen, batch).compile()
+  holder = [state]
+
+  def run() -> float:
+    holder[0], metrics = compiled(holder[0], frozen, batch)
+    jax.block_until_ready((holder[0], metrics))
+    return float(metrics["loss"])
+
+  run()
+  return run
+
+
 def run_one(
   method: str,
   mode: str,
@@ -149,25 +194,8 @@ def run_one(
   row of the table."""
   import jax
 
-  from configs import default
-  from mtl_jax import specs, train, xla_options
-  from mtl_jax.step import TrainState, make_summed_step, make_train_step
-
-  config = default.get_config()
-  config.model.path = model_path or config.model.path
-  config.adapter.kind = mode
-  config.grad.method = "sum" if method == "summed" else method
-  config.train.seqs_per_task = seqs_per_task
-  model, state, frozen, tx = train.init_state(config)
-  t = 3
-  batch = random_batch(t, seqs_per_task, length, model.config.vocab_size)
-  if method == "summed":
-    summed_tx = specs.base_optimizer(config)  # No task axis to combine.
-    state = TrainState(state.step, state.trainable, summed_tx.init(state.trainable))
-    step = make_summed_step(model, summed_tx, t, config.seed)
-  else:
-    step = make_train_step(model, tx, tuple(range(t)), config.seed)
-  jitted = jax.jit(step, donate_argnums=(0,), compiler_options=xla_options.train_step_options())
+  config, model, state, frozen, jitted = _jitted_step(method, mode, seqs_per_task, model_path)
+  batch = random_batch(3, seqs_per_task, length, model.config.vocab_size)
   # Warm-up: every distinct shape compiled (AOT, so its FLOPs are read), then run twice.
   step_batches = (
     real_batches(config, steps + 2, model.config.max_position_embeddings)

@@ -16,6 +16,16 @@ def test_run_one_reports_consistent_numbers(tiny_bert_dir, method):
   assert row["opt_state_mib"] * 2**20 >= 2 * 4 * row["trainable"]
 
 
+def test_step_runner_trains_one_step_per_call(tiny_bert_dir):
+  """What torch_reference.py --with_jax alternates with PyTorch's steps: each call is a
+  training step on the same batch from the state the previous call left, so the loss of
+  every call differs (a runner that re-ran its first state would repeat one loss)."""
+  run = bench.step_runner("pcgrad", "full", seqs_per_task=4, length=16, model_path=tiny_bert_dir)
+  losses = [run() for _ in range(3)]
+  assert all(loss == loss and loss > 0 for loss in losses)  # Finite, not NaN.
+  assert len(set(losses)) == 3
+
+
 def test_real_lengths_times_the_trainers_packed_batches(tiny_bert_dir):
   row = bench.run_one(
     "pcgrad",
