@@ -138,9 +138,10 @@ def test_two_processes_resume_after_sigterm_and_match_one_process(tiny_bert_dir,
   # Written once: the processes' checkpoint holds about the bytes of the one-process one,
   # not a copy per process (~2x). Not exactly: orbax adds metadata per process and chunks
   # replicated arrays over the processes' replicas, by timing (1.2-1.5x seen on LoRA runs,
-  # whose checkpoints are mostly metadata).
+  # whose checkpoints are mostly metadata; 1.03x and once 1.65x on this full fine-tuning
+  # run). A copy per process doubles data and metadata alike: >= 2x.
   sizes = [_size(d / "checkpoints" / str(STEPS)) for d in (multi, single)]
-  assert sizes[0] < 1.5 * sizes[1], sizes
+  assert sizes[0] < 1.9 * sizes[1], sizes
 
   results = [json.loads((d / "results.json").read_text()) for d in (multi, single)]
   assert results[0]["devices"] == results[1]["devices"] == 4
