@@ -37,9 +37,8 @@ except ImportError as e:
   sys.exit(f"{e.name} is not installed here: this comparison needs jax and torch (docstring)")
 
 
-def shapes(tasks: int, tokens_per_task: int, hidden: int, ffn: int) -> list[dict]:
-  """The step's dense matmuls: kind, (in, out) and how many a step runs (per encoder layer
-  x layers is left to the caller)."""
+def shapes(hidden: int, ffn: int) -> list[dict]:
+  """The dense matmuls of one encoder layer: kind, (in, out) and how many the layer runs."""
   out = []
   for (d_in, d_out), per_layer in (((hidden, hidden), 4), ((hidden, ffn), 1), ((ffn, hidden), 1)):
     for kind in ("forward x@W", "input grad g@W^T", "weight grad x^T g per task"):
@@ -95,7 +94,7 @@ def main() -> None:
   start = machine.cpu_times()
   torch.set_num_threads(args.threads)
   t, n = args.tasks, args.tokens_per_task
-  rows = shapes(t, n, args.hidden, args.ffn)
+  rows = shapes(args.hidden, args.ffn)
   for row in rows:
     row["fns"] = {
       "xla": jax_fn(row["kind"], t, n, row["in"], row["out"]),

@@ -79,6 +79,7 @@ def pooled(encoder, ids, mask=None):
 
 
 TASKS = ("sst", "quora", "sts")
+VARIANTS = ("summed", "per_task", "fused")
 
 
 def task_losses(encoder, heads, batch, tasks=TASKS, fused=False):
@@ -205,7 +206,7 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--modes", default="lora,full")
   parser.add_argument("--steps", type=int, default=10)
-  parser.add_argument("--variants", default="summed,per_task,fused", help="which (docstring)")
+  parser.add_argument("--variants", default=",".join(VARIANTS), help="which (docstring)")
   parser.add_argument("--with_jax", action="store_true", help="mtl_jax's step too (docstring)")
   parser.add_argument("--seqs_per_task", type=int, default=64)
   parser.add_argument("--length", type=int, default=64)
@@ -215,9 +216,9 @@ def main() -> None:
     "--data", default=os.path.join(os.path.dirname(__file__), "../../shared/data")
   )
   args = parser.parse_args()
-  unknown = sorted(set(args.variants.split(",")) - {"summed", "per_task", "fused"})
+  unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
   if unknown:
-    sys.exit(f"unknown --variants {unknown}: choose from fused, per_task, summed")
+    sys.exit(f"unknown --variants {unknown}: choose from {', '.join(VARIANTS)}")
   if args.with_jax and args.real_lengths:
     sys.exit("--with_jax times the fixed-shape step only: leave out --real_lengths")
   start = machine.cpu_times()

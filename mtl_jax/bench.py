@@ -159,11 +159,13 @@ def _jitted_step(method: str, mode: str, seqs_per_task: int, model_path: str | N
   return config, model, state, frozen, jitted
 
 
-def step_runner(method: str, mode: str, seqs_per_task: int = 64, length: int = 64, model_path=None):
+def step_runner(
+  method: str, mode: str, seqs_per_task: int = 64, length: int = 64, model_path: str | None = None
+):
   """A function that runs one step of a fixed-shape bench configuration (compiled and warmed
-  up here), waits for it and returns its loss: for timing the step alternately with other work in one process
-  (`benchmarks/torch_reference.py --with_jax`), so that a shared host's changing load
-  falls on both alike."""
+  up here), waits for it and returns its loss: for timing the step alternately with other
+  work in one process (`benchmarks/torch_reference.py --with_jax`), so that a shared host's
+  changing load falls on both alike."""
   import jax
 
   _, model, state, frozen, jitted = _jitted_step(method, mode, seqs_per_task, model_path)
