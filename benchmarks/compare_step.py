@@ -1,7 +1,7 @@
 """Variants of the train step, timed alternately in one process (so background load
 affects every variant alike). BENCHMARKS.md, "Where the time goes".
 
-  python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder] [--rounds 4]
+  python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder|gram] [--rounds 4]
       [--base REV]   (from the repo root)
 
 `xla`: the step compiled with different XLA:CPU options (YNNPACK fusions).
@@ -10,7 +10,9 @@ affects every variant alike). BENCHMARKS.md, "Where the time goes".
 `encoder`: the checkout's Flax BERT (mtl_jax/models/bert.py) against that file at git
 revision --base (e.g. `2c09f1c`, before the token-major hidden states), the rest of the
 step the same.
-The third fix, huge pages, needs a fresh process per variant; compare with
+`gram`: the methods' T x T Gram matrix as one [T, D] x [D, T] dot per leaf (before
+2026-12-01, fifth session) or as the checkout computes it (`mtl_jax.grad._tree.gram`).
+The huge-pages fix, huge pages, needs a fresh process per variant; compare with
 `GLIBC_TUNABLES=glibc.malloc.hugetlb=0 python -m mtl_jax.bench ...` against the default.
 """
 
@@ -30,6 +32,7 @@ import numpy as np
 from configs import default
 from mtl_jax import train, xla_options
 from mtl_jax.bench import random_batch
+from mtl_jax.grad import _tree
 from mtl_jax.models import bert, gelu, multitask
 from mtl_jax.step import make_train_step
 
@@ -43,6 +46,13 @@ XLA_VARIANTS = {
 GELU_VARIANTS = {
   "GELU via erfc": lambda x: jax.nn.gelu(x, approximate=False),
   "GELU via erf (ours)": gelu.exact_gelu,
+}
+
+GRAM_VARIANTS = {
+  "Gram as one dot per leaf": lambda g: jax.numpy.matmul(
+    g, g.T, precision=jax.lax.Precision.HIGHEST
+  ),
+  "Gram blocked (checkout)": _tree.gram,
 }
 
 
@@ -75,7 +85,7 @@ def encoder_at(rev: str):
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("mode", choices=["lora", "full"])
-  parser.add_argument("--variants", choices=["xla", "gelu", "encoder"], default="xla")
+  parser.add_argument("--variants", choices=["xla", "gelu", "encoder", "gram"], default="xla")
   parser.add_argument("--base", default="2c09f1c", help="git revision for --variants=encoder")
   parser.add_argument("--rounds", type=int, default=4)
   args = parser.parse_args()
@@ -91,6 +101,10 @@ def main() -> None:
     ):
       multitask.BertEncoder = encoder  # MultitaskModel.setup looks the class up.
       compiled[name] = compile_step(args.mode, options)
+  elif args.variants == "gram":
+    for name, fn in GRAM_VARIANTS.items():
+      _tree.gram = fn  # gram_tree looks the function up when it is traced.
+      compiled[name] = compile_step(args.mode, xla_options.train_step_options() or {})
   else:
     for name, fn in GELU_VARIANTS.items():
       bert.exact_gelu = fn  # The encoder looks the function up when it is traced.
