@@ -14,8 +14,9 @@ step the same.
 2026-12-01, fifth session) or as the checkout computes it (`mtl_jax.grad._tree.gram`).
 `dropout`: the dropout masks' random words from `jax.random.bits` or from
 `mtl_jax.models.dropout.random_words` (the same words, Threefry unrolled).
-The huge-pages fix, huge pages, needs a fresh process per variant; compare with
-`GLIBC_TUNABLES=glibc.malloc.hugetlb=0 python -m mtl_jax.bench ...` against the default.
+Every variant runs with huge pages, as the trainer does (mtl_jax/hugepages.py). That fix
+itself needs a fresh process per variant: compare
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=0 python -m mtl_jax.bench ...` with the default.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import jax
 import numpy as np
 
 from configs import default
-from mtl_jax import train, xla_options
+from mtl_jax import hugepages, machine, train, xla_options
 from mtl_jax.bench import random_batch
 from mtl_jax.grad import _tree
 from mtl_jax.models import bert, dropout, gelu, multitask
@@ -90,6 +91,7 @@ def encoder_at(rev: str):
 
 
 def main() -> None:
+  hugepages.reexec_with_huge_pages()  # As the trainer runs (mtl_jax/hugepages.py).
   parser = argparse.ArgumentParser()
   parser.add_argument("mode", choices=["lora", "full"])
   parser.add_argument(
@@ -123,6 +125,7 @@ def main() -> None:
       bert.exact_gelu = fn  # The encoder looks the function up when it is traced.
       compiled[name] = compile_step(args.mode, xla_options.train_step_options() or {})
   times = {name: [] for name in compiled}
+  cpu_start = machine.cpu_times()
   losses = {}
   for _ in range(args.rounds + 1):  # The first round warms up.
     for name, (fn, state, frozen, batch) in compiled.items():
@@ -136,6 +139,7 @@ def main() -> None:
       f"{args.mode:5s} {name:30s} median {np.median(times[name][1:]):.2f} s  "
       f"loss {losses[name]:.7f}"
     )
+  print(machine.steal_line(cpu_start, machine.cpu_times()))
 
 
 if __name__ == "__main__":
