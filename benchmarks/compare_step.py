@@ -1,7 +1,7 @@
 """Variants of the train step, timed alternately in one process (so background load
 affects every variant alike). BENCHMARKS.md, "Where the time goes".
 
-  python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder|gram|dropout] [--rounds 4]
+  python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder|gram] [--rounds 4]
       [--base REV]   (from the repo root)
 
 `xla`: the step compiled with different XLA:CPU options (YNNPACK fusions).
@@ -12,8 +12,6 @@ revision --base (e.g. `2c09f1c`, before the token-major hidden states), the rest
 step the same.
 `gram`: the methods' T x T Gram matrix as one [T, D] x [D, T] dot per leaf (before
 2026-12-01, fifth session) or as the checkout computes it (`mtl_jax.grad._tree.gram`).
-`dropout`: the dropout masks' random words from `jax.random.bits` or from
-`mtl_jax.models.dropout.random_words` (the same words, Threefry unrolled).
 Every variant runs with huge pages, as the trainer does (mtl_jax/hugepages.py). That fix
 itself needs a fresh process per variant: compare
 `GLIBC_TUNABLES=glibc.malloc.hugetlb=0 python -m mtl_jax.bench ...` with the default.
@@ -36,7 +34,7 @@ from configs import default
 from mtl_jax import hugepages, machine, train, xla_options
 from mtl_jax.bench import random_batch
 from mtl_jax.grad import _tree
-from mtl_jax.models import bert, dropout, gelu, multitask
+from mtl_jax.models import bert, gelu, multitask
 from mtl_jax.step import make_train_step
 
 XLA_VARIANTS = {
@@ -56,11 +54,6 @@ GRAM_VARIANTS = {
     g, g.T, precision=jax.lax.Precision.HIGHEST
   ),
   "Gram blocked (checkout)": _tree.gram,
-}
-
-DROPOUT_VARIANTS = {
-  "words by jax.random.bits": lambda key, n: jax.random.bits(key, (n,), jax.numpy.uint32),
-  "words unrolled (checkout)": dropout.random_words,
 }
 
 
@@ -94,9 +87,7 @@ def main() -> None:
   hugepages.reexec_with_huge_pages()  # As the trainer runs (mtl_jax/hugepages.py).
   parser = argparse.ArgumentParser()
   parser.add_argument("mode", choices=["lora", "full"])
-  parser.add_argument(
-    "--variants", choices=["xla", "gelu", "encoder", "gram", "dropout"], default="xla"
-  )
+  parser.add_argument("--variants", choices=["xla", "gelu", "encoder", "gram"], default="xla")
   parser.add_argument("--base", default="2c09f1c", help="git revision for --variants=encoder")
   parser.add_argument("--rounds", type=int, default=4)
   args = parser.parse_args()
@@ -112,13 +103,9 @@ def main() -> None:
     ):
       multitask.BertEncoder = encoder  # MultitaskModel.setup looks the class up.
       compiled[name] = compile_step(args.mode, options)
-  elif args.variants in ("gram", "dropout"):
-    module, attr, variants = {
-      "gram": (_tree, "gram", GRAM_VARIANTS),
-      "dropout": (dropout, "random_words", DROPOUT_VARIANTS),
-    }[args.variants]
-    for name, fn in variants.items():
-      setattr(module, attr, fn)  # Looked up when the step is traced.
+  elif args.variants == "gram":
+    for name, fn in GRAM_VARIANTS.items():
+      _tree.gram = fn  # gram_tree looks the function up when it is traced.
       compiled[name] = compile_step(args.mode, xla_options.train_step_options() or {})
   else:
     for name, fn in GELU_VARIANTS.items():
