@@ -102,11 +102,12 @@ def gram(g: jax.Array) -> jax.Array:
 
   Each row of ``g`` is cut into ``GRAM_BLOCKS`` pieces and ``G G^T`` is the sum of the
   diagonal blocks of the ``[T * 8, T * 8]`` product of the pieces. Why not one
-  ``[T, D] x [D, T]`` dot: XLA:CPU runs a dot with so few rows as one long running sum,
-  which for the bundled model's word-embedding gradient (D = 11.7M) was 2% off in float32
-  and 4x slower (~210 vs ~55 ms a step; `python -m benchmarks.compare_step full
-  --variants gram`); with 24 rows it is a blocked matrix product, accurate to float
-  rounding, and still bound by reading ``g`` once (the extra FLOPs are free).
+  ``[T, D] x [D, T]`` dot: compiled as the train step is (`mtl_jax.xla_options`), XLA:CPU
+  runs a dot with so few rows as one long running sum, which for the bundled model's
+  word-embedding gradient (D = 11.7M) was 2% off in float32 (and ~4x slower alone; within
+  noise in the whole step: `python -m benchmarks.compare_step full --variants gram`).
+  With 24 rows it is a blocked matrix product, accurate to float rounding, and still
+  bound by reading ``g`` once (the extra FLOPs are free).
   """
   t, d = g.shape
   g = jnp.pad(g, ((0, 0), (0, -d % GRAM_BLOCKS)))  # A no-op when D divides evenly.
