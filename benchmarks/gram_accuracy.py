@@ -20,6 +20,7 @@ LENGTHS = (589_824, 4_000_000, 11_796_480, 16_777_216)  # An FFN kernel ... word
 
 
 def one_dot(g: jax.Array) -> jax.Array:
+  """The Gram matrix as one [T, D] x [D, T] dot (mtl_jax before the blocked `_tree.gram`)."""
   return jnp.matmul(g, g.T, precision=jax.lax.Precision.HIGHEST)
 
 

@@ -56,16 +56,7 @@ def main() -> None:
   parser.add_argument("--top", type=int, default=40)
   parser.add_argument("--trace_dir", default=None)
   args = parser.parse_args()
-  _, model, state, frozen, jitted = bench._jitted_step("pcgrad", args.mode, 64, None)
-  batch = bench.random_batch(3, 64, 64, model.config.vocab_size)
-  compiled = jitted.lower(state, frozen, batch).compile()  # With the trainer's options.
-  holder = [state]
-
-  def run() -> None:
-    holder[0], metrics = compiled(holder[0], frozen, batch)
-    jax.block_until_ready((holder[0], metrics))
-
-  run()  # Warm-up.
+  run = bench.step_runner("pcgrad", args.mode)  # Compiled as the trainer compiles, warmed up.
   start, cpu_start = time.perf_counter(), machine.cpu_times()
   run()
   print(f"one step, not traced: {time.perf_counter() - start:.2f} s")
@@ -74,7 +65,7 @@ def main() -> None:
     for _ in range(args.steps):
       run()
   trace_file = glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True)[0]
-  rows = summarize(trace_file, output_shapes(compiled.as_text()), args.steps)
+  rows = summarize(trace_file, output_shapes(run.compiled.as_text()), args.steps)
   print(f"op events per step: {sum(r[0] for r in rows):.2f} s of thread time; trace: {trace_dir}")
   print("| s per step | ops | kind | output shape |\n| --- | --- | --- | --- |")
   for seconds, count, kind, shape in rows[: args.top]:

@@ -165,7 +165,8 @@ def step_runner(
   """A function that runs one step of a fixed-shape bench configuration (compiled and warmed
   up here), waits for it and returns its loss: for timing the step alternately with other
   work in one process (`benchmarks/torch_reference.py --with_jax`), so that a shared host's
-  changing load falls on both alike."""
+  changing load falls on both alike. Its `compiled` attribute is the compiled step (for its
+  HLO text: `benchmarks/profile_step.py`)."""
   import jax
 
   _, model, state, frozen, jitted = _jitted_step(method, mode, seqs_per_task, model_path)
@@ -179,6 +180,7 @@ def step_runner(
     return float(metrics["loss"])
 
   run()
+  run.compiled = compiled
   return run
 
 

@@ -24,6 +24,7 @@ def test_step_runner_trains_one_step_per_call(tiny_bert_dir):
   losses = [run() for _ in range(3)]
   assert all(loss == loss and loss > 0 for loss in losses)  # Finite, not NaN.
   assert len(set(losses)) == 3
+  assert "HloModule" in run.compiled.as_text()  # What benchmarks/profile_step.py reads.
 
 
 def test_real_lengths_times_the_trainers_packed_batches(tiny_bert_dir):
