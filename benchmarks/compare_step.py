@@ -4,7 +4,8 @@ affects every variant alike). BENCHMARKS.md, "Where the time goes".
   python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder|gram] [--rounds 4]
       [--base REV]   (from the repo root)
 
-`xla`: the step compiled with different XLA:CPU options (YNNPACK fusions).
+`xla`: the step compiled with different XLA:CPU options (YNNPACK fusions: all, individual
+matmuls only, none as the trainer compiles, reductions only).
 `gelu`: BERT's exact GELU through erfc (`jax.nn.gelu(approximate=False)`) or through erf
 (mtl_jax.models.gelu), each compiled with the trainer's XLA options.
 `encoder`: the checkout's Flax BERT (mtl_jax/models/bert.py) against that file at git
@@ -44,6 +45,7 @@ XLA_VARIANTS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
   },
   "no YNNPACK fusions": {"xla_cpu_experimental_ynn_fusion_type": ""},
+  "YNNPACK reductions only": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_REDUCE"},
 }
 GELU_VARIANTS = {
   "GELU via erfc": lambda x: jax.nn.gelu(x, approximate=False),
@@ -123,7 +125,7 @@ def main() -> None:
   for name in compiled:
     print(
       f"{args.mode:5s} {name:30s} median {np.median(times[name][1:]):.2f} s  "
-      f"loss {losses[name]:.7f}"
+      f"loss {losses[name]:.7f}  rounds: {' '.join(f'{t:.2f}' for t in times[name][1:])}"
     )
   print(machine.steal_line(cpu_start, machine.cpu_times()))
 
