@@ -18,6 +18,7 @@ if __name__ == "__main__":  # Before anything allocates: see mtl_jax/hugepages.p
 
   hugepages.reexec_with_huge_pages()
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -40,13 +41,22 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    config = _CONFIG.value
+  except flags.IllegalFlagValueError:  # get_config() returned None.
+    config = None
+  if not isinstance(config, ml_collections.ConfigDict):
+    sys.exit(
+      f"error: config file {_config_arg(sys.argv)}: get_config() returned "
+      f"{type(config).__name__}, not an ml_collections.ConfigDict"
+    )
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
   parallel.initialize_distributed()  # Before anything touches a device.
   compile_cache.enable()  # A second identical run loads its compiled steps from disk.
   try:
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    train.train_and_evaluate(config, _WORKDIR.value)
   except (
     ConfigError,
     DataError,

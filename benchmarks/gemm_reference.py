@@ -9,13 +9,14 @@ the bundled model: 12,288 tokens, hidden 384, FFN 1536; six dense layers per enc
 layer: query, key, value, attention output (H -> H), intermediate (H -> F), output
 (F -> H)) in both frameworks, f32, same threads, alternating shape by shape and round by
 round so that a shared host's changing load falls on both alike. It prints GFLOP/s per
-shape and the matmul seconds one step needs at those rates.
+shape and the matmul seconds one step needs at those rates, with numpy's bundled BLAS
+(OpenBLAS) as a third kernel: the rate a call from XLA into that library could reach.
 
 Needs jax and torch in one environment (neither installs the other for mtl_jax):
   /tmp/torch-venv/bin/pip install jax==<the .venv's version> jaxlib==<same>
   /tmp/torch-venv/bin/python benchmarks/gemm_reference.py [--rounds 7] [--threads 2]
 XLA compiles with the trainer's options (`mtl_jax.xla_options`); on the Xeon hosts of
-2026-12-01 it ran these matmuls at ~60% of PyTorch's (oneDNN/MKL) rate: BENCHMARKS.md.
+2026-12-01 it ran the step's matmuls at 0.82-0.92x of PyTorch's (MKL) rate: BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from mtl_jax import machine
 try:
   import jax
   import jax.numpy as jnp
+  import numpy as np
   import torch
 except ImportError as e:
   sys.exit(f"{e.name} is not installed here: this comparison needs jax and torch (docstring)")
@@ -75,6 +77,20 @@ def torch_fn(kind: str, tasks: int, n: int, d_in: int, d_out: int):
   return lambda: [gs[t].T @ xs[t] for t in range(tasks)]
 
 
+def numpy_fn(kind: str, tasks: int, n: int, d_in: int, d_out: int):
+  """The same matmul in numpy: its bundled BLAS (OpenBLAS), a third kernel for scale."""
+  rng = np.random.default_rng(0)
+  normal = lambda *shape: rng.standard_normal(shape, dtype=np.float32)
+  if kind.startswith("forward"):
+    x, w = normal(tasks * n, d_in), normal(d_in, d_out)
+    return lambda: x @ w
+  if kind.startswith("input"):
+    g, w = normal(tasks * n, d_out), normal(d_in, d_out)
+    return lambda: g @ w.T
+  xs, gs = normal(tasks, n, d_in), normal(tasks, n, d_out)
+  return lambda: [xs[t].T @ gs[t] for t in range(tasks)]
+
+
 def timed(fn) -> float:
   start = time.perf_counter()
   fn()
@@ -99,8 +115,9 @@ def main() -> None:
     row["fns"] = {
       "xla": jax_fn(row["kind"], t, n, row["in"], row["out"]),
       "torch": torch_fn(row["kind"], t, n, row["in"], row["out"]),
+      "numpy": numpy_fn(row["kind"], t, n, row["in"], row["out"]),
     }
-    row["times"] = {"xla": [], "torch": []}
+    row["times"] = {name: [] for name in row["fns"]}
     for fn in row["fns"].values():
       fn()  # Warm-up.
   for _ in range(args.rounds):
@@ -112,9 +129,12 @@ def main() -> None:
     f"{t} tasks x {n} tokens, hidden {args.hidden}, FFN {args.ffn}, f32, {args.threads} "
     f"threads; median of {args.rounds} interleaved rounds\n"
   )
-  print("| matmul | in -> out | per layer | XLA GFLOP/s | PyTorch GFLOP/s | XLA / PyTorch |")
-  print("|---|---|---|---|---|---|")
-  step = {"xla": 0.0, "torch": 0.0}
+  print(
+    "| matmul | in -> out | per layer | XLA GFLOP/s | PyTorch GFLOP/s | numpy GFLOP/s "
+    "| XLA / PyTorch |"
+  )
+  print("|---|---|---|---|---|---|---|")
+  step = {"xla": 0.0, "torch": 0.0, "numpy": 0.0}
   for row in rows:
     flops = 2 * t * n * row["in"] * row["out"]
     med = {name: statistics.median(ts) for name, ts in row["times"].items()}
@@ -123,11 +143,13 @@ def main() -> None:
     print(
       f"| {row['kind']} | {row['in']} -> {row['out']} | {row['count']} | "
       f"{flops / med['xla'] / 1e9:.0f} | {flops / med['torch'] / 1e9:.0f} | "
+      f"{flops / med['numpy'] / 1e9:.0f} | "
       f"{med['torch'] / med['xla']:.2f}x |"
     )
   print(
     f"\ndense matmuls of one step ({args.layers} layers): XLA {step['xla']:.2f} s, "
-    f"PyTorch {step['torch']:.2f} s ({step['torch'] / step['xla']:.2f}x)"
+    f"PyTorch {step['torch']:.2f} s ({step['torch'] / step['xla']:.2f}x), numpy "
+    f"{step['numpy']:.2f} s ({step['numpy'] / step['xla']:.2f}x)"
   )
   print(machine.steal_line(start, machine.cpu_times()))
 

@@ -272,8 +272,19 @@ def read_best(workdir: str) -> dict | None:
   path = os.path.join(workdir, BEST_JSON)
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      best = json.load(f)
+    problem = None if isinstance(best, dict) and "step" in best else "no step recorded"
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    problem = str(e)
+  if problem:
+    raise UnreadableCheckpointError(
+      f"{path}: damaged ({problem}); it says which checkpoint in {BEST_CHECKPOINT}/ is the "
+      f"best on dev: restore it, or delete it and {BEST_CHECKPOINT}/ to start that record "
+      "afresh"
+    )
+  return best
 
 
 def save_best(workdir: str, step: int, state: Any, metrics: dict) -> dict:

@@ -68,8 +68,11 @@ def read_lines(path: str) -> tuple[list[str], list[str] | None]:
   silently); in a pair file it is refused with its line number."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"input file {path} not found")
-  with open(path, encoding="utf-8") as f:
-    lines = [line.rstrip("\r\n") for line in f]
+  try:
+    with open(path, encoding="utf-8-sig") as f:
+      lines = [line.rstrip("\r\n") for line in f]
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not valid UTF-8: {e}") from None
   if not any(line.strip() for line in lines):
     raise ValueError(f"{path}: no sentences (empty file)")
   parts = [line.split("\t") for line in lines]

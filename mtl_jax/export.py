@@ -118,8 +118,7 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
   }
   model_dir = config.model.path
   _check_output(output, overwrite, (workdir, model_dir))
-  with open(os.path.join(workdir, "config.json")) as f:
-    run_config = json.load(f)
+  run_config = specs.read_run_config(workdir)
 
   parent = os.path.dirname(output)
   os.makedirs(parent, exist_ok=True)

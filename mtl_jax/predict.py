@@ -44,8 +44,11 @@ def read_input(path: str, task: str) -> TaskSplit:
   header = files.read_header(path)
   if "id" in header and all(c in header for c in wanted):
     return files.read_task_file(path, task, "input", has_labels=None, strict=True)
-  with open(path, encoding="utf-8") as f:
-    lines = f.read().splitlines()
+  try:
+    with open(path, encoding="utf-8-sig") as f:
+      lines = f.read().splitlines()
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}: not valid UTF-8: {e}") from None
   if not lines:
     raise DataError(f"{path}: empty file")
   parts = [line.split("\t") for line in lines]

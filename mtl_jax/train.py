@@ -150,8 +150,7 @@ def _check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> 
   try:
     if ckpt.latest_step() is not None:
       if os.path.isfile(config_path):
-        with open(config_path) as f:
-          saved = json.load(f)
+        saved = specs.read_run_config(workdir)
         for change in specs.adopt_saved(saved, config):
           logging.warning(
             "%s was trained before a key of today's config existed: resuming it "

@@ -12,7 +12,7 @@ from test_train import needs_data, read_metrics, tiny_config
 
 from configs import default
 from mtl_jax import specs, train
-from mtl_jax.checkpoint import BEST_CHECKPOINT, Checkpointer, read_best
+from mtl_jax.checkpoint import BEST_CHECKPOINT, Checkpointer, UnreadableCheckpointError, read_best
 
 
 def read_config(workdir: str) -> dict:
@@ -197,3 +197,10 @@ def test_reads_left_over_from_a_failed_restore_are_not_reported_but_other_errors
   checkpoint._ignore_reads_of_an_aborted_restore()
   assert not _never_retrieved_error_is_logged(orbax_file, caplog)
   assert _never_retrieved_error_is_logged(os.path.join(os.sep, "src", "mine.py"), caplog)
+
+
+@pytest.mark.parametrize("text", ['{"step": 1, "over', "[]", '{"overall": 0.5}'])
+def test_a_damaged_best_json_is_named_not_a_traceback(tmp_path, text):
+  (tmp_path / "best.json").write_text(text)
+  with pytest.raises(UnreadableCheckpointError, match=r"best\.json: damaged"):
+    read_best(str(tmp_path))

@@ -91,6 +91,34 @@ def test_multiline_quoted_field_line_numbers(tmp_path):
   assert "spans lines 6-7" in s.skipped[1][1]
 
 
+def test_unclosed_quote_that_takes_in_whole_rows_is_skipped_and_its_lines_reported(
+  tmp_path, caplog
+):
+  """The quote opens in sentence1 of line 3 and closes in line 6's sentence1: the record
+  has the right field count, but its field holds the rows of lines 4-5 (tabs)."""
+  d = quora(
+    tmp_path,
+    "0\tq1\tA?\tB?\t1.0\n",
+    '1\tq2\t"C?\tD?\t0.0\n',
+    "2\tq3\tE?\tF?\t0.0\n",
+    "3\tq4\tG?\tH?\t1.0\n",
+    '4\tq5\tI?"\tJ?\t0.0\n',
+    "5\tq6\tK?\tL?\t1.0\n",
+  )
+  s = load_split(d, "quora", "train")
+  assert s.ids == ["q1", "q6"]
+  assert s.skipped[0][0] == 3 and "holds a tab" in s.skipped[0][1]
+  assert "skipped 1 malformed rows (lines 3-6; 4 lines in all)" in caplog.text
+
+
+def test_byte_order_mark_is_ignored(tmp_path):
+  (tmp_path / "ids-sst-train.csv").write_text(
+    "id\tsentence\tsentiment\na1\tGood .\t4\n", encoding="utf-8-sig"
+  )
+  s = load_split(str(tmp_path), "sst", "train")
+  assert s.ids == ["a1"] and s.labels.tolist() == [4]
+
+
 @pytest.mark.parametrize(
   "task,label",
   [("sst", "5"), ("sst", "-1"), ("sst", "2.5"), ("quora", "2.0"), ("sts", "5.5"), ("sts", "nan")],

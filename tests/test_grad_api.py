@@ -121,6 +121,8 @@ def test_num_tasks_mismatch_and_bad_args():
     mtlgrad.pcgrad(reduction="max")
   with pytest.raises(ValueError):
     mtlgrad.cagrad(rescale=3)
+  with pytest.raises(ValueError, match="c must be >= 0"):
+    mtlgrad.cagrad(c=-1.0)
   with pytest.raises(ValueError):
     tx = mtlgrad.pcgrad(tasks=(0, 5))
     tx.update(_grads(), tx.init(PARAMS))

@@ -93,6 +93,14 @@ BAD = [
   ("train.checkpoint_every", -1),
   ("train.token_balancing", -1),
   ("train.length_grouping", 32),  # With token_balancing (16 by default): one regrouping.
+  ("seed", -1),
+  ("seed", 2**32),
+  ("model.max_length", 2),  # Room for [CLS] and [SEP] only.
+  ("model.max_length", 0),  # The tokenizer would not truncate at all.
+  ("model.max_length", -5),
+  ("train.weight_decay", -0.01),
+  ("train.grad_clip", -1.0),
+  ("train.keep_checkpoints", 0),
 ]
 
 
@@ -111,6 +119,7 @@ def test_bad_value_raises_config_error_naming_key(key, value):
     ("adapter.rank", 0, ["adapter", "rank"]),
     ("adapter.targets", ("query", "foo"), ["adapter", "foo"]),
     ("adapter.targets", (), ["adapter", "target"]),
+    ("adapter.alpha", 0.0, ["adapter", "alpha"]),
   ],
 )
 def test_bad_adapter_values(key, value, words):
@@ -118,6 +127,31 @@ def test_bad_adapter_values(key, value, words):
     specs.validate(_config(**{key: value}))
   for w in words:
     assert w in str(info.value)
+
+
+@needs_grad
+@pytest.mark.parametrize("layers", [(2,), (-1,), (0, 5)])
+def test_adapter_layers_outside_the_model_are_refused(tiny_bert_dir, layers):
+  """The tiny model has layers 0 and 1."""
+  config = _config(**{"model.path": tiny_bert_dir, "model.max_length": 32})
+  config.adapter.layers = layers
+  with pytest.raises(specs.ConfigError, match=r"adapter\.layers.*2 encoder layers"):
+    specs.validate(config)
+  config.adapter.kind = "full"  # No adapter: the key is unused.
+  specs.validate(config)
+
+
+@needs_grad
+def test_unpacked_buckets_past_the_position_table_are_refused(tiny_bert_dir):
+  """The tiny model has 64 positions; packed rows restart positions in every sequence."""
+  config = _config(**{"model.path": tiny_bert_dir, "model.max_length": 32})
+  config.train.length_buckets = (128,)
+  specs.validate(config)
+  config.train.packing = False
+  with pytest.raises(specs.ConfigError, match=r"train\.length_buckets: bucket 128 .*64"):
+    specs.validate(config)
+  config.train.length_buckets = (16, 32, 128)  # 128 is never used: 32 holds max_length.
+  specs.validate(config)
 
 
 @needs_grad
@@ -296,6 +330,20 @@ def test_upgrade_refuses_a_value_of_the_wrong_type(section, name, value):
   key = f"{section}.{name}" if section else name
   with pytest.raises(specs.ConfigError, match=re.escape(f"config.{key}")):
     specs.upgrade(saved)
+
+
+@pytest.mark.parametrize("text", ["{bad", "[1, 2]", "\xff"])
+def test_a_damaged_run_config_is_a_config_error_naming_the_file(tmp_path, text):
+  (tmp_path / "config.json").write_bytes(text.encode("latin-1"))
+  with pytest.raises(specs.ConfigError, match=re.escape(str(tmp_path / "config.json"))):
+    specs.saved_config(str(tmp_path))
+
+
+def test_config_file_without_get_config_is_named(tmp_path):
+  (tmp_path / "c.py").write_text("x = 1\n")
+  assert "defines no get_config()" in specs.config_file_problem(str(tmp_path / "c.py"))
+  (tmp_path / "d.py").write_text("from configs.default import get_config\n")
+  assert specs.config_file_problem(str(tmp_path / "d.py")) is None
 
 
 def test_saved_config_reads_a_workdir_and_upgrades_it(tmp_path):

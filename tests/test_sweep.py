@@ -202,6 +202,9 @@ def test_grid_names_and_overrides(tiny_bert_dir, tmp_path):
     (["--set", "train.steps=two"], "flag --config.train.steps=two"),
     (["--set", "train.steps"], "expected KEY=VALUE"),
     (["--set", "seed=1", "--set", "seed=2"], "seed given twice"),
+    (["--set", "grad.method=sum,bogus"], "a-method=bogus: config.grad.method: unknown"),
+    (["--plan", "--set", "train.steps=-3"], "a: config.train.steps: must be >= 1"),
+    (["--plan", "--seeds=-1"], "a-seed=-1: config.seed: must be an integer"),
   ],
 )
 def test_bad_sweep_stops_before_any_run(tiny_bert_dir, tmp_path, capsys, args, message):

@@ -19,7 +19,15 @@ sneak into training:
   * Missing file, missing column, empty file, unknown task/split: DataError.
   * Duplicate ids are kept (as the starter does) but logged as a warning,
     since predictions are keyed by id.
+  * A quote left open takes the lines up to the next quote into one field
+    (the starter's reader does the same). Such a record is skipped as
+    malformed when its field count is wrong or a field holds a tab (the
+    rows it took in): the log names the lines it covers, so rows are never
+    merged into a sentence or dropped silently. A quoted sentence that spans
+    lines without a tab is read, as by the starter. (The real files have no
+    record spanning lines.)
   * Fully blank lines are ignored, as csv.DictReader does.
+  * A UTF-8 byte order mark at the start of a file is ignored.
 Sentences are stripped (SST ones start with a space) but not lowercased: the
 tokenizer is uncased and does that itself.
 """
@@ -31,6 +39,7 @@ import csv
 import dataclasses
 import math
 import os
+import re
 
 import numpy as np
 from absl import logging
@@ -138,7 +147,7 @@ def read_task_file(
   labels: list[float | int] = []
   skipped: list[tuple[int, str]] = []
   try:
-    with open(path, encoding="utf-8", newline="") as fp:
+    with open(path, encoding="utf-8-sig", newline="") as fp:
       reader = csv.reader(fp, delimiter="\t")
       header = next(reader, None)
       if header is None:
@@ -155,9 +164,11 @@ def read_task_file(
           continue  # blank line; csv.DictReader skips these too
         where = f"{path}:{line}"
         try:
+          span = f" (record spans lines {line}-{end})" if end > line else ""
           if len(row) != len(header):
-            span = f" (record spans lines {line}-{end})" if end > line else ""
             raise _Skip(f"{len(row)} fields, expected {len(header)}{span}")
+          if any("\t" in field for field in row):
+            raise _Skip(f"a quoted field holds a tab: an unclosed quote took in later rows{span}")
           values = {c: row[i].strip() for c, i in col.items()}
           empty = [c for c in wanted if not values[c]]
           if empty:
@@ -198,18 +209,32 @@ def read_task_file(
 def read_header(path: str) -> list[str]:
   """The stripped column names of a tab-separated file's first line ([] if empty)."""
   try:
-    with open(path, encoding="utf-8", newline="") as fp:
+    with open(path, encoding="utf-8-sig", newline="") as fp:
       return [h.strip() for h in next(csv.reader(fp, delimiter="\t"), [])]
   except (csv.Error, UnicodeDecodeError) as e:
     raise DataError(f"{path}: unreadable: {e}") from None
 
 
+_SPAN = re.compile(r" \(record spans lines (\d+)-(\d+)\)")
+
+
+def _span(line: int, reason: str) -> tuple[int, int]:
+  """The first and last line of a skipped record."""
+  span = _SPAN.search(reason)
+  return (int(span.group(1)), int(span.group(2))) if span else (line, line)
+
+
 def _log_problems(name: str, ids: list[str], skipped: list[tuple[int, str]]) -> None:
   if skipped:
-    lines = ", ".join(str(n) for n, _ in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
-    reasons = "; ".join(sorted({r.split(" (")[0] for _, r in skipped}))
+    spans = [_span(n, r) for n, r in skipped]
+    shown = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans[:10])
+    shown += ", ..." if len(spans) > 10 else ""
+    covered = sum(b - a + 1 for a, b in spans)
+    if covered > len(spans):  # Some records spanned lines: say how many lines went.
+      shown += f"; {covered} lines in all"
+    reasons = "; ".join(sorted({_SPAN.sub("", r) for _, r in skipped}))
     logging.warning(
-      "%s: skipped %d malformed rows (lines %s): %s", name, len(skipped), lines, reasons
+      "%s: skipped %d malformed rows (lines %s): %s", name, len(skipped), shown, reasons
     )
   dups = [k for k, v in collections.Counter(ids).items() if v > 1]
   if dups:

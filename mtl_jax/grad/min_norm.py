@@ -103,6 +103,8 @@ def cagrad(
   """
   if rescale not in (0, 1, 2):
     raise ValueError(f"cagrad: rescale must be 0, 1 or 2, got {rescale!r}")
+  if not c >= 0:  # The radius of a ball; 0 is the average gradient.
+    raise ValueError(f"cagrad: c must be >= 0, got {c!r}")
   div = (1.0, 1.0 + c**2, 1.0 + c)[rescale]
 
   def weights_fn(a, key):

@@ -48,6 +48,8 @@ class LoraConfig:
       raise ValueError(f"unknown LoRA kind {self.kind!r}; expected one of {KINDS}")
     if self.rank < 1:
       raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+    if not self.alpha > 0:  # 0 switches the adapter off; a negative one only flips its sign.
+      raise ValueError(f"LoRA alpha must be > 0, got {self.alpha}")
     unknown = sorted(set(self.targets) - set(TARGETS))
     if unknown or not self.targets:
       raise ValueError(f"unknown LoRA targets {unknown or '(none)'}; choose from {TARGETS}")
