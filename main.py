@@ -26,7 +26,13 @@ from mtl_jax import compile_cache, parallel, train
 from mtl_jax.checkpoint import UnreadableCheckpointError
 from mtl_jax.data.files import DataError
 from mtl_jax.models.hf_io import CheckpointError
-from mtl_jax.specs import ConfigError, config_file_problem, unknown_key_message
+from mtl_jax.specs import (
+  ConfigError,
+  config_file_problem,
+  set_grad_kwargs,
+  take_grad_kwargs,
+  unknown_key_message,
+)
 from mtl_jax.workdir_lock import WorkdirError
 
 _WORKDIR = flags.DEFINE_string(
@@ -36,6 +42,7 @@ _CONFIG = config_flags.DEFINE_config_file(
   "config", "configs/default.py", "Training configuration (a configs/*.py file).", lock_config=True
 )
 flags.mark_flags_as_required(["workdir"])
+_GRAD_KWARGS = {}  # --config.grad.kwargs.NAME=VALUE (specs.take_grad_kwargs).
 
 
 def main(argv):
@@ -50,6 +57,10 @@ def main(argv):
       f"error: config file {_config_arg(sys.argv)}: get_config() returned "
       f"{type(config).__name__}, not an ml_collections.ConfigDict"
     )
+  try:
+    set_grad_kwargs(config, _GRAD_KWARGS)
+  except ConfigError as e:
+    sys.exit(f"error: {e}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -112,6 +123,9 @@ def run() -> None:
   problem = config_file_problem(config_path)
   if problem:
     sys.exit(f"error: {problem}")
+  # The method's arguments, added after parsing (config_flags reads sys.argv itself).
+  sys.argv[:], kwargs = take_grad_kwargs(sys.argv)
+  _GRAD_KWARGS.update(kwargs)
   try:
     app.run(main)
   except (AttributeError, KeyError) as e:

@@ -92,6 +92,39 @@ def _top_level_names(tree: ast.Module) -> set[str]:
   return names
 
 
+_GRAD_KWARG = "config.grad.kwargs."
+
+
+def take_grad_kwargs(argv: list[str]) -> tuple[list[str], dict]:
+  """Splits `--config.grad.kwargs.NAME=VALUE` off a command line: (the rest, {NAME: VALUE}).
+
+  A method's arguments are not keys of the config file (grad.kwargs is empty there, and
+  locked), so ml_collections would refuse them as unknown keys; `set_grad_kwargs` adds
+  them, and `grad_method` refuses a name the method does not take. VALUE is read as a
+  Python literal (0.4, (4, 1, 10), True), else kept as a string (mean)."""
+  rest, kwargs = [], {}
+  for arg in argv:
+    name, _, value = arg.lstrip("-").partition("=")
+    if arg.startswith("-") and name.startswith(_GRAD_KWARG) and _:
+      try:
+        kwargs[name[len(_GRAD_KWARG) :]] = ast.literal_eval(value)
+      except (ValueError, SyntaxError):
+        kwargs[name[len(_GRAD_KWARG) :]] = value
+    else:
+      rest.append(arg)
+  return rest, kwargs
+
+
+def set_grad_kwargs(config: ml_collections.ConfigDict, kwargs: dict) -> None:
+  """config.grad.kwargs.NAME = VALUE for each of `kwargs` (take_grad_kwargs), new or not."""
+  for name, value in kwargs.items():
+    try:
+      with config.unlocked():
+        config.grad.kwargs[name] = value
+    except (TypeError, ValueError, KeyError) as e:
+      raise ConfigError(f"config.grad.kwargs.{name}={value!r}: {e}") from None
+
+
 def _check(ok: bool, key: str, message: str) -> None:
   if not ok:
     raise ConfigError(f"config.{key}: {message}")

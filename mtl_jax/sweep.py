@@ -217,6 +217,7 @@ def load_config(path: str, overrides: Sequence[tuple[str, str]]) -> ml_collectio
   if REPO not in sys.path:  # Config files import `configs.default`, as they do under main.py.
     sys.path.insert(0, REPO)
   argv = ["main.py", f"--config={path}", *(f"--config.{k}={v}" for k, v in overrides)]
+  argv, grad_kwargs = specs.take_grad_kwargs(argv)  # As main.py: added after parsing.
   values = flags.FlagValues()
   try:
     config_flags.DEFINE_config_file(
@@ -235,6 +236,10 @@ def load_config(path: str, overrides: Sequence[tuple[str, str]]) -> ml_collectio
     raise SweepError(
       f"{path}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict"
     )
+  try:
+    specs.set_grad_kwargs(config, grad_kwargs)
+  except specs.ConfigError as e:
+    raise SweepError(f"{path}: {e}") from e
   return config
 
 

@@ -339,6 +339,24 @@ def test_a_damaged_run_config_is_a_config_error_naming_the_file(tmp_path, text):
     specs.saved_config(str(tmp_path))
 
 
+def test_grad_kwargs_from_the_command_line_are_added_to_the_config():
+  """grad.kwargs is empty and locked in a config file: the method's arguments are taken
+  off the command line and added after parsing (main.py and the sweep)."""
+  argv = ["main.py", "--config.grad.kwargs.c=0.2", "--config.train.steps=5"]
+  argv += ["--config.grad.kwargs.weights=(4, 1, 10)", "--config.grad.kwargs.reduction=mean"]
+  rest, kwargs = specs.take_grad_kwargs(argv)
+  assert rest == ["main.py", "--config.train.steps=5"]
+  assert kwargs == {"c": 0.2, "weights": (4, 1, 10), "reduction": "mean"}
+  config = _config(**{"grad.method": "cagrad"})
+  config.lock()
+  specs.set_grad_kwargs(config, {"c": 0.2})
+  assert config.grad.kwargs.c == 0.2
+  specs.validate(config)
+  specs.set_grad_kwargs(config, {"cc": 0.2})
+  with pytest.raises(specs.ConfigError, match="grad.kwargs.*'cc'"):
+    specs.validate(config)
+
+
 def test_config_file_without_get_config_is_named(tmp_path):
   (tmp_path / "c.py").write_text("x = 1\n")
   assert "defines no get_config()" in specs.config_file_problem(str(tmp_path / "c.py"))

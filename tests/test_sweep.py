@@ -218,6 +218,15 @@ def test_bad_sweep_stops_before_any_run(tiny_bert_dir, tmp_path, capsys, args, m
   assert not workdir.exists()
 
 
+def test_a_grid_over_a_gradient_method_argument(tiny_bert_dir, tmp_path):
+  config = write_config(tmp_path, "a", tiny_bert_dir)
+  runs = sweep.plan(
+    [config], ["grad.method=cagrad", "grad.kwargs.c=0.2,0.5"], str(tmp_path / "runs")
+  )
+  assert [r.config.grad.kwargs.c for r in runs] == [0.2, 0.5]
+  assert runs[1].command()[-1] == "--config.grad.kwargs.c=0.5"
+
+
 def test_configs_are_comma_separated_or_repeated(tiny_bert_dir, tmp_path, capsys):
   a, b = write_config(tmp_path, "a", tiny_bert_dir), write_config(tmp_path, "b", tiny_bert_dir)
   rest = [f"--workdir={tmp_path / 'runs'}", "--plan"]
