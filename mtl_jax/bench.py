@@ -291,7 +291,7 @@ def shapes_line(rows: list[dict], real_lengths: bool) -> str:
   )
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _ONE.value:
@@ -309,15 +309,18 @@ def main(argv: list[str]) -> None:
         )
       )
     )
-    return
+    return 0
   if _SHARDING.value:
     from mtl_jax import shard_memory
 
     print(shard_memory.run(_MODES.value, _DEVICES.value, _MODEL.value))
-    return
+    return 0
+  check_arguments(
+    _METHODS.value, _MODES.value, _SEQS_PER_TASK.value, _LENGTH.value, _STEPS.value, _MODEL.value
+  )
   start = machine.cpu_times()
   peak = matmul_peak_flops()
-  rows = []
+  rows, failed = [], []
   for mode in _MODES.value:
     for method in _METHODS.value:
       out = subprocess.run(
@@ -338,6 +341,7 @@ def main(argv: list[str]) -> None:
       )
       if out.returncode != 0:
         print(f"{method}:{mode} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+        failed.append(f"{method}:{mode}")
         continue
       rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
       print(f"done {method}:{mode}: {rows[-1]['step_s']:.2f} s/step", file=sys.stderr)
@@ -346,6 +350,44 @@ def main(argv: list[str]) -> None:
   )
   print("\n" + table(rows, peak, header))
   print(machine.steal_line(start, machine.cpu_times()))
+  if failed:
+    print(f"bench: {len(failed)} configuration(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1
+  return 0
+
+
+def check_arguments(
+  methods: list[str],
+  modes: list[str],
+  seqs_per_task: int,
+  length: int,
+  steps: int,
+  model_path: str | None,
+) -> None:
+  """app.UsageError for a value no configuration could run, before any is started: each
+  (method, mode) as the trainer's config check sees it, the model, --length, --steps."""
+  from configs import default
+  from mtl_jax import specs
+  from mtl_jax.models import hf_io
+
+  if steps < 1:
+    raise app.UsageError(f"--steps must be >= 1, got {steps}")
+  if not methods or not modes:
+    raise app.UsageError("--methods and --modes each need at least one name")
+  config = default.get_config()
+  config.model.path = model_path or config.model.path
+  try:
+    positions = hf_io.read_config(config.model.path).max_position_embeddings
+    specs.check_max_length(length, positions, "--length", config.model.path)
+    config.train.seqs_per_task = seqs_per_task
+    config.model.max_length, config.train.length_buckets = length, (length,)
+    for method in methods:
+      config.grad.method = "sum" if method == "summed" else method
+      for mode in modes:
+        config.adapter.kind = mode
+        specs.validate(config)
+  except (specs.ConfigError, hf_io.CheckpointError) as e:
+    raise app.UsageError(str(e)) from None
 
 
 if __name__ == "__main__":

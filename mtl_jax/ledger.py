@@ -139,7 +139,20 @@ def read(directory: str) -> list[dict]:
     ]
     if missing:
       raise LedgerError(f"{path}: not a ledger (missing columns {missing})")
-    return [_parse(r) for r in reader]
+    rows = []
+    for row in reader:
+      if None in row or None in row.values():  # Fields past the header, or too few.
+        fields = sum(v is not None for k, v in row.items() if k is not None)
+        raise LedgerError(
+          f"{path}, line {reader.line_num}: {fields + len(row.get(None, []))} fields for "
+          f"{len(reader.fieldnames)} columns: a damaged or cut-off row (restore the file "
+          "from git)"
+        )
+      try:
+        rows.append(_parse(row))
+      except ValueError as e:
+        raise LedgerError(f"{path}, line {reader.line_num}: {e}") from None
+    return rows
 
 
 def read_study(directory: str) -> dict:
@@ -362,4 +375,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  cli.run(main, FLAGS)
+  # Run as mtl_jax.ledger, the module the rest of the package imports: run as __main__,
+  # this file's LedgerError would be another class than the one mtl_jax.report raises.
+  from mtl_jax import ledger
+
+  cli.run(ledger.main, ledger.FLAGS)

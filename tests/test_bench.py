@@ -89,3 +89,24 @@ def test_without_a_summed_row_vs_summed_says_so_instead_of_nan():
 
 def test_model_line_names_the_layout(tiny_bert_dir):
   assert bench.model_line(tiny_bert_dir).endswith("(2 layers, hidden 32, 4 heads, vocab 128)")
+
+
+@pytest.mark.parametrize(
+  "change, message",
+  [
+    ({"methods": ["summed", "bogus"]}, "unknown multi-task gradient method 'bogus'"),
+    ({"modes": ["lora", "bogus"]}, "config.adapter.kind: 'bogus'"),
+    ({"steps": 0}, "--steps must be >= 1"),
+    ({"length": 65}, "--length=65 is above the max_position_embeddings=64"),
+    ({"seqs_per_task": 3}, "config.train.seqs_per_task"),
+    ({"model_path": "/no/such/model"}, "'/no/such/model' does not exist"),
+  ],
+)
+def test_bad_arguments_stop_the_bench_before_any_configuration_runs(tiny_bert_dir, change, message):
+  from absl import app
+
+  args = dict(methods=["summed", "pcgrad"], modes=["lora"], seqs_per_task=4, length=16, steps=1)
+  args["model_path"] = tiny_bert_dir
+  bench.check_arguments(**args)
+  with pytest.raises(app.UsageError, match=message):
+    bench.check_arguments(**{**args, **change})

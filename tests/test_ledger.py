@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 
 import pytest
 
@@ -204,6 +205,31 @@ def test_bad_ledger_and_baseline_stop_the_sweep(tmp_path, capsys):
   assert sweep_main(args + ["--ledger", str(tmp_path / "notes")]) == 2
   assert "not a ledger (missing columns" in capsys.readouterr().err
   assert not (tmp_path / "runs").exists()
+
+
+def test_report_on_a_damaged_ledger_is_one_line(tmp_path):
+  """Run as `python -m mtl_jax.ledger` (its module is then __main__, and mtl_jax.report
+  raises the LedgerError of mtl_jax.ledger)."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  (tmp_path / "notes").mkdir()
+  (tmp_path / "notes" / "results.csv").write_text("a,b\n1,2\n")
+  cut = tmp_path / "cut"
+  cut.mkdir()
+  text = open(os.path.join(repo, "results", "methods", "results.csv")).read()
+  (cut / "results.csv").write_text(text[: len(text) * 2 // 3])
+  for directory, message in (
+    (tmp_path / "notes", "not a ledger"),
+    (cut, "a damaged or cut-off row"),
+  ):
+    out = subprocess.run(
+      [sys.executable, "-m", "mtl_jax.ledger", "report", str(directory)],
+      cwd=repo,
+      capture_output=True,
+      text=True,
+      check=False,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("ledger: error: ") and message in out.stderr
 
 
 def test_model_path_is_compared_by_its_last_two_components(tmp_path):
