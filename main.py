@@ -116,6 +116,15 @@ def _config_line(path: str, error: BaseException) -> str:
   return f", line {lines[-1]}" if lines else ""
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag value (`--config.train.steps=abc`) or a missing
+  --workdir as one `error:` line instead of absl's FATAL message."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"error: {e}")
+
+
 def run() -> None:
   """app.run, with a config file that is missing, does not compile or fails in get_config,
   and ml_collections' error for an unknown --config key, each turned into one line."""
@@ -127,7 +136,7 @@ def run() -> None:
   sys.argv[:], kwargs = take_grad_kwargs(sys.argv)
   _GRAD_KWARGS.update(kwargs)
   try:
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
   except (AttributeError, KeyError) as e:
     if flags.FLAGS.is_parsed():  # Raised by the run itself: a real bug, keep the traceback.
       raise

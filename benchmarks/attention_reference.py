@@ -21,9 +21,9 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.gemm_reference import timed
 from mtl_jax import machine
 
 try:
@@ -70,12 +70,6 @@ def torch_fn(fused: bool, rate: float, batch: int, length: int, heads: int, head
     out.backward(cotangent)
 
   return run
-
-
-def timed(fn) -> float:
-  start = time.perf_counter()
-  fn()
-  return time.perf_counter() - start
 
 
 def main() -> None:

@@ -104,8 +104,8 @@ def take_grad_kwargs(argv: list[str]) -> tuple[list[str], dict]:
   Python literal (0.4, (4, 1, 10), True), else kept as a string (mean)."""
   rest, kwargs = [], {}
   for arg in argv:
-    name, _, value = arg.lstrip("-").partition("=")
-    if arg.startswith("-") and name.startswith(_GRAD_KWARG) and _:
+    name, equals, value = arg.lstrip("-").partition("=")
+    if arg.startswith("-") and name.startswith(_GRAD_KWARG) and equals:
       try:
         kwargs[name[len(_GRAD_KWARG) :]] = ast.literal_eval(value)
       except (ValueError, SyntaxError):

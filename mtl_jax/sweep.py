@@ -305,7 +305,11 @@ def finished(run: Run) -> dict | None:
   results, saved = (os.path.join(run.workdir, f) for f in (RESULTS_JSON, "config.json"))
   if not (os.path.isfile(results) and os.path.isfile(saved)):
     return None
-  if specs.resume_mismatches(specs.read_run_config(run.workdir), run.config):
+  try:
+    saved_config = specs.read_run_config(run.workdir)
+  except specs.ConfigError:  # Damaged: the run is started, and main.py's error names it.
+    return None
+  if specs.resume_mismatches(saved_config, run.config):
     return None
   with open(results) as f:
     return json.load(f)

@@ -32,6 +32,7 @@ def run_main(tmp_path, *overrides):
     ("--config.train.seqs_per_task=7", "config.train.seqs_per_task"),
     ("--config.data_dir=/no/such/dir", "/no/such/dir/ids-sst-train.csv"),
     ("--config.model.path=/no/such/model", "model directory '/no/such/model' does not exist"),
+    ("--config.train.steps=abc", "error: flag --config.train.steps=abc: invalid literal"),
     (
       "--config.grad.kwargs.cc=0.2",
       "config.grad.kwargs: sum_tasks() got an unexpected keyword argument 'cc'",
