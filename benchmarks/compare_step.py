@@ -1,7 +1,7 @@
 """Variants of the train step, timed alternately in one process (so background load
 affects every variant alike). BENCHMARKS.md, "Where the time goes".
 
-  python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder|gram] [--rounds 4]
+  python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder|gram|blas] [--rounds 4]
       [--base REV]   (from the repo root)
 
 `xla`: the step compiled with different XLA:CPU options (YNNPACK fusions: all, individual
@@ -11,6 +11,9 @@ matmuls only, none as the trainer compiles, reductions only).
 `encoder`: the checkout's Flax BERT (mtl_jax/models/bert.py) against that file at git
 revision --base (e.g. `2c09f1c`, before the token-major hidden states), the rest of the
 step the same.
+`blas`: full fine-tuning's dense-layer matmuls (forward, input and weight gradients) as
+XLA's dot (the trainer) or through numpy's BLAS by `jax.pure_callback` (a prototype of
+calling a BLAS from the step: BENCHMARKS.md, sixth session).
 `gram`: the methods' T x T Gram matrix as one [T, D] x [D, T] dot per leaf (before
 2026-12-01, fifth session) or as the checkout computes it (`mtl_jax.grad._tree.gram`).
 Every variant runs with huge pages, as the trainer does (mtl_jax/hugepages.py). That fix
@@ -28,7 +31,9 @@ import sys
 import tempfile
 import time
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import gram_accuracy
@@ -36,7 +41,7 @@ from configs import default
 from mtl_jax import hugepages, machine, train, xla_options
 from mtl_jax.bench import random_batch
 from mtl_jax.grad import _tree
-from mtl_jax.models import bert, gelu, multitask
+from mtl_jax.models import adapters, bert, gelu, multitask
 from mtl_jax.step import make_train_step
 
 XLA_VARIANTS = {
@@ -55,6 +60,42 @@ GELU_VARIANTS = {
 GRAM_VARIANTS = {
   "Gram as one dot per leaf": gram_accuracy.one_dot,
   "Gram blocked (checkout)": _tree.gram,
+}
+
+
+def _host_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a @ b computed by numpy (its bundled OpenBLAS), called from inside the compiled step."""
+  shape = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+  out = jax.ShapeDtypeStruct(shape, a.dtype)
+  return jax.pure_callback(np.matmul, out, a, b, vmap_method="broadcast_all")
+
+
+@jax.custom_vjp
+def _blas_dot(x, w):
+  return _host_matmul(x, w)
+
+
+def _blas_dot_bwd(residuals, g):
+  x, w = residuals  # x [tokens, in], g [tokens, out]; the task axis is vmap's.
+  return _host_matmul(g, w.T), _host_matmul(x.T, g)
+
+
+_blas_dot.defvjp(lambda x, w: (_host_matmul(x, w), (x, w)), _blas_dot_bwd)
+
+
+class BlasDense(adapters.AdaptedDense):
+  """A dense layer without adapter (full fine-tuning) whose three matmuls run in numpy."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    return _blas_dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+DENSE_VARIANTS = {
+  "XLA dot (trainer)": adapters.AdaptedDense,
+  "numpy BLAS via pure_callback": BlasDense,
 }
 
 
@@ -88,7 +129,9 @@ def main() -> None:
   hugepages.reexec_with_huge_pages()  # As the trainer runs (mtl_jax/hugepages.py).
   parser = argparse.ArgumentParser()
   parser.add_argument("mode", choices=["lora", "full"])
-  parser.add_argument("--variants", choices=["xla", "gelu", "encoder", "gram"], default="xla")
+  parser.add_argument(
+    "--variants", choices=["xla", "gelu", "encoder", "gram", "blas"], default="xla"
+  )
   parser.add_argument("--base", default="2c09f1c", help="git revision for --variants=encoder")
   parser.add_argument("--rounds", type=int, default=4)
   args = parser.parse_args()
@@ -104,6 +147,12 @@ def main() -> None:
     ):
       multitask.BertEncoder = encoder  # MultitaskModel.setup looks the class up.
       compiled[name] = compile_step(args.mode, options)
+  elif args.variants == "blas":
+    if args.mode != "full":
+      parser.error("--variants blas replaces dense layers without adapters: mode full only")
+    for name, dense_class in DENSE_VARIANTS.items():
+      bert.AdaptedDense = dense_class  # bert.dense looks the class up.
+      compiled[name] = compile_step(args.mode, xla_options.train_step_options() or {})
   elif args.variants == "gram":
     for name, fn in GRAM_VARIANTS.items():
       _tree.gram = fn  # gram_tree looks the function up when it is traced.
