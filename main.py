@@ -7,6 +7,7 @@ JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID), the same command 
 over all of their devices (mtl_jax.parallel).
 """
 
+import functools
 import logging as std_logging
 import os
 import signal
@@ -18,7 +19,6 @@ if __name__ == "__main__":  # Before anything allocates: see mtl_jax/hugepages.p
 
   hugepages.reexec_with_huge_pages()
 
-import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -29,7 +29,7 @@ from mtl_jax.models.hf_io import CheckpointError
 from mtl_jax.specs import (
   ConfigError,
   config_file_problem,
-  set_grad_kwargs,
+  loaded_config,
   take_grad_kwargs,
   unknown_key_message,
 )
@@ -42,23 +42,17 @@ _CONFIG = config_flags.DEFINE_config_file(
   "config", "configs/default.py", "Training configuration (a configs/*.py file).", lock_config=True
 )
 flags.mark_flags_as_required(["workdir"])
-_GRAD_KWARGS = {}  # --config.grad.kwargs.NAME=VALUE (specs.take_grad_kwargs).
 
 
-def main(argv):
+def main(argv, grad_kwargs: dict):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
-    config = _CONFIG.value
+    value = _CONFIG.value
   except flags.IllegalFlagValueError:  # get_config() returned None.
-    config = None
-  if not isinstance(config, ml_collections.ConfigDict):
-    sys.exit(
-      f"error: config file {_config_arg(sys.argv)}: get_config() returned "
-      f"{type(config).__name__}, not an ml_collections.ConfigDict"
-    )
+    value = None
   try:
-    set_grad_kwargs(config, _GRAD_KWARGS)
+    config = loaded_config(value, _config_arg(sys.argv), grad_kwargs)
   except ConfigError as e:
     sys.exit(f"error: {e}")
   logging.set_verbosity(logging.INFO)
@@ -133,10 +127,9 @@ def run() -> None:
   if problem:
     sys.exit(f"error: {problem}")
   # The method's arguments, added after parsing (config_flags reads sys.argv itself).
-  sys.argv[:], kwargs = take_grad_kwargs(sys.argv)
-  _GRAD_KWARGS.update(kwargs)
+  sys.argv[:], grad_kwargs = take_grad_kwargs(sys.argv)
   try:
-    app.run(main, flags_parser=_parse_flags)
+    app.run(functools.partial(main, grad_kwargs=grad_kwargs), flags_parser=_parse_flags)
   except (AttributeError, KeyError) as e:
     if flags.FLAGS.is_parsed():  # Raised by the run itself: a real bug, keep the traceback.
       raise

@@ -99,6 +99,14 @@ DENSE_VARIANTS = {
 }
 
 
+# --variants: (module, the name in it that the step looks up when traced, its values).
+PATCHED_NAMES = {
+  "blas": (bert, "AdaptedDense", DENSE_VARIANTS),  # bert.dense looks the class up.
+  "gram": (_tree, "gram", GRAM_VARIANTS),  # gram_tree looks the function up.
+  "gelu": (bert, "exact_gelu", GELU_VARIANTS),  # The encoder looks the function up.
+}
+
+
 def compile_step(mode: str, options: dict):
   """The PCGrad step on the bench's shapes (3 tasks x 64 sequences x 64 tokens)."""
   config = default.get_config()
@@ -135,31 +143,20 @@ def main() -> None:
   parser.add_argument("--base", default="2c09f1c", help="git revision for --variants=encoder")
   parser.add_argument("--rounds", type=int, default=4)
   args = parser.parse_args()
+  if args.variants == "blas" and args.mode != "full":
+    parser.error("--variants blas replaces dense layers without adapters: mode full only")
   compiled = {}
   if args.variants == "xla":
     for name, options in XLA_VARIANTS.items():
       compiled[name] = compile_step(args.mode, options)
-  elif args.variants == "encoder":
-    options = xla_options.train_step_options() or {}
-    for name, encoder in (
-      (f"bert.py at {args.base}", encoder_at(args.base)),
-      ("checkout", bert.BertEncoder),
-    ):
-      multitask.BertEncoder = encoder  # MultitaskModel.setup looks the class up.
-      compiled[name] = compile_step(args.mode, options)
-  elif args.variants == "blas":
-    if args.mode != "full":
-      parser.error("--variants blas replaces dense layers without adapters: mode full only")
-    for name, dense_class in DENSE_VARIANTS.items():
-      bert.AdaptedDense = dense_class  # bert.dense looks the class up.
-      compiled[name] = compile_step(args.mode, xla_options.train_step_options() or {})
-  elif args.variants == "gram":
-    for name, fn in GRAM_VARIANTS.items():
-      _tree.gram = fn  # gram_tree looks the function up when it is traced.
-      compiled[name] = compile_step(args.mode, xla_options.train_step_options() or {})
-  else:
-    for name, fn in GELU_VARIANTS.items():
-      bert.exact_gelu = fn  # The encoder looks the function up when it is traced.
+  else:  # The trainer's options; a name the step looks up when traced takes each value.
+    if args.variants == "encoder":  # MultitaskModel.setup looks the class up.
+      module, attribute = multitask, "BertEncoder"
+      variants = {f"bert.py at {args.base}": encoder_at(args.base), "checkout": bert.BertEncoder}
+    else:
+      module, attribute, variants = PATCHED_NAMES[args.variants]
+    for name, value in variants.items():
+      setattr(module, attribute, value)
       compiled[name] = compile_step(args.mode, xla_options.train_step_options() or {})
   times = {name: [] for name in compiled}
   cpu_start = machine.cpu_times()

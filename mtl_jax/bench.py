@@ -135,19 +135,26 @@ def real_batches(config, steps: int, positions: int) -> list[dict]:
   return [batches(k) for k in range(steps)]
 
 
-def _jitted_step(method: str, mode: str, seqs_per_task: int, model_path: str | None):
-  """(config, model, state, frozen, jitted step) of one bench configuration, 3 tasks."""
-  import jax
-
+def bench_config(method: str, mode: str, seqs_per_task: int, model_path: str | None):
+  """configs/default.py as one bench configuration runs it ("summed": grad.method sum)."""
   from configs import default
-  from mtl_jax import specs, train, xla_options
-  from mtl_jax.step import TrainState, make_summed_step, make_train_step
 
   config = default.get_config()
   config.model.path = model_path or config.model.path
   config.adapter.kind = mode
   config.grad.method = "sum" if method == "summed" else method
   config.train.seqs_per_task = seqs_per_task
+  return config
+
+
+def _jitted_step(method: str, mode: str, seqs_per_task: int, model_path: str | None):
+  """(config, model, state, frozen, jitted step) of one bench configuration, 3 tasks."""
+  import jax
+
+  from mtl_jax import specs, train, xla_options
+  from mtl_jax.step import TrainState, make_summed_step, make_train_step
+
+  config = bench_config(method, mode, seqs_per_task, model_path)
   model, state, frozen, tx = train.init_state(config)
   if method == "summed":
     summed_tx = specs.base_optimizer(config)  # No task axis to combine.
@@ -366,7 +373,6 @@ def check_arguments(
 ) -> None:
   """app.UsageError for a value no configuration could run, before any is started: each
   (method, mode) as the trainer's config check sees it, the model, --length, --steps."""
-  from configs import default
   from mtl_jax import specs
   from mtl_jax.models import hf_io
 
@@ -374,17 +380,14 @@ def check_arguments(
     raise app.UsageError(f"--steps must be >= 1, got {steps}")
   if not methods or not modes:
     raise app.UsageError("--methods and --modes each need at least one name")
-  config = default.get_config()
-  config.model.path = model_path or config.model.path
   try:
-    positions = hf_io.read_config(config.model.path).max_position_embeddings
-    specs.check_max_length(length, positions, "--length", config.model.path)
-    config.train.seqs_per_task = seqs_per_task
-    config.model.max_length, config.train.length_buckets = length, (length,)
+    path = bench_config(methods[0], modes[0], seqs_per_task, model_path).model.path
+    positions = hf_io.read_config(path).max_position_embeddings
+    specs.check_max_length(length, positions, "--length", path)
     for method in methods:
-      config.grad.method = "sum" if method == "summed" else method
       for mode in modes:
-        config.adapter.kind = mode
+        config = bench_config(method, mode, seqs_per_task, model_path)
+        config.model.max_length, config.train.length_buckets = length, (length,)
         specs.validate(config)
   except (specs.ConfigError, hf_io.CheckpointError) as e:
     raise app.UsageError(str(e)) from None

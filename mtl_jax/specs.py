@@ -115,6 +115,19 @@ def take_grad_kwargs(argv: list[str]) -> tuple[list[str], dict]:
   return rest, kwargs
 
 
+def loaded_config(value, path: str, grad_kwargs: dict) -> ml_collections.ConfigDict:
+  """What a --config file's get_config() returned (None if it returned None), checked to be
+  a ConfigDict, with the command line's grad kwargs added (take_grad_kwargs): main.py and
+  the sweep load config files the same way."""
+  if not isinstance(value, ml_collections.ConfigDict):
+    raise ConfigError(
+      f"config file {path}: get_config() returned {type(value).__name__}, "
+      "not an ml_collections.ConfigDict"
+    )
+  set_grad_kwargs(value, grad_kwargs)
+  return value
+
+
 def set_grad_kwargs(config: ml_collections.ConfigDict, kwargs: dict) -> None:
   """config.grad.kwargs.NAME = VALUE for each of `kwargs` (take_grad_kwargs), new or not."""
   for name, value in kwargs.items():

@@ -229,18 +229,13 @@ def load_config(path: str, overrides: Sequence[tuple[str, str]]) -> ml_collectio
   except flags.Error as e:
     raise SweepError(f"{path}: {e}") from e
   try:
-    config = values.config
+    value = values.config
   except flags.Error:  # get_config() returned None.
-    config = None
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise SweepError(
-      f"{path}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict"
-    )
+    value = None
   try:
-    specs.set_grad_kwargs(config, grad_kwargs)
+    return specs.loaded_config(value, path, grad_kwargs)
   except specs.ConfigError as e:
-    raise SweepError(f"{path}: {e}") from e
-  return config
+    raise SweepError(str(e)) from e
 
 
 def _slug(value: str) -> str:
