@@ -12,8 +12,9 @@ matmuls only, none as the trainer compiles, reductions only).
 revision --base (e.g. `2c09f1c`, before the token-major hidden states), the rest of the
 step the same.
 `blas`: full fine-tuning's dense-layer matmuls (forward, input and weight gradients) as
-XLA's dot (the trainer) or through numpy's BLAS by `jax.pure_callback` (a prototype of
-calling a BLAS from the step: BENCHMARKS.md, sixth session).
+XLA's dot (the trainer), through numpy's BLAS by `jax.pure_callback`, or through scipy's
+OpenBLAS by an XLA FFI custom call (benchmarks/sgemm_ffi.cc, built here with g++):
+prototypes of calling a BLAS from the step (BENCHMARKS.md, sixth and seventh sessions).
 `gram`: the methods' T x T Gram matrix as one [T, D] x [D, T] dot per leaf (before
 2026-12-01, fifth session) or as the checkout computes it (`mtl_jax.grad._tree.gram`).
 Every variant runs with huge pages, as the trainer does (mtl_jax/hugepages.py). That fix
@@ -24,6 +25,8 @@ itself needs a fresh process per variant: compare
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import importlib.util
 import os
 import subprocess
@@ -83,19 +86,73 @@ def _blas_dot_bwd(residuals, g):
 _blas_dot.defvjp(lambda x, w: (_host_matmul(x, w), (x, w)), _blas_dot_bwd)
 
 
-class BlasDense(adapters.AdaptedDense):
-  """A dense layer without adapter (full fine-tuning) whose three matmuls run in numpy."""
+@functools.cache
+def _register_ffi_sgemm() -> None:
+  """Builds benchmarks/sgemm_ffi.cc, hands it scipy's sgemm and registers it with XLA."""
+  import scipy.linalg.cython_blas
 
-  @nn.compact
-  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
-    return _blas_dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+  here = os.path.dirname(os.path.abspath(__file__))
+  library = os.path.join(tempfile.mkdtemp(), "sgemm_ffi.so")
+  subprocess.run(
+    ["g++", "-O2", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}"]
+    + [os.path.join(here, "sgemm_ffi.cc"), "-o", library, "-ldl"],
+    check=True,
+  )
+  lib = ctypes.cdll.LoadLibrary(library)
+  capsule = scipy.linalg.cython_blas.__pyx_capi__["sgemm"]
+  ctypes.pythonapi.PyCapsule_GetName.restype = ctypes.c_char_p
+  ctypes.pythonapi.PyCapsule_GetName.argtypes = [ctypes.py_object]
+  ctypes.pythonapi.PyCapsule_GetPointer.restype = ctypes.c_void_p
+  ctypes.pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+  name = ctypes.pythonapi.PyCapsule_GetName(capsule)
+  lib.mtl_set_sgemm.argtypes = [ctypes.c_void_p]
+  if not lib.mtl_set_sgemm(ctypes.pythonapi.PyCapsule_GetPointer(capsule, name)):
+    sys.exit("scipy's BLAS has no openblas_set_num_threads_local: the prototype needs OpenBLAS")
+  jax.ffi.register_ffi_target("mtl_sgemm", jax.ffi.pycapsule(lib.MtlSgemm), platform="cpu")
+
+
+def _ffi_matmul(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = False):
+  """op(a) @ op(b) by the FFI handler; vmap adds size-1 leading axes the handler broadcasts."""
+  _register_ffi_sgemm()
+  m = a.shape[-1] if trans_a else a.shape[-2]
+  n = b.shape[-2] if trans_b else b.shape[-1]
+  shape = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (m, n)
+  call = jax.ffi.ffi_call(
+    "mtl_sgemm", jax.ShapeDtypeStruct(shape, a.dtype), vmap_method="expand_dims"
+  )
+  return call(a, b, trans_a=np.bool_(trans_a), trans_b=np.bool_(trans_b))
+
+
+@jax.custom_vjp
+def _ffi_dot(x, w):
+  return _ffi_matmul(x, w)
+
+
+def _ffi_dot_bwd(residuals, g):
+  x, w = residuals
+  return _ffi_matmul(g, w, trans_b=True), _ffi_matmul(x, g, trans_a=True)
+
+
+_ffi_dot.defvjp(lambda x, w: (_ffi_matmul(x, w), (x, w)), _ffi_dot_bwd)
+
+
+def dense_with(dot):
+  """A dense layer without adapter (full fine-tuning) whose three matmuls run in `dot`."""
+
+  class Dense(adapters.AdaptedDense):
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+      kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
+      bias = self.param("bias", nn.initializers.zeros, (self.features,))
+      return dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
+
+  return Dense
 
 
 DENSE_VARIANTS = {
   "XLA dot (trainer)": adapters.AdaptedDense,
-  "numpy BLAS via pure_callback": BlasDense,
+  "numpy BLAS via pure_callback": dense_with(_blas_dot),
+  "OpenBLAS via XLA FFI": dense_with(_ffi_dot),
 }
 
 

@@ -15,8 +15,11 @@ shape and the matmul seconds one step needs at those rates, with numpy's bundled
 Needs jax and torch in one environment (neither installs the other for mtl_jax):
   /tmp/torch-venv/bin/pip install jax==<the .venv's version> jaxlib==<same>
   /tmp/torch-venv/bin/python benchmarks/gemm_reference.py [--rounds 7] [--threads 2]
-XLA compiles with the trainer's options (`mtl_jax.xla_options`); on the Xeon hosts of
-2026-12-01 it ran the step's matmuls at 0.82-0.92x of PyTorch's (MKL) rate: BENCHMARKS.md.
+XLA compiles with the trainer's options (`mtl_jax.xla_options`). After each call the
+script sleeps --pause seconds (untimed): a BLAS's worker threads spin for a while after a
+call (OpenBLAS's for up to ~0.1 s), and a kernel timed right after numpy's ran 1.4x slower
+(139 -> 96 GFLOP/s for XLA's forward at 12,288 x 384 x 1536), which made XLA look 1.3x
+slower than numpy's BLAS here before the pause was added (BENCHMARKS.md, seventh session).
 """
 
 from __future__ import annotations
@@ -106,6 +109,9 @@ def main() -> None:
   parser.add_argument("--layers", type=int, default=6)
   parser.add_argument("--rounds", type=int, default=7)
   parser.add_argument("--threads", type=int, default=2)
+  parser.add_argument(
+    "--pause", type=float, default=0.3, help="s of sleep after each call, untimed (docstring)"
+  )
   args = parser.parse_args()
   start = machine.cpu_times()
   torch.set_num_threads(args.threads)
@@ -124,6 +130,7 @@ def main() -> None:
     for row in rows:
       for name, fn in row["fns"].items():
         row["times"][name].append(timed(fn))
+        time.sleep(args.pause)
   print(machine.machine_line(None, ("jax", "jaxlib", "torch")))
   print(
     f"{t} tasks x {n} tokens, hidden {args.hidden}, FFN {args.ffn}, f32, {args.threads} "
