@@ -34,7 +34,6 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 from flax import traverse_util
-from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from mtl_jax import cli, specs
@@ -116,7 +115,7 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
     k: np.asarray(v, np.float32)
     for k, v in traverse_util.flatten_dict(jax.device_get(params["heads"]), sep="/").items()
   }
-  model_dir = config.model.path
+  model_dir = hf_io.local_dir(config.model.path)  # A Hub id's cached snapshot.
   _check_output(output, overwrite, (workdir, model_dir))
   run_config = specs.read_run_config(workdir)
 
@@ -156,7 +155,11 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
     info = {
       "format": "mtl_jax-export",
       "version": FORMAT_VERSION,
-      "source": {"workdir": os.path.abspath(workdir), "step": step, "model_path": model_dir},
+      "source": {
+        "workdir": os.path.abspath(workdir),
+        "step": step,
+        "model_path": config.model.path,
+      },
       "encoder": {
         "files": ["config.json", "model.safetensors"],
         "adapter": config.adapter.kind,
@@ -265,13 +268,11 @@ def _publish(tmp: str, output: str, overwrite: bool, protected: tuple[str, ...])
 
 def _pretrained_pooler(model_dir: str) -> dict[str, np.ndarray]:
   """The pretrained pooler.dense.{weight, bias}, HF names, or {} if the model has none."""
-  st = os.path.join(model_dir, "model.safetensors")
   out = {}
-  with safe_open(st, "np") as f:
-    for name in f.keys():
-      stripped = name[len("bert.") :] if name.startswith("bert.") else name
-      if stripped in ("pooler.dense.weight", "pooler.dense.bias"):
-        out[stripped] = np.ascontiguousarray(f.get_tensor(name), dtype=np.float32)
+  for name, tensor in hf_io.read_weights(model_dir)[0].items():
+    stripped = name[len("bert.") :] if name.startswith("bert.") else name
+    if stripped in ("pooler.dense.weight", "pooler.dense.bias"):
+      out[stripped] = np.ascontiguousarray(tensor, dtype=np.float32)
   return out if len(out) == 2 else {}
 
 

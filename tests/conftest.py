@@ -8,6 +8,7 @@ treat it as read-only.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -89,6 +90,19 @@ def write_tiny_bert(dirpath, ref: dict, rename=None, vocab: bool = True) -> str:
     with open(os.path.join(dirpath, "vocab.txt"), "w") as f:
       f.write("\n".join(VOCAB) + "\n")
   return str(dirpath)
+
+
+def shard_checkpoint(directory, tensors: dict, shards: int) -> None:
+  """Writes `tensors` as save_pretrained writes a large model: shards and their index."""
+  names = sorted(tensors)
+  weight_map = {}
+  for i in range(shards):
+    file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+    part = {n: tensors[n] for n in names[i::shards]}
+    save_file(part, os.path.join(directory, file))
+    weight_map.update(dict.fromkeys(part, file))
+  with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
+    json.dump({"metadata": {"total_size": 0}, "weight_map": weight_map}, f)
 
 
 def tiny_main_args(model_dir: str, workdir, *overrides: str) -> list[str]:

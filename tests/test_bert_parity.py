@@ -22,9 +22,11 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
-from conftest import write_tiny_bert
+from conftest import shard_checkpoint, write_tiny_bert
+from safetensors.numpy import load_file, save_file
 
 from mtl_jax.models import bert, hf_io
 
@@ -166,3 +168,56 @@ def test_pytorch_bin_only_is_rejected(tiny_ref, tmp_path):
   (d / "pytorch_model.bin").write_bytes(b"")
   with pytest.raises(hf_io.CheckpointError, match="model.safetensors"):
     hf_io.load_bert(str(d))
+
+
+def test_sharded_checkpoint_loads_as_the_single_file(tiny_ref, tiny_loaded, tmp_path):
+  path = write_tiny_bert(tmp_path / "sharded", tiny_ref, vocab=False)
+  single = os.path.join(path, "model.safetensors")
+  shard_checkpoint(path, load_file(single), shards=3)
+  os.remove(single)
+  config, params = hf_io.load_bert(path)
+  assert config == tiny_loaded[0]
+  jax.tree.map(np.testing.assert_array_equal, params, tiny_loaded[1])
+
+
+@pytest.mark.parametrize("damage", ["missing shard", "missing tensor", "not json"])
+def test_damaged_shard_index_is_one_clear_error(tiny_ref, tmp_path, damage):
+  path = write_tiny_bert(tmp_path / "sharded", tiny_ref, vocab=False)
+  single = os.path.join(path, "model.safetensors")
+  shard_checkpoint(path, load_file(single), shards=2)
+  os.remove(single)
+  index = os.path.join(path, "model.safetensors.index.json")
+  if damage == "missing shard":
+    os.remove(os.path.join(path, "model-00002-of-00002.safetensors"))
+    match = "model-00002-of-00002.safetensors not found"
+  elif damage == "missing tensor":
+    with open(index) as f:
+      data = json.load(f)
+    data["weight_map"]["bert.encoder.layer.9.output.dense.weight"] = (
+      "model-00001-of-00002.safetensors"
+    )
+    with open(index, "w") as f:
+      json.dump(data, f)
+    match = "lack them, e.g. 'bert.encoder.layer.9.output.dense.weight'"
+  else:
+    with open(index, "w") as f:
+      f.write('{"weight_map": ')
+    match = "not a readable shard index"
+  with pytest.raises(hf_io.CheckpointError, match=match):
+    hf_io.load_bert(path)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
+def test_half_precision_checkpoint_loads_as_float32(tiny_ref, tmp_path, dtype):
+  """Hub checkpoints are often saved in float16 or bfloat16; the encoder computes from
+  float32 copies of those values."""
+  path = write_tiny_bert(tmp_path / "half", tiny_ref, vocab=False)
+  single = os.path.join(path, "model.safetensors")
+  full = load_file(single)
+  save_file({k: v.astype(dtype) for k, v in full.items()}, single)
+  config, params = hf_io.load_bert(path)
+  kernel = params["layer_1"]["intermediate"]["kernel"]
+  expected = full["bert.encoder.layer.1.intermediate.dense.weight"].T.astype(dtype)
+  assert kernel.dtype == np.float32
+  np.testing.assert_array_equal(kernel, expected.astype(np.float32))
+  assert np.abs(kernel - full["bert.encoder.layer.1.intermediate.dense.weight"].T).max() > 0

@@ -16,6 +16,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import shard_checkpoint
 from flax import traverse_util
 from safetensors.numpy import load_file
 from test_train import needs_data, tiny_config
@@ -211,3 +212,14 @@ def test_cli_errors_are_one_line(tmp_path):
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
   assert not (tmp_path / "o").exists() and os.listdir(full) == ["x"]
+
+
+def test_pretrained_pooler_is_read_from_a_sharded_model(tiny_bert_dir, tmp_path):
+  """A base model saved in shards (model.safetensors.index.json) exports its pooler too."""
+  single = load_file(os.path.join(tiny_bert_dir, "model.safetensors"))
+  sharded = tmp_path / "sharded"
+  sharded.mkdir()
+  shard_checkpoint(str(sharded), single, shards=2)
+  pooler = export._pretrained_pooler(str(sharded))
+  assert sorted(pooler) == ["pooler.dense.bias", "pooler.dense.weight"]
+  np.testing.assert_array_equal(pooler["pooler.dense.weight"], single["bert.pooler.dense.weight"])

@@ -1,4 +1,5 @@
-"""Reading and writing Hugging Face BERT checkpoints (config.json + model.safetensors).
+"""Reading and writing Hugging Face BERT checkpoints (config.json + model.safetensors, or
+the shards a `model.safetensors.index.json` lists; float32, float16 or bfloat16 tensors).
 
 Name mapping, Hugging Face -> Flax (an optional `bert.` prefix is stripped; the pooler,
 `cls.*` pre-training heads and `position_ids` buffers are ignored):
@@ -22,6 +23,7 @@ import json
 import os
 import re
 
+import ml_dtypes  # noqa: F401  (numpy then knows bfloat16, which safetensors needs to read it)
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
@@ -82,6 +84,8 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _HUB_FILES = [
   "config.json",
   "model.safetensors",
+  "model.safetensors.index.json",
+  "model-*-of-*.safetensors",
   "vocab.txt",
   "tokenizer.json",
   "tokenizer_config.json",
@@ -166,20 +170,7 @@ def load_bert(path: str, **overrides) -> tuple[BertConfig, dict]:
   """
   path = local_dir(path)
   config = read_config(path, **overrides)
-  st = os.path.join(path, "model.safetensors")
-  if not os.path.isfile(st):
-    other = [
-      f
-      for f in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
-      if os.path.exists(os.path.join(path, f))
-    ]
-    found = f" (found {', '.join(other)})" if other else ""
-    raise CheckpointError(
-      f"{st} not found{found}. mtl_jax reads only safetensors; convert once with "
-      "`BertModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)` "
-      "in an environment that has PyTorch."
-    )
-  tensors = _load_safetensors(st)
+  tensors, st = read_weights(path)
   params: dict = {}
   for name, value in tensors.items():
     stripped = name[len("bert.") :] if name.startswith("bert.") else name
@@ -195,6 +186,60 @@ def load_bert(path: str, **overrides) -> tuple[BertConfig, dict]:
   if "embeddings" not in params or missing:
     raise CheckpointError(f"{st} lacks {missing or ['embeddings']}: not a complete BERT encoder")
   return config, params
+
+
+def read_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
+  """(HF name -> tensor as stored, the file to name in errors) of the model directory
+  `path`: model.safetensors, or the shards model.safetensors.index.json lists."""
+  single = os.path.join(path, "model.safetensors")
+  if os.path.isfile(single):
+    return _load_safetensors(single), single
+  index = os.path.join(path, "model.safetensors.index.json")
+  if os.path.isfile(index):
+    return _load_shards(index), index
+  other = [
+    f
+    for f in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
+    if os.path.exists(os.path.join(path, f))
+  ]
+  found = f" (found {', '.join(other)})" if other else ""
+  raise CheckpointError(
+    f"{single} not found{found}. mtl_jax reads only safetensors; convert once with "
+    "`BertModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)` "
+    "in an environment that has PyTorch."
+  )
+
+
+def _load_shards(index: str) -> dict[str, np.ndarray]:
+  """The tensors of a sharded checkpoint: every shard its index's weight_map names."""
+  try:
+    with open(index, encoding="utf-8") as f:
+      weight_map = json.load(f)["weight_map"]
+    shards = sorted(set(weight_map.values()))
+  except (
+    OSError,
+    UnicodeDecodeError,
+    json.JSONDecodeError,
+    KeyError,
+    TypeError,
+    AttributeError,
+  ) as e:
+    raise CheckpointError(
+      f"{index} is not a readable shard index ({type(e).__name__}: {e}): it needs a JSON "
+      '"weight_map" from tensor names to shard files; copy or download the model again'
+    ) from e
+  tensors: dict[str, np.ndarray] = {}
+  for shard in shards:
+    file = os.path.join(os.path.dirname(index), str(shard))
+    if not os.path.isfile(file):
+      raise CheckpointError(f"{file} not found: {index} lists it as a shard of the model")
+    tensors.update(_load_safetensors(file))
+  missing = sorted(set(weight_map) - set(tensors))
+  if missing:
+    raise CheckpointError(
+      f"{index} maps {len(missing)} tensor(s) to shards that lack them, e.g. {missing[0]!r}"
+    )
+  return tensors
 
 
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
