@@ -160,6 +160,34 @@ def test_tiny_padding_invariance(tiny_ref, tiny_loaded):
   assert d1 <= 1e-5, f"unpadded vs padded differ by {d1:.3e}"
 
 
+ACTIVATIONS = _load_npz("bert_activations.npz")  # scripts/make_activation_fixture.py
+
+
+@pytest.mark.parametrize("act", [str(a) for a in ACTIVATIONS["acts"]])
+def test_other_hidden_activations_match_hf(tiny_ref, tmp_path, act):
+  """A config.json naming another `hidden_act` gives BertModel's outputs with it, and the
+  export writes the name back."""
+  hf = json.loads(str(tiny_ref["config_json"]))
+  hf["hidden_act"] = act
+  path = write_tiny_bert(tmp_path / act, {**tiny_ref, "config_json": json.dumps(hf)}, vocab=False)
+  config, params = hf_io.load_bert(path)
+  assert config.hidden_act == act and config.to_hf()["hidden_act"] == act
+  args = (tiny_ref["input_ids"], tiny_ref["attention_mask"], tiny_ref["token_type_ids"])
+  out = _encode(config, params, *args)
+  want = ACTIVATIONS[f"last_hidden_state/{act}"]
+  assert _max_diff_real(out, want, tiny_ref["attention_mask"]) <= TOL
+  # The activation matters: BERT's GELU misses this reference (by 7e-4 for the tanh forms).
+  assert _max_diff_real(out, tiny_ref["last_hidden_state"], tiny_ref["attention_mask"]) > 5 * TOL
+
+
+def test_unknown_hidden_activation_names_the_ones_implemented(tiny_ref, tmp_path):
+  hf = json.loads(str(tiny_ref["config_json"]))
+  hf["hidden_act"] = "gelu_10"
+  path = write_tiny_bert(tmp_path / "odd", {**tiny_ref, "config_json": json.dumps(hf)}, vocab=False)
+  with pytest.raises(hf_io.CheckpointError, match="unsupported hidden_act 'gelu_10'.*quick_gelu"):
+    hf_io.load_bert(path)
+
+
 def test_pytorch_bin_only_is_rejected(tiny_ref, tmp_path):
   assert issubclass(hf_io.CheckpointError, ValueError)
   d = tmp_path / "bin_only"

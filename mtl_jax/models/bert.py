@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from mtl_jax.models.adapters import AdaptedDense, LoraConfig
 from mtl_jax.models.dropout import Dropout
-from mtl_jax.models.gelu import exact_gelu
+from mtl_jax.models.gelu import OTHER_ACTIVATIONS, exact_gelu
 from mtl_jax.models.task_layers import PalsProjections, TaskLayer, TaskLayerConfig
 
 
@@ -47,6 +47,7 @@ class BertConfig:
   layer_norm_eps: float = 1e-12
   hidden_dropout: float = 0.1
   attention_dropout: float = 0.1
+  hidden_act: str = "gelu"  # The feed-forward activation (mtl_jax/models/gelu.py).
   lora: LoraConfig | None = None
   task_layers: TaskLayerConfig | None = None  # PALs / low-rank task layers (task_layers.py).
   dtype: Any = jnp.float32  # Compute dtype; parameters stay float32.
@@ -54,8 +55,12 @@ class BertConfig:
   @classmethod
   def from_hf(cls, hf: dict, **overrides) -> BertConfig:
     """Builds a config from a Hugging Face BERT config.json dict."""
-    if hf.get("hidden_act", "gelu") != "gelu":
-      raise ValueError(f"unsupported hidden_act {hf['hidden_act']!r}: only BERT's exact 'gelu'")
+    act = hf.get("hidden_act", "gelu")
+    if act == "gelu_python":  # transformers' own erf GELU: the same function.
+      act = "gelu"
+    if act != "gelu" and act not in OTHER_ACTIVATIONS:
+      known = ", ".join(["gelu", "gelu_python", *OTHER_ACTIVATIONS])
+      raise ValueError(f"unsupported hidden_act {act!r}: mtl_jax implements {known}")
     if hf.get("position_embedding_type", "absolute") != "absolute":
       raise ValueError("only absolute position embeddings are supported")
     return cls(
@@ -69,6 +74,7 @@ class BertConfig:
       layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
       hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
       attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+      hidden_act=act,
       **overrides,
     )
 
@@ -77,7 +83,7 @@ class BertConfig:
     return {
       "architectures": ["BertModel"],
       "model_type": "bert",
-      "hidden_act": "gelu",
+      "hidden_act": self.hidden_act,
       "vocab_size": self.vocab_size,
       "hidden_size": self.hidden_size,
       "num_hidden_layers": self.num_layers,
@@ -145,7 +151,8 @@ class EncoderLayer(nn.Module):
     norm = lambda name: nn.LayerNorm(cfg.layer_norm_eps, dtype=jnp.float32, name=name)
     attn = SelfAttention(cfg, self.layer, name="attention")(x, mask_bias, deterministic)
     x = norm("attention_norm")(x + drop(attn, deterministic=deterministic)).astype(cfg.dtype)
-    y = exact_gelu(dense(cfg, self.layer, "intermediate", cfg.intermediate_size)(x, deterministic))
+    y = dense(cfg, self.layer, "intermediate", cfg.intermediate_size)(x, deterministic)
+    y = exact_gelu(y) if cfg.hidden_act == "gelu" else OTHER_ACTIVATIONS[cfg.hidden_act](y)
     y = dense(cfg, self.layer, "output", cfg.hidden_size)(y, deterministic)
     y = x + drop(y, deterministic=deterministic)
     if cfg.task_layers is not None:  # LN(attention out + FFN out + TS_task(layer input)).
