@@ -188,6 +188,22 @@ def test_unknown_hidden_activation_names_the_ones_implemented(tiny_ref, tmp_path
     hf_io.load_bert(path)
 
 
+def test_a_fine_tuned_models_task_head_is_ignored(tiny_ref, tiny_loaded, tmp_path):
+  """A BertForSequenceClassification / QuestionAnswering checkpoint from the Hub: its
+  `classifier.*` / `qa_outputs.*` tensors sit beside the encoder and are not read."""
+  path = write_tiny_bert(tmp_path / "classifier", tiny_ref, vocab=False)
+  single = os.path.join(path, "model.safetensors")
+  rng = np.random.default_rng(0)
+  heads = {
+    "classifier.weight": rng.normal(size=(2, 32)).astype(np.float32),
+    "classifier.bias": np.zeros(2, np.float32),
+    "qa_outputs.weight": rng.normal(size=(2, 32)).astype(np.float32),
+  }
+  save_file({**load_file(single), **heads}, single)
+  config, params = hf_io.load_bert(path)
+  jax.tree.map(np.testing.assert_array_equal, params, tiny_loaded[1])
+
+
 def test_pytorch_bin_only_is_rejected(tiny_ref, tmp_path):
   assert issubclass(hf_io.CheckpointError, ValueError)
   d = tmp_path / "bin_only"

@@ -1,8 +1,9 @@
 """Reading and writing Hugging Face BERT checkpoints (config.json + model.safetensors, or
 the shards a `model.safetensors.index.json` lists; float32, float16 or bfloat16 tensors).
 
-Name mapping, Hugging Face -> Flax (an optional `bert.` prefix is stripped; the pooler,
-`cls.*` pre-training heads and `position_ids` buffers are ignored):
+Name mapping, Hugging Face -> Flax (an optional `bert.` prefix is stripped; the pooler, the
+`position_ids` buffer and every tensor outside `embeddings.` and `encoder.` -- the `cls.*`
+pre-training heads, a fine-tuned model's `classifier.*` or `qa_outputs.*` -- are ignored):
 
   embeddings.{word,position,token_type}_embeddings.weight -> embeddings/<same>/embedding
   embeddings.LayerNorm.{weight|gamma, bias|beta}           -> embeddings/layer_norm/{scale, bias}
@@ -46,7 +47,8 @@ _LAYER_MODULES = {
   "output.LayerNorm": ("output_norm",),
 }
 _EMBEDDINGS = ("word_embeddings", "position_embeddings", "token_type_embeddings")
-_IGNORED = re.compile(r"^(pooler\.|cls\.|embeddings\.position_ids$)")
+# Tensors that are not the encoder's: its pooler and buffers, and any task head beside it.
+_IGNORED = re.compile(r"^(?!embeddings\.|encoder\.)|^embeddings\.position_ids$")
 _LEAF = {"weight": "kernel", "bias": "bias", "gamma": "scale", "beta": "bias"}
 
 
