@@ -128,6 +128,20 @@ def test_num_tasks_mismatch_and_bad_args():
     tx.update(_grads(), tx.init(PARAMS))
 
 
+@pytest.mark.parametrize("name", sorted(mtlgrad.METHODS))
+def test_updates_without_a_task_axis_are_refused_when_params_are_given(name):
+  """Gradients of one task (param shapes), whose leading sizes all happen to equal T, are
+  not a task stack: with the params at hand every method says so instead of combining."""
+  params = {"w": jnp.ones((T, 2)), "b": jnp.ones((T,))}
+  unstacked = jax.tree.map(lambda p: p * 2.0, params)
+  tx = optax.chain(_method(name), optax.sgd(0.1))
+  state = tx.init(params)
+  with pytest.raises(ValueError, match=r"\[T, \*param.shape\]; at \['b'\] the update is \(3,\)"):
+    tx.update(unstacked, state, params, task_losses=jnp.ones(T))
+  updates, _ = tx.update(_grads(params=params), state, params, task_losses=jnp.ones(T))
+  assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
+
+
 def _two(g1, g2):
   return {"w": jnp.stack([jnp.asarray(g1, jnp.float32), jnp.asarray(g2, jnp.float32)])}
 

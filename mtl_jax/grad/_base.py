@@ -53,10 +53,9 @@ def weighting_transform(
     )
 
   def update_fn(updates, state, params=None):
-    del params
     if not jax.tree.leaves(updates):
       return updates, state
-    _tree.check_num_tasks(_tree.num_tasks_of(updates), num_tasks, name)
+    _tree.checked_num_tasks(updates, params, num_tasks, name)
     key, sub = jax.random.split(state.key) if uses_key else (state.key, None)
     w, extra = weights_fn(_tree.gram_tree(updates), sub)
     stats = _tree.fill_stats(state.stats, task_weights=w, **extra)

@@ -32,11 +32,25 @@ def num_tasks_of(updates: Any) -> int:
   return int(t)
 
 
-def check_num_tasks(t: int, num_tasks: int | None, name: str) -> None:
+def checked_num_tasks(updates: Any, params: Any, num_tasks: int | None, name: str) -> int:
+  """T of the per-task `updates`, checked against the method's `num_tasks` and, when the
+  params come along with the same tree structure, against their shapes: updates without
+  a task axis whose leading sizes happen to agree would otherwise be combined silently."""
+  t = num_tasks_of(updates)
   if num_tasks is not None and t != num_tasks:
     raise ValueError(
       f"{name}: built with num_tasks={num_tasks} but the updates have a task axis of size {t}"
     )
+  if params is not None and jax.tree.structure(params) == jax.tree.structure(updates):
+    paths_and_updates = jax.tree_util.tree_flatten_with_path(updates)[0]
+    for (path, u), p in zip(paths_and_updates, jax.tree.leaves(params)):
+      if u.shape[1:] != jnp.shape(p):
+        raise ValueError(
+          f"{name}: per-task updates need the shape [T, *param.shape]; at "
+          f"{jax.tree_util.keystr(path)} the update is {u.shape} for a param of shape "
+          f"{jnp.shape(p)} (T={t}): stack one gradient per task, e.g. with jax.vmap"
+        )
+  return t
 
 
 def tasks_to_matrix(updates: Any) -> tuple[jax.Array, Callable[[jax.Array], Any]]:

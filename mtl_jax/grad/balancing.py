@@ -157,10 +157,9 @@ def nash_mtl(
     )
 
   def update_fn(updates, state, params=None):
-    del params
     if not jax.tree.leaves(updates):
       return updates, state
-    _tree.check_num_tasks(_tree.num_tasks_of(updates), num_tasks, "nash_mtl")
+    _tree.checked_num_tasks(updates, params, num_tasks, "nash_mtl")
     a = _tree.gram_tree(updates)
     fresh = _solvers.nash_weights(a, iters).astype(state.alpha.dtype)
     alpha = jnp.where(state.step % update_weights_every == 0, fresh, state.alpha)

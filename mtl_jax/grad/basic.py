@@ -17,8 +17,7 @@ def _reduce(fn, num_tasks, name):
     return _tree.EmptyState(stats={})
 
   def update_fn(updates, state, params=None):
-    del params
-    _tree.check_num_tasks(_tree.num_tasks_of(updates), num_tasks, name)
+    _tree.checked_num_tasks(updates, params, num_tasks, name)
     return jax.tree.map(fn, updates), state
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -76,8 +75,7 @@ def fixed(weights: Sequence[float], num_tasks: int | None = None) -> optax.Gradi
     return _tree.EmptyState(stats={})
 
   def update_fn(updates, state, params=None):
-    del params
-    t = _tree.num_tasks_of(updates)
+    t = _tree.checked_num_tasks(updates, params, None, "fixed")
     if t != w.shape[0]:
       raise ValueError(f"fixed: {w.shape[0]} weights but T={t} tasks")
     out = jax.tree.map(lambda u: jnp.tensordot(w.astype(u.dtype), u, axes=1), updates)

@@ -130,7 +130,7 @@ def dwa(
     )
 
   def update_fn(updates, state, params=None, *, task_losses=None, **extra_args):
-    del params, extra_args
+    del extra_args
     w = dwa_weights(state.last, state.before_last, state.windows, temperature)
     stats = _tree.fill_stats(state.stats, task_weights=w)
     if task_losses is None:
@@ -152,7 +152,7 @@ def dwa(
       )
     if not jax.tree.leaves(updates):  # e.g. no shared leaves under shared_only
       return updates, new_state
-    _tree.check_num_tasks(_tree.num_tasks_of(updates), num_tasks, "dwa")
+    _tree.checked_num_tasks(updates, params, num_tasks, "dwa")
     return _tree.combine_tree(w, updates), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -89,11 +89,9 @@ def _transform(coeff_fn, name, reduction, num_tasks, seed):
     return PCGradState(key=jax.random.PRNGKey(seed), stats=_tree.task_stats(num_tasks, _STATS))
 
   def update_fn(updates, state, params=None):
-    del params
     if not jax.tree.leaves(updates):
       return updates, state
-    t = _tree.num_tasks_of(updates)
-    _tree.check_num_tasks(t, num_tasks, name)
+    t = _tree.checked_num_tasks(updates, params, num_tasks, name)
     key, sub = jax.random.split(state.key)
     a = _tree.gram_tree(updates)
     c, n = coeff_fn(a, sub, t)
@@ -299,11 +297,9 @@ def gradvac(
     )
 
   def update_fn(updates, state, params=None):
-    del params
     if not jax.tree.leaves(updates):
       return updates, state
-    t = _tree.num_tasks_of(updates)
-    _tree.check_num_tasks(t, num_tasks, "gradvac")
+    t = _tree.checked_num_tasks(updates, params, num_tasks, "gradvac")
     key, sub = jax.random.split(state.key)
     a = _tree.gram_tree(updates)
     c, n, phi = gradvac_coefficients(a, state.phi.astype(a.dtype), random_orders(sub, t), beta, eps)

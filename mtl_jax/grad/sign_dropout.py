@@ -80,12 +80,10 @@ def graddrop(
     )
 
   def update_fn(updates, state, params=None):
-    del params
     leaves, treedef = jax.tree.flatten(updates)
     if not leaves:
       return updates, state
-    t = _tree.num_tasks_of(updates)
-    _tree.check_num_tasks(t, num_tasks, "graddrop")
+    t = _tree.checked_num_tasks(updates, params, num_tasks, "graddrop")
     lk = jnp.broadcast_to(jnp.asarray(leak, jnp.float32), (t,))
     key, sub = jax.random.split(state.key)
     outs, removed_sq, kept, nonzero = [], 0.0, 0.0, 0.0
