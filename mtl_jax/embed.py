@@ -1,6 +1,6 @@
 """Embed sentences with the pretrained or a fine-tuned encoder, from the command line.
 
-  python -m mtl_jax.embed --model=DIR --input=FILE.txt --output=OUT.npz [--max_length=128]
+  python -m mtl_jax.embed --model=DIR --input=FILE.txt --output=OUT.npz [--max_length=N]
   python -m mtl_jax.embed --workdir=WORKDIR --input=FILE.txt --output=OUT.npz \\
       [--pooling=mean] [--task=sst|quora|sts]
 
@@ -8,7 +8,9 @@ One sentence per line, or in a pair file, two tab-separated sentences per line, 
 [CLS] a [SEP] b [SEP] with token types. Row i of every output array is line i of the input:
 a blank line (or one of spaces only) in a sentence file is embedded as an empty sentence
 ([CLS] [SEP]), never dropped; a pair file has no place for one and is refused, naming the
-blank lines. --max_length above the model's max_position_embeddings is refused, naming both.
+blank lines. --max_length defaults to the run's model.max_length with --workdir, else to 128
+or the model's max_position_embeddings if fewer; above max_position_embeddings it is refused,
+naming both.
 Writes input_ids, attention_mask, token_type_ids [N, L] (right-padded to the longest line),
 last_hidden_state [N, L, H] float32 and pooled [N, H]. With --workdir (a training run) the
 fine-tuned encoder of its latest checkpoint is used (adapters applied) and its configured
@@ -46,7 +48,10 @@ _INPUT = flags.DEFINE_string(
 )
 _OUTPUT = flags.DEFINE_string("output", None, "Output .npz path.", flag_values=FLAGS)
 _MAX_LENGTH = flags.DEFINE_integer(
-  "max_length", 128, "Truncate to this many tokens.", flag_values=FLAGS
+  "max_length",
+  None,
+  "Truncate to this many tokens (default: the run's model.max_length, else at most 128).",
+  flag_values=FLAGS,
 )
 _POOLING = flags.DEFINE_enum(
   "pooling", None, POOLINGS, "Pooling (default: mean, or the run's).", flag_values=FLAGS
@@ -161,15 +166,20 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
     model, params, tokenizer = load_encoder(_MODEL.value, _WORKDIR.value, _POOLING.value)
+    max_length = _MAX_LENGTH.value
+    if max_length is None:
+      positions = model.config.max_position_embeddings
+      run = specs.read_run_config(_WORKDIR.value) if _WORKDIR.value else {}
+      max_length = run.get("model", {}).get("max_length") or min(128, positions)
     specs.check_max_length(
-      _MAX_LENGTH.value,
+      max_length,
       model.config.max_position_embeddings,
       "--max_length",
       _MODEL.value or _WORKDIR.value,
     )
     first, second = read_lines(_INPUT.value)
     arrays = embed(
-      model, params, tokenizer, first, second, _MAX_LENGTH.value, _BATCH_SIZE.value, _TASK.value
+      model, params, tokenizer, first, second, max_length, _BATCH_SIZE.value, _TASK.value
     )
   except (FileNotFoundError, ValueError) as e:  # Incl. CheckpointError, ConfigError.
     sys.exit(f"error: {e}")

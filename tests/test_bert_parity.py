@@ -204,6 +204,51 @@ def test_a_fine_tuned_models_task_head_is_ignored(tiny_ref, tiny_loaded, tmp_pat
   jax.tree.map(np.testing.assert_array_equal, params, tiny_loaded[1])
 
 
+@pytest.mark.parametrize(
+  "change, message",
+  [
+    ({"num_attention_heads": 3}, "hidden_size 32 is not a multiple of num_attention_heads 3"),
+    ({"num_attention_heads": 0}, "num_attention_heads must be a positive integer, got 0"),
+    ({"hidden_size": "32"}, "hidden_size must be a positive integer, got '32'"),
+    ({"intermediate_size": None}, "lacks 'intermediate_size', which a BERT config.json gives"),
+    (
+      {"vocab_size": 400},
+      r"word_embeddings/embedding: .* holds shape \(128, 32\), .* needs \(400, 32\)",
+    ),
+    ({"type_vocab_size": 3}, r"token_type_embeddings/embedding: .* holds shape \(2, 32\)"),
+    ({"num_hidden_layers": 1}, r"holds layer_1/.* no place for"),
+    ({"num_hidden_layers": 3}, r"lacks \['layer_2/"),
+  ],
+)
+def test_config_that_disagrees_with_itself_or_its_weights_is_one_error(
+  tiny_ref, tmp_path, change, message
+):
+  """Every tool reads a model through load_bert: a config.json whose sizes are impossible
+  or do not match the weights is named there (before: reshape or Flax shape tracebacks, or
+  an encoder silently cut to the layers the config names)."""
+  hf = {**json.loads(str(tiny_ref["config_json"])), **change}
+  hf = {k: v for k, v in hf.items() if v is not None}
+  path = write_tiny_bert(tmp_path / "odd", {**tiny_ref, "config_json": json.dumps(hf)}, vocab=False)
+  with pytest.raises(hf_io.CheckpointError, match=message):
+    hf_io.load_bert(path)
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tiny_ref, tmp_path):
+  """Ids past vocab_size would read NaN from JAX's gather (PyTorch raises IndexError)."""
+  from conftest import VOCAB
+
+  size = len(set(VOCAB)) - 1  # One word short of the tokenizer (VOCAB repeats a word).
+  hf = {**json.loads(str(tiny_ref["config_json"])), "vocab_size": size}
+  ref = {k: v for k, v in tiny_ref.items() if "word_embeddings" not in k}
+  ref["weights/bert.embeddings.word_embeddings.weight"] = tiny_ref[
+    "weights/bert.embeddings.word_embeddings.weight"
+  ][:size]
+  path = write_tiny_bert(tmp_path / "small_vocab", {**ref, "config_json": json.dumps(hf)})
+  hf_io.load_bert(path)  # The weights themselves are consistent.
+  with pytest.raises(hf_io.CheckpointError, match=f"has {size + 1} tokens but config.json's"):
+    hf_io.load_tokenizer(path)
+
+
 def test_pytorch_bin_only_is_rejected(tiny_ref, tmp_path):
   assert issubclass(hf_io.CheckpointError, ValueError)
   d = tmp_path / "bin_only"

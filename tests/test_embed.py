@@ -179,7 +179,10 @@ def test_load_encoder_needs_a_model():
 # --------------------------------------------------------------------------
 
 
-def test_cli_writes_npz(tiny_bert_dir, tmp_path, sentence_arrays):
+@pytest.mark.parametrize("max_length", [["--max_length", "32"], []])
+def test_cli_writes_npz(tiny_bert_dir, tmp_path, sentence_arrays, max_length):
+  """Without --max_length, the tiny model's 64 positions bound the default (128 is refused
+  for it); the sentences are shorter than either, so the arrays are the same."""
   inp = _write(tmp_path, "\n".join(SENTENCES) + "\n")
   out = tmp_path / "sub" / "out.npz"  # The directory does not exist yet.
   env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -194,8 +197,7 @@ def test_cli_writes_npz(tiny_bert_dir, tmp_path, sentence_arrays):
       inp,
       "--output",
       str(out),
-      "--max_length",
-      "32",
+      *max_length,
     ],
     cwd=REPO,
     env=env,

@@ -63,6 +63,17 @@ class BertConfig:
       raise ValueError(f"unsupported hidden_act {act!r}: mtl_jax implements {known}")
     if hf.get("position_embedding_type", "absolute") != "absolute":
       raise ValueError("only absolute position embeddings are supported")
+    sizes = ["vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads"]
+    sizes += ["intermediate_size", "max_position_embeddings", "type_vocab_size"]
+    for key in sizes:
+      value = hf.get(key, 1)  # A missing required key fails below, as a KeyError.
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be a positive integer, got {value!r}")
+    if hf["hidden_size"] % hf["num_attention_heads"]:
+      raise ValueError(
+        f"hidden_size {hf['hidden_size']} is not a multiple of num_attention_heads "
+        f"{hf['num_attention_heads']}"
+      )
     return cls(
       vocab_size=hf["vocab_size"],
       hidden_size=hf["hidden_size"],

@@ -26,6 +26,7 @@ import re
 
 import ml_dtypes  # noqa: F401  (numpy then knows bfloat16, which safetensors needs to read it)
 import numpy as np
+from flax import traverse_util
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
@@ -157,7 +158,9 @@ def read_config(path: str, **overrides) -> BertConfig:
     raise CheckpointError(f"{cfg_file}: model_type {hf.get('model_type')!r} is not 'bert'")
   try:
     return BertConfig.from_hf(hf, **overrides)
-  except (KeyError, ValueError) as e:
+  except KeyError as e:
+    raise CheckpointError(f"{cfg_file} lacks {e}, which a BERT config.json gives") from e
+  except ValueError as e:
     raise CheckpointError(f"{cfg_file}: {e}") from e
   except TypeError as e:  # A value of the wrong type, e.g. "hidden_size": "32".
     raise CheckpointError(f"{cfg_file}: a value has the wrong type ({e})") from e
@@ -184,10 +187,61 @@ def load_bert(path: str, **overrides) -> tuple[BertConfig, dict]:
     for key in path_[:-1]:
       node = node.setdefault(key, {})
     node[path_[-1]] = np.ascontiguousarray(value.T if transpose else value, dtype=np.float32)
-  missing = [f"layer_{i}" for i in range(config.num_layers) if f"layer_{i}" not in params]
-  if "embeddings" not in params or missing:
-    raise CheckpointError(f"{st} lacks {missing or ['embeddings']}: not a complete BERT encoder")
+  _check_shapes(params, config, st)
   return config, params
+
+
+def _encoder_shapes(c: BertConfig) -> dict[str, tuple[int, ...]]:
+  """Flax path -> shape of every encoder weight that config.json's architecture has."""
+  h, f = c.hidden_size, c.intermediate_size
+  shapes = {
+    "embeddings/word_embeddings/embedding": (c.vocab_size, h),
+    "embeddings/position_embeddings/embedding": (c.max_position_embeddings, h),
+    "embeddings/token_type_embeddings/embedding": (c.type_vocab_size, h),
+    "embeddings/layer_norm/scale": (h,),
+    "embeddings/layer_norm/bias": (h,),
+  }
+  dense = {
+    "attention/query": (h, h),
+    "attention/key": (h, h),
+    "attention/value": (h, h),
+    "attention/attention_output": (h, h),
+    "intermediate": (h, f),
+    "output": (f, h),
+  }
+  for i in range(c.num_layers):
+    for name, (d_in, d_out) in dense.items():
+      shapes[f"layer_{i}/{name}/kernel"] = (d_in, d_out)
+      shapes[f"layer_{i}/{name}/bias"] = (d_out,)
+    for norm in ("attention_norm", "output_norm"):
+      shapes[f"layer_{i}/{norm}/scale"] = (h,)
+      shapes[f"layer_{i}/{norm}/bias"] = (h,)
+  return shapes
+
+
+def _check_shapes(params: dict, config: BertConfig, source: str) -> None:
+  """Every tensor where config.json's architecture puts it, with its shape, and none
+  missing: a config.json that disagrees with its weights is named here, by every tool."""
+  expected = _encoder_shapes(config)
+  loaded = {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(params).items()}
+  extra = sorted(set(loaded) - set(expected))
+  if extra:
+    raise CheckpointError(
+      f"{source} holds {extra[0]} ({len(extra)} such tensor(s)), which the architecture of "
+      f"config.json ({config.num_layers} layers) has no place for: config.json and the "
+      "weights disagree"
+    )
+  for path, shape in expected.items():
+    if path in loaded and loaded[path] != shape:
+      raise CheckpointError(
+        f"{path}: {source} holds shape {loaded[path]}, config.json's architecture needs "
+        f"{shape}: config.json and the weights disagree"
+      )
+  missing = sorted(set(expected) - set(loaded))
+  if missing:
+    raise CheckpointError(
+      f"{source} lacks {missing[:3]} ({len(missing)} tensor(s)): not a complete BERT encoder"
+    )
 
 
 def read_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
@@ -292,4 +346,12 @@ def load_tokenizer(path: str):
   os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
   from transformers import BertTokenizerFast  # Slow import; only where needed.
 
-  return BertTokenizerFast.from_pretrained(path, local_files_only=True)
+  tokenizer = BertTokenizerFast.from_pretrained(path, local_files_only=True)
+  vocab_size = read_config(path).vocab_size
+  if len(tokenizer) > vocab_size:  # JAX's gather would give NaN for the ids past the table.
+    raise CheckpointError(
+      f"the tokenizer in {path} has {len(tokenizer)} tokens but config.json's vocab_size is "
+      f"{vocab_size}: ids past {vocab_size - 1} have no embedding; the tokenizer and the "
+      "weights do not belong together"
+    )
+  return tokenizer
