@@ -88,8 +88,12 @@ def predict_file(workdir: str, task: str, input_path: str, output_path: str) -> 
   )
   mesh = parallel.make_mesh()
   predict_fn = parallel.data_parallel(evaluate.make_predict_fn(model), mesh, 0)
+  # Batched as the run's own evaluation: packed if it trained packed (then no batch is
+  # padded to a bucket past the model's position table).
+  plan = specs.pack_plan(config, mesh.size, for_eval=True)
+  buckets = tuple(config.train.length_buckets)
   preds = evaluate.predict_split(
-    predict_fn, params, data, config.eval.seqs_per_batch, tuple(config.train.length_buckets)
+    predict_fn, params, data, config.eval.seqs_per_batch, buckets, plan
   )
   evaluate.write_task_predictions(output_path, data, preds)
   if split.labels is None:

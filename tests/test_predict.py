@@ -18,8 +18,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_bert_dir, tmp_path_factory):
+  """A packed run whose longest bucket (128) is past the tiny model's 64 positions, as a
+  packed run may have: predict must batch as the run evaluated (packed), since an unpacked
+  batch padded to 128 gave NaN hidden states (all-zero classes, a NaN STS error)."""
   workdir = str(tmp_path_factory.mktemp("run"))
-  config = tiny_config(tiny_bert_dir, steps=2)
+  config = tiny_config(tiny_bert_dir, steps=2, length_buckets=(8, 128))
+  config.model.max_length = 48
+  assert config.train.packing
   train.train_and_evaluate(config, workdir)
   return workdir
 
