@@ -118,6 +118,11 @@ def embed(
       f"this run has task-specific {model.config.task_layers.kind} layers "
       f"(adapter.task_layers): give the task whose encoder to use, one of {TASKS}"
     )
+  if second is not None and model.config.type_vocab_size < 2:
+    raise ValueError(
+      "sentence pairs are encoded with token type 1 for the second sentence, but the model "
+      f"has type_vocab_size={model.config.type_vocab_size}: embed one sentence a line"
+    )
   task_id = None if task is None else TASKS.index(task)
   enc = tokenizer(
     first, second, truncation=True, max_length=max_length, padding="longest", return_tensors="np"

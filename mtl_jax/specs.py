@@ -403,6 +403,12 @@ def _check_model_fit(config: ml_collections.ConfigDict) -> None:
     f"bucket {used} pads unpacked batches past the max_position_embeddings={positions} of "
     f"the model {path}: use buckets of at most {positions} (or train.packing=True)",
   )
+  _check(
+    config.heads.pairs != "cross" or bert.type_vocab_size >= 2,
+    "heads.pairs",
+    f"'cross' encodes a pair's second sentence with token type 1, but the model {path} has "
+    f"type_vocab_size={bert.type_vocab_size} (no embedding for it): use heads.pairs='bi'",
+  )
   layers = tuple(config.adapter.layers)
   wrong = [n for n in layers if not 0 <= n < bert.num_layers]
   _check(

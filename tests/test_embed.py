@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -167,6 +168,13 @@ def test_embed_pairs_have_token_types(encoder, direct):
   # Token types matter: the same ids as one segment give different states.
   as_single = dict(arrays, token_type_ids=np.zeros_like(tt))
   assert np.abs(direct(as_single)[real] - want[real]).max() > 1e-3
+
+
+def test_pairs_need_a_second_token_type(encoder):
+  model, params, tokenizer = encoder
+  one_type = model.clone(config=dataclasses.replace(model.config, type_vocab_size=1))
+  with pytest.raises(ValueError, match="type_vocab_size=1"):
+    embed.embed(one_type, params, tokenizer, ["a"], ["b"], max_length=8)
 
 
 def test_load_encoder_needs_a_model():

@@ -8,6 +8,7 @@ import re
 
 import ml_collections
 import pytest
+from conftest import write_tiny_bert
 
 from configs import default
 from mtl_jax import specs
@@ -152,6 +153,23 @@ def test_unpacked_buckets_past_the_position_table_are_refused(tiny_bert_dir):
     specs.validate(config)
   config.train.length_buckets = (16, 32, 128)  # 128 is never used: 32 holds max_length.
   specs.validate(config)
+
+
+@needs_grad
+def test_cross_encoded_pairs_need_a_second_token_type(tiny_bert_ref, tmp_path):
+  """A model with type_vocab_size=1 has no embedding for a cross-encoded pair's second
+  sentence (Flax's lookup would quietly reuse row 0; PyTorch raises IndexError)."""
+  hf = {**json.loads(str(tiny_bert_ref["config_json"])), "type_vocab_size": 1}
+  ref = dict(tiny_bert_ref, config_json=json.dumps(hf))
+  key = "weights/bert.embeddings.token_type_embeddings.weight"
+  ref[key] = tiny_bert_ref[key][:1]
+  path = write_tiny_bert(tmp_path / "one_type", ref)
+  config = _config(**{"model.path": path, "model.max_length": 32})
+  specs.validate(config)  # Bi-encoded pairs use token type 0 only.
+  config.heads.pairs = "cross"
+  config.heads.quora = config.heads.sts = "features"
+  with pytest.raises(specs.ConfigError, match=r"heads\.pairs: 'cross' .*type_vocab_size=1"):
+    specs.validate(config)
 
 
 @needs_grad
