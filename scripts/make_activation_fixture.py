@@ -48,7 +48,9 @@ def main() -> None:
       ).last_hidden_state
     out[f"last_hidden_state/{act}"] = hidden.numpy().astype(np.float32)
   np.savez_compressed(os.path.join(FIXTURES, "bert_activations.npz"), **out)
-  print(f"wrote {len(ACTS)} activations; torch {torch.__version__}, transformers {transformers.__version__}")
+  print(
+    f"wrote {len(ACTS)} activations; torch {torch.__version__}, transformers {transformers.__version__}"
+  )
 
 
 if __name__ == "__main__":
