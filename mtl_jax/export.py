@@ -34,7 +34,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 from flax import traverse_util
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from mtl_jax import cli, specs
 from mtl_jax.models import adapters, hf_io
@@ -131,7 +131,7 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
     pooler = _pretrained_pooler(model_dir)
     if pooler:
       st = os.path.join(tmp, "model.safetensors")
-      save_file({**load_file(st), **pooler}, st, metadata={"format": "pt"})
+      hf_io.save_safetensors({**load_file(st), **pooler}, st, {"format": "pt"})
 
     copied = []
     for name in TOKENIZER_FILES:
@@ -145,10 +145,10 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
         file=sys.stderr,
       )
 
-    save_file(
+    hf_io.save_safetensors(
       heads,
       os.path.join(tmp, "heads.safetensors"),
-      metadata={"layout": "flax: kernel [in, out], y = x @ kernel + bias"},
+      {"layout": "flax: kernel [in, out], y = x @ kernel + bias"},
     )
     head_spec = specs.head_spec(config)
     baseline_heads = head_spec == heads_lib.HeadSpec()

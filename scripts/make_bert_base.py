@@ -14,15 +14,15 @@ useful for speed and memory, not for scores. Never commit the output.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
 
 import numpy as np
-from safetensors.numpy import save_file
+from flax import traverse_util
 
 sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+from mtl_jax.models import hf_io  # noqa: E402
 from mtl_jax.models.bert import BertConfig  # noqa: E402
 
 TOKENIZER_FILES = (
@@ -33,35 +33,18 @@ TOKENIZER_FILES = (
 )
 
 
-def bert_base_tensors(config: BertConfig, seed: int = 0) -> dict[str, np.ndarray]:
-  """Hugging Face names -> float32 arrays of a BERT initialised as BERT is."""
+def bert_base_params(config: BertConfig, seed: int = 0) -> dict:
+  """Flax encoder params of a BERT initialised as BERT is (every tensor of
+  `hf_io.encoder_shapes`: weights N(0, 0.02), biases 0, LayerNorm scale 1)."""
   rng = np.random.default_rng(seed)
-  h, f = config.hidden_size, config.intermediate_size
-  normal = lambda *shape: 0.02 * rng.standard_normal(shape, np.float32)
-  out = {
-    "embeddings.word_embeddings.weight": normal(config.vocab_size, h),
-    "embeddings.position_embeddings.weight": normal(config.max_position_embeddings, h),
-    "embeddings.token_type_embeddings.weight": normal(config.type_vocab_size, h),
-    "embeddings.LayerNorm.weight": np.ones(h, np.float32),
-    "embeddings.LayerNorm.bias": np.zeros(h, np.float32),
-  }
-  dense = {
-    "attention.self.query": (h, h),
-    "attention.self.key": (h, h),
-    "attention.self.value": (h, h),
-    "attention.output.dense": (h, h),
-    "intermediate.dense": (f, h),
-    "output.dense": (h, f),
-  }  # HF weights are [out, in].
-  for i in range(config.num_layers):
-    prefix = f"encoder.layer.{i}"
-    for name, shape in dense.items():
-      out[f"{prefix}.{name}.weight"] = normal(*shape)
-      out[f"{prefix}.{name}.bias"] = np.zeros(shape[0], np.float32)
-    for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
-      out[f"{prefix}.{norm}.weight"] = np.ones(h, np.float32)
-      out[f"{prefix}.{norm}.bias"] = np.zeros(h, np.float32)
-  return out
+  flat = {}
+  for path, shape in hf_io.encoder_shapes(config).items():
+    leaf = path.rsplit("/", 1)[1]
+    if leaf in ("kernel", "embedding"):
+      flat[tuple(path.split("/"))] = 0.02 * rng.standard_normal(shape, np.float32)
+    else:
+      flat[tuple(path.split("/"))] = np.full(shape, leaf == "scale", np.float32)
+  return traverse_util.unflatten_dict(flat)
 
 
 def bundled_tokenizer_dir() -> str:
@@ -77,16 +60,16 @@ def main() -> None:
   args = parser.parse_args()
   config = BertConfig()  # Its defaults are BERT-base's.
   os.makedirs(args.output, exist_ok=True)
-  tensors = bert_base_tensors(config, args.seed)
-  save_file(tensors, os.path.join(args.output, "model.safetensors"), metadata={"format": "pt"})
-  with open(os.path.join(args.output, "config.json"), "w") as f:
-    json.dump(config.to_hf(), f, indent=2)
+  params = bert_base_params(config, args.seed)
+  hf_io.save_bert(args.output, config, params)  # config.json and model.safetensors.
   source = bundled_tokenizer_dir()
   for name in TOKENIZER_FILES:
     if os.path.isfile(os.path.join(source, name)):
       shutil.copy(os.path.join(source, name), args.output)
-  count = sum(x.size for x in tensors.values())
-  print(f"wrote {args.output}: {count:,} parameters (random), {len(tensors)} tensors")
+  leaves = traverse_util.flatten_dict(params).values()
+  print(
+    f"wrote {args.output}: {sum(x.size for x in leaves):,} parameters (random), {len(leaves)} tensors"
+  )
 
 
 if __name__ == "__main__":

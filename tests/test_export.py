@@ -116,6 +116,11 @@ def test_heads_and_metadata_round_trip(exported):
     np.testing.assert_array_equal(heads[k], np.asarray(v), err_msg=k)
   hidden = model.config.hidden_size
   assert heads["sst/kernel"].shape == (hidden, 5) and heads["quora/kernel"].shape == (4 * hidden, 1)
+  # Every file as readable as the umask allows (safetensors alone writes 0600).
+  umask = os.umask(0)
+  os.umask(umask)
+  for name in os.listdir(out):
+    assert os.stat(os.path.join(out, name)).st_mode & 0o777 == 0o666 & ~umask, name
 
   with open(os.path.join(out, "mtl_jax.json")) as f:
     info = json.load(f)

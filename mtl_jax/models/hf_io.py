@@ -191,7 +191,7 @@ def load_bert(path: str, **overrides) -> tuple[BertConfig, dict]:
   return config, params
 
 
-def _encoder_shapes(c: BertConfig) -> dict[str, tuple[int, ...]]:
+def encoder_shapes(c: BertConfig) -> dict[str, tuple[int, ...]]:
   """Flax path -> shape of every encoder weight that config.json's architecture has."""
   h, f = c.hidden_size, c.intermediate_size
   shapes = {
@@ -222,7 +222,7 @@ def _encoder_shapes(c: BertConfig) -> dict[str, tuple[int, ...]]:
 def _check_shapes(params: dict, config: BertConfig, source: str) -> None:
   """Every tensor where config.json's architecture puts it, with its shape, and none
   missing: a config.json that disagrees with its weights is named here, by every tool."""
-  expected = _encoder_shapes(config)
+  expected = encoder_shapes(config)
   loaded = {"/".join(k): v.shape for k, v in traverse_util.flatten_dict(params).items()}
   extra = sorted(set(loaded) - set(expected))
   if extra:
@@ -309,6 +309,14 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
     ) from e
 
 
+def save_safetensors(tensors: dict, path: str, metadata: dict[str, str]) -> None:
+  """save_file, readable as the umask allows like any other file (it writes 0600)."""
+  save_file(tensors, path, metadata=metadata)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(path, 0o666 & ~umask)
+
+
 def save_bert(path: str, config: BertConfig, params: dict) -> None:
   """Writes merged (adapter-free) encoder params as a Hugging Face BERT directory."""
   os.makedirs(path, exist_ok=True)
@@ -332,7 +340,7 @@ def save_bert(path: str, config: BertConfig, params: dict) -> None:
         tensors[f"{prefix}.weight"] = node["scale"]
       tensors[f"{prefix}.bias"] = node["bias"]
   tensors = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in tensors.items()}
-  save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+  save_safetensors(tensors, os.path.join(path, "model.safetensors"), {"format": "pt"})
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(config.to_hf(), f, indent=2)
 
