@@ -268,11 +268,11 @@ def _publish(tmp: str, output: str, overwrite: bool, protected: tuple[str, ...])
 
 def _pretrained_pooler(model_dir: str) -> dict[str, np.ndarray]:
   """The pretrained pooler.dense.{weight, bias}, HF names, or {} if the model has none."""
-  out = {}
-  for name, tensor in hf_io.read_weights(model_dir)[0].items():
-    stripped = name[len("bert.") :] if name.startswith("bert.") else name
-    if stripped in ("pooler.dense.weight", "pooler.dense.bias"):
-      out[stripped] = np.ascontiguousarray(tensor, dtype=np.float32)
+  names = ("pooler.dense.weight", "pooler.dense.bias")
+  tensors = hf_io.read_weights(model_dir, keep=lambda n: hf_io.strip_prefix(n) in names)[0]
+  out = {
+    hf_io.strip_prefix(n): np.ascontiguousarray(t, dtype=np.float32) for n, t in tensors.items()
+  }
   return out if len(out) == 2 else {}
 
 

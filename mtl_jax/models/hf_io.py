@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 
 import ml_dtypes  # noqa: F401  (numpy then knows bfloat16, which safetensors needs to read it)
 import numpy as np
 from flax import traverse_util
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from mtl_jax.models.bert import BertConfig
 
@@ -53,10 +54,8 @@ _IGNORED = re.compile(r"^(?!embeddings\.|encoder\.)|^embeddings\.position_ids$")
 _LEAF = {"weight": "kernel", "bias": "bias", "gamma": "scale", "beta": "bias"}
 
 
-def _flax_path(hf_name: str) -> tuple[tuple[str, ...], bool] | None:
-  """Maps a (prefix-stripped) HF name to (Flax path, needs transpose); None if ignored."""
-  if _IGNORED.match(hf_name):
-    return None
+def _flax_path(hf_name: str) -> tuple[tuple[str, ...], bool]:
+  """Maps a (prefix-stripped, not `_IGNORED`) HF name to (Flax path, needs transpose)."""
   module, _, leaf = hf_name.rpartition(".")
   if module.startswith("embeddings."):
     name = module.split(".", 1)[1]
@@ -162,7 +161,7 @@ def read_config(path: str, **overrides) -> BertConfig:
     raise CheckpointError(f"{cfg_file} lacks {e}, which a BERT config.json gives") from e
   except ValueError as e:
     raise CheckpointError(f"{cfg_file}: {e}") from e
-  except TypeError as e:  # A value of the wrong type, e.g. "hidden_size": "32".
+  except TypeError as e:  # A value of the wrong type, e.g. "hidden_act": ["gelu"].
     raise CheckpointError(f"{cfg_file}: a value has the wrong type ({e})") from e
 
 
@@ -175,14 +174,10 @@ def load_bert(path: str, **overrides) -> tuple[BertConfig, dict]:
   """
   path = local_dir(path)
   config = read_config(path, **overrides)
-  tensors, st = read_weights(path)
+  tensors, st = read_weights(path, keep=lambda name: not _IGNORED.match(strip_prefix(name)))
   params: dict = {}
   for name, value in tensors.items():
-    stripped = name[len("bert.") :] if name.startswith("bert.") else name
-    mapped = _flax_path(stripped)
-    if mapped is None:
-      continue
-    path_, transpose = mapped
+    path_, transpose = _flax_path(strip_prefix(name))
     node = params
     for key in path_[:-1]:
       node = node.setdefault(key, {})
@@ -244,15 +239,23 @@ def _check_shapes(params: dict, config: BertConfig, source: str) -> None:
     )
 
 
-def read_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
+def strip_prefix(name: str) -> str:
+  """A tensor name without the `bert.` prefix of BertFor* checkpoints."""
+  return name[len("bert.") :] if name.startswith("bert.") else name
+
+
+def read_weights(
+  path: str, keep: Callable[[str], bool] = lambda name: True
+) -> tuple[dict[str, np.ndarray], str]:
   """(HF name -> tensor as stored, the file to name in errors) of the model directory
-  `path`: model.safetensors, or the shards model.safetensors.index.json lists."""
+  `path`: model.safetensors, or the shards model.safetensors.index.json lists. Only the
+  tensors whose (stored) names `keep` accepts are read, and only the shards holding them."""
   single = os.path.join(path, "model.safetensors")
   if os.path.isfile(single):
-    return _load_safetensors(single), single
+    return _load_safetensors(single, keep), single
   index = os.path.join(path, "model.safetensors.index.json")
   if os.path.isfile(index):
-    return _load_shards(index), index
+    return _load_shards(index, keep), index
   other = [
     f
     for f in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack")
@@ -266,11 +269,12 @@ def read_weights(path: str) -> tuple[dict[str, np.ndarray], str]:
   )
 
 
-def _load_shards(index: str) -> dict[str, np.ndarray]:
-  """The tensors of a sharded checkpoint: every shard its index's weight_map names."""
+def _load_shards(index: str, keep: Callable[[str], bool]) -> dict[str, np.ndarray]:
+  """The kept tensors of a sharded checkpoint, from the shards its index's weight_map
+  names for them."""
   try:
     with open(index, encoding="utf-8") as f:
-      weight_map = json.load(f)["weight_map"]
+      weight_map = {k: v for k, v in json.load(f)["weight_map"].items() if keep(k)}
     shards = sorted(set(weight_map.values()))
   except (
     OSError,
@@ -289,7 +293,7 @@ def _load_shards(index: str) -> dict[str, np.ndarray]:
     file = os.path.join(os.path.dirname(index), str(shard))
     if not os.path.isfile(file):
       raise CheckpointError(f"{file} not found: {index} lists it as a shard of the model")
-    tensors.update(_load_safetensors(file))
+    tensors.update(_load_safetensors(file, keep))
   missing = sorted(set(weight_map) - set(tensors))
   if missing:
     raise CheckpointError(
@@ -298,10 +302,12 @@ def _load_shards(index: str) -> dict[str, np.ndarray]:
   return tensors
 
 
-def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-  """load_file, with a truncated or garbage file reported on one line naming it."""
+def _load_safetensors(path: str, keep: Callable[[str], bool]) -> dict[str, np.ndarray]:
+  """The kept tensors of one file, with a truncated or garbage file reported on one line
+  naming it."""
   try:
-    return load_file(path)
+    with safe_open(path, "np") as f:
+      return {name: f.get_tensor(name) for name in f.keys() if keep(name)}
   except (SafetensorError, OSError, ValueError, MemoryError) as e:
     raise CheckpointError(
       f"{path} is not a readable safetensors file ({' '.join(str(e).split())[:200]}): it is "
