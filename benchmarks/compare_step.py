@@ -1,7 +1,7 @@
 """Variants of the train step, timed alternately in one process (so background load
 affects every variant alike). BENCHMARKS.md, "Where the time goes".
 
-  python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder|gram|blas] [--rounds 4]
+  python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder] [--rounds 4]
       [--base REV]   (from the repo root)
 
 `xla`: the step compiled with different XLA:CPU options (YNNPACK fusions: all, individual
@@ -11,13 +11,7 @@ matmuls only, none as the trainer compiles, reductions only).
 `encoder`: the checkout's Flax BERT (mtl_jax/models/bert.py) against that file at git
 revision --base (e.g. `2c09f1c`, before the token-major hidden states), the rest of the
 step the same.
-`blas`: full fine-tuning's dense-layer matmuls (forward, input and weight gradients) as
-XLA's dot (the trainer), through numpy's BLAS by `jax.pure_callback`, or through scipy's
-OpenBLAS by an XLA FFI custom call (benchmarks/sgemm_ffi.cc, built here with g++):
-prototypes of calling a BLAS from the step (BENCHMARKS.md, sixth and seventh sessions).
-`gram`: the methods' T x T Gram matrix as one [T, D] x [D, T] dot per leaf (before
-2026-12-01, fifth session) or as the checkout computes it (`mtl_jax.grad._tree.gram`).
-Every variant runs with huge pages, as the trainer does (mtl_jax/hugepages.py). That fix
+Every variant runs with huge pages, as the trainer does (mtl_jax/runtime/hugepages.py). That fix
 itself needs a fresh process per variant: compare
 `GLIBC_TUNABLES=glibc.malloc.hugetlb=0 python -m mtl_jax.bench ...` with the default.
 """
@@ -25,8 +19,6 @@ itself needs a fresh process per variant: compare
 from __future__ import annotations
 
 import argparse
-import ctypes
-import functools
 import importlib.util
 import os
 import subprocess
@@ -34,18 +26,15 @@ import sys
 import tempfile
 import time
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import gram_accuracy
-from configs import default
-from mtl_jax import hugepages, machine, train, xla_options
-from mtl_jax.bench import random_batch
-from mtl_jax.grad import _tree
-from mtl_jax.models import adapters, bert, gelu, multitask
+from mtl_jax import train
+from mtl_jax.config import defaults as default
+from mtl_jax.models import bert, gelu, multitask
+from mtl_jax.runtime import hugepages, machine, xla_options
 from mtl_jax.step import make_train_step
+from mtl_jax.tools.bench import random_batch
 
 XLA_VARIANTS = {
   "default XLA": {},
@@ -60,106 +49,8 @@ GELU_VARIANTS = {
   "GELU via erf (ours)": gelu.exact_gelu,
 }
 
-GRAM_VARIANTS = {
-  "Gram as one dot per leaf": gram_accuracy.one_dot,
-  "Gram blocked (checkout)": _tree.gram,
-}
-
-
-def _host_matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-  """a @ b computed by numpy (its bundled OpenBLAS), called from inside the compiled step."""
-  shape = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
-  out = jax.ShapeDtypeStruct(shape, a.dtype)
-  return jax.pure_callback(np.matmul, out, a, b, vmap_method="broadcast_all")
-
-
-@jax.custom_vjp
-def _blas_dot(x, w):
-  return _host_matmul(x, w)
-
-
-def _blas_dot_bwd(residuals, g):
-  x, w = residuals  # x [tokens, in], g [tokens, out]; the task axis is vmap's.
-  return _host_matmul(g, w.T), _host_matmul(x.T, g)
-
-
-_blas_dot.defvjp(lambda x, w: (_host_matmul(x, w), (x, w)), _blas_dot_bwd)
-
-
-@functools.cache
-def _register_ffi_sgemm() -> None:
-  """Builds benchmarks/sgemm_ffi.cc, hands it scipy's sgemm and registers it with XLA."""
-  import scipy.linalg.cython_blas
-
-  here = os.path.dirname(os.path.abspath(__file__))
-  library = os.path.join(tempfile.mkdtemp(), "sgemm_ffi.so")
-  subprocess.run(
-    ["g++", "-O2", "-shared", "-fPIC", "-std=c++17", "-w", f"-I{jax.ffi.include_dir()}"]
-    + [os.path.join(here, "sgemm_ffi.cc"), "-o", library, "-ldl"],
-    check=True,
-  )
-  lib = ctypes.cdll.LoadLibrary(library)
-  capsule = scipy.linalg.cython_blas.__pyx_capi__["sgemm"]
-  ctypes.pythonapi.PyCapsule_GetName.restype = ctypes.c_char_p
-  ctypes.pythonapi.PyCapsule_GetName.argtypes = [ctypes.py_object]
-  ctypes.pythonapi.PyCapsule_GetPointer.restype = ctypes.c_void_p
-  ctypes.pythonapi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-  name = ctypes.pythonapi.PyCapsule_GetName(capsule)
-  lib.mtl_set_sgemm.argtypes = [ctypes.c_void_p]
-  if not lib.mtl_set_sgemm(ctypes.pythonapi.PyCapsule_GetPointer(capsule, name)):
-    sys.exit("scipy's BLAS has no openblas_set_num_threads_local: the prototype needs OpenBLAS")
-  jax.ffi.register_ffi_target("mtl_sgemm", jax.ffi.pycapsule(lib.MtlSgemm), platform="cpu")
-
-
-def _ffi_matmul(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = False):
-  """op(a) @ op(b) by the FFI handler; vmap adds size-1 leading axes the handler broadcasts."""
-  _register_ffi_sgemm()
-  m = a.shape[-1] if trans_a else a.shape[-2]
-  n = b.shape[-2] if trans_b else b.shape[-1]
-  shape = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (m, n)
-  call = jax.ffi.ffi_call(
-    "mtl_sgemm", jax.ShapeDtypeStruct(shape, a.dtype), vmap_method="expand_dims"
-  )
-  return call(a, b, trans_a=np.bool_(trans_a), trans_b=np.bool_(trans_b))
-
-
-@jax.custom_vjp
-def _ffi_dot(x, w):
-  return _ffi_matmul(x, w)
-
-
-def _ffi_dot_bwd(residuals, g):
-  x, w = residuals
-  return _ffi_matmul(g, w, trans_b=True), _ffi_matmul(x, g, trans_a=True)
-
-
-_ffi_dot.defvjp(lambda x, w: (_ffi_matmul(x, w), (x, w)), _ffi_dot_bwd)
-
-
-def dense_with(dot):
-  """A dense layer without adapter (full fine-tuning) whose three matmuls run in `dot`."""
-
-  class Dense(adapters.AdaptedDense):
-    @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-      kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
-      bias = self.param("bias", nn.initializers.zeros, (self.features,))
-      return dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
-
-  return Dense
-
-
-DENSE_VARIANTS = {
-  "XLA dot (trainer)": adapters.AdaptedDense,
-  "numpy BLAS via pure_callback": dense_with(_blas_dot),
-  "OpenBLAS via XLA FFI": dense_with(_ffi_dot),
-}
-
-
 # --variants: (module, the name in it that the step looks up when traced, its values).
 PATCHED_NAMES = {
-  "blas": (bert, "AdaptedDense", DENSE_VARIANTS),  # bert.dense looks the class up.
-  "gram": (_tree, "gram", GRAM_VARIANTS),  # gram_tree looks the function up.
   "gelu": (bert, "exact_gelu", GELU_VARIANTS),  # The encoder looks the function up.
 }
 
@@ -191,17 +82,13 @@ def encoder_at(rev: str):
 
 
 def main() -> None:
-  hugepages.reexec_with_huge_pages()  # As the trainer runs (mtl_jax/hugepages.py).
+  hugepages.reexec_with_huge_pages()  # As the trainer runs (mtl_jax/runtime/hugepages.py).
   parser = argparse.ArgumentParser()
   parser.add_argument("mode", choices=["lora", "full"])
-  parser.add_argument(
-    "--variants", choices=["xla", "gelu", "encoder", "gram", "blas"], default="xla"
-  )
+  parser.add_argument("--variants", choices=["xla", "gelu", "encoder"], default="xla")
   parser.add_argument("--base", default="2c09f1c", help="git revision for --variants=encoder")
   parser.add_argument("--rounds", type=int, default=4)
   args = parser.parse_args()
-  if args.variants == "blas" and args.mode != "full":
-    parser.error("--variants blas replaces dense layers without adapters: mode full only")
   compiled = {}
   if args.variants == "xla":
     for name, options in XLA_VARIANTS.items():

@@ -13,7 +13,7 @@ per task, the cheap way to get per-task gradients), `fused` (the tasks' sequence
 concatenated into one encoder forward, then T backward passes through that shared graph
 with retain_graph, as LibMTL and Pytorch-PCGrad do: each backward runs through the whole
 batch although only its task's rows carry gradient). The output starts with the same
-machine line as `mtl_jax.bench` (mtl_jax/machine.py; the peak is PyTorch's f32 matmul on
+machine line as `mtl_jax.bench` (mtl_jax/runtime/machine.py; the peak is PyTorch's f32 matmul on
 --threads threads). Times are the median of --steps steps after 2 warm-up steps; the
 per-task variants include copying each task's gradient out (what PCGrad needs), not the
 projection itself. Each timed round runs every variant once, in turn.
@@ -44,7 +44,7 @@ import time
 
 # The machine line (stdlib only: no jax in this environment), from the checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from mtl_jax import machine
+from mtl_jax.runtime import machine
 
 try:
   import torch
@@ -277,7 +277,7 @@ def main() -> None:
     variants = {"summed": summed, "per_task": per_task, "fused": fused}
     fns = {name: variants[name] for name in args.variants.split(",")}
     if args.with_jax:  # mtl_jax's PCGrad step, alternating with the PyTorch steps.
-      from mtl_jax import bench
+      from mtl_jax.tools import bench
 
       fns = {"mtl_jax pcgrad": bench.step_runner("pcgrad", mode, s, length), **fns}
     for name, step_s in timed(fns, args.steps, next_batch).items():

@@ -3,7 +3,7 @@
 Run: python main.py --config=configs/dora.py --workdir=runs/dora
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

@@ -5,7 +5,7 @@ The learning rate is the usual one for fine-tuning all of BERT (2e-5 .. 5e-5); t
 configs' 1e-3 would wreck the pretrained weights.
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

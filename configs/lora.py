@@ -4,7 +4,7 @@ named for the fine-tuning-mode comparison in the README (full, probe, lora, dora
 Run: python main.py --config=configs/lora.py --workdir=runs/lora
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

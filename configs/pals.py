@@ -8,7 +8,7 @@ trains the encoder too, as the paper did; `--config.adapter.task_layers=low_rank
 low-rank layers instead.
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

@@ -5,7 +5,7 @@ Same budget and seed as configs/default.py, which is its summed-loss baseline; d
 of both are in the README.
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

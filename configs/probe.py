@@ -3,7 +3,7 @@
 Run: python main.py --config=configs/probe.py --workdir=runs/probe
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

@@ -7,8 +7,8 @@ import os
 import jax
 import numpy as np
 
-from mtl_jax import metrics as metrics_lib
-from mtl_jax import predictions as predictions_lib
+from mtl_jax import prediction_files as predictions_lib
+from mtl_jax import scores as metrics_lib
 from mtl_jax import tasks
 from mtl_jax.data.batching import Encoded, eval_batches
 from mtl_jax.models import multitask

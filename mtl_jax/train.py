@@ -4,7 +4,7 @@ Sections: input, model, optimizer, checkpoint, loop, final evaluation. Everythin
 produces lives in the workdir: config.json, checkpoints/, metrics.jsonl, TensorBoard
 events, predictions/, results.json (written last: the run is finished), and with
 train.eval_every > 0 best_checkpoint/ and best.json. The step runs data-parallel over
-every device (mtl_jax.parallel).
+every device (mtl_jax.runtime.parallel).
 """
 
 from __future__ import annotations
@@ -19,13 +19,16 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mtl_jax import checkpoint, interrupts, parallel, specs, stats, tasks, workdir_lock, xla_options
-from mtl_jax.checkpoint import Checkpointer
+from mtl_jax import tasks
+from mtl_jax.config import resume, run_spec, upgrade
 from mtl_jax.data import batching, files, packing, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
-from mtl_jax.metrics_log import MetricsLog
 from mtl_jax.models import hf_io, multitask
+from mtl_jax.runtime import checkpoint, interrupts, parallel, workdir_lock, xla_options
+from mtl_jax.runtime.checkpoint import Checkpointer
+from mtl_jax.runtime.metrics_log import MetricsLog
 from mtl_jax.step import TrainState, make_train_step
+from mtl_jax.study import stats
 from mtl_jax.tasks import TASKS
 
 RESULTS_JSON = "results.json"  # Final dev metrics, step, sizes and wall time of a finished run.
@@ -35,7 +38,7 @@ def load_data(config: ml_collections.ConfigDict, tokenizer) -> dict[str, list[ba
   """{'train': [...], 'dev': [...], 'test': [...]} encoded splits, tasks in TASKS order."""
   data_dir = config.data_dir or files.default_data_dir()
   limit = config.data_limit or None
-  cross = specs.head_spec(config).pairs == "cross"
+  cross = run_spec.head_spec(config).pairs == "cross"
   out = {}
   for split in ("train", "dev", "test"):
     out[split] = [
@@ -59,13 +62,13 @@ def train_batches(
   slots (`packing.choose_slots`) that compute the fewest tokens on the run's first steps.
   What train_and_evaluate draws, and what `mtl_jax.diagnose --from_checkpoint` measures
   on."""
-  schedule = specs.train_schedule(
+  schedule = run_spec.train_schedule(
     config,
     tuple(len(d) for d in train_data),
     tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in train_data),
   )
   buckets = tuple(config.train.length_buckets)
-  plan = specs.pack_plan(config, devices)
+  plan = run_spec.pack_plan(config, devices)
   if plan is not None and not schedule.one_task:
     plan = packing.choose_slots(
       plan,
@@ -82,18 +85,18 @@ def train_batches(
 
 def init_state(config: ml_collections.ConfigDict):
   """(model, train state at step 0, frozen params, optimizer) from a validated config."""
-  model, params = multitask.build(specs.model_spec(config), jax.random.key(config.seed))
-  trainable, frozen = specs.split_params(config, params)
-  tx = specs.optimizer(config, trainable)
+  model, params = multitask.build(run_spec.model_spec(config), jax.random.key(config.seed))
+  trainable, frozen = run_spec.split_params(config, params)
+  tx = run_spec.optimizer(config, trainable)
   state = TrainState(jnp.asarray(0, jnp.int32), trainable, tx.init(trainable))
   return model, state, frozen, tx
 
 
 def restore(workdir: str):
   """(config, model, state, frozen, tx) of the latest checkpoint of a training workdir; the
-  config is its config.json upgraded to today's schema (specs.saved_config)."""
-  config = specs.saved_config(workdir)
-  specs.validate(config)
+  config is its config.json upgraded to today's schema (upgrade.saved_config)."""
+  config = upgrade.saved_config(workdir)
+  run_spec.validate(config)
   model, state, frozen, tx = init_state(config)
   ckpt = Checkpointer(workdir, 1, 1)
   if ckpt.latest_step() is None:
@@ -141,24 +144,24 @@ def _save_on_interrupt(ckpt: Checkpointer, state: TrainState) -> None:
 
 
 def _check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses (specs.check_resume) to resume the workdir's checkpoints with a config that
-  changes specs.RESUME_MUST_MATCH keys; only then (re)writes config.json. Nothing is
+  """Refuses (resume.check_resume) to resume the workdir's checkpoints with a config that
+  changes resume.RESUME_MUST_MATCH keys; only then (re)writes config.json. Nothing is
   loaded yet, so a mismatch fails at once."""
   os.makedirs(workdir, exist_ok=True)
-  config_path = os.path.join(workdir, specs.CONFIG_JSON)
+  config_path = os.path.join(workdir, upgrade.CONFIG_JSON)
   ckpt = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
   try:
     if ckpt.latest_step() is not None:
       if os.path.isfile(config_path):
-        saved = specs.read_run_config(workdir)
-        for change in specs.adopt_saved(saved, config):
+        saved = upgrade.read_run_config(workdir)
+        for change in resume.adopt_saved(saved, config):
           logging.warning(
             "%s was trained before a key of today's config existed: resuming it "
             "as it was trained, with %s",
             workdir,
             change,
           )
-        specs.check_resume(saved, config, workdir)
+        resume.check_resume(saved, config, workdir)
       else:
         logging.warning(
           "%s holds checkpoints but no config.json: cannot check that they "
@@ -177,13 +180,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from workdir if it holds a checkpoint) and returns final dev metrics.
 
   With train.eval_every > 0 the best dev overall so far is kept in best_checkpoint/ and
-  best.json (see mtl_jax.checkpoint), and train.early_stopping_patience > 0 ends training
+  best.json (see mtl_jax.runtime.checkpoint), and train.early_stopping_patience > 0 ends training
   after that many evaluations without improvement (then saves, evaluates and writes
   predictions of the last step, as at the normal end).
 
   The config is validated before the workdir is touched; then the workdir is held by this
-  run alone (mtl_jax.workdir_lock: a second trainer is refused at once) until it returns."""
-  specs.validate(config)
+  run alone (mtl_jax.runtime.workdir_lock: a second trainer is refused at once) until it returns."""
+  run_spec.validate(config)
   with workdir_lock.hold(workdir, lock=jax.process_index() == 0):
     return _train_and_evaluate(config, workdir)
 
@@ -191,9 +194,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """train_and_evaluate's body, run while the workdir's lock is held."""
   start = time.perf_counter()
-  specs.validate(config)
+  run_spec.validate(config)
   mesh = parallel.make_mesh()
-  specs.check_devices(config, mesh.size)
+  run_spec.check_devices(config, mesh.size)
   _check_and_write_config(config, workdir)
   primary = jax.process_index() == 0  # Writes the logs and predictions of a multi-host run.
 
@@ -201,7 +204,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   tokenizer = hf_io.load_tokenizer(config.model.path)
   data = load_data(config, tokenizer)
   buckets = tuple(config.train.length_buckets)
-  eval_plan = specs.pack_plan(config, mesh.size, for_eval=True)
+  eval_plan = run_spec.pack_plan(config, mesh.size, for_eval=True)
   batches = train_batches(config, data["train"], mesh.size)
   logging.info(schedules.describe(batches.schedule))
   if batches.plan is not None and batches.plan.slots:

@@ -5,7 +5,7 @@
 
 Each process gets JAX_COORDINATOR_ADDRESS=127.0.0.1:PORT (process 0's coordinator listens
 on loopback only: JAX_COORDINATOR_BIND_ADDRESS), JAX_NUM_PROCESSES=N and its own
-JAX_PROCESS_ID, so `mtl_jax.parallel.initialize_distributed` joins them into one job whose
+JAX_PROCESS_ID, so `mtl_jax.runtime.parallel.initialize_distributed` joins them into one job whose
 devices are all of theirs (on CPU, `--devices_per_process` forces that many devices per
 process through XLA_FLAGS). This is how a cluster's launcher (srun, mpirun) starts the
 job, here on loopback only: it is for trying and testing multi-process runs on one

@@ -11,9 +11,18 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+import ml_collections
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+
+from mtl_jax import tasks, train
+from mtl_jax.config import defaults as default
+from mtl_jax.data import schedules
+from mtl_jax.data.batching import Encoded
+from mtl_jax.data.files import default_data_dir
+from mtl_jax.runtime.checkpoint import Checkpointer
 
 # Tests compile hundreds of small XLA programs and run each for milliseconds, so LLVM's
 # optimisation passes are most of their CPU time: without them a tiny training run took 24 s
@@ -128,6 +137,110 @@ def tiny_main_args(model_dir: str, workdir, *overrides: str) -> list[str]:
   ]
 
 
+# --- Tiny training runs on a slice of the real data
+
+DATA_DIR = default_data_dir()
+needs_data = pytest.mark.skipif(not os.path.isdir(DATA_DIR), reason=f"no data at {DATA_DIR}")
+
+
+def shrink(config, model_dir: str):
+  """`config` on the tiny model, 40 rows of each data file and 4 small steps (in place)."""
+  config.model.path = model_dir
+  config.model.max_length = 32
+  config.data_dir = DATA_DIR
+  config.data_limit = 40
+  config.train.length_buckets = (16, 32)
+  config.train.seqs_per_task = 8
+  config.train.steps = 4
+  config.train.log_every = 1
+  config.train.checkpoint_every = 2
+  config.eval.seqs_per_batch = 16
+  return config
+
+
+def tiny_config(model_dir: str, **train_overrides):
+  config = shrink(default.get_config(), model_dir)
+  config.grad.method = "pcgrad"
+  config.train.update(train_overrides)
+  return config
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def restored_trainable(config, workdir):
+  _, state, _, _ = train.init_state(config)
+  return Checkpointer(workdir, 1, 1).restore(state)[0].trainable
+
+
+def interrupt_at(monkeypatch, step: int) -> None:
+  """Makes the trainer's draw of `step` raise KeyboardInterrupt (a host-side Ctrl-C). It
+  patches `Batches.__call__`, not the batch builder, which set-up also calls (slot choice)."""
+  draw = schedules.Batches.__call__
+
+  def interrupted(self, s):
+    if s == step:
+      raise KeyboardInterrupt
+    return draw(self, s)
+
+  monkeypatch.setattr(schedules.Batches, "__call__", interrupted)
+
+
+def assert_same_run(config, straight: str, resumed: str, last_step: int) -> None:
+  """The resumed workdir ends with the straight one's parameters and last loss, bitwise."""
+  a, b = restored_trainable(config, straight), restored_trainable(config, resumed)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  losses = lambda w: {r["step"]: r["loss"] for r in read_metrics(w) if "loss" in r}
+  assert losses(straight)[last_step] == losses(resumed)[last_step]
+
+
+# --- Configs and synthetic data
+
+
+def default_config_with(**overrides) -> ml_collections.ConfigDict:
+  """configs/default.py with dotted-key overrides, and a non-empty model path."""
+  config = default.get_config()
+  # Rebuild the section with a str path: the bundled path comes as a PosixPath, which
+  # (being ConfigDict-typed) would refuse str overrides (see test_model_path_is_a_str).
+  config.model = ml_collections.ConfigDict(
+    dict(config.model.to_dict(), path=str(config.model.path or "/some/bert"))
+  )
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    assert leaf in node, f"config has no key {key} (an unlocked ConfigDict would add it)"
+    node[leaf] = value
+  return config
+
+
+def _seq(i: int, which: int, length: int) -> np.ndarray:
+  """[CLS]-like 101, then ids unique to (example i, sentence `which`), nonzero."""
+  body = np.full(length - 1, 1000 * (which + 1) + i, np.int32)
+  return np.concatenate([[101], body]).astype(np.int32)
+
+
+def make_data(
+  task: str, n: int, seed: int = 0, max_len: int = 30, labels: bool = True, split: str = "train"
+) -> Encoded:
+  rng = np.random.default_rng(seed)
+  pair = tasks.get(task).is_pair
+  first = [_seq(i, 0, int(rng.integers(2, max_len + 1))) for i in range(n)]
+  second = [_seq(i, 1, int(rng.integers(2, max_len + 1))) for i in range(n)] if pair else None
+  lab = None
+  if labels:
+    lab = (
+      rng.integers(0, 5, n).astype(np.int32)
+      if task == "sst"
+      else rng.uniform(0, 5, n).astype(np.float32)
+    )
+  return Encoded(task, split, [f"id{i}" for i in range(n)], first, second, lab)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_ref() -> dict:
   return load_npz("tiny_bert.npz")
@@ -147,7 +260,7 @@ def _compilation_cache(tmp_path_factory):
 
   cache = str(tmp_path_factory.mktemp("xla_cache"))
   jax.config.update("jax_compilation_cache_dir", cache)
-  # main.py run as a subprocess uses it too (mtl_jax.compile_cache), not the user's cache.
+  # main.py run as a subprocess uses it too (mtl_jax.runtime.compile_cache), not the user's cache.
   os.environ["MTL_JAX_COMPILATION_CACHE"] = cache
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

@@ -7,7 +7,7 @@ method's default arguments (mtl_jax.grad). The study runs it at seeds 0, 1, 2
   python main.py --config=configs/methods/nash_mtl.py --config.seed=0 --workdir=runs/methods/nash_mtl
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

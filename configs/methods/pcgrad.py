@@ -8,7 +8,7 @@ by config.seed. The study runs it at seeds 0, 1, 2
   python main.py --config=configs/methods/pcgrad.py --config.seed=0 --workdir=runs/methods/pcgrad
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

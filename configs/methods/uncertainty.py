@@ -6,7 +6,7 @@ The study runs it at seeds 0, 1, 2 (docs/results.md); one run:
 python main.py --config=configs/methods/uncertainty.py --config.seed=0 --workdir=runs/x
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

@@ -12,7 +12,7 @@ BERT-base): dev 0.512 / 0.761 / 0.407; the ~20,000-pair Quora cap is 004's (§5.
 Ours: results ledgers (README, Results).
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

@@ -9,7 +9,7 @@ product) and Table 1 (baseline + additive loss; BERT-base): dev 0.495 / 0.726 / 
 Ours: results ledgers (README, Results).
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

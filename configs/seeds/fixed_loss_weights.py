@@ -11,7 +11,7 @@ only in figures; its text: SST below 0.54, Quora and STS above 0.8. Ours: result
 (README, Results).
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

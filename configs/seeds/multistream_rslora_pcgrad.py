@@ -10,11 +10,12 @@ Report: ../shared/seeds/004_5922c7091d8b1fa8.txt, Table 5 (MS + CS, concatenated
 PCGrad; BERT-base): dev 0.496 / 0.807 / 0.837. Ours: results ledgers (README, Results).
 """
 
-from configs import pcgrad
+from mtl_jax.config import defaults
 
 
 def get_config():
-  config = pcgrad.get_config()
+  config = defaults.get_config()
+  config.grad.method = "pcgrad"  # As configs/pcgrad.py.
   config.model.pooling = "concat"
   config.heads.kind = "multi_stream"
   config.heads.sts = "cosine"

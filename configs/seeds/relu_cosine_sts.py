@@ -7,7 +7,7 @@ Report: ../shared/seeds/004_5922c7091d8b1fa8.txt, §4.3 and Table 4 (SL + CS, av
 features; BERT-base): dev 0.523 / 0.745 / 0.805. Ours: results ledgers (README, Results).
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

@@ -8,7 +8,7 @@ Report: ../shared/seeds/000_59dc5f5e829aee3b.txt, §5.4.2 (parameter sharing; BE
 dev 0.473 / 0.621 / 0.442. Ours: results ledgers (README, Results).
 """
 
-from configs import default
+from mtl_jax.config import defaults as default
 
 
 def get_config():

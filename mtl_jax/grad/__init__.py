@@ -18,9 +18,9 @@ coefficients for its rows (``G`` itself is never materialised; see
 
 Output scale follows each method's paper / reference implementation, and
 each method was checked against an independent reference
-(``scripts/make_grad_fixtures.py``, ``tests/test_grad_reference.py``; on
+(``scripts/make_grad_fixtures.py``, ``tests/grad/test_grad_reference.py``; on
 degenerate stacks -- opposite, zero, collinear, badly scaled --
-``tests/test_grad_degenerate.py``; tolerances in docs/methods.md):
+``tests/grad/test_grad_degenerate.py``; tolerances in docs/methods.md):
 
 * ``sum_tasks`` / ``mean_tasks`` / ``fixed(w)``: ``sum_i g_i`` / mean /
   ``sum_i w_i g_i``.
@@ -46,7 +46,7 @@ degenerate stacks -- opposite, zero, collinear, badly scaled --
   losses: ``update(..., task_losses=losses)`` (an
   ``optax.GradientTransformationExtraArgs``; ``optax.chain`` and
   :func:`shared_only` forward the keyword, other methods ignore it) -- numpy
-  reference (``tests/test_grad_loss_weighting.py``).
+  reference (``tests/grad/test_grad_loss_weighting.py``).
 
 Uncertainty weighting (Kendall et al. 2018) has learnable log-variances: it is
 on the loss side (``config.train.loss_weighting="uncertainty"``,

@@ -116,7 +116,7 @@ def gram(g: jax.Array) -> jax.Array:
 
   Each row of ``g`` is cut into ``GRAM_BLOCKS`` pieces and ``G G^T`` is the sum of the
   diagonal blocks of the ``[T * 8, T * 8]`` product of the pieces. Why not one
-  ``[T, D] x [D, T]`` dot: compiled as the train step is (`mtl_jax.xla_options`), XLA:CPU
+  ``[T, D] x [D, T]`` dot: compiled as the train step is (`mtl_jax.runtime.xla_options`), XLA:CPU
   runs a dot with so few rows as one long running sum, which for the bundled model's
   word-embedding gradient (D = 11.7M) was 2% off in float32 (and ~4x slower alone; within
   noise in the whole step: `python -m benchmarks.compare_step full --variants gram`).

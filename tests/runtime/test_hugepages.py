@@ -1,0 +1,60 @@
+"""The command-line programs re-execute once with huge pages for malloc, when it helps."""
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from mtl_jax.runtime.hugepages import TUNABLE, environment_with_huge_pages
+
+MADVISE = "always [madvise] never\n"
+
+
+def test_adds_the_tunable_only_when_it_changes_something():
+  env = environment_with_huge_pages({"PATH": "/bin"}, MADVISE, "glibc")
+  assert env == {"PATH": "/bin", "GLIBC_TUNABLES": TUNABLE}
+  kept = environment_with_huge_pages(
+    {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, MADVISE, "glibc"
+  )
+  assert kept["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{TUNABLE}"
+  assert environment_with_huge_pages({}, "[always] madvise never", "glibc") is None
+  assert environment_with_huge_pages({}, "always madvise [never]", "glibc") is None
+  assert environment_with_huge_pages({}, MADVISE, "") is None  # musl, or not Linux.
+  # The user's own choice wins, whichever it is.
+  assert (
+    environment_with_huge_pages({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, MADVISE, "glibc")
+    is None
+  )
+
+
+def _thp_mode():
+  try:
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+      return f.read()
+  except OSError:
+    return ""
+
+
+@pytest.mark.skipif(
+  sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or "[madvise]" not in _thp_mode(),
+  reason="needs Linux, glibc, THP madvise",
+)
+def test_program_reexecutes_once_with_the_tunable(tmp_path):
+  script = tmp_path / "prog.py"
+  script.write_text(
+    "import os, sys\n"
+    "print('start', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:], flush=True)\n"
+    "from mtl_jax import hugepages\n"
+    "hugepages.reexec_with_huge_pages()\n"
+    "print('running', os.environ.get('GLIBC_TUNABLES'), os.getpid())\n"
+  )
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  out = subprocess.run(
+    [sys.executable, str(script), "--flag=1"], env=env, capture_output=True, text=True, check=True
+  ).stdout.splitlines()
+  assert out[0] == "start None ['--flag=1']"
+  assert out[1] == f"start {TUNABLE} ['--flag=1']"  # Same arguments, once.
+  assert out[2].startswith(f"running {TUNABLE} ")
+  assert len(out) == 3

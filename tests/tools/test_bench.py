@@ -1,0 +1,112 @@
+"""The benchmark's step runner on a tiny model: the table's numbers are consistent."""
+
+import pytest
+
+from mtl_jax.config import defaults as default
+from mtl_jax.tools import bench
+
+
+@pytest.mark.parametrize("method", ["summed", "pcgrad"])
+def test_run_one_reports_consistent_numbers(tiny_bert_dir, method):
+  row = bench.run_one(method, "lora", seqs_per_task=4, length=16, steps=2, model_path=tiny_bert_dir)
+  assert row["method"] == method and row["mode"] == "lora"
+  assert row["step_s"] > 0 and row["examples_per_s"] == pytest.approx(8 / row["step_s"])
+  assert row["flops_per_step"] > 0
+  # Adam keeps two moments per trainable parameter (plus a few scalars).
+  assert row["opt_state_mib"] * 2**20 >= 2 * 4 * row["trainable"]
+
+
+def test_step_runner_trains_one_step_per_call(tiny_bert_dir):
+  """What torch_reference.py --with_jax alternates with PyTorch's steps: each call is a
+  training step on the same batch from the state the previous call left, so the loss of
+  every call differs (a runner that re-ran its first state would repeat one loss)."""
+  run = bench.step_runner("pcgrad", "full", seqs_per_task=4, length=16, model_path=tiny_bert_dir)
+  losses = [run() for _ in range(3)]
+  assert all(loss == loss and loss > 0 for loss in losses)  # Finite, not NaN.
+  assert len(set(losses)) == 3
+  assert "HloModule" in run.compiled.as_text()  # What benchmarks/profile_step.py reads.
+
+
+def test_real_lengths_times_the_trainers_packed_batches(tiny_bert_dir):
+  row = bench.run_one(
+    "pcgrad",
+    "lora",
+    seqs_per_task=4,
+    length=16,
+    steps=2,
+    model_path=tiny_bert_dir,
+    real_lengths=True,
+  )
+  # Real sentences, packed: some padding is left, and the step saw exactly these tokens.
+  assert 0 < row["real_tokens"] < row["computed_tokens"]
+  assert row["shapes"] >= 1 and row["flops_per_step"] > 0
+  # The same batches as the trainer's first steps (steps 2 and 3 are the timed ones).
+  config = default.get_config()
+  config.model.path, config.train.seqs_per_task = tiny_bert_dir, 4
+  batches = bench.real_batches(config, 4, positions=64)
+  timed = [b["attention_mask"] for b in batches[2:]]
+  assert row["real_tokens"] == sum(m.sum() for m in timed) / 2
+  assert row["computed_tokens"] == sum(m.size for m in timed) / 2
+
+
+def test_table_relates_each_method_to_the_summed_step():
+  rows = [
+    {
+      "method": m,
+      "mode": "lora",
+      "step_s": s,
+      "examples_per_s": 1.0,
+      "flops_per_step": 1e9,
+      "flops_per_s": 1e9 / s,
+      "opt_state_mib": 1.0,
+      "trainable": 10,
+      "peak_rss_mib": 100.0,
+    }
+    for m, s in (("summed", 2.0), ("pcgrad", 2.2))
+  ]
+  text = bench.table(rows, peak=1e10)
+  assert "| lora | pcgrad | 2.20 |" in text and "1.10x" in text
+
+
+def test_without_a_summed_row_vs_summed_says_so_instead_of_nan():
+  rows = [
+    {
+      "method": "pcgrad",
+      "mode": "full",
+      "step_s": 2.0,
+      "examples_per_s": 1.0,
+      "flops_per_step": 1e9,
+      "flops_per_s": 5e8,
+      "opt_state_mib": 1.0,
+      "trainable": 10,
+      "peak_rss_mib": 100.0,
+    }
+  ]
+  text = bench.table(rows, peak=1e10, header="machine: some CPU")
+  assert text.startswith("machine: some CPU\n")
+  assert "nan" not in text and "| 5% | - |" in text
+
+
+def test_model_line_names_the_layout(tiny_bert_dir):
+  assert bench.model_line(tiny_bert_dir).endswith("(2 layers, hidden 32, 4 heads, vocab 128)")
+
+
+@pytest.mark.parametrize(
+  "change, message",
+  [
+    ({"methods": ["summed", "bogus"]}, "unknown multi-task gradient method 'bogus'"),
+    ({"modes": ["lora", "bogus"]}, "config.adapter.kind: 'bogus'"),
+    ({"steps": 0}, "--steps must be >= 1"),
+    ({"length": 65}, "--length=65 is above the max_position_embeddings=64"),
+    ({"seqs_per_task": 3}, "config.train.seqs_per_task"),
+    ({"model_path": "/no/such/model"}, "'/no/such/model' does not exist"),
+  ],
+)
+def test_bad_arguments_stop_the_bench_before_any_configuration_runs(tiny_bert_dir, change, message):
+  from absl import app
+
+  args = dict(methods=["summed", "pcgrad"], modes=["lora"], seqs_per_task=4, length=16, steps=1)
+  args["model_path"] = tiny_bert_dir
+  bench.check_arguments(**args)
+  with pytest.raises(app.UsageError, match=message):
+    bench.check_arguments(**{**args, **change})
