@@ -31,6 +31,7 @@ import numpy as np
 
 from mtl_jax import train
 from mtl_jax.config import defaults as default
+from mtl_jax.config import run_spec
 from mtl_jax.models import bert, gelu, multitask
 from mtl_jax.runtime import hugepages, machine, xla_options
 from mtl_jax.step import make_train_step
@@ -60,7 +61,7 @@ def compile_step(mode: str, options: dict):
   config = default.get_config()
   config.adapter.kind = mode
   config.grad.method = "pcgrad"
-  model, state, frozen, tx = train.init_state(config)
+  model, state, frozen, tx = train.init_state(run_spec.build(config))
   batch = random_batch(3, 64, 64, model.config.vocab_size)
   step = jax.jit(make_train_step(model, tx, (0, 1, 2), 0))
   return step.lower(state, frozen, batch).compile(compiler_options=options), state, frozen, batch

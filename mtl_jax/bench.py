@@ -1,4 +1,4 @@
-"""`python -m mtl_jax.bench`: an alias of `python -m mtl_jax.tools.bench` (the code lives there)."""
+"""`python -m mtl_jax.bench` runs mtl_jax/tools/bench.py, where the code lives."""
 
 if __name__ == "__main__":
   import runpy

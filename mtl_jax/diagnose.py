@@ -1,4 +1,4 @@
-"""`python -m mtl_jax.diagnose`: an alias of `python -m mtl_jax.tools.diagnose` (the code lives there)."""
+"""`python -m mtl_jax.diagnose` runs mtl_jax/tools/diagnose.py, where the code lives."""
 
 if __name__ == "__main__":
   import runpy

@@ -1,4 +1,4 @@
-"""`python -m mtl_jax.embed`: an alias of `python -m mtl_jax.tools.embed` (the code lives there)."""
+"""`python -m mtl_jax.embed` runs mtl_jax/tools/embed.py, where the code lives."""
 
 if __name__ == "__main__":
   import runpy

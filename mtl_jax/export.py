@@ -1,4 +1,4 @@
-"""`python -m mtl_jax.export`: an alias of `python -m mtl_jax.tools.export` (the code lives there)."""
+"""`python -m mtl_jax.export` runs mtl_jax/tools/export.py, where the code lives."""
 
 if __name__ == "__main__":
   import runpy

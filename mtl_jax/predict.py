@@ -1,4 +1,4 @@
-"""`python -m mtl_jax.predict`: an alias of `python -m mtl_jax.tools.predict` (the code lives there)."""
+"""`python -m mtl_jax.predict` runs mtl_jax/tools/predict.py, where the code lives."""
 
 if __name__ == "__main__":
   import runpy

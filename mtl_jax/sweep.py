@@ -1,4 +1,4 @@
-"""`python -m mtl_jax.sweep`: an alias of `python -m mtl_jax.study.sweep` (the code lives there)."""
+"""`python -m mtl_jax.sweep` runs mtl_jax/study/sweep.py, where the code lives."""
 
 if __name__ == "__main__":
   import runpy

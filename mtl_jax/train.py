@@ -1,6 +1,8 @@
 """Training and evaluation loop: config + workdir in, dev metrics out.
 
-Sections: input, model, optimizer, checkpoint, loop, final evaluation. Everything a run
+The config is checked and built once into a RunSpec (mtl_jax.config.run_spec); everything
+below takes the spec. Sections: input, model and step, checkpoints, loop, final
+evaluation. Everything a run
 produces lives in the workdir: config.json, checkpoints/, metrics.jsonl, TensorBoard
 events, predictions/, results.json (written last: the run is finished), and with
 train.eval_every > 0 best_checkpoint/ and best.json. The step runs data-parallel over
@@ -21,10 +23,12 @@ from absl import logging
 
 from mtl_jax import tasks
 from mtl_jax.config import resume, run_spec, upgrade
+from mtl_jax.config.run_spec import RunSpec
 from mtl_jax.data import batching, files, packing, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
 from mtl_jax.models import hf_io, multitask
 from mtl_jax.runtime import checkpoint, interrupts, parallel, workdir_lock, xla_options
+from mtl_jax.runtime.best import BestTracker
 from mtl_jax.runtime.checkpoint import Checkpointer
 from mtl_jax.runtime.metrics_log import MetricsLog
 from mtl_jax.step import TrainState, make_train_step
@@ -34,11 +38,11 @@ from mtl_jax.tasks import TASKS
 RESULTS_JSON = "results.json"  # Final dev metrics, step, sizes and wall time of a finished run.
 
 
-def load_data(config: ml_collections.ConfigDict, tokenizer) -> dict[str, list[batching.Encoded]]:
+def load_data(spec: RunSpec, tokenizer) -> dict[str, list[batching.Encoded]]:
   """{'train': [...], 'dev': [...], 'test': [...]} encoded splits, tasks in TASKS order."""
+  config = spec.config
   data_dir = config.data_dir or files.default_data_dir()
   limit = config.data_limit or None
-  cross = run_spec.head_spec(config).pairs == "cross"
   out = {}
   for split in ("train", "dev", "test"):
     out[split] = [
@@ -46,7 +50,7 @@ def load_data(config: ml_collections.ConfigDict, tokenizer) -> dict[str, list[ba
         tokenizer,
         files.load_split(data_dir, task, split, config.strict_data, limit),
         config.model.max_length,
-        cross,
+        spec.cross,
       )
       for task in TASKS
       if split in tasks.get(task).files
@@ -54,21 +58,19 @@ def load_data(config: ml_collections.ConfigDict, tokenizer) -> dict[str, list[ba
   return out
 
 
-def train_batches(
-  config: ml_collections.ConfigDict, train_data: list[batching.Encoded], devices: int = 1
-) -> schedules.Batches:
-  """The batches a run of `config` trains on, by step: its schedule (train.schedule, the
-  train.epoch_examples caps, length grouping) and its packing over `devices`, with the
-  slots (`packing.choose_slots`) that compute the fewest tokens on the run's first steps.
-  What train_and_evaluate draws, and what `mtl_jax.diagnose --from_checkpoint` measures
-  on."""
-  schedule = run_spec.train_schedule(
-    config,
+def train_batches(spec: RunSpec, train_data: list[batching.Encoded]) -> schedules.Batches:
+  """The batches a run trains on, by step: its schedule (train.schedule, the
+  train.epoch_examples caps, length grouping) and its packing over the spec's devices,
+  with the slots (`packing.choose_slots`) that compute the fewest tokens on the run's
+  first steps. What train_and_evaluate draws, and what `mtl_jax.diagnose
+  --from_checkpoint` measures on."""
+  seqs = spec.config.train.seqs_per_task
+  schedule = spec.schedule(
     tuple(len(d) for d in train_data),
-    tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in train_data),
+    tuple(batching.examples_per_batch(d, seqs) for d in train_data),
   )
-  buckets = tuple(config.train.length_buckets)
-  plan = run_spec.pack_plan(config, devices)
+  buckets = tuple(spec.config.train.length_buckets)
+  plan = spec.train_plan
   if plan is not None and not schedule.one_task:
     plan = packing.choose_slots(
       plan,
@@ -83,33 +85,33 @@ def train_batches(
   return schedules.Batches(train_data, schedule, buckets, plan)
 
 
-def init_state(config: ml_collections.ConfigDict):
-  """(model, train state at step 0, frozen params, optimizer) from a validated config."""
-  model, params = multitask.build(run_spec.model_spec(config), jax.random.key(config.seed))
-  trainable, frozen = run_spec.split_params(config, params)
-  tx = run_spec.optimizer(config, trainable)
+def init_state(spec: RunSpec):
+  """(model, train state at step 0, frozen params, optimizer) of a run."""
+  model, params = multitask.build(spec.model, jax.random.key(spec.config.seed), spec.bert)
+  trainable, frozen = spec.split_params(params)
+  tx = spec.optimizer(trainable)
   state = TrainState(jnp.asarray(0, jnp.int32), trainable, tx.init(trainable))
   return model, state, frozen, tx
 
 
-def restore(workdir: str):
-  """(config, model, state, frozen, tx) of the latest checkpoint of a training workdir; the
-  config is its config.json upgraded to today's schema (upgrade.saved_config)."""
-  config = upgrade.saved_config(workdir)
-  run_spec.validate(config)
-  model, state, frozen, tx = init_state(config)
+def restore(workdir: str, devices: int = 1):
+  """(spec, model, state, frozen, tx) of the latest checkpoint of a training workdir; the
+  spec is built from its config.json, upgraded to today's schema (upgrade.saved_config),
+  for `devices` data-parallel devices."""
+  spec = run_spec.build(upgrade.saved_config(workdir), devices)
+  model, state, frozen, tx = init_state(spec)
   ckpt = Checkpointer(workdir, 1, 1)
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
   state, _ = ckpt.restore(state)
   ckpt.close()
-  return config, model, state, frozen, tx
+  return spec, model, state, frozen, tx
 
 
-def load_trained(workdir: str):
-  """(config, model, params) of the latest checkpoint of a training workdir."""
-  config, model, state, frozen, _ = restore(workdir)
-  return config, model, multitask.merge(state.trainable, frozen)
+def load_trained(workdir: str, devices: int = 1):
+  """(spec, model, params) of the latest checkpoint of a training workdir."""
+  spec, model, state, frozen, _ = restore(workdir, devices)
+  return spec, model, multitask.merge(state.trainable, frozen)
 
 
 def _describe_params(params: dict, trainable: dict, opt_state) -> str:
@@ -128,6 +130,57 @@ def _trained_losses(metrics: dict) -> dict[str, float]:
   return dict(zip(TASKS, np.asarray(metrics["task_loss"]).tolist()))
 
 
+class Throughput:
+  """Examples, sequences and tokens drawn: rates since the last log, tokens over the run."""
+
+  def __init__(self):
+    self.tokens = np.zeros(2, np.int64)  # [real, computed] of this process's steps.
+    self._reset()
+
+  def _reset(self):
+    self.tick, self.examples, self.sequences = time.perf_counter(), 0, 0
+
+  def add(self, batch: dict) -> None:
+    self.examples += int(batch["weights"].sum())  # A pair's weight is on its first row only.
+    self.sequences += packing.num_sequences(batch)
+    self.tokens += int(batch["attention_mask"].sum()), batch["attention_mask"].size
+
+  def rates(self) -> dict[str, float]:
+    """Examples and sequences per second since the last call."""
+    elapsed = max(time.perf_counter() - self.tick, 1e-9)
+    out = {
+      "examples_per_sec": self.examples / elapsed,
+      "sequences_per_sec": self.sequences / elapsed,
+    }
+    self._reset()
+    return out
+
+  def padding_line(self, first: int, last: int) -> str:
+    real, computed = self.tokens
+    return (
+      f"tokens: {real:,} real of {computed:,} computed in steps {first + 1}-{last} "
+      f"({100 * (1 - real / computed):.1f}% padding)"
+    )
+
+
+def _log_step(log: MetricsLog, step: int, metrics, throughput: Throughput, progress) -> None:
+  """Writes a logged step's metrics; a non-finite loss stops the run (nothing more saved)."""
+  metrics = jax.device_get(metrics)
+  losses = _trained_losses(metrics)
+  if not np.isfinite(metrics["loss"]):
+    raise FloatingPointError(
+      f"non-finite loss at step {step}: per-task losses {losses}; lower train.learning_rate?"
+    )
+  extra = throughput.rates()
+  if "task" in metrics:  # A one-task step: name the task, log its loss under its name.
+    ((task, loss),) = losses.items()
+    extra.update({"task": task, f"task_loss/{task}": loss})
+  log.write(step, metrics, tasks=TASKS, extra=extra)
+  progress.set_postfix(
+    loss=f"{float(metrics['loss']):.3f}", ex_s=f"{extra['examples_per_sec']:.1f}"
+  )
+
+
 def _save_on_interrupt(ckpt: Checkpointer, state: TrainState) -> None:
   try:
     step = int(state.step)
@@ -143,25 +196,29 @@ def _save_on_interrupt(ckpt: Checkpointer, state: TrainState) -> None:
     )
 
 
-def _check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Refuses (resume.check_resume) to resume the workdir's checkpoints with a config that
-  changes resume.RESUME_MUST_MATCH keys; only then (re)writes config.json. Nothing is
-  loaded yet, so a mismatch fails at once."""
+def _resume_config(spec: RunSpec, workdir: str) -> RunSpec:
+  """The spec to train `workdir` with, its config.json (re)written. A workdir with
+  checkpoints resumes only with the config they were trained with (resume.check_resume,
+  one error naming every changed key); a run written before a key of today's config
+  existed resumes as it was trained (resume.adopt_saved: the spec is rebuilt with it)."""
   os.makedirs(workdir, exist_ok=True)
   config_path = os.path.join(workdir, upgrade.CONFIG_JSON)
-  ckpt = Checkpointer(workdir, config.train.checkpoint_every, config.train.keep_checkpoints)
+  ckpt = Checkpointer(workdir, 1, 1)
   try:
     if ckpt.latest_step() is not None:
       if os.path.isfile(config_path):
         saved = upgrade.read_run_config(workdir)
-        for change in resume.adopt_saved(saved, config):
+        adopted = resume.adopt_saved(saved, spec.config)
+        for change in adopted:
           logging.warning(
             "%s was trained before a key of today's config existed: resuming it "
             "as it was trained, with %s",
             workdir,
             change,
           )
-        resume.check_resume(saved, config, workdir)
+        if adopted:
+          spec = run_spec.build(spec.config, spec.devices)
+        resume.check_resume(saved, spec.config, workdir)
       else:
         logging.warning(
           "%s holds checkpoints but no config.json: cannot check that they "
@@ -172,57 +229,49 @@ def _check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> 
     ckpt.close()
   tmp = f"{config_path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+    f.write(spec.config.to_json_best_effort(indent=2))
   os.replace(tmp, config_path)
+  return spec
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from workdir if it holds a checkpoint) and returns final dev metrics.
 
-  With train.eval_every > 0 the best dev overall so far is kept in best_checkpoint/ and
-  best.json (see mtl_jax.runtime.checkpoint), and train.early_stopping_patience > 0 ends training
-  after that many evaluations without improvement (then saves, evaluates and writes
-  predictions of the last step, as at the normal end).
-
-  The config is validated before the workdir is touched; then the workdir is held by this
-  run alone (mtl_jax.runtime.workdir_lock: a second trainer is refused at once) until it returns."""
-  run_spec.validate(config)
+  The config is checked and built once (run_spec.build) before the workdir is touched;
+  then the workdir is held by this run alone (runtime.workdir_lock: a second trainer is
+  refused at once) until it returns. With train.eval_every > 0 the best dev overall so far
+  is kept in best_checkpoint/ and best.json, and train.early_stopping_patience > 0 ends
+  training after that many evaluations without improvement (runtime.best)."""
+  mesh = parallel.make_mesh()
+  spec = run_spec.build(config, mesh.size)
   with workdir_lock.hold(workdir, lock=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir)
+    return _train(_resume_config(spec, workdir), workdir, mesh)
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def _train(spec: RunSpec, workdir: str, mesh) -> dict:
   """train_and_evaluate's body, run while the workdir's lock is held."""
   start = time.perf_counter()
-  run_spec.validate(config)
-  mesh = parallel.make_mesh()
-  run_spec.check_devices(config, mesh.size)
-  _check_and_write_config(config, workdir)
+  config, t = spec.config, spec.config.train
   primary = jax.process_index() == 0  # Writes the logs and predictions of a multi-host run.
 
   # --- Input
-  tokenizer = hf_io.load_tokenizer(config.model.path)
-  data = load_data(config, tokenizer)
-  buckets = tuple(config.train.length_buckets)
-  eval_plan = run_spec.pack_plan(config, mesh.size, for_eval=True)
-  batches = train_batches(config, data["train"], mesh.size)
+  tokenizer = hf_io.load_tokenizer(config.model.path, spec.bert and spec.bert.vocab_size)
+  data = load_data(spec, tokenizer)
+  buckets = tuple(t.length_buckets)
+  batches = train_batches(spec, data["train"])
   logging.info(schedules.describe(batches.schedule))
   if batches.plan is not None and batches.plan.slots:
-    logging.info(
-      "packing: %s lanes per step (slots per task: %s)",
-      sum(batches.plan.slots),
-      ", ".join(f"{t} {m}" for t, m in zip(TASKS, batches.plan.slots)),
-    )
+    slots = ", ".join(f"{task} {m}" for task, m in zip(TASKS, batches.plan.slots))
+    logging.info("packing: %s lanes per step (slots per task: %s)", sum(batches.plan.slots), slots)
 
   # --- Model, optimizer and step
-  model, state, frozen, tx = init_state(config)
+  model, state, frozen, tx = init_state(spec)
   logging.info(
     _describe_params(multitask.merge(state.trainable, frozen), state.trainable, state.opt_state)
   )
-  param_sharding = config.train.param_sharding
-  state_sharding = parallel.param_shardings(state, mesh, param_sharding)
+  state_sharding = parallel.param_shardings(state, mesh, t.param_sharding)
   state = jax.device_put(state, state_sharding)
-  frozen = jax.device_put(frozen, parallel.param_shardings(frozen, mesh, param_sharding))
+  frozen = jax.device_put(frozen, parallel.param_shardings(frozen, mesh, t.param_sharding))
   step_fn = jax.jit(
     make_train_step(model, tx, tuple(range(len(TASKS))), config.seed),
     donate_argnums=(0,),
@@ -232,98 +281,48 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   train_sharding = parallel.batch_sharding(mesh, 1)  # [T, S, ...]: split S.
   predict_fn = parallel.data_parallel(make_predict_fn(model), mesh, 0)
 
-  def run_eval() -> tuple[dict, dict]:
+  def run_eval(params) -> tuple[dict, dict]:
     return evaluate(
-      predict_fn,
-      multitask.merge(state.trainable, frozen),
-      data["dev"],
-      config.eval.seqs_per_batch,
-      buckets,
-      eval_plan,
+      predict_fn, params, data["dev"], config.eval.seqs_per_batch, buckets, spec.eval_plan
     )
 
-  # --- Checkpoint
-  ckpt = Checkpointer(
-    workdir, config.train.checkpoint_every, config.train.keep_checkpoints, cleanup_tmp=True
-  )
+  # --- Checkpoints
+  ckpt = Checkpointer(workdir, t.checkpoint_every, t.keep_checkpoints, cleanup_tmp=True)
   if ckpt.latest_step() is not None:  # The newest step that restores; damaged ones set aside.
     state, _ = ckpt.restore(state, set_aside=True)
     logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
-
-  # --- Best dev checkpoint and early stopping
-  t = config.train
-  patience = t.early_stopping_patience
-  best = checkpoint.read_best(workdir) if t.eval_every else None
-
-  def evals_without_improvement(step: int) -> int:
-    """Evaluations in (best step, step]: derived, not counted, so exact across resumes."""
-    return step // t.eval_every - (best["step"] // t.eval_every if best else 0)
-
-  def track_best(step: int, results: dict) -> str | None:
-    """Keeps the best checkpoint; returns why training should stop early, if it should."""
-    nonlocal best
-    score = float(results["overall"])
-    if np.isfinite(score) and (best is None or score > best["overall"]):
-      best = checkpoint.save_best(workdir, step, state, results)
-      logging.info("new best dev overall %.4f at step %d", score, step)
-    elif patience and evals_without_improvement(step) >= patience:
-      return (
-        f"early stopping at step {step}: dev overall has not improved on "
-        f"{best['overall'] if best else float('nan'):.4f} (step {best['step'] if best else '-'}) "
-        f"for {evals_without_improvement(step)} evaluations "
-        f"(train.early_stopping_patience={patience})"
-      )
-    return None
+  best = BestTracker(workdir, t.eval_every, t.early_stopping_patience)
 
   # --- Loop
-  log = MetricsLog(workdir, write=primary, resume_step=int(state.step))
   first = int(state.step)
   last = t.steps
-  if patience and first < t.steps and evals_without_improvement(first) >= patience:
+  if first < t.steps and best.should_stop(first):
     logging.warning(
       "this run already stopped early at step %d (best dev overall at step %d); "
       "not training further",
       first,
-      best["step"] if best else 0,
+      best.best["step"] if best.best else 0,
     )
     last = first
-  last_eval = None  # (step, results, dev predictions) of the latest evaluation.
+  log = MetricsLog(workdir, write=primary, resume_step=first)
   progress = log.progress(first, t.steps)
-  tick, examples, sequences = time.perf_counter(), 0, 0  # Since the last log.
-  tokens = np.zeros(2, np.int64)  # [real, computed] this process's steps, whole run.
+  throughput = Throughput()
+  last_eval = None  # (step, dev metrics, dev predictions) of the latest evaluation.
   with interrupts.stop_between_steps() as stop_request:
     try:
       for step in range(first, last):
         batch = batches(step)
-        examples += int(batch["weights"].sum())  # A pair's weight is on its first row only.
-        sequences += packing.num_sequences(batch)
-        tokens += int(batch["attention_mask"].sum()), batch["attention_mask"].size
-        batch = parallel.put_batch(batch, train_sharding)
-        state, metrics = step_fn(state, frozen, batch)
+        throughput.add(batch)
+        state, metrics = step_fn(state, frozen, parallel.put_batch(batch, train_sharding))
         done = step + 1
         if done % max(t.log_every, 1) == 0 or done == t.steps:
-          metrics = jax.device_get(metrics)
-          losses = _trained_losses(metrics)
-          if not np.isfinite(metrics["loss"]):
-            raise FloatingPointError(
-              f"non-finite loss at step {done}: per-task losses "
-              f"{losses}; lower train.learning_rate?"
-            )
-          elapsed = max(time.perf_counter() - tick, 1e-9)
-          rate = examples / elapsed
-          extra = {"examples_per_sec": rate, "sequences_per_sec": sequences / elapsed}
-          if "task" in metrics:  # A one-task step: name the task, log its loss under its name.
-            ((task, loss),) = losses.items()
-            extra.update({"task": task, f"task_loss/{task}": loss})
-          tick, examples, sequences = time.perf_counter(), 0, 0
-          log.write(done, metrics, tasks=TASKS, extra=extra)
-          progress.set_postfix(loss=f"{float(metrics['loss']):.3f}", ex_s=f"{rate:.1f}")
+          _log_step(log, done, metrics, throughput, progress)
         progress.update(1)
         stop = None
         if t.eval_every and done % t.eval_every == 0 and done != t.steps:
-          last_eval = (done, *run_eval())
+          last_eval = (done, *run_eval(multitask.merge(state.trainable, frozen)))
           log.write(done, last_eval[1], prefix="dev/")
-          stop = track_best(done, last_eval[1])
+          stop = best.update(done, state, last_eval[1])
         ckpt.save(done, state, {"step": done})
         if stop:
           logging.warning(stop)
@@ -341,22 +340,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
       ckpt.close()
       raise
   progress.close()
-  if ckpt.latest_step() != int(state.step):
-    ckpt.save(int(state.step), state, {"step": int(state.step)}, force=True)
+  step = int(state.step)
+  if ckpt.latest_step() != step:
+    ckpt.save(step, state, {"step": step}, force=True)
   ckpt.close()
 
-  # --- Final evaluation and predictions
-  if last_eval is not None and last_eval[0] == int(state.step):  # Stopped early right after it.
+  # --- Final evaluation, predictions and results.json
+  params = multitask.merge(state.trainable, frozen)
+  if last_eval is not None and last_eval[0] == step:  # Stopped early right after it.
     results, dev_preds = last_eval[1:]
   else:
-    results, dev_preds = run_eval()
-    log.write(int(state.step), results, prefix="dev/")
-    if t.eval_every:
-      track_best(int(state.step), results)
-  params = multitask.merge(state.trainable, frozen)
+    results, dev_preds = run_eval(params)
+    log.write(step, results, prefix="dev/")
+    best.update(step, state, results)
   if config.eval.write_predictions:  # Every process predicts: it is one SPMD program.
     splits = [(d, dev_preds[d.task]) for d in data["dev"]] + [
-      (d, predict_split(predict_fn, params, d, config.eval.seqs_per_batch, buckets, eval_plan))
+      (d, predict_split(predict_fn, params, d, config.eval.seqs_per_batch, buckets, spec.eval_plan))
       for d in data["test"]
     ]
     if primary:
@@ -367,27 +366,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     checkpoint.write_json_atomic(
       os.path.join(workdir, RESULTS_JSON),
       {
-        "step": int(state.step),
+        "step": step,
         "first_step": first,
         "seconds": time.perf_counter() - start,
         "params": multitask.count(params),
         "trainable_params": multitask.count(state.trainable),
         "devices": mesh.size,
-        "real_tokens": int(tokens[0]),
-        "computed_tokens": int(tokens[1]),
+        "real_tokens": int(throughput.tokens[0]),
+        "computed_tokens": int(throughput.tokens[1]),
         "metrics": results,
         "bootstrap": stats.dev_intervals(workdir, data["dev"]),
       },
     )
-  if tokens[1]:
-    logging.info(
-      "tokens: %s real of %s computed in steps %d-%d (%.1f%% padding)",
-      f"{tokens[0]:,}",
-      f"{tokens[1]:,}",
-      first + 1,
-      int(state.step),
-      100 * (1 - tokens[0] / tokens[1]),
-    )
+  if throughput.tokens[1]:
+    logging.info(throughput.padding_line(first, step))
   logging.info("final dev metrics: %s", json.dumps(results))
   print(log.table(results))
   return results

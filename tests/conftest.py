@@ -19,6 +19,7 @@ from safetensors.numpy import save_file
 
 from mtl_jax import tasks, train
 from mtl_jax.config import defaults as default
+from mtl_jax.config import run_spec
 from mtl_jax.data import schedules
 from mtl_jax.data.batching import Encoded
 from mtl_jax.data.files import default_data_dir
@@ -171,7 +172,7 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def restored_trainable(config, workdir):
-  _, state, _, _ = train.init_state(config)
+  _, state, _, _ = train.init_state(run_spec.build(config))
   return Checkpointer(workdir, 1, 1).restore(state)[0].trainable
 
 

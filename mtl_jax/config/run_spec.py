@@ -1,7 +1,11 @@
-"""Validation of a config and the objects the code takes, built from it.
+"""The run specification: a config checked and built once (`build`) into what the code takes.
 
-Every bad value fails here, before any data or model is loaded, with the config key in
-the message (unknown keys are already refused by the locked ConfigDict).
+Every bad value fails in `build`, before any data or model is loaded, with the config key
+in the message (unknown keys are already refused by the locked ConfigDict). Building is
+validating: the model spec, the gradient method and the packing plans are built once and
+handed to the trainer and the tools in one frozen `RunSpec`; nothing downstream rebuilds
+them from the raw config. The functions below `RunSpec` are its pieces, each a pure
+function of the config.
 """
 
 from __future__ import annotations
@@ -146,8 +150,72 @@ def _validate_schedule(config: ml_collections.ConfigDict) -> None:
   )
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first key whose value cannot work."""
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """A checked run configuration and the objects built from it (`build`).
+
+  `config` keeps the plain values (seed, train.steps, eval.*) and is what config.json
+  records; everything that needs building is built here once.
+  """
+
+  config: ml_collections.ConfigDict  # Locked; read, never changed, downstream.
+  model: multitask.ModelSpec
+  bert: hf_io.BertConfig | None  # The model's config.json, read once (None: unreadable,
+  # and the loader's error names why).
+  grad_method: optax.GradientTransformation  # Over per-task gradients [T, ...].
+  devices: int  # Data-parallel devices the batches are split over.
+  train_plan: packing.PackPlan | None  # How train batches are packed (None: unpacked).
+  eval_plan: packing.PackPlan | None  # How evaluation batches are packed.
+
+  @property
+  def cross(self) -> bool:
+    """Sentence pairs are cross-encoded (one sequence) rather than bi-encoded."""
+    return self.model.heads.pairs == "cross"
+
+  def schedule(self, sizes: tuple[int, ...], batch_examples: tuple[int, ...] = ()):
+    """The training schedule over training sets of `sizes` examples (train_schedule)."""
+    return train_schedule(self.config, sizes, batch_examples)
+
+  def split_params(self, params: dict) -> tuple[dict, dict]:
+    """(trainable, frozen) halves of the built model's params (split_params)."""
+    return split_params(self.config, params)
+
+  def optimizer(self, trainable: dict) -> optax.GradientTransformation:
+    """Per-task gradients [T, ...] -> the gradient method on the shared leaves of
+    `trainable` (heads get their own task's gradient) -> clip -> AdamW."""
+    method = mtlgrad.shared_only(self.grad_method, multitask.is_shared(trainable))
+    return optax.chain(method, *_update_transforms(self.config))
+
+  def base_optimizer(self) -> optax.GradientTransformation:
+    """The optimizer for an already-combined gradient (no task axis)."""
+    return base_optimizer(self.config)
+
+
+def build(config: ml_collections.ConfigDict, devices: int = 1) -> RunSpec:
+  """Checks `config` for a run over `devices` data-parallel devices and builds its RunSpec;
+  ConfigError names the first key whose value cannot work."""
+  _check_values(config)
+  bert = _model_config(config)
+  if bert is not None:
+    _check_model_fit(config, bert)
+  model = model_spec(config)
+  method = grad_method(config)
+  _validate_schedule(config)
+  check_devices(config, devices)
+  return RunSpec(
+    config=config,
+    model=model,
+    bert=bert,
+    grad_method=method,
+    devices=devices,
+    train_plan=pack_plan(config, devices),
+    eval_plan=pack_plan(config, devices, for_eval=True),
+  )
+
+
+def _check_values(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first plain value that cannot work (the values that
+  build objects are checked by building them, in `build`)."""
   t = config.train
   _check(
     config.adapter.kind in multitask.MODES,
@@ -159,7 +227,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     "model.pooling",
     f"{config.model.pooling!r} is not one of {heads_lib.ALL_POOLINGS}",
   )
-  head_spec(config)
   _check(
     config.model.dtype in ("float32", "bfloat16"),
     "model.dtype",
@@ -201,7 +268,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   _check(t.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 = off), got {t.grad_clip}")
   _check(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
   _check(0 <= t.warmup_fraction < 1, "train.warmup_fraction", "must be in [0, 1)")
-  _check_model_fit(config)
   _check(
     len(t.length_buckets) > 0 and max(t.length_buckets) >= config.model.max_length,
     "train.length_buckets",
@@ -239,10 +305,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     f"{patience} needs dev evaluations during training: set train.eval_every > 0 "
     f"(it is {t.eval_every}), or train.early_stopping_patience=0",
   )
-  lora_config(config)
-  task_layer_config(config)
-  grad_method(config)
-  _validate_schedule(config)
 
 
 MIN_LENGTH = 3  # [CLS], one word piece, [SEP].
@@ -263,17 +325,18 @@ def check_max_length(max_length: int, positions: int, name: str, model: str) -> 
     )
 
 
-def _check_model_fit(config: ml_collections.ConfigDict) -> None:
-  """The keys that must fit the model's shape: model.max_length, the length buckets of
-  unpacked batches (padding past the position table gives NaN) and adapter.layers. Reads
-  only the model's config.json (a directory, or a Hub id's snapshot); a model that cannot
-  be read is left to the loader, whose error names it."""
-  if not config.model.path:
-    return
+def _model_config(config: ml_collections.ConfigDict) -> hf_io.BertConfig | None:
+  """The model's config.json (a directory, or a Hub id's snapshot), or None when it cannot
+  be read: that is left to the loader, whose error names the problem."""
   try:
-    bert = hf_io.read_config(config.model.path)
+    return hf_io.read_config(config.model.path)
   except hf_io.CheckpointError:
-    return
+    return None
+
+
+def _check_model_fit(config: ml_collections.ConfigDict, bert: hf_io.BertConfig) -> None:
+  """The keys that must fit the model's shape: model.max_length, the length buckets of
+  unpacked batches (padding past the position table gives NaN) and adapter.layers."""
   positions, path = bert.max_position_embeddings, config.model.path
   check_max_length(config.model.max_length, positions, "config.model.max_length", path)
   # Unpacked, a batch is padded to the first bucket that holds max_length tokens (or a

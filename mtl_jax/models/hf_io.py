@@ -20,6 +20,7 @@ transposed both ways. Biases and LayerNorm vectors are copied as they are.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -165,15 +166,18 @@ def read_config(path: str, **overrides) -> BertConfig:
     raise CheckpointError(f"{cfg_file}: a value has the wrong type ({e})") from e
 
 
-def load_bert(path: str, **overrides) -> tuple[BertConfig, dict]:
+def load_bert(path: str, base: BertConfig | None = None, **overrides) -> tuple[BertConfig, dict]:
   """Reads a Hugging Face BERT directory (or Hub id) -> (config, Flax encoder params).
 
   The params hold the pretrained base weights only (no adapters); see
   `mtl_jax.models.multitask.build`, which lays them over a freshly initialised full tree
-  (adapters, task layers and heads).
+  (adapters, task layers and heads). `base`: the directory's config.json when the caller
+  has already read it (read_config), with `overrides` applied here.
   """
   path = local_dir(path)
-  config = read_config(path, **overrides)
+  config = (
+    read_config(path, **overrides) if base is None else dataclasses.replace(base, **overrides)
+  )
   tensors, st = read_weights(path, keep=lambda name: not _IGNORED.match(strip_prefix(name)))
   params: dict = {}
   for name, value in tensors.items():
@@ -351,8 +355,9 @@ def save_bert(path: str, config: BertConfig, params: dict) -> None:
     json.dump(config.to_hf(), f, indent=2)
 
 
-def load_tokenizer(path: str):
-  """transformers' fast BERT tokenizer from vocab.txt or tokenizer.json in `path` (or Hub id)."""
+def load_tokenizer(path: str, vocab_size: int | None = None):
+  """transformers' fast BERT tokenizer from vocab.txt or tokenizer.json in `path` (or Hub
+  id), checked against the model's vocab_size (read from config.json when not given)."""
   path = local_dir(path)
   if not any(os.path.isfile(os.path.join(path, f)) for f in ("vocab.txt", "tokenizer.json")):
     raise CheckpointError(f"{path} has neither vocab.txt nor tokenizer.json for the tokenizer")
@@ -361,7 +366,7 @@ def load_tokenizer(path: str):
   from transformers import BertTokenizerFast  # Slow import; only where needed.
 
   tokenizer = BertTokenizerFast.from_pretrained(path, local_files_only=True)
-  vocab_size = read_config(path).vocab_size
+  vocab_size = vocab_size or read_config(path).vocab_size
   if len(tokenizer) > vocab_size:  # JAX's gather would give NaN for the ids past the table.
     raise CheckpointError(
       f"the tokenizer in {path} has {len(tokenizer)} tokens but config.json's vocab_size is "

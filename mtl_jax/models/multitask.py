@@ -134,13 +134,16 @@ class ModelSpec:
       raise ValueError(f"mode {self.mode!r} and lora={self.lora} disagree")
 
 
-def build(spec: ModelSpec, rng: jax.Array) -> tuple[MultitaskModel, dict]:
-  """Pretrained encoder + fresh adapters and heads -> (model, params)."""
+def build(
+  spec: ModelSpec, rng: jax.Array, bert: hf_io.BertConfig | None = None
+) -> tuple[MultitaskModel, dict]:
+  """Pretrained encoder + fresh adapters and heads -> (model, params). `bert`: the model's
+  config.json when already read (mtl_jax.config.run_spec.RunSpec.bert)."""
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(spec.dtype)
   if dtype is None:
     raise ValueError(f"unknown dtype {spec.dtype!r}; expected float32 or bfloat16")
   config, pretrained = hf_io.load_bert(
-    spec.path, lora=spec.lora, task_layers=spec.task_layers, dtype=dtype
+    spec.path, bert, lora=spec.lora, task_layers=spec.task_layers, dtype=dtype
   )
   model = MultitaskModel(config, spec.pooling, spec.head_dropout, spec.heads)
   dummy = jnp.zeros((2, 8), jnp.int32)

@@ -277,7 +277,7 @@ def plan(
         config = load_config(path, run_overrides)
         label = name if seed is None else f"{name}-seed={seed}"
         try:  # A value that cannot work stops the sweep (and --plan) before any run.
-          run_spec.validate(config)
+          run_spec.build(config)
         except run_spec.ConfigError as e:
           raise SweepError(f"{label}: {e}") from e
         runs.append(

@@ -125,14 +125,16 @@ def real_batches(config, steps: int, positions: int) -> list[dict]:
   """Steps 0..steps-1 of the batch stream a run of `config` trains on (packed as in training),
   its sequences cut at the model's `positions` where those are fewer than model.max_length."""
   from mtl_jax import train
+  from mtl_jax.config import run_spec
   from mtl_jax.models import hf_io
 
   config = config.copy_and_resolve_references()
   config.model.max_length = min(config.model.max_length, positions)
   buckets = [b for b in config.train.length_buckets if b <= config.model.max_length]
   config.train.length_buckets = tuple(buckets) or (config.model.max_length,)
-  data = train.load_data(config, hf_io.load_tokenizer(config.model.path))
-  batches = train.train_batches(config, data["train"])
+  spec = run_spec.build(config)
+  data = train.load_data(spec, hf_io.load_tokenizer(config.model.path))
+  batches = train.train_batches(spec, data["train"])
   return [batches(k) for k in range(steps)]
 
 
@@ -158,9 +160,10 @@ def _jitted_step(method: str, mode: str, seqs_per_task: int, model_path: str | N
   from mtl_jax.step import TrainState, make_summed_step, make_train_step
 
   config = bench_config(method, mode, seqs_per_task, model_path)
-  model, state, frozen, tx = train.init_state(config)
+  spec = run_spec.build(config)
+  model, state, frozen, tx = train.init_state(spec)
   if method == "summed":
-    summed_tx = run_spec.base_optimizer(config)  # No task axis to combine.
+    summed_tx = spec.base_optimizer()  # No task axis to combine.
     state = TrainState(state.step, state.trainable, summed_tx.init(state.trainable))
     step = make_summed_step(model, summed_tx, 3, config.seed)
   else:
@@ -391,7 +394,7 @@ def check_arguments(
       for mode in modes:
         config = bench_config(method, mode, seqs_per_task, model_path)
         config.model.max_length, config.train.length_buckets = length, (length,)
-        run_spec.validate(config)
+        run_spec.build(config)
   except (run_spec.ConfigError, hf_io.CheckpointError) as e:
     raise app.UsageError(str(e)) from None
 

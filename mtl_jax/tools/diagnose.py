@@ -362,10 +362,11 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
   from mtl_jax.step import make_train_step
 
   try:
-    config, model, state, frozen, tx = train.restore(workdir)  # Split and method state kept.
+    spec, model, state, frozen, tx = train.restore(workdir, jax.device_count())
+    config = spec.config  # The split and the method's state are the run's.
     if "encoder" not in state.trainable:
       raise DiagnoseError("this run trains only the heads: no shared gradients to compare")
-    data = train.load_data(config, hf_io.load_tokenizer(config.model.path))
+    data = train.load_data(spec, hf_io.load_tokenizer(config.model.path))
   except (
     FileNotFoundError,
     run_spec.ConfigError,
@@ -374,7 +375,7 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
     checkpoint.UnreadableCheckpointError,
   ) as e:
     raise DiagnoseError(str(e)) from e
-  batches = train.train_batches(config, data["train"], jax.device_count())
+  batches = train.train_batches(spec, data["train"])
   step_fn = jax.jit(
     make_train_step(model, tx, tuple(range(len(TASKS))), config.seed),
     compiler_options=xla_options.train_step_options(),

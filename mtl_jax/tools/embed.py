@@ -155,8 +155,8 @@ def load_encoder(model_dir: str | None, workdir: str | None, pooling: str | None
   if workdir:
     from mtl_jax import train
 
-    config, model, params = train.load_trained(workdir)
-    model_dir = model_dir or config.model.path
+    spec, model, params = train.load_trained(workdir)
+    model_dir = model_dir or spec.config.model.path
     if pooling and pooling != model.pooling:
       model = model.clone(pooling=pooling)
   elif model_dir:

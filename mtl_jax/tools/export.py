@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from flax import traverse_util
 from safetensors.numpy import load_file
 
-from mtl_jax.config import run_spec, upgrade
+from mtl_jax.config import upgrade
 from mtl_jax.models import adapters, hf_io
 from mtl_jax.models import heads as heads_lib
 from mtl_jax.tools import cli
@@ -96,7 +96,8 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
   from mtl_jax.runtime.checkpoint import Checkpointer
 
   try:
-    config, model, params = train.load_trained(workdir)
+    spec, model, params = train.load_trained(workdir)
+    config = spec.config
   except FileNotFoundError as e:
     raise ExportError(str(e)) from e
   except ValueError as e:
@@ -151,7 +152,7 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
       os.path.join(tmp, "heads.safetensors"),
       {"layout": "flax: kernel [in, out], y = x @ kernel + bias"},
     )
-    head_spec = run_spec.head_spec(config)
+    head_spec = spec.model.heads
     baseline_heads = head_spec == heads_lib.HeadSpec()
     info = {
       "format": "mtl_jax-export",

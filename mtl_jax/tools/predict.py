@@ -81,23 +81,20 @@ def read_input(path: str, task: str) -> TaskSplit:
 def predict_file(workdir: str, task: str, input_path: str, output_path: str) -> dict[str, float]:
   """Writes the predictions of `workdir`'s latest checkpoint; returns metrics if labelled."""
   from mtl_jax import train
-  from mtl_jax.config import run_spec
   from mtl_jax.models import hf_io
 
-  config, model, params = train.load_trained(workdir)
-  split = read_input(input_path, task)
-  cross = run_spec.head_spec(config).pairs == "cross"
-  data = batching.encode(
-    hf_io.load_tokenizer(config.model.path), split, config.model.max_length, cross
-  )
   mesh = parallel.make_mesh()
+  spec, model, params = train.load_trained(workdir, mesh.size)
+  config = spec.config
+  split = read_input(input_path, task)
+  tokenizer = hf_io.load_tokenizer(config.model.path, spec.bert and spec.bert.vocab_size)
+  data = batching.encode(tokenizer, split, config.model.max_length, spec.cross)
   predict_fn = parallel.data_parallel(evaluate.make_predict_fn(model), mesh, 0)
   # Batched as the run's own evaluation: packed if it trained packed (then no batch is
   # padded to a bucket past the model's position table).
-  plan = run_spec.pack_plan(config, mesh.size, for_eval=True)
   buckets = tuple(config.train.length_buckets)
   preds = evaluate.predict_split(
-    predict_fn, params, data, config.eval.seqs_per_batch, buckets, plan
+    predict_fn, params, data, config.eval.seqs_per_batch, buckets, spec.eval_plan
   )
   evaluate.write_task_predictions(output_path, data, preds)
   if split.labels is None:

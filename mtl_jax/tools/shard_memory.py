@@ -37,8 +37,9 @@ def state_bytes(config, mesh, mode: str) -> dict:
   """{trainable, params, opt_state, params_total, opt_total} bytes: per device (the most
   loaded device) under `mode`, and unsharded totals."""
   from mtl_jax import train
+  from mtl_jax.config import run_spec
 
-  _, state, frozen, _ = train.init_state(config)
+  _, state, frozen, _ = train.init_state(run_spec.build(config))
   trees = {"params": (state.trainable, frozen), "opt_state": state.opt_state}
   out = {"trainable": int(sum(np.size(x) for x in jax.tree.leaves(state.trainable)))}
   for name, tree in trees.items():

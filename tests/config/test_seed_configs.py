@@ -73,7 +73,7 @@ def test_seed_config_changes_only_its_settings(name, tiny_bert_dir):
   tiny = _load(name)
   tiny.model.path = tiny_bert_dir
   tiny.model.max_length = 32  # The tiny model has 64 positions.
-  run_spec.validate(tiny)
+  run_spec.build(tiny)
 
 
 @needs_data
@@ -91,7 +91,7 @@ def test_seed_config_trains_on_a_small_slice(name, tiny_bert_dir, tmp_path):
   assert [r["step"] for r in read_metrics(workdir) if "loss" in r] == [1, 2, 3, 4]
 
   # The seed's settings took effect in the trained model.
-  saved, model, params = train.load_trained(workdir)
+  saved, model, params = train.load_trained(workdir)  # The run's RunSpec.
   assert model.head_spec == run_spec.head_spec(config) and model.pooling == config.model.pooling
   names = set(params["heads"])
   spec = model.head_spec
@@ -109,7 +109,7 @@ def test_seed_config_trains_on_a_small_slice(name, tiny_bert_dir, tmp_path):
   if name == "dot_product_heads":
     assert names == {"sst"}  # Neither pair head has parameters.
   if name == "relu_cosine_sts":
-    data = train.load_data(saved, hf_io.load_tokenizer(saved.model.path))
+    data = train.load_data(saved, hf_io.load_tokenizer(saved.config.model.path))
     sts_dev = next(d for d in data["dev"] if d.task == "sts")
     predict = make_predict_fn(model)
     for _, batch in batching.eval_batches(sts_dev, 16, (32,)):
@@ -117,7 +117,7 @@ def test_seed_config_trains_on_a_small_slice(name, tiny_bert_dir, tmp_path):
   if name == "fixed_loss_weights":  # The method the run built combines 4, 1, 10.
     with open(os.path.join(workdir, "config.json")) as f:
       assert json.load(f)["grad"]["kwargs"]["weights"] == [4.0, 1.0, 10.0]
-    tx = run_spec.grad_method(saved)
+    tx = saved.grad_method
     update, _ = tx.update({"w": jnp.ones((3, 2))}, tx.init({"w": jnp.ones(2)}))
     np.testing.assert_allclose(np.asarray(update["w"]), [15.0, 15.0])
   if name == "annealed_sampling":

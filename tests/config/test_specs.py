@@ -50,7 +50,7 @@ def test_shipped_configs_validate(module):
   config = importlib.import_module(module).get_config()
   if not config.model.path:
     pytest.skip("bundled model package not installed (model.path is empty by design)")
-  run_spec.validate(config)
+  run_spec.build(config)
 
 
 BAD = [
@@ -92,7 +92,7 @@ BAD = [
 def test_bad_value_raises_config_error_naming_key(key, value):
   config = default_config_with(**{key: value})
   with pytest.raises(run_spec.ConfigError, match=re.escape(key)):
-    run_spec.validate(config)
+    run_spec.build(config)
 
 
 @needs_grad
@@ -107,7 +107,7 @@ def test_bad_value_raises_config_error_naming_key(key, value):
 )
 def test_bad_adapter_values(key, value, words):
   with pytest.raises(run_spec.ConfigError) as info:
-    run_spec.validate(default_config_with(**{key: value}))
+    run_spec.build(default_config_with(**{key: value}))
   for w in words:
     assert w in str(info.value)
 
@@ -119,9 +119,9 @@ def test_adapter_layers_outside_the_model_are_refused(tiny_bert_dir, layers):
   config = default_config_with(**{"model.path": tiny_bert_dir, "model.max_length": 32})
   config.adapter.layers = layers
   with pytest.raises(run_spec.ConfigError, match=r"adapter\.layers.*2 encoder layers"):
-    run_spec.validate(config)
+    run_spec.build(config)
   config.adapter.kind = "full"  # No adapter: the key is unused.
-  run_spec.validate(config)
+  run_spec.build(config)
 
 
 @needs_grad
@@ -129,12 +129,12 @@ def test_unpacked_buckets_past_the_position_table_are_refused(tiny_bert_dir):
   """The tiny model has 64 positions; packed rows restart positions in every sequence."""
   config = default_config_with(**{"model.path": tiny_bert_dir, "model.max_length": 32})
   config.train.length_buckets = (128,)
-  run_spec.validate(config)
+  run_spec.build(config)
   config.train.packing = False
   with pytest.raises(run_spec.ConfigError, match=r"train\.length_buckets: bucket 128 .*64"):
-    run_spec.validate(config)
+    run_spec.build(config)
   config.train.length_buckets = (16, 32, 128)  # 128 is never used: 32 holds max_length.
-  run_spec.validate(config)
+  run_spec.build(config)
 
 
 @needs_grad
@@ -147,11 +147,11 @@ def test_cross_encoded_pairs_need_a_second_token_type(tiny_bert_ref, tmp_path):
   ref[key] = tiny_bert_ref[key][:1]
   path = write_tiny_bert(tmp_path / "one_type", ref)
   config = default_config_with(**{"model.path": path, "model.max_length": 32})
-  run_spec.validate(config)  # Bi-encoded pairs use token type 0 only.
+  run_spec.build(config)  # Bi-encoded pairs use token type 0 only.
   config.heads.pairs = "cross"
   config.heads.quora = config.heads.sts = "features"
   with pytest.raises(run_spec.ConfigError, match=r"heads\.pairs: 'cross' .*type_vocab_size=1"):
-    run_spec.validate(config)
+    run_spec.build(config)
 
 
 @needs_grad
@@ -159,17 +159,23 @@ def test_bad_grad_kwargs_raise_config_error():
   config = default_config_with()
   config.grad.kwargs.no_such_argument = 1
   with pytest.raises(run_spec.ConfigError, match="grad"):
-    run_spec.validate(config)
+    run_spec.build(config)
 
 
 @needs_grad
 def test_adapter_values_ignored_when_not_an_adapter_mode():
-  run_spec.validate(default_config_with(**{"adapter.kind": "full", "adapter.rank": 0}))
-  run_spec.validate(default_config_with(**{"adapter.kind": "probe", "adapter.targets": ("foo",)}))
+  full = run_spec.build(default_config_with(**{"adapter.kind": "full", "adapter.rank": 0}))
+  probe = run_spec.build(
+    default_config_with(**{"adapter.kind": "probe", "adapter.targets": ("foo",)})
+  )
+  assert (full.model.mode, full.model.lora) == ("full", None)
+  assert (probe.model.mode, probe.model.lora) == ("probe", None)
 
 
-def test_config_error_is_value_error():
-  assert issubclass(run_spec.ConfigError, ValueError)
+def test_a_bad_value_is_a_value_error_naming_its_key():
+  """Tools catch ValueError (a ConfigError is one) to print one line naming the key."""
+  with pytest.raises(ValueError, match=r"^config\.train\.steps: must be >= 1, got 0$"):
+    run_spec.build(default_config_with(**{"train.steps": 0}))
 
 
 def test_lora_config_from_default():
@@ -278,7 +284,7 @@ def test_upgrade_fills_the_keys_an_old_config_lacks_with_how_it_trained():
   # The saved values are kept (JSON lists back to the schema's tuples).
   assert (config.seed, config.adapter.rank, t.steps) == (3, 4, 500)
   assert config.adapter.targets == ("query", "value") and isinstance(t.length_buckets, tuple)
-  run_spec.validate(config)
+  run_spec.build(config)
   # Locked, as main.py's config: a misspelt key fails instead of being added.
   with pytest.raises(AttributeError):
     config.train.stepz = 1
@@ -351,10 +357,10 @@ def test_grad_kwargs_from_the_command_line_are_added_to_the_config():
   config.lock()
   loader.set_grad_kwargs(config, {"c": 0.2})
   assert config.grad.kwargs.c == 0.2
-  run_spec.validate(config)
+  run_spec.build(config)
   loader.set_grad_kwargs(config, {"cc": 0.2})
   with pytest.raises(run_spec.ConfigError, match="grad.kwargs.*'cc'"):
-    run_spec.validate(config)
+    run_spec.build(config)
 
 
 def test_config_file_without_get_config_is_named(tmp_path):

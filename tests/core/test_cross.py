@@ -269,19 +269,19 @@ def test_bi_encoder_only_heads_are_refused_with_cross_pairs(name, value):
   with pytest.raises(
     run_spec.ConfigError, match=rf"config\.heads\.{name}: '{value}'.*heads\.pairs='cross'"
   ):
-    run_spec.validate(config)
+    run_spec.build(config)
   config.heads.pairs = "bi"  # The same heads are fine on bi-encoded pairs.
-  run_spec.validate(config)
+  run_spec.build(config)
 
 
 def test_cross_pairs_config_errors_say_what_to_set():
   with pytest.raises(run_spec.ConfigError, match=re.escape("config.heads.sts: 'cosine'")) as e:
-    run_spec.validate(_config(pairs="cross"))  # The default STS head is a cosine.
+    run_spec.build(_config(pairs="cross"))  # The default STS head is a cosine.
   assert "heads.sts='features'" in str(e.value)
   with pytest.raises(run_spec.ConfigError, match=re.escape("config.heads.pairs: 'tri'")):
-    run_spec.validate(_config(pairs="tri"))
+    run_spec.build(_config(pairs="tri"))
   config = _config(pairs="cross", sts="features")
-  run_spec.validate(config)
+  run_spec.build(config)
   assert run_spec.model_spec(config).heads == CROSS
 
 
@@ -312,7 +312,7 @@ def test_tiny_cross_encoder_run_trains_predicts_and_exports(tiny_bert_dir, token
   config = tiny_config(tiny_bert_dir)
   config.heads.pairs = "cross"
   config.heads.sts = "features"
-  data = train.load_data(config, tokenizer)
+  data = train.load_data(run_spec.build(config), tokenizer)
   assert [d.is_cross_pair for d in data["train"]] == [False, True, True]
   assert all(d.is_cross_pair for d in data["dev"] + data["test"] if d.task != "sst")
   batch = batching.train_batch(data["train"], 0, 8, 0, (16, 32), 32)

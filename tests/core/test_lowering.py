@@ -17,6 +17,7 @@ import pytest
 
 from mtl_jax import train
 from mtl_jax.config import defaults as default
+from mtl_jax.config import run_spec
 from mtl_jax.evaluate import make_predict_fn
 from mtl_jax.models import multitask
 from mtl_jax.runtime import hugepages, xla_options
@@ -46,7 +47,7 @@ def test_train_step_and_predict_export_for_cuda_and_tpu(tiny_bert_dir, mode, dty
   config.model.dtype = dtype
   config.adapter.kind = mode
   config.grad.method = "pcgrad"
-  model, state, frozen, tx = train.init_state(config)
+  model, state, frozen, tx = train.init_state(run_spec.build(config))
   batch = bench.random_batch(3, 8, 16, model.config.vocab_size)
   # As the trainer jits it (the CPU compiler options are compile-time, not in the module).
   step = jax.jit(

@@ -8,6 +8,7 @@ from conftest import needs_data, restored_trainable, tiny_config
 from flax import traverse_util
 
 from mtl_jax import train
+from mtl_jax.config import run_spec
 
 
 def _flat(tree):
@@ -29,7 +30,7 @@ def test_mode_trains_only_its_leaves(tiny_bert_dir, tmp_path, mode, grad_method,
   config.grad.method = grad_method
   config.eval.write_predictions = False
   workdir = str(tmp_path / mode)
-  _, initial, _, _ = train.init_state(config)
+  _, initial, _, _ = train.init_state(run_spec.build(config))
   results = train.train_and_evaluate(config, workdir)
   assert np.isfinite(results["overall"])
 

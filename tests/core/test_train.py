@@ -108,3 +108,34 @@ def test_bundled_model_short_run(tmp_path):
   # small steps must not wreck it (a wrong weight mapping or pooling gives ~0).
   assert results["sts/pearson"] > 0.7
   assert 0.0 <= results["sst/accuracy"] <= 1.0
+
+
+@needs_data
+def test_config_is_built_once_and_the_models_config_json_read_once(
+  tiny_bert_dir, tmp_path, monkeypatch
+):
+  """run_spec.build checks the config and reads the model's config.json; nothing after it
+  rebuilds from the raw config or reads config.json again (tokenizer, weights, steps)."""
+  import builtins
+
+  from mtl_jax.config import run_spec
+
+  model_json = os.path.realpath(os.path.join(tiny_bert_dir, "config.json"))
+  opened, builds = [], []
+  real_open, real_build = builtins.open, run_spec.build
+
+  def counting_open(file, *args, **kwargs):
+    if isinstance(file, (str, os.PathLike)) and os.path.realpath(file) == model_json:
+      opened.append(file)
+    return real_open(file, *args, **kwargs)
+
+  def counting_build(*args, **kwargs):
+    builds.append(args)
+    return real_build(*args, **kwargs)
+
+  monkeypatch.setattr(builtins, "open", counting_open)
+  monkeypatch.setattr(run_spec, "build", counting_build)
+  config = tiny_config(tiny_bert_dir, steps=2)
+  config.eval.write_predictions = False
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert len(builds) == 1 and len(opened) == 1, (builds, opened)

@@ -487,8 +487,8 @@ def test_slot_candidates_and_the_cheapest_choice():
 @needs_data
 def test_a_run_packs_with_the_slots_that_compute_fewest_tokens(tiny_bert_dir):
   config = tiny_config(tiny_bert_dir, steps=2)
-  data = train.load_data(config, hf_io.load_tokenizer(config.model.path))["train"]
-  batches = train.train_batches(config, data)
+  data = train.load_data(run_spec.build(config), hf_io.load_tokenizer(config.model.path))["train"]
+  batches = train.train_batches(run_spec.build(config), data)
   s, buckets = config.train.seqs_per_task, tuple(config.train.length_buckets)
 
   def computed(slots):
@@ -521,7 +521,7 @@ def test_packing_is_on_by_default_and_off_by_one_key():
   saved = json.loads(config.to_json_best_effort())
   saved["train"]["packing"] = "yes"  # A hand-edited config.json, say.
   with pytest.raises(run_spec.ConfigError, match="train.packing"):
-    run_spec.validate(ml_collections.ConfigDict(saved))
+    run_spec.build(ml_collections.ConfigDict(saved))
 
 
 def test_an_old_config_without_the_key_resumes_unpacked():
@@ -541,7 +541,7 @@ def test_an_old_config_without_the_key_resumes_unpacked():
   ]
   assert config.train.packing is False and run_spec.pack_plan(config) is None
   assert config.train.length_grouping == 32 and config.train.token_balancing == 0
-  run_spec.validate(config)
+  run_spec.build(config)
   resume.check_resume(saved, config, "w")  # No longer a mismatch.
   # A saved run that packed keeps packing; one that did not keeps not: no adoption.
   assert resume.adopt_saved(json.loads(config.to_json_best_effort()), config) == []
@@ -614,7 +614,7 @@ def test_packed_forward_equals_unpacked_on_the_bundled_model():
 
   config.data_limit = 200
   config.data_dir = ""
-  data = train.load_data(config, hf_io.load_tokenizer(config.model.path))
+  data = train.load_data(run_spec.build(config), hf_io.load_tokenizer(config.model.path))
   model, params = _model(config.model.path)
   unpacked = batching.train_batch(data["train"], 0, S, 0, tuple(config.train.length_buckets))
   packed = packing.pack_stack(unpacked, run_spec.pack_plan(config))

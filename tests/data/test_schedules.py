@@ -305,19 +305,19 @@ def test_every_task_batch_holds_each_tasks_next_batch(kind):
 def test_one_task_schedule_refuses_methods_that_need_every_task(kind, method):
   config = default_config_with(**{"train.schedule": kind, "grad.method": method})
   with pytest.raises(run_spec.ConfigError) as info:
-    run_spec.validate(config)
+    run_spec.build(config)
   message = str(info.value)
   assert "train.schedule" in message and "grad.method" in message and method in message
-  run_spec.validate(default_config_with(**{"train.schedule": "all_tasks", "grad.method": method}))
+  run_spec.build(default_config_with(**{"train.schedule": "all_tasks", "grad.method": method}))
 
 
 @pytest.mark.parametrize("kind", schedules.ONE_TASK_SCHEDULES)
 def test_one_task_schedule_accepts_linear_methods(kind):
-  run_spec.validate(default_config_with(**{"train.schedule": kind, "grad.method": "Sum"}))
+  run_spec.build(default_config_with(**{"train.schedule": kind, "grad.method": "Sum"}))
   config = default_config_with(**{"train.schedule": kind, "grad.method": "fixed"})
   config.grad.kwargs.weights = (1.0, 0.5, 2.0)
-  run_spec.validate(config)
-  run_spec.validate(
+  run_spec.build(config)
+  run_spec.build(
     default_config_with(**{"train.schedule": kind, "train.loss_weighting": "uncertainty"})
   )
 
@@ -327,7 +327,7 @@ def test_one_task_schedule_accepts_linear_methods(kind):
 )
 def test_bad_schedule_values_name_the_key(key, value):
   with pytest.raises(run_spec.ConfigError, match=key.replace(".", r"\.")):
-    run_spec.validate(default_config_with(**{key: value}))
+    run_spec.build(default_config_with(**{key: value}))
 
 
 @pytest.mark.parametrize("value", [2.5e4, True, "20k"])
@@ -336,7 +336,7 @@ def test_a_cap_must_be_an_integer(value):
   tree = json.loads(default_config_with().to_json_best_effort())
   tree["train"]["epoch_examples"]["quora"] = value
   with pytest.raises(run_spec.ConfigError, match=r"train\.epoch_examples\.quora"):
-    run_spec.validate(ml_collections.ConfigDict(tree))
+    run_spec.build(ml_collections.ConfigDict(tree))
 
 
 def test_train_schedule_from_config():
@@ -358,7 +358,7 @@ def test_train_schedule_from_config():
   )  # Written before the keys existed:
   del saved["train"]["schedule"], saved["train"]["epoch_examples"]
   old = upgrade.upgrade(saved)
-  run_spec.validate(old)
+  run_spec.build(old)
   assert run_spec.train_schedule(old, (10, 20, 30)) == schedules.Schedule(
     "all_tasks", (10, 20, 30), 64, 300, 0, 0, (), 16
   )
@@ -387,7 +387,7 @@ def test_one_task_step_is_a_step_on_that_task_alone(tiny_bert_dir):
   same parameters as AdamW on Quora's gradient; its loss and index as metrics."""
   config = tiny_config(tiny_bert_dir, schedule="round_robin", warmup_fraction=0.0)
   config.grad.method = "sum"
-  model, state, frozen, tx = train.init_state(config)
+  model, state, frozen, tx = train.init_state(run_spec.build(config))
   rng = np.random.default_rng(0)
   s, length = 8, 16
   batch = {

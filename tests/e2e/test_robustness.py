@@ -245,7 +245,7 @@ def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_ol
   straight = jax.device_get(restored_trainable(config, workdir))
   latest = os.path.join(workdir, "checkpoints", "4")
   damaged = _truncate_data_files(latest)[0]
-  _, state, _, _ = train.init_state(config)
+  _, state, _, _ = train.init_state(run_spec.build(config))
   with pytest.raises(Exception, match="OUT_OF_RANGE"):  # What orbax says about it.
     Checkpointer(workdir, 1, 1).restore(state, step=4)
 
@@ -296,7 +296,7 @@ def test_non_finite_state_is_never_saved_and_the_last_finite_checkpoints_are_kep
   ckpt = Checkpointer(str(workdir), 1, 1)
   steps = ckpt.manager.all_steps()
   assert steps, line
-  _, state, _, _ = train.init_state(config_of_args(tiny_bert_dir, steps=40))
+  _, state, _, _ = train.init_state(run_spec.build(config_of_args(tiny_bert_dir, steps=40)))
   for step in steps:
     restored, _ = ckpt.restore(state, step=step)
     assert checkpoint.all_finite(restored), step
@@ -327,7 +327,7 @@ def test_max_length_above_the_models_positions_is_refused_naming_both(tiny_bert_
   with pytest.raises(
     run_spec.ConfigError, match="max_length=100 is above the max_position_embeddings=64"
   ):
-    run_spec.validate(config)
+    run_spec.build(config)
 
   sentences = tmp_path / "in.txt"
   sentences.write_text("a cat\n")

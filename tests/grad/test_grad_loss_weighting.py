@@ -185,17 +185,17 @@ def test_config_validation(tiny_bert_dir):
   config.train.length_buckets = (32,)
   config.grad.method = "dwa"
   config.grad.kwargs.period = 10
-  run_spec.validate(config)
+  run_spec.build(config)
   assert isinstance(run_spec.grad_method(config), optax.GradientTransformationExtraArgs)
   config.grad.kwargs.period = 0
   with pytest.raises(run_spec.ConfigError, match="grad"):
-    run_spec.validate(config)
+    run_spec.build(config)
   config.grad.kwargs.period = 10
   config.train.loss_weighting = "uncertainty"
-  run_spec.validate(config)
+  run_spec.build(config)
   config.train.loss_weighting = "kendall"
   with pytest.raises(run_spec.ConfigError, match="train.loss_weighting"):
-    run_spec.validate(config)
+    run_spec.build(config)
 
 
 # ---------------------------------------------------------------------------

@@ -250,7 +250,6 @@ def test_a_tokenizer_larger_than_the_embedding_table_is_refused(tiny_ref, tmp_pa
 
 
 def test_pytorch_bin_only_is_rejected(tiny_ref, tmp_path):
-  assert issubclass(hf_io.CheckpointError, ValueError)
   d = tmp_path / "bin_only"
   d.mkdir()
   (d / "config.json").write_text(str(tiny_ref["config_json"]))

@@ -309,7 +309,7 @@ BAD = [
 def test_bad_head_values_raise_config_error_naming_key(key, value):
   config = _config(**{key: value})
   with pytest.raises(run_spec.ConfigError, match=re.escape(f"config.{key}")):
-    run_spec.validate(config)
+    run_spec.build(config)
   if key.startswith("heads."):
     with pytest.raises(run_spec.ConfigError, match=re.escape(f"config.{key}")):
       run_spec.model_spec(config)
@@ -325,7 +325,7 @@ def test_good_head_values_make_the_spec():
       "model.pooling": "concat",
     }
   )
-  run_spec.validate(config)
+  run_spec.build(config)
   spec = run_spec.model_spec(config)
   assert spec.pooling == "concat"
   assert spec.heads == heads.HeadSpec("multi_stream", "dot", "relu_cosine", "cosine")

@@ -155,7 +155,7 @@ def _pals_config(tiny_bert_dir, kind="pals", mode="probe"):
 @pytest.mark.parametrize("mode", ["probe", "lora", "full"])
 def test_task_layers_train_in_every_mode_and_are_task_specific(tiny_bert_dir, mode):
   config = _pals_config(tiny_bert_dir, mode=mode)
-  model, state, frozen, _ = train.init_state(config)
+  model, state, frozen, _ = train.init_state(run_spec.build(config))
   flat = traverse_util.flatten_dict(state.trainable)
   assert any(task_layers.is_task_specific(p) for p in flat)  # Trainable in every mode.
   shared = traverse_util.flatten_dict(multitask.is_shared(state.trainable))
@@ -212,14 +212,14 @@ def test_task_layer_config_errors(tiny_bert_dir):
   config = _pals_config(tiny_bert_dir, kind="none")
   config.adapter.task_layer_size = 12
   with pytest.raises(run_spec.ConfigError, match="adapter.task_layer_size"):
-    run_spec.validate(config)
+    run_spec.build(config)
   config.adapter.task_layers = "pals"
   config.adapter.task_layer_size = 100
   with pytest.raises(run_spec.ConfigError, match="multiple of its 6"):
-    run_spec.validate(config)
+    run_spec.build(config)
   config.adapter.task_layers = "houlsby"
   with pytest.raises(run_spec.ConfigError, match="unknown task layer kind 'houlsby'"):
-    run_spec.validate(config)
+    run_spec.build(config)
 
 
 def test_configs_saved_before_task_layers_resume_as_none(tiny_bert_dir):

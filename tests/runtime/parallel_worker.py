@@ -52,8 +52,8 @@ def _relative(a, b) -> float:
 def gradient_check(config) -> dict:
   """Per-task gradients and the PCGrad update of one batch: the batch split over 4 devices
   vs whole on 1; and each of 4 "devices" projecting its own quarter of the examples."""
-  data = train.load_data(config, hf_io.load_tokenizer(config.model.path))
-  model, state, frozen, _ = train.init_state(config)
+  data = train.load_data(run_spec.build(config), hf_io.load_tokenizer(config.model.path))
+  model, state, frozen, _ = train.init_state(run_spec.build(config))
   method = mtlgrad.shared_only(run_spec.grad_method(config), multitask.is_shared(state.trainable))
   per_task = make_per_task_grads(model)
   keys = jax.random.split(jax.random.key(config.seed), len(TASKS))

@@ -68,9 +68,9 @@ def test_early_stopping_needs_eval_every():
   config.model.path = "x"
   config.train.early_stopping_patience = 2
   with pytest.raises(run_spec.ConfigError, match="early_stopping_patience.*eval_every"):
-    run_spec.validate(config)
+    run_spec.build(config)
   config.train.eval_every = 10
-  run_spec.validate(config)
+  run_spec.build(config)
 
 
 # --- Whole runs

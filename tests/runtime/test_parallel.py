@@ -102,7 +102,7 @@ def test_batch_must_split_evenly_over_the_devices(tiny_bert_dir):
     run_spec.check_devices(config, 4)
   config.train.param_sharding = "zero3"
   with pytest.raises(run_spec.ConfigError, match="config.train.param_sharding: 'zero3'"):
-    run_spec.validate(config)
+    run_spec.build(config)
 
 
 def test_single_device_batch_is_the_host_batch():

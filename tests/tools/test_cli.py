@@ -41,8 +41,11 @@ def test_every_tool_has_its_own_flags_and_they_import_together():
   for module in modules:
     assert isinstance(module.FLAGS, flags.FlagValues) and module.FLAGS is not flags.FLAGS
     assert callable(module.main)
-  shared = set(tool("export").FLAGS) & set(tool("diagnose").FLAGS)
-  assert {"workdir", "output"} <= shared
+  export, diagnose = tool("export").FLAGS, tool("diagnose").FLAGS
+  assert {"workdir", "output"} <= set(export) & set(diagnose)
+  export(["export", "--workdir=/a", "--output=/b"])  # Parsing one tool's flags...
+  assert diagnose["workdir"].value is None  # ...leaves another's alone.
+  export.unparse_flags()
   assert "workdir" not in flags.FLAGS  # Nothing leaks into absl's global flags.
 
 

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from mtl_jax.config import run_spec
 from mtl_jax.data.files import default_data_dir
 from mtl_jax.models import hf_io
 from mtl_jax.tools import diagnose
@@ -198,7 +199,7 @@ def _tiny_run(model_dir: str, workdir: str, step: int) -> str:
   os.makedirs(workdir)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
-  _, state, _, _ = train.init_state(config)
+  _, state, _, _ = train.init_state(run_spec.build(config))
   ckpt = Checkpointer(workdir, 1, 1)
   ckpt.save(step, state._replace(step=jnp.asarray(step, jnp.int32)), {"step": step}, force=True)
   ckpt.close()
@@ -265,7 +266,7 @@ def test_checkpoint_mode_measures_the_step_training_took(tiny_bert_dir, tmp_path
   for k in trained:
     np.testing.assert_array_equal(measured[k], trained[k], err_msg=k)
   t = config.train  # What diagnose drew before it used the run's schedule:
-  data = train.load_data(config, hf_io.load_tokenizer(tiny_bert_dir))["train"]
+  data = train.load_data(run_spec.build(config), hf_io.load_tokenizer(tiny_bert_dir))["train"]
   uncapped = batching.train_batch(
     data, 2, t.seqs_per_task, config.seed, tuple(t.length_buckets), t.length_grouping
   )

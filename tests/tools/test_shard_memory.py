@@ -26,7 +26,7 @@ mesh = parallel.make_mesh()
 out = {{}}
 for sharding in parallel.PARAM_SHARDINGS:
   counted = shard_memory.state_bytes(config, mesh, sharding)
-  _, state, frozen, _ = train.init_state(config)
+  _, state, frozen, _ = train.init_state(run_spec.build(config))
   placed = jax.device_put(state, parallel.param_shardings(state, mesh, sharding))
   frozen = jax.device_put(frozen, parallel.param_shardings(frozen, mesh, sharding))
   def on_device(tree, d):
