@@ -192,7 +192,7 @@ def read_task_file(
     raise DataError(f"{path}: not valid UTF-8: {e}") from None
 
   if not ids and not (limit is not None and limit <= 0):
-    raise DataError(f"{path}: no usable rows ({len(skipped)} malformed)")
+    raise DataError(_no_usable_rows(path, skipped))
   _log_problems(name, ids, skipped)
   return TaskSplit(
     task=task,
@@ -203,6 +203,21 @@ def read_task_file(
     sentences2=sents[1] if len(sents) > 1 else None,
     labels=np.asarray(labels, dtype=_label_dtype(task)) if has_labels else None,
     skipped=skipped,
+  )
+
+
+def _no_usable_rows(path: str, skipped: list[tuple[int, str]]) -> str:
+  """Why a file gave no row: none after the header, or every row malformed (the first one's
+  line and problem, and the other problems seen)."""
+  if not skipped:
+    return f"{path}: no usable rows: the file has no rows after its header line"
+  line, reason = skipped[0]
+  others = sorted({_SPAN.sub("", r) for _, r in skipped[1:]} - {_SPAN.sub("", reason)})
+  also = f"; other problems: {'; '.join(others[:3])}" + ("; ..." if len(others) > 3 else "")
+  return (
+    f"{path}: no usable rows: all {len(skipped)} rows are malformed, the first at line "
+    f"{line}: {reason}{also if others else ''}; fix the file (tab-separated, with the "
+    "columns of its header)"
   )
 
 

@@ -71,6 +71,21 @@ def test_malformed_rows_skipped_with_line_numbers(tmp_path, caplog):
   assert "skipped 3 malformed rows (lines 3, 4, 5)" in caplog.text
 
 
+def test_a_file_whose_rows_are_all_malformed_says_why(tmp_path):
+  """Every row malformed: the error names the first one's line and problem, and the count."""
+  d = quora(tmp_path, "0\tq1\tA?\tB?\n", "1\tq2\tC?\tD?\n", "2\tq3\tE?\tF?\tmaybe\n")
+  with pytest.raises(DataError) as e:
+    load_split(d, "quora", "train")
+  assert str(e.value) == (
+    f"{tmp_path / 'quora-train.csv'}: no usable rows: all 3 rows are malformed, the first "
+    "at line 2: 4 fields, expected 5; other problems: unparsable is_duplicate 'maybe'; "
+    "fix the file (tab-separated, with the columns of its header)"
+  )
+  d = quora(tmp_path)  # A header and no rows.
+  with pytest.raises(DataError, match="no usable rows: the file has no rows after its header"):
+    load_split(d, "quora", "train")
+
+
 def test_strict_refuses_first_malformed_row(tmp_path):
   d = quora(tmp_path, "0\tq1\tA?\tB?\t1.0\n", "1\tq2\tA?\tB?\t\n", "2\tq3\tA?\t\t1.0\n")
   with pytest.raises(DataError, match=r"quora-train\.csv:3: .*empty is_duplicate"):
