@@ -171,6 +171,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
+    cli.check_output(_OUTPUT.value)  # Before the slow restore.
     model, params, tokenizer = load_encoder(_MODEL.value, _WORKDIR.value, _POOLING.value)
     max_length = _MAX_LENGTH.value
     if max_length is None:
@@ -187,7 +188,7 @@ def main(argv: list[str]) -> None:
     arrays = embed(
       model, params, tokenizer, first, second, max_length, _BATCH_SIZE.value, _TASK.value
     )
-  except (FileNotFoundError, ValueError) as e:  # Incl. CheckpointError, ConfigError.
+  except (FileNotFoundError, ValueError) as e:  # Incl. CheckpointError, ConfigError, OutputError.
     sys.exit(f"error: {e}")
   os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
   np.savez(_OUTPUT.value, **arrays)

@@ -89,6 +89,7 @@ class ExportError(Exception):
 def export(workdir: str, output: str, overwrite: bool = False) -> dict:
   """Writes the export of `workdir`'s latest checkpoint to `output`; returns mtl_jax.json's dict."""
   _check_workdir(workdir)
+  cli.check_output(output, directory=True)
   output = os.path.abspath(output)
   _check_output(output, overwrite, (workdir,))  # Fail before the slow part, again at the end.
 
@@ -287,7 +288,13 @@ def main(argv: list[str]) -> None:
 
   try:
     info = export(_WORKDIR.value, _OUTPUT.value, _OVERWRITE.value)
-  except (ExportError, hf_io.CheckpointError, ConfigError, UnreadableCheckpointError) as e:
+  except (
+    ExportError,
+    cli.OutputError,
+    hf_io.CheckpointError,
+    ConfigError,
+    UnreadableCheckpointError,
+  ) as e:
     sys.exit(f"error: {e}")
   lora = info["encoder"]["lora"]
   what = f"{lora['kind']} merged" if lora else info["encoder"]["adapter"]

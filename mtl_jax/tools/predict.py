@@ -84,6 +84,7 @@ def predict_file(workdir: str, task: str, input_path: str, output_path: str) -> 
   from mtl_jax.config import run_spec
   from mtl_jax.models import hf_io
 
+  cli.check_output(output_path)  # Before the slow restore.
   config, model, params = train.load_trained(workdir)
   split = read_input(input_path, task)
   cross = run_spec.head_spec(config).pairs == "cross"
