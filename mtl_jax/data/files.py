@@ -17,6 +17,9 @@ sneak into training:
     when not strict: it means the file is not what we think it is, not that
     one row is dirty. (The real files have none.)
   * Missing file, missing column, empty file, unknown task/split: DataError.
+  * A dev split on which its task's metric is undefined (Pearson's correlation of fewer
+    than 2 rows or of equal labels; no row at all): DataError, naming the file, since a
+    metric reported as 0 would make every dev comparison meaningless.
   * Duplicate ids are kept (as the starter does) but logged as a warning,
     since predictions are keyed by id.
   * A quote left open takes the lines up to the next quote into one field
@@ -122,7 +125,35 @@ def load_split(
       f"{path}: data file not found; point --config.data_dir at the "
       f"directory holding the CS224N files (now {data_dir!r})"
     )
-  return read_task_file(path, task, split, split != "test", strict, limit)
+  data = read_task_file(path, task, split, split != "test", strict, limit)
+  if split == "dev":
+    check_dev_metric(data, limit)
+  return data
+
+
+def check_dev_metric(data: TaskSplit, limit: int | None = None) -> None:
+  """Refuses a dev split on which its task's metric is undefined: Pearson's correlation of
+  fewer than 2 rows, or of labels that are all equal. Scored as 0 it would enter the overall
+  score, its bootstrap interval and the best-checkpoint choice as if it were a measurement.
+  (An empty dev split is refused by `read_task_file`: no accuracy of no rows either.)"""
+  spec = tasks.get(data.task)
+  if spec.metric != "pearson" or data.labels is None:
+    return
+  n = len(data)
+  read = f" (the first {limit}: config.data_limit)" if limit is not None and n >= limit else ""
+  if n >= 2 and not np.all(data.labels == data.labels[0]):
+    return
+  what = (
+    f"has {n} usable row{'s' if n != 1 else ''}{read}"
+    if n < 2
+    else f"has {n} rows{read} whose {spec.label_column} are all {float(data.labels[0]):g}"
+  )
+  raise DataError(
+    f"{data.path}: the {data.task} dev set {what}: its metric, the Pearson correlation, is "
+    "undefined there, and every dev comparison (overall, the best checkpoint, the bootstrap) "
+    "would be meaningless; use a dev file with at least 2 rows of different "
+    f"{spec.label_column}"
+  )
 
 
 def read_task_file(
