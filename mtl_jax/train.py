@@ -67,6 +67,7 @@ def train_batches(
     tuple(len(d) for d in train_data),
     tuple(batching.examples_per_batch(d, config.train.seqs_per_task) for d in train_data),
   )
+  schedules.check_batch_sizes(schedule)  # A batch larger than a task's data: refused.
   buckets = tuple(config.train.length_buckets)
   plan = run_spec.pack_plan(config, devices)
   if plan is not None and not schedule.one_task:
