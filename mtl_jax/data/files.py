@@ -132,28 +132,36 @@ def load_split(
 
 
 def check_dev_metric(data: TaskSplit, limit: int | None = None) -> None:
-  """Refuses a dev split on which its task's metric is undefined: Pearson's correlation of
-  fewer than 2 rows, or of labels that are all equal. Scored as 0 it would enter the overall
-  score, its bootstrap interval and the best-checkpoint choice as if it were a measurement.
-  (An empty dev split is refused by `read_task_file`: no accuracy of no rows either.)"""
+  """Refuses a dev split on which its task's metric is undefined (`undefined_metric`).
+  Scored as 0 it would enter the overall score, its bootstrap interval and the
+  best-checkpoint choice as if it were a measurement. (An empty dev split is refused by
+  `read_task_file`: no accuracy of no rows either.)"""
+  why = undefined_metric(data, limit)
+  if why is None:
+    return
   spec = tasks.get(data.task)
-  if spec.metric != "pearson" or data.labels is None:
-    return
-  n = len(data)
-  read = f" (the first {limit}: config.data_limit)" if limit is not None and n >= limit else ""
-  if n >= 2 and not np.all(data.labels == data.labels[0]):
-    return
-  what = (
-    f"has {n} usable row{'s' if n != 1 else ''}{read}"
-    if n < 2
-    else f"has {n} rows{read} whose {spec.label_column} are all {float(data.labels[0]):g}"
-  )
   raise DataError(
-    f"{data.path}: the {data.task} dev set {what}: its metric, the Pearson correlation, is "
+    f"{data.path}: the {data.task} dev set {why}: its metric, the Pearson correlation, is "
     "undefined there, and every dev comparison (overall, the best checkpoint, the bootstrap) "
     "would be meaningless; use a dev file with at least 2 rows of different "
     f"{spec.label_column}"
   )
+
+
+def undefined_metric(data: TaskSplit, limit: int | None = None) -> str | None:
+  """Why the task's metric is undefined on these labelled rows ('has 1 usable row', 'has 3
+  rows whose similarity are all 2.5'), or None: Pearson's correlation needs 2 rows of
+  different labels (accuracy needs one row, which `read_task_file` guarantees)."""
+  spec = tasks.get(data.task)
+  if spec.metric != "pearson" or data.labels is None:
+    return None
+  n = len(data)
+  if n >= 2 and not np.all(data.labels == data.labels[0]):
+    return None
+  read = f" (the first {limit}: config.data_limit)" if limit is not None and n >= limit else ""
+  if n < 2:
+    return f"has {n} usable row{'s' if n != 1 else ''}{read}"
+  return f"has {n} rows{read} whose {spec.label_column} are all {float(data.labels[0]):g}"
 
 
 def read_task_file(
