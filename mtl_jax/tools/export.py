@@ -124,6 +124,7 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
   _check_output(output, overwrite, (workdir, model_dir))
   run_config = upgrade.read_run_config(workdir)
 
+  pooler = _pretrained_pooler(model_dir)  # Read before writing: its errors are not ours.
   parent = os.path.dirname(output)
   try:
     os.makedirs(parent, exist_ok=True)
@@ -136,7 +137,6 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700.
 
     hf_io.save_bert(tmp, model.config, encoder)
-    pooler = _pretrained_pooler(model_dir)
     if pooler:
       st = os.path.join(tmp, "model.safetensors")
       hf_io.save_safetensors({**load_file(st), **pooler}, st, {"format": "pt"})
