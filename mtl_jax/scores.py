@@ -30,9 +30,12 @@ def accuracy(pred, labels) -> float:
 def pearson(pred, labels) -> float:
   """Pearson correlation, equal to scipy.stats.pearsonr(pred, labels)[0].
 
-  A constant input (e.g. a collapsed regression head early in training) has
-  no defined correlation; scipy returns NaN, which would poison the overall
-  score and best-checkpoint comparisons, so we return 0.0 ("no signal").
+  Constant predictions (e.g. a collapsed regression head early in training)
+  have no defined correlation; scipy returns NaN, which would poison the
+  overall score and best-checkpoint comparisons, so we return 0.0 ("no
+  signal"): a fair score for a model that predicts nothing. Constant labels
+  (or fewer than 2) give 0.0 too, but there it is the dev set, not the model,
+  that measures nothing: `data.files.check_dev_metric` refuses such a dev set.
   """
   pred, labels = _pair(pred, labels)
   # Test equality, not denom == 0: mean-centering a constant leaves rounding

@@ -69,6 +69,7 @@ def train_batches(spec: RunSpec, train_data: list[batching.Encoded]) -> schedule
     tuple(len(d) for d in train_data),
     tuple(batching.examples_per_batch(d, seqs) for d in train_data),
   )
+  schedules.check_batch_sizes(schedule)  # A batch larger than a task's data: refused.
   buckets = tuple(spec.config.train.length_buckets)
   plan = spec.train_plan
   if plan is not None and not schedule.one_task:

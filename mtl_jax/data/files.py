@@ -17,6 +17,9 @@ sneak into training:
     when not strict: it means the file is not what we think it is, not that
     one row is dirty. (The real files have none.)
   * Missing file, missing column, empty file, unknown task/split: DataError.
+  * A dev split on which its task's metric is undefined (Pearson's correlation of fewer
+    than 2 rows or of equal labels; no row at all): DataError, naming the file, since a
+    metric reported as 0 would make every dev comparison meaningless.
   * Duplicate ids are kept (as the starter does) but logged as a warning,
     since predictions are keyed by id.
   * A quote left open takes the lines up to the next quote into one field
@@ -122,7 +125,43 @@ def load_split(
       f"{path}: data file not found; point --config.data_dir at the "
       f"directory holding the CS224N files (now {data_dir!r})"
     )
-  return read_task_file(path, task, split, split != "test", strict, limit)
+  data = read_task_file(path, task, split, split != "test", strict, limit)
+  if split == "dev":
+    check_dev_metric(data, limit)
+  return data
+
+
+def check_dev_metric(data: TaskSplit, limit: int | None = None) -> None:
+  """Refuses a dev split on which its task's metric is undefined (`undefined_metric`).
+  Scored as 0 it would enter the overall score, its bootstrap interval and the
+  best-checkpoint choice as if it were a measurement. (An empty dev split is refused by
+  `read_task_file`: no accuracy of no rows either.)"""
+  why = undefined_metric(data, limit)
+  if why is None:
+    return
+  spec = tasks.get(data.task)
+  raise DataError(
+    f"{data.path}: the {data.task} dev set {why}: its metric, the Pearson correlation, is "
+    "undefined there, and every dev comparison (overall, the best checkpoint, the bootstrap) "
+    "would be meaningless; use a dev file with at least 2 rows of different "
+    f"{spec.label_column}"
+  )
+
+
+def undefined_metric(data: TaskSplit, limit: int | None = None) -> str | None:
+  """Why the task's metric is undefined on these labelled rows ('has 1 usable row', 'has 3
+  rows whose similarity are all 2.5'), or None: Pearson's correlation needs 2 rows of
+  different labels (accuracy needs one row, which `read_task_file` guarantees)."""
+  spec = tasks.get(data.task)
+  if spec.metric != "pearson" or data.labels is None:
+    return None
+  n = len(data)
+  if n >= 2 and not np.all(data.labels == data.labels[0]):
+    return None
+  read = f" (the first {limit}: config.data_limit)" if limit is not None and n >= limit else ""
+  if n < 2:
+    return f"has {n} usable row{'s' if n != 1 else ''}{read}"
+  return f"has {n} rows{read} whose {spec.label_column} are all {float(data.labels[0]):g}"
 
 
 def read_task_file(
@@ -192,7 +231,7 @@ def read_task_file(
     raise DataError(f"{path}: not valid UTF-8: {e}") from None
 
   if not ids and not (limit is not None and limit <= 0):
-    raise DataError(f"{path}: no usable rows ({len(skipped)} malformed)")
+    raise DataError(_no_usable_rows(path, skipped))
   _log_problems(name, ids, skipped)
   return TaskSplit(
     task=task,
@@ -203,6 +242,21 @@ def read_task_file(
     sentences2=sents[1] if len(sents) > 1 else None,
     labels=np.asarray(labels, dtype=_label_dtype(task)) if has_labels else None,
     skipped=skipped,
+  )
+
+
+def _no_usable_rows(path: str, skipped: list[tuple[int, str]]) -> str:
+  """Why a file gave no row: none after the header, or every row malformed (the first one's
+  line and problem, and the other problems seen)."""
+  if not skipped:
+    return f"{path}: no usable rows: the file has no rows after its header line"
+  line, reason = skipped[0]
+  others = sorted({_SPAN.sub("", r) for _, r in skipped[1:]} - {_SPAN.sub("", reason)})
+  also = f"; other problems: {'; '.join(others[:3])}" + ("; ..." if len(others) > 3 else "")
+  return (
+    f"{path}: no usable rows: all {len(skipped)} rows are malformed, the first at line "
+    f"{line}: {reason}{also if others else ''}; fix the file (tab-separated, with the "
+    "columns of its header)"
   )
 
 

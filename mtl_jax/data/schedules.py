@@ -51,6 +51,7 @@ import functools
 import numpy as np
 
 from mtl_jax.data import batching, packing
+from mtl_jax.data.files import DataError
 from mtl_jax.tasks import SPECS, TASKS
 
 SCHEDULES = ("all_tasks", "proportional", "sqrt", "annealed", "sequential", "round_robin")
@@ -105,12 +106,37 @@ def make(
   )
 
 
-def batches_per_epoch(s: Schedule) -> np.ndarray:
-  """B_t = ceil(N_t / b_t) for each task."""
-  per_batch = s.batch_examples or [
+def _per_batch(s: Schedule) -> list[int]:
+  """b_t, the examples of each task in one of its batches."""
+  return list(s.batch_examples) or [
     s.seqs_per_task // 2 if SPECS[t].is_pair else s.seqs_per_task for t in TASKS
   ]
-  return -(-np.asarray(s.epoch_sizes) // np.asarray(per_batch))
+
+
+def batches_per_epoch(s: Schedule) -> np.ndarray:
+  """B_t = ceil(N_t / b_t) for each task."""
+  return -(-np.asarray(s.epoch_sizes) // np.asarray(_per_batch(s)))
+
+
+def check_batch_sizes(s: Schedule) -> None:
+  """Refuses (DataError) a schedule whose batches hold more examples of a task than the task
+  has per epoch: every batch would repeat each of its examples, silently (40 SST rows in a
+  batch of 64: each one once or twice a batch; 80 rows at train.seqs_per_task=500: 6-7 times)."""
+  short = [(t, n, b) for t, n, b in zip(TASKS, s.epoch_sizes, _per_batch(s), strict=True) if b > n]
+  if not short:
+    return
+  # The largest even train.seqs_per_task whose batches fit every task's examples.
+  fits = min(n * s.seqs_per_task // b for n, b in zip(s.epoch_sizes, _per_batch(s)))
+  fits -= fits % 2
+  sets = "; ".join(
+    f"{t} has {n} training examples per epoch, a batch takes {b}" for t, n, b in short
+  )
+  fix = f"use train.seqs_per_task={fits} or less" if fits >= 2 else "use more data"
+  raise DataError(
+    f"train.seqs_per_task={s.seqs_per_task} puts more examples of a task in each batch than "
+    f"it has ({sets}): every batch would repeat examples; {fix} (or raise config.data_limit "
+    "or train.epoch_examples)"
+  )
 
 
 def steps_per_epoch(s: Schedule) -> int:

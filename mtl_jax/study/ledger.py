@@ -134,13 +134,23 @@ def read(directory: str) -> list[dict]:
     return rows
 
 
+def check(directory: str) -> list[dict]:
+  """The rows of a ledger, after reading study.json and every row's config: LedgerError
+  naming the first damaged file (before a sweep trains anything)."""
+  rows = read(directory)
+  read_study(directory)
+  for row in rows:
+    saved_config(directory, row)
+  return rows
+
+
 def read_study(directory: str) -> dict:
   """directory/study.json: {"baseline": name or None, "command": the sweep command}."""
   path = os.path.join(directory, STUDY_JSON)
   if not os.path.isfile(path):
     return {"baseline": None, "command": None}
-  with open(path) as f:
-    return json.load(f)
+  study = _read_json(path, "the study's baseline and command (written by mtl_jax.sweep --ledger)")
+  return {"baseline": study.get("baseline"), "command": study.get("command")}
 
 
 def write_study(directory: str, baseline: str | None, command: str) -> None:
@@ -151,8 +161,30 @@ def write_study(directory: str, baseline: str | None, command: str) -> None:
 
 
 def saved_config(directory: str, row: dict) -> dict:
-  with open(os.path.join(directory, row["config_json"])) as f:
-    return json.load(f)
+  """The run config a ledger row points at (its config_json column)."""
+  path = os.path.join(directory, row["config_json"])
+  if not os.path.isfile(path):
+    raise LedgerError(
+      f"{path} not found: results.csv row {row['name']} seed {row['seed']} names it as its "
+      "config (restore it from git)"
+    )
+  return _read_json(path, f"the config of row {row['name']} seed {row['seed']}")
+
+
+def _read_json(path: str, what: str) -> dict:
+  """A JSON object from `path`; LedgerError naming the file when it is damaged."""
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise LedgerError(
+      f"{path}: not valid JSON ({e}); it holds {what}: restore it from git"
+    ) from None
+  if not isinstance(value, dict):
+    raise LedgerError(
+      f"{path}: a JSON {type(value).__name__}, not an object; it holds {what}: restore it from git"
+    )
+  return value
 
 
 def _model_tail(path: str) -> str:

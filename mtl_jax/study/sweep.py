@@ -428,7 +428,7 @@ def execute(
 
 def show_plan(runs: Sequence[Run], ledger_dir: str | None = None) -> list[str]:
   """One line per run: what the sweep would do with it, and its command; trains nothing."""
-  held = ledger.read(ledger_dir) if ledger_dir else []
+  held = ledger.check(ledger_dir) if ledger_dir else []
   lines = []
   for run in runs:
     if ledger_dir and ledger.find(ledger_dir, held, run.name, run.seed, run.config):
@@ -476,7 +476,7 @@ def run_sweep(
   )
   if ledger_dir:
     try:
-      ledger.read(ledger_dir)
+      ledger.check(ledger_dir)
     except ledger.LedgerError as e:
       raise SweepError(str(e)) from e
     ledger.write_study(ledger_dir, baseline or ledger.read_study(ledger_dir)["baseline"], command)

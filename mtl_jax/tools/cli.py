@@ -51,6 +51,33 @@ HELPFULL = ("--helpfull", "-helpfull")
 Main = Callable[[list[str]], "int | None"]
 
 
+class OutputError(ValueError):
+  """An output path a tool could not write; the message names it and says what to do."""
+
+
+def check_output(path: str, flag: str = "--output", directory: bool = False) -> None:
+  """Refuses, before a tool's slow work (restoring a model), an output path it could not
+  write: one under a file (`FILE/x.csv`: FILE is not a directory), one in a directory it
+  may not write to, or (a file output, not `directory`) an existing directory. Creates
+  nothing; the tool creates the missing parent directories when it writes."""
+  full = os.path.abspath(path)
+  if not directory and os.path.isdir(full):
+    raise OutputError(f"cannot write {flag}={path}: it is a directory; give a file name")
+  parent = os.path.dirname(full)
+  while not os.path.lexists(parent):  # The nearest existing ancestor, where makedirs starts.
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    what = "a file, not a directory" if os.path.isfile(parent) else "not a directory"
+    raise OutputError(
+      f"cannot write {flag}={path}: {parent} is {what}; choose a path in a directory"
+    )
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise OutputError(
+      f"cannot write {flag}={path}: no permission to write in {parent}; "
+      "choose a directory you can write"
+    )
+
+
 def mark_required(tool_flags: flags.FlagValues, names: Sequence[str]) -> None:
   """absl's mark_flags_as_required, and "(required)" in each one's --help line."""
   flags.mark_flags_as_required(names, flag_values=tool_flags)

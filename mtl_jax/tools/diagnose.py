@@ -367,15 +367,15 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
     if "encoder" not in state.trainable:
       raise DiagnoseError("this run trains only the heads: no shared gradients to compare")
     data = train.load_data(spec, hf_io.load_tokenizer(config.model.path))
+    batches = train.train_batches(spec, data["train"])
   except (
     FileNotFoundError,
     run_spec.ConfigError,
-    files.DataError,
+    files.DataError,  # Incl. a batch larger than a task's data (schedules.check_batch_sizes).
     hf_io.CheckpointError,
     checkpoint.UnreadableCheckpointError,
   ) as e:
     raise DiagnoseError(str(e)) from e
-  batches = train.train_batches(spec, data["train"])
   step_fn = jax.jit(
     make_train_step(model, tx, tuple(range(len(TASKS))), config.seed),
     compiler_options=xla_options.train_step_options(),

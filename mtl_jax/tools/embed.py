@@ -145,6 +145,24 @@ def embed(
   return arrays
 
 
+def write_npz(path: str, arrays: dict[str, np.ndarray]) -> str:
+  """np.savez(path, **arrays) (".npz" appended when missing, as np.savez does) through a
+  temporary file renamed into place: a failed write, as on a full disk, leaves no partial
+  file and an earlier one intact. Returns the path written."""
+  path = path if path.endswith(".npz") else path + ".npz"
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "wb") as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return np.pad(x, [(0, rows - len(x))] + [(0, 0)] * (x.ndim - 1))
 
@@ -171,6 +189,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
+    cli.check_output(_OUTPUT.value)  # Before the slow restore.
     model, params, tokenizer = load_encoder(_MODEL.value, _WORKDIR.value, _POOLING.value)
     max_length = _MAX_LENGTH.value
     if max_length is None:
@@ -187,10 +206,15 @@ def main(argv: list[str]) -> None:
     arrays = embed(
       model, params, tokenizer, first, second, max_length, _BATCH_SIZE.value, _TASK.value
     )
-  except (FileNotFoundError, ValueError) as e:  # Incl. CheckpointError, ConfigError.
+  except (FileNotFoundError, ValueError) as e:  # Incl. CheckpointError, ConfigError, OutputError.
     sys.exit(f"error: {e}")
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  np.savez(_OUTPUT.value, **arrays)
+  try:
+    write_npz(_OUTPUT.value, arrays)
+  except OSError as e:  # A full disk, a quota.
+    sys.exit(
+      f"error: cannot write --output={_OUTPUT.value}: {e.strerror or e}; nothing was written "
+      "(an earlier file there is as it was): free some space or choose another --output"
+    )
   print(
     f"wrote {_OUTPUT.value}: {len(first)} {'pairs' if second else 'sentences'}, "
     f"last_hidden_state {arrays['last_hidden_state'].shape}"

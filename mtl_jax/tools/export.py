@@ -17,8 +17,9 @@ DIR receives:
 The directory is written as DIR.tmp-XXXX beside DIR and renamed when complete, so DIR is
 either absent, the previous export, or a finished one. An existing non-empty DIR is refused
 unless --overwrite, and even then only an earlier export (holding mtl_jax.json) is replaced,
-never a directory holding the run or its model. The latest checkpoint of WORKDIR is
-exported (see `train.load_trained`).
+never a directory holding the run or its model. The latest checkpoint of WORKDIR that
+restores is exported (see `train.restore`: a damaged newer step is skipped with a warning),
+and its step is the one reported and recorded.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -34,6 +36,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 from flax import traverse_util
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from mtl_jax.config import upgrade
@@ -89,14 +92,16 @@ class ExportError(Exception):
 def export(workdir: str, output: str, overwrite: bool = False) -> dict:
   """Writes the export of `workdir`'s latest checkpoint to `output`; returns mtl_jax.json's dict."""
   _check_workdir(workdir)
+  cli.check_output(output, directory=True)
   output = os.path.abspath(output)
   _check_output(output, overwrite, (workdir,))  # Fail before the slow part, again at the end.
 
   from mtl_jax import train
-  from mtl_jax.runtime.checkpoint import Checkpointer
+  from mtl_jax.models import multitask
 
   try:
-    spec, model, params = train.load_trained(workdir)
+    # The newest step that restores: an older one when the latest is damaged (it warns).
+    spec, model, state, frozen, _ = train.restore(workdir)
     config = spec.config
   except FileNotFoundError as e:
     raise ExportError(str(e)) from e
@@ -107,9 +112,8 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
       f"the checkpoint in {workdir} does not match the train state this version of mtl_jax "
       f"builds from its config.json (saved by another version?): {str(e).splitlines()[0]}"
     ) from e
-  ckpt = Checkpointer(workdir, 1, 1)
-  step = ckpt.latest_step()
-  ckpt.close()
+  step = int(state.step)  # The step restored, not the latest on disk.
+  params = multitask.merge(state.trainable, frozen)
 
   lora = model.config.lora
   encoder = jax.device_get(adapters.merge_all(params["encoder"], lora))
@@ -121,16 +125,19 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
   _check_output(output, overwrite, (workdir, model_dir))
   run_config = upgrade.read_run_config(workdir)
 
+  pooler = _pretrained_pooler(model_dir)  # Read before writing: its errors are not ours.
   parent = os.path.dirname(output)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(output) + ".tmp-", dir=parent)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(output) + ".tmp-", dir=parent)
+  except OSError as e:
+    raise ExportError(f"cannot write --output={output}: {_write_error(e)}") from e
   try:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700.
 
     hf_io.save_bert(tmp, model.config, encoder)
-    pooler = _pretrained_pooler(model_dir)
     if pooler:
       st = os.path.join(tmp, "model.safetensors")
       hf_io.save_safetensors({**load_file(st), **pooler}, st, {"format": "pt"})
@@ -197,10 +204,26 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
     with open(os.path.join(tmp, "mtl_jax.json"), "w") as f:
       json.dump(info, f, indent=2)
     _publish(tmp, output, overwrite, (workdir, model_dir))
+  except (OSError, SafetensorError) as e:  # A full disk, a quota, a vanished directory.
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise ExportError(
+      f"writing the export to {output} failed: {_write_error(e)}; {output} is as it was "
+      f"(the partial {os.path.basename(tmp)} was removed): free some space or choose "
+      "another --output"
+    ) from e
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return info
+
+
+def _write_error(e: Exception) -> str:
+  """The reason of a failed write in a few words: strerror, or the OS message safetensors
+  wraps ('Error while serializing: IoError(Os { code: 28, ..., message: "No space ..." })')."""
+  if isinstance(e, OSError):
+    return e.strerror or str(e)
+  found = re.search(r'message: "([^"]*)"', str(e))
+  return found.group(1) if found else " ".join(str(e).split())[:200]
 
 
 def _check_workdir(workdir: str) -> None:
@@ -288,7 +311,13 @@ def main(argv: list[str]) -> None:
 
   try:
     info = export(_WORKDIR.value, _OUTPUT.value, _OVERWRITE.value)
-  except (ExportError, hf_io.CheckpointError, ConfigError, UnreadableCheckpointError) as e:
+  except (
+    ExportError,
+    cli.OutputError,
+    hf_io.CheckpointError,
+    ConfigError,
+    UnreadableCheckpointError,
+  ) as e:
     sys.exit(f"error: {e}")
   lora = info["encoder"]["lora"]
   what = f"{lora['kind']} merged" if lora else info["encoder"]["adapter"]

@@ -78,11 +78,15 @@ def read_input(path: str, task: str) -> TaskSplit:
   )
 
 
-def predict_file(workdir: str, task: str, input_path: str, output_path: str) -> dict[str, float]:
-  """Writes the predictions of `workdir`'s latest checkpoint; returns metrics if labelled."""
+def predict_file(
+  workdir: str, task: str, input_path: str, output_path: str
+) -> dict[str, float | str]:
+  """Writes the predictions of `workdir`'s latest checkpoint; returns metrics if labelled
+  (a metric undefined on the labels, as Pearson's of equal labels: why, instead of a value)."""
   from mtl_jax import train
   from mtl_jax.models import hf_io
 
+  cli.check_output(output_path)  # Before the slow restore.
   mesh = parallel.make_mesh()
   spec, model, params = train.load_trained(workdir, mesh.size)
   config = spec.config
@@ -99,6 +103,9 @@ def predict_file(workdir: str, task: str, input_path: str, output_path: str) -> 
   evaluate.write_task_predictions(output_path, data, preds)
   if split.labels is None:
     return {}
+  why = files.undefined_metric(split)
+  if why is not None:  # Scored 0 it would read as a measurement.
+    return {tasks.get(task).metric: f"undefined: {input_path} {why}"}
   return metrics.evaluate_task(task, np.asarray(preds), split.labels)[task]
 
 
@@ -111,7 +118,7 @@ def main(argv: list[str]) -> None:
     sys.exit(f"error: {e}")
   print(f"wrote {_OUTPUT.value}")
   for name, value in scores.items():
-    print(f"{_TASK.value} {name}: {value:.4f}")
+    print(f"{_TASK.value} {name}: {value if isinstance(value, str) else f'{value:.4f}'}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,65 @@ def test_malformed_rows_skipped_with_line_numbers(tmp_path, caplog):
   assert "skipped 3 malformed rows (lines 3, 4, 5)" in caplog.text
 
 
+def test_a_file_whose_rows_are_all_malformed_says_why(tmp_path):
+  """Every row malformed: the error names the first one's line and problem, and the count."""
+  d = quora(tmp_path, "0\tq1\tA?\tB?\n", "1\tq2\tC?\tD?\n", "2\tq3\tE?\tF?\tmaybe\n")
+  with pytest.raises(DataError) as e:
+    load_split(d, "quora", "train")
+  assert str(e.value) == (
+    f"{tmp_path / 'quora-train.csv'}: no usable rows: all 3 rows are malformed, the first "
+    "at line 2: 4 fields, expected 5; other problems: unparsable is_duplicate 'maybe'; "
+    "fix the file (tab-separated, with the columns of its header)"
+  )
+  d = quora(tmp_path)  # A header and no rows.
+  with pytest.raises(DataError, match="no usable rows: the file has no rows after its header"):
+    load_split(d, "quora", "train")
+
+
+STS_HEADER = "\tid\tsentence1\tsentence2\tsimilarity\n"
+
+
+@pytest.mark.parametrize(
+  "rows, limit, why",
+  [
+    (["0\ts1\tA.\tB.\t3.0\n"], None, "has 1 usable row:"),
+    (["0\ts1\tA.\tB.\t3.0\n", "1\ts2\tC.\t\t2.0\n"], None, "has 1 usable row:"),
+    (
+      [f"{i}\ts{i}\tA.\tB.\t2.5\n" for i in range(3)],
+      None,
+      "has 3 rows whose similarity are all 2.5:",
+    ),
+    (
+      ["0\ts1\tA.\tB.\t1.0\n", "1\ts2\tC.\tD.\t4.0\n"],
+      1,
+      "has 1 usable row (the first 1: config.data_limit):",
+    ),
+  ],
+)
+def test_a_dev_set_with_an_undefined_metric_is_refused_naming_the_file(tmp_path, rows, limit, why):
+  """STS's Pearson correlation of one row, or of equal labels, is undefined: scored 0 it
+  entered overall, the bootstrap and the best-checkpoint choice. Refused at load."""
+  name = files.FILES["sts", "dev"]
+  d = write(tmp_path, name, STS_HEADER + "".join(rows))
+  with pytest.raises(DataError) as e:
+    load_split(d, "sts", "dev", limit=limit)
+  assert str(e.value).startswith(
+    f"{tmp_path / name}: the sts dev set {why} its metric, the Pearson"
+  )
+  assert "use a dev file with at least 2 rows of different similarity" in str(e.value)
+  write(tmp_path, files.FILES["sts", "train"], STS_HEADER + "".join(rows))
+  assert len(load_split(d, "sts", "train", limit=limit)) >= 1  # A training set may.
+
+
+def test_an_accuracy_dev_set_left_empty_by_malformed_rows_is_refused(tmp_path):
+  name = files.FILES["quora", "dev"]
+  d = write(tmp_path, name, QUORA_HEADER + "0\tq1\tA?\tB?\tyes\n")
+  with pytest.raises(
+    DataError, match=r"no usable rows: all 1 rows are malformed, the first at line 2"
+  ):
+    load_split(d, "quora", "dev")
+
+
 def test_strict_refuses_first_malformed_row(tmp_path):
   d = quora(tmp_path, "0\tq1\tA?\tB?\t1.0\n", "1\tq2\tA?\tB?\t\n", "2\tq3\tA?\t\t1.0\n")
   with pytest.raises(DataError, match=r"quora-train\.csv:3: .*empty is_duplicate"):

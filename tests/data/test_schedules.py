@@ -25,6 +25,7 @@ from mtl_jax import train
 from mtl_jax.config import defaults as default
 from mtl_jax.config import resume, run_spec, upgrade
 from mtl_jax.data import batching, schedules
+from mtl_jax.data.files import DataError
 from mtl_jax.runtime.checkpoint import Checkpointer
 from mtl_jax.step import make_loss_fn, make_train_step
 from mtl_jax.tasks import TASKS
@@ -337,6 +338,24 @@ def test_a_cap_must_be_an_integer(value):
   tree["train"]["epoch_examples"]["quora"] = value
   with pytest.raises(run_spec.ConfigError, match=r"train\.epoch_examples\.quora"):
     run_spec.build(ml_collections.ConfigDict(tree))
+
+
+def test_a_batch_larger_than_a_tasks_training_data_is_refused():
+  """data_limit 40 at the default 64 sequences (64 SST sentences a batch, from 40), or 500
+  on 80 rows: every batch repeated its examples, silently. Refused, naming the key, the
+  tasks and their sizes, and the largest value that fits."""
+  schedules.check_batch_sizes(_schedule("all_tasks", sizes=(64, 32, 32), seqs=64))  # Fits.
+  with pytest.raises(DataError) as e:
+    schedules.check_batch_sizes(_schedule("all_tasks", sizes=(40, 40, 40), seqs=64))
+  assert str(e.value) == (
+    "train.seqs_per_task=64 puts more examples of a task in each batch than it has (sst has "
+    "40 training examples per epoch, a batch takes 64): every batch would repeat examples; "
+    "use train.seqs_per_task=40 or less (or raise config.data_limit or train.epoch_examples)"
+  )
+  with pytest.raises(DataError, match=r"\(sst has 80 .* takes 500; quora has 80 .* takes 250; "):
+    schedules.check_batch_sizes(_schedule("sqrt", sizes=(80, 80, 80), seqs=500))
+  with pytest.raises(DataError, match="quora has 6 training examples per epoch, a batch takes 32"):
+    schedules.check_batch_sizes(_schedule("all_tasks", caps=(0, 6, 0)))  # train.epoch_examples.
 
 
 def test_train_schedule_from_config():

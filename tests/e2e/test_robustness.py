@@ -16,11 +16,19 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import needs_data, read_metrics, restored_trainable, tiny_config, tiny_main_args
+from conftest import (
+  DATA_DIR,
+  needs_data,
+  read_metrics,
+  restored_trainable,
+  tiny_config,
+  tiny_main_args,
+)
 
 from mtl_jax import train
 from mtl_jax.config import defaults as default
 from mtl_jax.config import run_spec
+from mtl_jax.data import files
 from mtl_jax.models import hf_io
 from mtl_jax.runtime import checkpoint, workdir_lock
 from mtl_jax.runtime.checkpoint import Checkpointer
@@ -344,6 +352,40 @@ def test_max_length_above_the_models_positions_is_refused_naming_both(tiny_bert_
   )
   assert "--max_length=100 is above the max_position_embeddings=64" in one_error_line(out)
   assert not (tmp_path / "out.npz").exists()
+
+
+# --- Data that would make every batch or dev score meaningless
+
+
+@needs_data
+@pytest.mark.parametrize("case", ["sts_dev_of_one_row", "seqs_per_task_above_the_data"])
+def test_an_undefined_dev_metric_or_a_batch_larger_than_the_data_is_one_line(
+  tiny_bert_dir, tmp_path, case
+):
+  """An STS dev file of one row (Pearson undefined: it was scored 0 and entered overall),
+  or train.seqs_per_task=64 on 40 rows (each batch repeated its examples): main.py stops
+  with one line naming the file or the key, before the model is built."""
+  workdir = tmp_path / "run"
+  if case == "sts_dev_of_one_row":
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in os.listdir(DATA_DIR):
+      os.symlink(os.path.join(DATA_DIR, name), data / name)
+    dev = data / files.FILES["sts", "dev"]
+    dev.unlink()
+    with open(os.path.join(DATA_DIR, files.FILES["sts", "dev"])) as f:
+      dev.write_text(f.readline() + f.readline())
+    args = tiny_main_args(tiny_bert_dir, workdir, f"--config.data_dir={data}")
+    expected = f"{dev}: the sts dev set has 1 usable row: its metric, the Pearson correlation"
+  else:
+    args = tiny_main_args(tiny_bert_dir, workdir, "--config.train.seqs_per_task=64")
+    expected = (
+      "train.seqs_per_task=64 puts more examples of a task in each batch than it has (sst "
+      "has 40 training examples per epoch, a batch takes 64): every batch would repeat "
+      "examples; use train.seqs_per_task=40 or less"
+    )
+  assert expected in one_error_line(run(args))
+  assert not os.listdir(workdir / "checkpoints") and not (workdir / "metrics.jsonl").exists()
 
 
 # --- embed: row i is line i

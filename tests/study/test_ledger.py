@@ -233,6 +233,34 @@ def test_report_on_a_damaged_ledger_is_one_line(tmp_path):
     assert out.stderr.startswith("ledger: error: ") and message in out.stderr
 
 
+@pytest.mark.parametrize("damaged", ["study.json", "configs/sum-seed=1.json"])
+def test_a_damaged_study_json_or_ledger_config_is_one_line_naming_it(study, capsys, damaged):
+  """sweep --ledger, sweep --plan and `python -m mtl_jax.ledger report` on a ledger whose
+  study.json or one of whose configs/*.json is cut short: one line naming the file."""
+  configs, ledger_dir, run = study
+  run("runs")
+  capsys.readouterr()
+  path = os.path.join(ledger_dir, damaged)
+  text = open(path).read()
+  with open(path, "w") as f:
+    f.write(text[: len(text) // 2])
+  args = ["--configs=" + ",".join(configs), "--workdir", os.path.dirname(ledger_dir) + "/w"]
+  for extra in ([], ["--plan"]):
+    assert sweep_main(args + ["--seeds", "0,1,2", "--ledger", ledger_dir, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sweep: error: {path}: not valid JSON") and len(err.splitlines()) == 1
+  out = subprocess.run(
+    [sys.executable, "-m", "mtl_jax.ledger", "report", ledger_dir],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+  assert out.stderr.startswith(f"ledger: error: {path}: not valid JSON"), out.stderr
+  assert "restore it from git" in out.stderr and len(out.stderr.splitlines()) == 1
+
+
 def test_model_path_is_compared_by_its_last_two_components(tmp_path):
   config = sweep.load_config(_configs(tmp_path)[0], ())
   saved = json.loads(config.to_json_best_effort())

@@ -129,3 +129,41 @@ def test_documented_command_lines_use_the_tools_flags():
     known = set(tool(name).FLAGS) | {"help", "helpfull"}
     for flag in re.findall(r"(?<![\w-])--([A-Za-z][\w-]*)", line):
       assert flag in known, f"{path}: `python -m mtl_jax.{name} ... --{flag}`: no such flag"
+
+
+@pytest.mark.parametrize(
+  "name, output, args",
+  [
+    ("export", "afile/hf", []),
+    ("embed", "afile/e.npz", ["--input=in.txt"]),
+    ("predict", "afile/x.csv", ["--input=in.txt", "--task=sst"]),
+    ("predict", "afile/deeper/x.csv", ["--input=in.txt", "--task=sst"]),
+    ("embed", ".", ["--input=in.txt"]),
+  ],
+)
+def test_an_output_under_a_file_is_refused_before_restoring(
+  name, output, args, tmp_path, monkeypatch, capsys
+):
+  """`--output=FILE/x`: one line saying FILE is not a directory, before the model is restored
+  (which took ~10 s and then failed with FileExistsError's traceback)."""
+  from mtl_jax import train
+
+  def restore(workdir):
+    raise AssertionError("restored before checking --output")
+
+  monkeypatch.setattr(train, "load_trained", restore)
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+  (tmp_path / "run" / "config.json").write_text("{}")
+  (tmp_path / "afile").write_text("x")
+  (tmp_path / "in.txt").write_text("a cat\n")
+  module = tool(name)
+  status = cli.call(module.main, module.FLAGS, [name, "--workdir=run", f"--output={output}", *args])
+  err = capsys.readouterr().err
+  why = (
+    "it is a directory; give a file name"
+    if output == "."
+    else f"{tmp_path / 'afile'} is a file, not a directory; choose a path in a directory"
+  )
+  assert status == 1 and err == f"error: cannot write --output={output}: {why}\n"
+  assert sorted(os.listdir(tmp_path)) == ["afile", "in.txt", "run"]

@@ -16,7 +16,7 @@ import pytest
 from mtl_jax.config import run_spec
 from mtl_jax.data.files import default_data_dir
 from mtl_jax.models import hf_io
-from mtl_jax.tools import diagnose
+from mtl_jax.tools import cli, diagnose
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -277,6 +277,26 @@ def test_checkpoint_mode_measures_the_step_training_took(tiny_bert_dir, tmp_path
     assert row[f"task_loss/{t}"] == pytest.approx(logged[f"task_loss/{t}"], rel=1e-5, abs=1e-6)
     assert row[f"grad/grad_norm/{t}"] == pytest.approx(logged[f"grad/grad_norm/{t}"], rel=1e-4)
   np.testing.assert_allclose(row["grad/cosine"], logged["grad/cosine"], atol=1e-5)
+
+
+@pytest.mark.skipif(not os.path.isdir(default_data_dir()), reason="no data")
+def test_checkpoint_mode_on_a_run_whose_batches_exceed_its_data_is_one_line(
+  tiny_bert_dir, tmp_path, capsys
+):
+  """A run saved before a batch larger than a task's data was refused (train.seqs_per_task
+  64 on 40 rows): --from_checkpoint says so in one line, not a DataError traceback."""
+  run_dir = _tiny_run(tiny_bert_dir, str(tmp_path / "run"), step=2)
+  path = os.path.join(run_dir, "config.json")
+  with open(path) as f:
+    config = json.load(f)
+  config["train"]["seqs_per_task"] = 64
+  with open(path, "w") as f:
+    json.dump(config, f)
+  args = ["diagnose", f"--workdir={run_dir}", "--from_checkpoint", "--batches=1"]
+  assert cli.call(diagnose.main, diagnose.FLAGS, args) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("diagnose: error: train.seqs_per_task=64 puts more examples of a task")
+  assert len(err.splitlines()) == 1
 
 
 def test_checkpoint_mode_without_a_run_is_a_clear_error(tmp_path):

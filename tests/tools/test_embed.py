@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from mtl_jax.models.bert import BertEncoder
-from mtl_jax.tools import embed
+from mtl_jax.tools import cli, embed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SENTENCES = [
@@ -220,6 +221,31 @@ def test_cli_writes_npz(tiny_bert_dir, tmp_path, sentence_arrays, max_length):
   _check_arrays(got, len(SENTENCES))
   for k, want in sentence_arrays.items():
     np.testing.assert_allclose(got[k], want, atol=1e-5, rtol=0, err_msg=k)
+
+
+def test_a_full_disk_is_one_error_line_and_leaves_no_partial_file(
+  tiny_bert_dir, tmp_path, monkeypatch, capsys
+):
+  """No space left while writing the .npz: one `error:` line (it was an OSError traceback),
+  no partial file, and an earlier output left as it was."""
+  inp = _write(tmp_path, "a cat\n")
+  out = tmp_path / "out" / "e.npz"
+  out.parent.mkdir()
+  out.write_bytes(b"earlier")
+
+  def full(f, **arrays):
+    f.write(b"PK partial")
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(embed.np, "savez", full)
+  args = ["embed", f"--model={tiny_bert_dir}", f"--input={inp}", f"--output={out}"]
+  assert cli.call(embed.main, embed.FLAGS, args) == 1
+  err = capsys.readouterr().err
+  assert err == (
+    f"error: cannot write --output={out}: No space left on device; nothing was written (an "
+    "earlier file there is as it was): free some space or choose another --output\n"
+  )
+  assert os.listdir(out.parent) == ["e.npz"] and out.read_bytes() == b"earlier"
 
 
 def test_read_lines_mixed_pairs_and_singles_raises(tmp_path):

@@ -8,8 +8,10 @@ scripts/check_export_with_torch.py, outside the tests: torch is not a dependency
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,12 +20,13 @@ import numpy as np
 import pytest
 from conftest import needs_data, shard_checkpoint, tiny_config
 from flax import traverse_util
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from mtl_jax import train
 from mtl_jax.models import hf_io
 from mtl_jax.models.bert import BertEncoder
-from mtl_jax.tools import export
+from mtl_jax.tools import cli, export
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SENTENCES = [
@@ -179,6 +182,63 @@ def test_workdir_without_a_checkpoint(run, tmp_path):
   with pytest.raises(export.ExportError, match="no checkpoint in"):
     export.export(str(empty), str(tmp_path / "o"))
   assert sorted(os.listdir(tmp_path)) == ["empty_run"]
+
+
+@needs_data
+@pytest.mark.parametrize("run", ["lora"], indirect=True)  # Once is enough.
+@pytest.mark.parametrize("where", ["safetensors", "copy"])
+def test_a_full_disk_is_one_error_line_and_leaves_nothing(
+  run, tmp_path, monkeypatch, capsys, where
+):
+  """No space left while writing model.safetensors (a SafetensorError) or a tokenizer file
+  (an OSError): one `error:` line, and neither the output nor a .tmp- directory is left."""
+  _, workdir = run
+  if where == "safetensors":
+
+    def full(*args, **kwargs):
+      raise SafetensorError(
+        'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+        'space left on device" })'
+      )
+
+    monkeypatch.setattr(hf_io, "save_file", full)
+  else:
+
+    def full(*args, **kwargs):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(export.shutil, "copyfile", full)
+  out = tmp_path / "hf"
+  status = cli.call(
+    export.main, export.FLAGS, ["export", f"--workdir={workdir}", f"--output={out}"]
+  )
+  err = capsys.readouterr().err
+  assert status == 1 and len(err.splitlines()) == 1, err
+  assert err.startswith(f"error: writing the export to {out} failed: No space left on device; ")
+  assert "free some space or choose another --output" in err
+  assert os.listdir(tmp_path) == []
+
+
+@needs_data
+@pytest.mark.parametrize("run", ["lora"], indirect=True)  # Once is enough.
+def test_a_damaged_latest_step_exports_and_reports_the_step_restored(run, tmp_path):
+  """The latest step (4) does not restore: export falls back to step 2 with a warning, and
+  says step 2 in its line and in mtl_jax.json (it said step 4, with step 2's weights)."""
+  _, workdir = run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  latest = copy / "checkpoints" / "4"
+  shutil.copytree(copy / "checkpoints" / "2", latest)
+  for d, _, names in os.walk(latest):  # The OCDBT data files, cut to half their size.
+    for name in names if os.path.basename(d) == "d" else []:
+      os.truncate(os.path.join(d, name), os.path.getsize(os.path.join(d, name)) // 2)
+  proc = _cli("--workdir", str(copy), "--output", str(tmp_path / "hf"))
+  assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert "newer step 4 does not restore" in proc.stderr, proc.stderr[-3000:]
+  assert "encoder of step 2 " in proc.stdout, proc.stdout
+  with open(tmp_path / "hf" / "mtl_jax.json") as f:
+    assert json.load(f)["source"]["step"] == 2
+  assert os.path.isdir(latest)  # A reader moves nothing.
 
 
 def _cli(*args):

@@ -62,6 +62,22 @@ def test_predictions_on_a_labelled_file_match_the_runs_dev_predictions(trained_r
 
 
 @needs_data
+def test_a_labelled_input_with_an_undefined_metric_says_so_instead_of_0(trained_run, tmp_path):
+  """STS rows whose labels are all equal: predictions are written, and the Pearson
+  correlation is reported undefined (it printed `sts pearson: 0.0000`)."""
+  src = _first_dev_rows(tmp_path, "sts", 3)
+  lines = open(src, encoding="utf-8").read().splitlines()
+  same = [lines[0]] + ["\t".join(line.split("\t")[:-1] + ["2.5"]) for line in lines[1:]]
+  (tmp_path / "same.csv").write_text("\n".join(same) + "\n", encoding="utf-8")
+  out = tmp_path / "out.csv"
+  scores = predict.predict_file(trained_run, "sts", str(tmp_path / "same.csv"), str(out))
+  assert scores == {
+    "pearson": f"undefined: {tmp_path / 'same.csv'} has 3 rows whose similarity are all 2.5"
+  }
+  assert len(predictions.read_predictions(str(out))[1]) == 3
+
+
+@needs_data
 def test_plain_text_through_the_command_line(trained_run, tmp_path):
   text = tmp_path / "pairs.txt"
   text.write_text("what is a cat ?\twhat is a dog ?\nhow do you do\thow are you\n")
