@@ -128,14 +128,20 @@ def real_batches(config, steps: int, positions: int) -> list[dict]:
   from mtl_jax.config import run_spec
   from mtl_jax.models import hf_io
 
+  spec = run_spec.build(fit_to_model(config, positions))
+  data = train.load_data(spec, hf_io.load_tokenizer(config.model.path))
+  batches = train.train_batches(spec, data["train"])
+  return [batches(k) for k in range(steps)]
+
+
+def fit_to_model(config, positions: int):
+  """A copy of `config` whose model.max_length and length buckets fit a model of
+  `positions` positions (the bench runs configs/default.py on any model)."""
   config = config.copy_and_resolve_references()
   config.model.max_length = min(config.model.max_length, positions)
   buckets = [b for b in config.train.length_buckets if b <= config.model.max_length]
   config.train.length_buckets = tuple(buckets) or (config.model.max_length,)
-  spec = run_spec.build(config)
-  data = train.load_data(spec, hf_io.load_tokenizer(config.model.path))
-  batches = train.train_batches(spec, data["train"])
-  return [batches(k) for k in range(steps)]
+  return config
 
 
 def bench_config(method: str, mode: str, seqs_per_task: int, model_path: str | None):
@@ -156,11 +162,13 @@ def _jitted_step(method: str, mode: str, seqs_per_task: int, model_path: str | N
 
   from mtl_jax import train
   from mtl_jax.config import run_spec
+  from mtl_jax.models import hf_io
   from mtl_jax.runtime import xla_options
   from mtl_jax.step import TrainState, make_summed_step, make_train_step
 
   config = bench_config(method, mode, seqs_per_task, model_path)
-  spec = run_spec.build(config)
+  positions = hf_io.read_config(config.model.path).max_position_embeddings
+  spec = run_spec.build(fit_to_model(config, positions))
   model, state, frozen, tx = train.init_state(spec)
   if method == "summed":
     summed_tx = spec.base_optimizer()  # No task axis to combine.
