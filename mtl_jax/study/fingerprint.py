@@ -10,15 +10,21 @@ train it, without training:
 - `step`: the StableHLO text of the train step (`step.make_train_step`, lowered by
   `jax.jit(...).lower(...)` on the run's state and its first batch's shapes): the
   computation itself, with the config's constants in it (gradient method and its
-  arguments, dropout rates, learning-rate schedule, optimizer, heads, seed). Python
-  locations are not in the text (`as_text()` without debug info), and the module's name is
-  normalized, so moving or renaming code leaves it unchanged.
+  arguments, dropout rates, learning-rate schedule, optimizer, heads). It is lowered with
+  the seed, and every `...seed` key equal to it (PCGrad's `grad.kwargs.seed` follows the
+  seed), set to 0: the seed's part is in the other two hashes, so the runs of one
+  configuration at several seeds share one step hash. Python locations are not in the
+  text (`as_text()` without debug info), and the module's name is normalized, so moving or
+  renaming code leaves it unchanged.
 - `batches`: the first STEPS training batches (`train.train_batches`: schedule, sampling,
   length buckets, packing): the examples each step trains on, in order, as token ids.
 - `dropout`: the dropout keys of the first STEPS steps (`step.dropout_keys`).
 
-`fingerprint` is the first 16 hex digits of the SHA-256 of the three. The sweep computes it
-when it appends a row (`ledger.COLUMNS`' `fingerprint`), and the report groups rows by it.
+`fingerprint` is `<step 12 hex>/<batches 8 hex>/<dropout 8 hex>`. The sweep computes it
+when it appends a row (`ledger.COLUMNS`' `fingerprint`), and the report groups rows by it:
+one step hash per configuration (all its seeds trained the same computation), and per
+seed one batches/dropout pair across configurations (the pairing of the comparisons:
+every configuration trained seed S on the same examples with the same dropout keys).
 It is a function of the config, the code, the data files and the number of devices (the
 packing of a step depends on it): not of the machine's CPU, whose kernels may still round
 differently (docs/results.md).
@@ -54,9 +60,26 @@ def _batch_bytes(batch: dict) -> bytes:
   return _sha(*out).encode()
 
 
-def step_text(config: ml_collections.ConfigDict, batch: dict, devices: int = 1) -> str:
+def seed_free(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of `config` with `seed` and every key named `seed` that equals it set to 0."""
+  seed = config.seed
+  out = ml_collections.ConfigDict(config.to_dict())
+
+  def visit(node: ml_collections.ConfigDict) -> None:
+    for k in list(node.keys()):
+      v = node[k]
+      if isinstance(v, ml_collections.ConfigDict):
+        visit(v)
+      elif k == "seed" and v == seed and not isinstance(v, bool):
+        node[k] = 0
+
+  visit(out)
+  return out
+
+
+def step_text(config: ml_collections.ConfigDict, batch: dict) -> str:
   """The StableHLO text of the train step of `config` on `batch`'s shapes, module name
-  normalized (what `step` hashes)."""
+  normalized (what `step` hashes, of the seed_free config)."""
   from mtl_jax import train
   from mtl_jax.step import make_train_step
   from mtl_jax.tasks import TASKS
@@ -88,8 +111,9 @@ def training_fingerprint(config: ml_collections.ConfigDict, steps: int = STEPS) 
     np.asarray(jax.random.key_data(dropout_keys(config.seed, k, len(TASKS)))) for k in range(steps)
   ]
   parts = {
-    "step": _sha(step_text(config, first[0], devices).encode()),
+    "step": _sha(step_text(seed_free(config), first[0]).encode()),
     "batches": _sha(*(_batch_bytes(b) for b in first)),
     "dropout": _sha(*(k.tobytes() for k in keys)),
   }
-  return {"fingerprint": _sha(*(parts[k].encode() for k in sorted(parts)))[:16], **parts}
+  fp = f"{parts['step'][:12]}/{parts['batches'][:8]}/{parts['dropout'][:8]}"
+  return {"fingerprint": fp, **parts}
