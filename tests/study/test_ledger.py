@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from mtl_jax.study import ledger, publish, sweep
+from mtl_jax.study import ledger, publish, report, sweep
 from mtl_jax.tools import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -421,3 +421,17 @@ def test_an_older_ledger_gains_the_new_columns_when_a_row_is_appended(tmp_path):
   (tmp_path / "study.json").write_text('{"baseline": "sum", "equivalence_margin": 0.002}')
   ledger.write_study(str(tmp_path), "sum", "python -m mtl_jax.sweep ...")  # Keeps the margin.
   assert ledger.read_study(str(tmp_path))["equivalence_margin"]["overall"] == 0.002
+
+
+def test_rows_trained_differently_are_flagged_by_their_fingerprints(study, monkeypatch):
+  _, ledger_dir, run = study
+  run("runs")
+  rows = ledger.read(ledger_dir)
+  rows[4]["fingerprint"] = "step-other/data-1/keys-1"  # pcgrad seed 1: another train step.
+  rows[0]["fingerprint"] = ""  # sum seed 0: from before fingerprints.
+  monkeypatch.setattr(ledger, "read", lambda directory: rows)
+  text = "\n".join(report.provenance(ledger_dir, ledger.classify(ledger_dir, rows)))
+  assert "| `pcgrad` | `step-pcgrad` (2), `step-other` (1) |" in text
+  assert "| `sum` | unknown (1), `step-sum` (2) |" in text
+  assert "| 0 | unknown (1), `data-0/keys-0` (1) |" in text
+  assert "**Rows of pcgrad were trained differently**" in text
