@@ -21,12 +21,14 @@ changes; changes under results/, docs or the README do not make a run dirty.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import subprocess
 from collections.abc import Sequence
 
 import ml_collections
+import numpy as np
 
 from mtl_jax.config import resume
 from mtl_jax.tools import diagnose
@@ -54,10 +56,17 @@ COLUMNS = [
   *CI_COLUMNS,
   *GRAD_COLUMNS,
   "config_json",
+  "fingerprint",  # mtl_jax.study.fingerprint of the row's config; empty in older rows.
+  "predictions",  # predictions/<name>-seed=<S>.npz: its dev predictions; empty in older rows.
 ]
 STATUSES = ("trained", "rerun")  # First finished run of its (name, seed); a later one.
 CODE_PATHS = ("mtl_jax", "main.py", "configs", "pyproject.toml")
 STUDY_JSON = "study.json"
+# study.json's "equivalence_margin" (ledger column -> ±margin of the TOST verdict), by
+# default: half a point of overall, a point of each task metric.
+DEFAULT_MARGINS = {"sst_acc": 0.01, "quora_acc": 0.01, "sts_pearson": 0.01, "overall": 0.005}
+PREDICTIONS = "predictions"  # Directory of the rows' dev predictions, and of labels.npz.
+LABELS_NPZ = "labels.npz"
 _INTS = ("seed", "steps")
 _FLOATS = (*METRIC_COLUMNS.values(), "seconds", *CI_COLUMNS, *GRAD_COLUMNS)
 
@@ -145,18 +154,36 @@ def check(directory: str) -> list[dict]:
 
 
 def read_study(directory: str) -> dict:
-  """directory/study.json: {"baseline": name or None, "command": the sweep command}."""
+  """directory/study.json: {"baseline": name or None, "command": the sweep command,
+  "equivalence_margin": {ledger column: ±margin}} (DEFAULT_MARGINS for the columns it
+  does not set; a number sets overall's)."""
   path = os.path.join(directory, STUDY_JSON)
-  if not os.path.isfile(path):
-    return {"baseline": None, "command": None}
-  study = _read_json(path, "the study's baseline and command (written by mtl_jax.sweep --ledger)")
-  return {"baseline": study.get("baseline"), "command": study.get("command")}
+  study = {"baseline": None, "command": None}
+  if os.path.isfile(path):
+    study.update(
+      _read_json(path, "the study's baseline and command (written by mtl_jax.sweep --ledger)")
+    )
+  margin = study.get("equivalence_margin") or {}
+  if not isinstance(margin, dict):
+    margin = {"overall": margin}
+  unknown = set(margin) - set(DEFAULT_MARGINS)
+  if unknown:
+    raise LedgerError(f"{path}: equivalence_margin of unknown columns {sorted(unknown)}")
+  study["equivalence_margin"] = {**DEFAULT_MARGINS, **{k: float(v) for k, v in margin.items()}}
+  return study
 
 
 def write_study(directory: str, baseline: str | None, command: str) -> None:
+  """Sets study.json's baseline and command, keeping its other settings."""
   os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, STUDY_JSON), "w") as f:
-    json.dump({"baseline": baseline, "command": command}, f, indent=2)
+  path = os.path.join(directory, STUDY_JSON)
+  study = {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      study = json.load(f)
+  study.update(baseline=baseline, command=command)
+  with open(path, "w") as f:
+    json.dump(study, f, indent=2)
     f.write("\n")
 
 
@@ -239,6 +266,8 @@ def append(directory: str, row: dict, config: dict) -> dict:
   path = os.path.join(directory, "results.csv")
   row = {**row, "config_json": _config_file(directory, row["name"], row["seed"], config)}
   new = not os.path.isfile(path)
+  if not new:
+    _upgrade_header(path)
   with open(path, "a", newline="") as f:
     writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
     if new:
@@ -247,6 +276,98 @@ def append(directory: str, row: dict, config: dict) -> dict:
     f.flush()
     os.fsync(f.fileno())
   return _parse({k: str(v) if v is not None else "" for k, v in row.items()})
+
+
+def _upgrade_header(path: str) -> None:
+  """Rewrites a ledger written with fewer COLUMNS (an older version) with today's header,
+  the new cells of its rows empty, so that rows appended after it line up."""
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    if reader.fieldnames == COLUMNS:
+      return
+    if set(reader.fieldnames or []) - set(COLUMNS):
+      raise LedgerError(f"{path}: columns {reader.fieldnames} are not a subset of this version's")
+    rows = list(reader)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w", newline="") as f:
+    writer = csv.DictWriter(f, COLUMNS)
+    writer.writeheader()
+    writer.writerows({k: r.get(k) or "" for k in COLUMNS} for r in rows)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+# --- Dev predictions: predictions/<name>-seed=<S>.npz, labels.npz
+
+
+def _ids_sha(ids: Sequence[str]) -> str:
+  return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
+
+
+# Each task's predictions as stored: classes and 0/1 in int8, STS scores in float16 (their
+# files' values, clipped to [0, 5]; float16 keeps 11 significant bits, 0.0025 at 5: the
+# Pearson of the stored scores differs from the files' by about 1e-6).
+_STORED = {"class": np.int8, "binary": np.int8, "score": np.float16}
+
+
+def save_predictions(
+  directory: str, name: str, seed: int, workdir: str, dev: Sequence
+) -> str | None:
+  """Stores a run's dev predictions (WORKDIR/predictions/*-dev-output.csv) as
+  predictions/<name>-seed=<S>[-k].npz, a few KB: per task the values in the dev file's
+  order and the SHA-256 of its ids; and, once per study, predictions/labels.npz (the dev
+  labels, same layout), so the paired bootstrap needs nothing but the ledger. `dev`: one
+  object per task with .task, .ids, .labels (files.load_split's). Returns the path
+  relative to `directory`, or None when the run's files are missing or of another dev set."""
+  from mtl_jax import prediction_files, tasks
+
+  values, labels = {}, {}
+  for d in dev:
+    path = os.path.join(workdir, "predictions", prediction_files.output_filename(d.task, "dev"))
+    if not os.path.isfile(path):
+      return None
+    _, ids, v = prediction_files.read_predictions(path)
+    if list(ids) != list(d.ids):
+      return None
+    kind = _STORED[tasks.get(d.task).label]
+    values[d.task], values[f"{d.task}_ids"] = v.astype(kind), np.asarray(_ids_sha(ids))
+    labels[d.task] = np.asarray(d.labels).astype(np.float32 if kind == np.float16 else np.int8)
+    labels[f"{d.task}_ids"] = values[f"{d.task}_ids"]
+  out = os.path.join(directory, PREDICTIONS)
+  os.makedirs(out, exist_ok=True)
+  if not os.path.isfile(os.path.join(out, LABELS_NPZ)):
+    np.savez_compressed(os.path.join(out, LABELS_NPZ), **labels)
+  for k in range(1, 1000):
+    rel = os.path.join(PREDICTIONS, f"{name}-seed={seed}" + (f"-{k}" if k > 1 else "") + ".npz")
+    if not os.path.exists(os.path.join(directory, rel)):
+      np.savez_compressed(os.path.join(directory, rel), **values)
+      return rel
+  raise LedgerError(f"{out}: too many prediction files of {name} seed {seed}")
+
+
+def load_predictions(directory: str, row: dict) -> dict[str, np.ndarray] | None:
+  """{task: dev predictions (float64)} of a row, if it has them and they are of the dev
+  set of the study's labels.npz; else None."""
+  rel = row.get("predictions")
+  labels = load_labels(directory)
+  if not rel or labels is None or not os.path.isfile(os.path.join(directory, rel)):
+    return None
+  with np.load(os.path.join(directory, rel)) as f:
+    stored = {k: f[k] for k in f.files}
+  tasks = [k for k in labels if not k.endswith("_ids")]
+  if any(str(stored.get(f"{t}_ids")) != str(labels[f"{t}_ids"]) for t in tasks):
+    return None
+  return {t: stored[t].astype(np.float64) for t in tasks}
+
+
+def load_labels(directory: str) -> dict[str, np.ndarray] | None:
+  """predictions/labels.npz: {task: dev labels (float64), task_ids: SHA-256 of the ids}."""
+  path = os.path.join(directory, PREDICTIONS, LABELS_NPZ)
+  if not os.path.isfile(path):
+    return None
+  with np.load(path) as f:
+    return {k: (f[k] if k.endswith("_ids") else f[k].astype(np.float64)) for k in f.files}
 
 
 def metric_columns(results: dict) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import csv
 import datetime
+import math
 import os
 from collections.abc import Sequence
 
@@ -63,9 +64,10 @@ def _mean_sd(values: list) -> str:
 
 
 def _diff(d: dict) -> str:
+  """mean [low, high] of a paired difference (its 95% t interval), or mean (n=1)."""
   if d["n"] < 2:
-    return f"{number(d['mean'], '+.4f')} (n={d['n']}): n too small"
-  return f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]: {d['verdict']}"
+    return f"{number(d['mean'], '+.4f')} (n={d['n']})"
+  return f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
 
 
 def _paired(by_seed: dict[int, dict], base: dict[int, dict], column: str) -> dict:
@@ -74,13 +76,66 @@ def _paired(by_seed: dict[int, dict], base: dict[int, dict], column: str) -> dic
   )
 
 
-def seed_table(rows: Sequence[dict], baseline: str | None, overall_only: bool = True) -> list[str]:
+def comparisons(
+  rows: Sequence[dict], baseline: str | None, margins: dict[str, float] | None = None
+) -> dict[tuple[str, str], dict]:
+  """{(configuration, column): comparison} of every configuration with the baseline, every
+  metric of LABELS: the study's family of tests. A comparison is stats.paired_difference's
+  {mean, low, high, n, seeds} plus sd (of the paired differences), p (paired t), p_tost
+  (equivalence within ±margin, the column's of `margins`: ledger.DEFAULT_MARGINS by
+  default), their Holm-adjusted p_holm and p_tost_holm over the family, the verdicts `raw`
+  and `holm` (stats.four_way), mde (at this n and sd: stats.mde) and n_needed (seeds at
+  which the observed mean difference, if true, is detected with power 0.8)."""
+  margins = {**ledger.DEFAULT_MARGINS, **(margins or {})}
+  g = groups(rows)
+  if baseline not in g:
+    return {}
+  out = {}
+  for name, by_seed in g.items():
+    if name == baseline:
+      continue
+    for column in LABELS:
+      d = _paired(by_seed, g[baseline], column)
+      diffs = [by_seed[s][column] - g[baseline][s][column] for s in d["seeds"]]
+      t = stats.t_test(diffs)
+      out[name, column] = {
+        **d,
+        "sd": t["sd"],
+        "p": t["p"],
+        "margin": margins[column],
+        "p_tost": stats.tost(diffs, margins[column]),
+        "mde": stats.mde(t["sd"], d["n"]),
+        "n_needed": stats.n_needed(d["mean"], t["sd"]) if d["n"] >= 2 else None,
+      }
+  keys = list(out)
+  for field in ("p", "p_tost"):
+    for k, adjusted in zip(keys, stats.holm([out[k][field] for k in keys])):
+      out[k][f"{field}_holm"] = adjusted
+  for c in out.values():
+    c["raw"] = stats.four_way(c["mean"], c["p"], c["p_tost"], c["margin"])
+    c["holm"] = stats.four_way(c["mean"], c["p_holm"], c["p_tost_holm"], c["margin"])
+  return out
+
+
+def _verdicts(c: dict) -> str:
+  return c["raw"] if c["raw"] == c["holm"] else f"{c['raw']} (Holm: {c['holm']})"
+
+
+def seed_table(
+  rows: Sequence[dict],
+  baseline: str | None,
+  overall_only: bool = True,
+  margins: dict[str, float] | None = None,
+) -> list[str]:
   """Per configuration: seeds, mean ± sample sd of every metric and, with a baseline, the
-  paired difference of overall from it (95% t interval, n - 1 dof) and its verdict."""
+  paired difference of overall from it (95% t interval, n - 1 dof), its verdicts (raw, and
+  Holm-adjusted over the study's family of configurations × metrics; better / worse /
+  equivalent within ±margin (TOST) / inconclusive) and the minimum detectable effect."""
   g = groups(rows)
   header = ["configuration", "n", "seeds", *LABELS.values()]
+  family = comparisons(rows, baseline, margins)
   if baseline in g:
-    header.append(f"overall − {baseline} (95% CI)")
+    header += [f"overall − {baseline} (95% CI)", "verdict (Holm where it differs)", "MDE"]
   body = []
   for name, by_seed in g.items():
     cells = [
@@ -90,16 +145,100 @@ def seed_table(rows: Sequence[dict], baseline: str | None, overall_only: bool = 
       *(_mean_sd([r[c] for r in by_seed.values()]) for c in LABELS),
     ]
     if baseline in g:
-      cells.append(
-        "baseline" if name == baseline else _diff(_paired(by_seed, g[baseline], "overall"))
-      )
+      if name == baseline:
+        cells += ["baseline", "", ""]
+      else:
+        c = family[name, "overall"]
+        cells += [_diff(c), _verdicts(c), number(c["mde"] if c["n"] >= 2 else None)]
     body.append(cells)
   return table(header, body)
 
 
-def study_sections(rows: Sequence[dict], baseline: str | None) -> list[str]:
-  """The statistics of finished rows: over seeds, against the baseline, evaluation noise,
-  gradient diagnostics (each section only when there is something to say)."""
+def _minutes(seconds: float) -> str:
+  return f"{seconds / 60:.0f}"
+
+
+def findings(
+  rows: Sequence[dict],
+  baseline: str | None,
+  margins: dict | None = None,
+  directory: str | None = None,
+) -> list[str]:
+  """The study's verdicts in sentences, generated (README and report.md): nothing here
+  is typed by hand, so nothing can drift from the ledger. With the ledger's `directory`,
+  also whether the paired bootstrap over dev examples could be computed."""
+  g = groups(rows)
+  family = comparisons(rows, baseline, margins)
+  if not family:
+    return []
+  seconds = [r["seconds"] for r in rows if r.get("seconds") is not None]
+  n = sorted({c["n"] for c in family.values()})
+  lines = [
+    f"- {len(g)} configurations, {len(rows)} runs"
+    + (
+      f" (wall time of the process that finished each run: {_minutes(min(seconds))}–"
+      f"{_minutes(max(seconds))} min; a resumed run counts its last process only)"
+      if seconds
+      else ""
+    )
+    + f"; {len(family)} comparisons with `{baseline}` (configurations × 4 metrics) at "
+    f"n = {', '.join(map(str, n))} paired seeds."
+  ]
+  for label, key in (("Without correction", "raw"), ("Holm-adjusted", "holm")):
+    found = [
+      f"`{name}` {LABELS[col]} {c['mean']:+.4f} ({c[key]})"
+      for (name, col), c in family.items()
+      if c[key] in ("better", "worse")
+    ]
+    lines.append(
+      f"- {label}: "
+      + ("; ".join(found) if found else "no difference detected")
+      + f" ({len(found)} of {len(family)})."
+    )
+  equivalent = [
+    f"`{name}` {LABELS[col]}" for (name, col), c in family.items() if c["holm"].startswith("equiv")
+  ]
+  if equivalent:
+    lines.append("- Equivalent to the baseline (TOST, Holm): " + ", ".join(equivalent) + ".")
+  overall = {name: c for (name, col), c in family.items() if col == "overall" and c["n"] >= 2}
+  if overall:
+    mdes = [c["mde"] for c in overall.values() if math.isfinite(c["mde"])]
+    best = max(overall.items(), key=lambda kv: kv[1]["mean"])
+    need = best[1]["n_needed"]
+    lines.append(
+      f"- Overall: {sum(c['holm'] == 'inconclusive' for c in overall.values())} of "
+      f"{len(overall)} comparisons inconclusive at ±{best[1]['margin']:g}; the minimum "
+      f"detectable effect at this n (paired t, alpha 0.05, power 0.8, each comparison's sd "
+      f"of paired differences) is {min(mdes):.4f}–{max(mdes):.4f}; the largest mean gain, "
+      f"`{best[0]}` {best[1]['mean']:+.4f}, would need "
+      + (f"{need} seeds" if need else "more seeds than can be computed")
+      + " to be detected with power 0.8 (if it were the true difference)."
+    )
+  if directory is not None:
+    stored = sum(ledger.load_predictions(directory, r) is not None for r in rows)
+    lines.append(
+      f"- Paired bootstrap over dev examples: {stored} of {len(rows)} rows have stored dev "
+      "predictions"
+      + (
+        " (report.md)."
+        if stored
+        else ": not computed (the rows predate the stored predictions, and their "
+        "workdirs are not here); the verdicts rest on the seed-level t test."
+      )
+    )
+  return lines
+
+
+def study_sections(
+  rows: Sequence[dict],
+  baseline: str | None,
+  margins: dict[str, float] | None = None,
+  directory: str | None = None,
+) -> list[str]:
+  """The statistics of finished rows: over seeds, against the baseline (raw and Holm
+  verdicts, equivalence, power), with a ledger `directory` the paired bootstrap over dev
+  examples, evaluation noise, gradient diagnostics (each section only when there is
+  something to say)."""
   g = groups(rows)
   if not g:
     return []
@@ -109,38 +248,90 @@ def study_sections(rows: Sequence[dict], baseline: str | None) -> list[str]:
     "Mean ± sample standard deviation over the seeds of each configuration (runs that "
     "differ only in `seed`)."
     + (
-      f" Last column: the paired difference from `{baseline}` over the seeds both ran."
+      f" Last columns: the paired difference of overall from `{baseline}` over the seeds "
+      "both ran, its verdict and the minimum detectable effect (below)."
       if baseline in g
       else ""
     ),
     "",
-    *seed_table(rows, baseline),
+    *seed_table(rows, baseline, margins=margins),
   ]
   if baseline is not None and baseline not in g:
     lines += ["", f"Baseline `{baseline}` has no finished run: no differences computed."]
-  if baseline in g and len(g) > 1:
+  family = comparisons(rows, baseline, margins)
+  if family:
+    margin_text = ", ".join(
+      f"{LABELS[c]} ±{m:g}" for c, m in {**ledger.DEFAULT_MARGINS, **(margins or {})}.items()
+    )
     lines += [
       "",
       f"## Difference from `{baseline}`",
       "",
       "Per metric: mean of (configuration − baseline) over the seeds both ran, its 95% "
-      "Student-t interval (n − 1 degrees of freedom) and the verdict: better / worse when "
-      'the interval excludes 0, "no difference detected" when it contains 0 (not a '
-      'proof of equality: more seeds would narrow it), "n too small" below two seeds.',
+      "Student-t interval (n − 1 degrees of freedom; the primary analysis, "
+      "docs/results.md) and the verdict: **better** / **worse** when the paired t test "
+      "rejects no difference (p < 0.05), else **equivalent within ±m** when the two "
+      f"one-sided tests (TOST, p < 0.05) put the difference inside the margin ({margin_text}; "
+      "study.json's `equivalence_margin`), else **inconclusive**. In parentheses, the "
+      "verdict after Holm's adjustment over the study's family "
+      f"({len(family)} tests: configurations × metrics), where it differs.",
       "",
       *table(
         ["configuration", "n", *LABELS.values()],
         [
           [
             f"`{name}`",
-            str(_paired(by_seed, g[baseline], "overall")["n"]),
-            *(_diff(_paired(by_seed, g[baseline], c)) for c in LABELS),
+            str(family[name, "overall"]["n"]),
+            *(f"{_diff(family[name, c])}: {_verdicts(family[name, c])}" for c in LABELS),
           ]
-          for name, by_seed in g.items()
+          for name in g
           if name != baseline
         ],
       ),
+      "",
+      "## Tests, equivalence and power",
+      "",
+      "Every test of the family: p of the paired t test and its Holm-adjusted p; p of "
+      "TOST at the margin and its Holm-adjusted p; the minimum detectable effect (MDE: the "
+      "true difference the paired t test at alpha 0.05 detects with power 0.8 at this n, "
+      "given this comparison's sd of paired differences; exact, by the noncentral t); the "
+      "seeds that would detect the observed mean difference with power 0.8, were it the "
+      "true one.",
+      "",
+      *table(
+        [
+          "configuration",
+          "metric",
+          "mean diff",
+          "sd of diffs",
+          "p",
+          "Holm p",
+          "TOST p (±m)",
+          "Holm TOST p",
+          "MDE",
+          "seeds needed",
+        ],
+        [
+          [
+            f"`{name}`",
+            LABELS[col],
+            number(c["mean"], "+.4f"),
+            number(c["sd"] if c["n"] >= 2 else None),
+            _p(c["p"]),
+            _p(c["p_holm"]),
+            f"{_p(c['p_tost'])} (±{c['margin']:g})",
+            _p(c["p_tost_holm"]),
+            number(c["mde"] if math.isfinite(c["mde"]) else None),
+            str(c["n_needed"]) if c["n_needed"] else "-",
+          ]
+          for (name, col), c in family.items()
+        ],
+      ),
+      "",
+      *findings(rows, baseline, margins, directory),
     ]
+  if directory is not None and family:
+    lines += ["", *bootstrap_section(directory, rows, baseline)]
   noise = [
     [f"`{name}`", *(_noise(list(by_seed.values()), c) for c in LABELS)]
     for name, by_seed in g.items()
@@ -184,6 +375,67 @@ def study_sections(rows: Sequence[dict], baseline: str | None) -> list[str]:
   return lines
 
 
+def _p(p: float) -> str:
+  if not math.isfinite(p):
+    return "-"
+  return f"{p:.3f}" if p >= 0.001 else "<0.001"
+
+
+def bootstrap_section(directory: str, rows: Sequence[dict], baseline: str) -> list[str]:
+  """The paired bootstrap over dev examples (stats.paired_bootstrap) of every configuration
+  against the baseline, from the rows' stored dev predictions (ledger.save_predictions),
+  over the seeds where both have them; or why there is none."""
+  g = groups(rows)
+  labels = ledger.load_labels(directory)
+  head = ["## Paired bootstrap over dev examples", ""]
+  preds = {
+    (name, seed): ledger.load_predictions(directory, r)
+    for name, by_seed in g.items()
+    for seed, r in by_seed.items()
+  }
+  have = sum(p is not None for p in preds.values())
+  if labels is None or not have:
+    return head + [
+      f"Not computed: none of the {len(preds)} rows has stored dev predictions "
+      f"(`{ledger.PREDICTIONS}/`; the sweep stores them since the ledger has a `predictions` "
+      "column, and these rows are older). They would come from each run's "
+      "`WORKDIR/predictions/*-dev-output.csv`, and the workdirs of these rows are not on "
+      "the machine that wrote this report; they are not retrained for it. The verdicts "
+      "above rest on the seed-level t test alone."
+    ]
+  body = []
+  for name, by_seed in g.items():
+    if name == baseline:
+      continue
+    seeds = sorted(
+      s for s in by_seed if preds[name, s] is not None and preds.get((baseline, s)) is not None
+    )
+    if not seeds:
+      body.append([f"`{name}`", "-", *(["-"] * len(LABELS))])
+      continue
+    got = stats.paired_bootstrap(
+      [preds[name, s] for s in seeds], [preds[baseline, s] for s in seeds], labels
+    )
+    cells = []
+    for column in LABELS:
+      b = got[_METRIC[column]]
+      cells.append(f"{b['mean']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}] p={_p(b['p'])}")
+    body.append([f"`{name}`", ",".join(map(str, seeds)), *cells])
+  return head + [
+    f"Per configuration, over the seeds where it and `{baseline}` both have stored dev "
+    "predictions: the mean over those seeds of (configuration − baseline), each metric "
+    f"recomputed on {stats.RESAMPLES:,} resamples of the dev examples, the same resampled "
+    "examples for both configurations and every seed; 95% percentile interval and "
+    "bootstrap p. The noise of the dev sets, for these trained models (secondary: "
+    "docs/results.md).",
+    "",
+    *table(["configuration", "seeds", *LABELS.values()], body),
+  ]
+
+
+_METRIC = {c: m for m, c in ledger.METRIC_COLUMNS.items()}  # Ledger column -> metric.
+
+
 def _noise(rows: list[dict], column: str) -> str:
   halves = [
     (r[f"{column}_hi"] - r[f"{column}_lo"]) / 2
@@ -200,8 +452,9 @@ def provenance(directory: str, classified: dict) -> list[str]:
   """Which commits the rows came from (and whether their training code differs), reruns
   that moved the metrics, rows left out because their configuration changed."""
   current = classified["current"]
+  lines = ["## Provenance", "", *fingerprints(current), ""]
   commits = collections.Counter(r["commit"] for r in current)
-  lines = ["## Provenance", ""]
+  lines += ["Commits the rows were trained at:", ""]
   lines += [f"- `{c}`: {n} row{'s' * (n != 1)}" for c, n in commits.items()]
   if len(commits) > 1:
     first, *others = commits
@@ -210,14 +463,20 @@ def provenance(directory: str, classified: dict) -> list[str]:
       lines += [
         "",
         "The rows come from different commits, whose training code "
-        f"({', '.join(ledger.CODE_PATHS)}) is identical.",
+        f"({', '.join(ledger.CODE_PATHS)}) is identical by `git diff` (a weaker check "
+        "than the fingerprints: a change of these files may or may not change training).",
       ]
     else:
       lines += [
         "",
         "**The rows come from different versions of the training code** "
-        f"({', '.join(ledger.CODE_PATHS)} differ between these commits, or cannot be "
-        "compared here): differences between configurations may come from the code.",
+        f"({', '.join(ledger.CODE_PATHS)} differ between these commits by `git diff`, or "
+        "cannot be compared here): "
+        + (
+          "whether training differs is what the fingerprints tell."
+          if all(_fingerprint_parts(r) for r in current)
+          else "rows without a fingerprint cannot tell whether their training differs."
+        ),
       ]
   if classified["reruns"]:
     lines += ["", "Reruns of ledger rows (the statistics use the first run):", ""]
@@ -233,14 +492,67 @@ def provenance(directory: str, classified: dict) -> list[str]:
         if not moved
         else "**different metrics**: " + ", ".join(f"{k} {d:+.4f}" for k, d in moved.items())
       )
+      a, b = rerun.get("fingerprint"), original.get("fingerprint")
+      same = "" if not (a and b) else "; same fingerprint" if a == b else "; **other fingerprint**"
       lines.append(
         f"- `{rerun['name']}` seed {rerun['seed']} (commit `{rerun['commit'][:12]}`, "
-        f"first run `{original['commit'][:12]}`): {what}"
+        f"first run `{original['commit'][:12]}`{same}): {what}"
       )
   if classified["stale"]:
     lines += ["", "Rows not used (their configuration's experiment keys have changed since):", ""]
     lines += [
       f"- `{r['name']}` seed {r['seed']} ({r['status']}): {why}" for r, why in classified["stale"]
+    ]
+  return lines
+
+
+def _fingerprint_parts(row: dict) -> tuple[str, str] | None:
+  """(step hash, batches/dropout hashes) of a row's fingerprint; None for older rows."""
+  fp = row.get("fingerprint") or ""
+  step, _, data = fp.partition("/")
+  return (step, data) if step and data else None
+
+
+def fingerprints(rows: Sequence[dict]) -> list[str]:
+  """Rows grouped by training fingerprint (mtl_jax.study.fingerprint): per configuration
+  its train step hashes, per seed its batches/dropout hashes across configurations."""
+  lines = [
+    "Training fingerprints (`mtl_jax/study/fingerprint.py`: hash of the lowered train "
+    "step / of the first batches / of the dropout keys, from each row's config), by "
+    "configuration (one step hash: its seeds trained one computation) and by seed (one "
+    "batches/dropout hash: every configuration trained that seed on the same examples with "
+    "the same dropout keys, so the pairing of the differences holds). Rows appended before "
+    'the ledger recorded fingerprints are "unknown".',
+    "",
+  ]
+  by_name: dict[str, collections.Counter] = {}
+  by_seed: dict[int, collections.Counter] = {}
+  for r in rows:
+    parts = _fingerprint_parts(r)
+    by_name.setdefault(r["name"], collections.Counter())[parts[0] if parts else "unknown"] += 1
+    by_seed.setdefault(r["seed"], collections.Counter())[parts[1] if parts else "unknown"] += 1
+
+  def cell(counter: collections.Counter) -> str:
+    return ", ".join(
+      f"`{k}` ({n})" if k != "unknown" else f"unknown ({n})" for k, n in counter.items()
+    )
+
+  lines += table(
+    ["configuration", "train step (rows)"], [[f"`{n}`", cell(c)] for n, c in by_name.items()]
+  )
+  lines += [
+    "",
+    *table(
+      ["seed", "batches/dropout (rows)"], [[str(s), cell(c)] for s, c in sorted(by_seed.items())]
+    ),
+  ]
+  split = [n for n, c in by_name.items() if len([k for k in c if k != "unknown"]) > 1]
+  split += [f"seed {s}" for s, c in by_seed.items() if len([k for k in c if k != "unknown"]) > 1]
+  if split:
+    lines += [
+      "",
+      f"**Rows of {', '.join(split)} were trained differently** (several fingerprints): "
+      "their differences may come from the code, not the configuration.",
     ]
   return lines
 
@@ -269,7 +581,7 @@ def write_ledger_report(directory: str, missing: Sequence[str] = ()) -> str:
   ]
   if missing:
     lines += [f"Not in the ledger yet: {', '.join(missing)}.", ""]
-  lines += study_sections(rows, study["baseline"])
+  lines += study_sections(rows, study["baseline"], study["equivalence_margin"], directory)
   plots = os.path.join(directory, "plots")
   pngs = sorted(p for p in os.listdir(plots) if p.endswith(".png")) if os.path.isdir(plots) else []
   if pngs:

@@ -10,6 +10,7 @@ measured per run by a bootstrap over the dev examples of its prediction files.
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 from collections.abc import Sequence
@@ -178,3 +179,193 @@ def dev_intervals(workdir: str, dev: Sequence) -> dict | None:
     "confidence": CONFIDENCE,
     "intervals": bootstrap_intervals(predictions, labels),
   }
+
+
+# --- Families, equivalence and power (over seeds)
+
+ALPHA = 0.05
+POWER = 0.8
+
+
+def t_test(differences: Sequence[float]) -> dict:
+  """{mean, sd, n, p}: the two-sided one-sample t test of mean(differences) = 0 (the paired
+  t test of the two configurations). p is nan below two values; a zero sd gives p = 0 for
+  a nonzero mean (every seed moved the same way by the same amount) and 1 for a zero mean."""
+  x = _finite(differences)
+  if x.size < 2:
+    return {
+      "mean": float(x.mean()) if x.size else math.nan,
+      "sd": math.nan,
+      "n": int(x.size),
+      "p": math.nan,
+    }
+  mean, sd = float(x.mean()), float(x.std(ddof=1))
+  if sd == 0:
+    return {"mean": mean, "sd": 0.0, "n": int(x.size), "p": 0.0 if mean != 0 else 1.0}
+  t = mean / (sd / math.sqrt(x.size))
+  return {
+    "mean": mean,
+    "sd": sd,
+    "n": int(x.size),
+    "p": float(2 * scipy_stats.t.sf(abs(t), x.size - 1)),
+  }
+
+
+def tost(differences: Sequence[float], margin: float) -> float:
+  """p of the two one-sided t tests of equivalence within ±margin (Schuirmann): the larger
+  of the p of H0: mean <= -margin and of H0: mean >= +margin. p < alpha is the same as the
+  (1 - 2 alpha) t interval lying inside (-margin, +margin). nan below two values."""
+  x = _finite(differences)
+  if x.size < 2:
+    return math.nan
+  mean, se, dof = float(x.mean()), float(x.std(ddof=1)) / math.sqrt(x.size), x.size - 1
+  if se == 0:
+    return 0.0 if abs(mean) < margin else 1.0
+  p_low = scipy_stats.t.sf((mean + margin) / se, dof)  # H0: mean <= -margin.
+  p_high = scipy_stats.t.cdf((mean - margin) / se, dof)  # H0: mean >= +margin.
+  return float(max(p_low, p_high))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+  """Holm-Bonferroni adjusted p-values, in the order given: the k-th smallest of m
+  p-values times (m - k + 1), made non-decreasing in that order, capped at 1. Rejecting
+  where adjusted p < alpha controls the family-wise error rate at alpha. nan entries are
+  not in the family and stay nan."""
+  p = np.asarray(p_values, np.float64)
+  out = np.full(p.shape, math.nan)
+  finite = np.flatnonzero(np.isfinite(p))
+  order = finite[np.argsort(p[finite], kind="stable")]
+  m, running = order.size, 0.0
+  for k, i in enumerate(order):
+    running = max(running, min(1.0, (m - k) * p[i]))
+    out[i] = running
+  return out.tolist()
+
+
+VERDICTS = ("better", "worse", "equivalent", "inconclusive")
+
+
+def four_way(mean: float, p: float, p_tost: float, margin: float, alpha: float = ALPHA) -> str:
+  """better / worse (difference test p < alpha, by the sign of the mean), else equivalent
+  within ±margin (TOST p < alpha), else inconclusive; "n too small" without a p."""
+  if not math.isfinite(p):
+    return "n too small"
+  if p < alpha:
+    return "better" if mean > 0 else "worse"
+  if math.isfinite(p_tost) and p_tost < alpha:
+    return f"equivalent within ±{margin:g}"
+  return "inconclusive"
+
+
+def power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
+  """Power of the two-sided paired t test at level alpha to detect a true mean difference
+  `effect` when the paired differences have sd `sd`, with n pairs: P(|T| > t_crit) for T
+  noncentral t with n - 1 degrees of freedom and noncentrality effect·√n / sd."""
+  dof = n - 1
+  crit = scipy_stats.t.ppf(1 - alpha / 2, dof)
+  nc = abs(effect) * math.sqrt(n) / sd
+  upper, lower = scipy_stats.nct.sf(crit, dof, nc), scipy_stats.nct.cdf(-crit, dof, nc)
+  # scipy's noncentral t gives nan far in a tail (noncentrality in the tens): there it is 1 / 0.
+  upper = 1.0 if math.isnan(upper) else upper
+  lower = 0.0 if math.isnan(lower) else lower
+  return float(min(1.0, upper + lower))
+
+
+def mde(sd: float, n: int, alpha: float = ALPHA, target: float = POWER) -> float:
+  """Minimum detectable effect: the true mean difference the two-sided paired t test at
+  level alpha detects with power `target`, at n pairs whose differences have sd `sd`
+  (exact, by the noncentral t; about (t(1 - alpha/2, n-1) + t(target, n-1)) · sd / √n).
+  nan when it cannot be computed (n < 2, sd not positive)."""
+  if n < 2 or not (math.isfinite(sd) and sd > 0):
+    return math.nan
+  from scipy.optimize import brentq
+
+  hi = sd
+  while power(hi, sd, n, alpha) < target:
+    hi *= 2
+  return float(brentq(lambda e: power(e, sd, n, alpha) - target, 0.0, hi, xtol=sd * 1e-10))
+
+
+def n_needed(
+  effect: float, sd: float, alpha: float = ALPHA, target: float = POWER, limit: int = 100_000
+) -> int | None:
+  """The fewest pairs (seeds) at which the paired t test detects a true difference
+  `effect` with power `target`, given an sd of the paired differences; None past `limit`
+  or without an effect or sd."""
+  if not (math.isfinite(effect) and math.isfinite(sd)) or effect == 0 or sd <= 0:
+    return None
+  n = 2
+  while power(effect, sd, n, alpha) < target:
+    n = n + 1 if n < 64 else int(n * 1.05) + 1
+    if n > limit:
+      return None
+  if n > 64:  # The coarse steps overshot: back off to the first n that makes it.
+    while n > 2 and power(effect, sd, n - 1, alpha) >= target:
+      n -= 1
+  return n
+
+
+# --- Over dev examples, paired: the same resampled examples for both configurations
+
+
+def _resampled_metrics(
+  predictions: dict[str, np.ndarray], labels: dict[str, np.ndarray], idx: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+  out = {}
+  for task in TASKS:
+    pred = np.asarray(predictions[task], np.float64)
+    gold = np.asarray(labels[task], np.float64)
+    if pred.shape != gold.shape or pred.size == 0:
+      raise ValueError(f"{task}: {pred.size} predictions for {gold.size} labels")
+    if metrics_lib.TASK_METRIC[task] == "accuracy":
+      out[f"{task}/accuracy"] = (pred == gold)[idx[task]].mean(axis=1)
+    else:
+      out[f"{task}/pearson"] = _pearson_rows(pred[idx[task]], gold[idx[task]])
+  out["overall"] = metrics_lib.overall_score(*(out[m] for m in metrics_lib.DEV_METRICS))
+  return out
+
+
+def paired_bootstrap(
+  config: Sequence[dict[str, np.ndarray]],
+  baseline: Sequence[dict[str, np.ndarray]],
+  labels: dict[str, np.ndarray],
+  resamples: int = RESAMPLES,
+  seed: int = BOOTSTRAP_SEED,
+  confidence: float = CONFIDENCE,
+) -> dict[str, dict]:
+  """{metric: {mean, low, high, p, samples}} of (configuration − baseline) over resampled
+  dev sets, averaged over the paired seeds.
+
+  config[i] and baseline[i] are the dev predictions ({task: array in the dev files' order})
+  of the two configurations at the i-th paired seed. Resample b draws, per task in TASKS
+  order, n_task indices with replacement from default_rng(seed).integers(0, n_task,
+  (resamples, n_task)); every run of both configurations is scored on those same examples
+  (each task metric, and overall from the three), and the resample's difference is the mean
+  over seeds of config − baseline. `mean` is that difference on the full dev sets; [low,
+  high] the percentile interval; p the two-sided bootstrap p of no difference,
+  2·min(share of resamples ≤ 0, share ≥ 0), capped at 1."""
+  if not config or len(config) != len(baseline):
+    raise ValueError(f"{len(config)} runs of the configuration for {len(baseline)} of the baseline")
+  rng = np.random.default_rng(seed)
+  idx = {t: rng.integers(0, len(labels[t]), (resamples, len(labels[t]))) for t in TASKS}
+  full = {t: np.arange(len(labels[t]))[None] for t in TASKS}
+  diff = collections.defaultdict(float)
+  point = collections.defaultdict(float)
+  for c, b in zip(config, baseline):
+    mc, mb = _resampled_metrics(c, labels, idx), _resampled_metrics(b, labels, idx)
+    pc, pb = _resampled_metrics(c, labels, full), _resampled_metrics(b, labels, full)
+    for m in mc:
+      diff[m] = diff[m] + (mc[m] - mb[m]) / len(config)
+      point[m] += float(pc[m][0] - pb[m][0]) / len(config)
+  tail = 100 * (1 - confidence) / 2
+  out = {}
+  for m, samples in diff.items():
+    p = min(1.0, 2 * min(float(np.mean(samples <= 0)), float(np.mean(samples >= 0))))
+    out[m] = {
+      "mean": point[m],
+      "low": float(np.percentile(samples, tail)),
+      "high": float(np.percentile(samples, 100 - tail)),
+      "p": p,
+      "samples": samples,
+    }
+  return out

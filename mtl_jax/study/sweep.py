@@ -32,7 +32,9 @@ training loss per task and dev overall against the step (WORKDIR/plots/), the gr
 conflict of every run and its mtl_jax.diagnose plots (WORKDIR/<name>/diagnostics/).
 With `--ledger=results/<study>` (mtl_jax.ledger) a (configuration, seed) the ledger already
 holds with the same experiment keys is skipped, and each finished run is appended to the
-ledger as soon as it finishes; the ledger's report.md and plots are rewritten at the end.
+ledger as soon as it finishes, with its training fingerprint (mtl_jax.study.fingerprint,
+computed here from its config) and its dev predictions (ledger.save_predictions); the
+ledger's report.md and plots are rewritten at the end.
 `--rerun` trains the ledger's rows again (give a fresh --workdir) and records them as reruns,
 which the report compares with the first run. `--plan` loads every config and prints the
 runs, what would happen to each and its command, and trains nothing (docs/results.md).
@@ -58,7 +60,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mtl_jax.config import loader, resume, run_spec, upgrade
-from mtl_jax.study import ledger, report
+from mtl_jax.study import fingerprint, ledger, report
 from mtl_jax.tools import cli
 from mtl_jax.train import RESULTS_JSON
 
@@ -387,8 +389,43 @@ def _record(run: Run, row: dict, ledger_dir: str, held: list[dict], known: dict 
     return
   config = upgrade.read_run_config(run.workdir)
   status = "trained" if known is None else "rerun"
-  held.append(ledger.append(ledger_dir, {**row, "status": status}, config))
+  extra = {"fingerprint": _fingerprint(run), "predictions": _predictions(run, ledger_dir)}
+  held.append(ledger.append(ledger_dir, {**row, **extra, "status": status}, config))
   print(f"  {run.label}: appended to {os.path.join(ledger_dir, 'results.csv')} ({status})")
+
+
+def _fingerprint(run: Run) -> str | None:
+  """mtl_jax.study.fingerprint of the run's config; None (and a note) if it cannot be
+  computed: a row is never lost over its fingerprint."""
+  try:
+    return fingerprint.training_fingerprint(run.config)["fingerprint"]
+  except Exception as e:  # Any failure leaves the cell empty, said aloud.
+    print(f"  {run.label}: no training fingerprint ({type(e).__name__}: {e})")
+    return None
+
+
+def _predictions(run: Run, ledger_dir: str) -> str | None:
+  """Stores the run's dev predictions in the ledger (ledger.save_predictions), against the
+  dev files of its config; None (and a note) when it has none."""
+  from mtl_jax import tasks
+  from mtl_jax.data import files
+
+  c = run.config
+  try:
+    dev = [
+      files.load_split(
+        c.data_dir or files.default_data_dir(), t, "dev", c.strict_data, c.data_limit or None
+      )
+      for t in tasks.TASKS
+      if "dev" in tasks.get(t).files
+    ]
+    rel = ledger.save_predictions(ledger_dir, run.name, run.seed, run.workdir, dev)
+  except (OSError, ValueError) as e:
+    print(f"  {run.label}: dev predictions not stored ({e})")
+    return None
+  if rel is None:
+    print(f"  {run.label}: no dev predictions of its dev set in {run.workdir}/predictions")
+  return rel
 
 
 def execute(

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from mtl_jax.study import ledger, publish, sweep
+from mtl_jax.study import ledger, publish, report, sweep
 from mtl_jax.tools import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -102,6 +102,11 @@ def study(tmp_path, monkeypatch):
   def run(workdir: str, *args: str, shift: dict | None = None) -> list[str]:
     launched = []
     monkeypatch.setattr(sweep, "_launch", _stub(launched, shift))
+    # The stubs train nothing: a stand-in fingerprint (tests/study/test_fingerprint.py has
+    # the real one), the step's part one per configuration, the data's one per seed.
+    monkeypatch.setattr(
+      sweep, "_fingerprint", lambda run: f"step-{run.name}/data-{run.seed}/keys-{run.seed}"
+    )
     assert (
       sweep_main(
         [
@@ -152,9 +157,23 @@ def test_ledger_appends_each_run_and_the_report_has_the_statistics(study):
     "0.7100 ± 0.0100 | baseline |" in report
   )
   assert "| `pcgrad` | 3 | 0,1,2 | 0.4300 ± 0.0100 |" in report
-  assert "+0.0200 [-0.0048, +0.0448]: no difference detected" in report
+  assert "| +0.0200 [-0.0048, +0.0448] | inconclusive | 0.0326 |" in report
+  assert "+0.0200 [-0.0048, +0.0448]: inconclusive" in report  # Per metric.
+  # The family: SST, Quora and overall move by 0.02, 0.03, 0.01 (t test p = 1 - t / sqrt(t² +
+  # 2) with t = 2 sqrt 3: 0.0742); STS not at all (p 1, TOST p 0: equivalent). Holm: the three
+  # smallest, 0.0742 x 4 = 0.297. TOST at ±0.005 of a mean 0.02: P(T2 < 2.598) = 0.939. The MDE
+  # at sd 0.01 and n = 3: 3.264 sd (noncentral t). Seeds that detect 0.02 at sd 0.01: 5.
+  assert "| `pcgrad` | overall | +0.0200 | 0.0100 | 0.074 | 0.297 | 0.939 (±0.005) |" in report
+  assert "| `pcgrad` | STS Pearson | +0.0000 | 0.0000 | 1.000 | 1.000 | <0.001 (±0.01) |" in report
+  assert "0.0326 | 5 |" in report
+  assert "- Holm-adjusted: no difference detected (0 of 4)." in report
+  assert "- Equivalent to the baseline (TOST, Holm): `pcgrad` STS Pearson." in report
+  assert "Not computed: none of the 6 rows has stored dev predictions" in report
   assert "±0.0150 / 0.0100" in report  # Bootstrap half-width beside the seed sd.
   assert "`0123456789abcdef`: 6 rows" in report and "not used" not in report
+  # Rows grouped by fingerprint: a step per configuration, batches/dropout per seed.
+  assert "| `pcgrad` | `step-pcgrad` (3) |" in report and "| 1 | `data-1/keys-1` (2) |" in report
+  assert "trained differently" not in report
 
 
 def test_ledger_rows_are_skipped_and_a_changed_config_runs_again(study):
@@ -181,11 +200,12 @@ def test_a_rerun_with_other_metrics_is_reported(study):
   assert [r["status"] for r in rows] == ["trained"] * 6 + ["rerun"] * 6
   report = _report(ledger_dir)
   assert (
-    "`pcgrad` seed 1 (commit `0123456789ab`, first run `0123456789ab`): **different "
-    "metrics**: SST acc +0.0040, Quora acc +0.0040, overall +0.0040" in report
+    "`pcgrad` seed 1 (commit `0123456789ab`, first run `0123456789ab`; same fingerprint): "
+    "**different metrics**: SST acc +0.0040, Quora acc +0.0040, overall +0.0040" in report
   )
   assert (
-    "`sum` seed 0 (commit `0123456789ab`, first run `0123456789ab`): identical metrics" in report
+    "`sum` seed 0 (commit `0123456789ab`, first run `0123456789ab`; same fingerprint): "
+    "identical metrics" in report
   )
   assert "+0.0200 [-0.0048, +0.0448]" in report  # The statistics use the first runs.
 
@@ -376,3 +396,70 @@ def test_the_recorded_sweep_command_carries_the_study_on(study, capsys):
   capsys.readouterr()
   assert sweep_main([*command[3:], "--plan"]) == 0
   assert [line.split()[1:3] for line in capsys.readouterr().out.splitlines()] == [["in", "the"]] * 6
+
+
+def test_readme_prose_on_the_methods_study_matches_its_ledger():
+  """The sentences of README's Results section that state ledger numbers outside the
+  generated table: gradient diagnostics and the rerun."""
+  directory = os.path.join(REPO, "results", "methods")
+  classified = ledger.classify(directory, ledger.read(directory))
+  rows = classified["current"]
+  with open(os.path.join(REPO, "README.md")) as f:
+    readme = f.read()
+  assert "mean pairwise cosine within\n±0.01, conflict on about half the steps" in readme
+  assert all(abs(r["grad_cosine"]) <= 0.01 for r in rows)
+  assert all(0.4 <= r["grad_conflict_rate"] <= 0.6 for r in rows)
+  assert "PCGrad removes about 6% of their norm" in readme
+  removed = [r["grad_removed"] for r in rows if r["name"] == "pcgrad"]
+  assert len(removed) == 3 and round(100 * sum(removed) / 3) == 6  # 5.2%, 5.5%, 6.3%.
+  assert "a rerun of `sum` seed 0 from a later commit gave the same\nmetrics exactly" in readme
+  [(rerun, original)] = classified["reruns"]
+  assert (rerun["name"], rerun["seed"]) == ("sum", 0) and rerun["commit"] != original["commit"]
+  assert all(rerun[c] == original[c] for c in ledger.METRIC_COLUMNS.values())
+
+
+def test_an_older_ledger_gains_the_new_columns_when_a_row_is_appended(tmp_path):
+  old = [c for c in ledger.COLUMNS if c not in ("fingerprint", "predictions")]
+  with open(tmp_path / "results.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, old)
+    writer.writeheader()
+    writer.writerow(
+      {
+        **dict.fromkeys(old, ""),
+        "name": "sum",
+        "seed": "0",
+        "status": "trained",
+        "overall": "0.7",
+        "config_json": "configs/sum-seed=0.json",
+      }
+    )
+  assert ledger.read(str(tmp_path))[0].get("fingerprint") is None  # Read as before.
+  row = {"name": "sum", "seed": 1, "status": "trained", "overall": 0.71, "fingerprint": "s/b/d"}
+  ledger.append(str(tmp_path), row, {"seed": 1})
+  with open(tmp_path / "results.csv", newline="") as f:
+    reader = csv.DictReader(f)
+    rows = list(reader)
+  assert reader.fieldnames == ledger.COLUMNS
+  assert [(r["seed"], r["overall"], r["fingerprint"]) for r in rows] == [
+    ("0", "0.7", ""),
+    ("1", "0.71", "s/b/d"),
+  ]
+  study = ledger.read_study(str(tmp_path))
+  assert study["equivalence_margin"] == ledger.DEFAULT_MARGINS
+  (tmp_path / "study.json").write_text('{"baseline": "sum", "equivalence_margin": 0.002}')
+  ledger.write_study(str(tmp_path), "sum", "python -m mtl_jax.sweep ...")  # Keeps the margin.
+  assert ledger.read_study(str(tmp_path))["equivalence_margin"]["overall"] == 0.002
+
+
+def test_rows_trained_differently_are_flagged_by_their_fingerprints(study, monkeypatch):
+  _, ledger_dir, run = study
+  run("runs")
+  rows = ledger.read(ledger_dir)
+  rows[4]["fingerprint"] = "step-other/data-1/keys-1"  # pcgrad seed 1: another train step.
+  rows[0]["fingerprint"] = ""  # sum seed 0: from before fingerprints.
+  monkeypatch.setattr(ledger, "read", lambda directory: rows)
+  text = "\n".join(report.provenance(ledger_dir, ledger.classify(ledger_dir, rows)))
+  assert "| `pcgrad` | `step-pcgrad` (2), `step-other` (1) |" in text
+  assert "| `sum` | unknown (1), `step-sum` (2) |" in text
+  assert "| 0 | unknown (1), `data-0/keys-0` (1) |" in text
+  assert "**Rows of pcgrad were trained differently**" in text

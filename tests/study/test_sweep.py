@@ -16,6 +16,7 @@ import time
 import pytest
 from conftest import DATA_DIR, needs_data
 
+from mtl_jax import prediction_files
 from mtl_jax.study import ledger, sweep
 from mtl_jax.tools import cli
 
@@ -125,10 +126,28 @@ def test_finished_runs_are_in_the_ledger_with_bootstrap_intervals(swept):
     for c in ("sst_acc", "quora_acc"):  # The files hold these predictions exactly.
       assert row[f"{c}_lo"] <= row[c] <= row[f"{c}_hi"]
     assert -1 <= row["grad_cosine"] <= 1 and 0 <= row["grad_conflict_rate"] <= 1
-  b = [r for r in rows if r["name"] == "b"]
-  assert all(r["grad_removed"] is not None for r in b)  # PCGrad reports what it removed.
   with open(os.path.join(directory, "report.md")) as f:
     report = f.read()
+  b = [r for r in rows if r["name"] == "b"]
+  assert all(r["grad_removed"] is not None for r in b)  # PCGrad reports what it removed.
+  # Fingerprints: one step per configuration, one batches/dropout pair per seed.
+  parts = {(r["name"], r["seed"]): r["fingerprint"].split("/") for r in rows}
+  assert parts["a", 0][0] == parts["a", 1][0] != parts["b", 0][0] == parts["b", 1][0]
+  assert parts["a", 0][1:] == parts["b", 0][1:] != parts["a", 1][1:] == parts["b", 1][1:]
+  # Dev predictions, stored compactly, equal to the run's files.
+  labels = ledger.load_labels(directory)
+  for row in rows:
+    assert row["predictions"] == f"predictions/{row['name']}-seed={row['seed']}.npz"
+    assert os.path.getsize(os.path.join(directory, row["predictions"])) < 4_000
+    stored = ledger.load_predictions(directory, row)
+    run_dir = os.path.join(workdir, f"{row['name']}-seed={row['seed']}")
+    for task, file in (("sst", "sst-dev-output.csv"), ("sts", "sts-dev-output.csv")):
+      _, _, values = prediction_files.read_predictions(os.path.join(run_dir, "predictions", file))
+      assert stored[task] == pytest.approx(values, abs=3e-3)  # STS in float16.
+      assert len(labels[task]) == len(values)
+  section = report[report.index("## Paired bootstrap over dev examples") :]
+  assert "| `b` | 0,1 | " in section.split("\n## ")[0]  # Computed from the stored predictions.
+  assert "- Paired bootstrap over dev examples: 4 of 4 rows have stored dev predictions" in report
   assert "| `a` | 2 | 0,1 |" in report and "## Gradient diagnostics" in report
   assert "Not in the ledger yet: `bad` seed 0, `bad` seed 1." in report
   for png in ("loss_sst.png", "dev_overall.png"):
@@ -282,7 +301,7 @@ sys.exit(130 if got else 0)
 FAKE_SWEEP = r"""
 import json, os, sys
 import ml_collections
-from mtl_jax import sweep
+from mtl_jax.study import sweep
 sweep.Run.command = lambda run: [sys.executable, "-c", {fake!r}, os.path.join(run.workdir, "s")]
 runs = [
   sweep.Run(n, 0, n + ".py", (), ml_collections.ConfigDict(), os.path.join({tmp!r}, n))
