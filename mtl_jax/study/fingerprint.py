@@ -81,10 +81,11 @@ def step_text(config: ml_collections.ConfigDict, batch: dict) -> str:
   """The StableHLO text of the train step of `config` on `batch`'s shapes, module name
   normalized (what `step` hashes, of the seed_free config)."""
   from mtl_jax import train
+  from mtl_jax.config import run_spec
   from mtl_jax.step import make_train_step
   from mtl_jax.tasks import TASKS
 
-  model, state, frozen, tx = train.init_state(config)
+  model, state, frozen, tx = train.init_state(run_spec.build(config))
   step = make_train_step(model, tx, tuple(range(len(TASKS))), config.seed)
   lowered = jax.jit(step, donate_argnums=(0,)).lower(state, frozen, batch)
   return _MODULE_NAME.sub("module @train_step", lowered.as_text(), count=1)
@@ -94,8 +95,7 @@ def training_fingerprint(config: ml_collections.ConfigDict, steps: int = STEPS) 
   """{"fingerprint", "step", "batches", "dropout"} of a validated config (module docstring).
 
   Loads the tokenizer, the data and the model's weights as the trainer does and lowers
-  (does not compile) its step: 150 s for configs/methods/sum.py on a busy 2-core machine
-  (reading and encoding the training sets included), against 10-40 min for its run."""
+  (does not compile) its step: a small fraction of a run (docs/results.md gives its cost)."""
   from mtl_jax import train
   from mtl_jax.config import run_spec
   from mtl_jax.models import hf_io
@@ -103,10 +103,9 @@ def training_fingerprint(config: ml_collections.ConfigDict, steps: int = STEPS) 
   from mtl_jax.step import dropout_keys
   from mtl_jax.tasks import TASKS
 
-  run_spec.validate(config)
-  devices = parallel.make_mesh().size
-  data = train.load_data(config, hf_io.load_tokenizer(config.model.path))
-  batches = train.train_batches(config, data["train"], devices)
+  spec = run_spec.build(config, parallel.make_mesh().size)
+  data = train.load_data(spec, hf_io.load_tokenizer(config.model.path))
+  batches = train.train_batches(spec, data["train"])
   first = [batches(k) for k in range(steps)]
   keys = [
     np.asarray(jax.random.key_data(dropout_keys(config.seed, k, len(TASKS)))) for k in range(steps)
