@@ -246,8 +246,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
   ckpt = Checkpointer(
     workdir, config.train.checkpoint_every, config.train.keep_checkpoints, cleanup_tmp=True
   )
+  meta = {}
   if ckpt.latest_step() is not None:  # The newest step that restores; damaged ones set aside.
-    state, _ = ckpt.restore(state, set_aside=True)
+    state, meta = ckpt.restore(state, set_aside=True)
     logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
 
   # --- Best dev checkpoint and early stopping
@@ -276,7 +277,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict
     return None
 
   # --- Loop
-  log = MetricsLog(workdir, write=primary, resume_step=int(state.step))
+  log = MetricsLog(workdir, primary, int(state.step), meta.get("records", ()))
+  ckpt.step_records = log.records_at  # Kept in each checkpoint: re-logged if the file lost them.
   first = int(state.step)
   last = t.steps
   if patience and first < t.steps and evals_without_improvement(first) >= patience:

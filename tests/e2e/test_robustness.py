@@ -546,8 +546,29 @@ def test_metrics_log_drops_records_after_the_resumed_step_and_a_cut_line(tmp_pat
   assert rows[-1]["loss"] == 0.7
 
 
+def test_metrics_log_writes_again_the_resumed_steps_records_the_file_lost(tmp_path):
+  """The records of a checkpointed step go into its checkpoint (records_at); resuming from
+  it, those that the file lost (its line cut) are written again, the others are not."""
+  log = MetricsLog(str(tmp_path))
+  log.write(1, {"loss": 1.0})
+  log.write(2, {"loss": 0.9})
+  log.write(2, {"overall": 0.5}, prefix="dev/")
+  stored = log.records_at(2)  # What the trainer's checkpoint of step 2 keeps.
+  log.close()
+  assert stored == [{"step": 2, "loss": 0.9}, {"step": 2, "dev/overall": 0.5}]
+  assert log.records_at(1) == []
+  path = tmp_path / "metrics.jsonl"
+  lines = path.read_text().splitlines(keepends=True)
+  path.write_text(lines[0] + lines[1] + lines[2][:9])  # The dev record cut short.
+  MetricsLog(str(tmp_path), resume_step=2, resume_records=stored).close()
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  assert rows == [{"step": 1, "loss": 1.0}, *stored]
+
+
 @needs_data
 def test_metrics_have_each_step_once_after_kill_9_and_resume(tiny_bert_dir, tmp_path):
+  """kill -9 after step 6, the resumed step's record cut in half: the resumed run writes it
+  again from its checkpoint (MetricsLog resume_records), so each step is logged once."""
   workdir = tmp_path / "run"
   args = tiny_main_args(
     tiny_bert_dir,
@@ -563,8 +584,12 @@ def test_metrics_have_each_step_once_after_kill_9_and_resume(tiny_bert_dir, tmp_
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=60)
-  with open(workdir / "metrics.jsonl", "a") as f:
-    f.write('{"step": 99, "loss": 0.')  # A line cut short, as a lost write would leave it.
+  # The file as a lost write (power loss, a full disk) leaves it: cut in the middle of the
+  # record of the step the run resumes from, which was written just before its checkpoint.
+  resumed = max(Checkpointer(str(workdir), 1, 1).manager.all_steps())
+  lines = (workdir / "metrics.jsonl").read_text().splitlines(keepends=True)
+  cut = next(i for i, line in enumerate(lines) if json.loads(line)["step"] == resumed)
+  (workdir / "metrics.jsonl").write_text("".join(lines[:cut]) + lines[cut][: len(lines[cut]) // 2])
   out = run(args)
   assert out.returncode == 0, out.stderr[-3000:]
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
