@@ -153,7 +153,7 @@ def test_workdir_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_pat
   assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
   # Another process is refused at once, naming this one.
   probe = (
-    "import sys; from mtl_jax import workdir_lock\n"
+    "import sys; from mtl_jax.runtime import workdir_lock\n"
     "try:\n  workdir_lock.acquire(sys.argv[1])\nexcept workdir_lock.WorkdirError as e:\n"
     "  print(e)\n"
   )
@@ -167,7 +167,7 @@ def test_workdir_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_pat
     [
       sys.executable,
       "-c",
-      "import sys, time; from mtl_jax import workdir_lock\n"
+      "import sys, time; from mtl_jax.runtime import workdir_lock\n"
       "workdir_lock.acquire(sys.argv[1]); print('held', flush=True)\n"
       "time.sleep(600)\n",
       workdir,
