@@ -289,8 +289,9 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
 
   # --- Checkpoints
   ckpt = Checkpointer(workdir, t.checkpoint_every, t.keep_checkpoints, cleanup_tmp=True)
+  meta = {}
   if ckpt.latest_step() is not None:  # The newest step that restores; damaged ones set aside.
-    state, _ = ckpt.restore(state, set_aside=True)
+    state, meta = ckpt.restore(state, set_aside=True)
     logging.info("resumed from %s at step %d", ckpt.directory, int(state.step))
   best = BestTracker(workdir, t.eval_every, t.early_stopping_patience)
 
@@ -305,7 +306,8 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
       best.best["step"] if best.best else 0,
     )
     last = first
-  log = MetricsLog(workdir, write=primary, resume_step=first)
+  log = MetricsLog(workdir, primary, first, meta.get("records", ()))
+  ckpt.step_records = log.records_at  # Kept in each checkpoint: re-logged if the file lost them.
   progress = log.progress(first, t.steps)
   throughput = Throughput()
   last_eval = None  # (step, dev metrics, dev predictions) of the latest evaluation.

@@ -8,7 +8,7 @@ export never delete, so they cannot remove a live run's save in progress). The d
 number itself (see `mtl_jax.data.batching`), and randomness is folded from (seed, step), so
 params, optimizer state and step are all that resume needs.
 
-Two guarantees on top of orbax's (docs/reliability.md):
+Guarantees on top of orbax's (docs/reliability.md):
 - a non-finite state is never saved: `Checkpointer.save` checks params and optimizer state
   with one jitted all-finite reduction before every save it is about to make (not only at
   the trainer's log steps), and refuses with `NonFiniteStateError`, so the rotation keeps
@@ -16,7 +16,13 @@ Two guarantees on top of orbax's (docs/reliability.md):
 - a checkpoint that does not restore (a truncated or damaged file) is not the end of the
   run: `restore` falls back to the newest step that restores, and the trainer
   (`set_aside=True`) moves the unreadable steps to `checkpoints_corrupt/` (never deleted,
-  and out of orbax's sight, so it neither resumes from nor rotates them).
+  and out of orbax's sight, so it neither resumes from nor rotates them);
+- each saved step records a CRC-32 of each of its files in `<step>/CHECKSUMS.json`, written
+  into orbax's temporary directory after every item is complete and before orbax renames
+  it into place (`post_finalization_callback`), so a step has its checksums exactly when it
+  exists. Restore checks them first: a file changed after the save (a flipped byte, which
+  may still decode) makes the step unreadable like a truncated file. Steps saved before
+  checksums existed have no CHECKSUMS.json and restore unchecked.
 
 Workdir layout: `checkpoints/` (the latest `train.keep_checkpoints` steps; resume reads the
 latest restorable one), `checkpoints_corrupt/<step>[-n]/` (steps set aside), and, when dev is evaluated during training, `best_checkpoint/<step>/` (a separate
@@ -26,18 +32,24 @@ rotation) described by `best.json` ({"step", "overall", "metrics"}, replaced ato
 
 from __future__ import annotations
 
+import glob
 import json
 import logging as std_logging
 import os
+import re
 import shutil
 import sys
 import traceback
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
+
+from mtl_jax.runtime import workdir_lock
 
 
 class NonFiniteStateError(FloatingPointError):
@@ -46,6 +58,16 @@ class NonFiniteStateError(FloatingPointError):
 
 class UnreadableCheckpointError(ValueError):
   """No checkpoint of a workdir restores; the message names the steps and what to do."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, read-only file system, ...): one line
+  naming the step, the directory and what to do. The step is not saved (orbax renames a
+  step into place only when complete); the earlier ones are intact."""
+
+
+class ChecksumError(ValueError):
+  """A file of a saved step differs from the checksum recorded when it was saved."""
 
 
 @jax.jit
@@ -86,6 +108,55 @@ CHECKPOINTS = "checkpoints"
 CORRUPT = "checkpoints_corrupt"  # Steps that did not restore, set aside (never deleted).
 BEST_CHECKPOINT = "best_checkpoint"
 BEST_JSON = "best.json"
+CHECKSUMS = "CHECKSUMS.json"  # {relative path: CRC-32} of a step's files, in the step.
+# Written by orbax after the checksums (when it commits the step): not covered.
+_UNCHECKED = {CHECKSUMS, "_CHECKPOINT_METADATA", "commit_success.txt"}
+_ORBAX_TMP = ".orbax-checkpoint-tmp"
+
+
+def _crc32(path: str) -> str:
+  crc = 0
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 20):
+      crc = zlib.crc32(chunk, crc)
+  return f"{crc:08x}"
+
+
+def _step_files(step_dir: str) -> list[str]:
+  """The files of a step that its checksums cover, relative to it, sorted."""
+  out = []
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      rel = os.path.relpath(os.path.join(root, name), step_dir)
+      if rel not in _UNCHECKED:
+        out.append(rel)
+  return sorted(out)
+
+
+def write_checksums(step_dir: str) -> None:
+  """Records the CRC-32 of each file of `step_dir` in its CHECKSUMS.json (atomically)."""
+  sums = {rel: _crc32(os.path.join(step_dir, rel)) for rel in _step_files(step_dir)}
+  write_json_atomic(os.path.join(step_dir, CHECKSUMS), {"crc32": sums})
+
+
+def verify_checksums(step_dir: str) -> bool:
+  """Raises ChecksumError naming the first file of `step_dir` that is missing or differs
+  from its CHECKSUMS.json; returns False when the step has none (saved before them)."""
+  path = os.path.join(step_dir, CHECKSUMS)
+  if not os.path.isfile(path):
+    return False
+  try:
+    with open(path, encoding="utf-8") as f:
+      sums = json.load(f)["crc32"]
+  except (ValueError, KeyError, TypeError) as e:
+    raise ChecksumError(f"{path} is damaged ({_one_line(e)})") from None
+  for rel, expected in sorted(sums.items()):
+    file = os.path.join(step_dir, rel)
+    if not os.path.isfile(file):
+      raise ChecksumError(f"{file} is missing (it was saved with the step)")
+    if _crc32(file) != expected:
+      raise ChecksumError(f"{file} differs from the checksum recorded when it was saved")
+  return True
 
 
 class Checkpointer:
@@ -96,15 +167,30 @@ class Checkpointer:
     self, workdir: str, every: int, keep: int, subdir: str = CHECKPOINTS, cleanup_tmp: bool = False
   ):
     self.directory = os.path.abspath(os.path.join(workdir, subdir))
+    _quiet_orbax_leftovers()
+    self._saving: int | None = None  # The step of the save in progress.
+    # step -> its metrics.jsonl records (MetricsLog.records_at), kept in the step's meta
+    # as "records" so that a resumed run can write them again if the file lost them.
+    self.step_records: Callable[[int], list[dict]] | None = None
     self.manager = ocp.CheckpointManager(
       self.directory,
       options=ocp.CheckpointManagerOptions(
         save_interval_steps=max(every, 1),
         max_to_keep=max(keep, 1),
-        create=True,
-        cleanup_tmp_directories=cleanup_tmp,
+        create=cleanup_tmp,  # A reader does not create an empty checkpoints/ directory.
+        cleanup_tmp_directories=cleanup_tmp,  # Leftovers of a save killed midway.
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._write_checksums),
       ),
-    )  # Leftovers of a save killed midway.
+    )
+
+  def _write_checksums(self) -> None:
+    """Orbax's post-finalization callback (on the primary process, once every process has
+    written its part): the step's files are complete in its temporary directory, which
+    orbax renames into place next."""
+    pattern = os.path.join(self.directory, f"{self._saving}{_ORBAX_TMP}*")
+    candidates = sorted(glob.glob(pattern), key=os.path.getmtime)
+    if candidates:
+      write_checksums(candidates[-1])
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -125,15 +211,36 @@ class Checkpointer:
         f"non-finite parameters or optimizer state at step {step}: not saved ({kept}); "
         "lower train.learning_rate or set train.grad_clip?"
       )
-    return self.manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_keys_to_data(state)), meta=ocp.args.JsonSave(meta)
-      ),
-      force=force,
-    )
+    if self.step_records is not None:
+      meta = {**meta, "records": self.step_records(step)}
+    self._wait()  # The previous (asynchronous) save: its failure is named as its step's.
+    self._saving = step
+    try:
+      return self.manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_keys_to_data(state)), meta=ocp.args.JsonSave(meta)
+        ),
+        force=force,
+      )
+    except Exception as e:
+      error = _write_error(e, step, self.directory)
+      if error is None:
+        raise
+      raise error from e
+
+  def _wait(self) -> None:
+    """Waits for the save in progress; a failed write raises CheckpointWriteError."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      error = _write_error(e, self._saving, self.directory)
+      if error is None:
+        raise
+      raise error from e
 
   def _restore_step(self, like: Any, step: int) -> tuple[Any, dict]:
+    verify_checksums(os.path.join(self.directory, str(step)))
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, _keys_to_data(like))
     out = self.manager.restore(
       step,
@@ -149,26 +256,20 @@ class Checkpointer:
     """Restores (state, meta) at `step`, or by default at the newest step that restores;
     `like` gives structure and shapes.
 
-    A newer step that fails to restore (a truncated or damaged file) is skipped with a
-    warning naming it, and with `set_aside` (only the trainer that holds the workdir's
-    lock) moved to checkpoints_corrupt/, once an older step has restored: when no step
-    restores, as with a state of another shape, nothing is moved and
-    UnreadableCheckpointError names every step and the first error."""
+    A newer step that fails to restore (a truncated or damaged file, or one that differs
+    from its checksum) is skipped, and with `set_aside` (only the trainer that holds the
+    workdir's lock) moved to checkpoints_corrupt/, once an older step has restored: one
+    warning per skipped step, naming it and why. When no step restores, as with a state
+    of another shape, nothing is moved and UnreadableCheckpointError names every step and
+    the first error."""
     if step is not None:
       return self._restore_step(like, step)
-    _ignore_reads_of_an_aborted_restore()
     failed = []
     for candidate in sorted(self.manager.all_steps(), reverse=True):
       try:
         restored = self._restore_step(like, candidate)
       except Exception as e:  # Whatever orbax, tensorstore or JSON raise on a bad file.
         failed.append((candidate, e))
-        logging.warning(
-          "checkpoint step %d in %s does not restore (%s); trying an older one",
-          candidate,
-          self.directory,
-          _one_line(e),
-        )
         continue
       if failed:
         self._skipped(failed, candidate, set_aside)
@@ -183,11 +284,15 @@ class Checkpointer:
     )
 
   def _skipped(self, failed: list, restored: int, set_aside: bool) -> None:
-    """Warns that `failed` steps were skipped for `restored`; moves them aside if asked."""
-    for step, _ in failed:
+    """Warns once per step of `failed` skipped for `restored`; moves them aside if asked."""
+    for step, error in failed:
       if not set_aside:
         logging.warning(
-          "using step %d of %s: newer step %d does not restore", restored, self.directory, step
+          "using step %d of %s: newer step %d does not restore (%s)",
+          restored,
+          self.directory,
+          step,
+          _one_line(error),
         )
         continue
       where = _set_aside(
@@ -195,41 +300,69 @@ class Checkpointer:
         os.path.join(os.path.dirname(self.directory), CORRUPT),
       )
       logging.warning(
-        "checkpoint step %d does not restore: moved it to %s (not deleted); resuming from step %d",
+        "checkpoint step %d does not restore: moved it to %s (not deleted); resuming from "
+        "step %d (%s)",
         step,
         where,
         restored,
+        _one_line(error),
       )
     if set_aside:
       self.manager.reload()  # It must neither list nor rotate the moved steps.
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self._wait()
+    finally:
+      self.manager.close()
 
 
-def _ignore_reads_of_an_aborted_restore() -> None:
-  """When a restore fails, the other reads it had started still finish and fail alike, and
-  Python reports them late, each with a traceback that buries the one-line message: as
-  "Exception ignored ... Event loop is closed" (they report to the asyncio loop orbax has
-  closed) or, when the garbage collector frees their futures, as asyncio's "Future
-  exception was never retrieved". Only those are dropped: the RuntimeError "Event loop is
-  closed", and never-retrieved exceptions raised inside orbax; everything else is reported
-  as before."""
+def _write_error(e: BaseException, step: int | None, directory: str) -> Exception | None:
+  """CheckpointWriteError for a save of `step` the disk refused, else None (re-raise e)."""
+  code = workdir_lock.disk_errno(e)
+  if code is None:
+    return None
+  what = f"checkpoint step {step} to {directory}" if step is not None else directory
+  error = CheckpointWriteError(workdir_lock.disk_error_message(code, what))
+  error.errno = code
+  return error
+
+
+def _quiet_orbax_leftovers() -> None:
+  """When a restore or a save fails, orbax's other reads or writes still finish and fail
+  alike, and Python reports them late, each with a traceback that buries the one-line
+  message: as "Exception ignored ... Event loop is closed" (they report to the asyncio
+  loop orbax has closed); as "Exception ignored in: <coroutine ...>" (orbax's coroutines
+  of a failed save, never finished, closed by the garbage collector or at exit); or, when
+  the garbage collector frees their futures, as asyncio's "Future exception was never
+  retrieved". Only those are dropped: the RuntimeError "Event loop is closed", orbax's
+  own coroutines, and never-retrieved exceptions raised inside orbax (or epath, which
+  orbax writes through); everything else is reported as before. The error itself reaches
+  the caller (Checkpointer.restore's fallback, CheckpointWriteError)."""
   previous = sys.unraisablehook
   if getattr(previous, "_mtl_jax_quiet", False):
     return
 
   def hook(unraisable) -> None:
-    if not (
-      isinstance(unraisable.exc_value, RuntimeError)
-      and str(unraisable.exc_value) == "Event loop is closed"
-    ):
+    if not (_closed_loop(unraisable.exc_value) or _orbax_coroutine(unraisable.object)):
       previous(unraisable)
 
   hook._mtl_jax_quiet = True
   sys.unraisablehook = hook
   std_logging.getLogger("asyncio").addFilter(_unretrieved_orbax_read)
+
+
+# Kept for callers of the previous name (tests).
+_ignore_reads_of_an_aborted_restore = _quiet_orbax_leftovers
+
+
+def _closed_loop(error: BaseException | None) -> bool:
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _orbax_coroutine(obj: Any) -> bool:
+  code = getattr(obj, "cr_code", None)
+  return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
 def _unretrieved_orbax_read(record: std_logging.LogRecord) -> bool:
@@ -238,11 +371,16 @@ def _unretrieved_orbax_read(record: std_logging.LogRecord) -> bool:
   if error is None or "exception was never retrieved" not in record.getMessage():
     return True
   frames = traceback.extract_tb(error.__traceback__)
-  return not any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
+  return not any(
+    f"{os.sep}{lib}{os.sep}" in frame.filename for frame in frames for lib in ("orbax", "etils")
+  )
 
 
 def _one_line(e: BaseException) -> str:
+  """`Type: message` on one line, without tensorstore's JSON specs and object reprs."""
   text = " ".join(str(e).split())
+  text = re.split(r"\s*(?:\[tensorstore_spec|See full TensorStore details)", text)[0]
+  text = re.sub(r'Error opening "\w+" driver: ', "", text)
   return f"{type(e).__name__}: {text[:300]}"
 
 

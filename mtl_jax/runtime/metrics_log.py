@@ -6,7 +6,10 @@ records of steps after the checkpoint it resumes from (they are trained again), 
 record whose (step, kind) is already there is not written twice (the final evaluation of
 a finished run that is rerun). Each record is written with one write() call on a file
 opened O_APPEND, so a kill -9 cannot leave half a line; a line cut short otherwise (power
-loss, full disk) is dropped at the next resume.
+loss, full disk) is dropped at the next resume. The records of a step that is checkpointed
+are also stored in its checkpoint (`records_at`, the trainer's `Checkpointer.step_records`),
+and a run resumed from that step writes again those the file lost (`resume_records`): so
+the resumed step's own record, the last one written before its save, survives a cut too.
 """
 
 from __future__ import annotations
@@ -71,14 +74,26 @@ class MetricsLog:
   """With write=False (the other processes of a multi-host run) nothing is written.
 
   `resume_step`: the step the run starts from (0 for a fresh one); records after it,
-  from an earlier attempt that got further than its last checkpoint, are dropped."""
+  from an earlier attempt that got further than its last checkpoint, are dropped.
+  `resume_records`: the records of `resume_step` stored in its checkpoint; those the file
+  no longer holds (a cut last line) are written again."""
 
-  def __init__(self, workdir: str, write: bool = True, resume_step: int = 0):
+  def __init__(
+    self,
+    workdir: str,
+    write: bool = True,
+    resume_step: int = 0,
+    resume_records: Sequence[dict] = (),
+  ):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._written = truncate_after(self.path, resume_step) if write else set()
     self._file = (
       os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if write else None
     )
+    self._latest: tuple[int, list[dict]] = (resume_step, [])  # The last step's records.
+    for record in resume_records:
+      if isinstance(record, dict) and int(record.get("step", -1)) == resume_step:
+        self._append(record)
     self._tb = None
     if write:
       try:
@@ -98,18 +113,29 @@ class MetricsLog:
   ) -> dict:
     flat = {prefix + k: v for k, v in _flatten(metrics, tasks).items()}
     flat.update(extra or {})
-    record = {"step": step, **flat}
-    key = (int(step), _kind(record))
-    if self._file is not None and key not in self._written:
-      self._written.add(key)
-      data = (json.dumps(record) + "\n").encode()
-      while data:  # One call in practice; a short write only on a full disk.
-        data = data[os.write(self._file, data) :]
+    self._append({"step": step, **flat})
     if self._tb is not None:
       for k, v in flat.items():
         if isinstance(v, (int, float)):
           self._tb.add_scalar(k, v, step)
     return flat
+
+  def _append(self, record: dict) -> None:
+    """Writes `record` unless the file holds its (step, kind); remembers it for records_at."""
+    step = int(record["step"])
+    if self._latest[0] != step:
+      self._latest = (step, [])
+    self._latest[1].append(record)
+    key = (step, _kind(record))
+    if self._file is not None and key not in self._written:
+      self._written.add(key)
+      data = (json.dumps(record) + "\n").encode()
+      while data:  # One call in practice; a short write only on a full disk.
+        data = data[os.write(self._file, data) :]
+
+  def records_at(self, step: int) -> list[dict]:
+    """The records logged at `step` (if it is the latest step logged), for its checkpoint."""
+    return list(self._latest[1]) if self._latest[0] == step else []
 
   def progress(self, first: int, total: int):
     from tqdm.auto import tqdm

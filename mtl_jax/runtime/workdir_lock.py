@@ -41,6 +41,50 @@ class WorkdirError(ValueError):
   """A workdir that cannot be used (not creatable, not writable, or held by another run)."""
 
 
+# errno -> what a one-line error says of a write the disk refused, and what to do.
+_DISK_ERRORS = {
+  errno.ENOSPC: ("no space left on device", "free space and rerun the same command to resume"),
+  errno.EDQUOT: ("disk quota exceeded", "free space and rerun the same command to resume"),
+  errno.EROFS: (
+    "read-only file system",
+    "use a --workdir on a writable file system (or remount it read-write) and rerun",
+  ),
+}
+
+
+def disk_errno(e: BaseException | None) -> int | None:
+  """ENOSPC, EDQUOT or EROFS when `e` (or what it was raised from) says the disk refused a
+  write: an OSError, or tensorstore's ValueError (RESOURCE_EXHAUSTED, "No space left on
+  device") as orbax raises it; else None."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _DISK_ERRORS:
+      return e.errno
+    text = str(e)
+    if "No space left on device" in text or ("RESOURCE_EXHAUSTED" in text and "writing" in text):
+      return errno.ENOSPC
+    if "Read-only file system" in text:
+      return errno.EROFS
+    if "Disk quota exceeded" in text:
+      return errno.EDQUOT
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def disk_error_message(code: int, what: str) -> str:
+  """'<reason> writing <what>: <what to do>' for a disk_errno code."""
+  reason, todo = _DISK_ERRORS[code]
+  return f"{reason} writing {what}: {todo}"
+
+
+def _read_only(path: str) -> bool:
+  try:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+  except OSError:
+    return False
+
+
 def prepare(workdir: str) -> None:
   """Creates `workdir` (and its parents), or raises WorkdirError saying why it cannot."""
   try:
@@ -49,6 +93,11 @@ def prepare(workdir: str) -> None:
     raise WorkdirError(
       f"cannot create --workdir={workdir}: {_reason(e)}; choose a directory you can write"
     ) from e
+  if _read_only(workdir):
+    raise WorkdirError(
+      f"cannot write to --workdir={workdir}: read-only file system; choose a directory on a "
+      "writable file system (or remount it read-write)"
+    )
   if not os.access(workdir, os.W_OK | os.X_OK):
     raise WorkdirError(
       f"cannot write to --workdir={workdir} (permission denied); choose a directory you can write"
@@ -126,9 +175,16 @@ def acquire(workdir: str) -> int:
       path,
       _describe(left),
     )
-  os.ftruncate(fd, 0)
-  os.pwrite(fd, (json.dumps(_holder()) + "\n").encode(), 0)
-  os.fsync(fd)
+  try:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(_holder()) + "\n").encode(), 0)
+    os.fsync(fd)
+  except OSError as e:  # A full disk (or quota) refuses even these few bytes.
+    release(fd)
+    code = disk_errno(e)
+    raise WorkdirError(
+      disk_error_message(code, path) if code else f"cannot write {path}: {_reason(e)}"
+    ) from e
   return fd
 
 

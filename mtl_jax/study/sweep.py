@@ -25,7 +25,10 @@ values of every key that defines the experiment (resume.RESUME_MUST_MATCH: loggi
 evaluation settings may differ); an unfinished run resumes from its checkpoint; a failed
 one is tried again. Ctrl-C stops the current run (which saves a checkpoint) and the sweep;
 so do `kill -INT` or `kill` of the sweep (also one started with nohup ... &) or of its
-current run; the same command carries on.
+current run; the same command carries on. A sweep killed outright (`kill -9`, the OOM
+killer) takes its current run with it: on Linux the run gets SIGTERM from the kernel when
+its sweep dies (PR_SET_PDEATHSIG), saves a checkpoint and exits, and the next sweep waits
+for it to release its workdir (WAIT_FOR_HOLDER seconds) rather than failing it as in use.
 
 Writes WORKDIR/results.csv (one row per run) and WORKDIR/report.md: dev metrics per run,
 training loss per task and dev overall against the step (WORKDIR/plots/), the gradient
@@ -44,7 +47,10 @@ Exit status: 0, 1 if a run failed, 2 for a bad command line, 130 when interrupte
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
+import fcntl
+import functools
 import itertools
 import json
 import os
@@ -53,6 +59,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 import ml_collections
@@ -60,6 +67,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from mtl_jax.config import loader, resume, run_spec, upgrade
+from mtl_jax.runtime import workdir_lock
 from mtl_jax.study import fingerprint, ledger, report
 from mtl_jax.tools import cli
 from mtl_jax.train import RESULTS_JSON
@@ -315,6 +323,49 @@ def finished(run: Run) -> dict | None:
 INTERRUPTED = 130  # main.py's exit status after an interrupt (its checkpoint is saved).
 
 
+WAIT_FOR_HOLDER = 120  # Seconds to wait for a run of a killed sweep to save and exit.
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with(parent: int) -> None:
+  """A run's preexec_fn: on Linux, have the kernel send it SIGTERM (save a checkpoint and
+  exit, as `kill <run>` does) when the sweep that started it dies, even by `kill -9`."""
+  if not sys.platform.startswith("linux"):
+    return
+  try:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+  except (OSError, AttributeError):
+    return
+  if os.getppid() != parent:  # The sweep died before prctl: no signal would come.
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _wait_for_holder(workdir: str, timeout: float = WAIT_FOR_HOLDER) -> None:
+  """Waits (up to `timeout` seconds) while another process holds the workdir's training
+  lock: the run of a sweep killed a moment ago, saving its checkpoint. Beyond that the
+  run is started anyway, and main.py's error names the holder."""
+  path = os.path.join(workdir, workdir_lock.LOCK_FILE)
+  if not os.path.isfile(path):
+    return
+  deadline, said = time.monotonic() + timeout, False
+  with open(path, "rb") as f:
+    while True:
+      try:
+        fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+      except OSError:
+        if time.monotonic() > deadline:
+          return
+        if not said:
+          holder = f.read(200).decode("utf-8", "replace").strip()
+          print(f"  waiting for the process holding {path} to exit ({holder})", flush=True)
+          said = True
+        time.sleep(0.5)
+        continue
+      fcntl.flock(f, fcntl.LOCK_UN)
+      return
+
+
 def _launch(run: Run) -> str | None:
   """Trains `run` in its own process; returns None, or why it failed (one line). Notes the
   code's commit first (COMMITS), for the ledger's `commit` column."""
@@ -328,8 +379,13 @@ def _launch(run: Run) -> str | None:
     start = log.tell()
     # Its own session: a Ctrl-C at the terminal reaches the sweep alone, which passes it on
     # once, so `kill -INT <sweep>` (or SIGTERM) and Ctrl-C stop a run the same way.
+    _wait_for_holder(run.workdir)
     process = subprocess.Popen(
-      run.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+      run.command(),
+      stdout=log,
+      stderr=subprocess.STDOUT,
+      start_new_session=True,
+      preexec_fn=functools.partial(_die_with, os.getpid()),
     )
     try:
       code = process.wait()

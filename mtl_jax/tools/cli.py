@@ -25,6 +25,8 @@ together (by the tests; `sweep` imports `ledger`) and several own a flag of the 
 - a bad command line (an unknown flag, a bad value, a missing required flag, or an
   `app.UsageError` from `main`): one line `<tool>: error: ...` on stderr, exit status 2.
 - `main`'s return value is the exit status (None: 0).
+- libraries' INFO records (orbax's per-restore chatter, absl's, optax's) are dropped from
+  the console (`QuietLibraries`); their warnings and the tool's own messages still show.
 
 `call(main, FLAGS, argv)` runs a tool in this process as that command line would and
 returns its exit status (the tests).
@@ -38,12 +40,13 @@ the one program that is not imported beside others.
 from __future__ import annotations
 
 import functools
+import logging as std_logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from absl import app, flags
+from absl import app, flags, logging
 
 HELP = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
 HELPFULL = ("--helpfull", "-helpfull")
@@ -147,7 +150,29 @@ def _help_if_asked(main: Main, tool_flags: flags.FlagValues, argv: Sequence[str]
     sys.exit(0)
 
 
+class QuietLibraries(std_logging.Filter):
+  """Drops libraries' records below WARNING (orbax logs ~30 INFO lines per restore), and
+  orbax's ERROR records (a failed read or write, each with a traceback, from each of its
+  threads: the error itself reaches mtl_jax, which says it in one line); keeps mtl_jax's
+  own records and the libraries' warnings."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    if f"{os.sep}mtl_jax{os.sep}" in record.pathname:
+      return True
+    if record.levelno == std_logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+      return False
+    return record.levelno >= std_logging.WARNING
+
+
+def quiet_libraries() -> None:
+  """Installs QuietLibraries on absl's handler (once)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, QuietLibraries) for f in handler.filters):
+    handler.addFilter(QuietLibraries())
+
+
 def _main_or_usage_error(main: Main, argv: list[str]) -> int | None:
+  quiet_libraries()
   try:
     return main(argv)
   except app.UsageError as e:

@@ -9,7 +9,6 @@ over all of their devices (mtl_jax.runtime.parallel).
 """
 
 import functools
-import logging as std_logging
 import os
 import signal
 import sys
@@ -28,9 +27,10 @@ from mtl_jax.config.loader import (
 )
 from mtl_jax.data.files import DataError
 from mtl_jax.models.hf_io import CheckpointError
-from mtl_jax.runtime import compile_cache, hugepages, parallel
-from mtl_jax.runtime.checkpoint import UnreadableCheckpointError
+from mtl_jax.runtime import compile_cache, hugepages, parallel, workdir_lock
+from mtl_jax.runtime.checkpoint import CheckpointWriteError, UnreadableCheckpointError
 from mtl_jax.runtime.workdir_lock import WorkdirError
+from mtl_jax.tools import cli
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Directory for checkpoints, metrics and predictions."
@@ -53,7 +53,7 @@ def main(argv, grad_kwargs: dict):
   except ConfigError as e:
     sys.exit(f"error: {e}")
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  cli.quiet_libraries()
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
   parallel.initialize_distributed()  # Before anything touches a device.
   compile_cache.enable()  # A second identical run loads its compiled steps from disk.
@@ -68,16 +68,26 @@ def main(argv, grad_kwargs: dict):
     FloatingPointError,
   ) as e:
     # Problems with the user's input get one clear line, not a traceback.
-    sys.exit(f"error: {e}")
+    _exit_with_error(str(e))
   except KeyboardInterrupt:
     sys.exit(130)  # The trainer has saved a checkpoint and said where.
+  except OSError as e:  # A full or read-only disk, wherever the run was writing.
+    code = workdir_lock.disk_errno(e)
+    if code is None:
+      raise
+    if isinstance(e, CheckpointWriteError):
+      _exit_with_error(str(e))
+    _exit_with_error(workdir_lock.disk_error_message(code, e.filename or _WORKDIR.value))
 
 
-class _QuietLibraries(std_logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the console (warnings still show)."""
+def _exit_with_error(message: str) -> None:
+  """Exits with `error: message` on a line of its own: the progress bar, which the error
+  cut short mid-line, is closed first."""
+  from tqdm import tqdm
 
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+  for bar in list(tqdm._instances):  # pylint: disable=protected-access
+    bar.close()
+  sys.exit(f"error: {message}")
 
 
 def _raise_keyboard_interrupt(signum, frame):

@@ -4,9 +4,11 @@ subprocess where a user would meet them, on the tiny random BERT and 40 rows of 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -159,7 +161,7 @@ def test_workdir_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_pat
   assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
   # Another process is refused at once, naming this one.
   probe = (
-    "import sys; from mtl_jax import workdir_lock\n"
+    "import sys; from mtl_jax.runtime import workdir_lock\n"
     "try:\n  workdir_lock.acquire(sys.argv[1])\nexcept workdir_lock.WorkdirError as e:\n"
     "  print(e)\n"
   )
@@ -173,7 +175,7 @@ def test_workdir_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_pat
     [
       sys.executable,
       "-c",
-      "import sys, time; from mtl_jax import workdir_lock\n"
+      "import sys, time; from mtl_jax.runtime import workdir_lock\n"
       "workdir_lock.acquire(sys.argv[1]); print('held', flush=True)\n"
       "time.sleep(600)\n",
       workdir,
@@ -235,10 +237,49 @@ def _truncate_data_files(step_dir: str) -> list[str]:
   return files
 
 
+def _flip_a_byte(step_dir: str) -> str:
+  """Flips one byte in the middle of the step's largest OCDBT data file, keeping its
+  length (what a bad sector or bit rot leaves); returns its path."""
+  files = [
+    os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs if os.path.basename(d) == "d"
+  ]
+  path = max(files, key=os.path.getsize)
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2] ^= 0x01
+  with open(path, "r+b") as f:
+    f.write(data)
+  return path
+
+
+def predict_quietly(workdir, tmp_path) -> subprocess.CompletedProcess:
+  """`python -m mtl_jax.predict` on the workdir; its stderr holds no traceback, no
+  "Exception ignored", no tensorstore repr and no library INFO line."""
+  text = tmp_path / "pairs.txt"
+  text.write_text("a cat\ta dog\n")
+  out = run(
+    [
+      sys.executable,
+      "-m",
+      "mtl_jax.predict",
+      f"--workdir={workdir}",
+      "--task=quora",
+      f"--input={text}",
+      f"--output={tmp_path / 'out.csv'}",
+    ]
+  )
+  for noise in ("Traceback", "Exception ignored", "pybind11", "TensorStore(", "checkpoint_manager"):
+    assert noise not in out.stderr, out.stderr[-3000:]
+  return out
+
+
 @needs_data
 def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_older_one(
   tiny_bert_dir, tmp_path
 ):
+  """A byte of step 4 changed in place (same length): its checksum catches it; predict
+  uses step 2 with one warning and no library noise; the same command sets step 4 aside,
+  resumes from step 2 and ends bitwise as the uninterrupted run. A step cut short is
+  caught alike; when no step restores, one error line."""
   workdir = str(tmp_path / "run")
   args = tiny_main_args(
     tiny_bert_dir,
@@ -252,20 +293,24 @@ def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_ol
   config = config_of_args(tiny_bert_dir)
   straight = jax.device_get(restored_trainable(config, workdir))
   latest = os.path.join(workdir, "checkpoints", "4")
-  damaged = _truncate_data_files(latest)[0]
+  damaged = _flip_a_byte(latest)
   _, state, _, _ = train.init_state(run_spec.build(config))
-  with pytest.raises(Exception, match="OUT_OF_RANGE"):  # What orbax says about it.
+  with pytest.raises(checkpoint.ChecksumError, match=re.escape(f"{damaged} differs from the")):
     Checkpointer(workdir, 1, 1).restore(state, step=4)
 
-  # A reader (export, diagnose, embed --workdir) falls back to step 2 and moves nothing.
-  restored, _ = Checkpointer(workdir, 1, 1).restore(state)
-  assert int(restored.step) == 2 and os.path.isdir(latest)
+  # A reader (predict, export, diagnose, embed --workdir) falls back to step 2 with one
+  # warning, and moves nothing.
+  out = predict_quietly(workdir, tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  warnings = [line for line in out.stderr.splitlines() if line.startswith("W")]
+  assert len(warnings) == 1 and "newer step 4 does not restore (ChecksumError" in warnings[0]
+  assert os.path.isdir(latest)
 
   out = run(args)  # The same command: resumes from step 2, trains steps 3-4 again.
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr
   assert "checkpoint step 4 does not restore: moved it to" in out.stderr
-  assert "resuming from step 2" in out.stderr
+  assert "resuming from step 2 (ChecksumError" in out.stderr
   corrupt = os.path.join(workdir, checkpoint.CORRUPT, "4")
   assert os.path.getsize(os.path.join(corrupt, os.path.relpath(damaged, latest))) > 0  # Kept.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
@@ -273,13 +318,98 @@ def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_ol
   for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(resumed)):
     np.testing.assert_array_equal(a, b)  # Exactly the uninterrupted run's step 4.
 
-  # When no step restores, nothing is moved and the run stops with one line.
+  # When no step restores (both cut short), nothing is moved and the run stops with one line.
   for step in ("2", "4"):
     _truncate_data_files(os.path.join(workdir, "checkpoints", step))
-  line = one_error_line(run(args))
+  out = run(args)
+  line = one_error_line(out)
+  assert "Exception ignored" not in out.stderr, out.stderr[-3000:]
   assert f"no checkpoint in {os.path.join(workdir, 'checkpoints')} restores (steps 4, 2;" in line
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
   assert os.listdir(os.path.join(workdir, checkpoint.CORRUPT)) == ["4"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 2 MiB tmpfs (needs root, as in the project's containers; skipped otherwise)."""
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  if os.geteuid() != 0 or not shutil.which("mount"):
+    pytest.skip("mounting a small tmpfs needs root")
+  mount = ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)]
+  if subprocess.run(mount, capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a tmpfs here")
+  try:
+    yield disk
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _fill(disk, leave: int):
+  """Fills `disk` with one file, then gives `leave` bytes back; returns the file."""
+  filler = disk / "filler"
+  if filler.exists():
+    filler.unlink()
+  fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+  try:
+    while True:
+      os.write(fd, b"\0" * 4096)
+  except OSError as e:
+    assert e.errno == errno.ENOSPC
+  finally:
+    os.close(fd)
+  os.truncate(filler, max(os.path.getsize(filler) - leave, 0))
+  return filler
+
+
+@needs_data
+def test_a_full_or_read_only_disk_is_one_error_line_and_the_same_command_resumes(
+  tiny_bert_dir, small_disk
+):
+  """The disk full at the start (the lock file's write), then full during a checkpoint
+  save, then read-only: one `error:` line each, naming what was being written and what to
+  do; once space is freed the same command trains to the end."""
+  workdir = small_disk / "run"
+  args = tiny_main_args(
+    tiny_bert_dir, workdir, "--config.train.steps=4", "--config.train.checkpoint_every=2"
+  )
+  todo = "free space and rerun the same command to resume"
+  _fill(small_disk, leave=0)
+  line = one_error_line(run(args))
+  assert line == f"error: no space left on device writing {workdir / 'train.lock'}: {todo}"
+
+  filler = _fill(small_disk, leave=120 * 1024)  # Config, lock and logs fit; a checkpoint not.
+  out = run(args)
+  line = one_error_line(out)
+  assert "Exception ignored" not in out.stderr, out.stderr[-3000:]
+  where = re.escape(str(workdir / "checkpoints"))
+  assert re.fullmatch(
+    rf"error: no space left on device writing checkpoint step \d+ to {where}: {todo}", line
+  ), line
+
+  filler.unlink()
+  out = run(args)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert Checkpointer(str(workdir), 1, 1).latest_step() == 4
+
+  subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+  try:
+    line = one_error_line(run(args))
+  finally:
+    subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+  assert f"cannot write to --workdir={workdir}: read-only file system" in line
+
+
+def test_predict_on_a_workdir_without_checkpoints_is_one_line_and_creates_nothing(
+  tiny_bert_dir, tmp_path
+):
+  """A run that has not saved yet: predict says so, and leaves no checkpoints/ behind."""
+  workdir = tmp_path / "unsaved"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(config_of_args(tiny_bert_dir).to_json_best_effort())
+  line = one_error_line(predict_quietly(workdir, tmp_path))
+  assert f"no checkpoint in {workdir / 'checkpoints'}" in line
+  assert os.listdir(workdir) == ["config.json"]
 
 
 @needs_data
@@ -458,8 +588,29 @@ def test_metrics_log_drops_records_after_the_resumed_step_and_a_cut_line(tmp_pat
   assert rows[-1]["loss"] == 0.7
 
 
+def test_metrics_log_writes_again_the_resumed_steps_records_the_file_lost(tmp_path):
+  """The records of a checkpointed step go into its checkpoint (records_at); resuming from
+  it, those that the file lost (its line cut) are written again, the others are not."""
+  log = MetricsLog(str(tmp_path))
+  log.write(1, {"loss": 1.0})
+  log.write(2, {"loss": 0.9})
+  log.write(2, {"overall": 0.5}, prefix="dev/")
+  stored = log.records_at(2)  # What the trainer's checkpoint of step 2 keeps.
+  log.close()
+  assert stored == [{"step": 2, "loss": 0.9}, {"step": 2, "dev/overall": 0.5}]
+  assert log.records_at(1) == []
+  path = tmp_path / "metrics.jsonl"
+  lines = path.read_text().splitlines(keepends=True)
+  path.write_text(lines[0] + lines[1] + lines[2][:9])  # The dev record cut short.
+  MetricsLog(str(tmp_path), resume_step=2, resume_records=stored).close()
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  assert rows == [{"step": 1, "loss": 1.0}, *stored]
+
+
 @needs_data
 def test_metrics_have_each_step_once_after_kill_9_and_resume(tiny_bert_dir, tmp_path):
+  """kill -9 after step 6, the resumed step's record cut in half: the resumed run writes it
+  again from its checkpoint (MetricsLog resume_records), so each step is logged once."""
   workdir = tmp_path / "run"
   args = tiny_main_args(
     tiny_bert_dir,
@@ -475,8 +626,12 @@ def test_metrics_have_each_step_once_after_kill_9_and_resume(tiny_bert_dir, tmp_
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=60)
-  with open(workdir / "metrics.jsonl", "a") as f:
-    f.write('{"step": 99, "loss": 0.')  # A line cut short, as a lost write would leave it.
+  # The file as a lost write (power loss, a full disk) leaves it: cut in the middle of the
+  # record of the step the run resumes from, which was written just before its checkpoint.
+  resumed = max(Checkpointer(str(workdir), 1, 1).manager.all_steps())
+  lines = (workdir / "metrics.jsonl").read_text().splitlines(keepends=True)
+  cut = next(i for i, line in enumerate(lines) if json.loads(line)["step"] == resumed)
+  (workdir / "metrics.jsonl").write_text("".join(lines[:cut]) + lines[cut][: len(lines[cut]) // 2])
   out = run(args)
   assert out.returncode == 0, out.stderr[-3000:]
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -3,7 +3,9 @@ and a save killed midway (tiny random BERT, a slice of the real data)."""
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
 
@@ -13,6 +15,7 @@ from conftest import needs_data, read_metrics, tiny_config
 from mtl_jax import train
 from mtl_jax.config import defaults as default
 from mtl_jax.config import resume, run_spec
+from mtl_jax.runtime import checkpoint
 from mtl_jax.runtime.checkpoint import (
   BEST_CHECKPOINT,
   Checkpointer,
@@ -210,3 +213,94 @@ def test_a_damaged_best_json_is_named_not_a_traceback(tmp_path, text):
   (tmp_path / "best.json").write_text(text)
   with pytest.raises(UnreadableCheckpointError, match=r"best\.json: damaged"):
     read_best(str(tmp_path))
+
+
+# --- Checksums and failed writes (a small pytree, no model)
+
+
+def _tiny_state(value: float = 1.0) -> dict:
+  import jax.numpy as jnp
+
+  return {"w": jnp.full((64, 64), value), "b": jnp.arange(16.0) * value}
+
+
+def _save_steps(workdir: str, steps) -> None:
+  ckpt = Checkpointer(workdir, 1, 5, cleanup_tmp=True)
+  for step in steps:
+    ckpt.save(step, _tiny_state(step), {"step": step}, force=True)
+  ckpt.close()
+
+
+def _flip_a_byte(step_dir: str) -> str:
+  """Flips one byte in the middle of the step's largest file (same length); returns it."""
+  files = [os.path.join(d, f) for d, _, fs in os.walk(step_dir) for f in fs]
+  path = max((f for f in files if os.path.basename(f) != checkpoint.CHECKSUMS), key=os.path.getsize)
+  data = bytearray(open(path, "rb").read())
+  data[len(data) // 2] ^= 0x01
+  with open(path, "r+b") as f:
+    f.write(data)
+  return path
+
+
+def test_a_changed_byte_is_caught_by_the_checksums_set_aside_and_the_previous_step_used(
+  tmp_path, caplog
+):
+  workdir = str(tmp_path)
+  _save_steps(workdir, [1, 2])
+  latest = os.path.join(workdir, "checkpoints", "2")
+  for step in ("1", "2"):  # Recorded with the step, committed with it.
+    assert checkpoint.verify_checksums(os.path.join(workdir, "checkpoints", step))
+  assert not [d for d in os.listdir(tmp_path / "checkpoints") if "tmp" in d]
+  damaged = _flip_a_byte(latest)
+  with pytest.raises(checkpoint.ChecksumError, match="differs from the checksum"):
+    Checkpointer(workdir, 1, 1).restore(_tiny_state(), step=2)
+  caplog.clear()
+  restored, meta = Checkpointer(workdir, 1, 5).restore(_tiny_state(), set_aside=True)
+  assert meta["step"] == 1 and float(restored["b"][1]) == 1.0
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert len(warnings) == 1, warnings
+  assert "checkpoint step 2 does not restore: moved it to" in warnings[0]
+  assert "resuming from step 1 (ChecksumError" in warnings[0]
+  moved = os.path.join(workdir, checkpoint.CORRUPT, "2")
+  assert os.path.isfile(os.path.join(moved, os.path.relpath(damaged, latest)))
+  assert os.listdir(tmp_path / "checkpoints") == ["1"]
+
+
+def test_a_step_saved_before_checksums_restores_without_a_warning(tmp_path, caplog):
+  workdir = str(tmp_path)
+  _save_steps(workdir, [3])
+  os.remove(os.path.join(workdir, "checkpoints", "3", checkpoint.CHECKSUMS))
+  caplog.clear()
+  restored, meta = Checkpointer(workdir, 1, 1).restore(_tiny_state())
+  assert meta["step"] == 3 and float(restored["b"][1]) == 3.0
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_refused_checkpoint_write_is_one_error_naming_the_step_and_what_to_do(
+  tmp_path, monkeypatch, code
+):
+  """The disk refuses the save of step 2 (injected where the step is finalized, in
+  orbax's background thread): CheckpointWriteError names the step, the directory and what
+  to do; step 1 is intact and step 2 is not listed."""
+  workdir = str(tmp_path)
+  _save_steps(workdir, [1])
+
+  def refuse(step_dir):
+    raise OSError(code, os.strerror(code), os.path.join(step_dir, "x"))
+
+  monkeypatch.setattr(checkpoint, "write_checksums", refuse)
+  ckpt = Checkpointer(workdir, 1, 5, cleanup_tmp=True)
+  directory = os.path.join(workdir, "checkpoints")
+  reason = {errno.ENOSPC: "no space left on device", errno.EROFS: "read-only file system"}[code]
+  with pytest.raises(checkpoint.CheckpointWriteError) as e:
+    ckpt.save(2, _tiny_state(2.0), {"step": 2}, force=True)
+    ckpt.close()
+  assert str(e.value).startswith(f"{reason} writing checkpoint step 2 to {directory}: ")
+  assert e.value.errno == code
+  assert Checkpointer(workdir, 1, 5).manager.all_steps() == [1]
+
+
+def test_a_reader_creates_no_checkpoints_directory(tmp_path):
+  Checkpointer(str(tmp_path), 1, 1).latest_step()
+  assert not os.path.exists(tmp_path / "checkpoints")

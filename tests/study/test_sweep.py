@@ -354,3 +354,54 @@ def test_stopping_the_sweep_stops_its_run_once_with_a_checkpoint(tmp_path, signu
   assert signals.read_text() == "1"
   assert json.loads(out.splitlines()[-1]) == ["pending", "pending"]
   assert not os.path.exists(tmp_path / "b")
+
+
+def _alive(pid: int) -> bool:
+  """Whether `pid` runs (a zombie, dead but not yet reaped by its new parent, does not)."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+  except FileNotFoundError:
+    return False
+
+
+@needs_data
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_sweep_killed_with_kill_9_takes_its_run_with_it_after_a_checkpoint(
+  tiny_bert_dir, tmp_path
+):
+  """`kill -9` of the sweep (or the OOM killer): its run used to train on with no parent,
+  and the next sweep failed it as "in use by PID". Now the kernel sends the run SIGTERM:
+  it saves a checkpoint, says so, and exits."""
+  config = write_config(tmp_path, "a", tiny_bert_dir)
+  workdir = tmp_path / "runs"
+  sweep_process = subprocess.Popen(
+    [
+      sys.executable,
+      "-m",
+      "mtl_jax.sweep",
+      f"--configs={config}",
+      f"--workdir={workdir}",
+      "--set=train.steps=100000",
+      "--set=train.eval_every=0",
+    ],
+    cwd=REPO,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  run_dir = workdir / "a"
+  deadline = time.time() + 400
+  while not ((run_dir / "metrics.jsonl").exists() and (run_dir / "metrics.jsonl").stat().st_size):
+    assert sweep_process.poll() is None and time.time() < deadline
+    time.sleep(0.2)
+  pid = json.loads((run_dir / "train.lock").read_text())["pid"]
+  sweep_process.kill()
+  sweep_process.wait(timeout=60)
+  deadline = time.time() + 120
+  while _alive(pid):
+    assert time.time() < deadline, "the sweep's run trains on without its sweep"
+    time.sleep(0.2)
+  log = (run_dir / "train.log").read_text()
+  assert "interrupted: saved step" in log, log[-2000:]
+  assert (run_dir / "train.lock").read_text() == ""  # Released.
+  assert os.listdir(run_dir / "checkpoints")
