@@ -25,6 +25,8 @@ together (by the tests; `sweep` imports `ledger`) and several own a flag of the 
 - a bad command line (an unknown flag, a bad value, a missing required flag, or an
   `app.UsageError` from `main`): one line `<tool>: error: ...` on stderr, exit status 2.
 - `main`'s return value is the exit status (None: 0).
+- libraries' INFO lines that a user cannot act on are kept off the console
+  (mtl_jax.runtime.console).
 
 `call(main, FLAGS, argv)` runs a tool in this process as that command line would and
 returns its exit status (the tests).
@@ -45,6 +47,8 @@ from typing import NoReturn
 
 from absl import app, flags
 
+from mtl_jax.runtime import console
+
 HELP = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
 HELPFULL = ("--helpfull", "-helpfull")
 
@@ -60,6 +64,7 @@ def mark_required(tool_flags: flags.FlagValues, names: Sequence[str]) -> None:
 
 def run(main: Main, tool_flags: flags.FlagValues) -> NoReturn:
   """Runs the tool as a program: `absl.app.run(main)` with the tool's flags (module doc)."""
+  console.quiet_libraries()  # Orbax's INFO lines, jax's platform probe (runtime/console.py).
   app.run(
     functools.partial(_main_or_usage_error, main),
     flags_parser=functools.partial(_parse_program, main, tool_flags),

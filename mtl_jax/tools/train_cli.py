@@ -9,7 +9,6 @@ over all of their devices (mtl_jax.runtime.parallel).
 """
 
 import functools
-import logging as std_logging
 import os
 import signal
 import sys
@@ -28,7 +27,7 @@ from mtl_jax.config.loader import (
 )
 from mtl_jax.data.files import DataError
 from mtl_jax.models.hf_io import CheckpointError
-from mtl_jax.runtime import compile_cache, hugepages, parallel
+from mtl_jax.runtime import compile_cache, console, hugepages, parallel
 from mtl_jax.runtime.checkpoint import UnreadableCheckpointError
 from mtl_jax.runtime.workdir_lock import WorkdirError
 
@@ -53,7 +52,7 @@ def main(argv, grad_kwargs: dict):
   except ConfigError as e:
     sys.exit(f"error: {e}")
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  console.quiet_libraries()  # Orbax's per-save lines, jax's platform probe.
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
   parallel.initialize_distributed()  # Before anything touches a device.
   compile_cache.enable()  # A second identical run loads its compiled steps from disk.
@@ -71,13 +70,6 @@ def main(argv, grad_kwargs: dict):
     sys.exit(f"error: {e}")
   except KeyboardInterrupt:
     sys.exit(130)  # The trainer has saved a checkpoint and said where.
-
-
-class _QuietLibraries(std_logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the console (warnings still show)."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
 def _raise_keyboard_interrupt(signum, frame):
