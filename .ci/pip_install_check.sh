@@ -42,7 +42,7 @@ assert where.startswith(sys.prefix), f"mtl_jax imported from {where}, not the ve
 EOF
 "$PY" -m mtl_jax.predict --help >/dev/null
 "$PY" -m mtl_jax predict --help >/dev/null
-"$TMP/venv/bin/mtl-jax" --help 2>&1 | grep -q "usage: mtl-jax"
+"$TMP/venv/bin/mtl-jax" --help | grep "usage: mtl-jax" >/dev/null
 
 TINY=(--config.train.steps=2 --config.data_limit=40 --config.train.seqs_per_task=8
   "--config.data_dir=$DATA")
@@ -50,6 +50,6 @@ TINY=(--config.train.steps=2 --config.data_limit=40 --config.train.seqs_per_task
 "$TMP/venv/bin/mtl-jax" train "--config=$ROOT/configs/default.py" "--workdir=$TMP/run1" "${TINY[@]}"
 test -s "$TMP/run1/results.json"
 # The checkout's main.py (which imports the checkout's mtl_jax: sys.path[0] is the checkout).
-"$PY" "$ROOT/main.py" "--config=$ROOT/configs/default.py" "--workdir=$TMP/run3" "${TINY[@]}"
+"$PY" "$ROOT/main.py" "--config=$ROOT/configs/default.py" "--workdir=$TMP/run2" "${TINY[@]}"
 test -s "$TMP/run2/results.json"
 echo "pip_install_check: OK"
