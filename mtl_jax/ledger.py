@@ -1,4 +1,4 @@
-"""`python -m mtl_jax.ledger`: an alias of `python -m mtl_jax.study.publish` (the code lives there)."""
+"""`python -m mtl_jax.ledger`: runs mtl_jax/study/publish.py (the code lives there)."""
 
 if __name__ == "__main__":
   import runpy
