@@ -20,7 +20,7 @@ projection itself. Each timed round runs every variant once, in turn.
 
 `--with_jax`: mtl_jax's PCGrad step (`mtl_jax.bench.step_runner`, the bench's fixed-shape
 step) joins the rounds, alternating with the PyTorch steps in this one process: on a
-shared host whose load changes from minute to minute (BENCHMARKS.md: 2-23% CPU steal),
+shared host whose load changes from minute to minute (CPU steal: BENCHMARKS.md),
 this is the comparison that holds. Needs mtl_jax's dependencies and the .venv's jax in
 this environment (`pip install -e .` here, then `pip install torch==2.13.0 ...` as above),
 and set GLIBC_TUNABLES=glibc.malloc.hugetlb=1 as the trainer does (it then applies to both).

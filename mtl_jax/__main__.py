@@ -23,11 +23,12 @@ TOOLS = {
 
 
 def main() -> None:
+  usage = f"usage: mtl-jax {{{','.join(TOOLS)}}} [flags]"
+  if len(sys.argv) == 2 and sys.argv[1] in ("-h", "--help"):
+    print(f"{usage}\n\n{__doc__.strip()}")  # Asked for: stdout, exit status 0.
+    return
   if len(sys.argv) < 2 or sys.argv[1] not in TOOLS:
-    got = (
-      f" (got {sys.argv[1]!r})" if len(sys.argv) > 1 and sys.argv[1] not in ("-h", "--help") else ""
-    )
-    sys.exit(f"usage: mtl-jax {{{','.join(TOOLS)}}} [flags]{got}")
+    sys.exit(f"{usage} (got {sys.argv[1]!r})" if len(sys.argv) > 1 else usage)
   tool = sys.argv.pop(1)
   sys.argv[0] = f"mtl-jax {tool}"
   if tool == "train":

@@ -2,7 +2,7 @@
 
 Run:   python main.py --config=configs/default.py --workdir=runs/default
 Tweak: --config.train.steps=50  --config.data_dir=PATH  --config.model.path=DIR
-Sized for a 2-core CPU (about 10-15 minutes); dev scores are in the README.
+Sized for a small CPU machine (wall time: BENCHMARKS.md); dev scores are in the README.
 """
 
 import ml_collections

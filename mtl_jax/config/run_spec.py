@@ -404,13 +404,11 @@ def split_params(config: ml_collections.ConfigDict, params: dict) -> tuple[dict,
 def _update_transforms(config: ml_collections.ConfigDict) -> list:
   """Clip -> AdamW with linear warmup and cosine decay: the update after tasks combine."""
   t = config.train
-  schedule = optax.warmup_cosine_decay_schedule(
-    0.0,
-    t.learning_rate,
-    int(t.warmup_fraction * t.steps),
-    t.steps,
-    end_value=t.learning_rate * 0.01,
-  )
+  warmup, end = int(t.warmup_fraction * t.steps), t.learning_rate * 0.01
+  if warmup:
+    schedule = optax.warmup_cosine_decay_schedule(0.0, t.learning_rate, warmup, t.steps, end)
+  else:  # The same values, without optax's log line about a constant (empty) warmup.
+    schedule = optax.cosine_decay_schedule(t.learning_rate, t.steps, alpha=end / t.learning_rate)
   return [
     optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
     optax.adamw(schedule, weight_decay=t.weight_decay),

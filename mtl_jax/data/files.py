@@ -77,11 +77,15 @@ class TaskSplit:
 
 
 def default_data_dir() -> str:
-  """`data/` in the working directory if present, else `<repo>/../shared/data`."""
+  """`data/` in the working directory if present, else `<repo>/../shared/data` when this
+  package runs from a checkout (one pip installed has none: then `data/`, which the data
+  loader names as missing)."""
   local = os.path.abspath("data")
   if os.path.isdir(local):
     return local
   repo_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  if not os.path.isfile(os.path.join(repo_root, "pyproject.toml")):
+    return local
   return os.path.abspath(os.path.join(repo_root, "..", "shared", "data"))
 
 

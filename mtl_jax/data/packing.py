@@ -191,10 +191,6 @@ def choose_slots(
   return plans[costs.index(min(costs))]
 
 
-def rows_needed(batch: dict[str, np.ndarray], row_length: int) -> int:
-  return len(first_fit_decreasing(batch["attention_mask"].sum(-1), row_length))
-
-
 def pack_stack(batch: dict[str, np.ndarray], plan: PackPlan) -> dict[str, np.ndarray]:
   """A [K, S, L0] stack of unpacked lanes (one per task, or slots) -> a [K, R, L] packed
   stack, one (R, L) for all lanes (the plan's; see the module docstring). Other keys (a

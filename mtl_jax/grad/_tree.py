@@ -118,8 +118,8 @@ def gram(g: jax.Array) -> jax.Array:
   diagonal blocks of the ``[T * 8, T * 8]`` product of the pieces. Why not one
   ``[T, D] x [D, T]`` dot: compiled as the train step is (`mtl_jax.runtime.xla_options`), XLA:CPU
   runs a dot with so few rows as one long running sum, which for the bundled model's
-  word-embedding gradient (D = 11.7M) was 2% off in float32 (and ~4x slower alone; within
-  noise in the whole step: `python -m benchmarks.compare_step full --variants gram`).
+  word-embedding gradient (D = 11.7M) was 2% off in float32 (commit 037325b;
+  BENCHMARKS.md, "Measured and not kept").
   With 24 rows it is a blocked matrix product, accurate to float rounding, and still
   bound by reading ``g`` once (the extra FLOPs are free).
   """

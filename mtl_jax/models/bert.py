@@ -11,11 +11,10 @@ tanh); LayerNorm epsilon comes from the checkpoint's config (1e-12, not Flax's 1
 
 Between the embeddings and the encoder's output the hidden states are token-major
 [B * L, H], not [B, L, H] (attention alone views them as [B, L, heads, head_dim]): then
-every bias and LayerNorm parameter gradient is a sum over one token axis. XLA:CPU lowers a
-sum over the two axes (B, L) to a two-dimensional reduce-window that ran 10-13x slower
-(133 vs 10 ms for one [3, 64, 64, 1536] FFN bias gradient), and the per-task full
-fine-tuning step spent ~1.5 s in them; token-major made that step 25% faster (BENCHMARKS.md,
-"Where the time goes"). The values are the same: only the shapes changed.
+every bias and LayerNorm parameter gradient is a sum over one token axis, because XLA:CPU
+lowers a sum over the two axes (B, L) to a two-dimensional reduce-window that is many times
+slower than a one-axis sum, and the full fine-tuning step has dozens of them (measurements:
+BENCHMARKS.md, "Where the time goes"). The values are the same: only the shapes changed.
 """
 
 from __future__ import annotations

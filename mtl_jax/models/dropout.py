@@ -1,8 +1,9 @@
 """Dropout from byte-sized random numbers: four masks per 32-bit random word.
 
-On CPU, generating random bits (threefry) costs more than the matmuls it masks: BERT's
+On CPU, generating random bits (threefry) can cost more than the matmuls it masks: BERT's
 attention-probability and hidden-state dropout draw ~120M numbers per training step.
-Drawing one byte per element instead of one 32-bit word makes that 4-8x cheaper. The
+Drawing one byte per element instead of one 32-bit word needs a quarter of the random
+words. The
 price is that the rate is rounded to a multiple of 1/256 (0.1 -> 26/256 = 0.1016); the
 surviving activations are scaled by 1 / (1 - that rounded rate), so the expectation is
 exact.

@@ -3,9 +3,9 @@ a Hugging Face BERT's config.json may name (`hidden_act`).
 
 BERT uses the exact GELU, x/2 (1 + erf(x/sqrt 2)) (`jax.nn.gelu` defaults to the tanh
 approximation). `jax.nn.gelu(x, approximate=False)` computes it through erfc, which
-XLA:CPU lowers to exponentials and selects: ~0.15 s a layer on the bench step. The erf
-form is what PyTorch computes, one polynomial in XLA, and agrees with the erfc form within
-1e-6; it made the LoRA step 24% and the full step 13% faster (BENCHMARKS.md).
+XLA:CPU lowers to exponentials and selects, a costly part of every layer. The erf form is
+what PyTorch computes, one polynomial in XLA, and agrees with the erfc form within 1e-6;
+it makes the step faster (BENCHMARKS.md, "Where the time goes").
 
 `OTHER_ACTIVATIONS` follows transformers' ACT2FN definitions of the same names; the
 encoder matches `BertModel` with each of them (tests/models/test_bert_parity.py).

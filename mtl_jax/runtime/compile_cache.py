@@ -1,7 +1,7 @@
 """JAX's persistent compilation cache, on by default for the command-line tools.
 
-Every run compiles its train step once per length bucket, and on a CPU that is minutes of a
-short run; a sweep pays it again for every run. XLA's compiled executables are keyed by the
+Every run compiles its train step once per row shape, and on a CPU that is a large part of
+a short run; a sweep pays it again for every run. XLA's compiled executables are keyed by the
 program, the compiler options and the jax/jaxlib version, so a second identical run loads
 them from disk instead. The program includes the run's seed (its dropout keys, and a
 gradient method's own key, are constants of the step), so a run at another seed compiles

@@ -2,11 +2,10 @@
 
 XLA:CPU allocates the step's temporary buffers with malloc, and glibc serves such large
 blocks with fresh mmaps that are returned at the end of every step. Each step then
-faults in (and the kernel zeroes) gigabytes in 4 KiB pages: a standalone 75 MB
-elementwise op takes 18 ms into fresh memory and 1 ms into reused memory. With glibc's
-`glibc.malloc.hugetlb=1` tunable those blocks are advised as transparent huge pages (2 MiB
-faults), which made the bench step 20% (LoRA) and 11% (full) faster at the same peak RSS
-(BENCHMARKS.md). A glibc tunable is read only when a process starts, so the command-line
+faults in (and the kernel zeroes) gigabytes in 4 KiB pages, which costs far more than
+writing into memory already mapped. With glibc's `glibc.malloc.hugetlb=1` tunable those
+blocks are advised as transparent huge pages (2 MiB faults), which makes the step faster at
+the same peak RSS (BENCHMARKS.md, "Where the time goes"). A glibc tunable is read only when a process starts, so the command-line
 programs re-execute themselves once with it set, when jax will run on the CPU. Setting
 GLIBC_TUNABLES yourself (e.g. `glibc.malloc.hugetlb=0`) turns this off.
 """

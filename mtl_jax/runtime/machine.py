@@ -1,8 +1,8 @@
 """The machine a benchmark ran on, as one line to print above its table.
 
-Speed tables are absolute times from one CPU: the same step ran at ~1.8 s on an AVX-512
-Xeon and ~4-5 s on an AVX2-only EPYC. A table that does not name its CPU, vector ISA, core
-count, software versions and measured matmul peak cannot be compared with anything.
+Speed tables are absolute times from one CPU, and the same step takes several times longer
+on one CPU than on another: a table that does not name its CPU, vector ISA, core count,
+software versions and measured matmul peak cannot be compared with anything.
 
 Standard library only (no jax import): `benchmarks/torch_reference.py` prints the same line
 from an environment that has PyTorch and no jax.
@@ -72,8 +72,9 @@ def machine_line(
   packages: tuple[str, ...] = ("jax", "jaxlib"),
   cpuinfo: str = "/proc/cpuinfo",
 ) -> str:
-  """One line naming the machine, e.g. "machine: AMD EPYC (AVX2), 2 cores, Linux x86_64,
-  jax 0.10.2, jaxlib 0.10.2; f32 2048^3 matmul peak measured now: 123 GFLOP/s"."""
+  """One line naming the machine, in the form "machine: <CPU model> (<vector ISA>), <N> cores,
+  <OS> <arch>, jax <version>, jaxlib <version>; f32 2048^3 matmul peak measured now: <X>
+  GFLOP/s"."""
   model, flags = cpu_info(cpuinfo)
   peak = (
     ""
@@ -104,9 +105,9 @@ def steal_line(start: tuple[int, int] | None, end: tuple[int, int] | None) -> st
   """ "CPU steal during this run: 30% ..." between two `cpu_times` readings, or "" when
   either is missing.
 
-  Steal is time this VM's CPUs were ready to run but the host ran another guest: on the
-  shared hosts this project is lent, it was 0% on one day and 30% on another, and a step
-  time measured under it is that much slower and noisier. A table is only as good as its
+  Steal is time this VM's CPUs were ready to run but the host ran another guest: on a shared
+  host it varies from day to day, and a step time measured under it is that much slower and
+  noisier. A table is only as good as its
   steal share, so benchmarks print it under their table."""
   if start is None or end is None or end[1] <= start[1]:
     return ""

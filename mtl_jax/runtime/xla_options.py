@@ -2,12 +2,10 @@
 
 On CPU, XLA (jax 0.10) hands each dense layer's backward matmul, fused with the
 elementwise work around it (GELU derivative, LayerNorm backward, dropout mask), to
-YNNPACK as one fusion. Those fused kernels run at 40–85 GFLOP/s on this 2-core AVX-512
-machine where the same matmul alone runs at ~350, so they took most of a LoRA step.
-Without YNNPACK fusions (XLA's own matmuls and elementwise fusions) the LoRA PCGrad step
-took 3.6 s instead of 5.8 s, and full fine-tuning 6.4 s instead of 7.9 s, with the same
-loss to 1e-7; YNNPACK on individual matmuls only was close (3.7 s, 6.9 s). See
-BENCHMARKS.md, "Where the time goes". Other backends get no options.
+YNNPACK as one fusion, and those fused kernels run far below the speed of the same matmul
+alone; turning the fusions off (XLA's own matmuls and elementwise fusions) makes the step
+faster with the same loss (measurements: BENCHMARKS.md, "Where the time goes"). Other
+backends get no options.
 """
 
 from __future__ import annotations

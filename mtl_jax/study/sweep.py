@@ -51,6 +51,7 @@ import ctypes
 import dataclasses
 import fcntl
 import functools
+import importlib.util
 import itertools
 import json
 import os
@@ -74,6 +75,8 @@ from mtl_jax.train import RESULTS_JSON
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # The checkout.
 MAIN = os.path.join(REPO, "main.py")
+if not os.path.isfile(MAIN):  # Pip-installed, no checkout: the trainer's own module file.
+  MAIN = importlib.util.find_spec("mtl_jax.tools.train_cli").origin
 COMMITS = "commits.txt"  # In a run's workdir: the code's commit at each launch that trained it.
 METRICS = report.LABELS  # Ledger column -> report label.
 COLUMNS = [

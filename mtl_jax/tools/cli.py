@@ -25,8 +25,8 @@ together (by the tests; `sweep` imports `ledger`) and several own a flag of the 
 - a bad command line (an unknown flag, a bad value, a missing required flag, or an
   `app.UsageError` from `main`): one line `<tool>: error: ...` on stderr, exit status 2.
 - `main`'s return value is the exit status (None: 0).
-- libraries' INFO records (orbax's per-restore chatter, absl's, optax's) are dropped from
-  the console (`QuietLibraries`); their warnings and the tool's own messages still show.
+- libraries' INFO lines that a user cannot act on are kept off the console
+  (mtl_jax.runtime.console).
 
 `call(main, FLAGS, argv)` runs a tool in this process as that command line would and
 returns its exit status (the tests).
@@ -40,13 +40,14 @@ the one program that is not imported beside others.
 from __future__ import annotations
 
 import functools
-import logging as std_logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from absl import app, flags, logging
+from absl import app, flags
+
+from mtl_jax.runtime import console
 
 HELP = ("--help", "-help", "--helpshort", "-helpshort", "-h", "-?")
 HELPFULL = ("--helpfull", "-helpfull")
@@ -90,6 +91,7 @@ def mark_required(tool_flags: flags.FlagValues, names: Sequence[str]) -> None:
 
 def run(main: Main, tool_flags: flags.FlagValues) -> NoReturn:
   """Runs the tool as a program: `absl.app.run(main)` with the tool's flags (module doc)."""
+  console.quiet_libraries()  # Orbax's INFO lines, jax's platform probe (runtime/console.py).
   app.run(
     functools.partial(_main_or_usage_error, main),
     flags_parser=functools.partial(_parse_program, main, tool_flags),
@@ -150,29 +152,8 @@ def _help_if_asked(main: Main, tool_flags: flags.FlagValues, argv: Sequence[str]
     sys.exit(0)
 
 
-class QuietLibraries(std_logging.Filter):
-  """Drops libraries' records below WARNING (orbax logs ~30 INFO lines per restore), and
-  orbax's ERROR records (a failed read or write, each with a traceback, from each of its
-  threads: the error itself reaches mtl_jax, which says it in one line); keeps mtl_jax's
-  own records and the libraries' warnings."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    if f"{os.sep}mtl_jax{os.sep}" in record.pathname:
-      return True
-    if record.levelno == std_logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
-      return False
-    return record.levelno >= std_logging.WARNING
-
-
-def quiet_libraries() -> None:
-  """Installs QuietLibraries on absl's handler (once)."""
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, QuietLibraries) for f in handler.filters):
-    handler.addFilter(QuietLibraries())
-
-
 def _main_or_usage_error(main: Main, argv: list[str]) -> int | None:
-  quiet_libraries()
+  console.quiet_libraries()
   try:
     return main(argv)
   except app.UsageError as e:

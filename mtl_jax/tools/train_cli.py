@@ -27,10 +27,9 @@ from mtl_jax.config.loader import (
 )
 from mtl_jax.data.files import DataError
 from mtl_jax.models.hf_io import CheckpointError
-from mtl_jax.runtime import compile_cache, hugepages, parallel, workdir_lock
+from mtl_jax.runtime import compile_cache, console, hugepages, parallel, workdir_lock
 from mtl_jax.runtime.checkpoint import CheckpointWriteError, UnreadableCheckpointError
 from mtl_jax.runtime.workdir_lock import WorkdirError
-from mtl_jax.tools import cli
 
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "Directory for checkpoints, metrics and predictions."
@@ -53,7 +52,7 @@ def main(argv, grad_kwargs: dict):
   except ConfigError as e:
     sys.exit(f"error: {e}")
   logging.set_verbosity(logging.INFO)
-  cli.quiet_libraries()
+  console.quiet_libraries()  # Orbax's per-save lines, jax's platform probe.
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
   parallel.initialize_distributed()  # Before anything touches a device.
   compile_cache.enable()  # A second identical run loads its compiled steps from disk.

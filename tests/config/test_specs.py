@@ -377,3 +377,35 @@ def test_saved_config_reads_a_workdir_and_upgrades_it(tmp_path):
   del saved["train"]["packing"]
   (tmp_path / "config.json").write_text(json.dumps(saved))
   assert upgrade.saved_config(str(tmp_path)).train.packing is False
+
+
+@pytest.mark.parametrize("steps, warmup_fraction", [(2, 0.1), (7, 0.0), (40, 0.1)])
+def test_update_is_adamw_on_the_warmup_cosine_schedule_and_a_run_without_warmup_logs_nothing(
+  caplog, steps, warmup_fraction
+):
+  """A run too short for a warmup step builds the cosine schedule alone: the same updates,
+  without optax's INFO line about a non-positive `transition_steps`."""
+  import jax.numpy as jnp
+  import optax
+
+  config = default_config_with(
+    **{"train.steps": steps, "train.warmup_fraction": warmup_fraction, "train.grad_clip": 0.0}
+  )
+  t = config.train
+  with caplog.at_level("INFO"):
+    tx = run_spec.base_optimizer(config)
+  assert "transition_steps" not in caplog.text
+  warmup = int(warmup_fraction * steps)
+  reference = optax.adamw(
+    optax.warmup_cosine_decay_schedule(
+      0.0, t.learning_rate, warmup, steps, end_value=t.learning_rate * 0.01
+    ),
+    weight_decay=t.weight_decay,
+  )
+  params = {"w": jnp.linspace(-1.0, 1.0, 5)}
+  grads = {"w": jnp.linspace(0.5, -0.3, 5)}
+  state, ref_state = tx.init(params), reference.init(params)
+  for _ in range(steps + 1):
+    updates, state = tx.update(grads, state, params)
+    expected, ref_state = reference.update(grads, ref_state, params)
+    assert jnp.array_equal(updates["w"], expected["w"])

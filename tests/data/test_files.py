@@ -261,6 +261,15 @@ def test_default_data_dir(tmp_path, monkeypatch):
   assert files.default_data_dir() == str(tmp_path / "data")
 
 
+def test_default_data_dir_of_an_installed_package_is_the_local_one(tmp_path, monkeypatch):
+  """Installed in site-packages there is no checkout beside it: `./data`, missing or not."""
+  site = tmp_path / "site-packages" / "mtl_jax" / "data"
+  site.mkdir(parents=True)
+  monkeypatch.setattr(files, "__file__", str(site / "files.py"))
+  monkeypatch.chdir(tmp_path)
+  assert files.default_data_dir() == str(tmp_path / "data")
+
+
 # Row counts from the data README, minus the rows known to be malformed.
 REAL_COUNTS = {
   ("sst", "train"): 8544,

@@ -93,3 +93,29 @@ def test_sigterm_saves_a_checkpoint_says_where_and_the_same_command_resumes(
   _terminate_after(args, workdir, 1)  # The same command continues after the saved step.
   assert _logged_steps(workdir)[:saved] == list(range(1, saved + 1))
   assert _logged_steps(workdir)[saved] == saved + 1
+
+
+# Lines that once reached a user of `main.py` and that they cannot act on: jax's probe of a
+# TPU that is not there, optax's note on an empty warmup, orbax's INFO lines per save.
+NOISE = (
+  "Unable to initialize backend",
+  "non-positive `transition_steps`",
+  "checkpoint_manager.py",
+  "Traceback",
+)
+
+
+def test_a_short_run_prints_no_library_noise(tiny_bert_dir, tmp_path):
+  """Two steps on the tiny model (too short for a warmup step), as a user runs them: stderr
+  holds this package's lines and the progress bar, nothing from the list above."""
+  from mtl_jax.data.files import default_data_dir
+
+  if not os.path.isdir(default_data_dir()):
+    pytest.skip("no data")
+  args = tiny_main_args(tiny_bert_dir, tmp_path / "run", "--config.train.steps=2")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}  # Let jax probe.
+  out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "final dev metrics" in out.stderr
+  for line in out.stderr.splitlines():
+    assert not any(n in line for n in NOISE), line

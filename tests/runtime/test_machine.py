@@ -36,7 +36,7 @@ def test_versions_leave_out_what_is_not_installed():
 def test_importing_it_does_not_import_jax():
   """torch_reference.py prints the same line from an environment without jax."""
   code = (
-    "import sys; from mtl_jax import machine; machine.machine_line(None); "
+    "import sys; from mtl_jax.runtime import machine; machine.machine_line(None); "
     "print('jax' in sys.modules)"
   )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
