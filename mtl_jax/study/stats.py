@@ -121,19 +121,11 @@ def bootstrap_samples(
   recomputed from the three resampled metrics of the same b, so its interval carries the
   noise of all three dev sets."""
   rng = np.random.default_rng(seed)
-  out = {}
+  idx = {}
   for task in TASKS:
-    pred = np.asarray(predictions[task], np.float64)
-    gold = np.asarray(labels[task], np.float64)
-    if pred.shape != gold.shape or pred.size == 0:
-      raise ValueError(f"{task}: {pred.size} predictions for {gold.size} labels")
-    idx = rng.integers(0, pred.size, (resamples, pred.size))
-    if metrics_lib.TASK_METRIC[task] == "accuracy":
-      out[f"{task}/accuracy"] = (pred == gold)[idx].mean(axis=1)
-    else:
-      out[f"{task}/pearson"] = _pearson_rows(pred[idx], gold[idx])
-  out["overall"] = metrics_lib.overall_score(*(out[m] for m in metrics_lib.DEV_METRICS))
-  return out
+    n = np.asarray(labels[task]).size
+    idx[task] = rng.integers(0, max(n, 1), (resamples, n))  # n = 0: refused below.
+  return _resampled_metrics(predictions, labels, idx)
 
 
 def bootstrap_intervals(
