@@ -44,6 +44,7 @@ def _custom_calls(exported) -> set[str]:
 def test_train_step_and_predict_export_for_cuda_and_tpu(tiny_bert_dir, mode, dtype):
   config = default.get_config()
   config.model.path = tiny_bert_dir
+  config.model.max_length = 64  # The tiny model's positions.
   config.model.dtype = dtype
   config.adapter.kind = mode
   config.grad.method = "pcgrad"

@@ -515,7 +515,9 @@ def test_an_undefined_dev_metric_or_a_batch_larger_than_the_data_is_one_line(
       "examples; use train.seqs_per_task=40 or less"
     )
   assert expected in one_error_line(run(args))
-  assert not os.listdir(workdir / "checkpoints") and not (workdir / "metrics.jsonl").exists()
+  checkpoints = workdir / "checkpoints"
+  assert not (checkpoints.exists() and os.listdir(checkpoints))
+  assert not (workdir / "metrics.jsonl").exists()
 
 
 # --- embed: row i is line i

@@ -46,7 +46,7 @@ def test_program_reexecutes_once_with_the_tunable(tmp_path):
   script.write_text(
     "import os, sys\n"
     "print('start', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:], flush=True)\n"
-    "from mtl_jax import hugepages\n"
+    "from mtl_jax.runtime import hugepages\n"
     "hugepages.reexec_with_huge_pages()\n"
     "print('running', os.environ.get('GLIBC_TUNABLES'), os.getpid())\n"
   )

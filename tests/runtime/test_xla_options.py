@@ -19,6 +19,7 @@ def test_cpu_turns_off_ynnpack_fusions_and_other_backends_get_none():
 def test_train_step_with_the_options_matches_the_default_compilation(tiny_bert_dir):
   config = default.get_config()
   config.model.path = tiny_bert_dir
+  config.model.max_length = 64  # The tiny model's positions.
   config.grad.method = "pcgrad"
   model, state, frozen, tx = train.init_state(run_spec.build(config))
   rng = np.random.default_rng(0)

@@ -17,7 +17,10 @@ _SCRIPT = """
 import json, sys
 import jax
 sys.path[:0] = [{root!r}, {tests!r}]
-from mtl_jax import parallel, shard_memory, train
+from mtl_jax import train
+from mtl_jax.config import run_spec
+from mtl_jax.runtime import parallel
+from mtl_jax.tools import shard_memory
 from conftest import tiny_config
 parallel.FSDP_MIN_SIZE = 64  # Also split the tiny model's LoRA and head leaves.
 config = tiny_config({model!r})
