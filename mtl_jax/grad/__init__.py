@@ -53,7 +53,8 @@ on the loss side (``config.train.loss_weighting="uncertainty"``,
 :func:`weighted_task_loss`, applied by ``mtl_jax.step``). IMTL-L and MGDA's
 "loss" normalisation: not provided.
 
-Per-task diagnostics: :func:`task_gradient_stats`. Pass ``num_tasks=T`` to a
+Per-task diagnostics: :func:`task_gradient_stats`; per parameter group (the per-group
+Gram matrices sum to the global one): :func:`group_gradient_stats`. Pass ``num_tasks=T`` to a
 factory to keep per-task stats in its state (e.g. PCGrad's ``removed_norm``
 and ``num_projections``); read them with :func:`method_stats`. Per-task heads:
 :func:`shared_only`. By name: :func:`get_method`, :data:`METHODS`; the methods
@@ -63,7 +64,7 @@ that stay meaningful when a step trains one task: :data:`LINEAR_METHODS`.
 from mtl_jax.grad._tree import tasks_to_matrix
 from mtl_jax.grad.balancing import NashMTLState, aligned_mtl, imtl_g, nash_mtl
 from mtl_jax.grad.basic import fixed, mean_tasks, rlw, sum_tasks
-from mtl_jax.grad.diagnostics import method_stats, task_gradient_stats
+from mtl_jax.grad.diagnostics import group_gradient_stats, method_stats, task_gradient_stats
 from mtl_jax.grad.loss_weighting import (
   LOSS_WEIGHTING_KEY,
   LOSS_WEIGHTINGS,
@@ -96,6 +97,7 @@ __all__ = [
   "fixed",
   "get_method",
   "graddrop",
+  "group_gradient_stats",
   "gradvac",
   "imtl_g",
   "mean_tasks",

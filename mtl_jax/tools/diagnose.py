@@ -385,7 +385,9 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
     at_step = state._replace(step=jnp.asarray(step, jnp.int32))
     _, metrics = step_fn(at_step, frozen, batches.every_task(step))
     measured = {
-      k: v for k, v in metrics.items() if k == "task_loss" or k.startswith(("grad/", "method/"))
+      k: v
+      for k, v in metrics.items()
+      if k == "task_loss" or k.startswith(("grad/", "group_", "method/"))
     }
     rows.append({"step": step, **_flatten(jax.device_get(measured), TASKS)})
   return rows
