@@ -57,8 +57,10 @@ Per-task diagnostics: :func:`task_gradient_stats`; per parameter group (the per-
 Gram matrices sum to the global one): :func:`group_gradient_stats`. Pass ``num_tasks=T`` to a
 factory to keep per-task stats in its state (e.g. PCGrad's ``removed_norm``
 and ``num_projections``); read them with :func:`method_stats`. Per-task heads:
-:func:`shared_only`. By name: :func:`get_method`, :data:`METHODS`; the methods
-that stay meaningful when a step trains one task: :data:`LINEAR_METHODS`.
+:func:`shared_only`. Layer-scoped surgery (one instance of a method per parameter
+group, ``config.grad.scope="group"``): :func:`group_scoped`. By name:
+:func:`get_method`, :data:`METHODS`; the methods that stay meaningful when a step
+trains one task: :data:`LINEAR_METHODS`.
 """
 
 from mtl_jax.grad._tree import tasks_to_matrix
@@ -76,10 +78,13 @@ from mtl_jax.grad.loss_weighting import (
 from mtl_jax.grad.min_norm import cagrad, dualproj, mgda, upgrad
 from mtl_jax.grad.projection import GradVacState, PCGradState, gradvac, pcgrad, pcgrad_against_sum
 from mtl_jax.grad.registry import LINEAR_METHODS, METHODS, canonical_name, get_method
+from mtl_jax.grad.scoped import GROUP_SCOPE_REFUSED, SCOPES, group_scoped
 from mtl_jax.grad.shared import shared_only
 from mtl_jax.grad.sign_dropout import GradDropState, graddrop
 
 __all__ = [
+  "GROUP_SCOPE_REFUSED",
+  "SCOPES",
   "LINEAR_METHODS",
   "LOSS_WEIGHTINGS",
   "LOSS_WEIGHTING_KEY",
@@ -98,6 +103,7 @@ __all__ = [
   "get_method",
   "graddrop",
   "group_gradient_stats",
+  "group_scoped",
   "gradvac",
   "imtl_g",
   "mean_tasks",
