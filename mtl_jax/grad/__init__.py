@@ -47,6 +47,10 @@ degenerate stacks -- opposite, zero, collinear, badly scaled --
   ``optax.GradientTransformationExtraArgs``; ``optax.chain`` and
   :func:`shared_only` forward the keyword, other methods ignore it) -- numpy
   reference (``tests/grad/test_grad_loss_weighting.py``).
+* ``famo``: ``sum_i a_i g_i``, FAMO (Liu et al. 2023): weights ``z / (c D)`` from
+  learned task logits (``z = softmax(w)``) and the losses; the logits learn from the
+  change of each task's log-loss between updates (also needs ``task_losses``) -- numpy
+  transcription of the reference (``scripts/make_famo_fixture.py``).
 
 Uncertainty weighting (Kendall et al. 2018) has learnable log-variances: it is
 on the loss side (``config.train.loss_weighting="uncertainty"``,
@@ -71,7 +75,9 @@ from mtl_jax.grad.loss_weighting import (
   LOSS_WEIGHTING_KEY,
   LOSS_WEIGHTINGS,
   DWAState,
+  FAMOState,
   dwa,
+  famo,
   uncertainty_params,
   weighted_task_loss,
 )
@@ -90,6 +96,7 @@ __all__ = [
   "LOSS_WEIGHTING_KEY",
   "METHODS",
   "DWAState",
+  "FAMOState",
   "GradDropState",
   "GradVacState",
   "NashMTLState",
@@ -99,6 +106,7 @@ __all__ = [
   "canonical_name",
   "dualproj",
   "dwa",
+  "famo",
   "fixed",
   "get_method",
   "graddrop",
