@@ -1,6 +1,6 @@
-"""Loss-based weighting: Dynamic Weight Average (DWA), and uncertainty weighting.
+"""Loss-based weighting: Dynamic Weight Average (DWA), FAMO, and uncertainty weighting.
 
-DWA weights the task LOSSES, and a method here only sees the per-task
+DWA and FAMO weight the task LOSSES, and a method here only sees the per-task
 gradients; since each ``g_k`` is linear in its loss, ``sum_k w_k g_k`` is the
 gradient of ``sum_k w_k L_k``. The losses themselves reach the transform as
 the keyword ``task_losses`` of ``update`` (an
