@@ -448,7 +448,11 @@ def group_heatmap(rows: list[dict], path: str) -> str:
   a = group_arrays(rows)
   g, p, n = a["cosine"].shape
   fig, axes = plt.subplots(
-    p, 1, figsize=(min(4 + 0.08 * n, 16), 1 + p * (0.6 + 0.28 * g)), squeeze=False
+    p,
+    1,
+    figsize=(min(6 + 0.08 * n, 16), 1 + p * (0.8 + 0.28 * g)),
+    squeeze=False,
+    layout="constrained",
   )
   image = None
   for k, ax in enumerate(axes[:, 0]):
