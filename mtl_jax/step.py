@@ -214,11 +214,25 @@ def shared_gradients(grads: dict) -> dict:
   return shared if jax.tree.leaves(shared) else {}
 
 
+def group_metrics(groups: dict, names: list[str]) -> dict:
+  """Per-group gradient stats (`mtlgrad.group_gradient_stats`) as metrics: the norms
+  "group_norm/<group>" [T] (metrics.jsonl spreads them into group_norm/<group>/<task>) and
+  the cosines "group_cos/<group>/<task i>-<task j>" (i < j), scalars."""
+  out = {}
+  for group, s in groups.items():
+    out[f"group_norm/{group}"] = s["grad_norm"]
+    for i in range(len(names)):
+      for j in range(i + 1, len(names)):
+        out[f"group_cos/{group}/{names[i]}-{names[j]}"] = s["cosine"][i, j]
+  return out
+
+
 def make_train_step(
   model: multitask.MultitaskModel,
   tx: optax.GradientTransformation,
   task_ids: tuple[int, ...],
   seed: int,
+  group_stats: bool = True,
 ):
   """Returns step(state, frozen, batch) -> (state, metrics).
 
@@ -235,9 +249,25 @@ def make_train_step(
 
   `tx.update` gets `task_losses=` (raw losses [T]; zero for the tasks not in the batch):
   `tx` must accept extra keyword arguments, as `optax.chain` and `optax.partition`
-  (`mtlgrad.shared_only`) do."""
+  (`mtlgrad.shared_only`) do.
+
+  An all-tasks step's metrics hold the geometry of the shared gradients ("grad/...":
+  norms, cosines, conflicts over all shared leaves) and, with `group_stats`, the same per
+  parameter group (`multitask.param_group`: embeddings, each layer's attention and
+  feed-forward blocks; `group_metrics`); the overall stats are then the sum of the
+  groups' Gram matrices, so the groups cost no second pass over the gradients."""
   per_task_grads = make_per_task_grads(model)
   num_tasks = len(task_ids)
+  names = [tasks.TASKS[i] for i in task_ids]
+
+  def gradient_metrics(grads) -> dict:
+    shared = shared_gradients(grads)
+    if not shared:
+      return {}
+    if not group_stats:
+      return {f"grad/{k}": v for k, v in mtlgrad.task_gradient_stats(shared).items()}
+    groups, overall = mtlgrad.group_gradient_stats(grads, multitask.param_groups(grads))
+    return {**{f"grad/{k}": v for k, v in overall.items()}, **group_metrics(groups, names)}
 
   def one_task(trainable, frozen, batch, keys):
     """(losses [T], gradients [T, ...]) with only row batch["task"] nonzero."""
@@ -256,7 +286,6 @@ def make_train_step(
       losses, grads = per_task_grads(state.trainable, frozen, batch, jnp.asarray(task_ids), keys)
     updates, opt_state = tx.update(grads, state.opt_state, state.trainable, task_losses=losses)
     trainable = optax.apply_updates(state.trainable, updates)
-    shared = {} if single else shared_gradients(grads)
     weighting = state.trainable.get(LOSS_WEIGHTING_KEY)
     metrics = {
       **(
@@ -267,9 +296,7 @@ def make_train_step(
       **({"loss_weight": jnp.exp(-weighting["log_var"])} if weighting is not None else {}),
       "l2_params": optax.tree.norm(trainable),
       "l2_updates": optax.tree.norm(updates),
-      **(
-        {f"grad/{k}": v for k, v in mtlgrad.task_gradient_stats(shared).items()} if shared else {}
-      ),
+      **({} if single else gradient_metrics(grads)),
       **{f"method/{k}": v for k, v in mtlgrad.method_stats(opt_state).items()},
     }
     return TrainState(state.step + 1, trainable, opt_state), metrics

@@ -61,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.grad = ml_collections.ConfigDict()
   config.grad.method = "sum"  # How per-task gradients combine: sum | pcgrad | ... (mtl_jax.grad)
   config.grad.kwargs = ml_collections.ConfigDict()  # The method's arguments, e.g. c for cagrad.
+  # global: the method on the whole shared gradient | group: one instance per parameter group
+  # (embeddings, each layer's attention and feed-forward: layer-wise PCGrad, CAGrad, ...).
+  config.grad.scope = "global"
 
   config.train = ml_collections.ConfigDict()
   config.train.steps = 300

@@ -379,10 +379,14 @@ def check_devices(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
 def grad_method(config: ml_collections.ConfigDict):
   """The configured mtl_jax.grad method (an optax transform over per-task gradients)."""
+  scope, name = config.grad.scope, mtlgrad.canonical_name(config.grad.method)
+  _check(scope in mtlgrad.SCOPES, "grad.scope", f"{scope!r} is not one of {mtlgrad.SCOPES}")
+  refused = mtlgrad.GROUP_SCOPE_REFUSED.get(name) if scope == "group" else None
+  _check(not refused, "grad.scope", f"'group' does not apply to grad.method={name!r}: {refused}")
   try:
-    return mtlgrad.get_method(
-      config.grad.method, num_tasks=len(TASKS), **config.grad.kwargs.to_dict()
-    )
+    build = lambda: mtlgrad.get_method(name, num_tasks=len(TASKS), **config.grad.kwargs.to_dict())
+    method = build()
+    return method if scope == "global" else mtlgrad.group_scoped(build, multitask.param_groups)
   except ValueError as e:
     raise ConfigError(f"config.grad.method: {e}") from e
   except TypeError as e:

@@ -47,43 +47,56 @@ degenerate stacks -- opposite, zero, collinear, badly scaled --
   ``optax.GradientTransformationExtraArgs``; ``optax.chain`` and
   :func:`shared_only` forward the keyword, other methods ignore it) -- numpy
   reference (``tests/grad/test_grad_loss_weighting.py``).
+* ``famo``: ``sum_i a_i g_i``, FAMO (Liu et al. 2023): weights ``z / (c D)`` from
+  learned task logits (``z = softmax(w)``) and the losses; the logits learn from the
+  change of each task's log-loss between updates (also needs ``task_losses``) -- numpy
+  transcription of the reference (``scripts/make_famo_fixture.py``).
 
 Uncertainty weighting (Kendall et al. 2018) has learnable log-variances: it is
 on the loss side (``config.train.loss_weighting="uncertainty"``,
 :func:`weighted_task_loss`, applied by ``mtl_jax.step``). IMTL-L and MGDA's
 "loss" normalisation: not provided.
 
-Per-task diagnostics: :func:`task_gradient_stats`. Pass ``num_tasks=T`` to a
+Per-task diagnostics: :func:`task_gradient_stats`; per parameter group (the per-group
+Gram matrices sum to the global one): :func:`group_gradient_stats`. Pass ``num_tasks=T`` to a
 factory to keep per-task stats in its state (e.g. PCGrad's ``removed_norm``
 and ``num_projections``); read them with :func:`method_stats`. Per-task heads:
-:func:`shared_only`. By name: :func:`get_method`, :data:`METHODS`; the methods
-that stay meaningful when a step trains one task: :data:`LINEAR_METHODS`.
+:func:`shared_only`. Layer-scoped surgery (one instance of a method per parameter
+group, ``config.grad.scope="group"``): :func:`group_scoped`. By name:
+:func:`get_method`, :data:`METHODS`; the methods that stay meaningful when a step
+trains one task: :data:`LINEAR_METHODS`.
 """
 
 from mtl_jax.grad._tree import tasks_to_matrix
 from mtl_jax.grad.balancing import NashMTLState, aligned_mtl, imtl_g, nash_mtl
 from mtl_jax.grad.basic import fixed, mean_tasks, rlw, sum_tasks
-from mtl_jax.grad.diagnostics import method_stats, task_gradient_stats
+from mtl_jax.grad.diagnostics import group_gradient_stats, method_stats, task_gradient_stats
 from mtl_jax.grad.loss_weighting import (
   LOSS_WEIGHTING_KEY,
   LOSS_WEIGHTINGS,
   DWAState,
+  FAMOState,
   dwa,
+  famo,
   uncertainty_params,
   weighted_task_loss,
 )
 from mtl_jax.grad.min_norm import cagrad, dualproj, mgda, upgrad
 from mtl_jax.grad.projection import GradVacState, PCGradState, gradvac, pcgrad, pcgrad_against_sum
 from mtl_jax.grad.registry import LINEAR_METHODS, METHODS, canonical_name, get_method
+from mtl_jax.grad.scoped import GROUP_SCOPE_REFUSED, SCOPES, group_scoped
 from mtl_jax.grad.shared import shared_only
 from mtl_jax.grad.sign_dropout import GradDropState, graddrop
 
 __all__ = [
+  "GROUP_SCOPE_REFUSED",
+  "SCOPES",
   "LINEAR_METHODS",
   "LOSS_WEIGHTINGS",
   "LOSS_WEIGHTING_KEY",
   "METHODS",
   "DWAState",
+  "FAMOState",
   "GradDropState",
   "GradVacState",
   "NashMTLState",
@@ -93,9 +106,12 @@ __all__ = [
   "canonical_name",
   "dualproj",
   "dwa",
+  "famo",
   "fixed",
   "get_method",
   "graddrop",
+  "group_gradient_stats",
+  "group_scoped",
   "gradvac",
   "imtl_g",
   "mean_tasks",

@@ -91,6 +91,28 @@ def gram_tree(updates: Any) -> jax.Array:
   return sum(gram(l.reshape(t, -1).astype(dtype)) for l in leaves)
 
 
+def gram_groups(updates: Any, labels: Any) -> dict[str, jax.Array]:
+  """Per-group Gram matrices ``{group: G_g G_g^T}`` [T, T] of the per-task updates.
+
+  ``labels`` has the structure of ``updates`` (or is a callable applied to it) with a
+  group name (str) per leaf, or ``None`` for leaves left out. Each leaf's ``[T, T]``
+  block is what :func:`gram_tree` adds up, so the groups' matrices sum to ``gram_tree``
+  of the labelled leaves (to float rounding: only the order of the sum differs).
+  """
+  labels = labels(updates) if callable(labels) else labels
+  t = num_tasks_of(updates)
+  leaves, treedef = jax.tree.flatten(updates)
+  dtype = compute_dtype(*[l.dtype for l in leaves])
+  names = treedef.flatten_up_to(labels)
+  out: dict[str, jax.Array] = {}
+  for leaf, name in zip(leaves, names):
+    if name is None:
+      continue
+    a = gram(leaf.reshape(t, -1).astype(dtype))
+    out[name] = out[name] + a if name in out else a
+  return out
+
+
 def combine_tree(weights: jax.Array, updates: Any) -> Any:
   """``sum_i weights[i] * updates[i]`` leaf by leaf (task axis removed)."""
 

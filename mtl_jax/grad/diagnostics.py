@@ -34,10 +34,12 @@ def task_gradient_stats(per_task_grads: Any, eps: float = 1e-12) -> dict:
     >>> stats = jax.jit(task_gradient_stats)(per_task_grads)
     >>> stats["cosine"][0, 1]
   """
-  a = _tree.gram_tree(per_task_grads)
-  norm = jnp.sqrt(jnp.maximum(jnp.diag(a), 0.0))
-  denom = norm[:, None] * norm[None, :]
-  cosine = jnp.where(denom > eps, a / jnp.where(denom > eps, denom, 1.0), 0.0)
+  return gram_stats(_tree.gram_tree(per_task_grads), eps)
+
+
+def gram_stats(a, eps: float = 1e-12) -> dict:
+  """:func:`task_gradient_stats` from the Gram matrix ``a`` [T, T] of the gradients."""
+  norm, cosine = cosines(a, eps)
   t = a.shape[0]
   conflict = (cosine < 0) & ~jnp.eye(t, dtype=bool)
   pairs = jnp.sum(jnp.triu(conflict, k=1)).astype(jnp.int32)
@@ -48,6 +50,36 @@ def task_gradient_stats(per_task_grads: Any, eps: float = 1e-12) -> dict:
     "num_conflicting_pairs": pairs,
     "sum_norm": jnp.sqrt(jnp.maximum(jnp.sum(a), 0.0)),
   }
+
+
+def cosines(a, eps: float = 1e-12):
+  """(norms [T], cosines [T, T]) from a Gram matrix ``a`` (zero gradients: cosine 0)."""
+  norm = jnp.sqrt(jnp.maximum(jnp.diag(a), 0.0))
+  denom = norm[:, None] * norm[None, :]
+  return norm, jnp.where(denom > eps, a / jnp.where(denom > eps, denom, 1.0), 0.0)
+
+
+def group_gradient_stats(per_task_grads: Any, labels: Any, eps: float = 1e-12) -> tuple:
+  """Geometry of the per-task gradients per parameter group, and over all groups (jit-able).
+
+  Args:
+    per_task_grads: pytree whose leaves have a leading task axis ``[T, ...]``.
+    labels: pytree of group names (str) with its structure, ``None`` for leaves left out
+      (e.g. ``mtl_jax.models.multitask.param_groups``), or a callable returning it.
+    eps: guards the cosine of zero gradients (their cosine is 0).
+
+  Returns:
+    ``(groups, overall)``: ``groups[name] = {"grad_norm": [T], "cosine": [T, T]}`` over
+    that group's leaves alone, and ``overall``, :func:`task_gradient_stats` over every
+    labelled leaf, from the sum of the groups' Gram matrices (no second pass over the
+    gradients: each leaf's ``[T, T]`` block is computed once).
+  """
+  grams = _tree.gram_groups(per_task_grads, labels)
+  groups = {}
+  for name, a in grams.items():
+    norm, cos = cosines(a, eps)
+    groups[name] = {"grad_norm": norm, "cosine": cos}
+  return groups, gram_stats(sum(grams.values()), eps)
 
 
 def _collect(node: Any, path: tuple, out: list) -> None:

@@ -1,6 +1,6 @@
-"""Loss-based weighting: Dynamic Weight Average (DWA), and uncertainty weighting.
+"""Loss-based weighting: Dynamic Weight Average (DWA), FAMO, and uncertainty weighting.
 
-DWA weights the task LOSSES, and a method here only sees the per-task
+DWA and FAMO weight the task LOSSES, and a method here only sees the per-task
 gradients; since each ``g_k`` is linear in its loss, ``sum_k w_k g_k`` is the
 gradient of ``sum_k w_k L_k``. The losses themselves reach the transform as
 the keyword ``task_losses`` of ``update`` (an
@@ -154,5 +154,136 @@ def dwa(
       return updates, new_state
     _tree.checked_num_tasks(updates, params, num_tasks, "dwa")
     return _tree.combine_tree(w, updates), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class FAMOState(NamedTuple):
+  """State of :func:`famo`.
+
+  Attributes:
+    logits: float32 [T], the task logits ``w`` (``z = softmax(w)``), initialised to 0.
+    mu, nu: float32 [T], Adam's moment estimates of the logits' gradient.
+    count: int32, Adam steps taken on the logits.
+    prev_loss: float32 [T], the task losses of the previous update (``0`` before one).
+    started: bool, whether ``prev_loss`` holds an update's losses.
+    stats: ``task_weights`` [T], the weights of the latest update (they sum to 1).
+  """
+
+  logits: jax.Array
+  mu: jax.Array
+  nu: jax.Array
+  count: jax.Array
+  prev_loss: jax.Array
+  started: jax.Array
+  stats: dict
+
+
+FAMO_EPS = 1e-8  # The reference's epsilon inside the logs (and Adam's, torch's default).
+
+
+def famo_weights(logits: jax.Array, losses: jax.Array, min_losses) -> jax.Array:
+  """The weights of the task gradients: FAMO's objective ``sum_i z_i log D_i / c`` with
+  ``z = softmax(w)``, ``D = L - L_min + eps`` and ``c = sum_i z_i / D_i`` held constant has
+  the gradient ``sum_i z_i / (c D_i) grad L_i``: weights ``z / (c D)``, summing to 1."""
+  z = jax.nn.softmax(logits)
+  d = losses - min_losses + FAMO_EPS
+  return (z / d) / jnp.sum(z / d)
+
+
+def famo(
+  num_tasks: int,
+  w_lr: float = 0.025,
+  gamma: float = 1e-3,
+  min_losses: float = 0.0,
+  b1: float = 0.9,
+  b2: float = 0.999,
+) -> optax.GradientTransformationExtraArgs:
+  """FAMO: Fast Adaptive Multitask Optimization (Liu, Liang, Stone & Liu, NeurIPS 2023;
+  reference Cranial-XIX/FAMO ``famo.py``, also LibMTL ``FAMO``).
+
+  Update ``t`` receives the raw task losses ``L_t`` (``task_losses=``, [T]) and returns
+  ``sum_i a_i g_i`` with ``a = z / (c D)``, ``z = softmax(w)``, ``D = L_t - L_min + 1e-8``,
+  ``c = sum_i z_i / D_i`` (:func:`famo_weights`; the gradient of ``sum_i z_i log D_i / c``).
+  Before that, the logits learn from the previous update: with
+  ``delta = log D(L_{t-1}) - log D(L_t)``, the logits' gradient is the softmax's
+  vector-Jacobian product ``J_softmax(w)^T delta = z * (delta - z . delta)``, and one step
+  of Adam (``lr = w_lr``, L2 weight decay ``gamma`` added to the gradient, betas
+  ``(b1, b2)``, eps 1e-8: ``torch.optim.Adam``) updates ``w``.
+
+  Where the loss after a step is measured: the reference evaluates the losses of the
+  parameters after step ``t`` on step ``t``'s batch (a forward pass more per step); here
+  they are the next step's losses, on its own batch, which the train step computes anyway.
+  The sequence of logit updates is the reference's for that sequence of losses
+  (``scripts/make_famo_fixture.py``); the extra work is O(T) per step.
+
+  Args:
+    num_tasks: T.
+    w_lr: the logits' learning rate (reference 0.025).
+    gamma: the logits' weight decay (1e-3 as LibMTL's default; Cranial-XIX's ``famo.py``
+      and its experiments use 0.01).
+    min_losses: ``L_min``, a lower bound of the losses (reference: 0).
+    b1, b2: Adam's betas (torch's defaults).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` (leaves ``[T, *shape]`` -> ``[*shape]``).
+    ``update(updates, state, params=None, *, task_losses)``; called without the losses
+    (a caller that cannot provide them), the weights are ``z`` (as for equal losses) and
+    the logits do not move.
+  """
+  if num_tasks is None or int(num_tasks) < 1:
+    raise ValueError(f"famo: num_tasks must be a positive int, got {num_tasks!r}")
+  if not w_lr > 0:
+    raise ValueError(f"famo: w_lr must be > 0, got {w_lr!r}")
+  if not gamma >= 0:
+    raise ValueError(f"famo: gamma must be >= 0, got {gamma!r}")
+  num_tasks = int(num_tasks)
+
+  def init_fn(params):
+    del params
+    zeros = lambda: jnp.zeros((num_tasks,), jnp.float32)  # Distinct buffers (donation).
+    return FAMOState(
+      logits=zeros(),
+      mu=zeros(),
+      nu=zeros(),
+      count=jnp.zeros((), jnp.int32),
+      prev_loss=zeros(),
+      started=jnp.zeros((), bool),
+      stats=_tree.task_stats(num_tasks, ("task_weights",)),
+    )
+
+  def logits_step(state: FAMOState, losses: jax.Array) -> FAMOState:
+    log_d = lambda loss: jnp.log(loss - min_losses + FAMO_EPS)
+    delta = log_d(state.prev_loss) - log_d(losses)
+    z = jax.nn.softmax(state.logits)
+    grad = z * (delta - jnp.dot(z, delta)) + gamma * state.logits
+    count = state.count + 1
+    mu = b1 * state.mu + (1 - b1) * grad
+    nu = b2 * state.nu + (1 - b2) * grad**2
+    c = count.astype(jnp.float32)
+    step = w_lr / (1 - b1**c) * mu / (jnp.sqrt(nu) / jnp.sqrt(1 - b2**c) + FAMO_EPS)
+    return state._replace(logits=state.logits - step, mu=mu, nu=nu, count=count)
+
+  def update_fn(updates, state, params=None, *, task_losses=None, **extra_args):
+    del extra_args
+    if task_losses is None:  # A caller without losses: z, the logits unchanged.
+      w = jax.nn.softmax(state.logits)
+      state = state._replace(stats=_tree.fill_stats(state.stats, task_weights=w))
+    else:
+      losses = jnp.asarray(task_losses).astype(jnp.float32)
+      if losses.shape != (num_tasks,):
+        raise ValueError(f"famo: task_losses must have shape ({num_tasks},), got {losses.shape}")
+      stepped = logits_step(state, losses)
+      state = jax.tree.map(lambda a, b: jnp.where(state.started, a, b), stepped, state)
+      w = famo_weights(state.logits, losses, min_losses)
+      state = state._replace(
+        prev_loss=losses,
+        started=jnp.ones((), bool),
+        stats=_tree.fill_stats(state.stats, task_weights=w),
+      )
+    if not jax.tree.leaves(updates):  # e.g. no shared leaves under shared_only
+      return updates, state
+    _tree.checked_num_tasks(updates, params, num_tasks, "famo")
+    return _tree.combine_tree(w, updates), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -25,6 +25,7 @@ METHODS: dict[str, Callable[..., optax.GradientTransformation]] = {
   "nash_mtl": balancing.nash_mtl,
   "graddrop": sign_dropout.graddrop,
   "dwa": loss_weighting.dwa,
+  "famo": loss_weighting.famo,
 }
 
 # Methods whose update is a fixed linear combination sum_t w_t g_t of the task gradients.

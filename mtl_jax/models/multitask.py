@@ -222,5 +222,58 @@ def is_shared(trainable: dict) -> dict:
   )
 
 
+# The shared parameter groups (`param_group`): where in the encoder the tasks' gradients
+# are compared (per-group diagnostics in `mtl_jax.step`) and, with grad.scope="group",
+# where the gradient method runs on its own (`mtl_jax.grad.group_scoped`).
+ATTENTION_BLOCK = ("attention", "attention_norm")  # Q, K, V, output dense; its LayerNorm.
+FFN_BLOCK = ("intermediate", "output", "output_norm")  # Both denses; the output LayerNorm.
+
+
+def param_group(path: tuple[str, ...]) -> str | None:
+  """The group of the trainable leaf at `path` (a tuple of dict keys), None for the leaves
+  that are not shared (heads, task layers, loss-weighting log-variances: `is_shared`).
+
+  "embeddings" (word, position, token-type tables and their LayerNorm); "layer_<i>.attention"
+  (the self-attention's query/key/value/output denses and the attention output LayerNorm);
+  "layer_<i>.ffn" (the intermediate and output denses and the output LayerNorm); "other"
+  for any other shared leaf. An adapter's leaves (LoRA/rsLoRA a, b; DoRA's magnitude) sit
+  under the dense they adapt and belong to its block: groups mean the same part of the
+  network whatever adapter.kind trains it (with LoRA on query and value, a layer's
+  attention group holds those four factors and its ffn group is absent)."""
+  if not path or path[0] != "encoder" or task_layers.is_task_specific(path):
+    return None
+  part = path[1] if len(path) > 1 else ""
+  if part == "embeddings":
+    return "embeddings"
+  if part.startswith("layer_") and len(path) > 2:
+    if path[2] in ATTENTION_BLOCK:
+      return f"{part}.attention"
+    if path[2] in FFN_BLOCK:
+      return f"{part}.ffn"
+  return "other"
+
+
+def param_groups(tree) -> object:
+  """`param_group` of every leaf of `tree` (params, or gradients with the same paths; any
+  pytree of dicts, optax's masked placeholders kept), as a pytree of str / None."""
+
+  def name(key) -> str:
+    return str(getattr(key, "key", getattr(key, "name", key)))
+
+  return jax.tree_util.tree_map_with_path(
+    lambda path, _: param_group(tuple(name(k) for k in path)), tree
+  )
+
+
+def group_sort_key(group: str) -> tuple:
+  """Network order: embeddings, layer_0.attention, layer_0.ffn, layer_1..., other."""
+  if group == "embeddings":
+    return (0, 0, "")
+  if group.startswith("layer_"):
+    layer, _, block = group[len("layer_") :].partition(".")
+    return (1, int(layer) if layer.isdigit() else 0, block)
+  return (2, 0, group)
+
+
 def count(tree: dict) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))

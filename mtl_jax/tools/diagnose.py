@@ -2,6 +2,7 @@
 
   python -m mtl_jax.diagnose --workdir=WORKDIR [--output=DIR]
   python -m mtl_jax.diagnose --workdir=WORKDIR --from_checkpoint [--batches=8] [--output=DIR]
+  python -m mtl_jax.diagnose --workdir=WORKDIR --groups [--S=0.0] [--output=DIR]
 
 By default reads WORKDIR/metrics.jsonl and writes PNG plots (pairwise cosines, gradient
 norms, conflict rate, share of each task's gradient removed by the method, method stats,
@@ -9,7 +10,12 @@ losses, dev metrics), prints a summary table and writes summary.json to --output
 (default WORKDIR/diagnostics). With --from_checkpoint it measures the same statistics
 afresh on the run's latest checkpoint, over the next --batches steps, and writes
 checkpoint_summary.json instead of plots. A mode of its own, not implied by the checkpoints
-a finished run holds, because it is slow (a compile, and a step per batch).
+a finished run holds, because it is slow (a compile, and a step per batch). With --groups
+it asks where in the network the tasks conflict: from the per-group cosines the train step
+logs (group_cos/<group>/<task>-<task>) it draws group_cosine.png (one panel per task pair,
+groups x logged steps) and prints each group's S-conflict score (Recon, Shi et al. ICLR
+2023: the number of (logged step, task pair) with cosine below --S), writing
+group_summary.json.
 """
 
 from __future__ import annotations
@@ -45,6 +51,21 @@ _BATCHES = flags.DEFINE_integer(
   8,
   "With --from_checkpoint: the steps to measure and average over.",
   lower_bound=1,
+  flag_values=FLAGS,
+)
+_GROUPS = flags.DEFINE_bool(
+  "groups",
+  False,
+  "Per parameter group instead (the train step's group_cos/ metrics): a heatmap of each "
+  "task pair's cosines (groups x logged steps, group_cosine.png) and each group's "
+  "S-conflict score (Recon, Shi et al. ICLR 2023).",
+  flag_values=FLAGS,
+)
+_S = flags.DEFINE_float(
+  "S",
+  0.0,
+  "With --groups: the S of the S-conflict score, the number of (logged step, task pair) "
+  "whose cosine is below S (Recon's cal_conflict_scores default: 0.0).",
   flag_values=FLAGS,
 )
 cli.mark_required(FLAGS, ["workdir"])
@@ -338,6 +359,132 @@ def _rolling(x: np.ndarray, window: int) -> np.ndarray:
   return (c[n] - c[lo]) / (n - lo)
 
 
+# --- Per-group mode: where in the network do the tasks conflict?
+
+GROUP_COS = "group_cos/"
+
+
+def group_arrays(rows: list[dict]) -> dict:
+  """steps [N], groups (network order), pairs ("a-b"), cosine [G, P, N] (NaN where a row
+  lacks it) from the rows' group_cos/<group>/<a>-<b> keys."""
+  from mtl_jax.models.multitask import group_sort_key
+
+  keys = {k[len(GROUP_COS) :].rpartition("/") for r in rows for k in r if k.startswith(GROUP_COS)}
+  groups = sorted({g for g, _, _ in keys}, key=group_sort_key)
+  order = {f"{TASKS[i]}-{TASKS[j]}": n for n, (i, j) in enumerate(PAIRS)}
+  pairs = sorted({p for _, _, p in keys}, key=lambda p: (order.get(p, len(order)), p))
+  rows = [r for r in rows if any(k.startswith(GROUP_COS) for k in r)]
+  cosine = np.array(
+    [[[r.get(f"{GROUP_COS}{g}/{p}", np.nan) for r in rows] for p in pairs] for g in groups],
+    np.float64,
+  ).reshape(len(groups), len(pairs), len(rows))
+  return {
+    "steps": np.array([r["step"] for r in rows]),
+    "groups": groups,
+    "pairs": pairs,
+    "cosine": cosine,
+  }
+
+
+def s_conflict_scores(cosine: np.ndarray, s: float = 0.0) -> np.ndarray:
+  """Recon's S-conflict score of each group (Shi et al., ICLR 2023, scripts/
+  cal_conflict_scores.py): the number of (logged step, task pair) whose cosine is below
+  `s`, from cosine [G, P, N]."""
+  with np.errstate(invalid="ignore"):
+    return np.sum(cosine < s, axis=(1, 2))
+
+
+def group_summary(rows: list[dict], s: float = 0.0) -> dict:
+  """Per group (network order): S-conflict score, measurements, mean cosine per pair."""
+  a = group_arrays(rows)
+  if not a["groups"]:
+    raise DiagnoseError(
+      "metrics.jsonl has no per-group gradient rows (group_cos/...): the run predates "
+      "them, or its train.schedule trains one task per step"
+    )
+  scores = s_conflict_scores(a["cosine"], s)
+  return {
+    "S": s,
+    "num_rows": int(len(a["steps"])),
+    "groups": {
+      g: {
+        "s_conflict": int(scores[k]),
+        "measurements": int(np.isfinite(a["cosine"][k]).sum()),
+        "mean_cosine": {p: _mean(a["cosine"][k, n]) for n, p in enumerate(a["pairs"])},
+      }
+      for k, g in enumerate(a["groups"])
+    },
+  }
+
+
+def format_group_summary(s: dict) -> str:
+  """The groups by S-conflict score, highest first (as Recon lists them)."""
+  pairs = list(next(iter(s["groups"].values()))["mean_cosine"])
+  ranked = sorted(s["groups"].items(), key=lambda kv: -kv[1]["s_conflict"])
+  return "\n".join(
+    [
+      f"{s['num_rows']} logged steps; S-conflict score: (step, pair) with cosine < S={s['S']:g}",
+      "",
+      _table(
+        ["group", "S-conflict", "of"] + [f"mean cos {p}" for p in pairs],
+        [
+          [g, str(v["s_conflict"]), str(v["measurements"])]
+          + [_fmt(v["mean_cosine"][p]) for p in pairs]
+          for g, v in ranked
+        ],
+      ),
+    ]
+  )
+
+
+def group_heatmap(rows: list[dict], path: str) -> str:
+  """Writes a PNG: one panel per task pair, the cosine of each group (rows, network
+  order) at each logged step (columns), diverging colours around 0."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  a = group_arrays(rows)
+  g, p, n = a["cosine"].shape
+  fig, axes = plt.subplots(
+    p,
+    1,
+    figsize=(min(6 + 0.08 * n, 16), 1 + p * (0.8 + 0.28 * g)),
+    squeeze=False,
+    layout="constrained",
+  )
+  image = None
+  for k, ax in enumerate(axes[:, 0]):
+    image = ax.imshow(
+      a["cosine"][:, k, :], aspect="auto", cmap="RdBu", vmin=-1, vmax=1, interpolation="nearest"
+    )
+    ax.set_yticks(range(g), a["groups"], fontsize=8)
+    ticks = np.unique(np.linspace(0, n - 1, min(n, 8)).astype(int))
+    ax.set_xticks(ticks, [str(a["steps"][t]) for t in ticks], fontsize=8)
+    ax.set_title(f"cosine {a['pairs'][k].replace('-', '–')}", fontsize=10)
+  axes[-1, 0].set_xlabel("step")
+  fig.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8, label="cosine")
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def run_groups(workdir: str, output: str | None = None, s: float = 0.0) -> dict:
+  """--groups: prints the S-conflict table, writes group_cosine.png and group_summary.json."""
+  output = output or os.path.join(workdir, "diagnostics")
+  rows, _ = read_log(workdir)
+  summary = group_summary(rows, s)
+  os.makedirs(output, exist_ok=True)
+  print(format_group_summary(summary))
+  paths = [group_heatmap(rows, os.path.join(output, "group_cosine.png"))]
+  paths.append(os.path.join(output, "group_summary.json"))
+  with open(paths[-1], "w") as f:
+    json.dump(summary, f, indent=2)
+  print("\nwrote:\n" + "\n".join(f"  {p}" for p in paths))
+  return summary
+
+
 # --- Checkpoint mode
 
 
@@ -385,7 +532,9 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
     at_step = state._replace(step=jnp.asarray(step, jnp.int32))
     _, metrics = step_fn(at_step, frozen, batches.every_task(step))
     measured = {
-      k: v for k, v in metrics.items() if k == "task_loss" or k.startswith(("grad/", "method/"))
+      k: v
+      for k, v in metrics.items()
+      if k == "task_loss" or k.startswith(("grad/", "group_", "method/"))
     }
     rows.append({"step": step, **_flatten(jax.device_get(measured), TASKS)})
   return rows
@@ -420,7 +569,10 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
-    run(_WORKDIR.value, _OUTPUT.value, _FROM_CHECKPOINT.value, _BATCHES.value)
+    if _GROUPS.value:
+      run_groups(_WORKDIR.value, _OUTPUT.value, _S.value)
+    else:
+      run(_WORKDIR.value, _OUTPUT.value, _FROM_CHECKPOINT.value, _BATCHES.value)
   except (DiagnoseError, FileNotFoundError) as e:
     print(f"diagnose: error: {e}", file=sys.stderr)
     return 2
