@@ -256,10 +256,16 @@ def tiny_bert_dir(tiny_bert_ref, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
-  """Trainer tests build the same jitted steps repeatedly; reuse XLA compilations."""
+  """Trainer tests build the same jitted steps repeatedly; reuse XLA compilations. One
+  cache for the whole run: both pytest-xdist workers (and the main.py processes tests
+  start) compile the same tiny-model steps, so what one compiled the other loads."""
   import jax
 
-  cache = str(tmp_path_factory.mktemp("xla_cache"))
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):  # basetemp is <run>/popen-gwN: share <run>.
+    root = root.parent
+  cache = os.path.join(str(root), "xla_cache")
+  os.makedirs(cache, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", cache)
   # main.py run as a subprocess uses it too (mtl_jax.runtime.compile_cache), not the user's cache.
   os.environ["MTL_JAX_COMPILATION_CACHE"] = cache
