@@ -118,8 +118,8 @@ def pack_plan(
 ) -> packing.PackPlan | None:
   """How train (or, `for_eval`, evaluation) batches are packed over `devices` data-parallel
   devices; None when config.train.packing is off. Evaluation packs into the longest rows
-  only: its length-sorted batches would otherwise take ~20 shapes (compilations) where one
-  row length takes 9 (13% padding on the dev sets instead of 9%; unpacked: 39%)."""
+  only: its length-sorted batches would otherwise take about twice as many shapes, each a
+  compilation, for a little less padding (docs/packing.md has the measured figures)."""
   if not packs(config):
     return None
   lengths = packing.row_lengths(tuple(config.train.length_buckets))
