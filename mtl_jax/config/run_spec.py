@@ -422,10 +422,3 @@ def _update_transforms(config: ml_collections.ConfigDict) -> list:
 def base_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """The optimizer for an already-combined gradient (no task axis)."""
   return optax.chain(*_update_transforms(config))
-
-
-def optimizer(config: ml_collections.ConfigDict, trainable: dict) -> optax.GradientTransformation:
-  """Per-task gradients [T, ...] -> the configured mtl_jax.grad method on the shared
-  leaves of `trainable` (heads get their own task's gradient) -> clip -> AdamW."""
-  method = mtlgrad.shared_only(grad_method(config), multitask.is_shared(trainable))
-  return optax.chain(method, *_update_transforms(config))
