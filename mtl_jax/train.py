@@ -228,10 +228,7 @@ def _resume_config(spec: RunSpec, workdir: str) -> RunSpec:
         )
   finally:
     ckpt.close()
-  tmp = f"{config_path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(spec.config.to_json_best_effort(indent=2))
-  os.replace(tmp, config_path)
+  checkpoint.write_json_atomic(config_path, json.loads(spec.config.to_json_best_effort()))
   return spec
 
 
