@@ -26,7 +26,7 @@ from mtl_jax.config import resume, run_spec, upgrade
 from mtl_jax.config.run_spec import RunSpec
 from mtl_jax.data import batching, files, packing, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
-from mtl_jax.models import hf_io, multitask
+from mtl_jax.models import multitask
 from mtl_jax.runtime import checkpoint, interrupts, parallel, workdir_lock, xla_options
 from mtl_jax.runtime.best import BestTracker
 from mtl_jax.runtime.checkpoint import Checkpointer
@@ -253,8 +253,7 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
   primary = jax.process_index() == 0  # Writes the logs and predictions of a multi-host run.
 
   # --- Input
-  tokenizer = hf_io.load_tokenizer(config.model.path, spec.bert and spec.bert.vocab_size)
-  data = load_data(spec, tokenizer)
+  data = load_data(spec, spec.tokenizer())
   buckets = tuple(t.length_buckets)
   batches = train_batches(spec, data["train"])
   logging.info(schedules.describe(batches.schedule))

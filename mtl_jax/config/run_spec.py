@@ -172,6 +172,10 @@ class RunSpec:
     """Sentence pairs are cross-encoded (one sequence) rather than bi-encoded."""
     return self.model.heads.pairs == "cross"
 
+  def tokenizer(self):
+    """The model's tokenizer, checked against the vocab_size of the config.json read once."""
+    return hf_io.load_tokenizer(self.config.model.path, self.bert and self.bert.vocab_size)
+
   def schedule(self, sizes: tuple[int, ...], batch_examples: tuple[int, ...] = ()):
     """The training schedule over training sets of `sizes` examples (train_schedule)."""
     return train_schedule(self.config, sizes, batch_examples)

@@ -98,13 +98,12 @@ def training_fingerprint(config: ml_collections.ConfigDict, steps: int = STEPS) 
   (does not compile) its step: a small fraction of a run (docs/results.md gives its cost)."""
   from mtl_jax import train
   from mtl_jax.config import run_spec
-  from mtl_jax.models import hf_io
   from mtl_jax.runtime import parallel
   from mtl_jax.step import dropout_keys
   from mtl_jax.tasks import TASKS
 
   spec = run_spec.build(config, parallel.make_mesh().size)
-  data = train.load_data(spec, hf_io.load_tokenizer(config.model.path))
+  data = train.load_data(spec, spec.tokenizer())
   batches = train.train_batches(spec, data["train"])
   first = [batches(k) for k in range(steps)]
   keys = [

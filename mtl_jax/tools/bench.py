@@ -126,10 +126,9 @@ def real_batches(config, steps: int, positions: int) -> list[dict]:
   its sequences cut at the model's `positions` where those are fewer than model.max_length."""
   from mtl_jax import train
   from mtl_jax.config import run_spec
-  from mtl_jax.models import hf_io
 
   spec = run_spec.build(fit_to_model(config, positions))
-  data = train.load_data(spec, hf_io.load_tokenizer(config.model.path))
+  data = train.load_data(spec, spec.tokenizer())
   batches = train.train_batches(spec, data["train"])
   return [batches(k) for k in range(steps)]
 

@@ -513,7 +513,7 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
     config = spec.config  # The split and the method's state are the run's.
     if "encoder" not in state.trainable:
       raise DiagnoseError("this run trains only the heads: no shared gradients to compare")
-    data = train.load_data(spec, hf_io.load_tokenizer(config.model.path))
+    data = train.load_data(spec, spec.tokenizer())
     batches = train.train_batches(spec, data["train"])
   except (
     FileNotFoundError,

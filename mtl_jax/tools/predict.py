@@ -84,15 +84,13 @@ def predict_file(
   """Writes the predictions of `workdir`'s latest checkpoint; returns metrics if labelled
   (a metric undefined on the labels, as Pearson's of equal labels: why, instead of a value)."""
   from mtl_jax import train
-  from mtl_jax.models import hf_io
 
   cli.check_output(output_path)  # Before the slow restore.
   mesh = parallel.make_mesh()
   spec, model, params = train.load_trained(workdir, mesh.size)
   config = spec.config
   split = read_input(input_path, task)
-  tokenizer = hf_io.load_tokenizer(config.model.path, spec.bert and spec.bert.vocab_size)
-  data = batching.encode(tokenizer, split, config.model.max_length, spec.cross)
+  data = batching.encode(spec.tokenizer(), split, config.model.max_length, spec.cross)
   predict_fn = parallel.data_parallel(evaluate.make_predict_fn(model), mesh, 0)
   # Batched as the run's own evaluation: packed if it trained packed (then no batch is
   # padded to a bucket past the model's position table).
