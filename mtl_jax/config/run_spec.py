@@ -453,7 +453,7 @@ def _after_update(
 ) -> list:
   """The transforms after AdamW: per-group learning rates (train.head_lr_multiplier,
   train.layer_lr_decay; mtl_jax.optim.lr_groups), then the EMA of the parameters
-  (train.ema_decay; mtl_jax.optim.averaging). None when off, so that the optimizer state
+  (train.ema_decay; mtl_jax.optim.averaging). Nothing when off, so that the optimizer state
   of a run without them is the one runs written before them saved."""
   t, out = config.train, []
   if t.head_lr_multiplier != 1.0 or t.layer_lr_decay != 1.0:

@@ -10,13 +10,14 @@ The multiplier of a trainable leaf (`multipliers`):
 * a task-specific leaf (`multitask.is_shared` False: heads, task layers, the learned
   loss log-variances): `head` (train.head_lr_multiplier);
 * a shared leaf: `decay ** layer_exponent` (train.layer_lr_decay, LLRD), in the
-  convention of BEiT and MAE's fine-tuning code (ELECTRA's, without its pooler's step):
-  with L encoder layers, the embeddings get decay^(L+1), layer i (0-based) decay^(L-i),
-  so the top layer gets decay·lr, one step below the heads; any other shared leaf the base
-  rate. Sun et al. (2019, "How to Fine-Tune BERT for Text Classification", sec. 5.3.2)
-  give the top layer the base rate itself: theirs at rate lr is ours at lr/decay, heads
-  aside. An adapter's leaves (LoRA a, b; DoRA's magnitude) sit under the dense they
-  adapt (`multitask.param_group`), so they decay with their layer.
+  convention of BEiT's and MAE's fine-tuning code: with L encoder layers, the embeddings
+  get decay^(L+1), layer i (0-based) decay^(L-i), so the top layer gets decay·lr, one
+  step below the heads; any other shared leaf the base rate. ELECTRA's code puts its task
+  layers one step higher still (top layer decay^2, embeddings decay^(L+2)); Sun et al.
+  (2019, "How to Fine-Tune BERT for Text Classification?") give the top layer the base
+  rate itself: theirs at rate lr is ours at lr/decay, heads aside. An adapter's leaves
+  (LoRA a, b; DoRA's magnitude) sit under the dense they adapt (`multitask.param_group`),
+  so they decay with their layer.
 """
 
 from __future__ import annotations
