@@ -27,6 +27,7 @@ from mtl_jax.config.run_spec import RunSpec
 from mtl_jax.data import batching, files, packing, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
 from mtl_jax.models import multitask
+from mtl_jax.optim import averaging
 from mtl_jax.runtime import checkpoint, interrupts, parallel, workdir_lock, xla_options
 from mtl_jax.runtime.best import BestTracker
 from mtl_jax.runtime.checkpoint import Checkpointer
@@ -109,10 +110,19 @@ def restore(workdir: str, devices: int = 1):
   return spec, model, state, frozen, tx
 
 
+def evaluated_trainable(state: TrainState) -> dict:
+  """The trainable params a run is evaluated and predicted with, and the tools load: their
+  exponential moving average when the run keeps one (train.ema_decay > 0,
+  mtl_jax.optim.averaging), else the params as trained."""
+  ema = averaging.averaged_params(state.opt_state)
+  return state.trainable if ema is None else ema
+
+
 def load_trained(workdir: str, devices: int = 1):
-  """(spec, model, params) of the latest checkpoint of a training workdir."""
+  """(spec, model, params) of the latest checkpoint of a training workdir: the params it
+  is evaluated with (`evaluated_trainable`: the EMA when the run kept one)."""
   spec, model, state, frozen, _ = restore(workdir, devices)
-  return spec, model, multitask.merge(state.trainable, frozen)
+  return spec, model, multitask.merge(evaluated_trainable(state), frozen)
 
 
 def _describe_params(params: dict, trainable: dict, opt_state) -> str:
@@ -278,6 +288,13 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
   train_sharding = parallel.batch_sharding(mesh, 1)  # [T, S, ...]: split S.
   predict_fn = parallel.data_parallel(make_predict_fn(model), mesh, 0)
 
+  if t.ema_decay:
+    logging.info(
+      "evaluating and predicting with the moving average of the parameters "
+      "(train.ema_decay=%s), not the last step's",
+      t.ema_decay,
+    )
+
   def run_eval(params) -> tuple[dict, dict]:
     return evaluate(
       predict_fn, params, data["dev"], config.eval.seqs_per_batch, buckets, spec.eval_plan
@@ -319,7 +336,7 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
         progress.update(1)
         stop = None
         if t.eval_every and done % t.eval_every == 0 and done != t.steps:
-          last_eval = (done, *run_eval(multitask.merge(state.trainable, frozen)))
+          last_eval = (done, *run_eval(multitask.merge(evaluated_trainable(state), frozen)))
           log.write(done, last_eval[1], prefix="dev/")
           stop = best.update(done, state, last_eval[1])
         ckpt.save(done, state, {"step": done})
@@ -345,7 +362,7 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
   ckpt.close()
 
   # --- Final evaluation, predictions and results.json
-  params = multitask.merge(state.trainable, frozen)
+  params = multitask.merge(evaluated_trainable(state), frozen)  # The EMA, if kept.
   if last_eval is not None and last_eval[0] == step:  # Stopped early right after it.
     results, dev_preds = last_eval[1:]
   else:
@@ -370,6 +387,9 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
         "seconds": time.perf_counter() - start,
         "params": multitask.count(params),
         "trainable_params": multitask.count(state.trainable),
+        # What the metrics and predictions were computed with: "ema" (train.ema_decay > 0,
+        # the moving average of the parameters) or "trained" (the last step's).
+        "evaluated_params": "ema" if t.ema_decay else "trained",
         "devices": mesh.size,
         "real_tokens": int(throughput.tokens[0]),
         "computed_tokens": int(throughput.tokens[1]),

@@ -91,6 +91,14 @@ def get_config() -> ml_collections.ConfigDict:
   )
   config.train.weight_decay = 0.01
   config.train.grad_clip = 1.0  # Global norm of the combined update; 0 = off.
+  # Learning rates per parameter group (mtl_jax/optim/lr_groups.py), 1 = off:
+  # heads, task layers and loss log-variances at this times the learning rate;
+  config.train.head_lr_multiplier = 1.0
+  # layer-wise decay (LLRD): encoder layer i of L at decay^(L-i), embeddings decay^(L+1).
+  config.train.layer_lr_decay = 1.0
+  # EMA of the trained parameters, evaluated and predicted with; 0 = off, e.g. 0.999 (its
+  # warm-up averages about the last tenth of a short run: mtl_jax/optim/averaging.py).
+  config.train.ema_decay = 0.0
   config.train.loss_weighting = "none"  # none | uncertainty (learned per-task loss scales)
   config.train.param_sharding = "replicated"  # replicated | fsdp (large leaves split over devices)
   config.train.log_every = 10

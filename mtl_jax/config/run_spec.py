@@ -20,6 +20,7 @@ from mtl_jax.config import ConfigError
 from mtl_jax.data import packing, schedules
 from mtl_jax.models import adapters, hf_io, multitask, task_layers
 from mtl_jax.models import heads as heads_lib
+from mtl_jax.optim import averaging, lr_groups
 from mtl_jax.runtime import parallel
 from mtl_jax.tasks import TASKS
 
@@ -186,9 +187,12 @@ class RunSpec:
 
   def optimizer(self, trainable: dict) -> optax.GradientTransformation:
     """Per-task gradients [T, ...] -> the gradient method on the shared leaves of
-    `trainable` (heads get their own task's gradient) -> clip -> AdamW."""
+    `trainable` (heads get their own task's gradient) -> clip -> AdamW -> the learning
+    rate multipliers of the parameter groups -> the weight average (the last two only
+    when configured: `_after_update`)."""
     method = mtlgrad.shared_only(self.grad_method, multitask.is_shared(trainable))
-    return optax.chain(method, *_update_transforms(self.config))
+    after = _after_update(self.config, trainable, self.bert and self.bert.num_layers)
+    return optax.chain(method, *_update_transforms(self.config), *after)
 
   def base_optimizer(self) -> optax.GradientTransformation:
     """The optimizer for an already-combined gradient (no task axis)."""
@@ -300,6 +304,27 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     isinstance(t.packing, bool),
     "train.packing",
     f"must be True or False, got {t.packing!r}",
+  )
+  _check(
+    0 < t.head_lr_multiplier < float("inf"),
+    "train.head_lr_multiplier",
+    f"must be > 0 (1 = the base learning rate), got {t.head_lr_multiplier}",
+  )
+  _check(
+    0 < t.layer_lr_decay <= 1,
+    "train.layer_lr_decay",
+    f"must be in (0, 1] (1 = off), got {t.layer_lr_decay}",
+  )
+  _check(
+    t.layer_lr_decay == 1 or config.adapter.kind != "probe",
+    "train.layer_lr_decay",
+    f"{t.layer_lr_decay} decays the encoder layers' learning rates, but adapter.kind='probe' "
+    "trains no encoder leaf: set it to 1, or choose an adapter.kind that trains the encoder",
+  )
+  _check(
+    0 <= t.ema_decay < 1,
+    "train.ema_decay",
+    f"must be in [0, 1) (0 = off; e.g. 0.999), got {t.ema_decay}",
   )
   patience = t.early_stopping_patience
   _check(patience >= 0, "train.early_stopping_patience", "must be >= 0")
@@ -421,6 +446,22 @@ def _update_transforms(config: ml_collections.ConfigDict) -> list:
     optax.clip_by_global_norm(t.grad_clip) if t.grad_clip > 0 else optax.identity(),
     optax.adamw(schedule, weight_decay=t.weight_decay),
   ]
+
+
+def _after_update(
+  config: ml_collections.ConfigDict, trainable: dict, num_layers: int | None
+) -> list:
+  """The transforms after AdamW: per-group learning rates (train.head_lr_multiplier,
+  train.layer_lr_decay; mtl_jax.optim.lr_groups), then the EMA of the parameters
+  (train.ema_decay; mtl_jax.optim.averaging). Nothing when off, so that the optimizer state
+  of a run without them is the one runs written before them saved."""
+  t, out = config.train, []
+  if t.head_lr_multiplier != 1.0 or t.layer_lr_decay != 1.0:
+    tree = lr_groups.multipliers(trainable, num_layers, t.head_lr_multiplier, t.layer_lr_decay)
+    out.append(lr_groups.scale_by_multipliers(tree))
+  if t.ema_decay > 0:
+    out.append(averaging.ema_params(t.ema_decay))
+  return out
 
 
 def base_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -14,6 +14,9 @@ DIR receives:
   mtl_jax.json                    pooling, the heads and their inputs, the source run and step,
                                   and the run's whole config for reference.
 
+The parameters exported are those the run was evaluated with: the moving average of its
+parameters when it kept one (train.ema_decay > 0; mtl_jax.json's source.params says "ema").
+
 The directory is written as DIR.tmp-XXXX beside DIR and renamed when complete, so DIR is
 either absent, the previous export, or a finished one. An existing non-empty DIR is refused
 unless --overwrite, and even then only an earlier export (holding mtl_jax.json) is replaced,
@@ -113,7 +116,7 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
       f"builds from its config.json (saved by another version?): {str(e).splitlines()[0]}"
     ) from e
   step = int(state.step)  # The step restored, not the latest on disk.
-  params = multitask.merge(state.trainable, frozen)
+  params = multitask.merge(train.evaluated_trainable(state), frozen)  # The EMA, if kept.
 
   lora = model.config.lora
   encoder = jax.device_get(adapters.merge_all(params["encoder"], lora))
@@ -168,6 +171,9 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
         "workdir": os.path.abspath(workdir),
         "step": step,
         "model_path": config.model.path,
+        # "ema": the run's moving average of its parameters (train.ema_decay > 0), as it
+        # was evaluated; "trained": the step's own parameters.
+        "params": "ema" if config.train.ema_decay else "trained",
       },
       "encoder": {
         "files": ["config.json", "model.safetensors"],

@@ -84,6 +84,12 @@ BAD = [
   ("train.weight_decay", -0.01),
   ("train.grad_clip", -1.0),
   ("train.keep_checkpoints", 0),
+  ("train.head_lr_multiplier", 0.0),
+  ("train.head_lr_multiplier", float("nan")),
+  ("train.layer_lr_decay", 0.0),
+  ("train.layer_lr_decay", 1.2),
+  ("train.ema_decay", 1.0),
+  ("train.ema_decay", -0.5),
 ]
 
 
@@ -93,6 +99,14 @@ def test_bad_value_raises_config_error_naming_key(key, value):
   config = default_config_with(**{key: value})
   with pytest.raises(run_spec.ConfigError, match=re.escape(key)):
     run_spec.build(config)
+
+
+@needs_grad
+def test_layer_lr_decay_is_refused_when_no_encoder_leaf_trains():
+  config = default_config_with(**{"adapter.kind": "probe", "train.layer_lr_decay": 0.9})
+  with pytest.raises(run_spec.ConfigError, match=r"train\.layer_lr_decay.*probe"):
+    run_spec.build(config)
+  run_spec.build(default_config_with(**{"adapter.kind": "probe", "train.head_lr_multiplier": 5}))
 
 
 @needs_grad
@@ -218,6 +232,21 @@ def test_resume_refuses_changed_heads_and_accepts_configs_saved_before_heads_exi
   assert resume.resume_mismatches(saved, changed) == [("heads.sts_loss", "mse", "cosine")]
 
 
+@pytest.mark.parametrize(
+  "key, value",
+  [("train.head_lr_multiplier", 5.0), ("train.layer_lr_decay", 0.9), ("train.ema_decay", 0.99)],
+)
+def test_resume_refuses_changed_optimizer_levers_and_accepts_runs_saved_before_them(key, value):
+  """A run saved before these keys existed trained without them: it resumes with them off,
+  and with one changed the run is refused (it changes the updates or the evaluated params)."""
+  saved = json.loads(default.get_config().to_json_best_effort())
+  for name in ("head_lr_multiplier", "layer_lr_decay", "ema_decay"):
+    del saved["train"][name]
+  assert resume.resume_mismatches(saved, default.get_config()) == []
+  changed = default_config_with(**{key: value})
+  assert [k for k, _, _ in resume.resume_mismatches(saved, changed)] == [key]
+
+
 # -------------------------------------------------------------------------------------
 # Saved configs: upgrade.upgrade brings an old config.json to today's schema
 # -------------------------------------------------------------------------------------
@@ -253,6 +282,9 @@ ADDED_LATER = [
   "train.param_sharding",
   "train.packing",
   "train.token_balancing",
+  "train.head_lr_multiplier",
+  "train.layer_lr_decay",
+  "train.ema_decay",
 ]
 
 
@@ -273,6 +305,7 @@ def test_upgrade_fills_the_keys_an_old_config_lacks_with_how_it_trained():
   assert t.loss_weighting == "none" and t.param_sharding == "replicated"
   assert t.early_stopping_patience == 0 and t.length_grouping == 0
   assert t.token_balancing == 0  # Stream order; today's default balances tokens.
+  assert (t.head_lr_multiplier, t.layer_lr_decay, t.ema_decay) == (1.0, 1.0, 0.0)  # Off.
   assert t.schedule == "all_tasks" and t.epoch_examples.to_dict() == {
     "sst": 0,
     "quora": 0,
