@@ -50,7 +50,7 @@ def load_data(spec: RunSpec, tokenizer) -> dict[str, list[batching.Encoded]]:
         tokenizer,
         files.load_split(data_dir, task, split, config.strict_data, limit),
         config.model.max_length,
-        spec.cross,
+        spec.cross_encoded(task),
       )
       for task in TASKS
       if split in tasks.get(task).files

@@ -41,7 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.heads.sts = "cosine"  # cosine (5 cos) | relu_cosine | dot | features
   config.heads.sts_loss = "mse"  # mse (on 0..5) | cosine (score vs label/5, CosineSimilarityLoss)
   # Pairs: bi (each sentence encoded alone) | cross (one [CLS] s1 [SEP] s2 [SEP] sequence;
-  # then heads.quora=features, heads.sts=features, heads.sts_loss=mse: linear on the pair).
+  # then heads.quora=features, heads.sts=features, heads.sts_loss=mse: linear on the pair),
+  # for both pair tasks, or per task: "quora=cross" (STS stays bi), "quora=cross,sts=bi".
   config.heads.pairs = "bi"
 
   config.adapter = ml_collections.ConfigDict()

@@ -58,9 +58,11 @@ def _encoded(
   return Encoded(task, "train", ids, [seq() for _ in range(n)], [seq() for _ in range(n)], labels)
 
 
-def _datasets(seed: int = 0, cross: bool = False) -> list[Encoded]:
+def _datasets(seed: int = 0, cross: bool | tuple[str, ...] = False) -> list[Encoded]:
+  """40 examples of each task; `cross`: True, or the pair tasks to cross-encode."""
   rng = np.random.default_rng(seed)
-  return [_encoded(t, rng, 40, cross=cross) for t in ("sst", "quora", "sts")]
+  crossed = ("quora", "sts") if cross is True else cross or ()
+  return [_encoded(t, rng, 40, cross=t in crossed) for t in ("sst", "quora", "sts")]
 
 
 @functools.cache  # Building is the slow part; the tests share models.
@@ -258,6 +260,18 @@ def test_packed_forward_equals_unpacked_other_heads(tiny_bert_dir, spec):
 def test_packed_cross_encoded_pairs_equal_unpacked(tiny_bert_dir):
   model, params = _model(tiny_bert_dir, head_spec=heads.HeadSpec(sts="features", pairs="cross"))
   _assert_same_forward(model, params, *_batches(_datasets(cross=True)))
+
+
+@pytest.mark.parametrize(
+  "spec",
+  [heads.HeadSpec(pairs="quora=cross"), heads.HeadSpec(sts="features", pairs="sts=cross")],
+  ids=lambda spec: spec.pairs,
+)
+def test_packed_mixed_pair_encodings_equal_unpacked(tiny_bert_dir, spec):
+  model, params = _model(tiny_bert_dir, head_spec=spec)
+  data = _datasets(cross=spec.cross_tasks)
+  assert [d.is_cross_pair for d in data[1:]] == [spec.cross("quora"), spec.cross("sts")]
+  _assert_same_forward(model, params, *_batches(data))
 
 
 @pytest.mark.parametrize("kind", ["pals", "low_rank"])
