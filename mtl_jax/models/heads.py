@@ -41,6 +41,10 @@ every value that compares u with v is refused for a cross-encoded task (`BI_ENCO
 sts_loss="cosine" (sentence-transformers' CosineSimilarityLoss, bi only): the STS score r
 is regressed onto label / 5; the heads then also output `sts_unit` = r and `sts` = 5 r
 (the prediction on the 0..5 scale). With the default "mse", `sts` is regressed onto the label.
+sts_loss="cosent" (Su 2022, CoSENT; sentence-transformers' CoSENTLoss, bi only): the heads
+also output `sts_rank` = r, the pair score before the 0..5 scale (cos(u, v) for the cosine
+head, u . v for dot, the linear output for features), which `mtl_jax.step.cosent` ranks
+within the batch; `sts` is the prediction as with "mse" (5 cos for the cosine head).
 The cosine and dot pair scores are symmetric in (u, v); the features ones are not.
 
 Parameter names: everything lives under `heads/`; task-specific layers are named after
@@ -68,7 +72,7 @@ ALL_POOLINGS = POOLINGS + LEARNED_POOLINGS
 KINDS = ("linear", "shared", "multi_stream")
 QUORA_HEADS = ("features", "dot", "cosine")
 STS_HEADS = ("cosine", "relu_cosine", "dot", "features")
-STS_LOSSES = ("mse", "cosine")
+STS_LOSSES = ("mse", "cosine", "cosent")
 PAIR_ENCODINGS = ("bi", "cross")
 PAIR_TASKS = tuple(t for t in tasks.TASKS if tasks.SPECS[t].is_pair)  # ("quora", "sts")
 # Head values that compare two separately encoded sentence vectors u, v: no such vectors
@@ -77,7 +81,7 @@ PAIR_TASKS = tuple(t for t in tasks.TASKS if tasks.SPECS[t].is_pair)  # ("quora"
 BI_ENCODER_ONLY = {
   "quora": ("dot", "cosine"),
   "sts": ("cosine", "relu_cosine", "dot"),
-  "sts_loss": ("cosine",),
+  "sts_loss": ("cosine", "cosent"),
 }
 _KEY_TASK = {"quora": "quora", "sts": "sts", "sts_loss": "sts"}
 _VALUES = {
@@ -165,6 +169,12 @@ class HeadSpec:
   def cross_tasks(self) -> tuple[str, ...]:
     """The cross-encoded tasks, in TASKS order."""
     return tuple(t for t, e in parse_pairs(self.pairs).items() if e == "cross")
+
+  @property
+  def batch_ranked_tasks(self) -> tuple[str, ...]:
+    """The tasks whose loss ranks the examples of a batch against each other (CoSENT), so
+    that a batch split into parts would change it: packing keeps each of them in one lane."""
+    return ("sts",) if self.sts_loss == "cosent" else ()
 
 
 def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str, dense=None) -> jax.Array:
@@ -285,4 +295,6 @@ class TaskHeads(nn.Module):
       score, scale = self.sts(drop(pair_features(u, v)))[:, 0], 1.0
     if s.sts_loss == "cosine":
       return {"sts": 5.0 * score, "sts_unit": score}
+    if s.sts_loss == "cosent":
+      return {"sts": scale * score, "sts_rank": score}
     return {"sts": scale * score}

@@ -374,6 +374,33 @@ def test_full_fine_tuning_word_table_gradient_is_each_tasks_own(tiny_bert_dir, p
   assert float(jnp.abs(table(grads)[:, untouched]).max()) == 0.0  # Rows of absent tokens.
 
 
+@pytest.mark.parametrize("pairs", ["bi", "quora=cross"])
+def test_packed_cosent_losses_and_gradients_equal_unpacked_with_sts_in_one_lane(
+  tiny_bert_dir, pairs
+):
+  """CoSENT ranks the pairs of a batch: slots that split SST and Quora but keep STS in one
+  lane (what train_batches chooses under CoSENT) give the unpacked losses and gradients;
+  splitting STS would change its loss (each half ranks only its own pairs)."""
+  spec = heads.HeadSpec(sts_loss="cosent", pairs=pairs)
+  model, params = _model(tiny_bert_dir, head_spec=spec)
+  trainable, frozen = _split(model, params)
+  per_task = jax.jit(step.make_per_task_grads(model))
+  keys = jax.random.split(jax.random.key(0), 3)
+  datasets = _datasets(cross=spec.cross_tasks)
+  whole = packing.PackPlan((32, 64), slots=(2, 2, 1))
+  unpacked, packed = _batches(datasets, whole)
+  lu, gu = per_task(trainable, frozen, unpacked, jnp.arange(3), keys)
+  lp, gp = per_task(trainable, frozen, packed, jnp.arange(3), keys)
+  np.testing.assert_allclose(lp, lu, atol=1e-5, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gu)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+  assert float(lu[2]) > 0.1
+  _, split = _batches(datasets, packing.PackPlan((32, 64), slots=(1, 1, 2)))
+  ls, _ = per_task(trainable, frozen, split, jnp.arange(3), keys)
+  np.testing.assert_allclose(ls[:2], lu[:2], atol=1e-5, rtol=1e-5)
+  assert abs(float(ls[2]) - float(lu[2])) > 1e-3  # Two halves rank fewer pairs.
+
+
 def _with_uncertainty(trainable):
   return {**trainable, "loss_weighting": {"log_var": jnp.asarray([0.3, -0.2, 0.1])}}
 
