@@ -50,6 +50,31 @@ _LOSSES = {
 }
 
 
+COSENT_SCALE = 20.0  # CoSENT's lambda: Su's, and sentence-transformers' CoSENTLoss default.
+
+
+def cosent(
+  scores: jax.Array, labels: jax.Array, weights: jax.Array, scale: float = COSENT_SCALE
+) -> jax.Array:
+  """CoSENT (Su 2022, "CoSENT: a more efficient sentence vector scheme than Sentence-BERT";
+  sentence-transformers' CoSENTLoss) of one batch's N pairs:
+
+    log(1 + sum over (i, j) with y_i > y_j of exp(scale * (s_j - s_i)))
+
+  over the real pairs (weights > 0) only. A ranking loss: it asks every pair with the
+  higher gold score for the higher predicted score, so it trains the order of the scores,
+  not their values (Pearson on the 0..5 prediction is scale-free). The sum runs over the
+  pairs of one batch, so the loss of a batch is not the mean of its examples' losses: a
+  batch split in parts would rank fewer pairs (why packing keeps a CoSENT task in one lane,
+  `HeadSpec.batch_ranked_tasks`). Computed in float32 (scale * a bf16 score would round
+  by ~0.1)."""
+  s = scale * scores.astype(jnp.float32)
+  real = weights > 0
+  ranked = (labels[:, None] > labels[None, :]) & real[:, None] & real[None, :]
+  terms = jnp.where(ranked, s[None, :] - s[:, None], -jnp.inf)  # [i, j]: s_j - s_i.
+  return jax.nn.logsumexp(jnp.concatenate([jnp.zeros(1, jnp.float32), terms.ravel()]))
+
+
 def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Array) -> jax.Array:
   """The loss of task `task` (an index into tasks.TASKS, may be traced) on its batch.
 
@@ -57,10 +82,11 @@ def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Ar
   Quora binary cross-entropy with logits; STS mean squared error on the 0..5 scale, or,
   when the heads also output the score on the unit scale, `sts_unit`
   (config.heads.sts_loss="cosine"), the mean squared error between that score and
-  label / 5 (sentence-transformers' CosineSimilarityLoss). `weights` marks real examples
-  (0 for padding rows). A task's labels are in its batch's first N rows, N = the length
-  of its head output: S sentences, S/2 bi-encoded pairs or S cross-encoded ones
-  (config.heads.pairs).
+  label / 5 (sentence-transformers' CosineSimilarityLoss), or, when they output a score
+  to rank, `sts_rank` (config.heads.sts_loss="cosent"), CoSENT on it (`cosent`).
+  `weights` marks real examples (0 for padding rows). A task's labels are in its batch's
+  first N rows, N = the length of its head output: S sentences, S/2 bi-encoded pairs or S
+  cross-encoded ones (config.heads.pairs, per task).
   """
 
   def mean(x, w):
@@ -70,6 +96,9 @@ def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Ar
     def loss():
       out = outputs[spec.output]
       y, w = labels[: out.shape[0]], weights[: out.shape[0]]
+      rank = outputs.get(f"{spec.output}_rank")  # A score to rank within the batch.
+      if rank is not None:
+        return cosent(rank, y, w)
       unit = outputs.get(f"{spec.output}_unit")  # A score on the unit scale.
       if unit is not None:
         return mean((unit - y / spec.max_score) ** 2, w)

@@ -51,7 +51,7 @@ def load_data(spec: RunSpec, tokenizer) -> dict[str, list[batching.Encoded]]:
         tokenizer,
         files.load_split(data_dir, task, split, config.strict_data, limit),
         config.model.max_length,
-        spec.cross,
+        spec.cross_encoded(task),
       )
       for task in TASKS
       if split in tasks.get(task).files
@@ -63,7 +63,9 @@ def train_batches(spec: RunSpec, train_data: list[batching.Encoded]) -> schedule
   """The batches a run trains on, by step: its schedule (train.schedule, the
   train.epoch_examples caps, length grouping) and its packing over the spec's devices,
   with the slots (`packing.choose_slots`) that compute the fewest tokens on the run's
-  first steps. What train_and_evaluate draws, and what `mtl_jax.diagnose
+  first steps. A task whose loss ranks a batch's examples against each other (CoSENT:
+  `HeadSpec.batch_ranked_tasks`) keeps one lane, so that its loss is the whole batch's,
+  packed or not. What train_and_evaluate draws, and what `mtl_jax.diagnose
   --from_checkpoint` measures on."""
   seqs = spec.config.train.seqs_per_task
   schedule = spec.schedule(
@@ -74,6 +76,7 @@ def train_batches(spec: RunSpec, train_data: list[batching.Encoded]) -> schedule
   buckets = tuple(spec.config.train.length_buckets)
   plan = spec.train_plan
   if plan is not None and not schedule.one_task:
+    ranked = spec.model.heads.batch_ranked_tasks
     plan = packing.choose_slots(
       plan,
       [
@@ -83,6 +86,7 @@ def train_batches(spec: RunSpec, train_data: list[batching.Encoded]) -> schedule
         schedules.train_batch(train_data, k, schedule, buckets, p)["input_ids"].size
         for k in range(packing.SLOT_SAMPLE_STEPS)
       ),
+      [1 if d.task in ranked else packing.MAX_SLOTS for d in train_data],
     )
   return schedules.Batches(train_data, schedule, buckets, plan)
 

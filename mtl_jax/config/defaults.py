@@ -39,9 +39,12 @@ def get_config() -> ml_collections.ConfigDict:
   )
   config.heads.quora = "features"  # features ([u;v;|u-v|;u*v] -> linear) | dot | cosine
   config.heads.sts = "cosine"  # cosine (5 cos) | relu_cosine | dot | features
-  config.heads.sts_loss = "mse"  # mse (on 0..5) | cosine (score vs label/5, CosineSimilarityLoss)
+  # mse (on 0..5) | cosine (score vs label/5, CosineSimilarityLoss) | cosent (rank the
+  # batch's pairs by score, CoSENT, lambda 20; bi-encoded STS only)
+  config.heads.sts_loss = "mse"
   # Pairs: bi (each sentence encoded alone) | cross (one [CLS] s1 [SEP] s2 [SEP] sequence;
-  # then heads.quora=features, heads.sts=features, heads.sts_loss=mse: linear on the pair).
+  # then heads.quora=features, heads.sts=features, heads.sts_loss=mse: linear on the pair),
+  # for both pair tasks, or per task: "quora=cross" (STS stays bi), "quora=cross,sts=bi".
   config.heads.pairs = "bi"
 
   config.adapter = ml_collections.ConfigDict()

@@ -168,10 +168,10 @@ class RunSpec:
   train_plan: packing.PackPlan | None  # How train batches are packed (None: unpacked).
   eval_plan: packing.PackPlan | None  # How evaluation batches are packed.
 
-  @property
-  def cross(self) -> bool:
-    """Sentence pairs are cross-encoded (one sequence) rather than bi-encoded."""
-    return self.model.heads.pairs == "cross"
+  def cross_encoded(self, task: str) -> bool:
+    """Task `task`'s pairs are cross-encoded (one sequence) rather than bi-encoded
+    (config.heads.pairs, per task; False for a single-sentence task)."""
+    return self.model.heads.cross(task)
 
   def tokenizer(self):
     """The model's tokenizer, checked against the vocab_size of the config.json read once."""
@@ -253,7 +253,7 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
     f"must be an integer in [0, 2**32), got {seed!r}",
   )
   _check(
-    config.model.max_length >= (5 if config.heads.pairs == "cross" else MIN_LENGTH),
+    config.model.max_length >= (5 if head_spec(config).cross_tasks else MIN_LENGTH),
     "model.max_length",
     f"{config.model.max_length} leaves no room for a sentence: at least {MIN_LENGTH} "
     "([CLS], one token, [SEP]; 5 for cross-encoded pairs)",
@@ -377,10 +377,12 @@ def _check_model_fit(config: ml_collections.ConfigDict, bert: hf_io.BertConfig) 
     f"bucket {used} pads unpacked batches past the max_position_embeddings={positions} of "
     f"the model {path}: use buckets of at most {positions} (or train.packing=True)",
   )
+  cross = head_spec(config).cross_tasks
   _check(
-    config.heads.pairs != "cross" or bert.type_vocab_size >= 2,
+    not cross or bert.type_vocab_size >= 2,
     "heads.pairs",
-    f"'cross' encodes a pair's second sentence with token type 1, but the model {path} has "
+    f"{config.heads.pairs!r} cross-encodes {', '.join(cross)}, with token type 1 on a "
+    f"pair's second sentence, but the model {path} has "
     f"type_vocab_size={bert.type_vocab_size} (no embedding for it): use heads.pairs='bi'",
   )
   layers = tuple(config.adapter.layers)

@@ -168,25 +168,31 @@ SLOT_SAMPLE_STEPS = 16
 MAX_SLOTS = 4  # Per task.
 
 
-def slot_candidates(tokens: Sequence[float]) -> list[tuple[int, ...]]:
+def slot_candidates(tokens: Sequence[float], most: Sequence[int] = ()) -> list[tuple[int, ...]]:
   """Slots per task to try, fewest lanes first: one each, then about k times each task's
-  share of tokens over the smallest task's (k = 1, 2, 3; at most MAX_SLOTS per task).
-  `tokens`: each task's mean tokens per step."""
+  share of tokens over the smallest task's (k = 1, 2, 3; at most MAX_SLOTS per task, or
+  `most[t]` for task t: 1 keeps a task whose loss ranks a batch's examples against each
+  other in one lane). `tokens`: each task's mean tokens per step."""
+  caps = tuple(most) or (MAX_SLOTS,) * len(tokens)
   smallest = max(min(tokens), 1e-9)
   out = [(1,) * len(tokens)]
   for k in (1, 2, 3):
-    slots = tuple(min(MAX_SLOTS, max(1, round(k * t / smallest))) for t in tokens)
+    slots = tuple(min(cap, max(1, round(k * t / smallest))) for t, cap in zip(tokens, caps))
     if slots not in out:
       out.append(slots)
   return out
 
 
 def choose_slots(
-  plan: PackPlan, tokens: Sequence[float], computed: Callable[[PackPlan], int]
+  plan: PackPlan,
+  tokens: Sequence[float],
+  computed: Callable[[PackPlan], int],
+  most: Sequence[int] = (),
 ) -> PackPlan:
-  """`plan` with the candidate slots (`slot_candidates`) whose batches compute the fewest
-  tokens, `computed(plan)` (the fewest lanes on a tie: fewer per-lane gradients)."""
-  plans = [dataclasses.replace(plan, slots=s) for s in slot_candidates(tokens)]
+  """`plan` with the candidate slots (`slot_candidates`, at most `most` per task) whose
+  batches compute the fewest tokens, `computed(plan)` (the fewest lanes on a tie: fewer
+  per-lane gradients)."""
+  plans = [dataclasses.replace(plan, slots=s) for s in slot_candidates(tokens, most)]
   costs = [computed(p) for p in plans]
   return plans[costs.index(min(costs))]
 

@@ -8,6 +8,9 @@ on a task axis and `vmap` over it). How a pair task fills its S rows (`HeadSpec.
          with row S/2 + i.
   cross  a pair is one sequence [CLS] s1 [SEP] s2 [SEP] with token types (a cross-encoder):
          S pairs in S rows, and the pair heads read each row's pooled vector alone.
+The choice is per pair task (`parse_pairs`): "bi" or "cross" for both, or e.g.
+"quora=cross" (Quora cross-encoded, STS bi-encoded). Each head reads the rows of its own
+task's layout, so one compiled step serves tasks encoded either way.
 
 Pooling (`POOLINGS` are parameter-free; `concat` learns a dense layer):
   cls     the first token's hidden state                                  [S, H]
@@ -28,7 +31,7 @@ two x_t rows; N = S/2 pairs):
          dot: u . v; features: linear on [u; v; |u - v|; u * v]        -> a score [N]
 Cross-encoded pairs (x = the pair's x_t row; N = S pairs): only the learned heads exist,
 selected by quora="features" and sts="features" (the pair's features are then x itself);
-every value that compares u with v is refused (`BI_ENCODER_ONLY`):
+every value that compares u with v is refused for a cross-encoded task (`BI_ENCODER_ONLY`):
   quora  linear on x -> a logit                                                 [N]
   sts    5 sigmoid(linear on x) -> a score in (0, 5)                             [N]
   The sigmoid keeps the score on the label scale, and starts it near the middle (2.5,
@@ -38,6 +41,10 @@ every value that compares u with v is refused (`BI_ENCODER_ONLY`):
 sts_loss="cosine" (sentence-transformers' CosineSimilarityLoss, bi only): the STS score r
 is regressed onto label / 5; the heads then also output `sts_unit` = r and `sts` = 5 r
 (the prediction on the 0..5 scale). With the default "mse", `sts` is regressed onto the label.
+sts_loss="cosent" (Su 2022, CoSENT; sentence-transformers' CoSENTLoss, bi only): the heads
+also output `sts_rank` = r, the pair score before the 0..5 scale (cos(u, v) for the cosine
+head, u . v for dot, the linear output for features), which `mtl_jax.step.cosent` ranks
+within the batch; `sts` is the prediction as with "mse" (5 cos for the cosine head).
 The cosine and dot pair scores are symmetric in (u, v); the features ones are not.
 
 Parameter names: everything lives under `heads/`; task-specific layers are named after
@@ -65,23 +72,66 @@ ALL_POOLINGS = POOLINGS + LEARNED_POOLINGS
 KINDS = ("linear", "shared", "multi_stream")
 QUORA_HEADS = ("features", "dot", "cosine")
 STS_HEADS = ("cosine", "relu_cosine", "dot", "features")
-STS_LOSSES = ("mse", "cosine")
+STS_LOSSES = ("mse", "cosine", "cosent")
 PAIR_ENCODINGS = ("bi", "cross")
+PAIR_TASKS = tuple(t for t in tasks.TASKS if tasks.SPECS[t].is_pair)  # ("quora", "sts")
 # Head values that compare two separately encoded sentence vectors u, v: no such vectors
-# exist when a pair is cross-encoded as one sequence.
+# exist when a pair is cross-encoded as one sequence. Each key belongs to one pair task
+# (`_KEY_TASK`), and is refused only when that task is cross-encoded.
 BI_ENCODER_ONLY = {
   "quora": ("dot", "cosine"),
   "sts": ("cosine", "relu_cosine", "dot"),
-  "sts_loss": ("cosine",),
+  "sts_loss": ("cosine", "cosent"),
 }
+_KEY_TASK = {"quora": "quora", "sts": "sts", "sts_loss": "sts"}
 _VALUES = {
   "kind": KINDS,
   "quora": QUORA_HEADS,
   "sts": STS_HEADS,
   "sts_loss": STS_LOSSES,
-  "pairs": PAIR_ENCODINGS,
 }
 NUM_SST_CLASSES = tasks.SPECS["sst"].num_classes
+
+
+def parse_pairs(value: str) -> dict[str, str]:
+  """config.heads.pairs -> {pair task: "bi" | "cross"}, in TASKS order.
+
+  "bi" or "cross" encodes every pair task that way; a comma-separated list of
+  task=encoding ("quora=cross", "quora=cross,sts=bi") sets the tasks it names, and a pair
+  task it does not name is bi-encoded. ValueError naming heads.pairs otherwise."""
+  if not isinstance(value, str):
+    raise ValueError(f"heads.pairs: {value!r} is not a string")
+  if value in PAIR_ENCODINGS:
+    return dict.fromkeys(PAIR_TASKS, value)
+  out = dict.fromkeys(PAIR_TASKS, "bi")
+  named = set()
+  for item in value.split(","):
+    task, equals, encoding = (x.strip() for x in item.partition("="))
+    problem = None
+    if not equals:
+      problem = f"{item.strip()!r} is not task=encoding"
+    elif task not in PAIR_TASKS:
+      problem = f"{task!r} is not a pair task {PAIR_TASKS}"
+    elif encoding not in PAIR_ENCODINGS:
+      problem = f"{encoding!r} (for {task}) is not one of {PAIR_ENCODINGS}"
+    elif task in named:
+      problem = f"{task} is given twice"
+    if problem:
+      raise ValueError(
+        f"heads.pairs: {value!r}: {problem}; use one of {PAIR_ENCODINGS} for every pair "
+        "task, or per task, e.g. 'quora=cross,sts=bi'"
+      )
+    named.add(task)
+    out[task] = encoding
+  return out
+
+
+def format_pairs(encodings: dict[str, str]) -> str:
+  """{pair task: encoding} -> the shortest heads.pairs value for it ("bi", "cross",
+  "quora=cross"): what an error message suggests."""
+  if len(set(encodings.values())) == 1:
+    return next(iter(encodings.values()))
+  return ",".join(f"{t}=cross" for t, e in encodings.items() if e == "cross")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,16 +149,32 @@ class HeadSpec:
       value = getattr(self, name)
       if value not in allowed:
         raise ValueError(f"heads.{name}: {value!r} is not one of {allowed}")
-    if self.pairs == "cross":
-      for name, refused in BI_ENCODER_ONLY.items():
-        value = getattr(self, name)
-        if value in refused:
-          usable = [v for v in _VALUES[name] if v not in refused]
-          raise ValueError(
-            f"heads.{name}: {value!r} compares two separately encoded sentence vectors, "
-            f"but heads.pairs='cross' encodes a pair as one [CLS] s1 [SEP] s2 [SEP] "
-            f"sequence; with it use heads.{name}={usable[0]!r}, or heads.pairs='bi'"
-          )
+    encodings = parse_pairs(self.pairs)
+    for name, refused in BI_ENCODER_ONLY.items():
+      value, task = getattr(self, name), _KEY_TASK[name]
+      if value in refused and encodings[task] == "cross":
+        usable = [v for v in _VALUES[name] if v not in refused]
+        instead = format_pairs({**encodings, task: "bi"})
+        raise ValueError(
+          f"heads.{name}: {value!r} compares two separately encoded sentence vectors, "
+          f"but heads.pairs={self.pairs!r} encodes each {task} pair as one [CLS] s1 [SEP] s2 "
+          f"[SEP] sequence; with it use heads.{name}={usable[0]!r}, or heads.pairs={instead!r}"
+        )
+
+  def cross(self, task: str) -> bool:
+    """Whether task `task`'s pairs are cross-encoded (False for a single-sentence task)."""
+    return parse_pairs(self.pairs).get(task) == "cross"
+
+  @property
+  def cross_tasks(self) -> tuple[str, ...]:
+    """The cross-encoded tasks, in TASKS order."""
+    return tuple(t for t, e in parse_pairs(self.pairs).items() if e == "cross")
+
+  @property
+  def batch_ranked_tasks(self) -> tuple[str, ...]:
+    """The tasks whose loss ranks the examples of a batch against each other (CoSENT), so
+    that a batch split into parts would change it: packing keeps each of them in one lane."""
+    return ("sts",) if self.sts_loss == "cosent" else ()
 
 
 def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str, dense=None) -> jax.Array:
@@ -197,23 +263,28 @@ class TaskHeads(nn.Module):
     return jnp.concatenate([shared, stream], axis=-1)
 
   def __call__(self, pooled: jax.Array, deterministic: bool = True) -> dict[str, jax.Array]:
-    s, drop = self.spec, self.Dropout_0
     reps = {t: self._represent(pooled, t, deterministic) for t in tasks.TASKS}
-    sst = self.sst(drop(reps["sst"], deterministic=deterministic))
-    if s.pairs == "cross":  # One row per pair: the learned heads on its vector.
-      quora = self.quora(drop(reps["quora"], deterministic=deterministic))[:, 0]
-      sts = self.sts(drop(reps["sts"], deterministic=deterministic))[:, 0]
-      return {"sst": sst, "quora": quora, "sts": 5.0 * jax.nn.sigmoid(sts)}
+    drop = lambda x: self.Dropout_0(x, deterministic=deterministic)
+    # In this order (sst, quora, sts): the dropout masks are drawn in call order.
+    out = {"sst": self.sst(drop(reps["sst"]))}
+    out["quora"] = self._quora(reps["quora"], drop)
+    return {**out, **self._sts(reps["sts"], drop)}
 
-    u, v = split_pairs(reps["quora"])
-    if s.quora == "features":
-      quora = self.quora(drop(pair_features(u, v), deterministic=deterministic))[:, 0]
-    elif s.quora == "dot":
-      quora = (u * v).sum(-1)
-    else:
-      quora = self.quora(cosine(u, v)[:, None])[:, 0]
+  def _quora(self, x, drop) -> jax.Array:
+    if self.spec.cross("quora"):  # One row per pair: the learned head on its vector.
+      return self.quora(drop(x))[:, 0]
+    u, v = split_pairs(x)
+    if self.spec.quora == "features":
+      return self.quora(drop(pair_features(u, v)))[:, 0]
+    if self.spec.quora == "dot":
+      return (u * v).sum(-1)
+    return self.quora(cosine(u, v)[:, None])[:, 0]
 
-    u, v = split_pairs(reps["sts"])
+  def _sts(self, x, drop) -> dict[str, jax.Array]:
+    s = self.spec
+    if s.cross("sts"):  # One row per pair: 5 sigmoid(linear) keeps the score on 0..5.
+      return {"sts": 5.0 * jax.nn.sigmoid(self.sts(drop(x))[:, 0])}
+    u, v = split_pairs(x)
     if s.sts == "cosine":
       score, scale = cosine(u, v), 5.0
     elif s.sts == "relu_cosine":
@@ -221,8 +292,9 @@ class TaskHeads(nn.Module):
     elif s.sts == "dot":
       score, scale = (u * v).sum(-1), 1.0
     else:
-      score = self.sts(drop(pair_features(u, v), deterministic=deterministic))[:, 0]
-      scale = 1.0
+      score, scale = self.sts(drop(pair_features(u, v)))[:, 0], 1.0
     if s.sts_loss == "cosine":
-      return {"sst": sst, "quora": quora, "sts": 5.0 * score, "sts_unit": score}
-    return {"sst": sst, "quora": quora, "sts": scale * score}
+      return {"sts": 5.0 * score, "sts_unit": score}
+    if s.sts_loss == "cosent":
+      return {"sts": scale * score, "sts_rank": score}
+    return {"sts": scale * score}

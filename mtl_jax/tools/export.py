@@ -11,7 +11,8 @@ DIR receives:
   vocab.txt, tokenizer.json, ...  the tokenizer files of the run's model directory (whichever exist).
   heads.safetensors               the task heads, flat Flax names (`sst/kernel`, `quora/bias`) and
                                   Flax layouts (kernel [in, out]: y = x @ kernel + bias).
-  mtl_jax.json                    pooling, the heads and their inputs, the source run and step,
+  mtl_jax.json                    pooling, the heads and their inputs, how each pair task's
+                                  pairs are encoded (bi or cross), the source run and step,
                                   and the run's whole config for reference.
 
 The parameters exported are those the run was evaluated with: the moving average of its
@@ -194,6 +195,9 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
       "pooling": model.pooling,
       "max_length": config.model.max_length,
       "heads_config": dataclasses.asdict(head_spec),
+      # Per pair task: "bi" (each sentence pooled alone, the heads compare u and v) or
+      # "cross" (one [CLS] s1 [SEP] s2 [SEP] sequence, token types 0 then 1, pooled).
+      "pairs": heads_lib.parse_pairs(head_spec.pairs),
       "heads": {
         name: {
           **(HEAD_INFO.get(name, {}) if baseline_heads else {}),

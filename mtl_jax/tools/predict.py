@@ -90,7 +90,7 @@ def predict_file(
   spec, model, params = train.load_trained(workdir, mesh.size)
   config = spec.config
   split = read_input(input_path, task)
-  data = batching.encode(spec.tokenizer(), split, config.model.max_length, spec.cross)
+  data = batching.encode(spec.tokenizer(), split, config.model.max_length, spec.cross_encoded(task))
   predict_fn = parallel.data_parallel(evaluate.make_predict_fn(model), mesh, 0)
   # Batched as the run's own evaluation: packed if it trained packed (then no batch is
   # padded to a bucket past the model's position table).

@@ -166,6 +166,9 @@ def test_cross_encoded_pairs_need_a_second_token_type(tiny_bert_ref, tmp_path):
   config.heads.quora = config.heads.sts = "features"
   with pytest.raises(run_spec.ConfigError, match=r"heads\.pairs: 'cross' .*type_vocab_size=1"):
     run_spec.build(config)
+  config.heads.pairs = "sts=cross"  # One cross-encoded task is enough to need it.
+  with pytest.raises(run_spec.ConfigError, match=r"'sts=cross' cross-encodes sts,.*size=1"):
+    run_spec.build(config)
 
 
 @needs_grad

@@ -58,9 +58,11 @@ def _encoded(
   return Encoded(task, "train", ids, [seq() for _ in range(n)], [seq() for _ in range(n)], labels)
 
 
-def _datasets(seed: int = 0, cross: bool = False) -> list[Encoded]:
+def _datasets(seed: int = 0, cross: bool | tuple[str, ...] = False) -> list[Encoded]:
+  """40 examples of each task; `cross`: True, or the pair tasks to cross-encode."""
   rng = np.random.default_rng(seed)
-  return [_encoded(t, rng, 40, cross=cross) for t in ("sst", "quora", "sts")]
+  crossed = ("quora", "sts") if cross is True else cross or ()
+  return [_encoded(t, rng, 40, cross=t in crossed) for t in ("sst", "quora", "sts")]
 
 
 @functools.cache  # Building is the slow part; the tests share models.
@@ -260,6 +262,18 @@ def test_packed_cross_encoded_pairs_equal_unpacked(tiny_bert_dir):
   _assert_same_forward(model, params, *_batches(_datasets(cross=True)))
 
 
+@pytest.mark.parametrize(
+  "spec",
+  [heads.HeadSpec(pairs="quora=cross"), heads.HeadSpec(sts="features", pairs="sts=cross")],
+  ids=lambda spec: spec.pairs,
+)
+def test_packed_mixed_pair_encodings_equal_unpacked(tiny_bert_dir, spec):
+  model, params = _model(tiny_bert_dir, head_spec=spec)
+  data = _datasets(cross=spec.cross_tasks)
+  assert [d.is_cross_pair for d in data[1:]] == [spec.cross("quora"), spec.cross("sts")]
+  _assert_same_forward(model, params, *_batches(data))
+
+
 @pytest.mark.parametrize("kind", ["pals", "low_rank"])
 def test_packed_task_layers_equal_unpacked(tiny_bert_dir, kind):
   model, params = _model(tiny_bert_dir, mode="probe", task_layer_kind=kind)
@@ -358,6 +372,33 @@ def test_full_fine_tuning_word_table_gradient_is_each_tasks_own(tiny_bert_dir, p
       np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
   untouched = np.setdiff1d(np.arange(table(trainable).shape[0]), np.asarray(batch["input_ids"]))
   assert float(jnp.abs(table(grads)[:, untouched]).max()) == 0.0  # Rows of absent tokens.
+
+
+@pytest.mark.parametrize("pairs", ["bi", "quora=cross"])
+def test_packed_cosent_losses_and_gradients_equal_unpacked_with_sts_in_one_lane(
+  tiny_bert_dir, pairs
+):
+  """CoSENT ranks the pairs of a batch: slots that split SST and Quora but keep STS in one
+  lane (what train_batches chooses under CoSENT) give the unpacked losses and gradients;
+  splitting STS would change its loss (each half ranks only its own pairs)."""
+  spec = heads.HeadSpec(sts_loss="cosent", pairs=pairs)
+  model, params = _model(tiny_bert_dir, head_spec=spec)
+  trainable, frozen = _split(model, params)
+  per_task = jax.jit(step.make_per_task_grads(model))
+  keys = jax.random.split(jax.random.key(0), 3)
+  datasets = _datasets(cross=spec.cross_tasks)
+  whole = packing.PackPlan((32, 64), slots=(2, 2, 1))
+  unpacked, packed = _batches(datasets, whole)
+  lu, gu = per_task(trainable, frozen, unpacked, jnp.arange(3), keys)
+  lp, gp = per_task(trainable, frozen, packed, jnp.arange(3), keys)
+  np.testing.assert_allclose(lp, lu, atol=1e-5, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(gu)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+  assert float(lu[2]) > 0.1
+  _, split = _batches(datasets, packing.PackPlan((32, 64), slots=(1, 1, 2)))
+  ls, _ = per_task(trainable, frozen, split, jnp.arange(3), keys)
+  np.testing.assert_allclose(ls[:2], lu[:2], atol=1e-5, rtol=1e-5)
+  assert abs(float(ls[2]) - float(lu[2])) > 1e-3  # Two halves rank fewer pairs.
 
 
 def _with_uncertainty(trainable):

@@ -73,8 +73,8 @@ def test_variants_compute_finite_values_with_dropout(kind):
 
 
 def test_every_combination_shapes_and_param_names():
-  """Shapes by abstract evaluation (all 216 combinations); values: see the tests below."""
-  assert len(COMBOS) == 3 * 3 * 3 * 4 * 2
+  """Shapes by abstract evaluation (all 324 combinations); values: see the tests below."""
+  assert len(COMBOS) == 3 * 3 * 3 * 4 * 3
   for pooling, kind, quora, sts, sts_loss in COMBOS:
     spec = heads.HeadSpec(kind, quora, sts, sts_loss)
     module = _Pooled(spec, pooling)
@@ -88,7 +88,8 @@ def test_every_combination_shapes_and_param_names():
     label = (pooling, kind, quora, sts, sts_loss)
     assert out["sst"].shape == (S, heads.NUM_SST_CLASSES), label
     assert out["quora"].shape == (S // 2,) and out["sts"].shape == (S // 2,), label
-    assert set(out) == {"sst", "quora", "sts"} | ({"sts_unit"} if sts_loss == "cosine" else set())
+    extra = {"cosine": {"sts_unit"}, "cosent": {"sts_rank"}}.get(sts_loss, set())
+    assert set(out) == {"sst", "quora", "sts"} | extra, label
     pooled = jax.eval_shape(
       lambda p: module.apply({"params": p}, HIDDEN, MASK, method=_Pooled.pool), params
     )
