@@ -401,15 +401,26 @@ def _check_task_specific(config: ml_collections.ConfigDict, bert: hf_io.BertConf
   lora = lora_config(config)
   if lora is None:
     return
-  groups = multitask.task_specific_groups(names, a.task_specific_top, n)
-  bare = [g for g in groups if not multitask.group_has_adapter(g, lora)]
+  bare = [g for g in names if not multitask.group_has_adapter(g, lora)]
+  adapters_on = f"adapter.targets={tuple(a.targets)}, adapter.layers={tuple(a.layers) or 'all'}"
   _check(
     not bare,
-    "adapter.task_specific" if set(bare) & set(names) else "adapter.task_specific_top",
-    f"{bare} hold no adapter under adapter.kind={a.kind!r} (adapter.targets="
-    f"{tuple(a.targets)}, adapter.layers={tuple(a.layers) or 'all'}), and the frozen "
+    "adapter.task_specific",
+    f"{bare} hold no adapter under adapter.kind={a.kind!r} ({adapters_on}), and the frozen "
     "pretrained weights stay shared: nothing of them would train per task. Add their "
     "dense layers to adapter.targets, or use adapter.kind='full'",
+  )
+  top = range(n - a.task_specific_top, n)
+  bare = [
+    i
+    for i in top
+    if not any(multitask.group_has_adapter(f"layer_{i}.{b}", lora) for b in multitask.BLOCKS)
+  ]
+  _check(
+    not bare,
+    "adapter.task_specific_top",
+    f"layers {bare} hold no adapter under adapter.kind={a.kind!r} ({adapters_on}): nothing "
+    "of them would train per task. Adapt them (adapter.layers), or use adapter.kind='full'",
   )
 
 

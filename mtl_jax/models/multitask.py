@@ -163,7 +163,9 @@ def build(
       f"{config.num_layers}-layer model: no adapter would train"
     )
   params = adapters.reset_dora_magnitudes(params)
-  groups = task_specific_groups(spec.task_specific, spec.task_specific_top, config.num_layers)
+  groups = task_specific_groups(
+    spec.task_specific, spec.task_specific_top, config.num_layers, spec.lora
+  )
   return model, _copy_groups(params, groups, spec.mode)
 
 
@@ -316,10 +318,13 @@ def group_names(num_layers: int) -> tuple[str, ...]:
   return ("embeddings", *layers)
 
 
-def task_specific_groups(names: tuple[str, ...], top: int, num_layers: int) -> tuple[str, ...]:
-  """The groups made task-specific (adapter.task_specific `names`, and both groups of
-  each of the `top` highest encoder layers: adapter.task_specific_top), network order;
-  ValueError for a name this encoder has not, or `top` out of 0..num_layers."""
+def task_specific_groups(
+  names: tuple[str, ...], top: int, num_layers: int, lora: adapters.LoraConfig | None = None
+) -> tuple[str, ...]:
+  """The groups made task-specific, network order: adapter.task_specific's `names`, and
+  the groups of each of the `top` highest encoder layers (adapter.task_specific_top): both,
+  or under LoRA-style adapters (`lora`) those that hold an adapter. ValueError for a name
+  this encoder has not, or `top` out of 0..num_layers."""
   known = group_names(num_layers)
   unknown = [n for n in names if n not in known]
   if unknown:
@@ -332,6 +337,8 @@ def task_specific_groups(names: tuple[str, ...], top: int, num_layers: int) -> t
       f"task_specific_top={top!r}: must be an integer in 0..{num_layers} (the encoder's layers)"
     )
   tops = {f"layer_{i}.{b}" for i in range(num_layers - top, num_layers) for b in BLOCKS}
+  if lora is not None:
+    tops = {g for g in tops if group_has_adapter(g, lora)}
   return tuple(sorted(set(names) | tops, key=group_sort_key))
 
 

@@ -302,7 +302,7 @@ def test_a_one_task_step_changes_that_tasks_copy_only(tiny_bert_dir):
     ({"task_specific_top": -1}, "adapter.task_specific_top", "integer >= 0"),
     ({"task_specific": ("layer_1.ffn",)}, "adapter.task_specific", "hold no adapter"),
     ({"task_specific": ("embeddings",)}, "adapter.task_specific", "hold no adapter"),
-    ({"task_specific_top": 1}, "adapter.task_specific_top", "hold no adapter"),
+    ({"task_specific_top": 1, "layers": (0,)}, "adapter.task_specific_top", "hold no adapter"),
     (
       {"task_specific": ("layer_1.attention",), "layers": (0,)},
       "adapter.task_specific",
@@ -321,6 +321,14 @@ def test_valid_choices_build(tiny_bert_dir):
   config = tiny_config(tiny_bert_dir)
   config.adapter.task_specific = ("layer_1.attention",)
   assert run_spec.build(config).model.task_specific == ("layer_1.attention",)
+  # Under LoRA on query and value the top layers' copies are their attention adapters.
+  lora = adapters.LoraConfig(targets=("query", "value"))
+  assert multitask.task_specific_groups((), 2, 2, lora) == (
+    "layer_0.attention",
+    "layer_1.attention",
+  )
+  config.adapter.task_specific, config.adapter.task_specific_top = (), 2
+  run_spec.build(config)
   config.adapter.kind = "full"
   config.adapter.task_specific = ("embeddings", "layer_0.ffn")
   config.adapter.task_specific_top = 2
