@@ -164,9 +164,10 @@ def make_per_task_grads(model: multitask.MultitaskModel):
   per task, or per slot of a packed batch with slots (`lanes`), summed into tasks.
 
   Task-specific copies (`mtl_jax.models.task_specific`, leaves [T, ...]): each lane takes
-  its task's slice and differentiates that, so their gradients are [T, ...] like the
-  leaves, row t task t's gradient of its own copy t (the other rows of task t's gradient
-  are zero and never built); `task_ids` must then be all the tasks, TASKS order.
+  its task's slice and differentiates that, so their gradients hold one row per entry of
+  `task_ids`, row i task task_ids[i]'s gradient of its own copy (the other rows of that
+  task's gradient are zero and never built): [T, ...] like the leaves when `task_ids` are
+  all the tasks in TASKS order, as in the trainer.
 
   A trainable word-embedding table (full fine-tuning) is not differentiated inside the
   lanes: each lane would build a dense [vocab, H] gradient (zero fill and scatter) for the

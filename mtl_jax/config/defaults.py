@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   # in metrics.jsonl's group_cos/: "embeddings", "layer_<i>.attention", "layer_<i>.ffn".
   # Costs (T-1) x the groups' trainable parameters; `python -m mtl_jax.recon` picks them.
   config.adapter.task_specific = ()
-  config.adapter.task_specific_top = 0  # And both groups of the top N encoder layers.
+  config.adapter.task_specific_top = 0  # And the top N layers' groups (under LoRA: adapted ones).
 
   config.grad = ml_collections.ConfigDict()
   config.grad.method = "sum"  # How per-task gradients combine: sum | pcgrad | ... (mtl_jax.grad)

@@ -132,7 +132,7 @@ class ModelSpec:
   heads: HeadSpec = HeadSpec()
   task_layers: task_layers.TaskLayerConfig | None = None
   task_specific: tuple[str, ...] = ()  # Groups copied per task (`param_group` names).
-  task_specific_top: int = 0  # And both groups of each of the top N encoder layers.
+  task_specific_top: int = 0  # And the top N encoder layers' groups (`task_specific_groups`).
 
   def __post_init__(self):
     if self.mode not in MODES:
