@@ -1,13 +1,15 @@
 """Variants of the train step, timed alternately in one process (so background load
 affects every variant alike). BENCHMARKS.md, "Where the time goes".
 
-  python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder] [--rounds 4]
-      [--base REV]   (from the repo root)
+  python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder|task_specific]
+      [--rounds 4] [--base REV]   (from the repo root)
 
 `xla`: the step compiled with different XLA:CPU options (YNNPACK fusions: all, individual
 matmuls only, none as the trainer compiles, reductions only).
 `gelu`: BERT's exact GELU through erfc (`jax.nn.gelu(approximate=False)`) or through erf
 (mtl_jax.models.gelu), each compiled with the trainer's XLA options.
+`task_specific`: the shared model against the top 2 layers copied per task
+(`adapter.task_specific_top=2`; docs/methods.md, "Task-specific groups").
 `encoder`: the checkout's Flax BERT (mtl_jax/models/bert.py) against that file at git
 revision --base (e.g. `2c09f1c`, before the token-major hidden states), the rest of the
 step the same.
@@ -56,10 +58,11 @@ PATCHED_NAMES = {
 }
 
 
-def compile_step(mode: str, options: dict):
+def compile_step(mode: str, options: dict, task_specific_top: int = 0):
   """The PCGrad step on the bench's shapes (3 tasks x 64 sequences x 64 tokens)."""
   config = default.get_config()
   config.adapter.kind = mode
+  config.adapter.task_specific_top = task_specific_top
   config.grad.method = "pcgrad"
   model, state, frozen, tx = train.init_state(run_spec.build(config))
   batch = random_batch(3, 64, 64, model.config.vocab_size)
@@ -86,7 +89,9 @@ def main() -> None:
   hugepages.reexec_with_huge_pages()  # As the trainer runs (mtl_jax/runtime/hugepages.py).
   parser = argparse.ArgumentParser()
   parser.add_argument("mode", choices=["lora", "full"])
-  parser.add_argument("--variants", choices=["xla", "gelu", "encoder"], default="xla")
+  parser.add_argument(
+    "--variants", choices=["xla", "gelu", "encoder", "task_specific"], default="xla"
+  )
   parser.add_argument("--base", default="2c09f1c", help="git revision for --variants=encoder")
   parser.add_argument("--rounds", type=int, default=4)
   args = parser.parse_args()
@@ -94,6 +99,9 @@ def main() -> None:
   if args.variants == "xla":
     for name, options in XLA_VARIANTS.items():
       compiled[name] = compile_step(args.mode, options)
+  elif args.variants == "task_specific":
+    for name, top in (("shared", 0), ("top 2 layers per task", 2)):
+      compiled[name] = compile_step(args.mode, xla_options.train_step_options() or {}, top)
   else:  # The trainer's options; a name the step looks up when traced takes each value.
     if args.variants == "encoder":  # MultitaskModel.setup looks the class up.
       module, attribute = multitask, "BertEncoder"

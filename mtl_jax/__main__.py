@@ -2,7 +2,7 @@
 
 mtl-jax train --config=configs/pcgrad.py --workdir=runs/x   # as `python main.py ...`
 mtl-jax predict --workdir=runs/x --task=sst --input=in.txt --output=out.csv
-mtl-jax {predict,embed,export,diagnose,bench,sweep,ledger} --help
+mtl-jax {predict,embed,export,diagnose,recon,bench,sweep,ledger} --help
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ TOOLS = {
   "embed": "mtl_jax.tools.embed",
   "export": "mtl_jax.tools.export",
   "diagnose": "mtl_jax.tools.diagnose",
+  "recon": "mtl_jax.tools.recon",
   "bench": "mtl_jax.tools.bench",
   "sweep": "mtl_jax.study.sweep",
   "ledger": "mtl_jax.study.publish",

@@ -31,7 +31,7 @@ from flax import traverse_util
 from mtl_jax import grad as mtlgrad
 from mtl_jax import tasks
 from mtl_jax.grad.loss_weighting import LOSS_WEIGHTING_KEY, weighted_task_loss
-from mtl_jax.models import multitask
+from mtl_jax.models import multitask, task_specific
 
 
 class TrainState(NamedTuple):
@@ -110,14 +110,17 @@ def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Ar
 
 
 def _make_losses(model: multitask.MultitaskModel):
-  """fn(trainable, frozen, one task's batch, task id, key[, word-vector perturbation]) ->
-  (objective, raw loss)."""
+  """fn(trainable, frozen, one task's batch, task id, key[, word-vector perturbation[, the
+  task's selected copy]]) -> (objective, raw loss). Without `copy`, task-specific copies
+  still in the params are selected by `task` (`multitask.apply`)."""
 
-  def losses(trainable, frozen, batch, task, key, word_vectors=None):
+  def losses(trainable, frozen, batch, task, key, word_vectors=None, copy=None):
     weighting = trainable.get(LOSS_WEIGHTING_KEY)
     params = multitask.merge(
       {k: v for k, v in trainable.items() if k != LOSS_WEIGHTING_KEY}, frozen
     )
+    if copy is not None:
+      params = task_specific.overlay(params, copy)
     perturbations = None if word_vectors is None else _unflat({WORD_VECTORS: word_vectors})
     outputs = multitask.apply(
       model,
@@ -175,10 +178,11 @@ def sum_lanes(combine: jax.Array | None, tree):
   return jax.tree.map(lambda x: jnp.tensordot(combine.astype(x.dtype), x, axes=1), tree)
 
 
-# The word-embedding table in the params, and the perturbation point of its looked-up
-# vectors (`mtl_jax.models.bert.Embeddings`).
+# The word-embedding table in the params (shared, or each task's copy of it), and the
+# perturbation point of its looked-up vectors (`mtl_jax.models.bert.Embeddings`).
 WORD_TABLE = ("encoder", "embeddings", "word_embeddings", "embedding")
 WORD_VECTORS = ("encoder", "embeddings", "word_vectors")
+_COPY_TABLE = WORD_TABLE[1:]  # Its path among the task-specific copies.
 
 
 def make_per_task_grads(model: multitask.MultitaskModel):
@@ -188,36 +192,59 @@ def make_per_task_grads(model: multitask.MultitaskModel):
   The gradients are those of each task's objective (see `make_loss_fn`), one `vmap` lane
   per task, or per slot of a packed batch with slots (`lanes`), summed into tasks.
 
+  Task-specific copies (`mtl_jax.models.task_specific`, leaves [T, ...]): each lane takes
+  its task's slice and differentiates that, so their gradients hold one row per entry of
+  `task_ids`, row i task task_ids[i]'s gradient of its own copy (the other rows of that
+  task's gradient are zero and never built): [T, ...] like the leaves when `task_ids` are
+  all the tasks in TASKS order, as in the trainer.
+
   A trainable word-embedding table (full fine-tuning) is not differentiated inside the
   lanes: each lane would build a dense [vocab, H] gradient (zero fill and scatter) for the
   few hundred distinct tokens it holds, K of them a step, and summing lanes into tasks
   would read them all again. The lanes give the gradient of their looked-up word vectors
   [K, R, L, H] instead (a flax perturbation), scatter-added once into the tasks' table
-  gradients [T, vocab, H]: the same sums, in another order."""
-  grad_fn = jax.value_and_grad(_make_losses(model), argnums=(0, 5), has_aux=True)
+  gradients [T, vocab, H]: the same sums, in another order. When the table is task-specific
+  the same scatter is the gradient of each task's own copy."""
+  grad_fn = jax.value_and_grad(_make_losses(model), argnums=(0, 5, 6), has_aux=True)
+
+  def lane(rest, frozen, batch, task, key, vectors, copies, table_copies):
+    """One lane's (objective, raw), gradients (rest, word vectors, its task's copy)."""
+    if table_copies is not None:  # Its task's table, used but not differentiated here.
+      frozen = _unflat({**_flat(frozen), WORD_TABLE: table_copies[task]})
+    copy = None if copies is None else task_specific.select(copies, task)
+    return grad_fn(rest, frozen, batch, task, key, vectors, copy)
 
   def per_task(trainable, frozen, batch, task_ids, keys):
     lane_tasks, lane_keys, combine = lanes(batch, task_ids, keys)
-    flat = _flat(trainable)
-    table = flat.pop(WORD_TABLE, None)
-    if table is None:
-      no_vectors = lambda *args: grad_fn(*args, None)
-      (_, raw), (grads, _) = jax.vmap(no_vectors, in_axes=(None, None, 0, 0, 0))(
-        trainable, frozen, batch, lane_tasks, lane_keys
-      )
-      return sum_lanes(combine, (raw, grads))
+    rest = {k: v for k, v in trainable.items() if k != task_specific.KEY}
+    flat, copies = _flat(rest), trainable.get(task_specific.KEY)
+    table, table_copies = flat.pop(WORD_TABLE, None), None
+    if copies is not None and _COPY_TABLE in _flat(copies):
+      copies = _flat(copies)
+      table_copies = table = copies.pop(_COPY_TABLE)
+      copies = _unflat(copies)
     ids = batch["input_ids"]
-    rest, frozen = _unflat(flat), _unflat({**_flat(frozen), WORD_TABLE: table})
-    zeros = jnp.zeros((*ids.shape, table.shape[-1]), table.dtype)
-    (_, raw), (grads, vectors) = jax.vmap(grad_fn, in_axes=(None, None, 0, 0, 0, 0))(
-      rest, frozen, batch, lane_tasks, lane_keys, zeros
-    )
-    raw, grads = sum_lanes(combine, (raw, grads))
-    lane_task = batch.get("slot_task", jnp.arange(ids.shape[0]))  # Lane -> row of [T].
-    lane_task = jnp.broadcast_to(lane_task.reshape(-1, *(1,) * (ids.ndim - 1)), ids.shape)
-    table_grad = jnp.zeros((task_ids.shape[0], *table.shape), table.dtype)
-    table_grad = table_grad.at[lane_task, ids].add(vectors)
-    return raw, _unflat({**_flat(grads), WORD_TABLE: table_grad})
+    vectors = None
+    if table is not None:
+      rest = _unflat(flat)
+      if table_copies is None:
+        frozen = _unflat({**_flat(frozen), WORD_TABLE: table})
+      vectors = jnp.zeros((*ids.shape, table.shape[-1]), table.dtype)
+    (_, raw), (grads, vector_grads, copy_grads) = jax.vmap(
+      lane, in_axes=(None, None, 0, 0, 0, None if vectors is None else 0, None, None)
+    )(rest, frozen, batch, lane_tasks, lane_keys, vectors, copies, table_copies)
+    raw, grads, copy_grads = sum_lanes(combine, (raw, grads, copy_grads))
+    flat_grads = _flat(grads)
+    if copy_grads is not None:
+      flat_grads.update({(task_specific.KEY, *p): g for p, g in _flat(copy_grads).items()})
+    if table is not None:
+      lane_task = batch.get("slot_task", jnp.arange(ids.shape[0]))  # Lane -> row of [T].
+      lane_task = jnp.broadcast_to(lane_task.reshape(-1, *(1,) * (ids.ndim - 1)), ids.shape)
+      table_grad = jnp.zeros((task_ids.shape[0], *table.shape[-2:]), table.dtype)
+      table_grad = table_grad.at[lane_task, ids].add(vector_grads)
+      path = WORD_TABLE if table_copies is None else (task_specific.KEY, *_COPY_TABLE)
+      flat_grads[path] = table_grad
+    return raw, _unflat(flat_grads)
 
   return per_task
 

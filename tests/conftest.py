@@ -286,6 +286,7 @@ _SLOW_FILES = (
   "test_train.py",
   "test_seed_configs.py",
   "test_task_layers.py",
+  "test_task_specific.py",
   "test_schedules.py",
   "test_packing.py",
   "test_diagnose.py",

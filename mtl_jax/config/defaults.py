@@ -60,6 +60,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Task-specific layers in every encoder layer, trained in any mode (Stickland & Murray 2019):
   config.adapter.task_layers = "none"  # none | pals | low_rank
   config.adapter.task_layer_size = 0  # Their width; 0 = 204 (PALs) or 100 (low_rank) x H/768.
+  # Shared parameter groups made task-specific: each task trains its own copy, initialised
+  # from the shared (pretrained) weights; with lora/rslora/dora its own adapters there (the
+  # pretrained base stays frozen and shared), with probe its own full copy. Group names as
+  # in metrics.jsonl's group_cos/: "embeddings", "layer_<i>.attention", "layer_<i>.ffn".
+  # Costs (T-1) x the groups' trainable parameters; `python -m mtl_jax.recon` picks them.
+  config.adapter.task_specific = ()
+  config.adapter.task_specific_top = 0  # And the top N layers' groups (under LoRA: adapted ones).
 
   config.grad = ml_collections.ConfigDict()
   config.grad.method = "sum"  # How per-task gradients combine: sum | pcgrad | ... (mtl_jax.grad)

@@ -83,6 +83,8 @@ def model_spec(config: ml_collections.ConfigDict) -> multitask.ModelSpec:
     dtype=m.dtype,
     heads=head_spec(config),
     task_layers=task_layer_config(config),
+    task_specific=tuple(config.adapter.task_specific),
+    task_specific_top=config.adapter.task_specific_top,
   )
 
 
@@ -190,7 +192,9 @@ class RunSpec:
     `trainable` (heads get their own task's gradient) -> clip -> AdamW -> the learning
     rate multipliers of the parameter groups -> the weight average (the last two only
     when configured: `_after_update`)."""
-    method = mtlgrad.shared_only(self.grad_method, multitask.is_shared(trainable))
+    method = mtlgrad.shared_only(
+      self.grad_method, multitask.is_shared(trainable), multitask.own_slices(trainable)
+    )
     after = _after_update(self.config, trainable, self.bert and self.bert.num_layers)
     return optax.chain(method, *_update_transforms(self.config), *after)
 
@@ -260,6 +264,12 @@ def _check_values(config: ml_collections.ConfigDict) -> None:
   )
   _check(0 <= config.model.head_dropout < 1, "model.head_dropout", "must be in [0, 1)")
   _check(0 <= config.adapter.dropout < 1, "adapter.dropout", "must be in [0, 1)")
+  top = config.adapter.task_specific_top
+  _check(
+    isinstance(top, int) and not isinstance(top, bool) and top >= 0,
+    "adapter.task_specific_top",
+    f"must be an integer >= 0 (the top encoder layers copied per task; 0 = none), got {top!r}",
+  )
   _check(t.steps >= 1, "train.steps", f"must be >= 1, got {t.steps}")
   _check(
     t.seqs_per_task >= 2 and t.seqs_per_task % 2 == 0,
@@ -392,6 +402,52 @@ def _check_model_fit(config: ml_collections.ConfigDict, bert: hf_io.BertConfig) 
     "adapter.layers",
     f"{wrong} not among the {bert.num_layers} encoder layers of the model {path} "
     f"(0..{bert.num_layers - 1}; () = all)",
+  )
+  _check_task_specific(config, bert)
+
+
+def _check_task_specific(config: ml_collections.ConfigDict, bert: hf_io.BertConfig) -> None:
+  """adapter.task_specific names groups of this model, adapter.task_specific_top is within
+  its layers, and under LoRA-style adapters every chosen group holds an adapter (the only
+  part of it that would train per task)."""
+  a, n, path = config.adapter, bert.num_layers, config.model.path
+  names = tuple(a.task_specific)
+  known = multitask.group_names(n)
+  unknown = [g for g in names if g not in known]
+  _check(
+    not unknown,
+    "adapter.task_specific",
+    f"unknown groups {unknown}: the {n}-layer model {path} has 'embeddings', "
+    f"'layer_<i>.attention' and 'layer_<i>.ffn' for i in 0..{n - 1}",
+  )
+  _check(
+    a.task_specific_top <= n,
+    "adapter.task_specific_top",
+    f"{a.task_specific_top} is more than the {n} encoder layers of the model {path}",
+  )
+  lora = lora_config(config)
+  if lora is None:
+    return
+  bare = [g for g in names if not multitask.group_has_adapter(g, lora)]
+  adapters_on = f"adapter.targets={tuple(a.targets)}, adapter.layers={tuple(a.layers) or 'all'}"
+  _check(
+    not bare,
+    "adapter.task_specific",
+    f"{bare} hold no adapter under adapter.kind={a.kind!r} ({adapters_on}), and the frozen "
+    "pretrained weights stay shared: nothing of them would train per task. Add their "
+    "dense layers to adapter.targets, or use adapter.kind='full'",
+  )
+  top = range(n - a.task_specific_top, n)
+  bare = [
+    i
+    for i in top
+    if not any(multitask.group_has_adapter(f"layer_{i}.{b}", lora) for b in multitask.BLOCKS)
+  ]
+  _check(
+    not bare,
+    "adapter.task_specific_top",
+    f"layers {bare} hold no adapter under adapter.kind={a.kind!r} ({adapters_on}): nothing "
+    "of them would train per task. Adapt them (adapter.layers), or use adapter.kind='full'",
   )
 
 

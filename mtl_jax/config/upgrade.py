@@ -40,6 +40,8 @@ _ABSENT_MEANS = {
   "train.ema_decay": 0.0,
   "adapter.task_layers": "none",
   "adapter.task_layer_size": 0,
+  "adapter.task_specific": [],  # As config.json holds a tuple (resume compares JSON values).
+  "adapter.task_specific_top": 0,
   **{f"heads.{f.name}": f.default for f in dataclasses.fields(heads_lib.HeadSpec)},
 }
 

@@ -10,11 +10,13 @@ import optax
 
 from mtl_jax.grad import basic
 
-_SHARED, _TASK = "shared", "task_specific"
+_SHARED, _TASK, _OWN = "shared", "task_specific", "own_slices"
 
 
 def shared_only(
-  method: optax.GradientTransformation, is_shared: Any | Callable[[Any], Any]
+  method: optax.GradientTransformation,
+  is_shared: Any | Callable[[Any], Any],
+  own_slices: Any | Callable[[Any], Any] | None = None,
 ) -> optax.GradientTransformation:
   """Run ``method`` on the shared leaves and a plain task-sum on the others.
 
@@ -27,6 +29,14 @@ def shared_only(
   ``sum_t g_t`` -- i.e. the head of task ``i`` receives exactly task ``i``'s
   own gradient, whatever the scale convention (sum/mean) of ``method``.
 
+  A leaf with a task axis of its own (``own_slices``: a parameter stacked
+  ``[T, ...]`` whose slice ``t`` only task ``t`` uses, as the task-specific
+  copies of :mod:`mtl_jax.models.task_specific`) has a ``[T, T, ...]`` stack
+  of per-task gradients that is zero but for its diagonal, so the step hands
+  over that diagonal alone, ``[T, ...]`` like the leaf (row ``t``: task
+  ``t``'s gradient of slice ``t``). It already is the leaf's update, and
+  passes through unchanged: each slice gets its own task's gradient, as a head.
+
   Implemented with ``optax.partition`` (``multi_transform``); the combined
   output has all leaves, without the task axis.
 
@@ -36,6 +46,9 @@ def shared_only(
       shared), or a callable returning it. The callable is applied to the
       params at ``init`` and to the stacked per-task updates at ``update``, so
       it must depend on the tree structure / paths only, not on shapes.
+    own_slices: pytree of bools (or a callable, as ``is_shared``), True for
+      the leaves whose per-task gradients arrive as their diagonal (above);
+      None: no such leaf.
 
   Returns:
     An ``optax.GradientTransformation`` (leaves ``[T, *shape]`` -> ``[*shape]``).
@@ -48,11 +61,19 @@ def shared_only(
 
   def labels(tree):
     mask = is_shared(tree) if callable(is_shared) else is_shared
-    return jax.tree.map(lambda b: _SHARED if b else _TASK, mask)
+    own = own_slices(tree) if callable(own_slices) else own_slices
+    if own is None:
+      own = jax.tree.map(lambda _: False, mask)
+    return jax.tree.map(lambda s, o: _OWN if o else (_SHARED if s else _TASK), mask, own)
 
   partition = getattr(optax, "partition", None) or optax.multi_transform
   return partition(
-    {_SHARED: _unless_empty(method), _TASK: _unless_empty(basic.sum_tasks())}, labels
+    {
+      _SHARED: _unless_empty(method),
+      _TASK: _unless_empty(basic.sum_tasks()),
+      _OWN: optax.identity(),
+    },
+    labels,
   )
 
 

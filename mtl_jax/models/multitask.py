@@ -1,9 +1,12 @@
 """The multi-task model: one shared BERT encoder, pooling, and per-task heads.
 
 Parameters: {'encoder': BertEncoder params (with any `lora` subtrees, and task layers'
-`task_proj` / `task_layer` subtrees), 'heads': {...}}.
-`build` loads the pretrained encoder, initialises adapters and heads, and decides once,
-from the fine-tuning mode, which leaves train (`trainable_mask`).
+`task_proj` / `task_layer` subtrees), 'heads': {...}}, and with adapter.task_specific
+'task_specific': each task's copy of the chosen groups' leaves, stacked [T, ...]
+(`mtl_jax.models.task_specific`).
+`build` loads the pretrained encoder, initialises adapters and heads, makes the
+task-specific copies, and decides once, from the fine-tuning mode, which leaves train
+(`trainable_mask`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from mtl_jax import tasks
 from mtl_jax.data.packing import PACKING_KEYS
-from mtl_jax.models import adapters, hf_io, task_layers
+from mtl_jax.models import adapters, hf_io, task_layers, task_specific
 from mtl_jax.models.bert import BertConfig, BertEncoder
 from mtl_jax.models.heads import POOLINGS, HeadSpec, TaskHeads, pool
 
@@ -99,9 +103,10 @@ def apply(
 ) -> dict:
   """model.apply on a batch dict, packed (`mtl_jax.data.packing`) or not: every head's
   outputs on its sequences. kwargs: deterministic, task, rngs. `perturbations`: values
-  added at the model's `perturb` points (their gradient is the activation's)."""
+  added at the model's `perturb` points (their gradient is the activation's). Params with
+  task-specific copies run with task `task`'s (`task_specific.task_params`)."""
   packing = {k: batch[k] for k in PACKING_KEYS} if PACKING_KEYS[0] in batch else None
-  variables = {"params": params}
+  variables = {"params": task_specific.task_params(params, kwargs.get("task"))}
   if perturbations is not None:
     variables["perturbations"] = perturbations
   return model.apply(
@@ -126,6 +131,8 @@ class ModelSpec:
   dtype: str = "float32"
   heads: HeadSpec = HeadSpec()
   task_layers: task_layers.TaskLayerConfig | None = None
+  task_specific: tuple[str, ...] = ()  # Groups copied per task (`param_group` names).
+  task_specific_top: int = 0  # And the top N encoder layers' groups (`task_specific_groups`).
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -155,7 +162,32 @@ def build(
       f"adapter.layers {spec.lora.layers} selects no layer of this "
       f"{config.num_layers}-layer model: no adapter would train"
     )
-  return model, adapters.reset_dora_magnitudes(params)
+  params = adapters.reset_dora_magnitudes(params)
+  groups = task_specific_groups(
+    spec.task_specific, spec.task_specific_top, config.num_layers, spec.lora
+  )
+  return model, _copy_groups(params, groups, spec.mode)
+
+
+def _copy_groups(params: dict, groups: tuple[str, ...], mode: str) -> dict:
+  """`params` with each task's copy of the chosen groups' leaves that train in `mode`:
+  every leaf under full fine-tuning, and under probe (a frozen copy would be the shared
+  weight: the chosen groups train per task while the rest of the encoder stays frozen);
+  the adapters under LoRA/rsLoRA/DoRA (the frozen pretrained base stays shared)."""
+  if not groups:
+    return params
+
+  def copied(path: tuple[str, ...]) -> bool:
+    return param_group(path) in groups and (mode not in adapters.KINDS or "lora" in path)
+
+  copies = [p for p in traverse_util.flatten_dict(params) if p[0] == "encoder" and copied(p)]
+  bare = [g for g in groups if not any(param_group(p) == g for p in copies)]
+  if bare:
+    raise ValueError(
+      f"task-specific groups {bare} have no parameter that trains under adapter.kind="
+      f"{mode!r} (no adapter on them): nothing would be copied per task"
+    )
+  return task_specific.make_copies(params, copied, len(tasks.TASKS))
 
 
 def _is_new(path: tuple[str, ...]) -> bool:
@@ -185,11 +217,14 @@ def trainable_mask(params: dict, mode: str) -> dict:
   """Pytree of bools: True where a leaf trains under `mode`.
 
   full: everything. probe: heads only. lora/rslora/dora: adapters and heads. Task layers
-  (PALs, low-rank), when the model has them, train in every mode.
+  (PALs, low-rank) and task-specific copies (adapter.task_specific), when the model has
+  them, train in every mode.
   """
 
   def trains(path: tuple[str, ...]) -> bool:
     if path[0] == "heads" or mode == "full" or task_layers.is_task_specific(path):
+      return True
+    if task_specific.is_copy(path):
       return True
     return mode in adapters.KINDS and "lora" in path
 
@@ -214,8 +249,8 @@ def merge(trainable: dict, frozen: dict) -> dict:
 
 def is_shared(trainable: dict) -> dict:
   """Pytree of bools over trainable params: True for leaves every task updates (the
-  encoder and its adapters); False for per-task leaves (heads, task layers, loss-weighting
-  log-variances)."""
+  encoder and its adapters); False for per-task leaves (heads, task layers, task-specific
+  copies, loss-weighting log-variances)."""
   flat = traverse_util.flatten_dict(trainable)
   return traverse_util.unflatten_dict(
     {p: p[0] == "encoder" and not task_layers.is_task_specific(p) for p in flat}
@@ -229,9 +264,18 @@ ATTENTION_BLOCK = ("attention", "attention_norm")  # Q, K, V, output dense; its 
 FFN_BLOCK = ("intermediate", "output", "output_norm")  # Both denses; the output LayerNorm.
 
 
+def own_slices(trainable: dict) -> dict:
+  """Pytree of bools over trainable params: True for the task-specific copies, whose
+  per-task gradients the step gives as one slice per task (`task_specific`,
+  `mtl_jax.grad.shared_only`)."""
+  flat = traverse_util.flatten_dict(trainable)
+  return traverse_util.unflatten_dict({p: task_specific.is_copy(p) for p in flat})
+
+
 def param_group(path: tuple[str, ...]) -> str | None:
   """The group of the trainable leaf at `path` (a tuple of dict keys), None for the leaves
-  that are not shared (heads, task layers, loss-weighting log-variances: `is_shared`).
+  that are not shared (heads, task layers, task-specific copies, loss-weighting
+  log-variances: `is_shared`).
 
   "embeddings" (word, position, token-type tables and their LayerNorm); "layer_<i>.attention"
   (the self-attention's query/key/value/output denses and the attention output LayerNorm);
@@ -263,6 +307,55 @@ def param_groups(tree) -> object:
   return jax.tree_util.tree_map_with_path(
     lambda path, _: param_group(tuple(name(k) for k in path)), tree
   )
+
+
+BLOCKS = ("attention", "ffn")  # The two groups of an encoder layer.
+
+
+def group_names(num_layers: int) -> tuple[str, ...]:
+  """Every group of a `num_layers`-layer encoder that a config may name, network order."""
+  layers = (f"layer_{i}.{b}" for i in range(num_layers) for b in BLOCKS)
+  return ("embeddings", *layers)
+
+
+def task_specific_groups(
+  names: tuple[str, ...], top: int, num_layers: int, lora: adapters.LoraConfig | None = None
+) -> tuple[str, ...]:
+  """The groups made task-specific, network order: adapter.task_specific's `names`, and
+  the groups of each of the `top` highest encoder layers (adapter.task_specific_top): both,
+  or under LoRA-style adapters (`lora`) those that hold an adapter. ValueError for a name
+  this encoder has not, or `top` out of 0..num_layers."""
+  known = group_names(num_layers)
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(
+      f"unknown task-specific groups {unknown}: a {num_layers}-layer encoder has "
+      f"'embeddings', 'layer_<i>.attention' and 'layer_<i>.ffn' for i in 0..{num_layers - 1}"
+    )
+  if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= num_layers:
+    raise ValueError(
+      f"task_specific_top={top!r}: must be an integer in 0..{num_layers} (the encoder's layers)"
+    )
+  tops = {f"layer_{i}.{b}" for i in range(num_layers - top, num_layers) for b in BLOCKS}
+  if lora is not None:
+    tops = {g for g in tops if group_has_adapter(g, lora)}
+  return tuple(sorted(set(names) | tops, key=group_sort_key))
+
+
+def group_has_adapter(group: str, lora: adapters.LoraConfig) -> bool:
+  """Whether `lora` puts an adapter on a dense layer of `group` (never on the embeddings)."""
+  layer, _, block = group.partition(".")
+  if not layer.startswith("layer_"):
+    return False
+  in_block = ADAPTER_BLOCKS[block]
+  return any(lora.applies_to(int(layer[len("layer_") :]), t) for t in in_block)
+
+
+# Each layer group's dense layers, by their adapter target names (adapters.TARGETS).
+ADAPTER_BLOCKS = {
+  "attention": ("query", "key", "value", "attention_output"),
+  "ffn": ("intermediate", "output"),
+}
 
 
 def group_sort_key(group: str) -> tuple:

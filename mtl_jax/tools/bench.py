@@ -2,6 +2,7 @@
 
   python -m mtl_jax.bench [--methods=summed,sum,pcgrad,cagrad,mgda] [--modes=lora,full]
       [--seqs_per_task=64] [--length=64 | --real_lengths] [--steps=10] [--model=DIR]
+      [--task_specific_top=0]
   python -m mtl_jax.bench --sharding [--devices=4] [--modes=lora,full] [--model=DIR]
 
 Each (method, mode) runs in its own process (so peak memory is its own) on the bundled
@@ -74,6 +75,13 @@ _SHARDING = flags.DEFINE_bool(
 _DEVICES = flags.DEFINE_integer(
   "devices", 4, "With --sharding: forced CPU devices.", flag_values=FLAGS
 )
+_TASK_SPECIFIC_TOP = flags.DEFINE_integer(
+  "task_specific_top",
+  0,
+  "adapter.task_specific_top of every configuration: the top N encoder layers copied per task.",
+  lower_bound=0,
+  flag_values=FLAGS,
+)
 _ONE = flags.DEFINE_string(
   "one", None, "Internal: run one 'method:mode' and print JSON.", flag_values=FLAGS
 )
@@ -143,19 +151,24 @@ def fit_to_model(config, positions: int):
   return config
 
 
-def bench_config(method: str, mode: str, seqs_per_task: int, model_path: str | None):
+def bench_config(
+  method: str, mode: str, seqs_per_task: int, model_path: str | None, task_specific_top: int = 0
+):
   """configs/default.py as one bench configuration runs it ("summed": grad.method sum)."""
   from mtl_jax.config import defaults as default
 
   config = default.get_config()
   config.model.path = model_path or config.model.path
   config.adapter.kind = mode
+  config.adapter.task_specific_top = task_specific_top
   config.grad.method = "sum" if method == "summed" else method
   config.train.seqs_per_task = seqs_per_task
   return config
 
 
-def _jitted_step(method: str, mode: str, seqs_per_task: int, model_path: str | None):
+def _jitted_step(
+  method: str, mode: str, seqs_per_task: int, model_path: str | None, task_specific_top: int = 0
+):
   """(config, model, state, frozen, jitted step) of one bench configuration, 3 tasks."""
   import jax
 
@@ -165,7 +178,7 @@ def _jitted_step(method: str, mode: str, seqs_per_task: int, model_path: str | N
   from mtl_jax.runtime import xla_options
   from mtl_jax.step import TrainState, make_summed_step, make_train_step
 
-  config = bench_config(method, mode, seqs_per_task, model_path)
+  config = bench_config(method, mode, seqs_per_task, model_path, task_specific_top)
   positions = hf_io.read_config(config.model.path).max_position_embeddings
   spec = run_spec.build(fit_to_model(config, positions))
   model, state, frozen, tx = train.init_state(spec)
@@ -212,13 +225,16 @@ def run_one(
   steps: int,
   model_path: str | None = None,
   real_lengths: bool = False,
+  task_specific_top: int = 0,
 ) -> dict:
   """Times one jitted train step configuration (the trainer's step, `step.make_train_step`,
   or for "summed" `step.make_summed_step`, compiled as the trainer compiles it); returns the
   row of the table."""
   import jax
 
-  config, model, state, frozen, jitted = _jitted_step(method, mode, seqs_per_task, model_path)
+  config, model, state, frozen, jitted = _jitted_step(
+    method, mode, seqs_per_task, model_path, task_specific_top
+  )
   batch = random_batch(3, seqs_per_task, length, model.config.vocab_size)
   # Warm-up: every distinct shape compiled (AOT, so its FLOPs are read), then run twice.
   step_batches = (
@@ -326,6 +342,7 @@ def main(argv: list[str]) -> int:
           _STEPS.value,
           _MODEL.value,
           _REAL_LENGTHS.value,
+          _TASK_SPECIFIC_TOP.value,
         )
       )
     )
@@ -336,7 +353,13 @@ def main(argv: list[str]) -> int:
     print(shard_memory.run(_MODES.value, _DEVICES.value, _MODEL.value, model_line(_MODEL.value)))
     return 0
   check_arguments(
-    _METHODS.value, _MODES.value, _SEQS_PER_TASK.value, _LENGTH.value, _STEPS.value, _MODEL.value
+    _METHODS.value,
+    _MODES.value,
+    _SEQS_PER_TASK.value,
+    _LENGTH.value,
+    _STEPS.value,
+    _MODEL.value,
+    _TASK_SPECIFIC_TOP.value,
   )
   start = machine.cpu_times()
   peak = matmul_peak_flops()
@@ -353,6 +376,7 @@ def main(argv: list[str]) -> int:
           f"--length={_LENGTH.value}",
           f"--steps={_STEPS.value}",
           f"--real_lengths={_REAL_LENGTHS.value}",
+          f"--task_specific_top={_TASK_SPECIFIC_TOP.value}",
           *([f"--model={_MODEL.value}"] if _MODEL.value else []),
         ],
         capture_output=True,
@@ -365,8 +389,14 @@ def main(argv: list[str]) -> int:
         continue
       rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
       print(f"done {method}:{mode}: {rows[-1]['step_s']:.2f} s/step", file=sys.stderr)
+  copies = _TASK_SPECIFIC_TOP.value
   header = "\n".join(
     [machine.machine_line(peak), model_line(_MODEL.value), shapes_line(rows, _REAL_LENGTHS.value)]
+    + (
+      [f"adapter.task_specific_top={copies}: the top {copies} layers copied per task"]
+      if copies
+      else []
+    )
   )
   print("\n" + table(rows, peak, header))
   print(machine.steal_line(start, machine.cpu_times()))
@@ -383,6 +413,7 @@ def check_arguments(
   length: int,
   steps: int,
   model_path: str | None,
+  task_specific_top: int = 0,
 ) -> None:
   """app.UsageError for a value no configuration could run, before any is started: each
   (method, mode) as the trainer's config check sees it, the model, --length, --steps."""
@@ -399,7 +430,7 @@ def check_arguments(
     run_spec.check_max_length(length, positions, "--length", path)
     for method in methods:
       for mode in modes:
-        config = bench_config(method, mode, seqs_per_task, model_path)
+        config = bench_config(method, mode, seqs_per_task, model_path, task_specific_top)
         config.model.max_length, config.train.length_buckets = length, (length,)
         run_spec.build(config)
   except (run_spec.ConfigError, hf_io.CheckpointError) as e:

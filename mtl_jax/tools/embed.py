@@ -15,7 +15,8 @@ Writes input_ids, attention_mask, token_type_ids [N, L] (right-padded to the lon
 last_hidden_state [N, L, H] float32 and pooled [N, H]. With --workdir (a training run) the
 fine-tuned encoder of its latest checkpoint is used (adapters applied) and its configured
 pooling; --model then defaults to the run's model. A run trained with task layers
-(adapter.task_layers = pals | low_rank) has one encoder per task: --task picks it.
+(adapter.task_layers = pals | low_rank) or task-specific copies of shared layers
+(adapter.task_specific, adapter.task_specific_top) has one encoder per task: --task picks it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from absl import app, flags
 
 from mtl_jax.config import run_spec, upgrade
-from mtl_jax.models import hf_io
+from mtl_jax.models import hf_io, task_specific
 from mtl_jax.models.heads import POOLINGS
 from mtl_jax.models.multitask import MultitaskModel
 from mtl_jax.tasks import TASKS
@@ -113,11 +114,17 @@ def embed(
 ) -> dict[str, np.ndarray]:
   """Encodes the sentences (or pairs) and returns the arrays written to the .npz.
 
-  `task` selects the task layers of an encoder that has them (and is required then)."""
+  `task` selects the task layers or task-specific copies of an encoder that has them
+  (and is required then)."""
   if model.config.task_layers is not None and task is None:
     raise ValueError(
       f"this run has task-specific {model.config.task_layers.kind} layers "
       f"(adapter.task_layers): give the task whose encoder to use, one of {TASKS}"
+    )
+  if task_specific.KEY in params and task is None:
+    raise ValueError(
+      "this run has task-specific copies of shared layers (adapter.task_specific): "
+      f"give the task whose encoder to use, one of {TASKS}"
     )
   if second is not None and model.config.type_vocab_size < 2:
     raise ValueError(
@@ -132,7 +139,9 @@ def embed(
   n = len(first)
   padded = -(-n // batch_size) * batch_size  # One static shape: pad the row count.
   run = jax.jit(
-    lambda p, a, m, t: model.apply({"params": p}, a, m, t, task=task_id, method=model.embed)
+    lambda p, a, m, t: model.apply(
+      {"params": task_specific.task_params(p, task_id)}, a, m, t, task=task_id, method=model.embed
+    )
   )
   hidden, pooled = [], []
   for start in range(0, padded, batch_size):

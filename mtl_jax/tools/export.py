@@ -1,6 +1,6 @@
 """Export a run's fine-tuned encoder as a plain Hugging Face BERT directory, from the command line.
 
-  python -m mtl_jax.export --workdir=WORKDIR --output=DIR [--overwrite]
+  python -m mtl_jax.export --workdir=WORKDIR --output=DIR [--overwrite] [--task=sst|quora|sts]
 
 DIR receives:
   config.json, model.safetensors  the encoder with every adapter (LoRA/rsLoRA/DoRA) merged
@@ -24,6 +24,12 @@ unless --overwrite, and even then only an earlier export (holding mtl_jax.json) 
 never a directory holding the run or its model. The latest checkpoint of WORKDIR that
 restores is exported (see `train.restore`: a damaged newer step is skipped with a warning),
 and its step is the one reported and recorded.
+
+A run with task-specific copies of shared layers (adapter.task_specific) has one encoder
+per task, and a BertModel holds one: --task (required then, refused otherwise) exports the
+encoder that task runs with (its copies in place of the shared groups), recorded as "task"
+in mtl_jax.json; export each task to its own DIR. A run with task layers
+(adapter.task_layers) is refused: BertModel has no place for them.
 """
 
 from __future__ import annotations
@@ -44,8 +50,9 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file
 
 from mtl_jax.config import upgrade
-from mtl_jax.models import adapters, hf_io
+from mtl_jax.models import adapters, hf_io, task_specific
 from mtl_jax.models import heads as heads_lib
+from mtl_jax.tasks import TASKS
 from mtl_jax.tools import cli
 
 TOKENIZER_FILES = (
@@ -65,6 +72,13 @@ _OUTPUT = flags.DEFINE_string(
 )
 _OVERWRITE = flags.DEFINE_bool(
   "overwrite", False, "Replace an earlier export in the output directory.", flag_values=FLAGS
+)
+_TASK = flags.DEFINE_enum(
+  "task",
+  None,
+  list(TASKS),
+  "For a run with task-specific copies (adapter.task_specific): the task whose encoder to export.",
+  flag_values=FLAGS,
 )
 cli.mark_required(FLAGS, ["workdir", "output"])
 
@@ -93,9 +107,10 @@ class ExportError(Exception):
   """A workdir or output directory that cannot be exported from/to, with what to do."""
 
 
-def export(workdir: str, output: str, overwrite: bool = False) -> dict:
-  """Writes the export of `workdir`'s latest checkpoint to `output`; returns mtl_jax.json's dict."""
-  _check_workdir(workdir)
+def export(workdir: str, output: str, overwrite: bool = False, task: str | None = None) -> dict:
+  """Writes the export of `workdir`'s latest checkpoint to `output` (task `task`'s encoder,
+  for a run with task-specific copies); returns mtl_jax.json's dict."""
+  _check_workdir(workdir, task)
   cli.check_output(output, directory=True)
   output = os.path.abspath(output)
   _check_output(output, overwrite, (workdir,))  # Fail before the slow part, again at the end.
@@ -118,6 +133,7 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
     ) from e
   step = int(state.step)  # The step restored, not the latest on disk.
   params = multitask.merge(train.evaluated_trainable(state), frozen)  # The EMA, if kept.
+  params = task_specific.task_params(params, None if task is None else TASKS.index(task))
 
   lora = model.config.lora
   encoder = jax.device_get(adapters.merge_all(params["encoder"], lora))
@@ -176,6 +192,7 @@ def export(workdir: str, output: str, overwrite: bool = False) -> dict:
         # was evaluated; "trained": the step's own parameters.
         "params": "ema" if config.train.ema_decay else "trained",
       },
+      "task": task,  # Whose task-specific copies the encoder holds (None: the run has none).
       "encoder": {
         "files": ["config.json", "model.safetensors"],
         "adapter": config.adapter.kind,
@@ -236,7 +253,7 @@ def _write_error(e: Exception) -> str:
   return found.group(1) if found else " ".join(str(e).split())[:200]
 
 
-def _check_workdir(workdir: str) -> None:
+def _check_workdir(workdir: str, task: str | None = None) -> None:
   """Clear errors for the usual mistakes, without creating anything (Checkpointer would)."""
   if not os.path.isdir(workdir):
     raise ExportError(f"training workdir {workdir!r} does not exist")
@@ -248,7 +265,20 @@ def _check_workdir(workdir: str) -> None:
     raise ExportError(
       f"{workdir} has no checkpoints/ directory: the run has not saved a checkpoint yet"
     )
-  kind = upgrade.saved_config(workdir).adapter.task_layers
+  saved = upgrade.saved_config(workdir)
+  kind = saved.adapter.task_layers
+  copies = bool(saved.adapter.task_specific) or saved.adapter.task_specific_top > 0
+  if copies and task is None:
+    raise ExportError(
+      f"{workdir} was trained with task-specific copies of shared layers "
+      "(adapter.task_specific, adapter.task_specific_top): its encoder differs per task and a "
+      f"Hugging Face BertModel holds one: export one task's with --task (one of {TASKS})"
+    )
+  if task is not None and not copies:
+    raise ExportError(
+      f"--task={task}: {workdir} has no task-specific copies (adapter.task_specific): its "
+      "encoder is the same for every task; export it without --task"
+    )
   if kind != "none":
     raise ExportError(
       f"{workdir} was trained with task-specific {kind} layers "
@@ -320,7 +350,7 @@ def main(argv: list[str]) -> None:
   from mtl_jax.runtime.checkpoint import UnreadableCheckpointError
 
   try:
-    info = export(_WORKDIR.value, _OUTPUT.value, _OVERWRITE.value)
+    info = export(_WORKDIR.value, _OUTPUT.value, _OVERWRITE.value, _TASK.value)
   except (
     ExportError,
     cli.OutputError,
@@ -332,8 +362,9 @@ def main(argv: list[str]) -> None:
   lora = info["encoder"]["lora"]
   what = f"{lora['kind']} merged" if lora else info["encoder"]["adapter"]
   heads = ", ".join(h for h, v in info["heads"].items() if v["params"])
+  whose = f"task {info['task']}'s " if info["task"] else ""
   print(
-    f"wrote {os.path.abspath(_OUTPUT.value)}: encoder of step {info['source']['step']} "
+    f"wrote {os.path.abspath(_OUTPUT.value)}: {whose}encoder of step {info['source']['step']} "
     f"({what}), heads {heads}, tokenizer {', '.join(info['tokenizer_files']) or 'none'}"
   )
 

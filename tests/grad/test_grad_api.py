@@ -240,6 +240,24 @@ def test_shared_only_heads_get_their_own_gradient():
       assert "task_weights" in stats
 
 
+def test_shared_only_passes_own_slices_through():
+  """A leaf with a task axis of its own ([T, ...], slice t task t's: task-specific copies)
+  arrives as its per-task diagonal, row t task t's gradient of slice t: its update is that
+  stack as it is, beside the method on the shared leaves and the task sum on a head."""
+  params = {"enc": jnp.ones((3, 2)), "copies": jnp.ones((T, 4)), "head": jnp.ones(2)}
+  g = _grads(7, params=params)
+  g["copies"] = g["copies"][:, 0]  # [T, 4]: one row per task, the leaf's own shape.
+  is_shared = {"enc": True, "copies": False, "head": False}
+  own = {"enc": False, "copies": True, "head": False}
+  tx = mtlgrad.shared_only(mtlgrad.pcgrad(num_tasks=T), is_shared, own)
+  out, _ = jax.jit(lambda g: tx.update(g, tx.init(params), params))(g)
+  np.testing.assert_array_equal(out["copies"], g["copies"])
+  np.testing.assert_allclose(out["head"], g["head"].sum(0), atol=1e-6)
+  inner = mtlgrad.pcgrad(num_tasks=T)
+  ref, _ = inner.update({"enc": g["enc"]}, inner.init({"enc": params["enc"]}))
+  np.testing.assert_allclose(out["enc"], ref["enc"], atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["sum", "pcgrad", "dwa"])
 @pytest.mark.parametrize("shared", [True, False])
 def test_shared_only_with_one_side_empty(method, shared):

@@ -110,3 +110,10 @@ def test_bad_arguments_stop_the_bench_before_any_configuration_runs(tiny_bert_di
   bench.check_arguments(**args)
   with pytest.raises(app.UsageError, match=message):
     bench.check_arguments(**{**args, **change})
+
+
+def test_task_specific_top_is_checked_before_any_configuration_runs(tiny_bert_dir):
+  with pytest.raises(bench.app.UsageError, match="adapter.task_specific_top"):
+    bench.check_arguments(["sum"], ["full"], 4, 16, 2, tiny_bert_dir, task_specific_top=3)
+  bench.check_arguments(["sum"], ["full"], 4, 16, 2, tiny_bert_dir, task_specific_top=2)
+  assert bench.bench_config("sum", "lora", 4, tiny_bert_dir, 1).adapter.task_specific_top == 1

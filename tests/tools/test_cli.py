@@ -18,7 +18,7 @@ from mtl_jax.study import publish
 from mtl_jax.tools import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOOLS = ("sweep", "export", "embed", "diagnose", "predict", "bench", "ledger")
+TOOLS = ("sweep", "export", "embed", "diagnose", "recon", "predict", "bench", "ledger")
 # Where commands are shown: the package, the docs, the scripts, a study's recorded command.
 DOCUMENTS = (
   "mtl_jax/**/*.py",
