@@ -94,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.loss_weighting = "none"  # none | uncertainty (learned per-task loss scales)
   # SMART (Jiang et al. 2020): each task's loss + weight * the symmetric KL (squared error for
   # STS) between its outputs on word vectors perturbed adversarially and on the clean ones
-  # (mtl_jax/smart.py, docs/methods.md "SMART"); about 2.5x a step's compute with K=1.
+  # (mtl_jax/smart.py, docs/methods.md "SMART"). Costs ~3x a LoRA step, ~2.6x a full one (K=1).
   config.train.smart = ml_collections.ConfigDict()
   config.train.smart.weight = 0.0  # lambda_s; 0 = off.
   config.train.smart.epsilon = 1e-5  # Radius of each token's perturbation ball.
