@@ -1,7 +1,7 @@
 """Variants of the train step, timed alternately in one process (so background load
 affects every variant alike). BENCHMARKS.md, "Where the time goes".
 
-  python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder|task_specific]
+  python -m benchmarks.compare_step lora|full [--variants xla|gelu|encoder|task_specific|smart]
       [--rounds 4] [--base REV]   (from the repo root)
 
 `xla`: the step compiled with different XLA:CPU options (YNNPACK fusions: all, individual
@@ -10,6 +10,8 @@ matmuls only, none as the trainer compiles, reductions only).
 (mtl_jax.models.gelu), each compiled with the trainer's XLA options.
 `task_specific`: the shared model against the top 2 layers copied per task
 (`adapter.task_specific_top=2`; docs/methods.md, "Task-specific groups").
+`smart`: the trainer's step without and with SMART's regularizer (train.smart, weight 1,
+the paper's epsilon, step size and noise), K = 1 and 2 ascent steps: its cost per step.
 `encoder`: the checkout's Flax BERT (mtl_jax/models/bert.py) against that file at git
 revision --base (e.g. `2c09f1c`, before the token-major hidden states), the rest of the
 step the same.
@@ -36,6 +38,7 @@ from mtl_jax.config import defaults as default
 from mtl_jax.config import run_spec
 from mtl_jax.models import bert, gelu, multitask
 from mtl_jax.runtime import hugepages, machine, xla_options
+from mtl_jax.smart import SmartConfig
 from mtl_jax.step import make_train_step
 from mtl_jax.tools.bench import random_batch
 
@@ -52,13 +55,21 @@ GELU_VARIANTS = {
   "GELU via erf (ours)": gelu.exact_gelu,
 }
 
+SMART_VARIANTS = {
+  "plain": None,
+  "SMART K=1": SmartConfig(weight=1.0, ascent_steps=1),
+  "SMART K=2": SmartConfig(weight=1.0, ascent_steps=2),
+}
+
 # --variants: (module, the name in it that the step looks up when traced, its values).
 PATCHED_NAMES = {
   "gelu": (bert, "exact_gelu", GELU_VARIANTS),  # The encoder looks the function up.
 }
 
 
-def compile_step(mode: str, options: dict, task_specific_top: int = 0):
+def compile_step(
+  mode: str, options: dict, task_specific_top: int = 0, smart: SmartConfig | None = None
+):
   """The PCGrad step on the bench's shapes (3 tasks x 64 sequences x 64 tokens)."""
   config = default.get_config()
   config.adapter.kind = mode
@@ -66,7 +77,7 @@ def compile_step(mode: str, options: dict, task_specific_top: int = 0):
   config.grad.method = "pcgrad"
   model, state, frozen, tx = train.init_state(run_spec.build(config))
   batch = random_batch(3, 64, 64, model.config.vocab_size)
-  step = jax.jit(make_train_step(model, tx, (0, 1, 2), 0))
+  step = jax.jit(make_train_step(model, tx, (0, 1, 2), 0, smart=smart))
   return step.lower(state, frozen, batch).compile(compiler_options=options), state, frozen, batch
 
 
@@ -90,7 +101,7 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("mode", choices=["lora", "full"])
   parser.add_argument(
-    "--variants", choices=["xla", "gelu", "encoder", "task_specific"], default="xla"
+    "--variants", choices=["xla", "gelu", "encoder", "task_specific", "smart"], default="xla"
   )
   parser.add_argument("--base", default="2c09f1c", help="git revision for --variants=encoder")
   parser.add_argument("--rounds", type=int, default=4)
@@ -102,6 +113,9 @@ def main() -> None:
   elif args.variants == "task_specific":
     for name, top in (("shared", 0), ("top 2 layers per task", 2)):
       compiled[name] = compile_step(args.mode, xla_options.train_step_options() or {}, top)
+  elif args.variants == "smart":
+    for name, smart in SMART_VARIANTS.items():
+      compiled[name] = compile_step(args.mode, xla_options.train_step_options() or {}, smart=smart)
   else:  # The trainer's options; a name the step looks up when traced takes each value.
     if args.variants == "encoder":  # MultitaskModel.setup looks the class up.
       module, attribute = multitask, "BertEncoder"

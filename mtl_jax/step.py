@@ -29,6 +29,7 @@ import optax
 from flax import traverse_util
 
 from mtl_jax import grad as mtlgrad
+from mtl_jax import smart as smart_lib
 from mtl_jax import tasks
 from mtl_jax.grad.loss_weighting import LOSS_WEIGHTING_KEY, weighted_task_loss
 from mtl_jax.models import multitask, task_specific
@@ -109,10 +110,11 @@ def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Ar
   return jax.lax.switch(task, [loss_of(spec) for spec in tasks.SPECS.values()])
 
 
-def _make_losses(model: multitask.MultitaskModel):
+def _make_losses(model: multitask.MultitaskModel, smart: smart_lib.SmartConfig | None = None):
   """fn(trainable, frozen, one task's batch, task id, key[, word-vector perturbation[, the
   task's selected copy]]) -> (objective, raw loss). Without `copy`, task-specific copies
   still in the params are selected by `task` (`multitask.apply`)."""
+  regularized = smart is not None and smart.weight > 0
 
   def losses(trainable, frozen, batch, task, key, word_vectors=None, copy=None):
     weighting = trainable.get(LOSS_WEIGHTING_KEY)
@@ -121,28 +123,49 @@ def _make_losses(model: multitask.MultitaskModel):
     )
     if copy is not None:
       params = task_specific.overlay(params, copy)
-    perturbations = None if word_vectors is None else _unflat({WORD_VECTORS: word_vectors})
-    outputs = multitask.apply(
-      model,
-      params,
-      batch,
-      deterministic=False,
-      task=task,
-      rngs={"dropout": key},
-      perturbations=perturbations,
-    )
+
+    def apply(variables, delta=None):
+      """The heads' outputs; `delta` is added to the looked-up word vectors (SMART)."""
+      params, vectors = variables
+      if delta is not None:
+        vectors = delta if vectors is None else vectors + delta
+      perturbations = None if vectors is None else _unflat({WORD_VECTORS: vectors})
+      return multitask.apply(
+        model,
+        params,
+        batch,
+        deterministic=False,
+        task=task,
+        rngs={"dropout": key},
+        perturbations=perturbations,
+      )
+
+    outputs = apply((params, word_vectors))
     raw = task_loss(outputs, batch["labels"], batch["weights"], task)
     objective = raw if weighting is None else weighted_task_loss(raw, weighting["log_var"], task)
+    if regularized:  # The perturbed forwards share the clean one's dropout key (`smart`).
+      objective += smart.weight * smart_lib.regularizer(
+        apply,
+        (params, word_vectors),
+        outputs,
+        batch["weights"],
+        batch["attention_mask"],
+        task,
+        key,
+        model.config.hidden_size,
+        smart,
+      )
     share = batch.get("slot_share", 1.0)  # A slot's share of its task (see `lanes`).
     return share * objective, share * raw
 
   return losses
 
 
-def make_loss_fn(model: multitask.MultitaskModel):
+def make_loss_fn(model: multitask.MultitaskModel, smart: smart_lib.SmartConfig | None = None):
   """Returns loss(trainable, frozen, one task's batch [S, ...], task id, dropout key): the
-  objective whose gradient trains (the raw loss, or its uncertainty-weighted form)."""
-  losses = _make_losses(model)
+  objective whose gradient trains (the raw loss, or its uncertainty-weighted form, plus
+  SMART's regularizer with `smart`)."""
+  losses = _make_losses(model, smart)
   return lambda *args: losses(*args)[0]
 
 
@@ -185,12 +208,15 @@ WORD_VECTORS = ("encoder", "embeddings", "word_vectors")
 _COPY_TABLE = WORD_TABLE[1:]  # Its path among the task-specific copies.
 
 
-def make_per_task_grads(model: multitask.MultitaskModel):
+def make_per_task_grads(
+  model: multitask.MultitaskModel, smart: smart_lib.SmartConfig | None = None
+):
   """Returns fn(trainable, frozen, batch [K, S, ...], task ids [T], keys [T]) ->
   (raw losses [T], gradients of the trainable leaves with a leading task axis [T, ...]).
 
-  The gradients are those of each task's objective (see `make_loss_fn`), one `vmap` lane
-  per task, or per slot of a packed batch with slots (`lanes`), summed into tasks.
+  The gradients are those of each task's objective (see `make_loss_fn`; with `smart`,
+  each carries its own task's SMART regularizer), one `vmap` lane per task, or per slot of
+  a packed batch with slots (`lanes`), summed into tasks.
 
   Task-specific copies (`mtl_jax.models.task_specific`, leaves [T, ...]): each lane takes
   its task's slice and differentiates that, so their gradients hold one row per entry of
@@ -205,7 +231,7 @@ def make_per_task_grads(model: multitask.MultitaskModel):
   [K, R, L, H] instead (a flax perturbation), scatter-added once into the tasks' table
   gradients [T, vocab, H]: the same sums, in another order. When the table is task-specific
   the same scatter is the gradient of each task's own copy."""
-  grad_fn = jax.value_and_grad(_make_losses(model), argnums=(0, 5, 6), has_aux=True)
+  grad_fn = jax.value_and_grad(_make_losses(model, smart), argnums=(0, 5, 6), has_aux=True)
 
   def lane(rest, frozen, batch, task, key, vectors, copies, table_copies):
     """One lane's (objective, raw), gradients (rest, word vectors, its task's copy)."""
@@ -289,8 +315,12 @@ def make_train_step(
   task_ids: tuple[int, ...],
   seed: int,
   group_stats: bool = True,
+  smart: smart_lib.SmartConfig | None = None,
 ):
   """Returns step(state, frozen, batch) -> (state, metrics).
+
+  `smart` (RunSpec.smart, config.train.smart): each task's objective carries SMART's
+  regularizer (`mtl_jax.smart`); the logged losses stay the raw ones.
 
   A batch of every task (schedule `all_tasks`): leaves [T, S, ...], the gradients of the
   tasks `task_ids` by `vmap`. A batch of one task (the other schedules, see
@@ -312,7 +342,7 @@ def make_train_step(
   parameter group (`multitask.param_group`: embeddings, each layer's attention and
   feed-forward blocks; `group_metrics`); the overall stats are then the sum of the
   groups' Gram matrices, so the groups cost no second pass over the gradients."""
-  per_task_grads = make_per_task_grads(model)
+  per_task_grads = make_per_task_grads(model, smart)
   num_tasks = len(task_ids)
   names = [tasks.TASKS[i] for i in task_ids]
 
@@ -361,7 +391,11 @@ def make_train_step(
 
 
 def make_summed_step(
-  model: multitask.MultitaskModel, tx: optax.GradientTransformation, num_tasks: int, seed: int
+  model: multitask.MultitaskModel,
+  tx: optax.GradientTransformation,
+  num_tasks: int,
+  seed: int,
+  smart: smart_lib.SmartConfig | None = None,
 ):
   """Returns step(state, frozen, batch [T, S, ...]) -> (state, {"loss"}): one gradient, of
   the summed loss of the T tasks (no task axis, no method), applied by `tx`, an optimizer
@@ -370,7 +404,7 @@ def make_summed_step(
   What a trainer blind to tasks would run, on the batch and with the dropout keys of
   `make_train_step`: the baseline `mtl_jax.bench` measures the cost of per-task gradients
   against ("summed")."""
-  loss_fn = make_loss_fn(model)
+  loss_fn = make_loss_fn(model, smart)
 
   def step(state: TrainState, frozen: dict, batch: dict) -> tuple[TrainState, dict]:
     keys = dropout_keys(seed, state.step, num_tasks)

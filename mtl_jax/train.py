@@ -284,7 +284,7 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
   state = jax.device_put(state, state_sharding)
   frozen = jax.device_put(frozen, parallel.param_shardings(frozen, mesh, t.param_sharding))
   step_fn = jax.jit(
-    make_train_step(model, tx, tuple(range(len(TASKS))), config.seed),
+    make_train_step(model, tx, tuple(range(len(TASKS))), config.seed, smart=spec.smart),
     donate_argnums=(0,),
     out_shardings=(state_sharding, parallel.replicated(mesh)),
     compiler_options=xla_options.train_step_options(),

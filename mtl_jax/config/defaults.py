@@ -110,6 +110,16 @@ def get_config() -> ml_collections.ConfigDict:
   # warm-up averages about the last tenth of a short run: mtl_jax/optim/averaging.py).
   config.train.ema_decay = 0.0
   config.train.loss_weighting = "none"  # none | uncertainty (learned per-task loss scales)
+  # SMART (Jiang et al. 2020): each task's loss + weight * the symmetric KL (squared error for
+  # STS) between its outputs on word vectors perturbed adversarially and on the clean ones
+  # (mtl_jax/smart.py, docs/methods.md "SMART"). Costs ~3x a LoRA step, ~2.6x a full one (K=1).
+  config.train.smart = ml_collections.ConfigDict()
+  config.train.smart.weight = 0.0  # lambda_s; 0 = off.
+  config.train.smart.epsilon = 1e-5  # Radius of each token's perturbation ball.
+  config.train.smart.step_size = 1e-3  # eta: the ascent's step.
+  config.train.smart.noise_std = 1e-5  # sigma: the ascent starts from N(0, sigma^2) noise.
+  config.train.smart.ascent_steps = 1  # K projected ascent steps; 0 = the noise alone.
+  config.train.smart.norm = "inf"  # inf | l2: per-token norm of the step and the ball.
   config.train.param_sharding = "replicated"  # replicated | fsdp (large leaves split over devices)
   config.train.log_every = 10
   config.train.eval_every = 0  # Evaluate on dev every N steps; 0 = only at the end.

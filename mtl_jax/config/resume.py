@@ -44,6 +44,7 @@ RESUME_MUST_MATCH = (
   "train.schedule",
   "train.epoch_examples",
   "train.packing",
+  "train.smart",
 )
 
 _ABSENT = "<absent>"  # How a key absent from a config and from _ABSENT_MEANS compares.

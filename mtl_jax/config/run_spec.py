@@ -16,6 +16,7 @@ import ml_collections
 import optax
 
 from mtl_jax import grad as mtlgrad
+from mtl_jax import smart as smart_lib
 from mtl_jax.config import ConfigError
 from mtl_jax.data import packing, schedules
 from mtl_jax.models import adapters, hf_io, multitask, task_layers
@@ -86,6 +87,16 @@ def model_spec(config: ml_collections.ConfigDict) -> multitask.ModelSpec:
     task_specific=tuple(config.adapter.task_specific),
     task_specific_top=config.adapter.task_specific_top,
   )
+
+
+def smart_config(config: ml_collections.ConfigDict) -> smart_lib.SmartConfig | None:
+  """config.train.smart; None when its weight is 0 (off: the step has no SMART code)."""
+  fields = {f.name: config.train.smart[f.name] for f in dataclasses.fields(smart_lib.SmartConfig)}
+  try:
+    smart = smart_lib.SmartConfig(**fields)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from e
+  return smart if smart.weight > 0 else None
 
 
 def _epoch_caps(config: ml_collections.ConfigDict) -> tuple:
@@ -169,6 +180,7 @@ class RunSpec:
   devices: int  # Data-parallel devices the batches are split over.
   train_plan: packing.PackPlan | None  # How train batches are packed (None: unpacked).
   eval_plan: packing.PackPlan | None  # How evaluation batches are packed.
+  smart: smart_lib.SmartConfig | None = None  # SMART's regularizer (None: off).
 
   def cross_encoded(self, task: str) -> bool:
     """Task `task`'s pairs are cross-encoded (one sequence) rather than bi-encoded
@@ -212,6 +224,7 @@ def build(config: ml_collections.ConfigDict, devices: int = 1) -> RunSpec:
     _check_model_fit(config, bert)
   model = model_spec(config)
   method = grad_method(config)
+  smart = smart_config(config)
   _validate_schedule(config)
   check_devices(config, devices)
   return RunSpec(
@@ -222,6 +235,7 @@ def build(config: ml_collections.ConfigDict, devices: int = 1) -> RunSpec:
     devices=devices,
     train_plan=pack_plan(config, devices),
     eval_plan=pack_plan(config, devices, for_eval=True),
+    smart=smart,
   )
 
 

@@ -14,6 +14,7 @@ import os
 
 import ml_collections
 
+from mtl_jax import smart as smart_lib
 from mtl_jax.config import ConfigError, defaults
 from mtl_jax.models import heads as heads_lib
 from mtl_jax.tasks import TASKS
@@ -43,6 +44,7 @@ _ABSENT_MEANS = {
   "adapter.task_specific": [],  # As config.json holds a tuple (resume compares JSON values).
   "adapter.task_specific_top": 0,
   **{f"heads.{f.name}": f.default for f in dataclasses.fields(heads_lib.HeadSpec)},
+  **{f"train.smart.{f.name}": f.default for f in dataclasses.fields(smart_lib.SmartConfig)},
 }
 
 

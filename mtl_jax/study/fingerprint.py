@@ -85,8 +85,9 @@ def step_text(config: ml_collections.ConfigDict, batch: dict) -> str:
   from mtl_jax.step import make_train_step
   from mtl_jax.tasks import TASKS
 
-  model, state, frozen, tx = train.init_state(run_spec.build(config))
-  step = make_train_step(model, tx, tuple(range(len(TASKS))), config.seed)
+  spec = run_spec.build(config)
+  model, state, frozen, tx = train.init_state(spec)
+  step = make_train_step(model, tx, tuple(range(len(TASKS))), config.seed, smart=spec.smart)
   lowered = jax.jit(step, donate_argnums=(0,)).lower(state, frozen, batch)
   return _MODULE_NAME.sub("module @train_step", lowered.as_text(), count=1)
 

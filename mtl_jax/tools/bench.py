@@ -185,9 +185,9 @@ def _jitted_step(
   if method == "summed":
     summed_tx = spec.base_optimizer()  # No task axis to combine.
     state = TrainState(state.step, state.trainable, summed_tx.init(state.trainable))
-    step = make_summed_step(model, summed_tx, 3, config.seed)
+    step = make_summed_step(model, summed_tx, 3, config.seed, spec.smart)
   else:
-    step = make_train_step(model, tx, (0, 1, 2), config.seed)
+    step = make_train_step(model, tx, (0, 1, 2), config.seed, smart=spec.smart)
   jitted = jax.jit(step, donate_argnums=(0,), compiler_options=xla_options.train_step_options())
   return config, model, state, frozen, jitted
 

@@ -524,7 +524,7 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
   ) as e:
     raise DiagnoseError(str(e)) from e
   step_fn = jax.jit(
-    make_train_step(model, tx, tuple(range(len(TASKS))), config.seed),
+    make_train_step(model, tx, tuple(range(len(TASKS))), config.seed, smart=spec.smart),
     compiler_options=xla_options.train_step_options(),
   )
   rows = []

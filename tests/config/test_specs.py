@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import re
@@ -10,6 +11,7 @@ import ml_collections
 import pytest
 from conftest import default_config_with, write_tiny_bert
 
+from mtl_jax import smart as smart_lib
 from mtl_jax.config import defaults as default
 from mtl_jax.config import loader, resume, run_spec, upgrade
 from mtl_jax.models import adapters, heads, multitask
@@ -90,6 +92,13 @@ BAD = [
   ("train.layer_lr_decay", 1.2),
   ("train.ema_decay", 1.0),
   ("train.ema_decay", -0.5),
+  ("train.smart.weight", -1.0),
+  ("train.smart.weight", float("nan")),
+  ("train.smart.epsilon", 0.0),
+  ("train.smart.step_size", -1e-3),
+  ("train.smart.noise_std", 0.0),
+  ("train.smart.ascent_steps", -1),
+  ("train.smart.norm", "l1"),
 ]
 
 
@@ -226,6 +235,25 @@ def test_model_spec_from_config():
   assert full.mode == "full" and full.lora is None
 
 
+def test_smart_config_is_built_when_its_weight_is_positive_and_its_defaults_are_the_schemas():
+  assert run_spec.smart_config(default_config_with()) is None  # Off by default.
+  assert run_spec.build(default_config_with()).smart is None
+  config = default_config_with(**{"train.smart.weight": 3.0, "train.smart.ascent_steps": 2})
+  assert run_spec.smart_config(config) == smart_lib.SmartConfig(weight=3.0, ascent_steps=2)
+  assert run_spec.build(config).smart == run_spec.smart_config(config)
+  # upgrade fills a saved config without the section with SmartConfig's defaults.
+  assert default.get_config().train.smart.to_dict() == dataclasses.asdict(smart_lib.SmartConfig())
+
+
+def test_resume_refuses_a_changed_smart_weight_and_accepts_configs_saved_before_smart():
+  saved = json.loads(default.get_config().to_json_best_effort())
+  del saved["train"]["smart"]
+  assert resume.resume_mismatches(saved, default.get_config()) == []
+  changed = default.get_config()
+  changed.train.smart.weight = 1.0
+  assert resume.resume_mismatches(saved, changed) == [("train.smart.weight", 0.0, 1.0)]
+
+
 def test_resume_refuses_changed_heads_and_accepts_configs_saved_before_heads_existed():
   saved = json.loads(default.get_config().to_json_best_effort())
   del saved["heads"]  # A config.json written before config.heads existed = baseline heads.
@@ -288,6 +316,7 @@ ADDED_LATER = [
   "train.head_lr_multiplier",
   "train.layer_lr_decay",
   "train.ema_decay",
+  "train.smart",
 ]
 
 
@@ -317,6 +346,7 @@ def test_upgrade_fills_the_keys_an_old_config_lacks_with_how_it_trained():
   assert (config.adapter.task_layers, config.adapter.task_layer_size) == ("none", 0)
   assert run_spec.head_spec(config) == heads.HeadSpec()  # The baseline heads.
   assert run_spec.pack_plan(config) is None and run_spec.task_layer_config(config) is None
+  assert run_spec.smart_config(config) is None  # Off: those runs trained without SMART.
   # The saved values are kept (JSON lists back to the schema's tuples).
   assert (config.seed, config.adapter.rank, t.steps) == (3, 4, 500)
   assert config.adapter.targets == ("query", "value") and isinstance(t.length_buckets, tuple)
@@ -337,6 +367,8 @@ def test_upgrade_keeps_every_value_of_a_current_config():
       "heads.sts_loss": "cosine",
       "adapter.layers": (0, 3),
       "grad.method": "cagrad",
+      "train.smart.weight": 1.0,
+      "train.smart.norm": "l2",
     }
   )
   config.grad.kwargs = ml_collections.ConfigDict({"c": 0.4})  # Free-form: the method's.

@@ -31,8 +31,8 @@ def test_same_config_same_fingerprint(tiny_bert_dir, base):
 def test_code_that_trains_the_same_keeps_it(tiny_bert_dir, base, monkeypatch):
   original = step_lib.make_train_step
 
-  def rearranged(*args):  # Another function (another jit name), the same computation.
-    inner = original(*args)
+  def rearranged(*args, **kwargs):  # Another function (another jit name), the same computation.
+    inner = original(*args, **kwargs)
 
     def another_name(state, frozen, batch):
       return inner(state, frozen, batch)
@@ -42,8 +42,8 @@ def test_code_that_trains_the_same_keeps_it(tiny_bert_dir, base, monkeypatch):
   monkeypatch.setattr(step_lib, "make_train_step", rearranged)
   assert fingerprint.training_fingerprint(tiny_config(tiny_bert_dir)) == base
 
-  def halved(*args):  # Trains differently: halves the parameters after each step.
-    inner = original(*args)
+  def halved(*args, **kwargs):  # Trains differently: halves the parameters after each step.
+    inner = original(*args, **kwargs)
 
     def step(state, frozen, batch):
       new, metrics = inner(state, frozen, batch)
@@ -61,6 +61,11 @@ def test_training_options_change_it(tiny_bert_dir, base):
   got = fingerprint.training_fingerprint(summed)
   assert got["step"] != base["step"] and got["fingerprint"] != base["fingerprint"]
   assert (got["batches"], got["dropout"]) == (base["batches"], base["dropout"])
+
+  smart = tiny_config(tiny_bert_dir)
+  smart.train.smart.weight = 1.0  # SMART's regularizer is in the step.
+  got = fingerprint.training_fingerprint(smart)
+  assert got["step"] != base["step"] and got["batches"] == base["batches"]
 
   dropout = tiny_config(tiny_bert_dir)
   dropout.model.head_dropout = 0.3
