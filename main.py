@@ -5,7 +5,12 @@ is refused at once. The command line lives in mtl_jax/tools/train_cli.py (also i
 `mtl-jax train`); the loop in mtl_jax/train.py; the config keys in mtl_jax/config/defaults.py.
 """
 
-from mtl_jax.tools import train_cli
+from mtl_jax.runtime import hugepages
 
 if __name__ == "__main__":
+  # Re-executes (runtime/hugepages.py) before the trainer's imports, which would otherwise
+  # run twice: jax, flax, orbax and scipy take seconds of CPU to import.
+  hugepages.reexec_with_huge_pages()
+  from mtl_jax.tools import train_cli
+
   train_cli.run()

@@ -33,6 +33,9 @@ def main() -> None:
   tool = sys.argv.pop(1)
   sys.argv[0] = f"mtl-jax {tool}"
   if tool == "train":
+    from mtl_jax.runtime import hugepages
+
+    hugepages.reexec_with_huge_pages()  # Before the trainer's imports (main.py says why).
     from mtl_jax.tools import train_cli
 
     train_cli.run()

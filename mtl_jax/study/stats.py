@@ -16,7 +16,6 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 from mtl_jax import prediction_files as predictions_lib
 from mtl_jax import scores as metrics_lib
@@ -30,6 +29,14 @@ BOOTSTRAP_SEED = 0
 
 
 # --- Over seeds: mean, sample sd, paired differences
+
+
+def _scipy_stats():
+  """scipy.stats, imported where a t distribution is needed: the trainer imports this
+  module for the dev bootstrap alone, and scipy.stats takes a second of CPU to import."""
+  from scipy import stats
+
+  return stats
 
 
 def _finite(values: Sequence[float | None]) -> np.ndarray:
@@ -55,7 +62,8 @@ def t_interval(
   if x.size < 2:
     mean = float(x.mean()) if x.size else math.nan
     return mean, math.nan, math.nan
-  half = scipy_stats.t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+  t = _scipy_stats().t.ppf(0.5 + confidence / 2, x.size - 1)
+  half = t * x.std(ddof=1) / math.sqrt(x.size)
   return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
 
 
@@ -199,7 +207,7 @@ def t_test(differences: Sequence[float]) -> dict:
     "mean": mean,
     "sd": sd,
     "n": int(x.size),
-    "p": float(2 * scipy_stats.t.sf(abs(t), x.size - 1)),
+    "p": float(2 * _scipy_stats().t.sf(abs(t), x.size - 1)),
   }
 
 
@@ -213,8 +221,9 @@ def tost(differences: Sequence[float], margin: float) -> float:
   mean, se, dof = float(x.mean()), float(x.std(ddof=1)) / math.sqrt(x.size), x.size - 1
   if se == 0:
     return 0.0 if abs(mean) < margin else 1.0
-  p_low = scipy_stats.t.sf((mean + margin) / se, dof)  # H0: mean <= -margin.
-  p_high = scipy_stats.t.cdf((mean - margin) / se, dof)  # H0: mean >= +margin.
+  t = _scipy_stats().t
+  p_low = t.sf((mean + margin) / se, dof)  # H0: mean <= -margin.
+  p_high = t.cdf((mean - margin) / se, dof)  # H0: mean >= +margin.
   return float(max(p_low, p_high))
 
 
@@ -254,9 +263,10 @@ def power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
   `effect` when the paired differences have sd `sd`, with n pairs: P(|T| > t_crit) for T
   noncentral t with n - 1 degrees of freedom and noncentrality effect·√n / sd."""
   dof = n - 1
-  crit = scipy_stats.t.ppf(1 - alpha / 2, dof)
+  stats = _scipy_stats()
+  crit = stats.t.ppf(1 - alpha / 2, dof)
   nc = abs(effect) * math.sqrt(n) / sd
-  upper, lower = scipy_stats.nct.sf(crit, dof, nc), scipy_stats.nct.cdf(-crit, dof, nc)
+  upper, lower = stats.nct.sf(crit, dof, nc), stats.nct.cdf(-crit, dof, nc)
   # scipy's noncentral t gives nan far in a tail (noncentrality in the tens): there it is 1 / 0.
   upper = 1.0 if math.isnan(upper) else upper
   lower = 0.0 if math.isnan(lower) else lower

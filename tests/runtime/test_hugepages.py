@@ -37,10 +37,13 @@ def _thp_mode():
     return ""
 
 
-@pytest.mark.skipif(
+reexecutes = pytest.mark.skipif(
   sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or "[madvise]" not in _thp_mode(),
   reason="needs Linux, glibc, THP madvise",
 )
+
+
+@reexecutes
 def test_program_reexecutes_once_with_the_tunable(tmp_path):
   script = tmp_path / "prog.py"
   script.write_text(
@@ -58,3 +61,23 @@ def test_program_reexecutes_once_with_the_tunable(tmp_path):
   assert out[1] == f"start {TUNABLE} ['--flag=1']"  # Same arguments, once.
   assert out[2].startswith(f"running {TUNABLE} ")
   assert len(out) == 3
+
+
+@reexecutes
+@pytest.mark.parametrize("command", [["main.py"], ["-m", "mtl_jax", "train"]])
+def test_the_trainer_is_imported_once_after_the_reexecution(tmp_path, command):
+  """main.py and `mtl-jax train` re-execute before importing the trainer (jax, flax, orbax,
+  scipy: seconds of CPU), not after: `python -X importtime` lists each import once."""
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  out = subprocess.run(
+    [sys.executable, "-X", "importtime", *command, f"--config={tmp_path / 'none.py'}"],
+    cwd=root,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+  assert f"config file {tmp_path / 'none.py'} not found" in out.stderr, out.stderr[-2000:]
+  imported = [line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if "|" in line]
+  assert imported.count("mtl_jax.runtime.hugepages") == 2  # Once before, once after.
+  assert imported.count("mtl_jax.train") == 1

@@ -67,8 +67,9 @@ def _env(devices: int | None = None) -> dict:
     "JAX_PROCESS_ID",
   ):
     env.pop(name, None)
-  if devices:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  if devices:  # Added to the tests' compiler flags (conftest), as the launcher adds it.
+    flag = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flag}".strip()
   return env
 
 

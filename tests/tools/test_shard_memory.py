@@ -44,7 +44,8 @@ print(json.dumps(out))
 
 def _measure(model_dir: str, mode: str) -> dict:
   script = _SCRIPT.format(root=ROOT, tests=os.path.join(ROOT, "tests"), model=model_dir, mode=mode)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"
+  env = dict(os.environ, XLA_FLAGS=flags.strip())
   out = subprocess.run(
     [sys.executable, "-c", script],
     env=env,
