@@ -294,6 +294,7 @@ _SLOW_FILES = (
   "test_task_specific.py",
   "test_schedules.py",
   "test_packing.py",
+  "test_smart.py",
   "test_diagnose.py",
   "test_bert_base.py",
   "test_hub_and_cache.py",
