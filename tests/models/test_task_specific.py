@@ -170,7 +170,9 @@ def test_copies_are_trainable_not_shared_and_in_no_group(tiny_bert_dir, mode):
 
 
 @pytest.mark.parametrize("mode", ["full", "dora"])
-def test_identical_copies_give_the_shared_models_outputs_exactly(tiny_bert_dir, mode):
+def test_identical_copies_give_the_shared_models_outputs(tiny_bert_dir, mode):
+  """To float32 rounding (rtol 1e-6): a copy read by a gather is another XLA program,
+  which may fuse and order the same sums differently (2e-7 seen)."""
   groups = ("embeddings", "layer_1.ffn") if mode == "full" else ("layer_0.attention",)
   model, shared, copied = _copied(tiny_bert_dir, mode, groups)
   assert KEY in copied
@@ -181,7 +183,9 @@ def test_identical_copies_give_the_shared_models_outputs_exactly(tiny_bert_dir, 
     want = predict(shared, batch, t)
     got = predict(copied, batch, t)
     for name in want:
-      np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(want[name]))
+      np.testing.assert_allclose(
+        np.asarray(got[name]), np.asarray(want[name]), rtol=1e-6, atol=1e-6
+      )
   # A change to task 1's copy changes task 1's outputs only.
   flat = _flat(copied)
   rng = np.random.default_rng(2)
