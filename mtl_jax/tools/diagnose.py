@@ -394,8 +394,30 @@ def s_conflict_scores(cosine: np.ndarray, s: float = 0.0) -> np.ndarray:
     return np.sum(cosine < s, axis=(1, 2))
 
 
+def mean_cosine_p_values(cosine: np.ndarray) -> np.ndarray:
+  """Holm-adjusted p-values [G, P] that a (group, pair)'s mean cosine over the logged steps
+  is 0 (one-sample t-test per cell, Holm over all G x P cells), from cosine [G, P, N].
+
+  Why: a group's S-conflict score needs a chance level to mean anything. Cosines that
+  scatter around 0 give a score of about half the measurements at S = 0 whatever the
+  group; only a mean cosine that differs from 0 says the tasks pull that group apart (or
+  together) more than mini-batch noise does. Logged steps are treated as independent."""
+  from scipy import stats as scipy_stats
+
+  from mtl_jax.study import stats
+
+  raw = np.full(cosine.shape[:2], np.nan)
+  for g, p in np.ndindex(*raw.shape):
+    x = cosine[g, p][np.isfinite(cosine[g, p])]
+    if x.size >= 2 and x.std(ddof=1) > 0:
+      t = x.mean() / (x.std(ddof=1) / np.sqrt(x.size))
+      raw[g, p] = 2 * scipy_stats.t.sf(abs(t), x.size - 1)
+  return np.array(stats.holm(raw.ravel())).reshape(raw.shape)
+
+
 def group_summary(rows: list[dict], s: float = 0.0) -> dict:
-  """Per group (network order): S-conflict score, measurements, mean cosine per pair."""
+  """Per group (network order): S-conflict score, measurements, mean cosine per pair and
+  its Holm-adjusted p-value against 0 (`mean_cosine_p_values`)."""
   a = group_arrays(rows)
   if not a["groups"]:
     raise DiagnoseError(
@@ -403,6 +425,7 @@ def group_summary(rows: list[dict], s: float = 0.0) -> dict:
       "them, or its train.schedule trains one task per step"
     )
   scores = s_conflict_scores(a["cosine"], s)
+  p_values = mean_cosine_p_values(a["cosine"])
   return {
     "S": s,
     "num_rows": int(len(a["steps"])),
@@ -411,16 +434,42 @@ def group_summary(rows: list[dict], s: float = 0.0) -> dict:
         "s_conflict": int(scores[k]),
         "measurements": int(np.isfinite(a["cosine"][k]).sum()),
         "mean_cosine": {p: _mean(a["cosine"][k, n]) for n, p in enumerate(a["pairs"])},
+        "p_mean_cosine": {p: _finite(p_values[k, n]) for n, p in enumerate(a["pairs"])},
       }
       for k, g in enumerate(a["groups"])
     },
   }
 
 
+def _finite(x: float) -> float | None:
+  return float(x) if np.isfinite(x) else None
+
+
+def significant_cells(s: dict, alpha: float = 0.05) -> list[tuple[str, str, float, float]]:
+  """(group, pair, mean cosine, Holm p) of the cells whose mean cosine differs from 0."""
+  return [
+    (g, p, v["mean_cosine"][p], q)
+    for g, v in s["groups"].items()
+    for p, q in v.get("p_mean_cosine", {}).items()
+    if q is not None and q < alpha
+  ]
+
+
+def _chance_line(s: dict, alpha: float = 0.05) -> str:
+  cells = significant_cells(s, alpha)
+  tests = sum(q is not None for v in s["groups"].values() for q in v["p_mean_cosine"].values())
+  head = f"Mean cosine differs from 0 (t-test over the logged steps, Holm over {tests} tests, p < {alpha:g}): "
+  if not cells:
+    return head + "in no group: no group's tasks pull apart (or together) beyond mini-batch noise."
+  return head + ", ".join(f"{g} {p} ({m:+.4f}, p={q:.3g})" for g, p, m, q in cells)
+
+
 def format_group_summary(s: dict) -> str:
-  """The groups by S-conflict score, highest first (as Recon lists them)."""
+  """The groups by S-conflict score, highest first (as Recon lists them), then which
+  groups' mean cosines differ from 0 beyond chance."""
   pairs = list(next(iter(s["groups"].values()))["mean_cosine"])
   ranked = sorted(s["groups"].items(), key=lambda kv: -kv[1]["s_conflict"])
+  lines = [] if "p_mean_cosine" not in next(iter(s["groups"].values())) else ["", _chance_line(s)]
   return "\n".join(
     [
       f"{s['num_rows']} logged steps; S-conflict score: (step, pair) with cosine < S={s['S']:g}",
@@ -434,6 +483,7 @@ def format_group_summary(s: dict) -> str:
         ],
       ),
     ]
+    + lines
   )
 
 
