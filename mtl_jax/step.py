@@ -15,7 +15,7 @@ holds `{"loss_weighting": {"log_var": [T]}}` and task t's objective is
 
 Dropout is keyed by (seed, step) alone (`dropout_keys`), so a resumed run,
 `mtl_jax.diagnose` (which takes this very step on a checkpoint) and `mtl_jax.bench` (this
-step, and `make_summed_step`, its one-gradient baseline) draw the trainer's masks.
+step) draw the trainer's masks.
 """
 
 from __future__ import annotations
@@ -317,7 +317,7 @@ def make_train_step(
   group_stats: bool = True,
   smart: smart_lib.SmartConfig | None = None,
 ):
-  """Returns step(state, frozen, batch) -> (state, metrics).
+  """Returns step(state, frozen, batch, statistics=True) -> (state, metrics).
 
   `smart` (RunSpec.smart, config.train.smart): each task's objective carries SMART's
   regularizer (`mtl_jax.smart`); the logged losses stay the raw ones.
@@ -341,7 +341,13 @@ def make_train_step(
   norms, cosines, conflicts over all shared leaves) and, with `group_stats`, the same per
   parameter group (`multitask.param_group`: embeddings, each layer's attention and
   feed-forward blocks; `group_metrics`); the overall stats are then the sum of the
-  groups' Gram matrices, so the groups cost no second pass over the gradients."""
+  groups' Gram matrices, so the groups cost no second pass over the gradients.
+
+  `statistics` says whether to compute those: True (every step; what the bench times),
+  False (never: the bench's "summed" baseline) or a traced bool, which the trainer passes so
+  that only the steps it logs pay for them (`lax.cond`; one compiled step). With full
+  fine-tuning they read the [T, ...] gradient stack once more, about a tenth of a step; the
+  other steps' "grad/..." metrics are zeros. The update never depends on them."""
   per_task_grads = make_per_task_grads(model, smart)
   num_tasks = len(task_ids)
   names = [tasks.TASKS[i] for i in task_ids]
@@ -363,7 +369,17 @@ def make_train_step(
     place = lambda x: jnp.zeros((num_tasks, *x.shape[1:]), x.dtype).at[task].set(x[0])
     return place(loss), jax.tree.map(place, grads)
 
-  def step(state: TrainState, frozen: dict, batch: dict) -> tuple[TrainState, dict]:
+  def statistics_of(grads, statistics) -> dict:
+    if statistics is True or statistics is False:  # Known when traced: no branch.
+      return gradient_metrics(grads) if statistics else {}
+    skipped = lambda g: jax.tree.map(
+      lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(gradient_metrics, g)
+    )
+    return jax.lax.cond(statistics, gradient_metrics, skipped, grads)
+
+  def step(
+    state: TrainState, frozen: dict, batch: dict, statistics=True
+  ) -> tuple[TrainState, dict]:
     keys = dropout_keys(seed, state.step, num_tasks)
     single = "task" in batch  # The batch's structure: fixed per compiled step.
     if single:
@@ -382,44 +398,9 @@ def make_train_step(
       **({"loss_weight": jnp.exp(-weighting["log_var"])} if weighting is not None else {}),
       "l2_params": optax.tree.norm(trainable),
       "l2_updates": optax.tree.norm(updates),
-      **({} if single else gradient_metrics(grads)),
+      **({} if single else statistics_of(grads, statistics)),
       **{f"method/{k}": v for k, v in mtlgrad.method_stats(opt_state).items()},
     }
     return TrainState(state.step + 1, trainable, opt_state), metrics
-
-  return step
-
-
-def make_summed_step(
-  model: multitask.MultitaskModel,
-  tx: optax.GradientTransformation,
-  num_tasks: int,
-  seed: int,
-  smart: smart_lib.SmartConfig | None = None,
-):
-  """Returns step(state, frozen, batch [T, S, ...]) -> (state, {"loss"}): one gradient, of
-  the summed loss of the T tasks (no task axis, no method), applied by `tx`, an optimizer
-  for combined gradients (`specs.base_optimizer`).
-
-  What a trainer blind to tasks would run, on the batch and with the dropout keys of
-  `make_train_step`: the baseline `mtl_jax.bench` measures the cost of per-task gradients
-  against ("summed")."""
-  loss_fn = make_loss_fn(model, smart)
-
-  def step(state: TrainState, frozen: dict, batch: dict) -> tuple[TrainState, dict]:
-    keys = dropout_keys(seed, state.step, num_tasks)
-
-    lane_tasks, lane_keys, _ = lanes(batch, jnp.arange(num_tasks), keys)
-
-    def total(trainable):
-      losses = jax.vmap(loss_fn, in_axes=(None, None, 0, 0, 0))(
-        trainable, frozen, batch, lane_tasks, lane_keys
-      )
-      return losses.sum()
-
-    loss, grads = jax.value_and_grad(total)(state.trainable)
-    updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
-    trainable = optax.apply_updates(state.trainable, updates)
-    return TrainState(state.step + 1, trainable, opt_state), {"loss": loss}
 
   return step

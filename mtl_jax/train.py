@@ -333,9 +333,13 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
       for step in range(first, last):
         batch = batches(step)
         throughput.add(batch)
-        state, metrics = step_fn(state, frozen, parallel.put_batch(batch, train_sharding))
         done = step + 1
-        if done % max(t.log_every, 1) == 0 or done == t.steps:
+        logged = done % max(t.log_every, 1) == 0 or done == t.steps
+        # The gradient statistics are computed on the logged steps only (a traced flag).
+        state, metrics = step_fn(
+          state, frozen, parallel.put_batch(batch, train_sharding), np.bool_(logged)
+        )
+        if logged:
           _log_step(log, done, metrics, throughput, progress)
         progress.update(1)
         stop = None

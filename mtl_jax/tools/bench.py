@@ -17,15 +17,20 @@ same run. `--sharding` prints instead the per-device bytes of parameters and opt
 state, replicated vs `train.param_sharding=fsdp`, on --devices forced CPU devices
 (mtl_jax.shard_memory).
 
-`summed` is the gradient of the summed loss (one gradient, no task axis); every other
-method computes per-task gradients with vmap and combines them with that mtl_jax.grad
-method, so "vs summed" is the cost of per-task gradients plus the method ("-" when no
-summed row ran). FLOPs are XLA's count for the compiled step; the peak is a dense f32
+`summed` is the gradient of the summed loss and nothing else: the trainer's `sum` step
+without the between-task gradient statistics. Every other method's row is the trainer's
+step with that mtl_jax.grad method and the statistics on every step (the trainer computes
+them on its logged steps only), so "vs summed" is the cost of the statistics plus the
+method ("-" when no summed row ran). Like the trainer, `summed` computes the gradient per
+vmap lane and sums the lanes: on XLA:CPU one gradient of the summed loss is slower, as its
+weight products contract over lanes and tokens at once and XLA transposes the activations
+for them (`python -m benchmarks.compare_step full --variants summed` times both). FLOPs are XLA's count for the compiled step; the peak is a dense f32
 matmul measured in the same run.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 import subprocess
@@ -176,18 +181,16 @@ def _jitted_step(
   from mtl_jax.config import run_spec
   from mtl_jax.models import hf_io
   from mtl_jax.runtime import xla_options
-  from mtl_jax.step import TrainState, make_summed_step, make_train_step
+  from mtl_jax.step import make_train_step
 
   config = bench_config(method, mode, seqs_per_task, model_path, task_specific_top)
   positions = hf_io.read_config(config.model.path).max_position_embeddings
   spec = run_spec.build(fit_to_model(config, positions))
   model, state, frozen, tx = train.init_state(spec)
-  if method == "summed":
-    summed_tx = spec.base_optimizer()  # No task axis to combine.
-    state = TrainState(state.step, state.trainable, summed_tx.init(state.trainable))
-    step = make_summed_step(model, summed_tx, 3, config.seed, spec.smart)
-  else:
-    step = make_train_step(model, tx, (0, 1, 2), config.seed, smart=spec.smart)
+  step = functools.partial(
+    make_train_step(model, tx, (0, 1, 2), config.seed, smart=spec.smart),
+    statistics=method != "summed",
+  )
   jitted = jax.jit(step, donate_argnums=(0,), compiler_options=xla_options.train_step_options())
   return config, model, state, frozen, jitted
 
@@ -228,8 +231,8 @@ def run_one(
   task_specific_top: int = 0,
 ) -> dict:
   """Times one jitted train step configuration (the trainer's step, `step.make_train_step`,
-  or for "summed" `step.make_summed_step`, compiled as the trainer compiles it); returns the
-  row of the table."""
+  for "summed" without the gradient statistics, compiled as the trainer compiles it);
+  returns the row of the table."""
   import jax
 
   config, model, state, frozen, jitted = _jitted_step(

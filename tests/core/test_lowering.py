@@ -56,8 +56,9 @@ def test_train_step_and_predict_export_for_cuda_and_tpu(tiny_bert_dir, mode, dty
     donate_argnums=(0,),
     compiler_options=xla_options.train_step_options(),
   )
+  # With the trainer's traced statistics flag (a lax.cond in the step).
   exported_step = jax.export.export(step, platforms=PLATFORMS)(
-    _abstract(state), _abstract(frozen), _abstract(batch)
+    _abstract(state), _abstract(frozen), _abstract(batch), jax.ShapeDtypeStruct((), np.bool_)
   )
   params = multitask.merge(state.trainable, frozen)
   eval_batch = {
@@ -74,7 +75,8 @@ def test_train_step_and_predict_export_for_cuda_and_tpu(tiny_bert_dir, mode, dty
     assert "xla_cpu" not in text
     if dtype == "bfloat16":  # The matmuls really are bf16 on the accelerator.
       assert re.search(r"stablehlo\.dot_general.*bf16", text)
-  # The exported step has the trainer's signature: (state, metrics) out for (state, frozen, batch).
+  # The exported step has the trainer's signature: (state, metrics) out for (state, frozen,
+  # batch, statistics).
   assert len(exported_step.out_avals) == len(
     jax.tree.leaves(jax.eval_shape(step, state, frozen, batch))
   )
