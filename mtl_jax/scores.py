@@ -73,9 +73,7 @@ def overall_score(sst_acc: float, quora_acc: float, sts_pearson: float) -> float
   return (sst_acc + quora_acc + (sts_pearson + 1.0) / 2.0) / 3.0
 
 
-def evaluate_task(
-  task: str | tasks.TaskSpec, predictions, labels
-) -> dict[str, dict[str, float]]:
+def evaluate_task(task: str | tasks.TaskSpec, predictions, labels) -> dict[str, dict[str, float]]:
   """{task: {metric_name: value}}, e.g. {"sts": {"pearson": 0.87}} (`task`: its spec, or a
   CS224N task's name)."""
   spec = task if isinstance(task, tasks.TaskSpec) else tasks.get(task)

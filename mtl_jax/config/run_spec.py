@@ -18,13 +18,13 @@ import optax
 
 from mtl_jax import grad as mtlgrad
 from mtl_jax import smart as smart_lib
+from mtl_jax import tasks as tasks_lib
 from mtl_jax.config import ConfigError
 from mtl_jax.data import packing, schedules
 from mtl_jax.models import adapters, hf_io, multitask, task_layers
 from mtl_jax.models import heads as heads_lib
 from mtl_jax.optim import averaging, lr_groups
 from mtl_jax.runtime import parallel
-from mtl_jax import tasks as tasks_lib
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -93,7 +93,9 @@ def task_specs(config: ml_collections.ConfigDict) -> tuple[tasks_lib.TaskSpec, .
 def head_spec(config: ml_collections.ConfigDict) -> heads_lib.HeadSpec:
   """config.heads, over the tasks of config.tasks (each with its head and loss)."""
   fields = {
-    f.name: config.heads[f.name] for f in dataclasses.fields(heads_lib.HeadSpec) if f.name != "tasks"
+    f.name: config.heads[f.name]
+    for f in dataclasses.fields(heads_lib.HeadSpec)
+    if f.name != "tasks"
   }
   specs = task_specs(config)
   try:

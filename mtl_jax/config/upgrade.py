@@ -15,12 +15,13 @@ import os
 import ml_collections
 
 from mtl_jax import smart as smart_lib
+from mtl_jax import tasks as tasks_lib
 from mtl_jax.config import ConfigError, defaults
 from mtl_jax.models import heads as heads_lib
-from mtl_jax import tasks as tasks_lib
 from mtl_jax.tasks import TASKS
 
 CONFIG_JSON = "config.json"  # A training workdir's config, written by the trainer.
+
 
 def _flatten_plain(tree: dict) -> dict:
   """A tree's leaves by dotted key, tuples as JSON lists (as config.json holds them)."""

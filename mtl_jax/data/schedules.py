@@ -50,9 +50,9 @@ import functools
 
 import numpy as np
 
+from mtl_jax import tasks as tasks_lib
 from mtl_jax.data import batching, packing
 from mtl_jax.data.files import DataError
-from mtl_jax import tasks as tasks_lib
 
 SCHEDULES = ("all_tasks", "proportional", "sqrt", "annealed", "sequential", "round_robin")
 ONE_TASK_SCHEDULES = SCHEDULES[1:]
@@ -136,7 +136,9 @@ def check_batch_sizes(s: Schedule) -> None:
   """Refuses (DataError) a schedule whose batches hold more examples of a task than the task
   has per epoch: every batch would repeat each of its examples, silently (40 SST rows in a
   batch of 64: each one once or twice a batch; 80 rows at train.seqs_per_task=500: 6-7 times)."""
-  short = [(t, n, b) for t, n, b in zip(s.names, s.epoch_sizes, _per_batch(s), strict=True) if b > n]
+  short = [
+    (t, n, b) for t, n, b in zip(s.names, s.epoch_sizes, _per_batch(s), strict=True) if b > n
+  ]
   if not short:
     return
   # The largest even train.seqs_per_task whose batches fit every task's examples.

@@ -106,7 +106,8 @@ def training_fingerprint(config: ml_collections.ConfigDict, steps: int = STEPS) 
   batches = train.train_batches(spec, data["train"])
   first = [batches(k) for k in range(steps)]
   keys = [
-    np.asarray(jax.random.key_data(dropout_keys(config.seed, k, len(spec.tasks)))) for k in range(steps)
+    np.asarray(jax.random.key_data(dropout_keys(config.seed, k, len(spec.tasks))))
+    for k in range(steps)
   ]
   parts = {
     "step": _sha(step_text(seed_free(config), first[0]).encode()),

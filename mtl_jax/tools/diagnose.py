@@ -49,6 +49,7 @@ def task_pairs(names: tuple[str, ...]) -> list[tuple[int, int]]:
   """The (i, j), i < j, pairs of task positions."""
   return list(itertools.combinations(range(len(names)), 2))
 
+
 FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.tools.cli).
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "A training run's directory (metrics.jsonl, checkpoints/).", flag_values=FLAGS

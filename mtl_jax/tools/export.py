@@ -213,7 +213,9 @@ def export(workdir: str, output: str, overwrite: bool = False, task: str | None 
       "pooling": model.pooling,
       "max_length": config.model.max_length,
       "heads_config": {
-        f.name: getattr(head_spec, f.name) for f in dataclasses.fields(head_spec) if f.name != "tasks"
+        f.name: getattr(head_spec, f.name)
+        for f in dataclasses.fields(head_spec)
+        if f.name != "tasks"
       },
       # The run's tasks in task-axis order, as trained (heads and losses resolved).
       "tasks": [dataclasses.asdict(t) for t in head_spec.tasks],

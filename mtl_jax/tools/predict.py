@@ -30,7 +30,10 @@ _WORKDIR = flags.DEFINE_string(
   "workdir", None, "A training run's directory (its latest checkpoint).", flag_values=FLAGS
 )
 _TASK = flags.DEFINE_string(
-  "task", None, "Which task's head predicts (one of the run's config.task_order).", flag_values=FLAGS
+  "task",
+  None,
+  "Which task's head predicts (one of the run's config.task_order).",
+  flag_values=FLAGS,
 )
 _INPUT = flags.DEFINE_string(
   "input", None, "CS224N task file, or plain text (a sentence or pair a line).", flag_values=FLAGS
