@@ -18,7 +18,7 @@ from mtl_jax import prediction_files, scores, tasks, train
 from mtl_jax.config import ConfigError, defaults
 from mtl_jax.models import heads
 from mtl_jax.runtime.checkpoint import Checkpointer
-from mtl_jax.tools import predict
+from mtl_jax.tools import diagnose, export, predict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORDS = ["good", "bad", "great", "awful", "fine", "poor", "nice", "dull"]
@@ -141,6 +141,29 @@ def test_the_four_task_config_trains_resumes_and_predicts(tiny_bert_dir, tmp_pat
   out = str(tmp_path / "cfimdb-out.csv")
   got = predict.predict_file(workdir, "cfimdb", str(head), out)
   assert got["accuracy"] == pytest.approx(results["cfimdb/accuracy"])
+
+  info = export.export(workdir, str(tmp_path / "export"))
+  assert [t["name"] for t in info["tasks"]] == ["sst", "quora", "sts", "cfimdb"]
+  hidden = info["heads"]["sst"]["params"]["sst/kernel"][0]
+  assert info["heads"]["cfimdb"]["params"] == {"cfimdb/kernel": [hidden, 2], "cfimdb/bias": [2]}
+
+
+def test_diagnose_reads_the_tasks_of_the_logged_rows():
+  names = ("sst", "quora", "sts", "cfimdb")
+  cosine = -np.eye(4) + 2 * np.eye(4)  # Orthogonal pairs: cosine 0, no conflict.
+  rows = [
+    {
+      "step": s,
+      "grad/cosine": cosine.tolist(),
+      **{f"grad/grad_norm/{t}": 1.0 + k for k, t in enumerate(names)},
+      **{f"task_loss/{t}": 0.5 for t in names},
+    }
+    for s in (1, 2)
+  ]
+  assert diagnose.task_names(rows) == names
+  summary = diagnose.summarize(rows)
+  assert len(summary["pairs"]) == 6 and "sts-cfimdb" in summary["pairs"]
+  assert summary["tasks"]["cfimdb"]["mean_grad_norm"] == 4.0
 
 
 def test_overall_is_the_mean_of_the_normalised_metrics():
