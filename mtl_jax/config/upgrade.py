@@ -101,6 +101,12 @@ def upgrade(saved: dict) -> ml_collections.ConfigDict:
       for p in parents:
         node = node[p]
       node[leaf] = value
+  for task in config.train.epoch_examples:  # Free-form, but one key per declared task.
+    if task not in config.tasks:
+      raise ConfigError(
+        f"config.train.epoch_examples.{task}: not a key of this config: it names no task of "
+        f"config.tasks ({sorted(config.tasks)})"
+      )
   config.lock()
   return config
 
