@@ -58,10 +58,17 @@ def test_a_bad_task_declaration_gives_one_clear_line(tmp_path):
     "           label_column='l', label='binary')\n"
     "  return c\n"
   )
-  out = run_main(tmp_path, f"--config={config}")
+  main = lambda *args: subprocess.run(
+    [sys.executable, "main.py", f"--workdir={tmp_path / 'run'}", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  out = main(f"--config={config}")
   assert out.returncode != 0 and "Traceback" not in out.stderr
   assert "error: config.tasks.sst: declared twice" in out.stderr
-  out = run_main(tmp_path, "--config=configs/four_tasks.py", "--config.tasks.cfimdb.label=ordinal")
+  out = main("--config=configs/four_tasks.py", "--config.tasks.cfimdb.label=ordinal")
   assert out.returncode != 0 and "Traceback" not in out.stderr
   assert "error: config.tasks.cfimdb.label: 'ordinal' is not one of" in out.stderr
 
