@@ -26,10 +26,11 @@ def make_predict_fn(model: MultitaskModel):
   return predict
 
 
-def to_prediction(task: str, output: np.ndarray) -> np.ndarray:
+def to_prediction(task: str | tasks.TaskSpec, output: np.ndarray) -> np.ndarray:
   """Head output -> the value the task is scored on, by its kind of label (mtl_jax.tasks):
-  the argmax class, 0/1 from a logit, or the score itself."""
-  label = tasks.get(task).label
+  the argmax class, 0/1 from a logit, or the score itself. `task`: its spec, or a CS224N
+  task's name."""
+  label = (task if isinstance(task, tasks.TaskSpec) else tasks.get(task)).label
   if label == "class":
     return output.argmax(-1)
   if label == "binary":
@@ -43,11 +44,11 @@ def predict_split(
   """Predictions for every example of a split, in the split's order; with `plan`
   (`mtl_jax.data.packing.PackPlan`) from packed batches."""
   preds = None
-  task = np.int32(tasks.index(data.task))
-  output = tasks.get(data.task).output
+  spec = data.task_spec
+  task = np.int32(spec.index)
   for idx, batch in eval_batches(data, seqs_per_batch, buckets, plan):
-    out = np.asarray(predict_fn(params, batch, task)[output])[: len(idx)]
-    p = to_prediction(data.task, out)
+    out = np.asarray(predict_fn(params, batch, task)[spec.output])[: len(idx)]
+    p = to_prediction(spec, out)
     if preds is None:
       preds = np.zeros((len(data),), p.dtype)
     preds[idx] = p
@@ -55,27 +56,37 @@ def predict_split(
 
 
 def evaluate(
-  predict_fn, params, dev: list[Encoded], seqs_per_batch: int, buckets: tuple[int, ...], plan=None
+  predict_fn,
+  params,
+  dev: list[Encoded],
+  seqs_per_batch: int,
+  buckets: tuple[int, ...],
+  plan=None,
+  specs: tuple[tasks.TaskSpec, ...] | None = None,
 ) -> tuple[dict, dict]:
-  """(flat metrics incl. 'overall', {task: predictions}) on the dev splits."""
+  """(flat metrics, {task: predictions}) on the dev splits; with 'overall' when they are
+  every task's of `specs` (the run's; `scores.overall`: the mean of the normalised
+  metrics)."""
   results, preds = {}, {}
   for data in dev:
+    spec = data.task_spec
     preds[data.task] = predict_split(predict_fn, params, data, seqs_per_batch, buckets, plan)
-    for name, value in metrics_lib.evaluate_task(data.task, preds[data.task], data.labels)[
+    for name, value in metrics_lib.evaluate_task(spec, preds[data.task], data.labels)[
       data.task
     ].items():
       results[f"{data.task}/{name}"] = float(value)
-  if all(name in results for name in metrics_lib.DEV_METRICS):
-    results["overall"] = float(
-      metrics_lib.overall_score(*(results[name] for name in metrics_lib.DEV_METRICS))
-    )
+  if specs is None:  # The run's tasks: those of the dev splits, or the CS224N ones.
+    known = all(d.spec is not None for d in dev) and dev
+    specs = tuple(d.spec for d in dev) if known else tasks.DEFAULT
+  if all(name in results for name in metrics_lib.dev_metrics(specs)):
+    results["overall"] = float(metrics_lib.overall(results, specs))
   return results, preds
 
 
 def write_split_predictions(workdir: str, data: Encoded, preds: np.ndarray) -> str:
   """WORKDIR/predictions/<the starter's file name for the task and split>."""
   path = os.path.join(
-    workdir, "predictions", predictions_lib.output_filename(data.task, data.split)
+    workdir, "predictions", predictions_lib.output_filename(data.task_spec, data.split)
   )
   write_task_predictions(path, data, preds)
   return path
@@ -83,6 +94,6 @@ def write_split_predictions(workdir: str, data: Encoded, preds: np.ndarray) -> s
 
 def write_task_predictions(path: str, data: Encoded, preds: np.ndarray) -> None:
   """One task's predictions in the CS224N format (STS clipped to the label range 0..5)."""
-  spec = tasks.get(data.task)
+  spec = data.task_spec
   values = np.clip(preds, 0.0, spec.max_score) if spec.label == "score" else preds
-  predictions_lib.write_predictions(path, data.task, data.ids, values)
+  predictions_lib.write_predictions(path, spec, data.ids, values)

@@ -17,17 +17,22 @@ import numpy as np
 
 from mtl_jax import tasks
 
-# Each task's header column (mtl_jax.tasks: TaskSpec.prediction_column).
-HEADERS = {t.name: t.prediction_column for t in tasks.SPECS.values()}
+# Each CS224N task's header column (mtl_jax.tasks: TaskSpec.prediction_column).
+HEADERS = {t.name: t.prediction_column for t in tasks.DEFAULT}
 
 
-def output_filename(task: str, split: str) -> str:
+def _spec(task: str | tasks.TaskSpec) -> tasks.TaskSpec:
+  """A TaskSpec, or the CS224N task of that name (ValueError for an unknown one)."""
+  return task if isinstance(task, tasks.TaskSpec) else tasks.get(task)
+
+
+def output_filename(task: str | tasks.TaskSpec, split: str) -> str:
   """The starter's file name for a task and split, e.g. 'para-dev-output.csv'."""
-  return f"{tasks.get(task).prediction_prefix}-{split}-output.csv"
+  return f"{_spec(task).prediction_prefix}-{split}-output.csv"
 
 
-def _format(task: str, value) -> str:
-  spec, v = tasks.get(task), float(value)
+def _format(spec: tasks.TaskSpec, value) -> str:
+  task, v = spec.name, float(value)
   if spec.label == "class":
     if not (v.is_integer() and 0 <= v < spec.num_classes):
       raise ValueError(f"{task} prediction {value!r} is not a class in 0..{spec.num_classes - 1}")
@@ -41,18 +46,21 @@ def _format(task: str, value) -> str:
   return repr(v)  # shortest text that round-trips
 
 
-def write_predictions(path: str, task: str, ids: Sequence[str], predictions) -> None:
-  """Writes atomically (temp file + os.replace) so a crash never leaves half a file."""
-  tasks.get(task)  # An unknown task: ValueError.
+def write_predictions(
+  path: str, task: str | tasks.TaskSpec, ids: Sequence[str], predictions
+) -> None:
+  """Writes atomically (temp file + os.replace) so a crash never leaves half a file
+  (`task`: its spec, or a CS224N task's name)."""
+  spec = _spec(task)  # An unknown task: ValueError.
   preds = np.asarray(predictions).ravel()
   if len(ids) != preds.size:
     raise ValueError(f"{len(ids)} ids but {preds.size} predictions")
-  lines = [f"id \t {tasks.get(task).prediction_column} \n"]
+  lines = [f"id \t {spec.prediction_column} \n"]
   for i, p in zip(ids, preds):
     i = str(i)
     if not i or any(c.isspace() or c == "," for c in i):
       raise ValueError(f"id {i!r} cannot be written (empty, or has a space or comma)")
-    lines.append(f"{i} , {_format(task, p)} \n")
+    lines.append(f"{i} , {_format(spec, p)} \n")
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   # Same directory, so os.replace is an atomic rename; plain open() keeps
   # the usual umask permissions (mkstemp would make the file owner-only).
@@ -67,13 +75,16 @@ def write_predictions(path: str, task: str, ids: Sequence[str], predictions) -> 
     raise
 
 
-def read_predictions(path: str) -> tuple[str, list[str], np.ndarray]:
-  """Reads a file written by write_predictions: (task, ids, float64 values)."""
+def read_predictions(
+  path: str, specs: tuple[tasks.TaskSpec, ...] = tasks.DEFAULT
+) -> tuple[str, list[str], np.ndarray]:
+  """Reads a file written by write_predictions for one of `specs` (its header names the
+  task): (task, ids, float64 values)."""
   with open(path, encoding="utf-8") as f:
     header, *rows = f.read().splitlines()
   column = header.split("\t")[-1].strip()
-  tasks = [t for t, h in HEADERS.items() if h == column]
-  if header.split("\t")[0].strip() != "id" or not tasks:
+  found = [t.name for t in specs if t.prediction_column == column]
+  if header.split("\t")[0].strip() != "id" or not found:
     raise ValueError(f"{path}: not a prediction file (header {header!r})")
   ids, values = [], []
   for n, row in enumerate(rows, start=2):
@@ -82,4 +93,4 @@ def read_predictions(path: str) -> tuple[str, list[str], np.ndarray]:
       raise ValueError(f"{path}:{n}: expected '<id> , <value>', got {row!r}")
     ids.append(parts[0].strip())
     values.append(float(parts[1]))
-  return tasks[0], ids, np.asarray(values, dtype=np.float64)
+  return found[0], ids, np.asarray(values, dtype=np.float64)

@@ -1,4 +1,9 @@
-"""Evaluation metrics of the CS224N multitask project (pure numpy)."""
+"""Evaluation metrics of the tasks, and the overall score (pure numpy).
+
+overall = (1/T) sum_t normalised(m_t) over the T tasks' dev metrics m_t, where accuracy is
+its own normalised value and a Pearson correlation r in [-1, 1] is mapped to (r + 1) / 2:
+each term is in [0, 1]. With the three CS224N tasks it is the project's leaderboard score
+(`overall_score`)."""
 
 from __future__ import annotations
 
@@ -6,10 +11,25 @@ import numpy as np
 
 from mtl_jax import tasks
 
-TASK_METRIC = {t.name: t.metric for t in tasks.SPECS.values()}  # Each task's dev metric.
+TASK_METRIC = {t.name: t.metric for t in tasks.DEFAULT}  # Each CS224N task's dev metric.
 # Their flat names ("sst/accuracy", "quora/accuracy", "sts/pearson"), in the order of
 # overall_score's arguments (tasks.TASKS order).
 DEV_METRICS = tuple(f"{t}/{m}" for t, m in TASK_METRIC.items())
+
+
+def dev_metrics(specs: tuple[tasks.TaskSpec, ...]) -> tuple[str, ...]:
+  """The flat names of the tasks' dev metrics ("sst/accuracy", ...), task-axis order."""
+  return tuple(f"{t.name}/{t.metric}" for t in specs)
+
+
+def normalised(metric: str, value: float) -> float:
+  """A dev metric on [0, 1]: accuracy as it is, Pearson's r as (r + 1) / 2."""
+  return (value + 1.0) / 2.0 if metric == "pearson" else value
+
+
+def overall(results: dict, specs: tuple[tasks.TaskSpec, ...]) -> float:
+  """The mean of the tasks' normalised dev metrics (`results`: flat names -> values)."""
+  return sum(normalised(t.metric, results[f"{t.name}/{t.metric}"]) for t in specs) / len(specs)
 
 
 def _pair(pred, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -53,8 +73,9 @@ def overall_score(sst_acc: float, quora_acc: float, sts_pearson: float) -> float
   return (sst_acc + quora_acc + (sts_pearson + 1.0) / 2.0) / 3.0
 
 
-def evaluate_task(task: str, predictions, labels) -> dict[str, dict[str, float]]:
-  """{task: {metric_name: value}}, e.g. {"sts": {"pearson": 0.87}}."""
-  metric = tasks.get(task).metric
-  fn = accuracy if metric == "accuracy" else pearson
-  return {task: {metric: fn(predictions, labels)}}
+def evaluate_task(task: str | tasks.TaskSpec, predictions, labels) -> dict[str, dict[str, float]]:
+  """{task: {metric_name: value}}, e.g. {"sts": {"pearson": 0.87}} (`task`: its spec, or a
+  CS224N task's name)."""
+  spec = task if isinstance(task, tasks.TaskSpec) else tasks.get(task)
+  fn = accuracy if spec.metric == "accuracy" else pearson
+  return {spec.name: {spec.metric: fn(predictions, labels)}}

@@ -133,23 +133,28 @@ def symmetric_divergence(loss: str, adv: jax.Array, clean: jax.Array) -> jax.Arr
 
 
 def task_divergence(
-  adv: dict, clean: dict, weights: jax.Array, task, symmetric: bool = False
+  adv: dict,
+  clean: dict,
+  weights: jax.Array,
+  task,
+  symmetric: bool = False,
+  specs: tuple[tasks.TaskSpec, ...] = tasks.DEFAULT,
 ) -> jax.Array:
   """The mean divergence over task `task`'s real examples (`weights`, 0 for padding) of
-  two `TaskHeads` outputs; `task` indexes tasks.TASKS and may be traced. The head output
+  two `TaskHeads` outputs; `task` indexes `specs` (the run's tasks) and may be traced. The head output
   and its rows are those `mtl_jax.step.task_loss` reads."""
   fn = symmetric_divergence if symmetric else divergence
 
   def of(spec: tasks.TaskSpec):
     def mean():
       name = f"{spec.output}_unit" if f"{spec.output}_unit" in clean else spec.output
-      d = fn(spec.loss, adv[name], clean[name])
+      d = fn(spec.base_loss, adv[name], clean[name])
       w = weights[: d.shape[0]]
       return (d * w).sum() / jnp.maximum(w.sum(), 1.0)
 
     return mean
 
-  return jax.lax.switch(task, [of(spec) for spec in tasks.SPECS.values()])
+  return jax.lax.switch(task, [of(spec) for spec in specs])
 
 
 # --- The projected ascent (Algorithm 1, lines 4-8)
@@ -201,6 +206,7 @@ def regularizer(
   key: jax.Array,
   hidden: int,
   config: SmartConfig,
+  specs: tuple[tasks.TaskSpec, ...] = tasks.DEFAULT,
 ) -> jax.Array:
   """R_s of one task's batch (the module docstring; λ_s not applied).
 
@@ -213,8 +219,8 @@ def regularizer(
   fixed, target = sg(variables), sg(clean)
 
   def divergence_at(delta):
-    return task_divergence(apply(fixed, delta), target, weights, task)
+    return task_divergence(apply(fixed, delta), target, weights, task, specs=specs)
 
   noise = initial_noise(jax.random.fold_in(key, NOISE_STREAM), token_mask, hidden, config.noise_std)
   delta = sg(ascend(divergence_at, noise, config))
-  return task_divergence(apply(variables, delta), clean, weights, task, symmetric=True)
+  return task_divergence(apply(variables, delta), clean, weights, task, True, specs)

@@ -76,8 +76,15 @@ def cosent(
   return jax.nn.logsumexp(jnp.concatenate([jnp.zeros(1, jnp.float32), terms.ravel()]))
 
 
-def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Array) -> jax.Array:
-  """The loss of task `task` (an index into tasks.TASKS, may be traced) on its batch.
+def task_loss(
+  outputs: dict,
+  labels: jax.Array,
+  weights: jax.Array,
+  task: jax.Array,
+  specs: tuple[tasks.TaskSpec, ...] = tasks.DEFAULT,
+) -> jax.Array:
+  """The loss of task `task` (an index into `specs`, the run's tasks; may be traced) on its
+  batch.
 
   Each task's loss is its `tasks.TaskSpec.loss` on its head output: SST cross-entropy;
   Quora binary cross-entropy with logits; STS mean squared error on the 0..5 scale, or,
@@ -103,11 +110,11 @@ def task_loss(outputs: dict, labels: jax.Array, weights: jax.Array, task: jax.Ar
       unit = outputs.get(f"{spec.output}_unit")  # A score on the unit scale.
       if unit is not None:
         return mean((unit - y / spec.max_score) ** 2, w)
-      return mean(_LOSSES[spec.loss](out, y), w)
+      return mean(_LOSSES[spec.base_loss](out, y), w)
 
     return loss
 
-  return jax.lax.switch(task, [loss_of(spec) for spec in tasks.SPECS.values()])
+  return jax.lax.switch(task, [loss_of(spec) for spec in specs])
 
 
 def _make_losses(model: multitask.MultitaskModel, smart: smart_lib.SmartConfig | None = None):
@@ -141,7 +148,7 @@ def _make_losses(model: multitask.MultitaskModel, smart: smart_lib.SmartConfig |
       )
 
     outputs = apply((params, word_vectors))
-    raw = task_loss(outputs, batch["labels"], batch["weights"], task)
+    raw = task_loss(outputs, batch["labels"], batch["weights"], task, model.head_spec.tasks)
     objective = raw if weighting is None else weighted_task_loss(raw, weighting["log_var"], task)
     if regularized:  # The perturbed forwards share the clean one's dropout key (`smart`).
       objective += smart.weight * smart_lib.regularizer(
@@ -154,6 +161,7 @@ def _make_losses(model: multitask.MultitaskModel, smart: smart_lib.SmartConfig |
         key,
         model.config.hidden_size,
         smart,
+        model.head_spec.tasks,
       )
     share = batch.get("slot_share", 1.0)  # A slot's share of its task (see `lanes`).
     return share * objective, share * raw
@@ -325,7 +333,7 @@ def make_train_step(
   A batch of every task (schedule `all_tasks`): leaves [T, S, ...], the gradients of the
   tasks `task_ids` by `vmap`. A batch of one task (the other schedules, see
   `mtl_jax.data.schedules`): leaves [1, S, ...] plus `batch["task"]`, the int32 position of
-  that task in `task_ids` (tasks.TASKS order in the trainer), traced, so one compiled step per
+  that task in `task_ids` (task-axis order in the trainer), traced, so one compiled step per
   length bucket serves every task.
   Its gradient goes to its row of a zero [T, ...] stack, so the same optimizer chain
   applies; with a method linear per task (`mtlgrad.LINEAR_METHODS`, which
@@ -350,7 +358,7 @@ def make_train_step(
   other steps' "grad/..." metrics are zeros. The update never depends on them."""
   per_task_grads = make_per_task_grads(model, smart)
   num_tasks = len(task_ids)
-  names = [tasks.TASKS[i] for i in task_ids]
+  names = [model.head_spec.names[i] for i in task_ids]
 
   def gradient_metrics(grads) -> dict:
     shared = shared_gradients(grads)

@@ -21,7 +21,6 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mtl_jax import tasks
 from mtl_jax.config import resume, run_spec, upgrade
 from mtl_jax.config.run_spec import RunSpec
 from mtl_jax.data import batching, files, packing, schedules
@@ -34,13 +33,13 @@ from mtl_jax.runtime.checkpoint import Checkpointer
 from mtl_jax.runtime.metrics_log import MetricsLog
 from mtl_jax.step import TrainState, make_train_step
 from mtl_jax.study import stats
-from mtl_jax.tasks import TASKS
 
 RESULTS_JSON = "results.json"  # Final dev metrics, step, sizes and wall time of a finished run.
 
 
 def load_data(spec: RunSpec, tokenizer) -> dict[str, list[batching.Encoded]]:
-  """{'train': [...], 'dev': [...], 'test': [...]} encoded splits, tasks in TASKS order."""
+  """{'train': [...], 'dev': [...], 'test': [...]} encoded splits of the run's tasks, in
+  task-axis order (test: the tasks that declare a test file)."""
   config = spec.config
   data_dir = config.data_dir or files.default_data_dir()
   limit = config.data_limit or None
@@ -51,10 +50,10 @@ def load_data(spec: RunSpec, tokenizer) -> dict[str, list[batching.Encoded]]:
         tokenizer,
         files.load_split(data_dir, task, split, config.strict_data, limit),
         config.model.max_length,
-        spec.cross_encoded(task),
+        spec.cross_encoded(task.name),
       )
-      for task in TASKS
-      if split in tasks.get(task).files
+      for task in spec.tasks
+      if split in task.files
     ]
   return out
 
@@ -138,11 +137,12 @@ def _describe_params(params: dict, trainable: dict, opt_state) -> str:
   )
 
 
-def _trained_losses(metrics: dict) -> dict[str, float]:
-  """{task: loss} of the tasks the logged step trained: all, or one with a one-task schedule."""
+def _trained_losses(metrics: dict, names: tuple[str, ...]) -> dict[str, float]:
+  """{task: loss} of the tasks (`names`, task-axis order) the logged step trained: all, or
+  one with a one-task schedule."""
   if "task" in metrics:
-    return {TASKS[int(metrics["task"])]: float(metrics["loss"])}
-  return dict(zip(TASKS, np.asarray(metrics["task_loss"]).tolist()))
+    return {names[int(metrics["task"])]: float(metrics["loss"])}
+  return dict(zip(names, np.asarray(metrics["task_loss"]).tolist()))
 
 
 class Throughput:
@@ -178,10 +178,13 @@ class Throughput:
     )
 
 
-def _log_step(log: MetricsLog, step: int, metrics, throughput: Throughput, progress) -> None:
-  """Writes a logged step's metrics; a non-finite loss stops the run (nothing more saved)."""
+def _log_step(
+  log: MetricsLog, step: int, metrics, throughput: Throughput, progress, names: tuple[str, ...]
+) -> None:
+  """Writes a logged step's metrics (of the tasks `names`); a non-finite loss stops the run
+  (nothing more saved)."""
   metrics = jax.device_get(metrics)
-  losses = _trained_losses(metrics)
+  losses = _trained_losses(metrics, names)
   if not np.isfinite(metrics["loss"]):
     raise FloatingPointError(
       f"non-finite loss at step {step}: per-task losses {losses}; lower train.learning_rate?"
@@ -190,7 +193,7 @@ def _log_step(log: MetricsLog, step: int, metrics, throughput: Throughput, progr
   if "task" in metrics:  # A one-task step: name the task, log its loss under its name.
     ((task, loss),) = losses.items()
     extra.update({"task": task, f"task_loss/{task}": loss})
-  log.write(step, metrics, tasks=TASKS, extra=extra)
+  log.write(step, metrics, tasks=names, extra=extra)
   progress.set_postfix(
     loss=f"{float(metrics['loss']):.3f}", ex_s=f"{extra['examples_per_sec']:.1f}"
   )
@@ -272,7 +275,7 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
   batches = train_batches(spec, data["train"])
   logging.info(schedules.describe(batches.schedule))
   if batches.plan is not None and batches.plan.slots:
-    slots = ", ".join(f"{task} {m}" for task, m in zip(TASKS, batches.plan.slots))
+    slots = ", ".join(f"{task} {m}" for task, m in zip(spec.task_names, batches.plan.slots))
     logging.info("packing: %s lanes per step (slots per task: %s)", sum(batches.plan.slots), slots)
 
   # --- Model, optimizer and step
@@ -284,7 +287,7 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
   state = jax.device_put(state, state_sharding)
   frozen = jax.device_put(frozen, parallel.param_shardings(frozen, mesh, t.param_sharding))
   step_fn = jax.jit(
-    make_train_step(model, tx, tuple(range(len(TASKS))), config.seed, smart=spec.smart),
+    make_train_step(model, tx, tuple(range(len(spec.tasks))), config.seed, smart=spec.smart),
     donate_argnums=(0,),
     out_shardings=(state_sharding, parallel.replicated(mesh)),
     compiler_options=xla_options.train_step_options(),
@@ -301,7 +304,13 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
 
   def run_eval(params) -> tuple[dict, dict]:
     return evaluate(
-      predict_fn, params, data["dev"], config.eval.seqs_per_batch, buckets, spec.eval_plan
+      predict_fn,
+      params,
+      data["dev"],
+      config.eval.seqs_per_batch,
+      buckets,
+      spec.eval_plan,
+      spec.tasks,
     )
 
   # --- Checkpoints
@@ -340,7 +349,7 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
           state, frozen, parallel.put_batch(batch, train_sharding), np.bool_(logged)
         )
         if logged:
-          _log_step(log, done, metrics, throughput, progress)
+          _log_step(log, done, metrics, throughput, progress, spec.task_names)
         progress.update(1)
         stop = None
         if t.eval_every and done % t.eval_every == 0 and done != t.steps:

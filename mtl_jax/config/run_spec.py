@@ -11,19 +11,20 @@ function of the config.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import ml_collections
 import optax
 
 from mtl_jax import grad as mtlgrad
 from mtl_jax import smart as smart_lib
+from mtl_jax import tasks as tasks_lib
 from mtl_jax.config import ConfigError
 from mtl_jax.data import packing, schedules
 from mtl_jax.models import adapters, hf_io, multitask, task_layers
 from mtl_jax.models import heads as heads_lib
 from mtl_jax.optim import averaging, lr_groups
 from mtl_jax.runtime import parallel
-from mtl_jax.tasks import TASKS
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -59,16 +60,46 @@ def task_layer_config(config: ml_collections.ConfigDict) -> task_layers.TaskLaye
     )
     return None
   try:
-    return task_layers.TaskLayerConfig(kind, len(TASKS), int(size))
+    return task_layers.TaskLayerConfig(kind, len(task_specs(config)), int(size))
   except ValueError as e:
     raise ConfigError(f"config.adapter.task_layers: {e}") from e
 
 
-def head_spec(config: ml_collections.ConfigDict) -> heads_lib.HeadSpec:
-  """config.heads."""
-  fields = {f.name: config.heads[f.name] for f in dataclasses.fields(heads_lib.HeadSpec)}
+def declarations(config: ml_collections.ConfigDict) -> dict:
+  """{name: declaration as a plain dict} of the tasks of config.task_order, in that
+  (task-axis) order; ConfigError naming a listed task that config.tasks does not declare."""
+  order = tuple(config.task_order)
+  for name in order:
+    _check(
+      isinstance(name, str) and name in config.tasks,
+      "task_order",
+      f"{name!r} is not a task of config.tasks ({sorted(config.tasks)})",
+    )
+  _check(bool(order), "task_order", "empty: a run trains at least one task")
+  twice = sorted({n for n in order if order.count(n) > 1})
+  _check(not twice, "task_order", f"lists {twice} twice (two tasks cannot share a name)")
+  return {name: json.loads(config.tasks[name].to_json_best_effort()) for name in order}
+
+
+def task_specs(config: ml_collections.ConfigDict) -> tuple[tasks_lib.TaskSpec, ...]:
+  """config.tasks as declared (their heads and losses resolved by `head_spec`)."""
+  declared = declarations(config)
   try:
-    return heads_lib.HeadSpec(**fields)
+    return tasks_lib.declare_all(declared)
+  except ValueError as e:
+    raise ConfigError(f"config.{e}") from e
+
+
+def head_spec(config: ml_collections.ConfigDict) -> heads_lib.HeadSpec:
+  """config.heads, over the tasks of config.tasks (each with its head and loss)."""
+  fields = {
+    f.name: config.heads[f.name]
+    for f in dataclasses.fields(heads_lib.HeadSpec)
+    if f.name != "tasks"
+  }
+  specs = task_specs(config)
+  try:
+    return heads_lib.HeadSpec(**fields, tasks=specs)
   except ValueError as e:
     raise ConfigError(f"config.{e}") from e
 
@@ -100,7 +131,9 @@ def smart_config(config: ml_collections.ConfigDict) -> smart_lib.SmartConfig | N
 
 
 def _epoch_caps(config: ml_collections.ConfigDict) -> tuple:
-  return tuple(config.train.epoch_examples[task] for task in TASKS)
+  """train.epoch_examples of each task, in task-axis order (a task it does not name: 0)."""
+  caps = config.train.epoch_examples
+  return tuple(caps.get(name, 0) for name in declarations(config))
 
 
 def train_schedule(
@@ -119,6 +152,7 @@ def train_schedule(
     t.length_grouping,
     batch_examples,
     t.token_balancing,
+    task_specs(config),
   )
 
 
@@ -146,7 +180,14 @@ def _validate_schedule(config: ml_collections.ConfigDict) -> None:
   _check(
     kind in schedules.SCHEDULES, "train.schedule", f"{kind!r} is not one of {schedules.SCHEDULES}"
   )
-  for task, cap in zip(TASKS, _epoch_caps(config)):
+  for task, cap in config.train.epoch_examples.items():
+    _check(
+      task in config.task_order or cap == 0,
+      f"train.epoch_examples.{task}",
+      f"caps task {task!r}, which the run does not train (config.task_order: "
+      f"{tuple(config.task_order)})",
+    )
+  for task, cap in zip(declarations(config), _epoch_caps(config)):
     _check(
       isinstance(cap, int) and not isinstance(cap, bool) and cap >= 0,
       f"train.epoch_examples.{task}",
@@ -181,6 +222,22 @@ class RunSpec:
   train_plan: packing.PackPlan | None  # How train batches are packed (None: unpacked).
   eval_plan: packing.PackPlan | None  # How evaluation batches are packed.
   smart: smart_lib.SmartConfig | None = None  # SMART's regularizer (None: off).
+
+  @property
+  def tasks(self) -> tuple[tasks_lib.TaskSpec, ...]:
+    """The run's tasks (config.tasks), in task-axis order, heads and losses resolved."""
+    return self.model.heads.tasks
+
+  @property
+  def task_names(self) -> tuple[str, ...]:
+    return self.model.heads.names
+
+  def task(self, name: str) -> tasks_lib.TaskSpec:
+    """The run's task called `name`; ConfigError naming the valid ones otherwise."""
+    try:
+      return tasks_lib.find(self.tasks, name)
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
 
   def cross_encoded(self, task: str) -> bool:
     """Task `task`'s pairs are cross-encoded (one sequence) rather than bi-encoded
@@ -485,7 +542,9 @@ def grad_method(config: ml_collections.ConfigDict):
   refused = mtlgrad.GROUP_SCOPE_REFUSED.get(name) if scope == "group" else None
   _check(not refused, "grad.scope", f"'group' does not apply to grad.method={name!r}: {refused}")
   try:
-    build = lambda: mtlgrad.get_method(name, num_tasks=len(TASKS), **config.grad.kwargs.to_dict())
+    build = lambda: mtlgrad.get_method(
+      name, num_tasks=len(config.task_order), **config.grad.kwargs.to_dict()
+    )
     method = build()
     return method if scope == "global" else mtlgrad.group_scoped(build, multitask.param_groups)
   except ValueError as e:
@@ -501,7 +560,7 @@ def split_params(config: ml_collections.ConfigDict, params: dict) -> tuple[dict,
   trainable, frozen = multitask.split(params, multitask.trainable_mask(params, config.adapter.kind))
   if config.train.loss_weighting == "uncertainty":
     trainable = dict(
-      trainable, **{mtlgrad.LOSS_WEIGHTING_KEY: mtlgrad.uncertainty_params(len(TASKS))}
+      trainable, **{mtlgrad.LOSS_WEIGHTING_KEY: mtlgrad.uncertainty_params(len(config.task_order))}
     )
   return trainable, frozen
 

@@ -15,11 +15,28 @@ import os
 import ml_collections
 
 from mtl_jax import smart as smart_lib
+from mtl_jax import tasks as tasks_lib
 from mtl_jax.config import ConfigError, defaults
 from mtl_jax.models import heads as heads_lib
 from mtl_jax.tasks import TASKS
 
 CONFIG_JSON = "config.json"  # A training workdir's config, written by the trainer.
+
+
+def _flatten_plain(tree: dict) -> dict:
+  """A tree's leaves by dotted key, tuples as JSON lists (as config.json holds them)."""
+  return _flatten(json.loads(json.dumps(tree)))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
 
 # --- Saved configs: a run's config.json in today's schema
 
@@ -43,19 +60,16 @@ _ABSENT_MEANS = {
   "adapter.task_layer_size": 0,
   "adapter.task_specific": [],  # As config.json holds a tuple (resume compares JSON values).
   "adapter.task_specific_top": 0,
-  **{f"heads.{f.name}": f.default for f in dataclasses.fields(heads_lib.HeadSpec)},
+  **{
+    f"heads.{f.name}": f.default
+    for f in dataclasses.fields(heads_lib.HeadSpec)
+    if f.name != "tasks"  # config.tasks, not a heads key.
+  },
+  # Runs before config.tasks trained the three CS224N tasks, as declared in mtl_jax.tasks.
+  **_flatten_plain({"tasks": tasks_lib.CS224N}),
+  "task_order": list(TASKS),
   **{f"train.smart.{f.name}": f.default for f in dataclasses.fields(smart_lib.SmartConfig)},
 }
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -63,7 +77,8 @@ def default_config() -> ml_collections.ConfigDict:
   return defaults.get_config()
 
 
-_FREE_FORM = ("grad.kwargs",)  # Sections whose keys are the user's (a method's arguments).
+# Sections whose keys are the user's: a method's arguments, the tasks and their epoch caps.
+_FREE_FORM = ("grad.kwargs", "tasks", "train.epoch_examples")
 
 
 def upgrade(saved: dict) -> ml_collections.ConfigDict:
@@ -80,14 +95,26 @@ def upgrade(saved: dict) -> ml_collections.ConfigDict:
   _overlay(config, saved, "")
   present = _flatten(saved)
   for key, value in _ABSENT_MEANS.items():
-    if key not in present:
+    if key not in present and not _declared_elsewhere(key, saved):
       *parents, leaf = key.split(".")
       node = config
       for p in parents:
         node = node[p]
       node[leaf] = value
+  for task in config.train.epoch_examples:  # Free-form, but one key per declared task.
+    if task not in config.tasks:
+      raise ConfigError(
+        f"config.train.epoch_examples.{task}: not a key of this config: it names no task of "
+        f"config.tasks ({sorted(config.tasks)})"
+      )
   config.lock()
   return config
+
+
+def _declared_elsewhere(key: str, saved: dict) -> bool:
+  """A key of the default tasks' declarations (tasks.<name>.<key>) that a config.json
+  declaring its own tasks left out: its tasks are those it declares, not the defaults'."""
+  return key.startswith("tasks.") and "tasks" in saved
 
 
 def _overlay(node: ml_collections.ConfigDict, saved: dict, prefix: str) -> None:

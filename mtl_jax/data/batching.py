@@ -52,6 +52,12 @@ class Encoded:
   second: list[np.ndarray] | None  # Of sentence 2, for bi-encoded pairs.
   labels: np.ndarray | None
   token_types: list[np.ndarray] | None = None  # Of `first`, for cross-encoded pairs.
+  spec: tasks.TaskSpec | None = None  # Its task (None: the CS224N task called `task`).
+
+  @property
+  def task_spec(self) -> tasks.TaskSpec:
+    """Its task's spec: the run's, or the CS224N table's for data made without one."""
+    return self.spec if self.spec is not None else tasks.get(self.task)
 
   def __post_init__(self):
     if self.second is not None and self.token_types is not None:
@@ -109,6 +115,7 @@ def encode(tokenizer, split: TaskSplit, max_length: int, cross: bool = False) ->
       None,
       split.labels,
       _int32(out["token_type_ids"]),
+      split.spec,
     )
 
   def ids(sentences):
@@ -116,7 +123,13 @@ def encode(tokenizer, split: TaskSplit, max_length: int, cross: bool = False) ->
 
   second = ids(split.sentences2) if split.sentences2 is not None else None
   return Encoded(
-    split.task, split.split, list(split.ids), ids(split.sentences1), second, split.labels
+    split.task,
+    split.split,
+    list(split.ids),
+    ids(split.sentences1),
+    second,
+    split.labels,
+    spec=split.spec,
   )
 
 
@@ -184,8 +197,8 @@ def make_batch(
 
 
 @functools.lru_cache(maxsize=16)
-def _epoch_order(seed: int, task: str, epoch: int, n: int) -> np.ndarray:
-  return np.random.default_rng([seed, tasks.index(task), epoch]).permutation(n)
+def _epoch_order(seed: int, task_index: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, task_index, epoch]).permutation(n)
 
 
 def _stream(data: Encoded, start: int, count: int, seed: int, epoch_size: int = 0) -> np.ndarray:
@@ -200,7 +213,7 @@ def _stream(data: Encoded, start: int, count: int, seed: int, epoch_size: int = 
   out = np.empty(count, np.int64)
   for epoch in np.unique(epochs):
     here = epochs == epoch
-    out[here] = _epoch_order(seed, data.task, int(epoch), len(data))[offsets[here]]
+    out[here] = _epoch_order(seed, data.task_spec.index, int(epoch), len(data))[offsets[here]]
   return out
 
 
@@ -212,6 +225,7 @@ def train_indices(
   group_steps: int = 0,
   epoch_size: int = 0,
   balance_steps: int = 0,
+  num_tasks: int = len(tasks.TASKS),
 ) -> np.ndarray:
   """Example indices of the task's batch number `step` (the train step, when every step
   has a batch of every task); see the module docstring for length grouping (`group_steps`)
@@ -227,7 +241,7 @@ def train_indices(
   pool = _stream(data, group * group_steps * count, group_steps * count, seed, epoch_size)
   by_length = pool[np.argsort(data.lengths[pool], kind="stable")].reshape(group_steps, count)
   # One order of the group's batches for every task, so that their lengths line up.
-  rank = np.random.default_rng([seed, len(tasks.TASKS), group]).permutation(group_steps)[position]
+  rank = np.random.default_rng([seed, num_tasks, group]).permutation(group_steps)[position]
   return by_length[rank]
 
 
@@ -256,6 +270,7 @@ def train_batch(
   epoch_sizes: tuple[int, ...] = (),
   plan: packing.PackPlan | None = None,
   balance_steps: int = 0,
+  num_tasks: int = len(tasks.TASKS),
 ) -> dict[str, np.ndarray]:
   """The step's batch: every task's arrays stacked on a leading task axis [T, S, ...].
 
@@ -268,12 +283,20 @@ def train_batch(
   (`split_examples`): [K, R, L] with K = sum(slots), plus "slot_task" [K] (each lane's
   position in `datasets`) and "slot_share" [K] (its share of the task's examples, which
   scales its mean loss so that the task's lanes sum to the task's mean loss).
+  `num_tasks`: the run's T (length groups are ordered by [seed, T, group]).
   """
   sizes = epoch_sizes or (0,) * len(datasets)
   numbers = (step,) * len(datasets) if np.ndim(step) == 0 else tuple(step)
   chosen = [
     train_indices(
-      d, int(n), examples_per_batch(d, seqs_per_task), seed, group_steps, size, balance_steps
+      d,
+      int(n),
+      examples_per_batch(d, seqs_per_task),
+      seed,
+      group_steps,
+      size,
+      balance_steps,
+      num_tasks,
     )
     for d, n, size in zip(datasets, numbers, sizes, strict=True)
   ]

@@ -1,4 +1,5 @@
-"""Reading the CS224N minBERT data files (SST-5, Quora, STS-B).
+"""Reading a task's data files (the CS224N minBERT ones: SST-5, Quora, STS-B; or a task
+declared in the config, `mtl_jax.tasks`: the same format, its own columns).
 
 The files are tab-separated with an unnamed index first column; columns are
 looked up by name from the header, so the odd `0<TAB><TAB>id<TAB>sentence`
@@ -13,7 +14,7 @@ sneak into training:
     `TaskSplit.skipped` with their 1-based line number in the file, and
     summarised in one logged line. With `strict=True` the first one raises.
   * A label that parses but is out of range (sst not in 0..4, quora not 0/1,
-    sts not in [0, 5]: the task table, `mtl_jax.tasks`) is a DataError even
+    sts not in [0, 5]: the task's declaration, `mtl_jax.tasks`) is a DataError even
     when not strict: it means the file is not what we think it is, not that
     one row is dirty. (The real files have none.)
   * Missing file, missing column, empty file, unknown task/split: DataError.
@@ -49,8 +50,8 @@ from absl import logging
 
 from mtl_jax import tasks
 
-# (task, split) -> file name, from the task table.
-FILES = {(t.name, split): name for t in tasks.SPECS.values() for split, name in t.files.items()}
+# (task, split) -> file name of the CS224N tasks.
+FILES = {(t.name, split): name for t in tasks.DEFAULT for split, name in t.files.items()}
 
 
 class DataError(ValueError):
@@ -71,6 +72,11 @@ class TaskSplit:
   sentences2: list[str] | None  # None for sst
   labels: np.ndarray | None  # None for test files
   skipped: list[tuple[int, str]]  # (1-based line in the file, reason)
+  spec: tasks.TaskSpec | None = None  # Its task (None: the CS224N task called `task`).
+
+  @property
+  def task_spec(self) -> tasks.TaskSpec:
+    return self.spec if self.spec is not None else tasks.get(self.task)
 
   def __len__(self) -> int:
     return len(self.ids)
@@ -89,9 +95,9 @@ def default_data_dir() -> str:
   return os.path.abspath(os.path.join(repo_root, "..", "shared", "data"))
 
 
-def _parse_label(task: str, text: str, where: str) -> float | int:
-  """Unparsable → _Skip (a dirty row); parsable but out of range → DataError."""
-  spec = tasks.get(task)
+def _parse_label(spec: tasks.TaskSpec, text: str, where: str) -> float | int:
+  """Unparsable → _Skip (a dirty row); parsable but out of range → DataError (naming the
+  task's label key, since a declared task's kind may be the thing that is wrong)."""
   try:
     value = float(text)
   except ValueError:
@@ -107,29 +113,50 @@ def _parse_label(task: str, text: str, where: str) -> float | int:
     ok = 0.0 <= value <= spec.max_score  # False for NaN
     expected = f"in [0, {spec.max_score:g}]"
   if not ok:
-    raise DataError(f"{where}: {spec.label_column} {text!r} out of range (expected {expected})")
+    raise DataError(
+      f"{where}: {spec.label_column} {text!r} out of range (expected {expected}: "
+      f"config.tasks.{spec.name}.label={spec.label!r})"
+    )
   return int(value) if spec.label == "class" else value
 
 
-def _label_dtype(task: str) -> type:
-  return np.int32 if tasks.get(task).label == "class" else np.float32
+def _label_dtype(spec: tasks.TaskSpec) -> type:
+  return np.int32 if spec.label == "class" else np.float32
+
+
+def _spec(task: str | tasks.TaskSpec) -> tasks.TaskSpec:
+  """A TaskSpec, or the CS224N task of that name."""
+  return task if isinstance(task, tasks.TaskSpec) else tasks.get(task)
 
 
 def load_split(
-  data_dir: str, task: str, split: str, strict: bool = False, limit: int | None = None
+  data_dir: str,
+  task: str | tasks.TaskSpec,
+  split: str,
+  strict: bool = False,
+  limit: int | None = None,
 ) -> TaskSplit:
-  """Reads one task/split file; see the module docstring for the error policy."""
-  if (task, split) not in FILES:
+  """Reads one task/split file (`task`: its spec, or a CS224N task's name); see the module
+  docstring for the error policy."""
+  try:
+    spec = _spec(task)
+  except ValueError:
+    spec = None
+  if spec is None:
     valid = ", ".join(f"{t}/{s}" for t, s in FILES)
     raise DataError(f"unknown task/split {task!r}/{split!r}; valid: {valid}")
-  name = FILES[(task, split)]
+  if split not in spec.files:
+    raise DataError(
+      f"task {spec.name} has no {split} file (config.tasks.{spec.name}.files: {spec.files})"
+    )
+  name = spec.files[split]
   path = os.path.abspath(os.path.join(data_dir, name))
   if not os.path.isfile(path):
     raise DataError(
-      f"{path}: data file not found; point --config.data_dir at the "
-      f"directory holding the CS224N files (now {data_dir!r})"
+      f"{path}: data file not found (config.tasks.{spec.name}.files.{split}); point "
+      f"--config.data_dir at the directory holding the task files (now {data_dir!r})"
     )
-  data = read_task_file(path, task, split, split != "test", strict, limit)
+  data = read_task_file(path, spec, split, split != "test", strict, limit)
   if split == "dev":
     check_dev_metric(data, limit)
   return data
@@ -143,7 +170,7 @@ def check_dev_metric(data: TaskSplit, limit: int | None = None) -> None:
   why = undefined_metric(data, limit)
   if why is None:
     return
-  spec = tasks.get(data.task)
+  spec = data.task_spec
   raise DataError(
     f"{data.path}: the {data.task} dev set {why}: its metric, the Pearson correlation, is "
     "undefined there, and every dev comparison (overall, the best checkpoint, the bootstrap) "
@@ -156,7 +183,7 @@ def undefined_metric(data: TaskSplit, limit: int | None = None) -> str | None:
   """Why the task's metric is undefined on these labelled rows ('has 1 usable row', 'has 3
   rows whose similarity are all 2.5'), or None: Pearson's correlation needs 2 rows of
   different labels (accuracy needs one row, which `read_task_file` guarantees)."""
-  spec = tasks.get(data.task)
+  spec = data.task_spec
   if spec.metric != "pearson" or data.labels is None:
     return None
   n = len(data)
@@ -170,15 +197,17 @@ def undefined_metric(data: TaskSplit, limit: int | None = None) -> str | None:
 
 def read_task_file(
   path: str,
-  task: str,
+  task: str | tasks.TaskSpec,
   split: str,
   has_labels: bool | None,
   strict: bool = False,
   limit: int | None = None,
 ) -> TaskSplit:
-  """Reads a file in a task's CS224N format; `has_labels=None`: if the column is there."""
+  """Reads a file in a task's CS224N format (`task`: its spec, or a CS224N task's name);
+  `has_labels=None`: if the column is there."""
   name = os.path.basename(path)
-  columns, label_column = tasks.get(task).sentence_columns, tasks.get(task).label_column
+  spec = _spec(task)
+  columns, label_column = spec.sentence_columns, spec.label_column
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found")
   if has_labels is None:
@@ -198,7 +227,11 @@ def read_task_file(
       header = [h.strip() for h in header]
       missing = [c for c in wanted if c not in header]
       if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found columns {header}")
+        keys = [
+          "sentence_columns" if c in columns else "label_column" for c in missing if c != "id"
+        ]
+        declared = f" (config.tasks.{spec.name}.{keys[0]})" if keys else ""
+        raise DataError(f"{path}: missing column(s) {missing}{declared}; found columns {header}")
       col = {c: header.index(c) for c in wanted}
       end = reader.line_num
       for row in reader:
@@ -216,7 +249,7 @@ def read_task_file(
           empty = [c for c in wanted if not values[c]]
           if empty:
             raise _Skip(f"empty {', '.join(empty)}")
-          label = _parse_label(task, values[wanted[-1]], where) if has_labels else None
+          label = _parse_label(spec, values[wanted[-1]], where) if has_labels else None
         except _Skip as e:
           if strict:
             raise DataError(f"{where}: malformed row: {e} (strict mode)") from None
@@ -238,14 +271,15 @@ def read_task_file(
     raise DataError(_no_usable_rows(path, skipped))
   _log_problems(name, ids, skipped)
   return TaskSplit(
-    task=task,
+    task=spec.name,
     split=split,
     path=path,
     ids=ids,
     sentences1=sents[0],
     sentences2=sents[1] if len(sents) > 1 else None,
-    labels=np.asarray(labels, dtype=_label_dtype(task)) if has_labels else None,
+    labels=np.asarray(labels, dtype=_label_dtype(spec)) if has_labels else None,
     skipped=skipped,
+    spec=spec,
   )
 
 

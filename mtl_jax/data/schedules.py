@@ -15,7 +15,7 @@ Kinds (`config.train.schedule`):
 - One task per step, drawn at random with p_t ∝ B_t^α (seeded, a function of the step):
   `proportional` (α = 1), `sqrt` (α = 1/2), `annealed` (α = 1 − 0.8 e / (E − 1) in epoch
   e = 0..E−1, Stickland & Murray 2019, "BERT and PALs"; α = 1 when E = 1).
-- `sequential`: each epoch, all B_t batches of the first task, then of the next (TASKS order).
+- `sequential`: each epoch, all B_t batches of the first task, then of the next (task-axis order).
 - `round_robin`: step k trains task k mod T.
 
 Undersampling (`config.train.epoch_examples`, per task, 0 = the whole set): a task's epoch is
@@ -50,16 +50,15 @@ import functools
 
 import numpy as np
 
+from mtl_jax import tasks as tasks_lib
 from mtl_jax.data import batching, packing
 from mtl_jax.data.files import DataError
-from mtl_jax.tasks import SPECS, TASKS
 
 SCHEDULES = ("all_tasks", "proportional", "sqrt", "annealed", "sequential", "round_robin")
 ONE_TASK_SCHEDULES = SCHEDULES[1:]
 _FIXED_ALPHA = {"proportional": 1.0, "sqrt": 0.5}
 # Entropy of the task draws: batching keys its shuffles with [seed, task index, epoch] and
-# its length-group orders with [seed, len(TASKS), group]; this key is distinct from both.
-_DRAW_KEY = len(TASKS) + 1
+# its length-group orders with [seed, T, group]; this key, T + 1, is distinct from both.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +66,7 @@ class Schedule:
   """Everything that fixes a run's data order (hashable: per-epoch results are cached)."""
 
   kind: str
-  epoch_sizes: tuple[int, ...]  # Examples of each task (TASKS order) per epoch, caps applied.
+  epoch_sizes: tuple[int, ...]  # Examples of each task (task-axis order) per epoch, caps applied.
   seqs_per_task: int  # Sequences per task batch.
   steps: int  # train.steps: the number of epochs E that annealing spreads over.
   seed: int
@@ -76,12 +75,16 @@ class Schedule:
   # bi-encoder layout (S sentences, S/2 pairs). Cross-encoded pairs fill a row each.
   batch_examples: tuple[int, ...] = ()
   balance_steps: int = 0  # train.token_balancing.
+  names: tuple[str, ...] = tasks_lib.TASKS  # The tasks, in task-axis order.
+  pairs: tuple[bool, ...] = tuple(s.is_pair for s in tasks_lib.DEFAULT)  # Pair tasks.
 
   def __post_init__(self):
     if self.kind not in SCHEDULES:
       raise ValueError(f"schedule {self.kind!r} is not one of {SCHEDULES}")
-    if len(self.epoch_sizes) != len(TASKS):
-      raise ValueError(f"{len(self.epoch_sizes)} epoch sizes for the {len(TASKS)} tasks {TASKS}")
+    if not len(self.epoch_sizes) == len(self.names) == len(self.pairs):
+      raise ValueError(
+        f"{len(self.epoch_sizes)} epoch sizes for the {len(self.names)} tasks {self.names}"
+      )
 
   @property
   def one_task(self) -> bool:
@@ -98,18 +101,29 @@ def make(
   group_steps: int = 0,
   batch_examples: tuple[int, ...] = (),
   balance_steps: int = 0,
+  task_specs: tuple[tasks_lib.TaskSpec, ...] = tasks_lib.DEFAULT,
 ) -> Schedule:
-  """The schedule for datasets of `sizes` examples, each capped at `caps` per epoch (0 = not)."""
+  """The schedule for datasets of `sizes` examples, each capped at `caps` per epoch (0 = not),
+  of the tasks `task_specs`."""
   epoch_sizes = tuple(min(n, c) if c else n for n, c in zip(sizes, caps, strict=True))
   return Schedule(
-    kind, epoch_sizes, seqs_per_task, steps, seed, group_steps, tuple(batch_examples), balance_steps
+    kind,
+    epoch_sizes,
+    seqs_per_task,
+    steps,
+    seed,
+    group_steps,
+    tuple(batch_examples),
+    balance_steps,
+    tasks_lib.names(task_specs),
+    tuple(t.is_pair for t in task_specs),
   )
 
 
 def _per_batch(s: Schedule) -> list[int]:
   """b_t, the examples of each task in one of its batches."""
   return list(s.batch_examples) or [
-    s.seqs_per_task // 2 if SPECS[t].is_pair else s.seqs_per_task for t in TASKS
+    s.seqs_per_task // 2 if pair else s.seqs_per_task for pair in s.pairs
   ]
 
 
@@ -122,7 +136,9 @@ def check_batch_sizes(s: Schedule) -> None:
   """Refuses (DataError) a schedule whose batches hold more examples of a task than the task
   has per epoch: every batch would repeat each of its examples, silently (40 SST rows in a
   batch of 64: each one once or twice a batch; 80 rows at train.seqs_per_task=500: 6-7 times)."""
-  short = [(t, n, b) for t, n, b in zip(TASKS, s.epoch_sizes, _per_batch(s), strict=True) if b > n]
+  short = [
+    (t, n, b) for t, n, b in zip(s.names, s.epoch_sizes, _per_batch(s), strict=True) if b > n
+  ]
   if not short:
     return
   # The largest even train.seqs_per_task whose batches fit every task's examples.
@@ -172,7 +188,7 @@ def epoch_tasks(s: Schedule, epoch: int) -> np.ndarray:
   elif s.kind == "round_robin":
     tasks = (epoch * steps + np.arange(steps)) % num_tasks
   else:
-    rng = np.random.default_rng([s.seed, _DRAW_KEY, epoch])
+    rng = np.random.default_rng([s.seed, len(s.names) + 1, epoch])
     tasks = rng.choice(num_tasks, size=steps, p=task_probabilities(s, epoch))
   tasks.setflags(write=False)
   return tasks
@@ -184,7 +200,7 @@ def _epoch_counts(s: Schedule, epoch: int) -> np.ndarray:
 
 
 def stream_positions(s: Schedule, step: int) -> tuple[int, ...]:
-  """Per task (TASKS order), the number of the batch its stream is at when `step` begins:
+  """Per task (task-axis order), the number of the batch its stream is at when `step` begins:
   the batch the next step that trains the task draws. `all_tasks`: `step` for every task;
   a one-task schedule: the number of earlier steps that trained the task."""
   if not s.one_task:
@@ -242,6 +258,7 @@ def _draw(s: Schedule, datasets, numbers, epoch_sizes, buckets, plan) -> dict[st
     epoch_sizes,
     plan,
     s.balance_steps,
+    len(s.names),
   )
 
 
@@ -265,11 +282,11 @@ class Batches:
 
 def describe(s: Schedule) -> str:
   """One line for the log: the kind, the per-epoch sizes and, for one-task kinds, the epochs."""
-  sizes = ", ".join(f"{t} {n}" for t, n in zip(TASKS, s.epoch_sizes))
+  sizes = ", ".join(f"{t} {n}" for t, n in zip(s.names, s.epoch_sizes))
   if not s.one_task:
     return f"schedule all_tasks: one batch of every task per step; examples per epoch: {sizes}"
   return (
     f"schedule {s.kind}: one task per step, {steps_per_epoch(s)} steps per epoch "
-    f"(batches per epoch: {', '.join(f'{t} {b}' for t, b in zip(TASKS, batches_per_epoch(s)))}; "
+    f"(batches per epoch: {', '.join(f'{t} {b}' for t, b in zip(s.names, batches_per_epoch(s)))}; "
     f"examples per epoch: {sizes}), {num_epochs(s)} epochs in {s.steps} steps"
   )

@@ -70,20 +70,20 @@ POOLINGS = ("cls", "mean")  # Parameter-free (usable on a bare encoder, e.g. mtl
 LEARNED_POOLINGS = ("concat",)
 ALL_POOLINGS = POOLINGS + LEARNED_POOLINGS
 KINDS = ("linear", "shared", "multi_stream")
-QUORA_HEADS = ("features", "dot", "cosine")
-STS_HEADS = ("cosine", "relu_cosine", "dot", "features")
-STS_LOSSES = ("mse", "cosine", "cosent")
+QUORA_HEADS = ("features", "dot", "cosine")  # Of a pair task with a binary label.
+STS_HEADS = ("cosine", "relu_cosine", "dot", "features")  # Of a pair task with a score.
+STS_LOSSES = ("mse", "cosine", "cosent")  # Of a task with a score (tasks.LOSSES["score"]).
 PAIR_ENCODINGS = ("bi", "cross")
-PAIR_TASKS = tuple(t for t in tasks.TASKS if tasks.SPECS[t].is_pair)  # ("quora", "sts")
+PAIR_TASKS = tuple(t.name for t in tasks.DEFAULT if t.is_pair)  # ("quora", "sts")
 # Head values that compare two separately encoded sentence vectors u, v: no such vectors
-# exist when a pair is cross-encoded as one sequence. Each key belongs to one pair task
-# (`_KEY_TASK`), and is refused only when that task is cross-encoded.
+# exist when a pair is cross-encoded as one sequence. Keyed by the config.heads key that
+# sets them for the tasks that do not declare their own (`_DEFAULT_KEY`): refused only
+# for a task that is cross-encoded.
 BI_ENCODER_ONLY = {
   "quora": ("dot", "cosine"),
   "sts": ("cosine", "relu_cosine", "dot"),
   "sts_loss": ("cosine", "cosent"),
 }
-_KEY_TASK = {"quora": "quora", "sts": "sts", "sts_loss": "sts"}
 _VALUES = {
   "kind": KINDS,
   "quora": QUORA_HEADS,
@@ -93,8 +93,26 @@ _VALUES = {
 NUM_SST_CLASSES = tasks.SPECS["sst"].num_classes
 
 
-def parse_pairs(value: str) -> dict[str, str]:
-  """config.heads.pairs -> {pair task: "bi" | "cross"}, in TASKS order.
+def head_choices(task: tasks.TaskSpec) -> tuple[str, ...]:
+  """The heads a task can have, by its sentences and label (the first is the default
+  where config.heads sets none): one sentence, or a pair of a class label, has one."""
+  if not task.is_pair:
+    return ("linear",)
+  return {"binary": QUORA_HEADS, "score": STS_HEADS}.get(task.label, ("features",))
+
+
+def _default_key(task: tasks.TaskSpec, field: str) -> str | None:
+  """The config.heads key whose value a task takes when its declaration leaves `field`
+  ('head' or 'loss') empty, or None (the kind's only value)."""
+  if field == "loss":
+    return "sts_loss" if task.label == "score" else None
+  if task.is_pair and task.label in ("binary", "score"):
+    return "quora" if task.label == "binary" else "sts"
+  return None
+
+
+def parse_pairs(value: str, pair_tasks: tuple[str, ...] = PAIR_TASKS) -> dict[str, str]:
+  """config.heads.pairs -> {pair task: "bi" | "cross"}, in task-axis order.
 
   "bi" or "cross" encodes every pair task that way; a comma-separated list of
   task=encoding ("quora=cross", "quora=cross,sts=bi") sets the tasks it names, and a pair
@@ -102,16 +120,16 @@ def parse_pairs(value: str) -> dict[str, str]:
   if not isinstance(value, str):
     raise ValueError(f"heads.pairs: {value!r} is not a string")
   if value in PAIR_ENCODINGS:
-    return dict.fromkeys(PAIR_TASKS, value)
-  out = dict.fromkeys(PAIR_TASKS, "bi")
+    return dict.fromkeys(pair_tasks, value)
+  out = dict.fromkeys(pair_tasks, "bi")
   named = set()
   for item in value.split(","):
     task, equals, encoding = (x.strip() for x in item.partition("="))
     problem = None
     if not equals:
       problem = f"{item.strip()!r} is not task=encoding"
-    elif task not in PAIR_TASKS:
-      problem = f"{task!r} is not a pair task {PAIR_TASKS}"
+    elif task not in pair_tasks:
+      problem = f"{task!r} is not a pair task {pair_tasks}"
     elif encoding not in PAIR_ENCODINGS:
       problem = f"{encoding!r} (for {task}) is not one of {PAIR_ENCODINGS}"
     elif task in named:
@@ -136,45 +154,76 @@ def format_pairs(encodings: dict[str, str]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class HeadSpec:
-  """Which heads (config.heads); the defaults are the original baseline."""
+  """Which heads (config.heads, and each task's declared head and loss); the defaults are
+  the original baseline. `tasks` are the run's tasks (tasks.TaskSpec, task-axis order):
+  built, each task's head and loss are resolved (a declared one, else config.heads')."""
 
   kind: str = "linear"
   quora: str = "features"
   sts: str = "cosine"
   sts_loss: str = "mse"
   pairs: str = "bi"
+  tasks: tuple[tasks.TaskSpec, ...] = tasks.DEFAULT
 
   def __post_init__(self):
     for name, allowed in _VALUES.items():
       value = getattr(self, name)
       if value not in allowed:
         raise ValueError(f"heads.{name}: {value!r} is not one of {allowed}")
-    encodings = parse_pairs(self.pairs)
-    for name, refused in BI_ENCODER_ONLY.items():
-      value, task = getattr(self, name), _KEY_TASK[name]
-      if value in refused and encodings[task] == "cross":
-        usable = [v for v in _VALUES[name] if v not in refused]
-        instead = format_pairs({**encodings, task: "bi"})
+    encodings = parse_pairs(self.pairs, tuple(t.name for t in self.tasks if t.is_pair))
+    object.__setattr__(self, "tasks", tuple(self._resolve(t, encodings) for t in self.tasks))
+
+  def _resolve(self, task: tasks.TaskSpec, encodings: dict[str, str]) -> tasks.TaskSpec:
+    """`task` with its head and loss set (declared, or config.heads'), checked."""
+    values = {}
+    for field in ("head", "loss"):
+      key = _default_key(task, field)
+      declared = getattr(task, field)
+      value = declared or (getattr(self, key) if key else "")
+      if field == "head":
+        value = value or head_choices(task)[0]
+        if value not in head_choices(task):
+          raise ValueError(
+            f"tasks.{task.name}.head: {value!r} is not a head of a "
+            f"{'pair' if task.is_pair else 'one-sentence'} task with label={task.label!r}; "
+            f"use one of {head_choices(task)}"
+          )
+      else:
+        value = value or tasks.LOSSES[task.label][0]
+      refused = BI_ENCODER_ONLY.get(key, ()) if key else ()
+      if value in refused and encodings.get(task.name) == "cross":
+        where = f"tasks.{task.name}.{field}" if declared else f"heads.{key}"
+        usable = [v for v in _VALUES[key] if v not in refused]
+        instead = format_pairs({**encodings, task.name: "bi"})
         raise ValueError(
-          f"heads.{name}: {value!r} compares two separately encoded sentence vectors, "
-          f"but heads.pairs={self.pairs!r} encodes each {task} pair as one [CLS] s1 [SEP] s2 "
-          f"[SEP] sequence; with it use heads.{name}={usable[0]!r}, or heads.pairs={instead!r}"
+          f"{where}: {value!r} compares two separately encoded sentence vectors, "
+          f"but heads.pairs={self.pairs!r} encodes each {task.name} pair as one [CLS] s1 "
+          f"[SEP] s2 [SEP] sequence; with it use {where}={usable[0]!r}, or "
+          f"heads.pairs={instead!r}"
         )
+      values[field] = value
+    return dataclasses.replace(task, **values)
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    """The tasks' names, in task-axis order."""
+    return tuple(t.name for t in self.tasks)
 
   def cross(self, task: str) -> bool:
     """Whether task `task`'s pairs are cross-encoded (False for a single-sentence task)."""
-    return parse_pairs(self.pairs).get(task) == "cross"
+    pair_tasks = tuple(t.name for t in self.tasks if t.is_pair)
+    return parse_pairs(self.pairs, pair_tasks).get(task) == "cross"
 
   @property
   def cross_tasks(self) -> tuple[str, ...]:
-    """The cross-encoded tasks, in TASKS order."""
-    return tuple(t for t, e in parse_pairs(self.pairs).items() if e == "cross")
+    """The cross-encoded tasks, in task-axis order."""
+    return tuple(t.name for t in self.tasks if self.cross(t.name))
 
   @property
   def batch_ranked_tasks(self) -> tuple[str, ...]:
     """The tasks whose loss ranks the examples of a batch against each other (CoSENT), so
     that a batch split into parts would change it: packing keeps each of them in one lane."""
-    return ("sts",) if self.sts_loss == "cosent" else ()
+    return tuple(t.name for t in self.tasks if t.loss == "cosent")
 
 
 def pool(hidden: jax.Array, attention_mask: jax.Array, pooling: str, dense=None) -> jax.Array:
@@ -236,15 +285,15 @@ class TaskHeads(nn.Module):
     if s.kind != "linear":
       self.shared_dense = nn.Dense(self.hidden_size)
     if s.kind == "multi_stream":
-      for t in tasks.TASKS:
-        setattr(self, f"{t}_stream", nn.Dense(self.hidden_size))
-    self.sst = nn.Dense(NUM_SST_CLASSES)
-    if s.quora == "features":
-      self.quora = nn.Dense(1)
-    elif s.quora == "cosine":
-      self.quora = nn.Dense(1, kernel_init=nn.initializers.constant(5.0))
-    if s.sts == "features":
-      self.sts = nn.Dense(1)
+      for t in s.tasks:
+        setattr(self, f"{t.name}_stream", nn.Dense(self.hidden_size))
+    for t in s.tasks:  # Each task's output layer is named after it; parameter-free heads have none.
+      if t.num_classes:
+        setattr(self, t.name, nn.Dense(t.num_classes))
+      elif t.head == "cosine" and t.label == "binary":
+        setattr(self, t.name, nn.Dense(1, kernel_init=nn.initializers.constant(5.0)))
+      elif t.head in ("linear", "features") or s.cross(t.name):
+        setattr(self, t.name, nn.Dense(1))
 
   def pool(self, hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:
     """[B, L, H] -> pooled [B, D] with this model's pooling (and its learned layer)."""
@@ -263,38 +312,51 @@ class TaskHeads(nn.Module):
     return jnp.concatenate([shared, stream], axis=-1)
 
   def __call__(self, pooled: jax.Array, deterministic: bool = True) -> dict[str, jax.Array]:
-    reps = {t: self._represent(pooled, t, deterministic) for t in tasks.TASKS}
+    tasks_ = self.spec.tasks
+    reps = {t.name: self._represent(pooled, t.name, deterministic) for t in tasks_}
     drop = lambda x: self.Dropout_0(x, deterministic=deterministic)
-    # In this order (sst, quora, sts): the dropout masks are drawn in call order.
-    out = {"sst": self.sst(drop(reps["sst"]))}
-    out["quora"] = self._quora(reps["quora"], drop)
-    return {**out, **self._sts(reps["sts"], drop)}
+    out = {}
+    for t in tasks_:  # In task-axis order: the dropout masks are drawn in call order.
+      layer = getattr(self, t.name, None)
+      if not t.is_pair or self.spec.cross(t.name):
+        out.update(_one_row(t, layer, drop(reps[t.name])))
+      else:
+        out.update(_bi_pair(t, layer, reps[t.name], drop))
+    return out
 
-  def _quora(self, x, drop) -> jax.Array:
-    if self.spec.cross("quora"):  # One row per pair: the learned head on its vector.
-      return self.quora(drop(x))[:, 0]
-    u, v = split_pairs(x)
-    if self.spec.quora == "features":
-      return self.quora(drop(pair_features(u, v)))[:, 0]
-    if self.spec.quora == "dot":
-      return (u * v).sum(-1)
-    return self.quora(cosine(u, v)[:, None])[:, 0]
 
-  def _sts(self, x, drop) -> dict[str, jax.Array]:
-    s = self.spec
-    if s.cross("sts"):  # One row per pair: 5 sigmoid(linear) keeps the score on 0..5.
-      return {"sts": 5.0 * jax.nn.sigmoid(self.sts(drop(x))[:, 0])}
-    u, v = split_pairs(x)
-    if s.sts == "cosine":
-      score, scale = cosine(u, v), 5.0
-    elif s.sts == "relu_cosine":
-      score, scale = jax.nn.relu(cosine(u, v)), 5.0
-    elif s.sts == "dot":
-      score, scale = (u * v).sum(-1), 1.0
-    else:
-      score, scale = self.sts(drop(pair_features(u, v)))[:, 0], 1.0
-    if s.sts_loss == "cosine":
-      return {"sts": 5.0 * score, "sts_unit": score}
-    if s.sts_loss == "cosent":
-      return {"sts": scale * score, "sts_rank": score}
-    return {"sts": scale * score}
+def _one_row(t: tasks.TaskSpec, layer, x) -> dict[str, jax.Array]:
+  """A task whose example is one row (a sentence, or a cross-encoded pair): its learned
+  layer on the row's (dropped-out) vector. A score is max_score sigmoid(linear): on the
+  label scale, near its middle while the layer is small."""
+  if t.label == "class":
+    return {t.name: layer(x)}
+  if t.label == "binary":
+    return {t.name: layer(x)[:, 0]}
+  return {t.name: t.max_score * jax.nn.sigmoid(layer(x)[:, 0])}
+
+
+def _bi_pair(t: tasks.TaskSpec, layer, x, drop) -> dict[str, jax.Array]:
+  """A bi-encoded pair task: its head compares the pair's two rows u, v."""
+  u, v = split_pairs(x)
+  if t.label == "class":
+    return {t.name: layer(drop(pair_features(u, v)))}
+  if t.label == "binary":
+    if t.head == "features":
+      return {t.name: layer(drop(pair_features(u, v)))[:, 0]}
+    if t.head == "dot":
+      return {t.name: (u * v).sum(-1)}
+    return {t.name: layer(cosine(u, v)[:, None])[:, 0]}
+  if t.head == "cosine":
+    score, scale = cosine(u, v), t.max_score
+  elif t.head == "relu_cosine":
+    score, scale = jax.nn.relu(cosine(u, v)), t.max_score
+  elif t.head == "dot":
+    score, scale = (u * v).sum(-1), 1.0
+  else:
+    score, scale = layer(drop(pair_features(u, v)))[:, 0], 1.0
+  if t.loss == "cosine":
+    return {t.name: t.max_score * score, f"{t.name}_unit": score}
+  if t.loss == "cosent":
+    return {t.name: scale * score, f"{t.name}_rank": score}
+  return {t.name: scale * score}

@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from mtl_jax import tasks
 from mtl_jax.data.packing import PACKING_KEYS
 from mtl_jax.models import adapters, hf_io, task_layers, task_specific
 from mtl_jax.models.bert import BertConfig, BertEncoder
@@ -166,10 +165,10 @@ def build(
   groups = task_specific_groups(
     spec.task_specific, spec.task_specific_top, config.num_layers, spec.lora
   )
-  return model, _copy_groups(params, groups, spec.mode)
+  return model, _copy_groups(params, groups, spec.mode, len(spec.heads.tasks))
 
 
-def _copy_groups(params: dict, groups: tuple[str, ...], mode: str) -> dict:
+def _copy_groups(params: dict, groups: tuple[str, ...], mode: str, num_tasks: int) -> dict:
   """`params` with each task's copy of the chosen groups' leaves that train in `mode`:
   every leaf under full fine-tuning, and under probe (a frozen copy would be the shared
   weight: the chosen groups train per task while the rest of the encoder stays frozen);
@@ -187,7 +186,7 @@ def _copy_groups(params: dict, groups: tuple[str, ...], mode: str) -> dict:
       f"task-specific groups {bare} have no parameter that trains under adapter.kind="
       f"{mode!r} (no adapter on them): nothing would be copied per task"
     )
-  return task_specific.make_copies(params, copied, len(tasks.TASKS))
+  return task_specific.make_copies(params, copied, num_tasks)
 
 
 def _is_new(path: tuple[str, ...]) -> bool:

@@ -83,11 +83,10 @@ def step_text(config: ml_collections.ConfigDict, batch: dict) -> str:
   from mtl_jax import train
   from mtl_jax.config import run_spec
   from mtl_jax.step import make_train_step
-  from mtl_jax.tasks import TASKS
 
   spec = run_spec.build(config)
   model, state, frozen, tx = train.init_state(spec)
-  step = make_train_step(model, tx, tuple(range(len(TASKS))), config.seed, smart=spec.smart)
+  step = make_train_step(model, tx, tuple(range(len(spec.tasks))), config.seed, smart=spec.smart)
   lowered = jax.jit(step, donate_argnums=(0,)).lower(state, frozen, batch)
   return _MODULE_NAME.sub("module @train_step", lowered.as_text(), count=1)
 
@@ -101,14 +100,14 @@ def training_fingerprint(config: ml_collections.ConfigDict, steps: int = STEPS) 
   from mtl_jax.config import run_spec
   from mtl_jax.runtime import parallel
   from mtl_jax.step import dropout_keys
-  from mtl_jax.tasks import TASKS
 
   spec = run_spec.build(config, parallel.make_mesh().size)
   data = train.load_data(spec, spec.tokenizer())
   batches = train.train_batches(spec, data["train"])
   first = [batches(k) for k in range(steps)]
   keys = [
-    np.asarray(jax.random.key_data(dropout_keys(config.seed, k, len(TASKS)))) for k in range(steps)
+    np.asarray(jax.random.key_data(dropout_keys(config.seed, k, len(spec.tasks))))
+    for k in range(steps)
   ]
   parts = {
     "step": _sha(step_text(seed_free(config), first[0]).encode()),

@@ -323,14 +323,15 @@ def save_predictions(
   from mtl_jax import prediction_files, tasks
 
   values, labels = {}, {}
-  for d in dev:
-    path = os.path.join(workdir, "predictions", prediction_files.output_filename(d.task, "dev"))
+  specs = tuple(getattr(d, "task_spec", None) or tasks.get(d.task) for d in dev)
+  for d, spec in zip(dev, specs):
+    path = os.path.join(workdir, "predictions", prediction_files.output_filename(spec, "dev"))
     if not os.path.isfile(path):
       return None
-    _, ids, v = prediction_files.read_predictions(path)
+    _, ids, v = prediction_files.read_predictions(path, specs)
     if list(ids) != list(d.ids):
       return None
-    kind = _STORED[tasks.get(d.task).label]
+    kind = _STORED[spec.label]
     values[d.task], values[f"{d.task}_ids"] = v.astype(kind), np.asarray(_ids_sha(ids))
     labels[d.task] = np.asarray(d.labels).astype(np.float32 if kind == np.float16 else np.int8)
     labels[f"{d.task}_ids"] = values[f"{d.task}_ids"]

@@ -19,6 +19,7 @@ import numpy as np
 
 from mtl_jax import prediction_files as predictions_lib
 from mtl_jax import scores as metrics_lib
+from mtl_jax import tasks as tasks_lib
 from mtl_jax.tasks import TASKS
 
 # results.json's metric names, in the report's order.
@@ -121,19 +122,20 @@ def bootstrap_samples(
   labels: dict[str, np.ndarray],
   resamples: int = RESAMPLES,
   seed: int = BOOTSTRAP_SEED,
+  specs: tuple[tasks_lib.TaskSpec, ...] = tasks_lib.DEFAULT,
 ) -> dict[str, np.ndarray]:
-  """{metric: [resamples]} of the dev metrics on resampled dev sets.
+  """{metric: [resamples]} of the dev metrics of the tasks `specs` on resampled dev sets.
 
-  Resample b draws, for each task in TASKS order, n_task indices with replacement from
+  Resample b draws, for each task in task-axis order, n_task indices with replacement from
   np.random.default_rng(seed).integers(0, n_task, (resamples, n_task)); overall is
-  recomputed from the three resampled metrics of the same b, so its interval carries the
-  noise of all three dev sets."""
+  recomputed from the resampled metrics of the same b, so its interval carries the
+  noise of every dev set."""
   rng = np.random.default_rng(seed)
   idx = {}
-  for task in TASKS:
+  for task in tasks_lib.names(specs):
     n = np.asarray(labels[task]).size
     idx[task] = rng.integers(0, max(n, 1), (resamples, n))  # n = 0: refused below.
-  return _resampled_metrics(predictions, labels, idx)
+  return _resampled_metrics(predictions, labels, idx, specs)
 
 
 def bootstrap_intervals(
@@ -142,12 +144,13 @@ def bootstrap_intervals(
   resamples: int = RESAMPLES,
   seed: int = BOOTSTRAP_SEED,
   confidence: float = CONFIDENCE,
+  specs: tuple[tasks_lib.TaskSpec, ...] = tasks_lib.DEFAULT,
 ) -> dict[str, list[float]]:
   """{metric: [low, high]}: percentile bootstrap intervals (see bootstrap_samples)."""
   tail = 100 * (1 - confidence) / 2
   return {
     m: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
-    for m, v in bootstrap_samples(predictions, labels, resamples, seed).items()
+    for m, v in bootstrap_samples(predictions, labels, resamples, seed, specs).items()
   }
 
 
@@ -160,24 +163,25 @@ def dev_intervals(workdir: str, dev: Sequence) -> dict | None:
   clipped to [0, 5], so the STS interval is of the clipped scores (a negative cosine
   becomes 0; the point estimate may differ from results.json's by that)."""
   predictions, labels = {}, {}
-  for d in dev:
-    path = os.path.join(workdir, "predictions", predictions_lib.output_filename(d.task, "dev"))
+  specs = tuple(getattr(d, "task_spec", None) or tasks_lib.get(d.task) for d in dev)
+  for d, spec in zip(dev, specs):
+    path = os.path.join(workdir, "predictions", predictions_lib.output_filename(spec, "dev"))
     if not os.path.isfile(path):
       return None
     try:  # Never fail the end of a finished run over its intervals.
-      _, ids, values = predictions_lib.read_predictions(path)
+      _, ids, values = predictions_lib.read_predictions(path, specs)
     except (OSError, ValueError):
       return None
     if list(ids) != list(d.ids):  # Not this dev set's predictions: no interval is better.
       return None
     predictions[d.task], labels[d.task] = values, np.asarray(d.labels)
-  if set(predictions) != set(TASKS):
+  if not specs:
     return None
   return {
     "resamples": RESAMPLES,
     "seed": BOOTSTRAP_SEED,
     "confidence": CONFIDENCE,
-    "intervals": bootstrap_intervals(predictions, labels),
+    "intervals": bootstrap_intervals(predictions, labels, specs=specs),
   }
 
 
@@ -311,19 +315,23 @@ def n_needed(
 
 
 def _resampled_metrics(
-  predictions: dict[str, np.ndarray], labels: dict[str, np.ndarray], idx: dict[str, np.ndarray]
+  predictions: dict[str, np.ndarray],
+  labels: dict[str, np.ndarray],
+  idx: dict[str, np.ndarray],
+  specs: tuple[tasks_lib.TaskSpec, ...] = tasks_lib.DEFAULT,
 ) -> dict[str, np.ndarray]:
   out = {}
-  for task in TASKS:
+  for spec in specs:
+    task = spec.name
     pred = np.asarray(predictions[task], np.float64)
     gold = np.asarray(labels[task], np.float64)
     if pred.shape != gold.shape or pred.size == 0:
       raise ValueError(f"{task}: {pred.size} predictions for {gold.size} labels")
-    if metrics_lib.TASK_METRIC[task] == "accuracy":
+    if spec.metric == "accuracy":
       out[f"{task}/accuracy"] = (pred == gold)[idx[task]].mean(axis=1)
     else:
       out[f"{task}/pearson"] = _pearson_rows(pred[idx[task]], gold[idx[task]])
-  out["overall"] = metrics_lib.overall_score(*(out[m] for m in metrics_lib.DEV_METRICS))
+  out["overall"] = metrics_lib.overall(out, specs)
   return out
 
 

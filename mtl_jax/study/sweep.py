@@ -466,7 +466,7 @@ def _fingerprint(run: Run) -> str | None:
 def _predictions(run: Run, ledger_dir: str) -> str | None:
   """Stores the run's dev predictions in the ledger (ledger.save_predictions), against the
   dev files of its config; None (and a note) when it has none."""
-  from mtl_jax import tasks
+  from mtl_jax.config import run_spec
   from mtl_jax.data import files
 
   c = run.config
@@ -475,8 +475,8 @@ def _predictions(run: Run, ledger_dir: str) -> str | None:
       files.load_split(
         c.data_dir or files.default_data_dir(), t, "dev", c.strict_data, c.data_limit or None
       )
-      for t in tasks.TASKS
-      if "dev" in tasks.get(t).files
+      for t in run_spec.task_specs(c)
+      if "dev" in t.files
     ]
     rel = ledger.save_predictions(ledger_dir, run.name, run.seed, run.workdir, dev)
   except (OSError, ValueError) as e:

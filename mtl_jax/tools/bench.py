@@ -174,7 +174,8 @@ def bench_config(
 def _jitted_step(
   method: str, mode: str, seqs_per_task: int, model_path: str | None, task_specific_top: int = 0
 ):
-  """(config, model, state, frozen, jitted step) of one bench configuration, 3 tasks."""
+  """(config, model, state, frozen, jitted step) of one bench configuration, over the
+  config's tasks (configs/default.py's 3)."""
   import jax
 
   from mtl_jax import train
@@ -188,7 +189,7 @@ def _jitted_step(
   spec = run_spec.build(fit_to_model(config, positions))
   model, state, frozen, tx = train.init_state(spec)
   step = functools.partial(
-    make_train_step(model, tx, (0, 1, 2), config.seed, smart=spec.smart),
+    make_train_step(model, tx, tuple(range(len(spec.tasks))), config.seed, smart=spec.smart),
     statistics=method != "summed",
   )
   jitted = jax.jit(step, donate_argnums=(0,), compiler_options=xla_options.train_step_options())
@@ -205,8 +206,8 @@ def step_runner(
   HLO text: `benchmarks/profile_step.py`)."""
   import jax
 
-  _, model, state, frozen, jitted = _jitted_step(method, mode, seqs_per_task, model_path)
-  batch = random_batch(3, seqs_per_task, length, model.config.vocab_size)
+  config, model, state, frozen, jitted = _jitted_step(method, mode, seqs_per_task, model_path)
+  batch = random_batch(len(config.task_order), seqs_per_task, length, model.config.vocab_size)
   compiled = jitted.lower(state, frozen, batch).compile()
   holder = [state]
 
@@ -238,7 +239,7 @@ def run_one(
   config, model, state, frozen, jitted = _jitted_step(
     method, mode, seqs_per_task, model_path, task_specific_top
   )
-  batch = random_batch(3, seqs_per_task, length, model.config.vocab_size)
+  batch = random_batch(len(config.task_order), seqs_per_task, length, model.config.vocab_size)
   # Warm-up: every distinct shape compiled (AOT, so its FLOPs are read), then run twice.
   step_batches = (
     real_batches(config, steps + 2, model.config.max_position_embeddings)

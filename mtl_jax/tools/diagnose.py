@@ -31,7 +31,24 @@ from absl import app, flags
 from mtl_jax.tasks import TASKS
 from mtl_jax.tools import cli
 
-PAIRS = list(itertools.combinations(range(len(TASKS)), 2))
+PAIRS = list(itertools.combinations(range(len(TASKS)), 2))  # Of the CS224N tasks.
+
+
+def task_names(rows: list[dict]) -> tuple[str, ...]:
+  """The run's tasks, in task-axis order, from its logged rows' per-task keys (the CS224N
+  tasks when no row has any)."""
+  for prefix in ("grad/grad_norm/", "task_loss/"):
+    for r in rows:
+      names = tuple(k[len(prefix) :] for k in r if k.startswith(prefix))
+      if names:
+        return names
+  return TASKS
+
+
+def task_pairs(names: tuple[str, ...]) -> list[tuple[int, int]]:
+  """The (i, j), i < j, pairs of task positions."""
+  return list(itertools.combinations(range(len(names)), 2))
+
 
 FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.tools.cli).
 _WORKDIR = flags.DEFINE_string(
@@ -120,7 +137,7 @@ def method_stat_names(rows: list[dict]) -> list[str]:
     k[len("method/") : -len(t) - 1]
     for r in rows
     for k in r
-    for t in TASKS
+    for t in task_names(rows)
     if k.startswith("method/") and k.endswith("/" + t)
   }
   return sorted(names)
@@ -128,7 +145,8 @@ def method_stat_names(rows: list[dict]) -> list[str]:
 
 def task_columns(rows: list[dict], prefix: str) -> np.ndarray:
   """[N, T] of prefix + task, NaN where a row lacks it."""
-  return np.array([[r.get(prefix + t, np.nan) for t in TASKS] for r in rows], np.float64)
+  names = task_names(rows)
+  return np.array([[r.get(prefix + t, np.nan) for t in names] for r in rows], np.float64)
 
 
 def arrays(rows: list[dict]) -> dict:
@@ -161,18 +179,18 @@ def _mean(x: np.ndarray) -> float | None:
 
 def summarize(rows: list[dict], dev_rows: list[dict] | None = None) -> dict:
   """Per pair: mean cosine, mean |cosine|, conflict rate; per task: norms, removal, losses."""
-  a = arrays(rows)
+  a, names = arrays(rows), task_names(rows)
   pairs = {}
-  for i, j in PAIRS:
+  for i, j in task_pairs(names):
     c = a["cosine"][:, i, j]
-    pairs[f"{TASKS[i]}-{TASKS[j]}"] = {
+    pairs[f"{names[i]}-{names[j]}"] = {
       "mean_cosine": _mean(c),
       "mean_abs_cosine": _mean(np.abs(c)),
       "conflict_rate": float(np.mean(c < 0)),
     }
   removed = removed_fraction(a)
   tasks = {}
-  for k, t in enumerate(TASKS):
+  for k, t in enumerate(names):
     losses = a["loss"][:, k][np.isfinite(a["loss"][:, k])]
     tasks[t] = {
       "mean_grad_norm": _mean(a["norm"][:, k]),
@@ -277,16 +295,17 @@ def plot(rows: list[dict], dev_rows: list[dict], output: str) -> list[str]:
   """Writes the PNGs (those the rows have data for) and returns their paths."""
   a, paths = arrays(rows), []
   steps = a["steps"]
+  tasks, pairs = task_names(rows), task_pairs(task_names(rows))
 
   def figure(name: str, *args, **kwargs):
     paths.append(line_plot(os.path.join(output, name), *args, **kwargs))
 
-  names = {(i, j): f"{TASKS[i]}–{TASKS[j]}" for i, j in PAIRS}
+  names = {(i, j): f"{tasks[i]}–{tasks[j]}" for i, j in pairs}
   figure(
     "cosine.png",
     "Pairwise cosine of per-task gradients (shared params)",
     "cosine",
-    {names[p]: (steps, a["cosine"][:, p[0], p[1]]) for p in PAIRS},
+    {names[p]: (steps, a["cosine"][:, p[0], p[1]]) for p in pairs},
     zero=True,
   )
   norm_ok = np.isfinite(a["norm"]).any(axis=0) & (np.nan_to_num(a["norm"]) > 0).any(axis=0)
@@ -294,13 +313,13 @@ def plot(rows: list[dict], dev_rows: list[dict], output: str) -> list[str]:
     "grad_norm.png",
     "Per-task gradient norm (shared params)",
     "||g_task||",
-    {t: (steps, a["norm"][:, k]) for k, t in enumerate(TASKS) if norm_ok[k]},
+    {t: (steps, a["norm"][:, k]) for k, t in enumerate(tasks) if norm_ok[k]},
     log=True,
   )
   window = min(20, max(5, len(steps) // 5))
   conflict = (a["cosine"] < 0).astype(np.float64)
   rates = {}
-  for n, p in enumerate(PAIRS):
+  for n, p in enumerate(pairs):
     c, color = conflict[:, p[0], p[1]], f"C{n}"
     rates[f"{names[p]} (all steps so far)"] = (steps, _rolling(c, len(c)), {"color": color})
     rates[f"{names[p]} (last {window})"] = (
@@ -321,21 +340,21 @@ def plot(rows: list[dict], dev_rows: list[dict], output: str) -> list[str]:
       "removed_fraction.png",
       "Share of each task's gradient removed by the method",
       "removed_norm / grad_norm",
-      {t: (steps, removed[:, k]) for k, t in enumerate(TASKS)},
+      {t: (steps, removed[:, k]) for k, t in enumerate(tasks)},
     )
   for s, v in a["method"].items():
     figure(
       f"method_{s.replace('/', '_').replace(':', '_')}.png",
       f"Method stat: {s}",
       s,
-      {t: (steps, v[:, k]) for k, t in enumerate(TASKS)},
+      {t: (steps, v[:, k]) for k, t in enumerate(tasks)},
     )
   if np.isfinite(a["loss"]).any():
     figure(
       "loss.png",
       "Per-task training loss",
       "loss",
-      {t: (steps, a["loss"][:, k]) for k, t in enumerate(TASKS)},
+      {t: (steps, a["loss"][:, k]) for k, t in enumerate(tasks)},
     )
   dev_keys = sorted({k for r in dev_rows for k in r if k.startswith("dev/")})
   if dev_keys:
@@ -371,7 +390,8 @@ def group_arrays(rows: list[dict]) -> dict:
 
   keys = {k[len(GROUP_COS) :].rpartition("/") for r in rows for k in r if k.startswith(GROUP_COS)}
   groups = sorted({g for g, _, _ in keys}, key=group_sort_key)
-  order = {f"{TASKS[i]}-{TASKS[j]}": n for n, (i, j) in enumerate(PAIRS)}
+  names = task_names(rows)
+  order = {f"{names[i]}-{names[j]}": n for n, (i, j) in enumerate(task_pairs(names))}
   pairs = sorted({p for _, _, p in keys}, key=lambda p: (order.get(p, len(order)), p))
   rows = [r for r in rows if any(k.startswith(GROUP_COS) for k in r)]
   cosine = np.array(
@@ -574,7 +594,7 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
   ) as e:
     raise DiagnoseError(str(e)) from e
   step_fn = jax.jit(
-    make_train_step(model, tx, tuple(range(len(TASKS))), config.seed, smart=spec.smart),
+    make_train_step(model, tx, tuple(range(len(spec.tasks))), config.seed, smart=spec.smart),
     compiler_options=xla_options.train_step_options(),
   )
   rows = []
@@ -586,7 +606,7 @@ def checkpoint_rows(workdir: str, num_batches: int) -> list[dict]:
       for k, v in metrics.items()
       if k == "task_loss" or k.startswith(("grad/", "group_", "method/"))
     }
-    rows.append({"step": step, **_flatten(jax.device_get(measured), TASKS)})
+    rows.append({"step": step, **_flatten(jax.device_get(measured), spec.task_names)})
   return rows
 
 

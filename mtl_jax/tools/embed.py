@@ -2,7 +2,7 @@
 
   python -m mtl_jax.embed --model=DIR --input=FILE.txt --output=OUT.npz [--max_length=N]
   python -m mtl_jax.embed --workdir=WORKDIR --input=FILE.txt --output=OUT.npz \\
-      [--pooling=mean] [--task=sst|quora|sts]
+      [--pooling=mean] [--task=<one of the run's tasks>]
 
 One sentence per line, or in a pair file, two tab-separated sentences per line, encoded as
 [CLS] a [SEP] b [SEP] with token types. Row i of every output array is line i of the input:
@@ -32,7 +32,6 @@ from mtl_jax.config import run_spec, upgrade
 from mtl_jax.models import hf_io, task_specific
 from mtl_jax.models.heads import POOLINGS
 from mtl_jax.models.multitask import MultitaskModel
-from mtl_jax.tasks import TASKS
 from mtl_jax.tools import cli
 
 FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.tools.cli).
@@ -61,8 +60,8 @@ _POOLING = flags.DEFINE_enum(
 _BATCH_SIZE = flags.DEFINE_integer(
   "batch_size", 64, "Sequences per forward pass.", flag_values=FLAGS
 )
-_TASK = flags.DEFINE_enum(
-  "task", None, TASKS, "Whose task layers to use (runs trained with them).", flag_values=FLAGS
+_TASK = flags.DEFINE_string(
+  "task", None, "Whose task layers to use (runs trained with them).", flag_values=FLAGS
 )
 cli.mark_required(FLAGS, ["input", "output"])
 
@@ -116,22 +115,25 @@ def embed(
 
   `task` selects the task layers or task-specific copies of an encoder that has them
   (and is required then)."""
+  names = list(model.head_spec.names)  # The run's tasks, in task-axis order.
   if model.config.task_layers is not None and task is None:
     raise ValueError(
       f"this run has task-specific {model.config.task_layers.kind} layers "
-      f"(adapter.task_layers): give the task whose encoder to use, one of {TASKS}"
+      f"(adapter.task_layers): give the task whose encoder to use, one of {names}"
     )
   if task_specific.KEY in params and task is None:
     raise ValueError(
       "this run has task-specific copies of shared layers (adapter.task_specific): "
-      f"give the task whose encoder to use, one of {TASKS}"
+      f"give the task whose encoder to use, one of {names}"
     )
   if second is not None and model.config.type_vocab_size < 2:
     raise ValueError(
       "sentence pairs are encoded with token type 1 for the second sentence, but the model "
       f"has type_vocab_size={model.config.type_vocab_size}: embed one sentence a line"
     )
-  task_id = None if task is None else TASKS.index(task)
+  if task is not None and task not in names:
+    raise ValueError(f"--task={task!r} is not a task of this run; one of {names}")
+  task_id = None if task is None else names.index(task)
   enc = tokenizer(
     first, second, truncation=True, max_length=max_length, padding="longest", return_tensors="np"
   )

@@ -1,6 +1,6 @@
 """Export a run's fine-tuned encoder as a plain Hugging Face BERT directory, from the command line.
 
-  python -m mtl_jax.export --workdir=WORKDIR --output=DIR [--overwrite] [--task=sst|quora|sts]
+  python -m mtl_jax.export --workdir=WORKDIR --output=DIR [--overwrite] [--task=<one of the run's tasks>]
 
 DIR receives:
   config.json, model.safetensors  the encoder with every adapter (LoRA/rsLoRA/DoRA) merged
@@ -52,7 +52,6 @@ from safetensors.numpy import load_file
 from mtl_jax.config import upgrade
 from mtl_jax.models import adapters, hf_io, task_specific
 from mtl_jax.models import heads as heads_lib
-from mtl_jax.tasks import TASKS
 from mtl_jax.tools import cli
 
 TOKENIZER_FILES = (
@@ -73,10 +72,9 @@ _OUTPUT = flags.DEFINE_string(
 _OVERWRITE = flags.DEFINE_bool(
   "overwrite", False, "Replace an earlier export in the output directory.", flag_values=FLAGS
 )
-_TASK = flags.DEFINE_enum(
+_TASK = flags.DEFINE_string(
   "task",
   None,
-  list(TASKS),
   "For a run with task-specific copies (adapter.task_specific): the task whose encoder to export.",
   flag_values=FLAGS,
 )
@@ -133,7 +131,10 @@ def export(workdir: str, output: str, overwrite: bool = False, task: str | None 
     ) from e
   step = int(state.step)  # The step restored, not the latest on disk.
   params = multitask.merge(train.evaluated_trainable(state), frozen)  # The EMA, if kept.
-  params = task_specific.task_params(params, None if task is None else TASKS.index(task))
+  names = spec.task_names
+  if task is not None and task not in names:
+    raise ExportError(f"--task={task!r} is not a task of {workdir}; one of {list(names)}")
+  params = task_specific.task_params(params, None if task is None else names.index(task))
 
   lora = model.config.lora
   encoder = jax.device_get(adapters.merge_all(params["encoder"], lora))
@@ -211,10 +212,18 @@ def export(workdir: str, output: str, overwrite: bool = False, task: str | None 
       "tokenizer_files": copied,
       "pooling": model.pooling,
       "max_length": config.model.max_length,
-      "heads_config": dataclasses.asdict(head_spec),
+      "heads_config": {
+        f.name: getattr(head_spec, f.name)
+        for f in dataclasses.fields(head_spec)
+        if f.name != "tasks"
+      },
+      # The run's tasks in task-axis order, as trained (heads and losses resolved).
+      "tasks": [dataclasses.asdict(t) for t in head_spec.tasks],
       # Per pair task: "bi" (each sentence pooled alone, the heads compare u and v) or
       # "cross" (one [CLS] s1 [SEP] s2 [SEP] sequence, token types 0 then 1, pooled).
-      "pairs": heads_lib.parse_pairs(head_spec.pairs),
+      "pairs": {
+        t.name: "cross" if head_spec.cross(t.name) else "bi" for t in head_spec.tasks if t.is_pair
+      },
       "heads": {
         name: {
           **(HEAD_INFO.get(name, {}) if baseline_heads else {}),
@@ -272,7 +281,8 @@ def _check_workdir(workdir: str, task: str | None = None) -> None:
     raise ExportError(
       f"{workdir} was trained with task-specific copies of shared layers "
       "(adapter.task_specific, adapter.task_specific_top): its encoder differs per task and a "
-      f"Hugging Face BertModel holds one: export one task's with --task (one of {TASKS})"
+      f"Hugging Face BertModel holds one: export one task's with --task (one of "
+      f"{list(saved.task_order)})"
     )
   if task is not None and not copies:
     raise ExportError(

@@ -29,8 +29,11 @@ FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.tools.cli).
 _WORKDIR = flags.DEFINE_string(
   "workdir", None, "A training run's directory (its latest checkpoint).", flag_values=FLAGS
 )
-_TASK = flags.DEFINE_enum(
-  "task", None, tasks.TASKS, "Which task's head predicts.", flag_values=FLAGS
+_TASK = flags.DEFINE_string(
+  "task",
+  None,
+  "Which task's head predicts (one of the run's config.task_order).",
+  flag_values=FLAGS,
 )
 _INPUT = flags.DEFINE_string(
   "input", None, "CS224N task file, or plain text (a sentence or pair a line).", flag_values=FLAGS
@@ -41,12 +44,15 @@ _OUTPUT = flags.DEFINE_string(
 cli.mark_required(FLAGS, ["workdir", "task", "input", "output"])
 
 
-def read_input(path: str, task: str) -> TaskSplit:
-  """The task's CS224N file (labels if present), or plain text lines with line-number ids."""
-  wanted = tasks.get(task).sentence_columns
+def read_input(path: str, task: str | tasks.TaskSpec) -> TaskSplit:
+  """The task's CS224N file (labels if present), or plain text lines with line-number ids
+  (`task`: its spec, or a CS224N task's name)."""
+  spec = task if isinstance(task, tasks.TaskSpec) else tasks.get(task)
+  task = spec.name
+  wanted = spec.sentence_columns
   header = files.read_header(path)
   if "id" in header and all(c in header for c in wanted):
-    return files.read_task_file(path, task, "input", has_labels=None, strict=True)
+    return files.read_task_file(path, spec, "input", has_labels=None, strict=True)
   try:
     with open(path, encoding="utf-8-sig") as f:
       lines = f.read().splitlines()
@@ -75,6 +81,7 @@ def read_input(path: str, task: str) -> TaskSplit:
     sentences2=list(columns[1]) if width == 2 else None,
     labels=None,
     skipped=[],
+    spec=spec,
   )
 
 
@@ -89,7 +96,8 @@ def predict_file(
   mesh = parallel.make_mesh()
   spec, model, params = train.load_trained(workdir, mesh.size)
   config = spec.config
-  split = read_input(input_path, task)
+  task_spec = spec.task(task)  # One of the run's tasks (ConfigError naming them otherwise).
+  split = read_input(input_path, task_spec)
   data = batching.encode(spec.tokenizer(), split, config.model.max_length, spec.cross_encoded(task))
   predict_fn = parallel.data_parallel(evaluate.make_predict_fn(model), mesh, 0)
   # Batched as the run's own evaluation: packed if it trained packed (then no batch is
@@ -103,8 +111,8 @@ def predict_file(
     return {}
   why = files.undefined_metric(split)
   if why is not None:  # Scored 0 it would read as a measurement.
-    return {tasks.get(task).metric: f"undefined: {input_path} {why}"}
-  return metrics.evaluate_task(task, np.asarray(preds), split.labels)[task]
+    return {task_spec.metric: f"undefined: {input_path} {why}"}
+  return metrics.evaluate_task(task_spec, np.asarray(preds), split.labels)[task]
 
 
 def main(argv: list[str]) -> None:

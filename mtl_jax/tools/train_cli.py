@@ -122,7 +122,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    sys.exit(f"error: {e}")
+    # A ConfigError raised by the config file's get_config (e.g. a task declared twice,
+    # defaults.add_task): its own line, not the traceback absl's message holds (the
+    # innermost one: ml_collections re-raises it with the traceback as its message).
+    cause, innermost = e.__cause__ or e.__context__, None
+    while cause is not None:
+      innermost = cause if isinstance(cause, ConfigError) else innermost
+      cause = cause.__cause__ or cause.__context__
+    sys.exit(f"error: {innermost if innermost is not None else e}")
 
 
 def run() -> None:

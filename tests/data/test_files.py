@@ -225,7 +225,7 @@ def test_empty_file(tmp_path, text):
 
 
 def test_unknown_task_or_split(tmp_path):
-  with pytest.raises(DataError, match=r"valid: .*quora/dev"):
+  with pytest.raises(DataError, match=r"task quora has no test file .*quora-dev\.csv"):
     load_split(str(tmp_path), "quora", "test")
   with pytest.raises(DataError, match="unknown task"):
     load_split(str(tmp_path), "mnli", "train")

@@ -46,6 +46,33 @@ def test_bad_input_gives_one_clear_line(tmp_path, override, expected):
   assert "Traceback" not in out.stderr
 
 
+def test_a_bad_task_declaration_gives_one_clear_line(tmp_path):
+  """A task declared twice in a config file (defaults.add_task), and a bad key of a declared
+  task on the command line: one `error:` line naming the task and the key each."""
+  config = tmp_path / "dup.py"
+  config.write_text(
+    "from mtl_jax.config.defaults import add_task, get_config as base\n"
+    "def get_config():\n"
+    "  c = base()\n"
+    "  add_task(c, 'sst', files={'train': 'a', 'dev': 'b'}, sentence_columns=('s',),\n"
+    "           label_column='l', label='binary')\n"
+    "  return c\n"
+  )
+  main = lambda *args: subprocess.run(
+    [sys.executable, "main.py", f"--workdir={tmp_path / 'run'}", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  out = main(f"--config={config}")
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert "error: config.tasks.sst: declared twice" in out.stderr
+  out = main("--config=configs/four_tasks.py", "--config.tasks.cfimdb.label=ordinal")
+  assert out.returncode != 0 and "Traceback" not in out.stderr
+  assert "error: config.tasks.cfimdb.label: 'ordinal' is not one of" in out.stderr
+
+
 def _logged_steps(workdir) -> list[int]:
   path = workdir / "metrics.jsonl"
   lines = path.read_text().splitlines() if path.exists() else []
