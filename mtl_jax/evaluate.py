@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -15,9 +16,12 @@ from mtl_jax.models import multitask
 from mtl_jax.models.multitask import MultitaskModel
 
 
+@functools.lru_cache(maxsize=8)
 def make_predict_fn(model: MultitaskModel):
   """params, batch, task id -> every head's outputs; compiled once per length bucket (the
-  task id, used only by task-specific encoder layers, is traced)."""
+  task id, used only by task-specific encoder layers, is traced). One function per model
+  (models are equal when their settings are): a second run or tool in the same process
+  reuses its traced and compiled programs instead of tracing them again."""
 
   @jax.jit
   def predict(params, batch, task):

@@ -276,6 +276,10 @@ def _compilation_cache(tmp_path_factory):
   os.environ["MTL_JAX_COMPILATION_CACHE"] = cache
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  # And the subprocesses keep every program too, not only those that took over a second
+  # (jax's default): a tiny run's predict functions compile in less.
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
 # `make test` hands whole files to two pytest-xdist workers (--dist loadfile) in collection

@@ -139,3 +139,23 @@ def test_config_is_built_once_and_the_models_config_json_read_once(
   config.eval.write_predictions = False
   train.train_and_evaluate(config, str(tmp_path / "run"))
   assert len(builds) == 1 and len(opened) == 1, (builds, opened)
+
+
+def test_runs_of_one_model_in_a_process_share_its_predict_function(tiny_bert_dir):
+  """Evaluation's jitted predict function is one per model (equal settings, equal model):
+  a second run or tool in the process reuses its traced and compiled programs."""
+  from mtl_jax.config import run_spec
+  from mtl_jax.evaluate import make_predict_fn
+  from mtl_jax.models import multitask
+
+  def model(pooling="mean"):
+    config = tiny_config(tiny_bert_dir)
+    config.model.pooling = pooling
+    spec = run_spec.build(config)
+    return multitask.MultitaskModel(
+      spec.bert, spec.model.pooling, spec.model.head_dropout, spec.model.heads
+    )
+
+  assert model() is not model() and model() == model()
+  assert make_predict_fn(model()) is make_predict_fn(model())
+  assert make_predict_fn(model("cls")) is not make_predict_fn(model())

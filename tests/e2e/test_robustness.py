@@ -41,20 +41,11 @@ from mtl_jax.tools import embed
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-# Subprocesses share one XLA cache and compile the tiny graphs with less effort: the same
-# tiny step is compiled by several runs, on a CPU that other jobs may share.
-ENV = dict(
-  os.environ,
-  JAX_PLATFORMS="cpu",
-  JAX_EXEC_TIME_OPTIMIZATION_EFFORT="-1",
-  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-  JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _subprocess_cache(tmp_path_factory):
-  ENV["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("subprocess_xla_cache"))
+def _env() -> dict:
+  """The subprocesses' environment, read when they start: the session's XLA compilation
+  cache (conftest), so the tiny steps and predict functions that other files' runs
+  compiled are loaded, not compiled again."""
+  return dict(os.environ, JAX_PLATFORMS="cpu")
 
 
 def config_of_args(model_dir: str, **train_overrides):
@@ -66,11 +57,11 @@ def config_of_args(model_dir: str, **train_overrides):
 
 
 def run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-  return subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def popen(args: list[str], **kwargs) -> subprocess.Popen:
-  return subprocess.Popen(args, cwd=ROOT, env=ENV, text=True, **kwargs)
+  return subprocess.Popen(args, cwd=ROOT, env=_env(), text=True, **kwargs)
 
 
 def one_error_line(out: subprocess.CompletedProcess) -> str:

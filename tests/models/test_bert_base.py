@@ -46,9 +46,16 @@ def test_lora_trains_at_bert_base_size(bert_base_dir, tmp_path):
   from mtl_jax.config import defaults as default
 
   config = shrink(default.get_config(), bert_base_dir)
+  # The sizes are what is tested, not the data: 8 rows per file, 4 sequences of 16 tokens
+  # per task and step. At this size the run's CPU time is the model's arithmetic (a step,
+  # and the dev sets' forward passes), which grows with the tokens.
+  config.model.max_length = 16
+  config.data_limit = 8
   config.train.steps = 2
-  config.train.length_buckets = (32,)
+  config.train.seqs_per_task = 4
+  config.train.length_buckets = (16,)
   config.train.checkpoint_every = 2
+  config.eval.seqs_per_batch = 8
   config.eval.write_predictions = False
   workdir = str(tmp_path / "run")
   metrics = train.train_and_evaluate(config, workdir)

@@ -142,6 +142,26 @@ def test_build_with_adapters_is_pretrained_encoder_at_init(tiny_bert_dir, pretra
   np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["lora", "dora"])
+def test_build_draws_the_new_leaves_as_a_full_initialisation_does(tiny_bert_dir, pretrained, kind):
+  """build never draws the random values the checkpoint replaces (XLA drops them), and the
+  leaves it does draw (adapters, heads) are, bitwise, those of a full initialisation of
+  the model with the same key: the same runs as when every leaf was drawn."""
+  _, pre = pretrained
+  model, params = _build(tiny_bert_dir, _adapter(kind))
+  dummy = jnp.zeros((2, 8), jnp.int32)
+  full = jax.jit(lambda r: model.init(r, dummy, dummy + 1, dummy, True)["params"])(
+    jax.random.PRNGKey(0)
+  )
+  loaded = {("encoder", *p) for p in _flat(pre)}
+  new = {p: v for p, v in _flat(params).items() if p not in loaded and p[-1] != "magnitude"}
+  assert {p[0] for p in new} == {"encoder", "heads"}  # Adapters and heads.
+  reference = _flat(full)
+  for path, value in new.items():
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(reference[path]), str(path))
+  _check_base_equals_checkpoint(params, pre)
+
+
 def test_model_spec_rejects_inconsistent_values(tiny_bert_dir):
   with pytest.raises(ValueError):
     multitask.ModelSpec(path=tiny_bert_dir, mode="lora", lora=None)

@@ -27,7 +27,14 @@ def test_step_runner_trains_one_step_per_call(tiny_bert_dir):
   assert "HloModule" in run.compiled.as_text()  # What benchmarks/profile_step.py reads.
 
 
-def test_real_lengths_times_the_trainers_packed_batches(tiny_bert_dir):
+def test_real_lengths_times_the_trainers_packed_batches(tiny_bert_dir, monkeypatch):
+  # real_batches reads and tokenizes every row of the real data (seconds of CPU): the
+  # batches run_one drew are kept, and checked to be those of the trainer's config below.
+  drawn = []
+  real_batches = bench.real_batches
+  monkeypatch.setattr(
+    bench, "real_batches", lambda *a: drawn.append((a, real_batches(*a))) or drawn[-1][1]
+  )
   row = bench.run_one(
     "pcgrad",
     "lora",
@@ -43,7 +50,13 @@ def test_real_lengths_times_the_trainers_packed_batches(tiny_bert_dir):
   # The same batches as the trainer's first steps (steps 2 and 3 are the timed ones).
   config = default.get_config()
   config.model.path, config.train.seqs_per_task = tiny_bert_dir, 4
-  batches = bench.real_batches(config, 4, positions=64)
+  [((used, steps, positions), batches)] = drawn
+  assert (steps, positions) == (4, 64)
+  # The trainer's config but for the gradient method, which draws no batch.
+  assert used.grad.method == "pcgrad"
+  used = used.copy_and_resolve_references()
+  used.grad.method = config.grad.method
+  assert used.to_dict() == config.to_dict()
   timed = [b["attention_mask"] for b in batches[2:]]
   assert row["real_tokens"] == sum(m.sum() for m in timed) / 2
   assert row["computed_tokens"] == sum(m.size for m in timed) / 2
