@@ -27,6 +27,7 @@ from mtl_jax.data import batching, packing
 from mtl_jax.data.batching import Encoded
 from mtl_jax.evaluate import make_predict_fn
 from mtl_jax.models import adapters, hf_io, multitask, task_specific
+from mtl_jax.tasks import TASKS
 from mtl_jax.tools import embed, export
 
 T = 3
@@ -56,7 +57,7 @@ def _shared(tiny_bert_dir, mode):
 def _copied(tiny_bert_dir, mode, groups):
   """(model, shared params, the same params with `groups` copied per task)."""
   model, params = _shared(tiny_bert_dir, mode)
-  return model, params, multitask._copy_groups(params, groups, mode)
+  return model, params, multitask._copy_groups(params, groups, mode, len(TASKS))
 
 
 def _flat(tree):
