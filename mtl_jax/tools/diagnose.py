@@ -470,7 +470,7 @@ def significant_cells(s: dict, alpha: float = 0.05) -> list[tuple[str, str, floa
   return [
     (g, p, v["mean_cosine"][p], q)
     for g, v in s["groups"].items()
-    for p, q in v.get("p_mean_cosine", {}).items()
+    for p, q in v["p_mean_cosine"].items()
     if q is not None and q < alpha
   ]
 
@@ -489,7 +489,6 @@ def format_group_summary(s: dict) -> str:
   groups' mean cosines differ from 0 beyond chance."""
   pairs = list(next(iter(s["groups"].values()))["mean_cosine"])
   ranked = sorted(s["groups"].items(), key=lambda kv: -kv[1]["s_conflict"])
-  lines = [] if "p_mean_cosine" not in next(iter(s["groups"].values())) else ["", _chance_line(s)]
   return "\n".join(
     [
       f"{s['num_rows']} logged steps; S-conflict score: (step, pair) with cosine < S={s['S']:g}",
@@ -503,7 +502,7 @@ def format_group_summary(s: dict) -> str:
         ],
       ),
     ]
-    + lines
+    + ["", _chance_line(s)]
   )
 
 
