@@ -2,18 +2,20 @@
 
   python -m mtl_jax.bench [--methods=summed,sum,pcgrad,cagrad,mgda] [--modes=lora,full]
       [--seqs_per_task=64] [--length=64 | --real_lengths] [--steps=10] [--model=DIR]
-      [--task_specific_top=0]
+      [--task_specific_top=0] [--tasks=3]
   python -m mtl_jax.bench --sharding [--devices=4] [--modes=lora,full] [--model=DIR]
 
 Each (method, mode) runs in its own process (so peak memory is its own) on the bundled
 model (or --model, any Hugging Face BERT directory, e.g. the BERT-base layout written by
-scripts/make_bert_base.py) with fixed shapes [3 tasks, seqs_per_task, length] and random
+scripts/make_bert_base.py) with fixed shapes [--tasks, seqs_per_task, length] and random
 tokens, or with `--real_lengths` on the trainer's own batches: the first steps of the
 batch stream of configs/default.py at --seqs_per_task (real training sentences, packed as
 in training, so a few row shapes; each shape is compiled before timing, and the header
 gives the real and computed tokens per step). Every table starts with the machine line
 (mtl_jax.runtime.machine): CPU, vector ISA, cores, versions and the matmul peak measured in the
-same run. `--sharding` prints instead the per-device bytes of parameters and optimizer
+same run. `--tasks=T` times T tasks: the CS224N tasks in turn (sst, quora, sts, sst_2,
+quora_2, ...; `repeated_tasks`), each with its own head, for how the step grows with the
+number of tasks (random tokens: the copies read no data). `--sharding` prints instead the per-device bytes of parameters and optimizer
 state, replicated vs `train.param_sharding=fsdp`, on --devices forced CPU devices
 (mtl_jax.shard_memory).
 
@@ -87,6 +89,13 @@ _TASK_SPECIFIC_TOP = flags.DEFINE_integer(
   lower_bound=0,
   flag_values=FLAGS,
 )
+_TASKS = flags.DEFINE_integer(
+  "tasks",
+  3,
+  "Tasks per step: the CS224N tasks in turn (sst, quora, sts, sst_2, ...), with random tokens.",
+  lower_bound=1,
+  flag_values=FLAGS,
+)
 _ONE = flags.DEFINE_string(
   "one", None, "Internal: run one 'method:mode' and print JSON.", flag_values=FLAGS
 )
@@ -156,13 +165,37 @@ def fit_to_model(config, positions: int):
   return config
 
 
+def repeated_tasks(config, num_tasks: int) -> None:
+  """config's tasks become the first `num_tasks` of sst, quora, sts, sst_2, quora_2, sts_2,
+  sst_3, ...: copies of the CS224N declarations, each trained with its own head."""
+  from mtl_jax import tasks
+  from mtl_jax.config import defaults as default
+
+  names = []
+  for k in range(num_tasks):
+    base = tasks.TASKS[k % len(tasks.TASKS)]
+    name = base if k < len(tasks.TASKS) else f"{base}_{k // len(tasks.TASKS) + 1}"
+    if name not in config.tasks:  # A copy writes its own prediction files, <name>-*.
+      declaration = {k: v for k, v in tasks.CS224N[base].items() if k != "prediction_prefix"}
+      default.add_task(config, name, **declaration)
+    names.append(name)
+  config.task_order = tuple(names)
+
+
 def bench_config(
-  method: str, mode: str, seqs_per_task: int, model_path: str | None, task_specific_top: int = 0
+  method: str,
+  mode: str,
+  seqs_per_task: int,
+  model_path: str | None,
+  task_specific_top: int = 0,
+  num_tasks: int = 3,
 ):
-  """configs/default.py as one bench configuration runs it ("summed": grad.method sum)."""
+  """configs/default.py as one bench configuration runs it ("summed": grad.method sum),
+  over `num_tasks` tasks (`repeated_tasks`)."""
   from mtl_jax.config import defaults as default
 
   config = default.get_config()
+  repeated_tasks(config, num_tasks)
   config.model.path = model_path or config.model.path
   config.adapter.kind = mode
   config.adapter.task_specific_top = task_specific_top
@@ -172,10 +205,14 @@ def bench_config(
 
 
 def _jitted_step(
-  method: str, mode: str, seqs_per_task: int, model_path: str | None, task_specific_top: int = 0
+  method: str,
+  mode: str,
+  seqs_per_task: int,
+  model_path: str | None,
+  task_specific_top: int = 0,
+  num_tasks: int = 3,
 ):
-  """(config, model, state, frozen, jitted step) of one bench configuration, over the
-  config's tasks (configs/default.py's 3)."""
+  """(config, spec, model, state, frozen, jitted step) of one bench configuration."""
   import jax
 
   from mtl_jax import train
@@ -184,7 +221,7 @@ def _jitted_step(
   from mtl_jax.runtime import xla_options
   from mtl_jax.step import make_train_step
 
-  config = bench_config(method, mode, seqs_per_task, model_path, task_specific_top)
+  config = bench_config(method, mode, seqs_per_task, model_path, task_specific_top, num_tasks)
   positions = hf_io.read_config(config.model.path).max_position_embeddings
   spec = run_spec.build(fit_to_model(config, positions))
   model, state, frozen, tx = train.init_state(spec)
@@ -193,7 +230,7 @@ def _jitted_step(
     statistics=method != "summed",
   )
   jitted = jax.jit(step, donate_argnums=(0,), compiler_options=xla_options.train_step_options())
-  return config, model, state, frozen, jitted
+  return config, spec, model, state, frozen, jitted
 
 
 def step_runner(
@@ -206,8 +243,8 @@ def step_runner(
   HLO text: `benchmarks/profile_step.py`)."""
   import jax
 
-  config, model, state, frozen, jitted = _jitted_step(method, mode, seqs_per_task, model_path)
-  batch = random_batch(len(config.task_order), seqs_per_task, length, model.config.vocab_size)
+  _, spec, model, state, frozen, jitted = _jitted_step(method, mode, seqs_per_task, model_path)
+  batch = random_batch(len(spec.tasks), seqs_per_task, length, model.config.vocab_size)
   compiled = jitted.lower(state, frozen, batch).compile()
   holder = [state]
 
@@ -230,16 +267,17 @@ def run_one(
   model_path: str | None = None,
   real_lengths: bool = False,
   task_specific_top: int = 0,
+  num_tasks: int = 3,
 ) -> dict:
   """Times one jitted train step configuration (the trainer's step, `step.make_train_step`,
   for "summed" without the gradient statistics, compiled as the trainer compiles it);
   returns the row of the table."""
   import jax
 
-  config, model, state, frozen, jitted = _jitted_step(
-    method, mode, seqs_per_task, model_path, task_specific_top
+  config, spec, model, state, frozen, jitted = _jitted_step(
+    method, mode, seqs_per_task, model_path, task_specific_top, num_tasks
   )
-  batch = random_batch(len(config.task_order), seqs_per_task, length, model.config.vocab_size)
+  batch = random_batch(len(spec.tasks), seqs_per_task, length, model.config.vocab_size)
   # Warm-up: every distinct shape compiled (AOT, so its FLOPs are read), then run twice.
   step_batches = (
     real_batches(config, steps + 2, model.config.max_position_embeddings)
@@ -265,7 +303,11 @@ def run_one(
     tokens += b["attention_mask"].sum(), b["attention_mask"].size
   step_s = float(np.median(times))
   flops = float(np.mean(flops))  # Per step; the same for every step at a fixed length.
-  examples = seqs_per_task + 2 * (seqs_per_task // 2)
+  # A bi-encoded pair is two sequences of the task's seqs_per_task.
+  examples = sum(
+    seqs_per_task // 2 if t.is_pair and not spec.cross_encoded(t.name) else seqs_per_task
+    for t in spec.tasks
+  )
   opt_bytes = sum(
     x.nbytes for x in jax.tree_util.tree_leaves(state.opt_state) if hasattr(x, "nbytes")
   )
@@ -283,6 +325,7 @@ def run_one(
     "computed_tokens": float(tokens[1] / steps),
     "shapes": len(compiled),
     "lanes": int(step_batches[0]["input_ids"].shape[0]),  # Tasks, or their slots when packed.
+    "tasks": len(spec.tasks),
   }
 
 
@@ -316,15 +359,15 @@ def table(rows: list[dict], peak: float, header: str = "") -> str:
 
 def shapes_line(rows: list[dict], real_lengths: bool) -> str:
   """What the rows timed: the fixed shape, or the real batches' shapes and tokens."""
-  s, n = _SEQS_PER_TASK.value, _STEPS.value
+  s, n, t = _SEQS_PER_TASK.value, _STEPS.value, _TASKS.value
   if not real_lengths or not rows:
     return (
-      f"shapes: 3 tasks x {s} sequences x {_LENGTH.value} tokens, f32; "
+      f"shapes: {t} tasks x {s} sequences x {_LENGTH.value} tokens, f32; "
       f"median of {n} steps after 2 warm-up steps"
     )
   r = rows[0]  # Every row times the same batches.
   return (
-    f"real lengths: steps 2-{n + 1} of configs/default.py's packed batch stream, 3 tasks x {s} "
+    f"real lengths: steps 2-{n + 1} of configs/default.py's packed batch stream, {t} tasks x {s} "
     f"sequences in {r['lanes']} vmap lanes, f32, {r['shapes']} row shape{'s' * (r['shapes'] != 1)} (compiled first); per step "
     f"{r['real_tokens']:,.0f} real of {r['computed_tokens']:,.0f} computed tokens "
     f"({100 * (1 - r['real_tokens'] / r['computed_tokens']):.1f}% padding); median of {n} steps"
@@ -347,6 +390,7 @@ def main(argv: list[str]) -> int:
           _MODEL.value,
           _REAL_LENGTHS.value,
           _TASK_SPECIFIC_TOP.value,
+          _TASKS.value,
         )
       )
     )
@@ -364,6 +408,7 @@ def main(argv: list[str]) -> int:
     _STEPS.value,
     _MODEL.value,
     _TASK_SPECIFIC_TOP.value,
+    _TASKS.value,
   )
   start = machine.cpu_times()
   peak = matmul_peak_flops()
@@ -381,6 +426,7 @@ def main(argv: list[str]) -> int:
           f"--steps={_STEPS.value}",
           f"--real_lengths={_REAL_LENGTHS.value}",
           f"--task_specific_top={_TASK_SPECIFIC_TOP.value}",
+          f"--tasks={_TASKS.value}",
           *([f"--model={_MODEL.value}"] if _MODEL.value else []),
         ],
         capture_output=True,
@@ -418,6 +464,7 @@ def check_arguments(
   steps: int,
   model_path: str | None,
   task_specific_top: int = 0,
+  num_tasks: int = 3,
 ) -> None:
   """app.UsageError for a value no configuration could run, before any is started: each
   (method, mode) as the trainer's config check sees it, the model, --length, --steps."""
@@ -434,7 +481,7 @@ def check_arguments(
     run_spec.check_max_length(length, positions, "--length", path)
     for method in methods:
       for mode in modes:
-        config = bench_config(method, mode, seqs_per_task, model_path, task_specific_top)
+        config = bench_config(method, mode, seqs_per_task, model_path, task_specific_top, num_tasks)
         config.model.max_length, config.train.length_buckets = length, (length,)
         run_spec.build(config)
   except (run_spec.ConfigError, hf_io.CheckpointError) as e:

@@ -130,3 +130,55 @@ def test_task_specific_top_is_checked_before_any_configuration_runs(tiny_bert_di
     bench.check_arguments(["sum"], ["full"], 4, 16, 2, tiny_bert_dir, task_specific_top=3)
   bench.check_arguments(["sum"], ["full"], 4, 16, 2, tiny_bert_dir, task_specific_top=2)
   assert bench.bench_config("sum", "lora", 4, tiny_bert_dir, 1).adapter.task_specific_top == 1
+
+
+def test_repeated_tasks_copy_the_cs224n_declarations_in_turn():
+  config = bench.bench_config("sum", "lora", 4, None, num_tasks=7)
+  assert config.task_order == ("sst", "quora", "sts", "sst_2", "quora_2", "sts_2", "sst_3")
+  for name in config.task_order:
+    base = name.split("_")[0]
+    copy = {k: v for k, v in config.tasks[name].items() if k != "prediction_prefix"}
+    assert copy == {k: v for k, v in config.tasks[base].items() if k != "prediction_prefix"}
+  assert bench.bench_config("sum", "lora", 4, None, num_tasks=2).task_order == ("sst", "quora")
+
+
+def test_more_tasks_give_a_bigger_step_with_each_tasks_examples(tiny_bert_dir):
+  rows = {
+    t: bench.run_one("pcgrad", "lora", 4, 16, 1, model_path=tiny_bert_dir, num_tasks=t)
+    for t in (3, 5)
+  }
+  # 5 tasks: sst, quora, sts, sst_2, quora_2; a bi-encoded pair is 2 of the 4 sequences.
+  assert rows[5]["tasks"] == 5 and rows[3]["tasks"] == 3
+  assert rows[5]["examples_per_s"] == pytest.approx((4 + 2 + 2 + 4 + 2) / rows[5]["step_s"])
+  assert rows[5]["flops_per_step"] > rows[3]["flops_per_step"]
+  assert rows[5]["trainable"] > rows[3]["trainable"]  # Two more heads.
+
+
+def test_task_scaling_table_reads_each_row_against_the_summed_step_at_its_t(tmp_path):
+  from benchmarks import task_scaling
+
+  def row(method, t, step_s):
+    return {
+      "method": method,
+      "tasks": t,
+      "step_s": step_s,
+      "flops_per_step": 2e9,
+      "peak_rss_mib": 900,
+    }
+
+  rows = [
+    row("pcgrad", 4, 3.0),
+    row("summed", 2, 0.5),
+    row("summed", 4, 2.0),
+    row("pcgrad", 2, 1.0),
+  ]
+  lines = task_scaling.table(rows).splitlines()[2:]
+  # Sorted by method (summed first), then T; per task = step / T; vs summed at the same T.
+  assert [line.split(" | ")[:5] for line in lines] == [
+    ["| summed", "2", "0.500", "0.250", "1.00x"],
+    ["| summed", "4", "2.000", "0.500", "1.00x"],
+    ["| pcgrad", "2", "1.000", "0.500", "2.00x"],
+    ["| pcgrad", "4", "3.000", "0.750", "1.50x"],
+  ]
+  task_scaling.plot(rows, str(tmp_path / "p.png"), "machine")
+  assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
