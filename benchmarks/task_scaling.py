@@ -1,5 +1,5 @@
 """How the train step grows with the number of tasks T: step time and peak memory of the
-summed step and of each gradient method at T = 2, 3, 4, 6, 8. BENCHMARKS.md, "Tasks".
+summed step and of each gradient method at T = 2, 3, 4, 6, 8.
 
   python -m benchmarks.task_scaling [--tasks 2,3,4,6,8] [--methods summed,sum,pcgrad,...]
       [--mode lora] [--seqs_per_task 16] [--length 32] [--steps 5] [--out DIR]   (repo root)
