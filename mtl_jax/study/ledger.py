@@ -156,7 +156,8 @@ def check(directory: str) -> list[dict]:
 def read_study(directory: str) -> dict:
   """directory/study.json: {"baseline": name or None, "command": the sweep command,
   "equivalence_margin": {ledger column: ±margin}} (DEFAULT_MARGINS for the columns it
-  does not set; a number sets overall's)."""
+  does not set; a number sets overall's), "ladder": {rung: the rung it builds on}
+  (mtl_jax.study.ladder; {} when not set)}."""
   path = os.path.join(directory, STUDY_JSON)
   study = {"baseline": None, "command": None}
   if os.path.isfile(path):
@@ -170,7 +171,25 @@ def read_study(directory: str) -> dict:
   if unknown:
     raise LedgerError(f"{path}: equivalence_margin of unknown columns {sorted(unknown)}")
   study["equivalence_margin"] = {**DEFAULT_MARGINS, **{k: float(v) for k, v in margin.items()}}
+  study["ladder"] = _checked_ladder(study.get("ladder") or {}, path)
   return study
+
+
+def _checked_ladder(ladder: object, path: str) -> dict[str, str]:
+  """study.json's ladder as {rung: parent}; LedgerError naming the file for anything else
+  (not a mapping of names to names, or a cycle: a rung that builds on itself)."""
+  if not isinstance(ladder, dict) or not all(
+    isinstance(k, str) and isinstance(v, str) for k, v in ladder.items()
+  ):
+    raise LedgerError(f"{path}: ladder must map each rung's name to the name it builds on")
+  for rung in ladder:
+    seen, at = [rung], ladder[rung]
+    while at in ladder and at not in seen:
+      seen.append(at)
+      at = ladder[at]
+    if at in seen:
+      raise LedgerError(f"{path}: the ladder has a cycle: {' -> '.join([*seen, at])}")
+  return dict(ladder)
 
 
 def write_study(directory: str, baseline: str | None, command: str) -> None:

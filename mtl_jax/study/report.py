@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mtl_jax.study import ledger, stats
+from mtl_jax.study import ladder, ledger, stats
 from mtl_jax.tasks import TASKS
 from mtl_jax.tools import diagnose
 
@@ -436,6 +436,48 @@ def bootstrap_section(directory: str, rows: Sequence[dict], baseline: str) -> li
 _METRIC = {c: m for m, c in ledger.METRIC_COLUMNS.items()}  # Ledger column -> metric.
 
 
+def ladder_table(directory: str, rows: Sequence[dict], parents: dict[str, str]) -> list[str]:
+  """A line per rung of the ladder (mtl_jax.study.ladder): each metric's difference from the
+  rung it builds on, with the paired bootstrap's 95% interval where there are predictions."""
+
+  def cell(step: dict, column: str) -> str:
+    if step["bootstrap"] is None:
+      return f"{step['diff'][column]:+.4f}"
+    b = step["bootstrap"][column]
+    return f"{b['mean']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]"
+
+  body = [
+    [
+      f"`{s['rung']}`",
+      f"`{s['parent']}`",
+      ",".join(map(str, s["seeds"])),
+      *(cell(s, c) for c in LABELS),
+    ]
+    for s in ladder.steps(directory, rows, parents)
+  ]
+  return table(["rung", "builds on", "seeds", *LABELS.values()], body)
+
+
+def ladder_section(directory: str, rows: Sequence[dict], parents: dict[str, str]) -> list[str]:
+  """report.md's "Ladder" section ([] for a study without a ladder)."""
+  if not parents:
+    return []
+  waiting = [r for r in parents if r not in groups(rows)]
+  return [
+    "## Ladder",
+    "",
+    "Each rung against the rung it builds on (study.json's `ladder`): the mean over the "
+    "seeds both ran of (rung − the rung it builds on) for each dev metric, with the 95% "
+    f"interval of the paired bootstrap over dev examples ({stats.RESAMPLES:,} resamples, "
+    "the same examples for both; docs/results.md) where both have stored predictions. "
+    "At one seed the interval is the noise of the dev sets for these two trained models, "
+    "not the noise of training: a screen, not a verdict.",
+    "",
+    *ladder_table(directory, rows, parents),
+    *(["", f"Not run yet: {', '.join(f'`{r}`' for r in waiting)}."] if waiting else []),
+  ]
+
+
 def _noise(rows: list[dict], column: str) -> str:
   halves = [
     (r[f"{column}_hi"] - r[f"{column}_lo"]) / 2
@@ -582,6 +624,7 @@ def write_ledger_report(directory: str, missing: Sequence[str] = ()) -> str:
   if missing:
     lines += [f"Not in the ledger yet: {', '.join(missing)}.", ""]
   lines += study_sections(rows, study["baseline"], study["equivalence_margin"], directory)
+  lines += ["", *ladder_section(directory, rows, study["ladder"])] if study["ladder"] else []
   plots = os.path.join(directory, "plots")
   pngs = sorted(p for p in os.listdir(plots) if p.endswith(".png")) if os.path.isdir(plots) else []
   if pngs:
