@@ -322,7 +322,6 @@ def make_train_step(
   tx: optax.GradientTransformation,
   task_ids: tuple[int, ...],
   seed: int,
-  group_stats: bool = True,
   smart: smart_lib.SmartConfig | None = None,
 ):
   """Returns step(state, frozen, batch, statistics=True) -> (state, metrics).
@@ -346,7 +345,7 @@ def make_train_step(
   (`mtlgrad.shared_only`) do.
 
   An all-tasks step's metrics hold the geometry of the shared gradients ("grad/...":
-  norms, cosines, conflicts over all shared leaves) and, with `group_stats`, the same per
+  norms, cosines, conflicts over all shared leaves) and the same per
   parameter group (`multitask.param_group`: embeddings, each layer's attention and
   feed-forward blocks; `group_metrics`); the overall stats are then the sum of the
   groups' Gram matrices, so the groups cost no second pass over the gradients.
@@ -364,8 +363,6 @@ def make_train_step(
     shared = shared_gradients(grads)
     if not shared:
       return {}
-    if not group_stats:
-      return {f"grad/{k}": v for k, v in mtlgrad.task_gradient_stats(shared).items()}
     groups, overall = mtlgrad.group_gradient_stats(grads, multitask.param_groups(grads))
     return {**{f"grad/{k}": v for k, v in overall.items()}, **group_metrics(groups, names)}
 

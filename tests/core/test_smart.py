@@ -378,7 +378,7 @@ def test_weight_zero_is_exactly_the_plain_step(bert_dir):
   tx = optax.chain(mtlgrad.pcgrad(), optax.adamw(1e-3))
   state = step.TrainState(jnp.asarray(0, jnp.int32), trainable, tx.init(trainable))
   text = lambda smart_config: (
-    jax.jit(step.make_train_step(model, tx, (0, 1, 2), 0, False, smart=smart_config))
+    jax.jit(step.make_train_step(model, tx, (0, 1, 2), 0, smart=smart_config))
     .lower(state, frozen, _batch())
     .as_text()
   )
@@ -392,7 +392,7 @@ def test_a_train_step_with_smart_runs_packed_with_slots_on_full_fine_tuning(bert
     mtlgrad.shared_only(mtlgrad.pcgrad(), multitask.is_shared(trainable)), optax.sgd(0.1)
   )
   state = step.TrainState(jnp.asarray(0, jnp.int32), trainable, tx.init(trainable))
-  make = step.make_train_step(model, tx, (0, 1, 2), 0, False, smart=CFG)
+  make = step.make_train_step(model, tx, (0, 1, 2), 0, smart=CFG)
   batch = _batch(SLOTS)
   new, metrics = jax.jit(make)(state, frozen, batch)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves((new, metrics)))
