@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 from mtl_jax.grad import registry
@@ -27,29 +26,6 @@ from mtl_jax.tools import bench
 
 # "fixed" needs a weight per task (grad.kwargs.weights); its step is sum's.
 ALL_METHODS = ("summed", *(m for m in registry.METHODS if m != "fixed"))
-
-
-def run(t: int, method: str, args: argparse.Namespace) -> dict | None:
-  """The bench row of one (T, method), or None (its error printed) if it failed."""
-  out = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "mtl_jax.bench",
-      f"--one={method}:{args.mode}",
-      f"--tasks={t}",
-      f"--seqs_per_task={args.seqs_per_task}",
-      f"--length={args.length}",
-      f"--steps={args.steps}",
-    ],
-    capture_output=True,
-    text=True,
-    check=False,
-  )
-  if out.returncode != 0:
-    print(f"T={t} {method} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
-    return None
-  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def table(rows: list[dict]) -> str:
@@ -120,7 +96,14 @@ def main() -> int:
   rows = []
   for method in methods:
     for t in task_counts:
-      row = run(t, method, args)
+      row = bench.run_in_process(
+        method,
+        args.mode,
+        tasks=t,
+        seqs_per_task=args.seqs_per_task,
+        length=args.length,
+        steps=args.steps,
+      )
       if row is not None:
         rows.append(row)
         print(f"done T={t} {method}: {row['step_s']:.3f} s/step", file=sys.stderr)

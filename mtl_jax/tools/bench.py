@@ -204,15 +204,9 @@ def bench_config(
   return config
 
 
-def _jitted_step(
-  method: str,
-  mode: str,
-  seqs_per_task: int,
-  model_path: str | None,
-  task_specific_top: int = 0,
-  num_tasks: int = 3,
-):
-  """(config, spec, model, state, frozen, jitted step) of one bench configuration."""
+def _jitted_step(config, statistics: bool):
+  """(spec, model, state, frozen, jitted step) of a bench configuration (`bench_config`),
+  with or without the gradient statistics."""
   import jax
 
   from mtl_jax import train
@@ -221,16 +215,15 @@ def _jitted_step(
   from mtl_jax.runtime import xla_options
   from mtl_jax.step import make_train_step
 
-  config = bench_config(method, mode, seqs_per_task, model_path, task_specific_top, num_tasks)
   positions = hf_io.read_config(config.model.path).max_position_embeddings
   spec = run_spec.build(fit_to_model(config, positions))
   model, state, frozen, tx = train.init_state(spec)
   step = functools.partial(
     make_train_step(model, tx, tuple(range(len(spec.tasks))), config.seed, smart=spec.smart),
-    statistics=method != "summed",
+    statistics=statistics,
   )
   jitted = jax.jit(step, donate_argnums=(0,), compiler_options=xla_options.train_step_options())
-  return config, spec, model, state, frozen, jitted
+  return spec, model, state, frozen, jitted
 
 
 def step_runner(
@@ -243,7 +236,8 @@ def step_runner(
   HLO text: `benchmarks/profile_step.py`)."""
   import jax
 
-  _, spec, model, state, frozen, jitted = _jitted_step(method, mode, seqs_per_task, model_path)
+  config = bench_config(method, mode, seqs_per_task, model_path)
+  spec, model, state, frozen, jitted = _jitted_step(config, method != "summed")
   batch = random_batch(len(spec.tasks), seqs_per_task, length, model.config.vocab_size)
   compiled = jitted.lower(state, frozen, batch).compile()
   holder = [state]
@@ -274,9 +268,8 @@ def run_one(
   returns the row of the table."""
   import jax
 
-  config, spec, model, state, frozen, jitted = _jitted_step(
-    method, mode, seqs_per_task, model_path, task_specific_top, num_tasks
-  )
+  config = bench_config(method, mode, seqs_per_task, model_path, task_specific_top, num_tasks)
+  spec, model, state, frozen, jitted = _jitted_step(config, method != "summed")
   batch = random_batch(len(spec.tasks), seqs_per_task, length, model.config.vocab_size)
   # Warm-up: every distinct shape compiled (AOT, so its FLOPs are read), then run twice.
   step_batches = (
@@ -374,6 +367,28 @@ def shapes_line(rows: list[dict], real_lengths: bool) -> str:
   )
 
 
+def run_in_process(method: str, mode: str, **flag_values) -> dict | None:
+  """The row of one configuration timed in a process of its own (so that its peak memory is
+  its own): `python -m mtl_jax.bench --one=METHOD:MODE --FLAG=VALUE...`; None, with the
+  process's error printed, if it failed."""
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "mtl_jax.bench",
+      f"--one={method}:{mode}",
+      *(f"--{k}={v}" for k, v in flag_values.items()),
+    ],
+    capture_output=True,
+    text=True,
+    check=False,
+  )
+  if out.returncode != 0:
+    print(f"{method}:{mode} {flag_values} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+    return None
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -415,29 +430,21 @@ def main(argv: list[str]) -> int:
   rows, failed = [], []
   for mode in _MODES.value:
     for method in _METHODS.value:
-      out = subprocess.run(
-        [
-          sys.executable,
-          "-m",
-          "mtl_jax.bench",
-          f"--one={method}:{mode}",
-          f"--seqs_per_task={_SEQS_PER_TASK.value}",
-          f"--length={_LENGTH.value}",
-          f"--steps={_STEPS.value}",
-          f"--real_lengths={_REAL_LENGTHS.value}",
-          f"--task_specific_top={_TASK_SPECIFIC_TOP.value}",
-          f"--tasks={_TASKS.value}",
-          *([f"--model={_MODEL.value}"] if _MODEL.value else []),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+      row = run_in_process(
+        method,
+        mode,
+        seqs_per_task=_SEQS_PER_TASK.value,
+        length=_LENGTH.value,
+        steps=_STEPS.value,
+        real_lengths=_REAL_LENGTHS.value,
+        task_specific_top=_TASK_SPECIFIC_TOP.value,
+        tasks=_TASKS.value,
+        **({"model": _MODEL.value} if _MODEL.value else {}),
       )
-      if out.returncode != 0:
-        print(f"{method}:{mode} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+      if row is None:
         failed.append(f"{method}:{mode}")
         continue
-      rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+      rows.append(row)
       print(f"done {method}:{mode}: {rows[-1]['step_s']:.2f} s/step", file=sys.stderr)
   copies = _TASK_SPECIFIC_TOP.value
   header = "\n".join(

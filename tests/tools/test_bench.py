@@ -182,3 +182,11 @@ def test_task_scaling_table_reads_each_row_against_the_summed_step_at_its_t(tmp_
   ]
   task_scaling.plot(rows, str(tmp_path / "p.png"), "machine")
   assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_configuration_in_its_own_process_gives_its_row_or_none(tiny_bert_dir, capsys):
+  flag_values = dict(seqs_per_task=4, length=16, steps=1, model=tiny_bert_dir)
+  row = bench.run_in_process("sum", "lora", tasks=2, **flag_values)
+  assert (row["method"], row["mode"], row["tasks"]) == ("sum", "lora", 2)
+  assert bench.run_in_process("no_such_method", "lora", **flag_values) is None
+  assert "no_such_method:lora" in capsys.readouterr().err
