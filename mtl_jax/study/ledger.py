@@ -10,6 +10,12 @@ baseline and the sweep command), report.md and the plots. The run workdirs stay 
 git (runs/); the ledger is small text and is committed, so a study can be finished over
 several sittings and machines and every number in README.md can be regenerated from it.
 
+A ledger's tasks are its runs' (config.tasks): a column per task, `<task>_<metric>`
+(`metric_columns`: sst_acc, quora_acc, sts_pearson for the CS224N tasks, as in every
+ledger before tasks were declared), fixed by the header of results.csv, which the first
+row writes; a run with other tasks is refused (`check_tasks`), since overall and the
+differences between rows compare runs of the same tasks only.
+
 A row is identified by (name, seed) and its experiment keys (resume.RESUME_MUST_MATCH):
 the sweep skips a (configuration, seed) the ledger holds with the same keys. Local paths
 differ between machines, so model.path is compared by its last two path components (the
