@@ -92,9 +92,10 @@ def comparisons(
   metric of the rows (metric_labels): the study's family of tests. A comparison is
   stats.paired_difference's {mean, low, high, n, seeds} plus sd (of the paired
   differences), p (paired t), p_tost (equivalence within ±margin, the column's of
-  `margins`: ledger.default_margins by default), their Holm-adjusted p_holm and p_tost_holm over the family, the verdicts `raw`
-  and `holm` (stats.four_way), mde (at this n and sd: stats.mde) and n_needed (seeds at
-  which the observed mean difference, if true, is detected with power 0.8)."""
+  `margins`: ledger.default_margins by default), their Holm-adjusted p_holm and
+  p_tost_holm over the family, the verdicts `raw` and `holm` (stats.four_way), mde (at
+  this n and sd: stats.mde) and n_needed (seeds at which the observed mean difference, if
+  true, is detected with power 0.8)."""
   labels = metric_labels(rows)
   margins = {**ledger.default_margins(ledger.task_metrics(labels)), **(margins or {})}
   g = groups(rows)
