@@ -83,7 +83,7 @@ def evaluate(
     known = all(d.spec is not None for d in dev) and dev
     specs = tuple(d.spec for d in dev) if known else tasks.DEFAULT
   if all(name in results for name in metrics_lib.dev_metrics(specs)):
-    results["overall"] = float(metrics_lib.overall(results, specs))
+    results["overall"] = float(metrics_lib.overall(results, metrics_lib.dev_metrics(specs)))
   return results, preds
 
 

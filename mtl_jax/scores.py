@@ -7,6 +7,8 @@ each term is in [0, 1]. With the three CS224N tasks it is the project's leaderbo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from mtl_jax import tasks
@@ -27,9 +29,10 @@ def normalised(metric: str, value: float) -> float:
   return (value + 1.0) / 2.0 if metric == "pearson" else value
 
 
-def overall(results: dict, specs: tuple[tasks.TaskSpec, ...]) -> float:
-  """The mean of the tasks' normalised dev metrics (`results`: flat names -> values)."""
-  return sum(normalised(t.metric, results[f"{t.name}/{t.metric}"]) for t in specs) / len(specs)
+def overall(results: dict, metrics: Sequence[str]) -> float | np.ndarray:
+  """The mean of the tasks' normalised dev metrics: `metrics` their flat names
+  (`dev_metrics`), `results` flat names -> values (floats, or arrays of resampled values)."""
+  return sum(normalised(m.partition("/")[2], results[m]) for m in metrics) / len(metrics)
 
 
 def _pair(pred, labels) -> tuple[np.ndarray, np.ndarray]:

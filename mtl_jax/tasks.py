@@ -36,8 +36,9 @@ The three CS224N tasks (`CS224N`, the default config.tasks):
   quora  a pair     0 or 1 (is_duplicate)     BCE with logits       accuracy  logit > 0, as 0.0/1.0
   sts    a pair     a score in [0, 5]         mean squared error    pearson   the score, clipped
 
-`TASKS`, `SPECS`, `get` and `index` are those three: the tools that read the CS224N
-results of studies use them; a run's code takes its tasks from its RunSpec.
+`TASKS`, `SPECS`, `get` and `index` are those three: the default config and the upgrade
+of old config.json files use them; a run's code takes its tasks from its RunSpec, the
+tools from its config.json, the study tools from a ledger's header.
 
 This module imports nothing from mtl_jax, so that every module can import it.
 """

@@ -17,8 +17,6 @@ from collections.abc import Sequence
 
 from mtl_jax.study import ledger, stats
 
-METRIC = {c: m for m, c in ledger.METRIC_COLUMNS.items()}  # Ledger column -> metric name.
-
 
 def steps(directory: str, rows: Sequence[dict], ladder: dict[str, str]) -> list[dict]:
   """Per rung (ladder order) with finished runs of it and of its parent at a common seed:
@@ -28,6 +26,8 @@ def steps(directory: str, rows: Sequence[dict], ladder: dict[str, str]) -> list[
   for r in rows:
     if r.get("overall") is not None:
       finished.setdefault((r["name"], r["seed"]), r)
+  metrics = ledger.task_metrics(dict.fromkeys(k for r in rows for k in r))  # The ledger's.
+  metric = {c: m for m, c in ledger.metric_columns(metrics).items()}  # Column -> metric.
   labels = ledger.load_labels(directory)
   out = []
   for rung, parent in ladder.items():
@@ -35,14 +35,14 @@ def steps(directory: str, rows: Sequence[dict], ladder: dict[str, str]) -> list[
     if not seeds:
       continue
     pairs = [(finished[rung, s], finished[parent, s]) for s in seeds]
-    diff = {c: sum(a[c] - b[c] for a, b in pairs) / len(seeds) for c in METRIC}
+    diff = {c: sum(a[c] - b[c] for a, b in pairs) / len(seeds) for c in metric}
     preds = [
       (ledger.load_predictions(directory, a), ledger.load_predictions(directory, b))
       for a, b in pairs
     ]
     bootstrap = None
     if labels is not None and all(a is not None and b is not None for a, b in preds):
-      got = stats.paired_bootstrap([a for a, _ in preds], [b for _, b in preds], labels)
-      bootstrap = {c: got[m] for c, m in METRIC.items()}
+      got = stats.paired_bootstrap([a for a, _ in preds], [b for _, b in preds], labels, metrics)
+      bootstrap = {c: got[m] for c, m in metric.items()}
     out.append(dict(rung=rung, parent=parent, seeds=seeds, diff=diff, bootstrap=bootstrap))
   return out

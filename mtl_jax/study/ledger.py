@@ -10,6 +10,12 @@ baseline and the sweep command), report.md and the plots. The run workdirs stay 
 git (runs/); the ledger is small text and is committed, so a study can be finished over
 several sittings and machines and every number in README.md can be regenerated from it.
 
+A ledger's tasks are its runs' (config.tasks): a column per task, `<task>_<metric>`
+(`metric_columns`: sst_acc, quora_acc, sts_pearson for the CS224N tasks, as in every
+ledger before tasks were declared), fixed by the header of results.csv, which the first
+row writes; a run with other tasks is refused (`check_tasks`), since overall and the
+differences between rows compare runs of the same tasks only.
+
 A row is identified by (name, seed) and its experiment keys (resume.RESUME_MUST_MATCH):
 the sweep skips a (configuration, seed) the ledger holds with the same keys. Local paths
 differ between machines, so model.path is compared by its last two path components (the
@@ -24,8 +30,9 @@ import csv
 import hashlib
 import json
 import os
+import re
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import ml_collections
 import numpy as np
@@ -34,45 +41,107 @@ from mtl_jax.config import resume
 from mtl_jax.tools import diagnose
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # The checkout.
-METRIC_COLUMNS = {
-  "sst/accuracy": "sst_acc",
-  "quora/accuracy": "quora_acc",
-  "sts/pearson": "sts_pearson",
-  "overall": "overall",
-}
-CI_COLUMNS = [f"{c}_{end}" for c in METRIC_COLUMNS.values() for end in ("lo", "hi")]
+# A task's dev metric as a ledger column: <task>_<metric>, accuracy shortened to acc (so the
+# CS224N tasks' are sst_acc, quora_acc and sts_pearson, as in every ledger before tasks
+# were declared). No other column ends in _acc or _pearson: task_metrics finds them by it.
+_SHORT = {"accuracy": "acc", "pearson": "pearson"}  # Each metric of tasks.METRICS.
+_TASK_COLUMN = re.compile(rf"([a-z][a-z0-9_]*)_({'|'.join(_SHORT.values())})\Z")
 GRAD_COLUMNS = ["grad_cosine", "grad_conflict_rate", "grad_removed"]
-COLUMNS = [
-  "name",
-  "seed",
-  "status",
-  "config",
-  "overrides",
-  "command",
-  "commit",
-  "steps",
-  *METRIC_COLUMNS.values(),
-  "seconds",
-  *CI_COLUMNS,
-  *GRAD_COLUMNS,
-  "config_json",
-  "fingerprint",  # mtl_jax.study.fingerprint of the row's config; empty in older rows.
-  "predictions",  # predictions/<name>-seed=<S>.npz: its dev predictions; empty in older rows.
-]
 STATUSES = ("trained", "rerun")  # First finished run of its (name, seed); a later one.
 CODE_PATHS = ("mtl_jax", "main.py", "configs", "pyproject.toml")
 STUDY_JSON = "study.json"
 # study.json's "equivalence_margin" (ledger column -> ±margin of the TOST verdict), by
-# default: half a point of overall, a point of each task metric.
-DEFAULT_MARGINS = {"sst_acc": 0.01, "quora_acc": 0.01, "sts_pearson": 0.01, "overall": 0.005}
+# default: a point of each task metric, half a point of overall (default_margins).
+TASK_MARGIN, OVERALL_MARGIN = 0.01, 0.005
 PREDICTIONS = "predictions"  # Directory of the rows' dev predictions, and of labels.npz.
 LABELS_NPZ = "labels.npz"
 _INTS = ("seed", "steps")
-_FLOATS = (*METRIC_COLUMNS.values(), "seconds", *CI_COLUMNS, *GRAD_COLUMNS)
 
 
 class LedgerError(ValueError):
   """A ledger that cannot be read or a README marker without a ledger; one line."""
+
+
+# --- Columns: a ledger's tasks
+
+
+def metric_columns(metrics: Sequence[str]) -> dict[str, str]:
+  """{flat dev metric: ledger column} of the tasks' dev metrics `metrics` ("sst/accuracy":
+  "sst_acc", ...; task-axis order), then "overall": "overall"."""
+  out = {}
+  for m in metrics:
+    task, _, kind = m.partition("/")
+    out[m] = f"{task}_{_SHORT[kind]}"
+  return {**out, "overall": "overall"}
+
+
+def task_metrics(columns: Iterable[str]) -> tuple[str, ...]:
+  """The flat dev metrics of the task columns among `columns` (a ledger's header, a row's
+  keys), in their order: the inverse of metric_columns."""
+  long = {v: k for k, v in _SHORT.items()}
+  found = (_TASK_COLUMN.match(c) for c in columns)
+  return tuple(f"{m[1]}/{long[m[2]]}" for m in found if m)
+
+
+def columns(metrics: Sequence[str]) -> list[str]:
+  """The header of a ledger whose runs' tasks have the dev metrics `metrics`."""
+  values = list(metric_columns(metrics).values())
+  return [
+    "name",
+    "seed",
+    "status",
+    "config",
+    "overrides",
+    "command",
+    "commit",
+    "steps",
+    *values,
+    "seconds",
+    *interval_columns(values),
+    *GRAD_COLUMNS,
+    "config_json",
+    "fingerprint",  # mtl_jax.study.fingerprint of the row's config; empty in older rows.
+    "predictions",  # predictions/<name>-seed=<S>.npz: its dev predictions; empty in older rows.
+  ]
+
+
+def interval_columns(values: Sequence[str]) -> list[str]:
+  """The bootstrap interval columns of the metric columns `values` (metric_columns'):
+  <column>_lo, <column>_hi."""
+  return [f"{c}_{end}" for c in values for end in ("lo", "hi")]
+
+
+def default_margins(metrics: Sequence[str]) -> dict[str, float]:
+  """{ledger column: ±margin} of TOST by default, for tasks with the dev metrics `metrics`."""
+  return {c: TASK_MARGIN for c in metric_columns(metrics).values()} | {"overall": OVERALL_MARGIN}
+
+
+def ledger_metrics(directory: str) -> tuple[str, ...] | None:
+  """The dev metrics of a ledger's tasks, from its results.csv header (its task columns, in
+  order); None before its first row. The header fixes the ledger's tasks: the first row
+  appended writes it from its run's tasks."""
+  path = os.path.join(directory, "results.csv")
+  if not os.path.isfile(path):
+    return None
+  with open(path, newline="") as f:
+    header = next(csv.reader(f), None)
+  return None if header is None else task_metrics(header)
+
+
+def check_tasks(directory: str, runs: dict[str, Sequence[str]]) -> None:
+  """LedgerError (one line naming both task lists) when a run ({run: its tasks' flat dev
+  metrics}) has other tasks than the ledger: those of its header, or before its first row,
+  of the first run. A ledger holds one set of tasks (in any task order): its columns, its
+  overall and the differences between its rows are of those tasks."""
+  held, source = ledger_metrics(directory), os.path.join(directory, "results.csv")
+  for run, metrics in runs.items():
+    if held is None:
+      held, source = tuple(metrics), f"run {run}"
+    if set(metrics) != set(held):
+      raise LedgerError(
+        f"run {run} has the tasks {list(metrics)}, the ledger {directory} {list(held)} "
+        f"({source}): a ledger holds runs of one set of tasks; give these another --ledger"
+      )
 
 
 # --- Provenance
@@ -107,10 +176,13 @@ def same_code(a: str, b: str, repo: str = REPO) -> bool | None:
 
 
 def _parse(row: dict) -> dict:
+  """A row's cells, the numbers parsed (those of its task columns too); empty cells None."""
+  values = list(metric_columns(task_metrics(row)).values())
+  floats = (*values, "seconds", *interval_columns(values), *GRAD_COLUMNS)
   out = dict(row)
   for k in _INTS:
     out[k] = int(row[k]) if row.get(k) not in (None, "") else None
-  for k in _FLOATS:
+  for k in floats:
     out[k] = float(row[k]) if row.get(k) not in (None, "") else None
   return out
 
@@ -155,7 +227,7 @@ def check(directory: str) -> list[dict]:
 
 def read_study(directory: str) -> dict:
   """directory/study.json: {"baseline": name or None, "command": the sweep command,
-  "equivalence_margin": {ledger column: ±margin}} (DEFAULT_MARGINS for the columns it
+  "equivalence_margin": {ledger column: ±margin}} (default_margins for the columns it
   does not set; a number sets overall's), "ladder": {rung: the rung it builds on}
   (mtl_jax.study.ladder; {} when not set)}."""
   path = os.path.join(directory, STUDY_JSON)
@@ -167,10 +239,16 @@ def read_study(directory: str) -> dict:
   margin = study.get("equivalence_margin") or {}
   if not isinstance(margin, dict):
     margin = {"overall": margin}
-  unknown = set(margin) - set(DEFAULT_MARGINS)
+  held = ledger_metrics(directory)
+  defaults = default_margins(held or ())
+  # Before the first row, any task column; after it, the ledger's.
+  unknown = [k for k in margin if k not in defaults and (held is not None or not task_metrics([k]))]
   if unknown:
-    raise LedgerError(f"{path}: equivalence_margin of unknown columns {sorted(unknown)}")
-  study["equivalence_margin"] = {**DEFAULT_MARGINS, **{k: float(v) for k, v in margin.items()}}
+    raise LedgerError(
+      f"{path}: equivalence_margin of unknown columns {sorted(unknown)} (the ledger's: "
+      f"{list(defaults)})"
+    )
+  study["equivalence_margin"] = {**defaults, **{k: float(v) for k, v in margin.items()}}
   study["ladder"] = _checked_ladder(study.get("ladder") or {}, path)
   return study
 
@@ -280,38 +358,42 @@ def _config_file(directory: str, name: str, seed: int, config: dict) -> str:
 
 
 def append(directory: str, row: dict, config: dict) -> dict:
-  """Appends one row (COLUMNS; the config.json of the run goes to configs/) and flushes it
-  to disk at once: a study killed later keeps every run that finished."""
+  """Appends one row (`columns` of its task columns; the config.json of the run goes to
+  configs/) and flushes it to disk at once: a study killed later keeps every run that
+  finished. LedgerError when its tasks are not the ledger's (check_tasks)."""
   path = os.path.join(directory, "results.csv")
+  metrics = task_metrics(row)
+  check_tasks(directory, {f"{row['name']} seed {row['seed']}": metrics})
+  header = columns(ledger_metrics(directory) or metrics)  # The ledger's task order.
   row = {**row, "config_json": _config_file(directory, row["name"], row["seed"], config)}
   new = not os.path.isfile(path)
   if not new:
-    _upgrade_header(path)
+    _upgrade_header(path, header)
   with open(path, "a", newline="") as f:
-    writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(f, header, extrasaction="ignore")
     if new:
       writer.writeheader()
-    writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
+    writer.writerow({k: "" if row.get(k) is None else row[k] for k in header})
     f.flush()
     os.fsync(f.fileno())
   return _parse({k: str(v) if v is not None else "" for k, v in row.items()})
 
 
-def _upgrade_header(path: str) -> None:
-  """Rewrites a ledger written with fewer COLUMNS (an older version) with today's header,
+def _upgrade_header(path: str, header: list[str]) -> None:
+  """Rewrites a ledger written with fewer columns (an older version) with today's `header`,
   the new cells of its rows empty, so that rows appended after it line up."""
   with open(path, newline="") as f:
     reader = csv.DictReader(f)
-    if reader.fieldnames == COLUMNS:
+    if reader.fieldnames == header:
       return
-    if set(reader.fieldnames or []) - set(COLUMNS):
+    if set(reader.fieldnames or []) - set(header):
       raise LedgerError(f"{path}: columns {reader.fieldnames} are not a subset of this version's")
     rows = list(reader)
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w", newline="") as f:
-    writer = csv.DictWriter(f, COLUMNS)
+    writer = csv.DictWriter(f, header)
     writer.writeheader()
-    writer.writerows({k: r.get(k) or "" for k in COLUMNS} for r in rows)
+    writer.writerows({k: r.get(k) or "" for k in header} for r in rows)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
@@ -390,12 +472,13 @@ def load_labels(directory: str) -> dict[str, np.ndarray] | None:
     return {k: (f[k] if k.endswith("_ids") else f[k].astype(np.float64)) for k in f.files}
 
 
-def metric_columns(results: dict) -> dict:
-  """results.json -> the ledger's metric, bootstrap and step columns."""
-  metrics = results.get("metrics", {})
+def result_columns(results: dict, metrics: Sequence[str]) -> dict:
+  """results.json of a run whose tasks have the dev metrics `metrics` -> its ledger row's
+  metric, bootstrap and step columns."""
+  values = results.get("metrics", {})
   intervals = (results.get("bootstrap") or {}).get("intervals", {})
-  out = {c: metrics.get(m) for m, c in METRIC_COLUMNS.items()}
-  for m, c in METRIC_COLUMNS.items():
+  out = {c: values.get(m) for m, c in metric_columns(metrics).items()}
+  for m, c in metric_columns(metrics).items():
     out[f"{c}_lo"], out[f"{c}_hi"] = intervals.get(m, (None, None))
   return {**out, "steps": results.get("step"), "seconds": results.get("seconds")}
 

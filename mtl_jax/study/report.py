@@ -1,10 +1,11 @@
 """Reports of sweeps and studies: runs grouped by seed, differences from a baseline with
 their intervals and verdicts, evaluation noise, gradient diagnostics, provenance, plots.
 
-The sections are functions of ledger-style rows (mtl_jax.ledger.COLUMNS: name, seed,
-sst_acc, ..., overall_lo, grad_cosine, commit, command) to lines of markdown, so a sweep's
-report, a ledger's report.md and README's tables say the same numbers in the same words;
-the writers at the end put them in files with the training curves.
+The sections are functions of ledger-style rows (mtl_jax.study.ledger.columns: name, seed,
+a column per task metric (sst_acc, ...), overall, overall_lo, grad_cosine, commit, command)
+to lines of markdown, so a sweep's report, a ledger's report.md and README's tables say the
+same numbers in the same words; the writers at the end put them in files with the training
+curves. The metrics are those of the rows' tasks (`metric_labels`), whatever they are.
 """
 
 from __future__ import annotations
@@ -19,15 +20,23 @@ from collections.abc import Sequence
 import numpy as np
 
 from mtl_jax.study import ladder, ledger, stats
-from mtl_jax.tasks import TASKS
 from mtl_jax.tools import diagnose
 
-LABELS = {
-  "sst_acc": "SST acc",
-  "quora_acc": "Quora acc",
-  "sts_pearson": "STS Pearson",
-  "overall": "overall",
-}
+# How the tables name the CS224N tasks and the metrics; another task by its own name.
+_TASK_NAMES = {"sst": "SST", "quora": "Quora", "sts": "STS"}
+_METRIC_NAMES = {"accuracy": "acc", "pearson": "Pearson"}
+
+
+def metric_labels(rows: Sequence[dict]) -> dict[str, str]:
+  """{ledger column: label} of the rows' task metrics (the task columns of their keys,
+  ledger.task_metrics, first seen first) and overall: "SST acc", "Quora acc", "STS
+  Pearson", "cfimdb acc", ..., "overall"."""
+  metrics = ledger.task_metrics(dict.fromkeys(k for r in rows for k in r))
+  out = {}
+  for m, column in ledger.metric_columns(metrics).items():
+    task, _, kind = m.partition("/")
+    out[column] = f"{_TASK_NAMES.get(task, task)} {_METRIC_NAMES[kind]}" if kind else m
+  return out
 
 
 def table(header: list[str], body: list[list[str]]) -> list[str]:
@@ -72,7 +81,7 @@ def _diff(d: dict) -> str:
 
 def _paired(by_seed: dict[int, dict], base: dict[int, dict], column: str) -> dict:
   return stats.paired_difference(
-    {s: r[column] for s, r in by_seed.items()}, {s: r[column] for s, r in base.items()}
+    {s: r.get(column) for s, r in by_seed.items()}, {s: r.get(column) for s, r in base.items()}
   )
 
 
@@ -80,13 +89,15 @@ def comparisons(
   rows: Sequence[dict], baseline: str | None, margins: dict[str, float] | None = None
 ) -> dict[tuple[str, str], dict]:
   """{(configuration, column): comparison} of every configuration with the baseline, every
-  metric of LABELS: the study's family of tests. A comparison is stats.paired_difference's
-  {mean, low, high, n, seeds} plus sd (of the paired differences), p (paired t), p_tost
-  (equivalence within ±margin, the column's of `margins`: ledger.DEFAULT_MARGINS by
-  default), their Holm-adjusted p_holm and p_tost_holm over the family, the verdicts `raw`
-  and `holm` (stats.four_way), mde (at this n and sd: stats.mde) and n_needed (seeds at
-  which the observed mean difference, if true, is detected with power 0.8)."""
-  margins = {**ledger.DEFAULT_MARGINS, **(margins or {})}
+  metric of the rows (metric_labels): the study's family of tests. A comparison is
+  stats.paired_difference's {mean, low, high, n, seeds} plus sd (of the paired
+  differences), p (paired t), p_tost (equivalence within ±margin, the column's of
+  `margins`: ledger.default_margins by default), their Holm-adjusted p_holm and
+  p_tost_holm over the family, the verdicts `raw` and `holm` (stats.four_way), mde (at
+  this n and sd: stats.mde) and n_needed (seeds at which the observed mean difference, if
+  true, is detected with power 0.8)."""
+  labels = metric_labels(rows)
+  margins = {**ledger.default_margins(ledger.task_metrics(labels)), **(margins or {})}
   g = groups(rows)
   if baseline not in g:
     return {}
@@ -94,7 +105,7 @@ def comparisons(
   for name, by_seed in g.items():
     if name == baseline:
       continue
-    for column in LABELS:
+    for column in labels:
       d = _paired(by_seed, g[baseline], column)
       diffs = [by_seed[s][column] - g[baseline][s][column] for s in d["seeds"]]
       t = stats.t_test(diffs)
@@ -131,8 +142,8 @@ def seed_table(
   paired difference of overall from it (95% t interval, n - 1 dof), its verdicts (raw, and
   Holm-adjusted over the study's family of configurations × metrics; better / worse /
   equivalent within ±margin (TOST) / inconclusive) and the minimum detectable effect."""
-  g = groups(rows)
-  header = ["configuration", "n", "seeds", *LABELS.values()]
+  g, labels = groups(rows), metric_labels(rows)
+  header = ["configuration", "n", "seeds", *labels.values()]
   family = comparisons(rows, baseline, margins)
   if baseline in g:
     header += [f"overall − {baseline} (95% CI)", "verdict (Holm where it differs)", "MDE"]
@@ -142,7 +153,7 @@ def seed_table(
       f"`{name}`",
       str(len(by_seed)),
       ",".join(map(str, sorted(by_seed))),
-      *(_mean_sd([r[c] for r in by_seed.values()]) for c in LABELS),
+      *(_mean_sd([r.get(c) for r in by_seed.values()]) for c in labels),
     ]
     if baseline in g:
       if name == baseline:
@@ -167,7 +178,7 @@ def findings(
   """The study's verdicts in sentences, generated (README and report.md): nothing here
   is typed by hand, so nothing can drift from the ledger. With the ledger's `directory`,
   also whether the paired bootstrap over dev examples could be computed."""
-  g = groups(rows)
+  g, labels = groups(rows), metric_labels(rows)
   family = comparisons(rows, baseline, margins)
   if not family:
     return []
@@ -181,12 +192,12 @@ def findings(
       if seconds
       else ""
     )
-    + f"; {len(family)} comparisons with `{baseline}` (configurations × 4 metrics) at "
+    + f"; {len(family)} comparisons with `{baseline}` (configurations × {len(labels)} metrics) at "
     f"n = {', '.join(map(str, n))} paired seeds."
   ]
   for label, key in (("Without correction", "raw"), ("Holm-adjusted", "holm")):
     found = [
-      f"`{name}` {LABELS[col]} {c['mean']:+.4f} ({c[key]})"
+      f"`{name}` {labels[col]} {c['mean']:+.4f} ({c[key]})"
       for (name, col), c in family.items()
       if c[key] in ("better", "worse")
     ]
@@ -196,7 +207,7 @@ def findings(
       + f" ({len(found)} of {len(family)})."
     )
   equivalent = [
-    f"`{name}` {LABELS[col]}" for (name, col), c in family.items() if c["holm"].startswith("equiv")
+    f"`{name}` {labels[col]}" for (name, col), c in family.items() if c["holm"].startswith("equiv")
   ]
   if equivalent:
     lines.append("- Equivalent to the baseline (TOST, Holm): " + ", ".join(equivalent) + ".")
@@ -239,7 +250,7 @@ def study_sections(
   verdicts, equivalence, power), with a ledger `directory` the paired bootstrap over dev
   examples, evaluation noise, gradient diagnostics (each section only when there is
   something to say)."""
-  g = groups(rows)
+  g, labels = groups(rows), metric_labels(rows)
   if not g:
     return []
   lines = [
@@ -260,8 +271,9 @@ def study_sections(
     lines += ["", f"Baseline `{baseline}` has no finished run: no differences computed."]
   family = comparisons(rows, baseline, margins)
   if family:
+    defaults = ledger.default_margins(ledger.task_metrics(labels))
     margin_text = ", ".join(
-      f"{LABELS[c]} ±{m:g}" for c, m in {**ledger.DEFAULT_MARGINS, **(margins or {})}.items()
+      f"{labels[c]} ±{m:g}" for c, m in {**defaults, **(margins or {})}.items()
     )
     lines += [
       "",
@@ -277,12 +289,12 @@ def study_sections(
       f"({len(family)} tests: configurations × metrics), where it differs.",
       "",
       *table(
-        ["configuration", "n", *LABELS.values()],
+        ["configuration", "n", *labels.values()],
         [
           [
             f"`{name}`",
             str(family[name, "overall"]["n"]),
-            *(f"{_diff(family[name, c])}: {_verdicts(family[name, c])}" for c in LABELS),
+            *(f"{_diff(family[name, c])}: {_verdicts(family[name, c])}" for c in labels),
           ]
           for name in g
           if name != baseline
@@ -314,7 +326,7 @@ def study_sections(
         [
           [
             f"`{name}`",
-            LABELS[col],
+            labels[col],
             number(c["mean"], "+.4f"),
             number(c["sd"] if c["n"] >= 2 else None),
             _p(c["p"]),
@@ -333,7 +345,7 @@ def study_sections(
   if directory is not None and family:
     lines += ["", *bootstrap_section(directory, rows, baseline)]
   noise = [
-    [f"`{name}`", *(_noise(list(by_seed.values()), c) for c in LABELS)]
+    [f"`{name}`", *(_noise(list(by_seed.values()), c) for c in labels)]
     for name, by_seed in g.items()
   ]
   if any(cell != "-" for r in noise for cell in r[1:]):
@@ -345,7 +357,7 @@ def study_sections(
       "resamples of the dev examples, mean over seeds): the noise of the dev set alone; "
       "beside it, the sd over seeds: the noise of training.",
       "",
-      *table(["configuration", *(f"{v}: bootstrap ± / seed sd" for v in LABELS.values())], noise),
+      *table(["configuration", *(f"{v}: bootstrap ± / seed sd" for v in labels.values())], noise),
     ]
   grad = [
     [f"`{name}`", *(_mean_sd([r.get(c) for r in by_seed.values()]) for c in ledger.GRAD_COLUMNS)]
@@ -357,7 +369,7 @@ def study_sections(
       "## Gradient diagnostics",
       "",
       "Per configuration, mean ± sd over seeds of each run's mean over its logged steps "
-      "(`python -m mtl_jax.diagnose`), averaged over the three task pairs: cosine of the "
+      f"(`python -m mtl_jax.diagnose`), averaged over {_pairs(len(labels) - 1)}: cosine of the "
       "per-task gradients of the shared parameters, conflict rate (share of steps with "
       "cosine < 0); and over tasks: share of each task's gradient norm the method removed "
       "(- when the method reports none, e.g. sum).",
@@ -375,6 +387,13 @@ def study_sections(
   return lines
 
 
+def _pairs(tasks: int) -> str:
+  """'the three task pairs' of 3 tasks: the (unordered) pairs the gradient columns average."""
+  n = tasks * (tasks - 1) // 2
+  words = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+  return "the task pair" if n == 1 else f"the {words[n] if n < len(words) else n} task pairs"
+
+
 def _p(p: float) -> str:
   if not math.isfinite(p):
     return "-"
@@ -385,7 +404,8 @@ def bootstrap_section(directory: str, rows: Sequence[dict], baseline: str) -> li
   """The paired bootstrap over dev examples (stats.paired_bootstrap) of every configuration
   against the baseline, from the rows' stored dev predictions (ledger.save_predictions),
   over the seeds where both have them; or why there is none."""
-  g = groups(rows)
+  g, columns = groups(rows), metric_labels(rows)
+  metric = {c: m for m, c in ledger.metric_columns(ledger.task_metrics(columns)).items()}
   labels = ledger.load_labels(directory)
   head = ["## Paired bootstrap over dev examples", ""]
   preds = {
@@ -411,14 +431,17 @@ def bootstrap_section(directory: str, rows: Sequence[dict], baseline: str) -> li
       s for s in by_seed if preds[name, s] is not None and preds.get((baseline, s)) is not None
     )
     if not seeds:
-      body.append([f"`{name}`", "-", *(["-"] * len(LABELS))])
+      body.append([f"`{name}`", "-", *(["-"] * len(columns))])
       continue
     got = stats.paired_bootstrap(
-      [preds[name, s] for s in seeds], [preds[baseline, s] for s in seeds], labels
+      [preds[name, s] for s in seeds],
+      [preds[baseline, s] for s in seeds],
+      labels,
+      ledger.task_metrics(columns),
     )
     cells = []
-    for column in LABELS:
-      b = got[_METRIC[column]]
+    for column in columns:
+      b = got[metric[column]]
       cells.append(f"{b['mean']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}] p={_p(b['p'])}")
     body.append([f"`{name}`", ",".join(map(str, seeds)), *cells])
   return head + [
@@ -429,11 +452,8 @@ def bootstrap_section(directory: str, rows: Sequence[dict], baseline: str) -> li
     "bootstrap p. The noise of the dev sets, for these trained models (secondary: "
     "docs/results.md).",
     "",
-    *table(["configuration", "seeds", *LABELS.values()], body),
+    *table(["configuration", "seeds", *columns.values()], body),
   ]
-
-
-_METRIC = {c: m for m, c in ledger.METRIC_COLUMNS.items()}  # Ledger column -> metric.
 
 
 def ladder_table(directory: str, rows: Sequence[dict], parents: dict[str, str]) -> list[str]:
@@ -446,16 +466,17 @@ def ladder_table(directory: str, rows: Sequence[dict], parents: dict[str, str]) 
     b = step["bootstrap"][column]
     return f"{b['mean']:+.4f} [{b['low']:+.4f}, {b['high']:+.4f}]"
 
+  labels = metric_labels(rows)
   body = [
     [
       f"`{s['rung']}`",
       f"`{s['parent']}`",
       ",".join(map(str, s["seeds"])),
-      *(cell(s, c) for c in LABELS),
+      *(cell(s, c) for c in labels),
     ]
     for s in ladder.steps(directory, rows, parents)
   ]
-  return table(["rung", "builds on", "seeds", *LABELS.values()], body)
+  return table(["rung", "builds on", "seeds", *labels.values()], body)
 
 
 def ladder_section(directory: str, rows: Sequence[dict], parents: dict[str, str]) -> list[str]:
@@ -484,7 +505,7 @@ def _noise(rows: list[dict], column: str) -> str:
     for r in rows
     if r.get(f"{column}_lo") is not None and r.get(f"{column}_hi") is not None
   ]
-  _, sd, _ = stats.mean_sd([r[column] for r in rows])
+  _, sd, _ = stats.mean_sd([r.get(column) for r in rows])
   if not halves:
     return "-"
   return f"±{sum(halves) / len(halves):.4f} / {number(sd)}"
@@ -523,10 +544,11 @@ def provenance(directory: str, classified: dict) -> list[str]:
   if classified["reruns"]:
     lines += ["", "Reruns of ledger rows (the statistics use the first run):", ""]
     for rerun, original in classified["reruns"]:
+      labels = metric_labels([rerun, original])
       diffs = {
-        LABELS[c]: rerun[c] - original[c]
-        for c in LABELS
-        if rerun[c] is not None and original[c] is not None
+        labels[c]: rerun[c] - original[c]
+        for c in labels
+        if rerun.get(c) is not None and original.get(c) is not None
       }
       moved = {k: d for k, d in diffs.items() if d != 0}
       what = (
@@ -601,7 +623,7 @@ def fingerprints(rows: Sequence[dict]) -> list[str]:
 
 def _ci(row: dict, column: str) -> str:
   lo, hi = row.get(f"{column}_lo"), row.get(f"{column}_hi")
-  cell = number(row[column])
+  cell = number(row.get(column))
   return cell + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
 
 
@@ -646,13 +668,14 @@ def write_ledger_report(directory: str, missing: Sequence[str] = ()) -> str:
     "(add `--workdir`).",
     "",
   ]
+  labels = metric_labels(rows)
   lines += table(
-    ["configuration", "seed", *LABELS.values(), "steps", "wall time", "commit", "command"],
+    ["configuration", "seed", *labels.values(), "steps", "wall time", "commit", "command"],
     [
       [
         f"`{r['name']}`",
         str(r["seed"]),
-        *(_ci(r, c) for c in LABELS),
+        *(_ci(r, c) for c in labels),
         number(r["steps"], "d"),
         duration(r["seconds"]),
         f"`{r['commit'][:12]}`",
@@ -671,8 +694,9 @@ def write_ledger_report(directory: str, missing: Sequence[str] = ()) -> str:
 
 
 def _curves(runs: Sequence, out: str, by_name: bool = False) -> dict[str, str]:
-  """{plot name: path}: training loss per task and dev overall against the step, one line
-  per run, or with `by_name` the mean over the seeds of each configuration."""
+  """{plot name: path}: training loss per task (of the runs' config.task_order) and dev
+  overall against the step, one line per run, or with `by_name` the mean over the seeds of
+  each configuration."""
   logs = {}
   for run in runs:
     try:
@@ -695,13 +719,10 @@ def _curves(runs: Sequence, out: str, by_name: bool = False) -> dict[str, str]:
     }
 
   paths = {}
-  for k, task in enumerate(TASKS):
+  for task in dict.fromkeys(t for run in logs for t in run.config.task_order):  # Task order.
+    key = f"task_loss/{task}"  # Every row's, or under a one-task schedule, its task's rows'.
     loss = lines(
-      lambda rows, _: (
-        ([r["step"] for r in rows], diagnose.task_columns(rows, "task_loss/")[:, k])
-        if rows
-        else None
-      )
+      lambda rows, _: ([r["step"] for r in rows if key in r], [r[key] for r in rows if key in r])
     )
     if loss:
       paths[f"{task} loss"] = diagnose.line_plot(
@@ -770,9 +791,9 @@ def write_sweep_report(
     "* = resumed from a checkpoint).",
     "",
   ]
-  body = []
+  body, labels = [], metric_labels(rows)
   for r in rows:
-    cells = [_ci(r, m) for m in LABELS]
+    cells = [_ci(r, m) for m in labels]
     if best is not None and r["overall"] == best:
       cells[-1] = f"**{cells[-1]}**"
     resumed = "*" if r.get("first_step") else ""
@@ -787,7 +808,7 @@ def write_sweep_report(
       ]
     )
   lines += table(
-    ["run", "status", *LABELS.values(), "steps", "wall time", "trainable params"], body
+    ["run", "status", *labels.values(), "steps", "wall time", "trainable params"], body
   )
   failed = [r for r in rows if r["status"] == "failed"]
   if failed:

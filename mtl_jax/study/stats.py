@@ -20,10 +20,7 @@ import numpy as np
 from mtl_jax import prediction_files as predictions_lib
 from mtl_jax import scores as metrics_lib
 from mtl_jax import tasks as tasks_lib
-from mtl_jax.tasks import TASKS
 
-# results.json's metric names, in the report's order.
-METRICS = (*metrics_lib.DEV_METRICS, "overall")
 CONFIDENCE = 0.95
 RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -130,12 +127,8 @@ def bootstrap_samples(
   np.random.default_rng(seed).integers(0, n_task, (resamples, n_task)); overall is
   recomputed from the resampled metrics of the same b, so its interval carries the
   noise of every dev set."""
-  rng = np.random.default_rng(seed)
-  idx = {}
-  for task in tasks_lib.names(specs):
-    n = np.asarray(labels[task]).size
-    idx[task] = rng.integers(0, max(n, 1), (resamples, n))  # n = 0: refused below.
-  return _resampled_metrics(predictions, labels, idx, specs)
+  metrics = metrics_lib.dev_metrics(specs)
+  return _resampled_metrics(predictions, labels, _draw(labels, metrics, resamples, seed), metrics)
 
 
 def bootstrap_intervals(
@@ -314,24 +307,40 @@ def n_needed(
 # --- Over dev examples, paired: the same resampled examples for both configurations
 
 
+def _draw(
+  labels: dict[str, np.ndarray], metrics: Sequence[str], resamples: int, seed: int
+) -> dict[str, np.ndarray]:
+  """{task: [resamples, n_task] indices}: per task of `metrics` (flat dev metric names),
+  in their order, default_rng(seed).integers(0, n_task, (resamples, n_task))."""
+  rng = np.random.default_rng(seed)
+  idx = {}
+  for metric in metrics:
+    task = metric.partition("/")[0]
+    n = np.asarray(labels[task]).size
+    idx[task] = rng.integers(0, max(n, 1), (resamples, n))  # n = 0: refused below.
+  return idx
+
+
 def _resampled_metrics(
   predictions: dict[str, np.ndarray],
   labels: dict[str, np.ndarray],
   idx: dict[str, np.ndarray],
-  specs: tuple[tasks_lib.TaskSpec, ...] = tasks_lib.DEFAULT,
+  metrics: Sequence[str],
 ) -> dict[str, np.ndarray]:
+  """{metric: [B]} of each of `metrics` ("task/accuracy" | "task/pearson") on the
+  resampled examples idx[task] [B, n_task], and overall (scores.overall) from them."""
   out = {}
-  for spec in specs:
-    task = spec.name
+  for metric in metrics:
+    task, _, kind = metric.partition("/")
     pred = np.asarray(predictions[task], np.float64)
     gold = np.asarray(labels[task], np.float64)
     if pred.shape != gold.shape or pred.size == 0:
       raise ValueError(f"{task}: {pred.size} predictions for {gold.size} labels")
-    if spec.metric == "accuracy":
-      out[f"{task}/accuracy"] = (pred == gold)[idx[task]].mean(axis=1)
+    if kind == "accuracy":
+      out[metric] = (pred == gold)[idx[task]].mean(axis=1)
     else:
-      out[f"{task}/pearson"] = _pearson_rows(pred[idx[task]], gold[idx[task]])
-  out["overall"] = metrics_lib.overall(out, specs)
+      out[metric] = _pearson_rows(pred[idx[task]], gold[idx[task]])
+  out["overall"] = metrics_lib.overall(out, metrics)
   return out
 
 
@@ -339,6 +348,7 @@ def paired_bootstrap(
   config: Sequence[dict[str, np.ndarray]],
   baseline: Sequence[dict[str, np.ndarray]],
   labels: dict[str, np.ndarray],
+  metrics: Sequence[str],
   resamples: int = RESAMPLES,
   seed: int = BOOTSTRAP_SEED,
   confidence: float = CONFIDENCE,
@@ -347,23 +357,23 @@ def paired_bootstrap(
   dev sets, averaged over the paired seeds.
 
   config[i] and baseline[i] are the dev predictions ({task: array in the dev files' order})
-  of the two configurations at the i-th paired seed. Resample b draws, per task in TASKS
-  order, n_task indices with replacement from default_rng(seed).integers(0, n_task,
+  of the two configurations at the i-th paired seed; `metrics` the tasks' flat dev metric
+  names in task-axis order (a ledger's: ledger.task_metrics). Resample b draws, per task in
+  that order, n_task indices with replacement from default_rng(seed).integers(0, n_task,
   (resamples, n_task)); every run of both configurations is scored on those same examples
-  (each task metric, and overall from the three), and the resample's difference is the mean
-  over seeds of config − baseline. `mean` is that difference on the full dev sets; [low,
-  high] the percentile interval; p the two-sided bootstrap p of no difference,
-  2·min(share of resamples ≤ 0, share ≥ 0), capped at 1."""
+  (each task metric, and overall from them: scores.overall), and the resample's difference
+  is the mean over seeds of config − baseline. `mean` is that difference on the full dev
+  sets; [low, high] the percentile interval; p the two-sided bootstrap p of no
+  difference, 2·min(share of resamples ≤ 0, share ≥ 0), capped at 1."""
   if not config or len(config) != len(baseline):
     raise ValueError(f"{len(config)} runs of the configuration for {len(baseline)} of the baseline")
-  rng = np.random.default_rng(seed)
-  idx = {t: rng.integers(0, len(labels[t]), (resamples, len(labels[t]))) for t in TASKS}
-  full = {t: np.arange(len(labels[t]))[None] for t in TASKS}
+  idx = _draw(labels, metrics, resamples, seed)
+  full = {t: np.arange(len(labels[t]))[None] for t in idx}
   diff = collections.defaultdict(float)
   point = collections.defaultdict(float)
+  score = lambda preds, at: _resampled_metrics(preds, labels, at, metrics)
   for c, b in zip(config, baseline):
-    mc, mb = _resampled_metrics(c, labels, idx), _resampled_metrics(b, labels, idx)
-    pc, pb = _resampled_metrics(c, labels, full), _resampled_metrics(b, labels, full)
+    mc, mb, pc, pb = score(c, idx), score(b, idx), score(c, full), score(b, full)
     for m in mc:
       diff[m] = diff[m] + (mc[m] - mb[m]) / len(config)
       point[m] += float(pc[m][0] - pb[m][0]) / len(config)

@@ -67,6 +67,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from mtl_jax import scores
 from mtl_jax.config import loader, resume, run_spec, upgrade
 from mtl_jax.runtime import workdir_lock
 from mtl_jax.study import fingerprint, ledger, report
@@ -78,26 +79,6 @@ MAIN = os.path.join(REPO, "main.py")
 if not os.path.isfile(MAIN):  # Pip-installed, no checkout: the trainer's own module file.
   MAIN = importlib.util.find_spec("mtl_jax.tools.train_cli").origin
 COMMITS = "commits.txt"  # In a run's workdir: the code's commit at each launch that trained it.
-METRICS = report.LABELS  # Ledger column -> report label.
-COLUMNS = [
-  "run",
-  "name",
-  "seed",
-  "status",
-  *METRICS,
-  "steps",
-  "seconds",
-  "first_step",
-  "trainable_params",
-  "params",
-  *ledger.CI_COLUMNS,
-  *ledger.GRAD_COLUMNS,
-  "commit",
-  "error",
-  "config",
-  "overrides",
-  "command",
-]
 
 
 FLAGS = flags.FlagValues()  # This tool's flags (mtl_jax.tools.cli).
@@ -171,6 +152,11 @@ class Run:
   def display_command(self) -> str:
     """command() as a reader would type it from the current directory."""
     return shlex.join(["python", os.path.relpath(MAIN), *self.command()[2:]])
+
+  @property
+  def metrics(self) -> tuple[str, ...]:
+    """Its tasks' flat dev metrics ("sst/accuracy", ...), task-axis order."""
+    return scores.dev_metrics(run_spec.task_specs(self.config))
 
   @property
   def label(self) -> str:
@@ -422,6 +408,32 @@ def _commit(run: Run) -> str:
     return "+".join(sorted({line.strip() for line in f if line.strip()})) or "unknown"
 
 
+def columns(runs: Sequence[Run]) -> list[str]:
+  """WORKDIR/results.csv's header: the task columns of every run's tasks (ledger.columns;
+  the union, first seen first, when the configurations train different tasks)."""
+  metrics = list(dict.fromkeys(m for run in runs for m in run.metrics))
+  values = list(ledger.metric_columns(metrics).values())
+  return [
+    "run",
+    "name",
+    "seed",
+    "status",
+    *values,
+    "steps",
+    "seconds",
+    "first_step",
+    "trainable_params",
+    "params",
+    *ledger.interval_columns(values),
+    *ledger.GRAD_COLUMNS,
+    "commit",
+    "error",
+    "config",
+    "overrides",
+    "command",
+  ]
+
+
 def _row(run: Run, status: str, results: dict | None = None, error: str = "") -> dict:
   r = results or {}
   return {
@@ -429,7 +441,7 @@ def _row(run: Run, status: str, results: dict | None = None, error: str = "") ->
     "name": run.name,
     "seed": run.seed,
     "status": status,
-    **ledger.metric_columns(r),
+    **ledger.result_columns(r, run.metrics),
     **{k: r.get(k) for k in ("first_step", "trainable_params", "params")},
     **(ledger.grad_columns(run.workdir) if results else {}),
     "commit": _commit(run) if results else None,
@@ -525,6 +537,8 @@ def execute(
 def show_plan(runs: Sequence[Run], ledger_dir: str | None = None) -> list[str]:
   """One line per run: what the sweep would do with it, and its command; trains nothing."""
   held = ledger.check(ledger_dir) if ledger_dir else []
+  if ledger_dir:
+    ledger.check_tasks(ledger_dir, {run.label: run.metrics for run in runs})
   lines = []
   for run in runs:
     if ledger_dir and ledger.find(ledger_dir, held, run.name, run.seed, run.config):
@@ -573,11 +587,12 @@ def run_sweep(
   if ledger_dir:
     try:
       ledger.check(ledger_dir)
+      ledger.check_tasks(ledger_dir, {run.label: run.metrics for run in runs})
     except ledger.LedgerError as e:
       raise SweepError(str(e)) from e
     ledger.write_study(ledger_dir, baseline or ledger.read_study(ledger_dir)["baseline"], command)
   rows, interrupted = execute(runs, ledger_dir, rerun)
-  paths = report.write_sweep_report(runs, rows, workdir, command, COLUMNS, baseline)
+  paths = report.write_sweep_report(runs, rows, workdir, command, columns(runs), baseline)
   if ledger_dir:
     paths.append(report.write_ledger(runs, ledger_dir))
   for path in paths:

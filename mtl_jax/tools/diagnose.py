@@ -28,21 +28,20 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from mtl_jax.tasks import TASKS
 from mtl_jax.tools import cli
-
-PAIRS = list(itertools.combinations(range(len(TASKS)), 2))  # Of the CS224N tasks.
 
 
 def task_names(rows: list[dict]) -> tuple[str, ...]:
-  """The run's tasks, in task-axis order, from its logged rows' per-task keys (the CS224N
-  tasks when no row has any)."""
-  for prefix in ("grad/grad_norm/", "task_loss/"):
-    for r in rows:
-      names = tuple(k[len(prefix) :] for k in r if k.startswith(prefix))
-      if names:
-        return names
-  return TASKS
+  """The run's tasks, in task-axis order, from its logged rows' per-task keys: a gradient
+  row names every task (grad/grad_norm/<task>, in the order the trainer logs them); without
+  one, the tasks of the rows' task_loss/<task> keys, first logged first (a one-task
+  schedule's row names its step's task alone)."""
+  for r in rows:
+    names = tuple(k[len("grad/grad_norm/") :] for k in r if k.startswith("grad/grad_norm/"))
+    if names:
+      return names
+  losses = (k[len("task_loss/") :] for r in rows for k in r if k.startswith("task_loss/"))
+  return tuple(dict.fromkeys(losses))
 
 
 def task_pairs(names: tuple[str, ...]) -> list[tuple[int, int]]:

@@ -14,10 +14,12 @@ import sys
 
 import pytest
 
+from mtl_jax import scores
 from mtl_jax.study import ledger, publish, report, sweep
 from mtl_jax.tools import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CS224N_COLUMNS = ledger.columns(scores.DEV_METRICS)
 
 
 def sweep_main(args: list[str]) -> int:
@@ -139,7 +141,7 @@ def test_ledger_appends_each_run_and_the_report_has_the_statistics(study):
   assert run("runs") == [f"{m}-seed={s}" for m in ("sum", "pcgrad") for s in range(3)]
   with open(os.path.join(ledger_dir, "results.csv")) as f:
     rows = list(csv.DictReader(f))
-  assert list(rows[0])[: len(ledger.COLUMNS)] == ledger.COLUMNS
+  assert list(rows[0])[: len(CS224N_COLUMNS)] == CS224N_COLUMNS
   assert [(r["name"], r["seed"], r["status"]) for r in rows] == [
     (m, str(s), "trained") for m in ("sum", "pcgrad") for s in range(3)
   ]
@@ -415,11 +417,11 @@ def test_readme_prose_on_the_methods_study_matches_its_ledger():
   assert "a rerun of `sum` seed 0 from a later commit gave the same\nmetrics exactly" in readme
   [(rerun, original)] = classified["reruns"]
   assert (rerun["name"], rerun["seed"]) == ("sum", 0) and rerun["commit"] != original["commit"]
-  assert all(rerun[c] == original[c] for c in ledger.METRIC_COLUMNS.values())
+  assert all(rerun[c] == original[c] for c in ledger.metric_columns(scores.DEV_METRICS).values())
 
 
 def test_an_older_ledger_gains_the_new_columns_when_a_row_is_appended(tmp_path):
-  old = [c for c in ledger.COLUMNS if c not in ("fingerprint", "predictions")]
+  old = [c for c in CS224N_COLUMNS if c not in ("fingerprint", "predictions")]
   with open(tmp_path / "results.csv", "w", newline="") as f:
     writer = csv.DictWriter(f, old)
     writer.writeheader()
@@ -435,17 +437,18 @@ def test_an_older_ledger_gains_the_new_columns_when_a_row_is_appended(tmp_path):
     )
   assert ledger.read(str(tmp_path))[0].get("fingerprint") is None  # Read as before.
   row = {"name": "sum", "seed": 1, "status": "trained", "overall": 0.71, "fingerprint": "s/b/d"}
+  row.update(dict.fromkeys(["sst_acc", "quora_acc", "sts_pearson"]))  # Its tasks' columns.
   ledger.append(str(tmp_path), row, {"seed": 1})
   with open(tmp_path / "results.csv", newline="") as f:
     reader = csv.DictReader(f)
     rows = list(reader)
-  assert reader.fieldnames == ledger.COLUMNS
+  assert reader.fieldnames == CS224N_COLUMNS
   assert [(r["seed"], r["overall"], r["fingerprint"]) for r in rows] == [
     ("0", "0.7", ""),
     ("1", "0.71", "s/b/d"),
   ]
   study = ledger.read_study(str(tmp_path))
-  assert study["equivalence_margin"] == ledger.DEFAULT_MARGINS
+  assert study["equivalence_margin"] == ledger.default_margins(scores.DEV_METRICS)
   (tmp_path / "study.json").write_text('{"baseline": "sum", "equivalence_margin": 0.002}')
   ledger.write_study(str(tmp_path), "sum", "python -m mtl_jax.sweep ...")  # Keeps the margin.
   assert ledger.read_study(str(tmp_path))["equivalence_margin"]["overall"] == 0.002

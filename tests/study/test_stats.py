@@ -204,6 +204,7 @@ def _toy(sst_pred):
   }
 
 
+DEV = ("sst/accuracy", "quora/accuracy", "sts/pearson")  # The CS224N tasks' dev metrics.
 TOY_LABELS = {
   "sst": np.array([0, 1]),
   "quora": np.array([0.0, 1.0, 0.0]),
@@ -215,7 +216,9 @@ def test_paired_bootstrap_on_a_toy_case():
   # The configuration gets SST example 1 right, the baseline does not; all else equal. On a
   # resample the SST difference is the share of draws of example 1: 0, 1/2 or 1 with
   # probabilities 1/4, 1/2, 1/4; the other tasks' differences are exactly 0.
-  got = stats.paired_bootstrap([_toy([0, 1])], [_toy([0, 0])], TOY_LABELS, resamples=4000, seed=3)
+  got = stats.paired_bootstrap(
+    [_toy([0, 1])], [_toy([0, 0])], TOY_LABELS, DEV, resamples=4000, seed=3
+  )
   idx = np.random.default_rng(3).integers(0, 2, (4000, 2))  # The documented draw: SST first.
   assert np.array_equal(got["sst/accuracy"]["samples"], (idx == 1).mean(axis=1))
   assert np.all(got["quora/accuracy"]["samples"] == 0) and np.all(
@@ -230,10 +233,10 @@ def test_paired_bootstrap_on_a_toy_case():
 
 def test_paired_bootstrap_resamples_the_same_examples_and_averages_seeds():
   a, b = _toy([0, 1]), _toy([1, 0])
-  same = stats.paired_bootstrap([a], [a], TOY_LABELS, resamples=50)
+  same = stats.paired_bootstrap([a], [a], TOY_LABELS, DEV, resamples=50)
   assert all(np.all(v["samples"] == 0) and v["p"] == 1.0 for v in same.values())
   # Seed 0: config a vs baseline b; seed 1: b vs a. The mean over seeds is 0 on every resample.
-  swapped = stats.paired_bootstrap([a, b], [b, a], TOY_LABELS, resamples=50)
+  swapped = stats.paired_bootstrap([a, b], [b, a], TOY_LABELS, DEV, resamples=50)
   assert all(np.allclose(v["samples"], 0) for v in swapped.values())
   with pytest.raises(ValueError):
-    stats.paired_bootstrap([a], [a, b], TOY_LABELS)
+    stats.paired_bootstrap([a], [a, b], TOY_LABELS, DEV)

@@ -18,6 +18,7 @@ from conftest import DATA_DIR, needs_data
 
 from mtl_jax import prediction_files
 from mtl_jax.study import ledger, sweep
+from mtl_jax.study.report import metric_labels
 from mtl_jax.tools import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -82,7 +83,7 @@ def test_runs_appear_in_results_csv_and_report(swept):
   assert list(table) == RUNS
   for run in RUNS[:4]:
     assert table[run]["status"] == "trained" and table[run]["seed"] == run[-1]
-    for metric in sweep.METRICS:
+    for metric in metric_labels([table[run]]):
       assert math.isfinite(float(table[run][metric]))
     assert table[run]["steps"] == "2" and int(table[run]["trainable_params"]) > 0
   with open(os.path.join(workdir, "report.md")) as f:
@@ -300,11 +301,11 @@ sys.exit(130 if got else 0)
 # The sweep's command line process, with main.py replaced by FAKE_RUN.
 FAKE_SWEEP = r"""
 import json, os, sys
-import ml_collections
+from mtl_jax.config import defaults
 from mtl_jax.study import sweep
 sweep.Run.command = lambda run: [sys.executable, "-c", {fake!r}, os.path.join(run.workdir, "s")]
 runs = [
-  sweep.Run(n, 0, n + ".py", (), ml_collections.ConfigDict(), os.path.join({tmp!r}, n))
+  sweep.Run(n, 0, n + ".py", (), defaults.get_config(), os.path.join({tmp!r}, n))
   for n in ("a", "b")
 ]
 sweep.stop_on_signals()
@@ -315,11 +316,10 @@ sys.exit(130 if interrupted else 0)
 
 
 def _fake_runs(tmp_path) -> list:
-  import ml_collections
+  """Two runs of the default config (its tasks name the rows' columns)."""
+  from mtl_jax.config import defaults
 
-  return [
-    sweep.Run(n, 0, f"{n}.py", (), ml_collections.ConfigDict(), str(tmp_path / n)) for n in "ab"
-  ]
+  return [sweep.Run(n, 0, f"{n}.py", (), defaults.get_config(), str(tmp_path / n)) for n in "ab"]
 
 
 def test_a_run_stopped_on_its_own_stops_the_sweep(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from mtl_jax import tasks
 from mtl_jax.config import run_spec
 from mtl_jax.data.files import default_data_dir
 from mtl_jax.models import hf_io
@@ -218,8 +219,8 @@ def test_checkpoint_mode_on_a_tiny_run(tiny_bert_dir, tmp_path, monkeypatch):
     np.testing.assert_allclose(np.diag(cos), 1.0, atol=1e-4)
     np.testing.assert_allclose(cos, cos.T, atol=1e-6)
     assert np.all(np.abs(cos) <= 1.0 + 1e-5)
-    assert all(r[f"grad/grad_norm/{t}"] > 0 for t in diagnose.TASKS)
-    assert all(np.isfinite(r[f"task_loss/{t}"]) for t in diagnose.TASKS)
+    assert all(r[f"grad/grad_norm/{t}"] > 0 for t in tasks.TASKS)
+    assert all(np.isfinite(r[f"task_loss/{t}"]) for t in tasks.TASKS)
     assert "method/removed_norm/sst" in r  # tiny_config uses pcgrad.
   monkeypatch.setattr(diagnose, "checkpoint_rows", lambda workdir, n: rows)  # No recompile.
   s = diagnose.run(run_dir, from_checkpoint=True, batches=2)
@@ -273,7 +274,7 @@ def test_checkpoint_mode_measures_the_step_training_took(tiny_bert_dir, tmp_path
   assert not np.array_equal(uncapped["input_ids"][0], trained["input_ids"][0])
 
   logged = next(r for r in read_metrics(workdir) if r["step"] == 3 and "loss" in r)  # Step 2 done.
-  for t in diagnose.TASKS:
+  for t in tasks.TASKS:
     assert row[f"task_loss/{t}"] == pytest.approx(logged[f"task_loss/{t}"], rel=1e-5, abs=1e-6)
     assert row[f"grad/grad_norm/{t}"] == pytest.approx(logged[f"grad/grad_norm/{t}"], rel=1e-4)
   np.testing.assert_allclose(row["grad/cosine"], logged["grad/cosine"], atol=1e-5)
