@@ -17,7 +17,9 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mtl_jax import train
+# Only what loading the config needs: jax, flax and orbax (seconds of CPU to import) come
+# with the trainer in main(), once the config has loaded, so that a typo in a config file
+# or a --config flag is answered at once.
 from mtl_jax.config import ConfigError
 from mtl_jax.config.loader import (
   config_file_problem,
@@ -26,9 +28,7 @@ from mtl_jax.config.loader import (
   unknown_key_message,
 )
 from mtl_jax.data.files import DataError
-from mtl_jax.models.hf_io import CheckpointError
-from mtl_jax.runtime import compile_cache, console, hugepages, parallel, workdir_lock
-from mtl_jax.runtime.checkpoint import CheckpointWriteError, UnreadableCheckpointError
+from mtl_jax.runtime import console, hugepages, workdir_lock
 from mtl_jax.runtime.workdir_lock import WorkdirError
 
 _WORKDIR = flags.DEFINE_string(
@@ -51,6 +51,11 @@ def main(argv, grad_kwargs: dict):
     config = loaded_config(value, _config_arg(sys.argv), grad_kwargs)
   except ConfigError as e:
     sys.exit(f"error: {e}")
+  from mtl_jax import train
+  from mtl_jax.models.hf_io import CheckpointError
+  from mtl_jax.runtime import compile_cache, parallel
+  from mtl_jax.runtime.checkpoint import CheckpointWriteError, UnreadableCheckpointError
+
   logging.set_verbosity(logging.INFO)
   console.quiet_libraries()  # Orbax's per-save lines, jax's platform probe.
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

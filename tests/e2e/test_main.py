@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,15 +80,20 @@ def _logged_steps(workdir) -> list[int]:
   return [json.loads(line)["step"] for line in lines if '"loss"' in line]
 
 
-def _terminate_after(args: list[str], workdir, n_steps: int) -> str:
-  """Starts main.py, sends SIGTERM once `n_steps` more steps are logged; its stderr."""
+def _terminate_after(args: list[str], workdir, n_steps: int, meanwhile=None) -> str:
+  """Starts main.py, sends SIGTERM once `n_steps` more steps are logged (after calling
+  `meanwhile(process)`, if given, while it trains on); its stderr."""
   start = len(_logged_steps(workdir))
   proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 240
-  while len(_logged_steps(workdir)) < start + n_steps:
-    assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGTERM)
+  try:
+    deadline = time.time() + 240
+    while len(_logged_steps(workdir)) < start + n_steps:
+      assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+      time.sleep(0.2)
+    if meanwhile is not None:
+      meanwhile(proc)
+  finally:
+    proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=120)
   assert proc.returncode == 130, stderr[-2000:]  # 128 + SIGINT's 2: interrupted, cleanly.
   assert "Traceback" not in stderr
@@ -97,7 +103,9 @@ def _terminate_after(args: list[str], workdir, n_steps: int) -> str:
 def test_sigterm_saves_a_checkpoint_says_where_and_the_same_command_resumes(
   tiny_bert_dir, tmp_path
 ):
-  """A real `kill -TERM` of a training process (as SLURM or a shutdown sends it)."""
+  """A real `kill -TERM` of a training process (as SLURM or a shutdown sends it). While it
+  trains, a second trainer on its workdir is refused at once, naming the first (one trainer
+  run for both: what they need is a run that trains on until it is stopped)."""
   from mtl_jax.data.files import default_data_dir
   from mtl_jax.runtime.checkpoint import Checkpointer
 
@@ -111,7 +119,7 @@ def test_sigterm_saves_a_checkpoint_says_where_and_the_same_command_resumes(
     "--config.train.log_every=1",
     "--config.train.checkpoint_every=1000",
   )
-  stderr = _terminate_after(args, workdir, 3)
+  stderr = _terminate_after(args, workdir, 3, meanwhile=lambda first: _refused(args, first))
   saved = Checkpointer(str(workdir), 1, 1).latest_step()
   assert saved is not None and saved >= 3, stderr[-2000:]  # On the signal: not step 1000.
   assert f"saved step {saved} to {workdir}" in stderr
@@ -120,6 +128,19 @@ def test_sigterm_saves_a_checkpoint_says_where_and_the_same_command_resumes(
   _terminate_after(args, workdir, 1)  # The same command continues after the saved step.
   assert _logged_steps(workdir)[:saved] == list(range(1, saved + 1))
   assert _logged_steps(workdir)[saved] == saved + 1
+
+
+def _refused(args: list[str], first: subprocess.Popen) -> None:
+  """The same command again, while `first` trains: refused at start-up with one line
+  naming the first, which trains on undisturbed."""
+  start = time.time()
+  out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert time.time() - start < 60  # Refused at start-up, not after waiting for the first.
+  assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, out.stderr[-2000:]
+  assert f"is in use by PID {first.pid} on host {socket.gethostname()}" in errors[0]
+  assert first.poll() is None  # The first trains on, undisturbed.
 
 
 # Lines that once reached a user of `main.py` and that they cannot act on: jax's probe of a

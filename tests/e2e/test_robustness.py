@@ -185,33 +185,8 @@ def test_workdir_lock_refuses_a_second_holder_and_takes_over_a_dead_ones(tmp_pat
   assert "no longer holds it" in caplog.text
 
 
-@needs_data
-def test_second_trainer_on_a_workdir_is_refused_at_once_naming_the_first(tiny_bert_dir, tmp_path):
-  workdir = tmp_path / "run"
-  args = tiny_main_args(
-    tiny_bert_dir,
-    workdir,
-    "--config.train.steps=100000",
-    "--config.train.log_every=1",
-    "--config.train.checkpoint_every=1",
-  )
-  first = popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-  try:
-    deadline = time.time() + 240
-    while not (workdir / "metrics.jsonl").exists() or not (workdir / "metrics.jsonl").read_text():
-      assert first.poll() is None and time.time() < deadline, first.communicate()[1][-2000:]
-      time.sleep(0.2)
-    start = time.time()
-    line = one_error_line(run(args, timeout=120))
-    assert time.time() - start < 60  # Refused at start-up, not after waiting for the first.
-    assert f"is in use by PID {first.pid} on host {socket.gethostname()}" in line
-    assert first.poll() is None  # The first trains on, undisturbed.
-  finally:
-    first.send_signal(signal.SIGTERM)
-    _, stderr = first.communicate(timeout=120)
-  assert first.returncode == 130, stderr[-2000:]
-  latest = Checkpointer(str(workdir), 1, 1).latest_step()
-  assert latest is not None and latest >= 1
+# A second trainer on a running trainer's workdir is refused at once, naming the first: in
+# tests/e2e/test_main.py's SIGTERM test, which has such a trainer running.
 
 
 # --- Checkpoints
@@ -532,22 +507,11 @@ def test_embed_keeps_row_i_for_line_i_and_embeds_a_blank_line_as_empty(tiny_bert
   arrays = np.load(tmp_path / "out.npz")
   assert arrays["pooled"].shape[0] == 3
   assert arrays["attention_mask"][1].sum() == 2  # [CLS] [SEP]: the empty sentence.
-  alone = tmp_path / "alone.txt"
-  alone.write_text("the dog\n")
-  run(
-    [
-      sys.executable,
-      "-m",
-      "mtl_jax.embed",
-      f"--model={tiny_bert_dir}",
-      f"--input={alone}",
-      f"--output={tmp_path / 'alone.npz'}",
-      "--max_length=16",
-    ]
-  )
-  np.testing.assert_allclose(
-    np.load(tmp_path / "alone.npz")["pooled"][0], arrays["pooled"][2], atol=1e-5
-  )  # Row 2 is line 3's sentence, not shifted.
+  # Line 3's sentence alone, embedded here as the command does (its defaults: mean pooling,
+  # batches of 64), not in a second process: row 2 is that sentence, not shifted.
+  model, params, tokenizer = embed.load_encoder(tiny_bert_dir, None, None)
+  alone = embed.embed(model, params, tokenizer, ["the dog"], None, 16)
+  np.testing.assert_allclose(alone["pooled"][0], arrays["pooled"][2], atol=1e-5)
 
   pairs = tmp_path / "pairs.txt"
   pairs.write_text("a\tb\n\nc\td\n  \n")
