@@ -11,8 +11,10 @@ from absl import logging as absl_logging
 from mtl_jax.runtime import console
 
 
-def _record(name: str, level: int, pathname: str = "x.py") -> logging.LogRecord:
-  return logging.LogRecord(name, level, pathname, 1, "message", None, None)
+def _record(
+  name: str, level: int, pathname: str = "x.py", msg: str = "message"
+) -> logging.LogRecord:
+  return logging.LogRecord(name, level, pathname, 1, msg, None, None)
 
 
 ORBAX = os.path.join("site-packages", "orbax", "checkpoint", "checkpoint_manager.py")
@@ -27,6 +29,13 @@ PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(console.__file__)))
     (_record("absl", logging.INFO, ORBAX), False),
     (_record("absl", logging.WARNING, ORBAX), True),
     (_record("absl", logging.ERROR, ORBAX), False),  # mtl_jax says it in one line.
+    # A save that waited for the last one (seen under load); the message as orbax words it.
+    (
+      _record(
+        "absl", logging.WARNING, ORBAX, "Waiting for previous save to complete took %f seconds."
+      ),
+      False,
+    ),
     (_record("absl", logging.INFO, os.path.join(PACKAGE, "train.py")), True),
     (_record("jax._src.compiler", logging.INFO), False),
   ],
