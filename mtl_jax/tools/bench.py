@@ -369,7 +369,7 @@ def shapes_line(rows: list[dict], real_lengths: bool) -> str:
 
 def run_in_process(method: str, mode: str, **flag_values) -> dict | None:
   """The row of one configuration timed in a process of its own (so that its peak memory is
-  its own): `python -m mtl_jax.bench --one=METHOD:MODE --FLAG=VALUE...`; None, with the
+  its own): this tool with `--one=METHOD:MODE` and the given flag values; None, with the
   process's error printed, if it failed."""
   out = subprocess.run(
     [

@@ -67,17 +67,26 @@ def test_program_reexecutes_once_with_the_tunable(tmp_path):
 @pytest.mark.parametrize("command", [["main.py"], ["-m", "mtl_jax", "train"]])
 def test_the_trainer_is_imported_once_after_the_reexecution(tmp_path, command):
   """main.py and `mtl-jax train` re-execute before importing the trainer (jax, flax, orbax,
-  scipy: seconds of CPU), not after: `python -X importtime` lists each import once."""
+  scipy: seconds of CPU), not after: `python -X importtime` lists each import once. (A
+  config that loads, so that the trainer is imported, and then fails its check.)"""
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
   out = subprocess.run(
-    [sys.executable, "-X", "importtime", *command, f"--config={tmp_path / 'none.py'}"],
+    [
+      sys.executable,
+      "-X",
+      "importtime",
+      *command,
+      "--config=configs/default.py",
+      f"--workdir={tmp_path / 'run'}",
+      "--config.grad.method=no_such_method",
+    ],
     cwd=root,
     env=env,
     capture_output=True,
     text=True,
   )
-  assert f"config file {tmp_path / 'none.py'} not found" in out.stderr, out.stderr[-2000:]
+  assert out.returncode != 0 and "no_such_method" in out.stderr, out.stderr[-2000:]
   imported = [line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if "|" in line]
   assert imported.count("mtl_jax.runtime.hugepages") == 2  # Once before, once after.
   assert imported.count("mtl_jax.train") == 1
