@@ -22,19 +22,16 @@ def steps(directory: str, rows: Sequence[dict], ladder: dict[str, str]) -> list[
   """Per rung (ladder order) with finished runs of it and of its parent at a common seed:
   {rung, parent, seeds, diff: {ledger column: mean of rung − parent over the seeds},
   bootstrap: {column: {mean, low, high, p}} or None when a run has no stored predictions}."""
-  finished: dict[tuple[str, int], dict] = {}
-  for r in rows:
-    if r.get("overall") is not None:
-      finished.setdefault((r["name"], r["seed"]), r)
+  finished = ledger.groups(rows)
   metrics = ledger.task_metrics(dict.fromkeys(k for r in rows for k in r))  # The ledger's.
   metric = {c: m for m, c in ledger.metric_columns(metrics).items()}  # Column -> metric.
   labels = ledger.load_labels(directory)
   out = []
   for rung, parent in ladder.items():
-    seeds = sorted(s for n, s in finished if n == rung and (parent, s) in finished)
+    seeds = sorted(set(finished.get(rung, {})) & set(finished.get(parent, {})))
     if not seeds:
       continue
-    pairs = [(finished[rung, s], finished[parent, s]) for s in seeds]
+    pairs = [(finished[rung][s], finished[parent][s]) for s in seeds]
     diff = {c: sum(a[c] - b[c] for a, b in pairs) / len(seeds) for c in metric}
     preds = [
       (ledger.load_predictions(directory, a), ledger.load_predictions(directory, b))

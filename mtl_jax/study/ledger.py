@@ -225,6 +225,15 @@ def check(directory: str) -> list[dict]:
   return rows
 
 
+def groups(rows: Sequence[dict]) -> dict[str, dict[int, dict]]:
+  """{name: {seed: row}} of the finished rows (overall known), names in first-seen order."""
+  out: dict[str, dict[int, dict]] = {}
+  for r in rows:
+    if r.get("overall") is not None:
+      out.setdefault(r["name"], {}).setdefault(r["seed"], r)
+  return out
+
+
 def read_study(directory: str) -> dict:
   """directory/study.json: {"baseline": name or None, "command": the sweep command,
   "equivalence_margin": {ledger column: ±margin}} (default_margins for the columns it

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mtl_jax.study import ladder, ledger, stats
+from mtl_jax.study.ledger import groups
 from mtl_jax.tools import diagnose
 
 # How the tables name the CS224N tasks and the metrics; another task by its own name.
@@ -56,15 +57,6 @@ def duration(seconds: float | None) -> str:
     return "-"
   minutes, s = divmod(round(seconds), 60)
   return f"{minutes} min {s:02d} s" if minutes else f"{s} s"
-
-
-def groups(rows: Sequence[dict]) -> dict[str, dict[int, dict]]:
-  """{name: {seed: row}} of the finished rows (overall known), names in first-seen order."""
-  out: dict[str, dict[int, dict]] = {}
-  for r in rows:
-    if r.get("overall") is not None:
-      out.setdefault(r["name"], {}).setdefault(r["seed"], r)
-  return out
 
 
 def _mean_sd(values: list) -> str:
