@@ -7,8 +7,9 @@ summed step and of each gradient method at T = 2, 3, 4, 6, 8.
 Each (T, method) is one `python -m mtl_jax.bench --one=METHOD:MODE --tasks=T` process
 (its own peak memory), on the bundled model with random tokens at a fixed shape
 [T, seqs_per_task, length]: the tasks are the CS224N tasks in turn (sst, quora, sts, sst_2,
-...; `mtl_jax.tools.bench.repeated_tasks`). Prints a markdown table (with the machine line)
-and writes it, the rows (rows.json) and a plot (task_scaling.png: step time and peak RSS
+...; `mtl_jax.tools.bench.repeated_tasks`). Prints two markdown tables (with the machine
+line): step time by T per method with the seconds each added task costs, then every row; and
+writes them, the rows (rows.json) and a plot (task_scaling.png: step time and peak RSS
 against T) into --out. "per task" is the step time over T; "vs summed" the step over the
 summed step at the same T, so what a method adds beyond the per-task gradients.
 """
@@ -42,6 +43,31 @@ def table(rows: list[dict]) -> str:
       f"| {r['method']} | {t} | {r['step_s']:.3f} | {r['step_s'] / t:.3f} | {rel} | "
       f"{r['flops_per_step'] / 1e9:.1f} | {r['peak_rss_mib']:.0f} |"
     )
+  return "\n".join(lines)
+
+
+def by_t_table(rows: list[dict]) -> str:
+  """One line per method: its step time at each T, the least-squares seconds each added task
+  costs (the slope of step time in T), and peak RSS at the smallest and largest T."""
+  counts = sorted({r["tasks"] for r in rows})
+  lines = [
+    "| method | " + " | ".join(f"T={t} s" for t in counts) + " | s per added task | peak RSS MiB |",
+    "|---" * (len(counts) + 3) + "|",
+  ]
+  for method in sorted({r["method"] for r in rows}, key=ALL_METHODS.index):
+    mine = {r["tasks"]: r for r in rows if r["method"] == method}
+    ts = sorted(mine)
+    cells = [f"{mine[t]['step_s']:.2f}" if t in mine else "-" for t in counts]
+    slope = "-"
+    if len(ts) > 1:
+      mean_t = sum(ts) / len(ts)
+      mean_s = sum(mine[t]["step_s"] for t in ts) / len(ts)
+      slope = sum((t - mean_t) * (mine[t]["step_s"] - mean_s) for t in ts) / sum(
+        (t - mean_t) ** 2 for t in ts
+      )
+      slope = f"{slope:.3f}"
+    rss = f"{mine[ts[0]]['peak_rss_mib']:.0f} → {mine[ts[-1]]['peak_rss_mib']:.0f}"
+    lines.append(f"| {method} | " + " | ".join(cells) + f" | {slope} | {rss} |")
   return "\n".join(lines)
 
 
@@ -107,7 +133,8 @@ def main() -> int:
       if row is not None:
         rows.append(row)
         print(f"done T={t} {method}: {row['step_s']:.3f} s/step", file=sys.stderr)
-  text = f"{header}\n\n{table(rows)}\n{machine.steal_line(start, machine.cpu_times())}"
+  steal = machine.steal_line(start, machine.cpu_times())
+  text = f"{header}\n\n{by_t_table(rows)}\n\n{table(rows)}\n{steal}"
   print(text)
   os.makedirs(args.out, exist_ok=True)
   with open(os.path.join(args.out, "table.md"), "w") as f:

@@ -180,6 +180,14 @@ def test_task_scaling_table_reads_each_row_against_the_summed_step_at_its_t(tmp_
     ["| pcgrad", "2", "1.000", "0.500", "2.00x"],
     ["| pcgrad", "4", "3.000", "0.750", "1.50x"],
   ]
+  # By T: a column per T ("-" where a method lacks it), the slope of step time in T
+  # (pcgrad: 1.0 s at T=2, 3.0 at T=4: 1.0 s per task) and peak RSS at the ends.
+  by_t = task_scaling.by_t_table([*rows, row("pcgrad", 3, 2.0)]).splitlines()
+  assert by_t[0] == "| method | T=2 s | T=3 s | T=4 s | s per added task | peak RSS MiB |"
+  assert by_t[2:] == [
+    "| summed | 0.50 | - | 2.00 | 0.750 | 900 → 900 |",
+    "| pcgrad | 1.00 | 2.00 | 3.00 | 1.000 | 900 → 900 |",
+  ]
   task_scaling.plot(rows, str(tmp_path / "p.png"), "machine")
   assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
