@@ -22,7 +22,6 @@ from conftest import (
   DATA_DIR,
   needs_data,
   read_metrics,
-  restored_trainable,
   tiny_config,
   tiny_main_args,
 )
@@ -36,7 +35,7 @@ from mtl_jax.runtime import checkpoint, workdir_lock
 from mtl_jax.runtime.checkpoint import Checkpointer
 from mtl_jax.runtime.metrics_log import MetricsLog
 from mtl_jax.study import sweep
-from mtl_jax.tools import embed
+from mtl_jax.tools import cli, embed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -56,6 +55,11 @@ def config_of_args(model_dir: str, **train_overrides):
   return config
 
 
+# For the runs that train to the end and whose test reads no prediction file: writing the
+# dev and test predictions took ~2.5 s of CPU of a ~13 s tiny run.
+NO_PREDICTION_FILES = "--config.eval.write_predictions=False"
+
+
 def run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
   return subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
 
@@ -66,10 +70,15 @@ def popen(args: list[str], **kwargs) -> subprocess.Popen:
 
 def one_error_line(out: subprocess.CompletedProcess) -> str:
   """The run failed with one `error:` line and no traceback; returns that line."""
-  assert out.returncode != 0, out.stderr[-2000:]
-  assert "Traceback" not in out.stderr, out.stderr[-3000:]
-  errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-  assert len(errors) == 1, out.stderr[-2000:]
+  return one_error_line_of(out.returncode, out.stderr)
+
+
+def one_error_line_of(status: int, stderr: str) -> str:
+  """`one_error_line` of an exit status and stderr (a tool run in process by cli.call)."""
+  assert status != 0, stderr[-2000:]
+  assert "Traceback" not in stderr, stderr[-3000:]
+  errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, stderr[-2000:]
   return errors[0]
 
 
@@ -253,14 +262,15 @@ def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_ol
     "--config.train.steps=4",
     "--config.train.checkpoint_every=2",
     "--config.train.keep_checkpoints=2",
+    NO_PREDICTION_FILES,
   )
   out = run(args)  # Checkpoints 2 and 4.
   assert out.returncode == 0, out.stderr[-3000:]
-  config = config_of_args(tiny_bert_dir)
-  straight = jax.device_get(restored_trainable(config, workdir))
+  _, state, _, _ = train.init_state(run_spec.build(config_of_args(tiny_bert_dir)))
+  trainable = lambda: jax.device_get(Checkpointer(workdir, 1, 1).restore(state)[0].trainable)
+  straight = trainable()
   latest = os.path.join(workdir, "checkpoints", "4")
   damaged = _flip_a_byte(latest)
-  _, state, _, _ = train.init_state(run_spec.build(config))
   with pytest.raises(checkpoint.ChecksumError, match=re.escape(f"{damaged} differs from the")):
     Checkpointer(workdir, 1, 1).restore(state, step=4)
 
@@ -280,7 +290,7 @@ def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_ol
   corrupt = os.path.join(workdir, checkpoint.CORRUPT, "4")
   assert os.path.getsize(os.path.join(corrupt, os.path.relpath(damaged, latest))) > 0  # Kept.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
-  resumed = jax.device_get(restored_trainable(config, workdir))
+  resumed = trainable()
   for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(resumed)):
     np.testing.assert_array_equal(a, b)  # Exactly the uninterrupted run's step 4.
 
@@ -337,7 +347,11 @@ def test_a_full_or_read_only_disk_is_one_error_line_and_the_same_command_resumes
   do; once space is freed the same command trains to the end."""
   workdir = small_disk / "run"
   args = tiny_main_args(
-    tiny_bert_dir, workdir, "--config.train.steps=4", "--config.train.checkpoint_every=2"
+    tiny_bert_dir,
+    workdir,
+    "--config.train.steps=4",
+    "--config.train.checkpoint_every=2",
+    NO_PREDICTION_FILES,
   )
   todo = "free space and rerun the same command to resume"
   _fill(small_disk, leave=0)
@@ -424,7 +438,9 @@ def test_checkpointer_refuses_to_save_a_non_finite_state(tmp_path):
 # --- max_length against the model's positions
 
 
-def test_max_length_above_the_models_positions_is_refused_naming_both(tiny_bert_dir, tmp_path):
+def test_max_length_above_the_models_positions_is_refused_naming_both(
+  tiny_bert_dir, tmp_path, capsys
+):
   config = tiny_config(tiny_bert_dir)  # The tiny model has 64 positions.
   config.model.max_length = 100
   config.train.length_buckets = (128,)
@@ -435,18 +451,17 @@ def test_max_length_above_the_models_positions_is_refused_naming_both(tiny_bert_
 
   sentences = tmp_path / "in.txt"
   sentences.write_text("a cat\n")
-  out = run(
-    [
-      sys.executable,
-      "-m",
-      "mtl_jax.embed",
-      f"--model={tiny_bert_dir}",
-      f"--input={sentences}",
-      f"--output={tmp_path / 'out.npz'}",
-      "--max_length=100",
-    ]
-  )
-  assert "--max_length=100 is above the max_position_embeddings=64" in one_error_line(out)
+  # The tool in this process, as its command line runs it (a subprocess added only start-up).
+  args = [
+    "embed",
+    f"--model={tiny_bert_dir}",
+    f"--input={sentences}",
+    f"--output={tmp_path / 'out.npz'}",
+    "--max_length=100",
+  ]
+  status = cli.call(embed.main, embed.FLAGS, args)
+  line = one_error_line_of(status, capsys.readouterr().err)
+  assert "--max_length=100 is above the max_position_embeddings=64" in line
   assert not (tmp_path / "out.npz").exists()
 
 
@@ -489,26 +504,24 @@ def test_an_undefined_dev_metric_or_a_batch_larger_than_the_data_is_one_line(
 # --- embed: row i is line i
 
 
-def test_embed_keeps_row_i_for_line_i_and_embeds_a_blank_line_as_empty(tiny_bert_dir, tmp_path):
+def test_embed_keeps_row_i_for_line_i_and_embeds_a_blank_line_as_empty(
+  tiny_bert_dir, tmp_path, capsys
+):
   path = tmp_path / "in.txt"
   path.write_text("a cat\n\nthe dog\n")
-  out = run(
-    [
-      sys.executable,
-      "-m",
-      "mtl_jax.embed",
-      f"--model={tiny_bert_dir}",
-      f"--input={path}",
-      f"--output={tmp_path / 'out.npz'}",
-      "--max_length=16",
-    ]
-  )
-  assert out.returncode == 0, out.stderr[-2000:]
+  args = [
+    "embed",
+    f"--model={tiny_bert_dir}",
+    f"--input={path}",
+    f"--output={tmp_path / 'out.npz'}",
+    "--max_length=16",
+  ]
+  assert cli.call(embed.main, embed.FLAGS, args) == 0, capsys.readouterr().err[-2000:]
   arrays = np.load(tmp_path / "out.npz")
   assert arrays["pooled"].shape[0] == 3
   assert arrays["attention_mask"][1].sum() == 2  # [CLS] [SEP]: the empty sentence.
-  # Line 3's sentence alone, embedded here as the command does (its defaults: mean pooling,
-  # batches of 64), not in a second process: row 2 is that sentence, not shifted.
+  # Line 3's sentence alone, embedded as the command does (its defaults: mean pooling,
+  # batches of 64), in a call of its own: row 2 is that sentence, not shifted.
   model, params, tokenizer = embed.load_encoder(tiny_bert_dir, None, None)
   alone = embed.embed(model, params, tokenizer, ["the dog"], None, 16)
   np.testing.assert_allclose(alone["pooled"][0], arrays["pooled"][2], atol=1e-5)
@@ -575,6 +588,7 @@ def test_metrics_have_each_step_once_after_kill_9_and_resume(tiny_bert_dir, tmp_
     "--config.train.steps=12",
     "--config.train.log_every=1",
     "--config.train.checkpoint_every=4",
+    NO_PREDICTION_FILES,
   )
   proc = popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   deadline = time.time() + 240
