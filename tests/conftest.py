@@ -259,6 +259,16 @@ def tiny_bert_dir(tiny_bert_ref, tmp_path_factory) -> str:
   return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), tiny_bert_ref)
 
 
+@pytest.fixture(scope="session")
+def one_layer_bert_dir(tiny_bert_ref, tmp_path_factory) -> str:
+  """The tiny BERT's first layer alone (config num_hidden_layers=1): half the encoder to
+  compile, the same code, for tests whose check does not need a second layer."""
+  ref = {k: v for k, v in tiny_bert_ref.items() if ".layer.1." not in k}
+  config = json.loads(str(ref["config_json"]))
+  ref["config_json"] = json.dumps(dict(config, num_hidden_layers=1))
+  return write_tiny_bert(tmp_path_factory.mktemp("one_layer_bert"), ref)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
   """Trainer tests build the same jitted steps repeatedly; reuse XLA compilations. One

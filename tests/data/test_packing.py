@@ -240,8 +240,11 @@ def _assert_same_forward(model, params, unpacked, packed, tol=TOL):
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls", "concat"])
-def test_packed_forward_equals_unpacked(tiny_bert_dir, pooling):
-  model, params = _model(tiny_bert_dir, pooling)
+def test_packed_forward_equals_unpacked(tiny_bert_dir, one_layer_bert_dir, pooling):
+  # Mean pooling on both layers: the packed layout reaches a second layer too. The other
+  # tests use the first layer alone (`one_layer_bert_dir`: half the compilation, the same
+  # code in every layer).
+  model, params = _model(tiny_bert_dir if pooling == "mean" else one_layer_bert_dir, pooling)
   _assert_same_forward(model, params, *_batches(_datasets()))
 
 
@@ -252,13 +255,15 @@ def test_packed_forward_equals_unpacked(tiny_bert_dir, pooling):
     heads.HeadSpec(kind="shared", sts_loss="cosine"),
   ],
 )
-def test_packed_forward_equals_unpacked_other_heads(tiny_bert_dir, spec):
-  model, params = _model(tiny_bert_dir, head_spec=spec)
+def test_packed_forward_equals_unpacked_other_heads(one_layer_bert_dir, spec):
+  model, params = _model(one_layer_bert_dir, head_spec=spec)
   _assert_same_forward(model, params, *_batches(_datasets()))
 
 
-def test_packed_cross_encoded_pairs_equal_unpacked(tiny_bert_dir):
-  model, params = _model(tiny_bert_dir, head_spec=heads.HeadSpec(sts="features", pairs="cross"))
+def test_packed_cross_encoded_pairs_equal_unpacked(one_layer_bert_dir):
+  model, params = _model(
+    one_layer_bert_dir, head_spec=heads.HeadSpec(sts="features", pairs="cross")
+  )
   _assert_same_forward(model, params, *_batches(_datasets(cross=True)))
 
 
@@ -267,21 +272,21 @@ def test_packed_cross_encoded_pairs_equal_unpacked(tiny_bert_dir):
   [heads.HeadSpec(pairs="quora=cross"), heads.HeadSpec(sts="features", pairs="sts=cross")],
   ids=lambda spec: spec.pairs,
 )
-def test_packed_mixed_pair_encodings_equal_unpacked(tiny_bert_dir, spec):
-  model, params = _model(tiny_bert_dir, head_spec=spec)
+def test_packed_mixed_pair_encodings_equal_unpacked(one_layer_bert_dir, spec):
+  model, params = _model(one_layer_bert_dir, head_spec=spec)
   data = _datasets(cross=spec.cross_tasks)
   assert [d.is_cross_pair for d in data[1:]] == [spec.cross("quora"), spec.cross("sts")]
   _assert_same_forward(model, params, *_batches(data))
 
 
 @pytest.mark.parametrize("kind", ["pals", "low_rank"])
-def test_packed_task_layers_equal_unpacked(tiny_bert_dir, kind):
-  model, params = _model(tiny_bert_dir, mode="probe", task_layer_kind=kind)
+def test_packed_task_layers_equal_unpacked(one_layer_bert_dir, kind):
+  model, params = _model(one_layer_bert_dir, mode="probe", task_layer_kind=kind)
   _assert_same_forward(model, params, *_batches(_datasets()))
 
 
-def test_packed_bfloat16_is_close_to_unpacked(tiny_bert_dir):
-  model, params = _model(tiny_bert_dir, dtype="bfloat16")
+def test_packed_bfloat16_is_close_to_unpacked(one_layer_bert_dir):
+  model, params = _model(one_layer_bert_dir, dtype="bfloat16")
   unpacked, packed = _batches(_datasets())
   for t in range(3):
     ou, op = (
@@ -292,8 +297,9 @@ def test_packed_bfloat16_is_close_to_unpacked(tiny_bert_dir):
       np.testing.assert_allclose(op[k], ou[k], atol=0.1, rtol=0.05, err_msg=k)
 
 
-def test_attention_never_crosses_sequences(tiny_bert_dir):
-  model, params = _model(tiny_bert_dir, task_layer_kind="pals")
+def test_attention_never_crosses_sequences(one_layer_bert_dir):
+  # PALs add attention of their own; the model (and its packed program) of the test above.
+  model, params = _model(one_layer_bert_dir, mode="probe", task_layer_kind="pals")
   _, packed = _batches(_datasets())
   p = _task(packed, 0)
   row = int(np.argmax(np.bincount(p["seq_row"][p["seq_len"] > 0])))  # A row with neighbours.
@@ -325,8 +331,8 @@ def _split(model, params):
 
 
 @pytest.mark.parametrize("plan, weighting", [(PLAN, False), (SLOTS, False), (SLOTS, True)])
-def test_packed_losses_and_per_task_gradients_equal_unpacked(tiny_bert_dir, plan, weighting):
-  model, params = _model(tiny_bert_dir)
+def test_packed_losses_and_per_task_gradients_equal_unpacked(one_layer_bert_dir, plan, weighting):
+  model, params = _model(one_layer_bert_dir)
   trainable, frozen = _split(model, params)
   if weighting:  # Uncertainty weighting: exp(-s) L / 2 + s / 2 per task, summed over its lanes.
     trainable = _with_uncertainty(trainable)
@@ -345,11 +351,11 @@ def test_packed_losses_and_per_task_gradients_equal_unpacked(tiny_bert_dir, plan
 
 
 @pytest.mark.parametrize("plan", [None, PLAN, SLOTS])
-def test_full_fine_tuning_word_table_gradient_is_each_tasks_own(tiny_bert_dir, plan):
+def test_full_fine_tuning_word_table_gradient_is_each_tasks_own(one_layer_bert_dir, plan):
   """Full fine-tuning scatter-adds the lanes' word-vector gradients into per-task table
   gradients (`step.make_per_task_grads`); each task's must equal plain autodiff of that
   task's loss (the sum over its lanes) with the table inside the differentiated params."""
-  model, params = _model(tiny_bert_dir, mode="full")
+  model, params = _model(one_layer_bert_dir, mode="full")
   trainable, frozen = multitask.split(params, multitask.trainable_mask(params, "full"))
   unpacked, packed = _batches(_datasets(), plan or PLAN)
   batch = unpacked if plan is None else packed
@@ -376,13 +382,13 @@ def test_full_fine_tuning_word_table_gradient_is_each_tasks_own(tiny_bert_dir, p
 
 @pytest.mark.parametrize("pairs", ["bi", "quora=cross"])
 def test_packed_cosent_losses_and_gradients_equal_unpacked_with_sts_in_one_lane(
-  tiny_bert_dir, pairs
+  one_layer_bert_dir, pairs
 ):
   """CoSENT ranks the pairs of a batch: slots that split SST and Quora but keep STS in one
   lane (what train_batches chooses under CoSENT) give the unpacked losses and gradients;
   splitting STS would change its loss (each half ranks only its own pairs)."""
   spec = heads.HeadSpec(sts_loss="cosent", pairs=pairs)
-  model, params = _model(tiny_bert_dir, head_spec=spec)
+  model, params = _model(one_layer_bert_dir, head_spec=spec)
   trainable, frozen = _split(model, params)
   per_task = jax.jit(step.make_per_task_grads(model))
   keys = jax.random.split(jax.random.key(0), 3)
@@ -406,8 +412,8 @@ def _with_uncertainty(trainable):
 
 
 @pytest.mark.parametrize("plan", [PLAN, SLOTS])
-def test_packed_train_step_gives_the_unpacked_update(tiny_bert_dir, plan):
-  model, params = _model(tiny_bert_dir)
+def test_packed_train_step_gives_the_unpacked_update(one_layer_bert_dir, plan):
+  model, params = _model(one_layer_bert_dir)
   trainable, frozen = _split(model, params)
   from mtl_jax import grad as mtlgrad
 
@@ -427,16 +433,16 @@ def test_packed_train_step_gives_the_unpacked_update(tiny_bert_dir, plan):
     np.testing.assert_allclose(a - before, b - before, atol=1e-6, rtol=1e-3)
 
 
-def test_one_task_batches_pack_too(tiny_bert_dir):
+def test_one_task_batches_pack_too():
   datasets = _datasets()
   one = batching.train_batch([datasets[2]], 0, S, 0, (16, 32, 64), plan=PLAN)
   assert one["input_ids"].shape[0] == 1 and packing.is_packed(one)
 
 
-def test_eval_batches_pack_and_predict_the_same(tiny_bert_dir):
+def test_eval_batches_pack_and_predict_the_same(one_layer_bert_dir):
   from mtl_jax.evaluate import make_predict_fn, predict_split
 
-  model, params = _model(tiny_bert_dir)
+  model, params = _model(one_layer_bert_dir)
   predict = make_predict_fn(model)
   for data in _datasets():
     a = predict_split(predict, params, data, S, (16, 32, 64))
@@ -603,14 +609,16 @@ def test_a_config_without_token_balancing_resumes_in_stream_order():
 
 
 @needs_data
-def test_old_workdir_resumes_unpacked_as_before(tiny_bert_dir, tmp_path, monkeypatch):
+def test_old_workdir_resumes_unpacked_as_before(one_layer_bert_dir, tmp_path, monkeypatch):
   """A run written before train.packing existed, interrupted, then rerun with today's
   default config (packing on): it resumes unpacked and ends as an uninterrupted unpacked
-  run, bitwise."""
+  run, bitwise (on the one-layer model: the resume logic does not depend on depth)."""
   straight, old = str(tmp_path / "straight"), str(tmp_path / "old")
 
   def tiny(**kw):
-    config = tiny_config(tiny_bert_dir, steps=2, checkpoint_every=1, length_buckets=(32,), **kw)
+    config = tiny_config(
+      one_layer_bert_dir, steps=2, checkpoint_every=1, length_buckets=(32,), **kw
+    )
     config.eval.write_predictions = False
     return config
 

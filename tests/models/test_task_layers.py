@@ -145,16 +145,18 @@ def test_encoder_with_task_layers(kind):
     model.apply({"params": params}, ids, mask)
 
 
-def _pals_config(tiny_bert_dir, kind="pals", mode="probe"):
-  config = tiny_config(tiny_bert_dir, steps=2, learning_rate=1e-2)
+def _pals_config(model_dir, kind="pals", mode="probe"):
+  """A tiny run with task layers; the trainer's tests use the one-layer model (the layers
+  are the same code in every encoder layer; half the compilation)."""
+  config = tiny_config(model_dir, steps=2, learning_rate=1e-2)
   config.adapter.kind = mode
   config.adapter.task_layers = kind
   return config
 
 
 @pytest.mark.parametrize("mode", ["probe", "lora", "full"])
-def test_task_layers_train_in_every_mode_and_are_task_specific(tiny_bert_dir, mode):
-  config = _pals_config(tiny_bert_dir, mode=mode)
+def test_task_layers_train_in_every_mode_and_are_task_specific(one_layer_bert_dir, mode):
+  config = _pals_config(one_layer_bert_dir, mode=mode)
   model, state, frozen, _ = train.init_state(run_spec.build(config))
   flat = traverse_util.flatten_dict(state.trainable)
   assert any(task_layers.is_task_specific(p) for p in flat)  # Trainable in every mode.
@@ -187,8 +189,8 @@ def test_task_layers_train_in_every_mode_and_are_task_specific(tiny_bert_dir, mo
 @pytest.mark.parametrize(
   "kind, mode, method", [("pals", "probe", "pcgrad"), ("low_rank", "lora", "sum")]
 )
-def test_task_layers_train_end_to_end(tiny_bert_dir, tmp_path, kind, mode, method):
-  config = _pals_config(tiny_bert_dir, kind, mode)
+def test_task_layers_train_end_to_end(one_layer_bert_dir, tmp_path, kind, mode, method):
+  config = _pals_config(one_layer_bert_dir, kind, mode)
   config.grad.method = method
   workdir = str(tmp_path / "run")
   results = train.train_and_evaluate(config, workdir)
