@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 
 from mtl_jax.grad import registry
@@ -58,14 +59,8 @@ def by_t_table(rows: list[dict]) -> str:
     mine = {r["tasks"]: r for r in rows if r["method"] == method}
     ts = sorted(mine)
     cells = [f"{mine[t]['step_s']:.2f}" if t in mine else "-" for t in counts]
-    slope = "-"
-    if len(ts) > 1:
-      mean_t = sum(ts) / len(ts)
-      mean_s = sum(mine[t]["step_s"] for t in ts) / len(ts)
-      slope = sum((t - mean_t) * (mine[t]["step_s"] - mean_s) for t in ts) / sum(
-        (t - mean_t) ** 2 for t in ts
-      )
-      slope = f"{slope:.3f}"
+    fit = statistics.linear_regression(ts, [mine[t]["step_s"] for t in ts]) if len(ts) > 1 else None
+    slope = f"{fit.slope:.3f}" if fit else "-"
     rss = f"{mine[ts[0]]['peak_rss_mib']:.0f} → {mine[ts[-1]]['peak_rss_mib']:.0f}"
     lines.append(f"| {method} | " + " | ".join(cells) + f" | {slope} | {rss} |")
   return "\n".join(lines)

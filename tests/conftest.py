@@ -176,9 +176,16 @@ def read_metrics(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f]
 
 
-def restored_trainable(config, workdir):
+def trainable_restorer(config):
+  """restore(workdir, step=None) -> the trainable parameters of its checkpoint at `step`
+  (default: the newest that restores), every restore into one template state of `config`
+  (initialising it is the costly part)."""
   _, state, _, _ = train.init_state(run_spec.build(config))
-  return Checkpointer(workdir, 1, 1).restore(state)[0].trainable
+  return lambda workdir, step=None: Checkpointer(workdir, 1, 1).restore(state, step)[0].trainable
+
+
+def restored_trainable(config, workdir):
+  return trainable_restorer(config)(workdir)
 
 
 def interrupt_at(monkeypatch, step: int) -> None:
@@ -196,7 +203,8 @@ def interrupt_at(monkeypatch, step: int) -> None:
 
 def assert_same_run(config, straight: str, resumed: str, last_step: int) -> None:
   """The resumed workdir ends with the straight one's parameters and last loss, bitwise."""
-  a, b = restored_trainable(config, straight), restored_trainable(config, resumed)
+  restore = trainable_restorer(config)
+  a, b = restore(straight), restore(resumed)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   losses = lambda w: {r["step"]: r["loss"] for r in read_metrics(w) if "loss" in r}

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from mtl_jax.study import ladder, ledger, stats
-from mtl_jax.study.ledger import groups
 from mtl_jax.tools import diagnose
 
 # How the tables name the CS224N tasks and the metrics; another task by its own name.
@@ -90,7 +89,7 @@ def comparisons(
   true, is detected with power 0.8)."""
   labels = metric_labels(rows)
   margins = {**ledger.default_margins(ledger.task_metrics(labels)), **(margins or {})}
-  g = groups(rows)
+  g = ledger.groups(rows)
   if baseline not in g:
     return {}
   out = {}
@@ -134,7 +133,7 @@ def seed_table(
   paired difference of overall from it (95% t interval, n - 1 dof), its verdicts (raw, and
   Holm-adjusted over the study's family of configurations × metrics; better / worse /
   equivalent within ±margin (TOST) / inconclusive) and the minimum detectable effect."""
-  g, labels = groups(rows), metric_labels(rows)
+  g, labels = ledger.groups(rows), metric_labels(rows)
   header = ["configuration", "n", "seeds", *labels.values()]
   family = comparisons(rows, baseline, margins)
   if baseline in g:
@@ -170,7 +169,7 @@ def findings(
   """The study's verdicts in sentences, generated (README and report.md): nothing here
   is typed by hand, so nothing can drift from the ledger. With the ledger's `directory`,
   also whether the paired bootstrap over dev examples could be computed."""
-  g, labels = groups(rows), metric_labels(rows)
+  g, labels = ledger.groups(rows), metric_labels(rows)
   family = comparisons(rows, baseline, margins)
   if not family:
     return []
@@ -242,7 +241,7 @@ def study_sections(
   verdicts, equivalence, power), with a ledger `directory` the paired bootstrap over dev
   examples, evaluation noise, gradient diagnostics (each section only when there is
   something to say)."""
-  g, labels = groups(rows), metric_labels(rows)
+  g, labels = ledger.groups(rows), metric_labels(rows)
   if not g:
     return []
   lines = [
@@ -396,7 +395,7 @@ def bootstrap_section(directory: str, rows: Sequence[dict], baseline: str) -> li
   """The paired bootstrap over dev examples (stats.paired_bootstrap) of every configuration
   against the baseline, from the rows' stored dev predictions (ledger.save_predictions),
   over the seeds where both have them; or why there is none."""
-  g, columns = groups(rows), metric_labels(rows)
+  g, columns = ledger.groups(rows), metric_labels(rows)
   metric = {c: m for m, c in ledger.metric_columns(ledger.task_metrics(columns)).items()}
   labels = ledger.load_labels(directory)
   head = ["## Paired bootstrap over dev examples", ""]
@@ -475,7 +474,7 @@ def ladder_section(directory: str, rows: Sequence[dict], parents: dict[str, str]
   """report.md's "Ladder" section ([] for a study without a ladder)."""
   if not parents:
     return []
-  waiting = [r for r in parents if r not in groups(rows)]
+  waiting = [r for r in parents if r not in ledger.groups(rows)]
   return [
     "## Ladder",
     "",

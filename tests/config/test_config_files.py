@@ -7,6 +7,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+from flax import traverse_util
 
 from mtl_jax.config import run_spec
 from mtl_jax.study import sweep
@@ -16,14 +17,7 @@ FILES = sorted(p for p in CONFIGS.rglob("*.py") if p.name != "__init__.py")
 
 
 def _flat(config) -> dict:
-  def walk(node, prefix=""):
-    for key, value in node.items():
-      if hasattr(value, "items"):
-        yield from walk(value, f"{prefix}{key}.")
-      else:
-        yield f"{prefix}{key}", value
-
-  return dict(walk(config))
+  return traverse_util.flatten_dict(config.to_dict(), sep=".")
 
 
 def test_the_repository_ships_config_files():

@@ -24,6 +24,7 @@ from conftest import (
   read_metrics,
   tiny_config,
   tiny_main_args,
+  trainable_restorer,
 )
 
 from mtl_jax import train
@@ -266,13 +267,12 @@ def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_ol
   )
   out = run(args)  # Checkpoints 2 and 4.
   assert out.returncode == 0, out.stderr[-3000:]
-  _, state, _, _ = train.init_state(run_spec.build(config_of_args(tiny_bert_dir)))
-  trainable = lambda: jax.device_get(Checkpointer(workdir, 1, 1).restore(state)[0].trainable)
-  straight = trainable()
+  restore = trainable_restorer(config_of_args(tiny_bert_dir))
+  straight = jax.device_get(restore(workdir))
   latest = os.path.join(workdir, "checkpoints", "4")
   damaged = _flip_a_byte(latest)
   with pytest.raises(checkpoint.ChecksumError, match=re.escape(f"{damaged} differs from the")):
-    Checkpointer(workdir, 1, 1).restore(state, step=4)
+    restore(workdir, step=4)
 
   # A reader (predict, export, diagnose, embed --workdir) falls back to step 2 with one
   # warning, and moves nothing.
@@ -290,7 +290,7 @@ def test_corrupted_latest_checkpoint_is_set_aside_and_the_run_resumes_from_an_ol
   corrupt = os.path.join(workdir, checkpoint.CORRUPT, "4")
   assert os.path.getsize(os.path.join(corrupt, os.path.relpath(damaged, latest))) > 0  # Kept.
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
-  resumed = trainable()
+  resumed = jax.device_get(restore(workdir))
   for a, b in zip(jax.tree_util.tree_leaves(straight), jax.tree_util.tree_leaves(resumed)):
     np.testing.assert_array_equal(a, b)  # Exactly the uninterrupted run's step 4.
 
