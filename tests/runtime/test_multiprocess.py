@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import DATA_DIR, needs_data, restored_trainable, tiny_config
+from conftest import DATA_DIR, needs_data, tiny_config, trainable_restorer
 
 from mtl_jax.runtime import parallel
 from mtl_jax.runtime.checkpoint import Checkpointer
@@ -150,8 +150,9 @@ def test_two_processes_resume_after_sigterm_and_match_one_process(tiny_bert_dir,
     assert abs(results[0]["metrics"][name] - value) <= 1e-4, name
   config = tiny_config(tiny_bert_dir)
   config.adapter.kind = "full"
-  trained = jax.tree_util.tree_flatten_with_path(restored_trainable(config, str(multi)))[0]
-  reference = jax.tree.leaves(restored_trainable(config, str(single)))
+  restore = trainable_restorer(config)
+  trained = jax.tree_util.tree_flatten_with_path(restore(str(multi)))[0]
+  reference = jax.tree.leaves(restore(str(single)))
   compared = 0
   for (path, a), b in zip(trained, reference):
     # The attention key bias has no gradient but rounding noise (softmax ignores a shift

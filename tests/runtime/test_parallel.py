@@ -12,7 +12,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import needs_data, read_metrics, restored_trainable
+from conftest import needs_data, read_metrics, trainable_restorer
 from jax.sharding import PartitionSpec as P
 from parallel_worker import worker_config
 
@@ -61,7 +61,8 @@ def test_four_devices_match_one_device(tiny_bert_dir, tmp_path):
   assert g["mean_local_updates_vs_global"] > 1e-2
 
   losses = [r["loss"] for r in read_metrics(one) if "loss" in r]
-  reference = restored_trainable(config, one)
+  restore = trainable_restorer(config)
+  reference = restore(one)
   for mode in ("replicated", "fsdp"):
     run = report[mode]
     for seen in run["train_batch"]:  # Packed (the default): [T, R/4, L] on each device.
@@ -69,7 +70,7 @@ def test_four_devices_match_one_device(tiny_bert_dir, tmp_path):
       assert seen["shards"][0][0] == 3 and seen["shards"][0][2] == 32, mode
       assert all(s == seen["shards"][0] for s in seen["shards"]), mode
     np.testing.assert_allclose(run["losses"], losses, rtol=1e-5, err_msg=mode)
-    trained = restored_trainable(config, str(tmp_path / mode))  # Saved on 4 devices.
+    trained = restore(str(tmp_path / mode))  # Saved on 4 devices.
     # atol 1e-5: 4 devices round a step's packed rows up to a multiple of 4, 1 device to
     # the ladder's next count (`packing.round_rows`): the same tokens, plus empty rows that
     # change the order of the sums; Adam's first steps magnify that rounding on near-zero gradients.
