@@ -238,7 +238,10 @@ def read_study(directory: str) -> dict:
   """directory/study.json: {"baseline": name or None, "command": the sweep command,
   "equivalence_margin": {ledger column: ±margin}} (default_margins for the columns it
   does not set; a number sets overall's), "ladder": {rung: the rung it builds on}
-  (mtl_jax.study.ladder; {} when not set)}."""
+  (mtl_jax.study.ladder; {} when not set), "machine": the CPU the runs' wall times were
+  measured on (None when not set), "reference": {"label": whose numbers, "values":
+  {ledger column: value}} that each configuration's mean is set against (None when not
+  set; numbers published elsewhere, quoted, never rows of the ledger)}."""
   path = os.path.join(directory, STUDY_JSON)
   study = {"baseline": None, "command": None}
   if os.path.isfile(path):
@@ -259,7 +262,39 @@ def read_study(directory: str) -> dict:
     )
   study["equivalence_margin"] = {**defaults, **{k: float(v) for k, v in margin.items()}}
   study["ladder"] = _checked_ladder(study.get("ladder") or {}, path)
+  if not isinstance(study.get("machine") or "", str):
+    raise LedgerError(f"{path}: machine must be a string naming the CPU the runs used")
+  study["machine"] = study.get("machine") or None
+  study["reference"] = _checked_reference(study.get("reference"), path, defaults, held is None)
   return study
+
+
+def _checked_reference(
+  reference: object, path: str, columns: dict, before_first_row: bool
+) -> dict | None:
+  """study.json's reference as {"label": str, "values": {column: float}}; LedgerError
+  naming the file for any other shape, or a column the ledger does not have (before its
+  first row, any task column)."""
+  if reference is None:
+    return None
+  values = reference.get("values") if isinstance(reference, dict) else None
+  if (
+    not isinstance(reference.get("label") if isinstance(reference, dict) else None, str)
+    or not isinstance(values, dict)
+    or not values
+    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values())
+  ):
+    raise LedgerError(
+      f'{path}: reference must be {{"label": "whose numbers", "values": {{column: number}}}}'
+    )
+  unknown = sorted(
+    k for k in values if k not in columns and not (before_first_row and task_metrics([k]))
+  )
+  if unknown:
+    raise LedgerError(
+      f"{path}: reference values of unknown columns {unknown} (the ledger's: {list(columns)})"
+    )
+  return {"label": reference["label"], "values": {k: float(v) for k, v in values.items()}}
 
 
 def _checked_ladder(ladder: object, path: str) -> dict[str, str]:

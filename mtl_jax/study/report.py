@@ -48,7 +48,8 @@ def table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def number(v, fmt: str = ".4f") -> str:
-  return "-" if v is None else format(v, fmt)
+  """v formatted, or "-" for a missing or undefined (nan) value."""
+  return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
 def duration(seconds: float | None) -> str:
@@ -211,12 +212,25 @@ def findings(
       f"- Overall: {sum(c['holm'] == 'inconclusive' for c in overall.values())} of "
       f"{len(overall)} comparisons inconclusive at ±{best[1]['margin']:g}; the minimum "
       f"detectable effect at this n (paired t, alpha 0.05, power 0.8, each comparison's sd "
-      f"of paired differences) is {min(mdes):.4f}–{max(mdes):.4f}; the largest mean gain, "
-      f"`{best[0]}` {best[1]['mean']:+.4f}, would need "
-      + (f"{need} seeds" if need else "more seeds than can be computed")
-      + " to be detected with power 0.8 (if it were the true difference)."
+      "of paired differences) is "
+      + (f"{min(mdes):.4f}–{max(mdes):.4f}" if mdes else "not defined (no spread)")
+      + "; the largest mean gain, "
+      f"`{best[0]}` {best[1]['mean']:+.4f}, "
+      + (
+        "is detected at this n"
+        if best[1]["raw"] in ("better", "worse")
+        else "would need "
+        + (f"{need} seeds" if need else "more seeds than can be computed")
+        + " to be detected with power 0.8 (if it were the true difference)"
+      )
+      + "."
     )
   if directory is not None:
+    study = ledger.read_study(directory)
+    if study["reference"]:
+      lines += reference_lines(rows, study["reference"])
+    if study["machine"]:
+      lines.append(f"- Wall times measured on: {study['machine']} (study.json).")
     stored = sum(ledger.load_predictions(directory, r) is not None for r in rows)
     lines.append(
       f"- Paired bootstrap over dev examples: {stored} of {len(rows)} rows have stored dev "
@@ -228,6 +242,33 @@ def findings(
         "workdirs are not here); the verdicts rest on the seed-level t test."
       )
     )
+  return lines
+
+
+def reference_lines(rows: Sequence[dict], reference: dict) -> list[str]:
+  """Each configuration's mean over seeds with its 95% Student-t interval, set against
+  published numbers (study.json's reference): where the reference falls, below the
+  interval, inside it (no difference this many seeds can tell) or above it."""
+  g, labels = ledger.groups(rows), metric_labels(rows)
+  lines = []
+  for name, by_seed in g.items():
+    parts = []
+    for column, value in reference["values"].items():
+      mean, low, high = stats.t_interval([r.get(column) for r in by_seed.values()])
+      if not math.isfinite(mean):
+        continue
+      if math.isfinite(low):
+        where = "below" if value < low else "above" if value > high else "inside"
+        parts.append(
+          f"{labels[column]} {mean:.4f} [{low:.4f}, {high:.4f}] vs {value:g} ({where} the interval)"
+        )
+      else:
+        parts.append(f"{labels[column]} {mean:.4f} (n=1, no interval) vs {value:g}")
+    if parts:
+      lines.append(
+        f"- `{name}` (n = {len(by_seed)}; mean, 95% t interval over seeds) against "
+        f"{reference['label']}: " + "; ".join(parts) + "."
+      )
   return lines
 
 
