@@ -1,8 +1,8 @@
 """The recipe: the best configuration the recipe study found (docs/recipe.md, results/recipe/).
 
 Run:   python main.py --config=configs/best.py --workdir=runs/best
-About 45-50 minutes alone on a 2-core CPU (AMD EPYC, AVX2): 800 full fine-tuning steps
-of about 3.2 s.
+Under an hour on a 2-core CPU: 800 full fine-tuning steps, then the dev evaluation
+(results/recipe/final has each run's wall time and the machine).
 
 What it is, from configs/default.py, and why (each lever screened at seed 0 in
 results/recipe, its paired interval in results/recipe/report.md):

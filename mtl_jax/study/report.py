@@ -174,14 +174,19 @@ def findings(
   family = comparisons(rows, baseline, margins)
   if not family:
     return []
-  seconds = [r["seconds"] for r in rows if r.get("seconds") is not None]
+  times = []
+  for name, by_seed in g.items():
+    seconds = [r["seconds"] for r in by_seed.values() if r.get("seconds") is not None]
+    if seconds:
+      low, high = _minutes(min(seconds)), _minutes(max(seconds))
+      times.append(f"`{name}` {low if low == high else f'{low}–{high}'}")
   n = sorted({c["n"] for c in family.values()})
   lines = [
     f"- {len(g)} configurations, {len(rows)} runs"
     + (
-      f" (wall time of the process that finished each run: {_minutes(min(seconds))}–"
-      f"{_minutes(max(seconds))} min; a resumed run counts its last process only)"
-      if seconds
+      f" (wall time of the process that finished each run, in minutes: {', '.join(times)}; "
+      "a resumed run counts its last process only)"
+      if times
       else ""
     )
     + f"; {len(family)} comparisons with `{baseline}` (configurations × {len(labels)} metrics) at "
@@ -263,11 +268,13 @@ def reference_lines(rows: Sequence[dict], reference: dict) -> list[str]:
           f"{labels[column]} {mean:.4f} [{low:.4f}, {high:.4f}] vs {value:g} ({where} the interval)"
         )
       else:
-        parts.append(f"{labels[column]} {mean:.4f} (n=1, no interval) vs {value:g}")
+        parts.append(f"{labels[column]} {mean:.4f} vs {value:g}")
     if parts:
+      how = "mean, 95% t interval over seeds" if len(by_seed) > 1 else "one seed, no interval"
       lines.append(
-        f"- `{name}` (n = {len(by_seed)}; mean, 95% t interval over seeds) against "
-        f"{reference['label']}: " + "; ".join(parts) + "."
+        f"- `{name}` (n = {len(by_seed)}; {how}) against {reference['label']}: "
+        + "; ".join(parts)
+        + "."
       )
   return lines
 

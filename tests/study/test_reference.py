@@ -30,6 +30,7 @@ def _write(directory: str, study: dict) -> None:
   for name, seeds in RUNS.items():
     for seed, values in seeds.items():
       row = {"name": name, "seed": seed, "status": "trained", "commit": "0" * 40}
+      row["seconds"] = {"best": 60 * (40 + seed), "base": 780}.get(name)  # single: unknown
       ledger.append(directory, {**row, **dict(zip(COLUMNS, values)), "steps": 800}, {"seed": seed})
   with open(os.path.join(directory, ledger.STUDY_JSON), "w") as f:
     json.dump({"baseline": "base", "command": "sweep", **study}, f)
@@ -50,11 +51,13 @@ def test_each_mean_is_set_against_the_reference(tmp_path):
   base = next(x for x in lines if x.startswith("- `base`"))
   assert "overall 0.7150 [0.6515, 0.7785] vs 0.7405 (inside the interval)" in base
   single = next(x for x in lines if x.startswith("- `single`"))
-  assert "overall 0.6600 (n=1, no interval) vs 0.7405" in single
+  assert "(n = 1; one seed, no interval)" in single and "overall 0.6600 vs 0.7405" in single
   # best − base is +0.03 at both paired seeds: no spread, so no MDE, and already detected.
   assert "is not defined (no spread); the largest mean gain, `best` +0.0300, is detected" in (
     "\n".join(lines)
   )
+  # Wall time per configuration, in minutes (a range over seeds).
+  assert "run, in minutes: `best` 50–52, `base` 13; a resumed" in lines[0]
   assert "- Wall times measured on: AMD EPYC (AVX2), 2 cores (study.json)." in lines
   # The same sentences reach the README table and report.md.
   readme = publish.update_readme(
