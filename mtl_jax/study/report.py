@@ -218,7 +218,10 @@ def findings(
       f"{len(overall)} comparisons inconclusive at ±{best[1]['margin']:g}; the minimum "
       f"detectable effect at this n (paired t, alpha 0.05, power 0.8, each comparison's sd "
       "of paired differences) is "
-      + (f"{min(mdes):.4f}–{max(mdes):.4f}" if mdes else "not defined (no spread)")
+      + (
+        ("not defined (no spread)" if not mdes else f"{min(mdes):.4f}")
+        + (f"–{max(mdes):.4f}" if mdes and max(mdes) > min(mdes) else "")
+      )
       + "; the largest mean gain, "
       f"`{best[0]}` {best[1]['mean']:+.4f}, "
       + (
