@@ -277,13 +277,14 @@ def _checked_reference(
   first row, any task column)."""
   if reference is None:
     return None
-  values = reference.get("values") if isinstance(reference, dict) else None
-  if (
-    not isinstance(reference.get("label") if isinstance(reference, dict) else None, str)
-    or not isinstance(values, dict)
-    or not values
-    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values())
-  ):
+  fields = reference if isinstance(reference, dict) else {}
+  values = fields.get("values")
+  numbers = (
+    isinstance(values, dict)
+    and bool(values)
+    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values())
+  )
+  if not isinstance(fields.get("label"), str) or not numbers:
     raise LedgerError(
       f'{path}: reference must be {{"label": "whose numbers", "values": {{column: number}}}}'
     )
