@@ -161,6 +161,12 @@ def _minutes(seconds: float) -> str:
   return f"{seconds / 60:.0f}"
 
 
+def _span(values: Sequence[float], show) -> str:
+  """The values' range as `show` writes its ends: low–high, or one number when they agree."""
+  low, high = show(min(values)), show(max(values))
+  return low if low == high else f"{low}–{high}"
+
+
 def findings(
   rows: Sequence[dict],
   baseline: str | None,
@@ -178,8 +184,7 @@ def findings(
   for name, by_seed in g.items():
     seconds = [r["seconds"] for r in by_seed.values() if r.get("seconds") is not None]
     if seconds:
-      low, high = _minutes(min(seconds)), _minutes(max(seconds))
-      times.append(f"`{name}` {low if low == high else f'{low}–{high}'}")
+      times.append(f"`{name}` {_span(seconds, _minutes)}")
   n = sorted({c["n"] for c in family.values()})
   lines = [
     f"- {len(g)} configurations, {len(rows)} runs"
@@ -218,10 +223,7 @@ def findings(
       f"{len(overall)} comparisons inconclusive at ±{best[1]['margin']:g}; the minimum "
       f"detectable effect at this n (paired t, alpha 0.05, power 0.8, each comparison's sd "
       "of paired differences) is "
-      + (
-        ("not defined (no spread)" if not mdes else f"{min(mdes):.4f}")
-        + (f"–{max(mdes):.4f}" if mdes and max(mdes) > min(mdes) else "")
-      )
+      + (_span(mdes, "{:.4f}".format) if mdes else "not defined (no spread)")
       + "; the largest mean gain, "
       f"`{best[0]}` {best[1]['mean']:+.4f}, "
       + (
