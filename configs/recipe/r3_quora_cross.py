@@ -3,7 +3,7 @@
 Builds on r1_full. Change: heads.pairs=quora=cross (Quora read as one sequence,
 [CLS] s1 [SEP] s2 [SEP], with its linear "features" head); STS keeps the bundled sentence
 encoder's cosine head, which the issue's trial run found better than cross-encoding it.
-Rungs r4-r10 each change one thing from this one.
+Rungs r4-r11 each change one thing from this one.
 """
 
 from mtl_jax.config import defaults
