@@ -27,7 +27,7 @@ from mtl_jax.data import batching, files, packing, schedules
 from mtl_jax.evaluate import evaluate, make_predict_fn, predict_split, write_split_predictions
 from mtl_jax.models import multitask
 from mtl_jax.optim import averaging
-from mtl_jax.runtime import checkpoint, interrupts, parallel, workdir_lock, xla_options
+from mtl_jax.runtime import checkpoint, interrupts, machine, parallel, workdir_lock, xla_options
 from mtl_jax.runtime.best import BestTracker
 from mtl_jax.runtime.checkpoint import Checkpointer
 from mtl_jax.runtime.metrics_log import MetricsLog
@@ -402,6 +402,7 @@ def _train(spec: RunSpec, workdir: str, mesh) -> dict:
         "step": step,
         "first_step": first,
         "seconds": time.perf_counter() - start,
+        "machine": machine.cpu_summary(),  # The CPU `seconds` was measured on.
         "params": multitask.count(params),
         "trainable_params": multitask.count(state.trainable),
         # What the metrics and predictions were computed with: "ema" (train.ema_decay > 0,

@@ -41,6 +41,36 @@ def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
   return model or platform.processor() or "unknown", flags
 
 
+def cpu_summary(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """ "AMD EPYC (family 25 model 17; AVX-512, AVX-512 BF16, AVX2), 2 cores": the CPU a run's
+  wall time was measured on, for a ledger row. Family and model tell apart CPUs that share
+  a marketing name (two "AMD EPYC" generations ran this project's studies, 2-3x apart per
+  step); they are left out where /proc/cpuinfo has none."""
+  model, flags = cpu_info(cpuinfo)
+  ids = _cpu_ids(cpuinfo)
+  where = f"{ids}; " if ids else ""
+  return f"{model} ({where}{vector_isa(flags)}), {cores()} cores"
+
+
+def _cpu_ids(path: str) -> str:
+  """ "family 25 model 17" of the first CPU listed; "" when the file or the fields are missing."""
+  found = {}
+  try:
+    with open(path) as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("cpu family", "model") and key not in found:
+          found[key] = value.strip()
+        if not line.strip():
+          break  # The end of the first CPU's block.
+  except OSError:
+    return ""
+  if "cpu family" not in found:
+    return ""
+  return f"family {found['cpu family']}" + (f" model {found['model']}" if "model" in found else "")
+
+
 def vector_isa(flags: set[str]) -> str:
   """ "AMX, AVX-512, AVX-512 BF16, AVX2"-style list of what the OS reports; "none of
   AVX2/AVX-512/AMX" when it reports none of them."""

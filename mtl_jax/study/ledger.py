@@ -97,6 +97,7 @@ def columns(metrics: Sequence[str]) -> list[str]:
     "steps",
     *values,
     "seconds",
+    "machine",  # The CPU of `seconds` (machine.cpu_summary); empty in older rows.
     *interval_columns(values),
     *GRAD_COLUMNS,
     "config_json",
@@ -519,13 +520,18 @@ def load_labels(directory: str) -> dict[str, np.ndarray] | None:
 
 def result_columns(results: dict, metrics: Sequence[str]) -> dict:
   """results.json of a run whose tasks have the dev metrics `metrics` -> its ledger row's
-  metric, bootstrap and step columns."""
+  metric, bootstrap, step and wall-time columns."""
   values = results.get("metrics", {})
   intervals = (results.get("bootstrap") or {}).get("intervals", {})
   out = {c: values.get(m) for m, c in metric_columns(metrics).items()}
   for m, c in metric_columns(metrics).items():
     out[f"{c}_lo"], out[f"{c}_hi"] = intervals.get(m, (None, None))
-  return {**out, "steps": results.get("step"), "seconds": results.get("seconds")}
+  return {
+    **out,
+    "steps": results.get("step"),
+    "seconds": results.get("seconds"),
+    "machine": results.get("machine"),
+  }
 
 
 def grad_columns(workdir: str) -> dict:

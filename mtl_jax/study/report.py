@@ -180,11 +180,22 @@ def findings(
   family = comparisons(rows, baseline, margins)
   if not family:
     return []
+  study = ledger.read_study(directory) if directory is not None else None
+  machines, split = _machines(rows, study)
   times = []
   for name, by_seed in g.items():
-    seconds = [r["seconds"] for r in by_seed.values() if r.get("seconds") is not None]
-    if seconds:
-      times.append(f"`{name}` {_span(seconds, _minutes)}")
+    by_tag: dict[str | None, list[float]] = {}
+    for r in by_seed.values():
+      if r.get("seconds") is not None:
+        by_tag.setdefault(machines.get(_machine(r, study)), []).append(r["seconds"])
+    if split:
+      spans = [
+        f"{_span(secs, _minutes)} on {tag or 'an unnamed machine'}" for tag, secs in by_tag.items()
+      ]
+    else:
+      spans = [_span(sum(by_tag.values(), []), _minutes)] if by_tag else []
+    if spans:
+      times.append(f"`{name}` {', '.join(spans)}")
   n = sorted({c["n"] for c in family.values()})
   lines = [
     f"- {len(g)} configurations, {len(rows)} runs"
@@ -235,12 +246,11 @@ def findings(
       )
       + "."
     )
+  if study and study["reference"]:
+    lines += reference_lines(rows, study["reference"])
+  if machines:
+    lines.append(_machines_line(machines, rows, study))
   if directory is not None:
-    study = ledger.read_study(directory)
-    if study["reference"]:
-      lines += reference_lines(rows, study["reference"])
-    if study["machine"]:
-      lines.append(f"- Wall times measured on: {study['machine']} (study.json).")
     stored = sum(ledger.load_predictions(directory, r) is not None for r in rows)
     lines.append(
       f"- Paired bootstrap over dev examples: {stored} of {len(rows)} rows have stored dev "
@@ -253,6 +263,41 @@ def findings(
       )
     )
   return lines
+
+
+def _machine(row: dict, study: dict | None) -> str | None:
+  """The CPU a row's wall time was measured on: its `machine` column, else study.json's
+  (rows from before the column)."""
+  return row.get("machine") or (study["machine"] if study else None)
+
+
+def _machines(rows: Sequence[dict], study: dict | None) -> tuple[dict[str, str], bool]:
+  """({machine: its tag} of the timed rows, first seen first: the machine itself when there
+  is one, "A", "B", ... when the rows were timed on several; whether their wall times
+  must be read apart, by machine: CPUs differ 2-3x per step, and a row that names no
+  machine may be any of them)."""
+  timed = [_machine(r, study) for r in rows if r.get("seconds") is not None]
+  named = list(dict.fromkeys(m for m in timed if m))
+  tags = {named[0]: named[0]} if len(named) == 1 else {m: chr(65 + i) for i, m in enumerate(named)}
+  return tags, len(set(timed)) > 1
+
+
+def _machines_line(machines: dict[str, str], rows: Sequence[dict], study: dict | None) -> str:
+  """Which CPU the wall times were measured on, and where that is recorded: each row's
+  `machine` column, or study.json's `machine` for rows from before the column."""
+  timed = [r for r in rows if r.get("seconds") is not None]
+  sources = []
+  if any(r.get("machine") for r in timed):
+    sources.append("the rows' machine column")
+  if any(not r.get("machine") and _machine(r, study) for r in timed):
+    sources.append("study.json for rows without one" if sources else "study.json")
+  unnamed = sum(_machine(r, study) is None for r in timed)
+  if unnamed:
+    sources.append(f"{unnamed} row{'s' * (unnamed != 1)} name{'s' * (unnamed == 1)} no machine")
+  if len(machines) == 1:
+    return f"- Wall times measured on: {next(iter(machines))} ({'; '.join(sources)})."
+  listed = "; ".join(f"{tag} = {m}" for m, tag in machines.items())
+  return f"- Wall times measured on: {listed} ({'; '.join(sources)})."
 
 
 def reference_lines(rows: Sequence[dict], reference: dict) -> list[str]:
@@ -713,6 +758,8 @@ def write_ledger_report(directory: str, missing: Sequence[str] = ()) -> str:
     "",
   ]
   labels = metric_labels(rows)
+  machines, split = _machines(rows, study)
+  on = lambda r: f" ({machines.get(_machine(r, study), 'unnamed machine')})" if split else ""
   lines += table(
     ["configuration", "seed", *labels.values(), "steps", "wall time", "commit", "command"],
     [
@@ -721,7 +768,7 @@ def write_ledger_report(directory: str, missing: Sequence[str] = ()) -> str:
         str(r["seed"]),
         *(_ci(r, c) for c in labels),
         number(r["steps"], "d"),
-        duration(r["seconds"]),
+        duration(r["seconds"]) + (on(r) if r.get("seconds") is not None else ""),
         f"`{r['commit'][:12]}`",
         f"`{r['command']}`",
       ]

@@ -421,6 +421,7 @@ def columns(runs: Sequence[Run]) -> list[str]:
     *values,
     "steps",
     "seconds",
+    "machine",
     "first_step",
     "trainable_params",
     "params",

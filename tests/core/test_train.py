@@ -19,6 +19,7 @@ from conftest import (
 
 from mtl_jax import train
 from mtl_jax.config import defaults as default
+from mtl_jax.runtime import machine
 from mtl_jax.runtime.checkpoint import Checkpointer
 
 
@@ -65,6 +66,7 @@ def test_train_and_evaluate_writes_metrics_predictions_and_checkpoint(tiny_bert_
   assert done["computed_tokens"] % (2 * 16) == 0
   assert done["computed_tokens"] <= 4 * 3 * 8 * 32
   assert 4 * 3 * 8 * 3 <= done["real_tokens"] < done["computed_tokens"]  # [CLS], a word, [SEP].
+  assert done["machine"] == machine.cpu_summary()  # Where `seconds` was measured.
 
 
 @needs_data

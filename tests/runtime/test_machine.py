@@ -65,3 +65,23 @@ def test_steal_is_left_out_where_it_cannot_be_read(tmp_path):
   assert machine.cpu_times(_stat(tmp_path, "short", "cpu  1 2 3 4")) is None
   assert machine.steal_line(None, (1, 2)) == ""
   assert machine.steal_line((5, 100), (5, 100)) == ""  # No time passed.
+
+
+def test_cpu_summary_tells_apart_cpus_of_one_name(tmp_path):
+  """Two "AMD EPYC" generations differ in family/model and vector ISA: a ledger row's
+  machine names both (the first CPU's block only)."""
+  path = tmp_path / "cpuinfo"
+  block = "processor\t: {n}\ncpu family\t: {f}\nmodel\t\t: {m}\nmodel name\t: AMD EPYC\nflags\t\t: {flags}\n"
+  path.write_text(
+    block.format(n=0, f=25, m=17, flags="avx2 avx512f")
+    + "\n"
+    + block.format(n=1, f=23, m=1, flags="avx2")
+  )
+  assert machine.cpu_summary(str(path)) == (
+    f"AMD EPYC (family 25 model 17; AVX-512, AVX2), {machine.cores()} cores"
+  )
+  path.write_text("model name\t: Some CPU\nflags\t\t: sse2\n")  # No family: left out.
+  assert machine.cpu_summary(str(path)) == (
+    f"Some CPU (none of AVX2/AVX-512/AMX), {machine.cores()} cores"
+  )
+  assert machine.cpu_summary(str(tmp_path / "missing")).endswith(f"), {machine.cores()} cores")

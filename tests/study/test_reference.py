@@ -77,6 +77,47 @@ def test_without_a_reference_nothing_is_set_against_it(tmp_path):
   assert not any("against" in x or "measured on" in x for x in lines)
 
 
+def test_rows_timed_on_several_machines_are_told_apart(tmp_path):
+  """Seed 12 of `best` names its CPU in its row; the other rows predate the column and
+  take study.json's: the wall times are given per machine, tagged A and B."""
+  directory = str(tmp_path / "mixed")
+  zen4 = "AMD EPYC (family 25 model 17; AVX-512, AVX2), 2 cores"
+  for name, seeds in RUNS.items():
+    for seed, values in seeds.items():
+      row = {"name": name, "seed": seed, "status": "trained", "commit": "0" * 40, "steps": 800}
+      row["seconds"] = {"best": 60 * (40 + seed), "base": 780}.get(name)
+      row["machine"] = zen4 if (name, seed) == ("best", 12) else None
+      ledger.append(directory, {**row, **dict(zip(COLUMNS, values))}, {"seed": seed})
+  with open(os.path.join(directory, ledger.STUDY_JSON), "w") as f:
+    json.dump({"baseline": "base", "command": "sweep", "machine": "AMD EPYC (AVX2), 2 cores"}, f)
+  rows = ledger.read(directory)
+  assert [r["machine"] for r in rows if r["name"] == "best"] == ["", "", zen4]
+  lines = report.findings(rows, "base", None, directory)
+  assert "in minutes: `best` 50–51 on A, 52 on B, `base` 13 on A; a resumed" in lines[0]
+  assert (
+    f"- Wall times measured on: A = AMD EPYC (AVX2), 2 cores; B = {zen4} (the rows' machine "
+    "column; study.json for rows without one)."
+  ) in lines
+  runs = open(report.write_ledger_report(directory)).read().split("## Runs")[1]
+  assert runs.count(" s (A) |") == 4 and runs.count(" s (B) |") == 1  # single: no time.
+  # Without study.json's machine the older rows name none, and say so.
+  with open(os.path.join(directory, ledger.STUDY_JSON), "w") as f:
+    json.dump({"baseline": "base", "command": "sweep"}, f)
+  lines = report.findings(ledger.read(directory), "base", None, directory)
+  assert "`best` 50–51 on an unnamed machine, 52 on " + zen4 in lines[0]
+  assert (
+    f"- Wall times measured on: {zen4} (the rows' machine column; 4 rows name no machine)."
+    in (lines)
+  )
+
+
+def test_a_run_results_json_machine_reaches_its_ledger_row():
+  results = {"step": 800, "seconds": 3000.0, "machine": "Some CPU (AVX2), 2 cores"}
+  row = ledger.result_columns(results, ("sst/accuracy",))
+  assert row["machine"] == "Some CPU (AVX2), 2 cores" and row["seconds"] == 3000.0
+  assert "machine" in ledger.columns(("sst/accuracy",))
+
+
 @pytest.mark.parametrize(
   "study, message",
   [
