@@ -23,22 +23,31 @@ ISA_FLAGS = (
 )
 
 
-def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
-  """(model name, flags) of the first CPU listed; ("unknown", {}) where there is no such
-  file (not Linux)."""
-  model, flags = None, set()
+def _first_cpu(path: str) -> dict[str, str]:
+  """The fields of the first CPU's block of /proc/cpuinfo (up to its blank line; the first
+  of a repeated key); {} where there is no such file (not Linux)."""
+  fields: dict[str, str] = {}
   try:
     with open(path) as f:
       for line in f:
+        if not line.strip():
+          if fields:
+            break  # The end of the first CPU's block.
+          continue
         key, _, value = line.partition(":")
-        if key.strip() == "model name" and model is None:
-          model = value.strip()
-        elif key.strip() == "flags":
-          flags = set(value.split())
-          break  # The first CPU's flags; its model name came before them.
+        fields.setdefault(key.strip(), value.strip())
   except OSError:
     pass
-  return model or platform.processor() or "unknown", flags
+  return fields
+
+
+def cpu_info(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
+  """(model name, flags) of the first CPU listed; ("unknown", {}) where there is no such
+  file (not Linux)."""
+  cpu = _first_cpu(path)
+  return cpu.get("model name") or platform.processor() or "unknown", set(
+    cpu.get("flags", "").split()
+  )
 
 
 def cpu_summary(cpuinfo: str = "/proc/cpuinfo") -> str:
@@ -47,28 +56,13 @@ def cpu_summary(cpuinfo: str = "/proc/cpuinfo") -> str:
   a marketing name (two "AMD EPYC" generations ran this project's studies, 2-3x apart per
   step); they are left out where /proc/cpuinfo has none."""
   model, flags = cpu_info(cpuinfo)
-  ids = _cpu_ids(cpuinfo)
-  where = f"{ids}; " if ids else ""
-  return f"{model} ({where}{vector_isa(flags)}), {cores()} cores"
-
-
-def _cpu_ids(path: str) -> str:
-  """ "family 25 model 17" of the first CPU listed; "" when the file or the fields are missing."""
-  found = {}
-  try:
-    with open(path) as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key in ("cpu family", "model") and key not in found:
-          found[key] = value.strip()
-        if not line.strip():
-          break  # The end of the first CPU's block.
-  except OSError:
-    return ""
-  if "cpu family" not in found:
-    return ""
-  return f"family {found['cpu family']}" + (f" model {found['model']}" if "model" in found else "")
+  cpu = _first_cpu(cpuinfo)
+  ids = ""
+  if "cpu family" in cpu:
+    ids = (
+      f"family {cpu['cpu family']}" + (f" model {cpu['model']}" if "model" in cpu else "") + "; "
+    )
+  return f"{model} ({ids}{vector_isa(flags)}), {cores()} cores"
 
 
 def vector_isa(flags: set[str]) -> str:

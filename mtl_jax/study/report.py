@@ -184,16 +184,13 @@ def findings(
   machines, split = _machines(rows, study)
   times = []
   for name, by_seed in g.items():
-    by_tag: dict[str | None, list[float]] = {}
+    by_tag: dict[str, list[float]] = {}  # One entry unless `split`.
     for r in by_seed.values():
       if r.get("seconds") is not None:
-        by_tag.setdefault(machines.get(_machine(r, study)), []).append(r["seconds"])
-    if split:
-      spans = [
-        f"{_span(secs, _minutes)} on {tag or 'an unnamed machine'}" for tag, secs in by_tag.items()
-      ]
-    else:
-      spans = [_span(sum(by_tag.values(), []), _minutes)] if by_tag else []
+        by_tag.setdefault(_machine_tag(r, machines, study), []).append(r["seconds"])
+    spans = [
+      _span(secs, _minutes) + (f" on {tag}" if split else "") for tag, secs in by_tag.items()
+    ]
     if spans:
       times.append(f"`{name}` {', '.join(spans)}")
   n = sorted({c["n"] for c in family.values()})
@@ -269,6 +266,11 @@ def _machine(row: dict, study: dict | None) -> str | None:
   """The CPU a row's wall time was measured on: its `machine` column, else study.json's
   (rows from before the column)."""
   return row.get("machine") or (study["machine"] if study else None)
+
+
+def _machine_tag(row: dict, machines: dict[str, str], study: dict | None) -> str:
+  """A row's machine as the findings and the Runs table name it (`_machines`' tag)."""
+  return machines.get(_machine(row, study), "an unnamed machine")
 
 
 def _machines(rows: Sequence[dict], study: dict | None) -> tuple[dict[str, str], bool]:
@@ -759,7 +761,7 @@ def write_ledger_report(directory: str, missing: Sequence[str] = ()) -> str:
   ]
   labels = metric_labels(rows)
   machines, split = _machines(rows, study)
-  on = lambda r: f" ({machines.get(_machine(r, study), 'unnamed machine')})" if split else ""
+  on = lambda r: f" ({_machine_tag(r, machines, study)})" if split else ""
   lines += table(
     ["configuration", "seed", *labels.values(), "steps", "wall time", "commit", "command"],
     [
